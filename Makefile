@@ -1,0 +1,108 @@
+# Lattice developer / CI entry points. Everything at run time lives under ./var (gitignored).
+#
+#   make run           PostgreSQL (durable) + release build + dev server on http://127.0.0.1:8008
+#   make test          PostgreSQL (fast) + Redis, cargo test --workspace, then the real-client tests
+#   make clients       only the real-client tests (tests/clients/run.sh)
+#   make clients-deps  var/venv with matrix-nio, tests/clients/node_modules with matrix-js-sdk
+#   make stop          stop PostgreSQL and Redis
+#   make services      start PostgreSQL (fast) and Redis without running anything
+#   make status        show whether PostgreSQL and Redis run
+#
+# Ports: LATTICE_PG_PORT (5433), LATTICE_REDIS_PORT (6390).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+export LATTICE_PG_PORT ?= 5433
+export LATTICE_REDIS_PORT ?= 6390
+
+PYTHON ?= python3
+VENV := var/venv
+CLIENTS := tests/clients
+VENV_STAMP := $(VENV)/.lattice-installed
+NODE_STAMP := $(CLIENTS)/node_modules/.lattice-installed
+
+# make run: the dev server's settings (figment env overrides, `__` nests keys)
+RUN_LISTEN ?= 127.0.0.1:8008
+RUN_CONFIG := var/homeserver.yaml
+
+TEST_DATABASE_URL := postgresql://lattice@127.0.0.1:$(LATTICE_PG_PORT)/postgres
+TEST_REDIS_URL := redis://127.0.0.1:$(LATTICE_REDIS_PORT)
+
+.PHONY: help run test test-rust clients clients-deps stop services status
+
+help:
+	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
+
+run:
+	.ci/postgres.sh start
+	cargo build --release
+	@mkdir -p var
+	@if [[ ! -s $(RUN_CONFIG) ]]; then \
+		echo "writing $(RUN_CONFIG)"; \
+		target/release/lattice generate-config --server-name localhost > $(RUN_CONFIG).tmp; \
+		mv $(RUN_CONFIG).tmp $(RUN_CONFIG); \
+	fi
+	@echo "lattice: serving on http://$(RUN_LISTEN) (Ctrl-C stops it; 'make stop' stops PostgreSQL)"
+	exec env \
+		LATTICE__DATABASE__URL="$$(.ci/postgres.sh url)" \
+		LATTICE__ENABLE_REGISTRATION=true \
+		LATTICE__LISTEN=$(RUN_LISTEN) \
+		LATTICE__RATE_LIMITS__ENABLED=false \
+		target/release/lattice serve --config $(RUN_CONFIG)
+
+# Runs the Rust tests and the client tests even if the first fail, then fails if either did.
+test: clients-deps services
+	@rc=0; \
+	echo "==> cargo test --workspace"; \
+	LATTICE_TEST_DATABASE_URL=$(TEST_DATABASE_URL) LATTICE_TEST_REDIS_URL=$(TEST_REDIS_URL) \
+		cargo test --workspace || rc=1; \
+	echo "==> tests/clients/run.sh"; \
+	$(CLIENTS)/run.sh || rc=1; \
+	if [[ $$rc != 0 ]]; then echo "make test: FAILED" >&2; fi; \
+	exit $$rc
+
+test-rust: services
+	LATTICE_TEST_DATABASE_URL=$(TEST_DATABASE_URL) LATTICE_TEST_REDIS_URL=$(TEST_REDIS_URL) \
+		cargo test --workspace
+
+clients: clients-deps
+	$(CLIENTS)/run.sh
+
+services:
+	LATTICE_PG_FAST=1 .ci/postgres.sh start
+	.ci/redis.sh start
+
+stop:
+	.ci/postgres.sh stop
+	.ci/redis.sh stop
+
+status:
+	@.ci/postgres.sh status || true
+	@.ci/redis.sh status || true
+
+clients-deps: $(VENV_STAMP) $(NODE_STAMP)
+
+$(VENV_STAMP): $(CLIENTS)/requirements.txt
+	@if [[ ! -x $(VENV)/bin/python ]]; then \
+		echo "creating $(VENV)"; \
+		if ! $(PYTHON) -m venv $(VENV); then \
+			rm -rf $(VENV); \
+			if [[ $$(id -u) == 0 ]] && command -v apt-get >/dev/null; then \
+				DEBIAN_FRONTEND=noninteractive apt-get update && \
+				DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv && \
+				$(PYTHON) -m venv $(VENV); \
+			else \
+				echo "python venv support is missing; install it with: sudo apt-get install -y python3-venv" >&2; \
+				exit 1; \
+			fi; \
+		fi; \
+	fi
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -r $(CLIENTS)/requirements.txt
+	@touch $@
+
+$(NODE_STAMP): $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
+	@command -v npm >/dev/null || { echo "node/npm not found (Node.js >= 20 is needed for the js-sdk test)" >&2; exit 1; }
+	cd $(CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@

@@ -1,0 +1,154 @@
+//! The [`Transport`] abstraction: how envelopes move between processes.
+//!
+//! A transport offers three operations, all in terms of opaque destination
+//! strings and [`Envelope`]s:
+//!
+//! * [`Transport::send`]: queue a request for a destination and wait for
+//!   the reply envelope (the caller bounds the wait with its deadline and
+//!   drops the future on timeout; the transport must then forget the pending
+//!   reply);
+//! * [`Transport::post`]: queue a request nobody waits a reply for, in
+//!   order, without blocking;
+//! * [`Transport::subscribe`]: become an owner of a destination and receive
+//!   its [`Delivery`]s.
+//!
+//! Contract every implementation keeps (the in-memory one here, a Redis
+//! Streams one later):
+//!
+//! * **Per-destination queue, at-least-once.** A delivery stays pending until
+//!   [`Delivery::complete`] acknowledges it. If its subscription goes away
+//!   first (process crash, endpoint shut down mid-message), the message is
+//!   delivered again to the next owner of the destination, with
+//!   [`Delivery::attempt`] incremented. Handlers must be idempotent.
+//! * **Deadlines.** An envelope whose `deadline_unix_ms` has passed when it
+//!   would be delivered is dropped (acknowledged, counted), never handed to a
+//!   handler; its caller has already given up with `Timeout`.
+//! * **Authentication.** With a shared secret configured, the transport signs
+//!   what it sends ([`HmacKey::sign`](crate::auth::HmacKey::sign)) and drops
+//!   and counts any received envelope, request or reply, whose HMAC does not
+//!   verify. Subscriptions therefore only ever yield authentic, live envelopes.
+//! * **Replies** are routed back to the request's `sender_instance` and
+//!   matched by `request_id`; the transport signs them like any envelope.
+//!
+//! Redis-specific details (stream keys, consumer groups, `XAUTOCLAIM` of a
+//! dead consumer's pending entries, the per-instance reply stream) belong in
+//! that implementation; nothing in this trait names them.
+
+pub mod memory;
+
+use serde_json::Value;
+
+use crate::envelope::Envelope;
+use crate::message::BoxFuture;
+
+/// Transport-level failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The medium could not be reached (broker down, connection refused).
+    #[error("transport unreachable: {0}")]
+    Unreachable(String),
+    /// This transport has been shut down.
+    #[error("transport closed")]
+    Closed,
+}
+
+/// Moves envelopes between processes. Object safe: held as
+/// `Arc<dyn Transport>`.
+pub trait Transport: Send + Sync + 'static {
+    /// The name of this process's instance; used as `sender_instance` and as
+    /// the address replies come back to.
+    fn instance(&self) -> &str;
+
+    /// Queue `envelope` for `destination` and resolve with the reply. The
+    /// future may be dropped at any time (deadline); the transport must clean
+    /// up. It does not resolve while no authentic reply has arrived.
+    fn send<'a>(
+        &'a self,
+        destination: &'a str,
+        envelope: Envelope,
+    ) -> BoxFuture<'a, Result<Envelope, TransportError>>;
+
+    /// Queue `envelope` for `destination` with no reply expected. Never
+    /// blocks; envelopes posted from one transport to one destination keep
+    /// their order.
+    fn post(&self, destination: &str, envelope: Envelope) -> Result<(), TransportError>;
+
+    /// Register as an owner of `destination`. Unacknowledged deliveries of a
+    /// previous owner that is gone are delivered to this subscription.
+    fn subscribe<'a>(
+        &'a self,
+        destination: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn Subscription>, TransportError>>;
+
+    /// Counters for tests and the admin API.
+    fn observe(&self) -> Value;
+}
+
+/// The receiving side of a destination. Dropping it gives back every
+/// delivery it handed out that was not completed.
+pub trait Subscription: Send {
+    /// The next delivery; `None` once the transport is closed. Cancel safe:
+    /// dropping the future before it resolves loses nothing.
+    fn next(&mut self) -> BoxFuture<'_, Option<Delivery>>;
+}
+
+/// How a transport acknowledges one delivery (and routes its reply).
+pub trait Acknowledge: Send {
+    /// Whether someone waits for a reply (false for posted messages).
+    fn wants_reply(&self) -> bool;
+
+    /// Send `reply` (if wanted and given) to the caller, then acknowledge.
+    fn complete(
+        self: Box<Self>,
+        reply: Option<Envelope>,
+    ) -> BoxFuture<'static, Result<(), TransportError>>;
+}
+
+/// One message handed to an owner of a destination.
+pub struct Delivery {
+    envelope: Envelope,
+    attempt: u32,
+    ack: Box<dyn Acknowledge>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("wire_name", &self.envelope.wire_name)
+            .field("request_id", &self.envelope.request_id)
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// Built by transports.
+    pub fn new(envelope: Envelope, attempt: u32, ack: Box<dyn Acknowledge>) -> Self {
+        Self {
+            envelope,
+            attempt,
+            ack,
+        }
+    }
+
+    /// The request.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// 1 on first delivery, more when redelivered after an owner vanished.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether a caller waits for a reply.
+    pub fn wants_reply(&self) -> bool {
+        self.ack.wants_reply()
+    }
+
+    /// Reply (if a reply is wanted) and acknowledge. Call only once the
+    /// handler has finished: until then the message may be redelivered.
+    pub async fn complete(self, reply: Option<Envelope>) -> Result<(), TransportError> {
+        self.ack.complete(reply).await
+    }
+}

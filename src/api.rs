@@ -1,0 +1,242 @@
+//! HTTP: the routes every instance may serve, and the extractors handlers share
+//! (authentication, JSON bodies with Matrix errors, rate limiting).
+
+pub mod client;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};
+use futures::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, ApiResult, ErrCode};
+use crate::node::Node;
+
+/// The largest request body accepted (the spec's event size limit is 64 KiB;
+/// other bodies are smaller still).
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Every route of the Client-Server API, plus the catch-all answering
+/// `404 M_UNRECOGNIZED`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    client::configure(cfg);
+    cfg.app_data(web::PathConfig::default().error_handler(|error, _| {
+        ApiError::invalid_param(format!("bad path parameter: {error}")).into()
+    }))
+    .app_data(web::QueryConfig::default().error_handler(|error, _| {
+        ApiError::invalid_param(format!("bad query parameter: {error}")).into()
+    }))
+    .default_service(web::to(unrecognized));
+}
+
+async fn unrecognized(request: HttpRequest) -> ApiResult<HttpResponse> {
+    if request.method() == actix_web::http::Method::OPTIONS {
+        return Ok(HttpResponse::Ok().finish());
+    }
+    Err(ApiError::unrecognized("unrecognized request"))
+}
+
+/// The node every handler works with, from the app data.
+pub fn node(request: &HttpRequest) -> ApiResult<Node> {
+    request
+        .app_data::<web::Data<Node>>()
+        .map(|data| data.get_ref().clone())
+        .ok_or_else(|| ApiError::internal("node missing from app data"))
+}
+
+/// A JSON body: `M_NOT_JSON` when it is not JSON, `M_BAD_JSON` when it has the
+/// wrong shape, `M_TOO_LARGE` past the size limit. An empty body reads as `{}`,
+/// as several clients send one for requests without parameters.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(_request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let mut payload = payload.take();
+        Box::pin(async move {
+            use futures::StreamExt;
+            let mut bytes = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| {
+                    ApiError::new(ErrCode::NotJson, format!("could not read body: {e}"))
+                })?;
+                if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(ApiError::new(ErrCode::TooLarge, "request body too large"));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            let value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+                serde_json::Value::Object(Default::default())
+            } else {
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    ApiError::new(ErrCode::NotJson, format!("content not JSON: {e}"))
+                })?
+            };
+            parse_json(value).map(JsonBody)
+        })
+    }
+}
+
+/// Reads a JSON value into `T`, answering `M_BAD_JSON` with the reason.
+pub fn parse_json<T: DeserializeOwned>(value: serde_json::Value) -> ApiResult<T> {
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::bad_json(format!("invalid request body: {e}")))
+}
+
+/// The authenticated user of a request.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    pub user_id: String,
+    pub device_id: String,
+    pub is_admin: bool,
+}
+
+/// The access token of a request: the `Authorization: Bearer` header, or the
+/// deprecated `access_token` query parameter.
+pub fn access_token(request: &HttpRequest) -> ApiResult<Option<String>> {
+    if let Some(header) = request.headers().get("Authorization") {
+        let header = header
+            .to_str()
+            .map_err(|_| ApiError::new(ErrCode::MissingToken, "malformed Authorization header"))?;
+        return match header.strip_prefix("Bearer ") {
+            Some(token) => Ok(Some(token.trim().to_owned())),
+            None => Err(ApiError::new(
+                ErrCode::MissingToken,
+                "Authorization header is not a Bearer token",
+            )),
+        };
+    }
+    let query = web::Query::<HashMap<String, String>>::from_query(request.query_string())
+        .map_err(|_| ApiError::invalid_param("malformed query string"))?;
+    Ok(query.get("access_token").cloned())
+}
+
+impl FromRequest for Requester {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let request = request.clone();
+        Box::pin(async move {
+            let node = node(&request)?;
+            let token = access_token(&request)?
+                .ok_or_else(|| ApiError::new(ErrCode::MissingToken, "missing access token"))?;
+            let owner = crate::storage::accounts::token_owner(&node.pool, &token)
+                .await?
+                .ok_or_else(|| ApiError::new(ErrCode::UnknownToken, "unknown access token"))?;
+            if owner.deactivated {
+                return Err(ApiError::new(
+                    ErrCode::UnknownToken,
+                    "this account has been deactivated",
+                ));
+            }
+            node.rate_limiter.check(&owner.user_id)?;
+            Ok(Requester {
+                user_id: owner.user_id,
+                device_id: owner.device_id,
+                is_admin: owner.is_admin,
+            })
+        })
+    }
+}
+
+/// Checks the per-IP limit; for endpoints without an access token.
+pub fn rate_limit_ip(request: &HttpRequest) -> ApiResult<()> {
+    let node = node(request)?;
+    let ip = request
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    node.rate_limiter.check(&ip)
+}
+
+/// Token buckets per user id or IP address.
+pub struct RateLimiter {
+    enabled: bool,
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl RateLimiter {
+    pub fn new(config: &crate::config::RateLimitConfig) -> RateLimiter {
+        RateLimiter {
+            enabled: config.enabled,
+            per_second: config.per_second,
+            burst: f64::from(config.burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn check(&self, key: &str) -> ApiResult<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.check_at(key, Instant::now())
+    }
+
+    fn check_at(&self, key: &str, now: Instant) -> ApiResult<()> {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .map_err(|_| ApiError::internal("rate limiter poisoned"))?;
+        if buckets.len() > 100_000 {
+            // Full buckets carry no information: forget them.
+            let burst = self.burst;
+            let per_second = self.per_second;
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * per_second < burst
+            });
+        }
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
+        });
+        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - bucket.tokens) / self.per_second;
+            Err(ApiError::limit_exceeded((wait * 1000.0).ceil() as u64))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refills() {
+        let limiter = RateLimiter::new(&crate::config::RateLimitConfig {
+            enabled: true,
+            per_second: 2.0,
+            burst: 3,
+        });
+        let start = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.check_at("@a:x", start).is_ok());
+        }
+        let error = limiter.check_at("@a:x", start).unwrap_err();
+        assert_eq!(error.errcode, ErrCode::LimitExceeded);
+        assert_eq!(error.retry_after_ms, Some(500));
+        // Another key has its own bucket.
+        assert!(limiter.check_at("@b:x", start).is_ok());
+        assert!(limiter
+            .check_at("@a:x", start + Duration::from_millis(500))
+            .is_ok());
+    }
+}

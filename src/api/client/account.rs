@@ -1,0 +1,363 @@
+//! Accounts: registration (with the `m.login.dummy` user-interactive flow),
+//! login, logout and whoami.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::{rate_limit_ip, JsonBody, Requester};
+use crate::error::{ApiError, ApiResult, ErrCode};
+use crate::node::Node;
+use crate::storage::accounts;
+use crate::util::{random_device_id, random_string};
+
+#[derive(Deserialize)]
+pub struct RegisterRequest {
+    username: Option<String>,
+    password: Option<String>,
+    auth: Option<AuthData>,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+    #[serde(default)]
+    inhibit_login: bool,
+}
+
+#[derive(Deserialize)]
+pub struct AuthData {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    session: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct KindQuery {
+    kind: Option<String>,
+}
+
+/// POST /_matrix/client/v3/register
+pub async fn register(
+    request: HttpRequest,
+    node: web::Data<Node>,
+    query: web::Query<KindQuery>,
+    JsonBody(body): JsonBody<RegisterRequest>,
+) -> ApiResult<HttpResponse> {
+    rate_limit_ip(&request)?;
+    if query.kind.as_deref() == Some("guest") {
+        return Err(ApiError::new(
+            ErrCode::GuestAccessForbidden,
+            "guest access is disabled",
+        ));
+    }
+    if let Some(kind) = &query.kind {
+        if kind != "user" {
+            return Err(ApiError::invalid_param(format!("unknown kind `{kind}`")));
+        }
+    }
+    if !node.config.enable_registration {
+        return Err(ApiError::forbidden("registration has been disabled"));
+    }
+    let localpart = match &body.username {
+        Some(username) => validate_localpart(username, &node)?,
+        None => loop {
+            let candidate = random_string(12).to_lowercase();
+            if !accounts::user_exists(&node.pool, &user_id(&candidate, &node)).await? {
+                break candidate;
+            }
+        },
+    };
+    let user_id = user_id(&localpart, &node);
+    if accounts::user_exists(&node.pool, &user_id).await? {
+        return Err(ApiError::new(
+            ErrCode::UserInUse,
+            "the desired user id is already taken",
+        ));
+    }
+
+    // User-interactive authentication: one stage, m.login.dummy.
+    let session = match &body.auth {
+        Some(AuthData {
+            kind: Some(kind),
+            session,
+        }) if kind == "m.login.dummy" => {
+            if let Some(session) = session {
+                if !accounts::uia_session_exists(&node.pool, session).await? {
+                    return Err(ApiError::new(
+                        ErrCode::Unknown,
+                        "unknown user-interactive auth session",
+                    ));
+                }
+            }
+            session.clone()
+        }
+        Some(AuthData {
+            kind: Some(kind), ..
+        }) => {
+            return Err(ApiError::invalid_param(format!(
+                "unsupported auth type `{kind}`"
+            )));
+        }
+        _ => {
+            let session = random_string(24);
+            accounts::create_uia_session(&node.pool, &session).await?;
+            let mut error = ApiError::new(
+                ErrCode::Unauthorized,
+                "user-interactive authentication required",
+            );
+            error.uia = Some(json!({
+                "flows": [{ "stages": ["m.login.dummy"] }],
+                "params": {},
+                "session": session,
+            }));
+            return Err(error);
+        }
+    };
+
+    let password = body
+        .password
+        .as_deref()
+        .ok_or_else(|| ApiError::missing_param("a password is required"))?;
+    if password.is_empty() || password.len() > 512 {
+        return Err(ApiError::new(
+            ErrCode::InvalidParam,
+            "the password must be 1 to 512 characters",
+        ));
+    }
+    let password_hash = hash_password(password.to_owned()).await?;
+    if !accounts::create_user(
+        &node.pool,
+        &user_id,
+        &localpart,
+        Some(&password_hash),
+        false,
+    )
+    .await?
+    {
+        return Err(ApiError::new(
+            ErrCode::UserInUse,
+            "the desired user id is already taken",
+        ));
+    }
+    if let Some(session) = session {
+        accounts::delete_uia_session(&node.pool, &session).await?;
+    }
+    tracing::info!(user_id = %user_id, "registered user");
+    if body.inhibit_login {
+        return Ok(HttpResponse::Ok().json(json!({ "user_id": user_id })));
+    }
+    let device_id = body.device_id.unwrap_or_else(random_device_id);
+    let access_token = new_access_token();
+    accounts::create_device_and_token(
+        &node.pool,
+        &user_id,
+        &device_id,
+        body.initial_device_display_name.as_deref(),
+        &access_token,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "user_id": user_id,
+        "access_token": access_token,
+        "device_id": device_id,
+        "home_server": node.config.server_name,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct AvailableQuery {
+    username: String,
+}
+
+/// GET /_matrix/client/v3/register/available
+pub async fn register_available(
+    request: HttpRequest,
+    node: web::Data<Node>,
+    query: web::Query<AvailableQuery>,
+) -> ApiResult<HttpResponse> {
+    rate_limit_ip(&request)?;
+    let localpart = validate_localpart(&query.username, &node)?;
+    if accounts::user_exists(&node.pool, &user_id(&localpart, &node)).await? {
+        return Err(ApiError::new(
+            ErrCode::UserInUse,
+            "the desired user id is already taken",
+        ));
+    }
+    Ok(HttpResponse::Ok().json(json!({ "available": true })))
+}
+
+/// GET /_matrix/client/v3/login
+pub async fn login_flows() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "flows": [{ "type": "m.login.password" }] }))
+}
+
+#[derive(Deserialize)]
+pub struct LoginRequest {
+    #[serde(rename = "type")]
+    kind: String,
+    identifier: Option<UserIdentifier>,
+    /// Deprecated: the user id or localpart, before identifiers existed.
+    user: Option<String>,
+    password: Option<String>,
+    device_id: Option<String>,
+    initial_device_display_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct UserIdentifier {
+    #[serde(rename = "type")]
+    kind: String,
+    user: Option<String>,
+}
+
+/// POST /_matrix/client/v3/login
+pub async fn login(
+    request: HttpRequest,
+    node: web::Data<Node>,
+    JsonBody(body): JsonBody<LoginRequest>,
+) -> ApiResult<HttpResponse> {
+    rate_limit_ip(&request)?;
+    if body.kind != "m.login.password" {
+        return Err(ApiError::new(
+            ErrCode::Unknown,
+            format!("unknown login type `{}`", body.kind),
+        ));
+    }
+    let user = match (&body.identifier, &body.user) {
+        (Some(identifier), _) => {
+            if identifier.kind != "m.id.user" {
+                return Err(ApiError::new(
+                    ErrCode::Unknown,
+                    format!("unsupported identifier type `{}`", identifier.kind),
+                ));
+            }
+            identifier
+                .user
+                .clone()
+                .ok_or_else(|| ApiError::missing_param("identifier.user is required"))?
+        }
+        (None, Some(user)) => user.clone(),
+        (None, None) => return Err(ApiError::missing_param("an identifier is required")),
+    };
+    let password = body
+        .password
+        .ok_or_else(|| ApiError::missing_param("a password is required"))?;
+    let user_id = if user.starts_with('@') {
+        user.to_lowercase()
+    } else {
+        self::user_id(&user.to_lowercase(), &node)
+    };
+    let record = accounts::password_record(&node.pool, &user_id).await?;
+    let Some(record) = record else {
+        return Err(ApiError::forbidden("invalid username or password"));
+    };
+    if record.deactivated {
+        return Err(ApiError::new(
+            ErrCode::UserDeactivated,
+            "this account has been deactivated",
+        ));
+    }
+    let Some(hash) = record.password_hash else {
+        return Err(ApiError::forbidden("invalid username or password"));
+    };
+    if !verify_password(password, hash).await? {
+        return Err(ApiError::forbidden("invalid username or password"));
+    }
+    let device_id = body.device_id.unwrap_or_else(random_device_id);
+    let access_token = new_access_token();
+    accounts::create_device_and_token(
+        &node.pool,
+        &user_id,
+        &device_id,
+        body.initial_device_display_name.as_deref(),
+        &access_token,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "user_id": user_id,
+        "access_token": access_token,
+        "device_id": device_id,
+        "home_server": node.config.server_name,
+        "well_known": { "m.homeserver": { "base_url": node.config.public_baseurl() } },
+    })))
+}
+
+/// GET /_matrix/client/v3/account/whoami
+pub async fn whoami(requester: Requester) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "user_id": requester.user_id,
+        "device_id": requester.device_id,
+        "is_guest": false,
+    }))
+}
+
+/// POST /_matrix/client/v3/logout
+pub async fn logout(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
+    accounts::delete_device(&node.pool, &requester.user_id, &requester.device_id).await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+/// POST /_matrix/client/v3/logout/all
+pub async fn logout_all(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
+    accounts::delete_all_devices(&node.pool, &requester.user_id).await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+fn user_id(localpart: &str, node: &Node) -> String {
+    format!("@{}:{}", localpart, node.config.server_name)
+}
+
+/// The localpart rules of the spec (historical characters excluded, as
+/// Synapse does for new users), with `M_INVALID_USERNAME` for violations.
+fn validate_localpart(username: &str, node: &Node) -> ApiResult<String> {
+    let localpart = username
+        .strip_prefix('@')
+        .and_then(|rest| rest.strip_suffix(&format!(":{}", node.config.server_name)))
+        .unwrap_or(username);
+    let invalid = |why: &str| ApiError::new(ErrCode::InvalidUsername, why.to_owned());
+    if localpart.is_empty() {
+        return Err(invalid("the username cannot be empty"));
+    }
+    if !localpart
+        .chars()
+        .all(|c| matches!(c, 'a'..='z' | '0'..='9' | '.' | '_' | '=' | '-' | '/' | '+'))
+    {
+        return Err(invalid(
+            "the username may contain only a-z, 0-9, and . _ = - / +",
+        ));
+    }
+    if localpart.chars().all(|c| c.is_ascii_digit()) {
+        return Err(invalid("numeric usernames are reserved"));
+    }
+    if user_id(localpart, node).len() > 255 {
+        return Err(invalid("the user id would be longer than 255 characters"));
+    }
+    Ok(localpart.to_owned())
+}
+
+pub fn new_access_token() -> String {
+    format!("lat_{}", random_string(40))
+}
+
+pub async fn hash_password(password: String) -> ApiResult<String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+            .map_err(ApiError::internal)
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+async fn verify_password(password: String, hash: String) -> ApiResult<bool> {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash).map_err(ApiError::internal)?;
+        Ok(argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(ApiError::internal)?
+}

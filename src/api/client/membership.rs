@@ -1,0 +1,406 @@
+//! Membership: join (by id or alias), invite, leave, kick, ban, unban, forget,
+//! and the member lists. The auth rules themselves are checked by the event
+//! persister; this module shapes the member events and the answers.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::client::events::client_events;
+use crate::api::{JsonBody, Requester};
+use crate::error::{ApiError, ApiResult, ErrCode};
+use crate::node::Node;
+use crate::storage::{accounts, rooms};
+use crate::streams::token::parse_pagination;
+
+/// How much of a room's timeline a user may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Joined: everything.
+    All,
+    /// Left or banned after having joined: up to and including this position.
+    UpTo(i64),
+    /// Never joined.
+    Nothing,
+}
+
+impl Visibility {
+    pub fn upto(self) -> Option<i64> {
+        match self {
+            Visibility::All => Some(i64::MAX),
+            Visibility::UpTo(position) => Some(position),
+            Visibility::Nothing => None,
+        }
+    }
+}
+
+pub async fn visibility(node: &Node, room_id: &str, user_id: &str) -> ApiResult<Visibility> {
+    let Some(membership) = rooms::membership(&node.pool, room_id, user_id).await? else {
+        return Ok(Visibility::Nothing);
+    };
+    Ok(match membership.membership.as_str() {
+        "join" => Visibility::All,
+        "leave" | "ban" if rooms::has_ever_joined(&node.pool, room_id, user_id).await? => {
+            Visibility::UpTo(membership.stream_ordering)
+        }
+        _ => Visibility::Nothing,
+    })
+}
+
+/// 403 unless the user is joined to the room.
+pub async fn require_joined(node: &Node, room_id: &str, user_id: &str) -> ApiResult<()> {
+    match rooms::membership(&node.pool, room_id, user_id).await? {
+        Some(m) if m.membership == "join" => Ok(()),
+        _ => Err(ApiError::forbidden(format!(
+            "{user_id} is not in room {room_id}"
+        ))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct ReasonBody {
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct TargetBody {
+    user_id: String,
+    reason: Option<String>,
+}
+
+/// GET /_matrix/client/v3/joined_rooms
+pub async fn joined_rooms(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
+    let joined = rooms::joined_rooms(&node.pool, &requester.user_id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "joined_rooms": joined })))
+}
+
+/// POST /_matrix/client/v3/join/{roomIdOrAlias}
+pub async fn join_by_id_or_alias(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> ApiResult<HttpResponse> {
+    let target = path.into_inner();
+    let room_id = if target.starts_with('#') {
+        ruma::RoomAliasId::parse(&target)
+            .map_err(|_| ApiError::invalid_param("malformed room alias"))?;
+        rooms::alias_room(&node.pool, &target)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("room alias {target} not found")))?
+    } else if target.starts_with('!') {
+        target
+    } else {
+        return Err(ApiError::invalid_param(format!(
+            "`{target}` is neither a room id nor a room alias"
+        )));
+    };
+    join(&node, &requester, &room_id, body.reason).await
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/join
+pub async fn join_room(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> ApiResult<HttpResponse> {
+    join(&node, &requester, &path.into_inner(), body.reason).await
+}
+
+async fn join(
+    node: &Node,
+    requester: &Requester,
+    room_id: &str,
+    reason: Option<String>,
+) -> ApiResult<HttpResponse> {
+    check_room_id(room_id)?;
+    let mut content = json!({ "membership": "join" });
+    if let Some(profile) = accounts::profile(&node.pool, &requester.user_id).await? {
+        if let Some(name) = profile.displayname {
+            content["displayname"] = json!(name);
+        }
+        if let Some(url) = profile.avatar_url {
+            content["avatar_url"] = json!(url);
+        }
+    }
+    if let Some(reason) = reason {
+        content["reason"] = json!(reason);
+    }
+    node.send_state_event(
+        room_id,
+        &requester.user_id,
+        "m.room.member",
+        &requester.user_id,
+        content,
+    )
+    .await?;
+    rooms::unforget_room(&node.pool, &requester.user_id, room_id).await?;
+    Ok(HttpResponse::Ok().json(json!({ "room_id": room_id })))
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/invite
+pub async fn invite(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> ApiResult<HttpResponse> {
+    let room_id = path.into_inner();
+    check_room_id(&room_id)?;
+    let target = check_user_id(&body.user_id)?;
+    if target.server_name() != node.config.server_name.as_str() {
+        return Err(ApiError::forbidden(
+            "inviting users of other servers needs federation, which this server does not do yet",
+        ));
+    }
+    if !accounts::user_exists(&node.pool, &body.user_id).await? {
+        return Err(ApiError::not_found(format!(
+            "user {} does not exist",
+            body.user_id
+        )));
+    }
+    require_joined(&node, &room_id, &requester.user_id).await?;
+    let mut content = json!({ "membership": "invite" });
+    if let Some(profile) = accounts::profile(&node.pool, &body.user_id).await? {
+        if let Some(name) = profile.displayname {
+            content["displayname"] = json!(name);
+        }
+    }
+    if let Some(reason) = body.reason {
+        content["reason"] = json!(reason);
+    }
+    node.send_state_event(
+        &room_id,
+        &requester.user_id,
+        "m.room.member",
+        &body.user_id,
+        content,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/leave
+pub async fn leave(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<ReasonBody>,
+) -> ApiResult<HttpResponse> {
+    let room_id = path.into_inner();
+    check_room_id(&room_id)?;
+    match rooms::membership(&node.pool, &room_id, &requester.user_id).await? {
+        Some(m) if m.membership == "join" || m.membership == "invite" => {}
+        // Leaving a room one is not in is a no-op, as in Synapse.
+        Some(m) if m.membership == "leave" => return Ok(HttpResponse::Ok().json(json!({}))),
+        _ => {
+            return Err(ApiError::forbidden(format!(
+                "{} is not in room {room_id}",
+                requester.user_id
+            )))
+        }
+    }
+    let mut content = json!({ "membership": "leave" });
+    if let Some(reason) = body.reason {
+        content["reason"] = json!(reason);
+    }
+    node.send_state_event(
+        &room_id,
+        &requester.user_id,
+        "m.room.member",
+        &requester.user_id,
+        content,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+async fn set_membership_of_other(
+    node: &Node,
+    requester: &Requester,
+    room_id: &str,
+    body: TargetBody,
+    membership: &str,
+) -> ApiResult<HttpResponse> {
+    check_room_id(room_id)?;
+    check_user_id(&body.user_id)?;
+    require_joined(node, room_id, &requester.user_id).await?;
+    let mut content = json!({ "membership": membership });
+    if let Some(reason) = body.reason {
+        content["reason"] = json!(reason);
+    }
+    node.send_state_event(
+        room_id,
+        &requester.user_id,
+        "m.room.member",
+        &body.user_id,
+        content,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/kick
+pub async fn kick(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> ApiResult<HttpResponse> {
+    let room_id = path.into_inner();
+    match rooms::membership(&node.pool, &room_id, &body.user_id).await? {
+        Some(m)
+            if m.membership == "join" || m.membership == "invite" || m.membership == "knock" => {}
+        _ => {
+            return Err(ApiError::forbidden(format!(
+                "{} is not in the room",
+                body.user_id
+            )))
+        }
+    }
+    set_membership_of_other(&node, &requester, &room_id, body, "leave").await
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/ban
+pub async fn ban(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> ApiResult<HttpResponse> {
+    set_membership_of_other(&node, &requester, &path.into_inner(), body, "ban").await
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/unban
+pub async fn unban(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<TargetBody>,
+) -> ApiResult<HttpResponse> {
+    let room_id = path.into_inner();
+    match rooms::membership(&node.pool, &room_id, &body.user_id).await? {
+        Some(m) if m.membership == "ban" => {}
+        _ => {
+            return Err(ApiError::forbidden(format!(
+                "{} is not banned",
+                body.user_id
+            )))
+        }
+    }
+    set_membership_of_other(&node, &requester, &room_id, body, "leave").await
+}
+
+/// POST /_matrix/client/v3/rooms/{roomId}/forget
+pub async fn forget(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let room_id = path.into_inner();
+    match rooms::membership(&node.pool, &room_id, &requester.user_id).await? {
+        Some(m) if m.membership == "join" || m.membership == "invite" => Err(ApiError::new(
+            ErrCode::Unknown,
+            "you must leave the room before forgetting it",
+        )),
+        Some(_) => {
+            rooms::forget_room(&node.pool, &requester.user_id, &room_id).await?;
+            Ok(HttpResponse::Ok().json(json!({})))
+        }
+        None => Err(ApiError::not_found("you have never been in this room")),
+    }
+}
+
+/// GET /_matrix/client/v3/rooms/{roomId}/joined_members
+pub async fn joined_members(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let room_id = path.into_inner();
+    require_joined(&node, &room_id, &requester.user_id).await?;
+    let mut joined = serde_json::Map::new();
+    for event in rooms::joined_members(&node.pool, &room_id).await? {
+        let content = event.content();
+        let mut member = serde_json::Map::new();
+        if let Some(name) = content.get("displayname").filter(|v| v.is_string()) {
+            member.insert("display_name".into(), name.clone());
+        }
+        if let Some(url) = content.get("avatar_url").filter(|v| v.is_string()) {
+            member.insert("avatar_url".into(), url.clone());
+        }
+        if let Some(user_id) = event.state_key {
+            joined.insert(user_id, Value::Object(member));
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({ "joined": joined })))
+}
+
+#[derive(Deserialize)]
+pub struct MembersQuery {
+    at: Option<String>,
+    membership: Option<String>,
+    not_membership: Option<String>,
+}
+
+/// GET /_matrix/client/v3/rooms/{roomId}/members
+pub async fn members(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+    query: web::Query<MembersQuery>,
+) -> ApiResult<HttpResponse> {
+    let room_id = path.into_inner();
+    let visible_upto = visibility(&node, &room_id, &requester.user_id)
+        .await?
+        .upto()
+        .ok_or_else(|| {
+            ApiError::forbidden(format!("{} is not in room {room_id}", requester.user_id))
+        })?;
+    let at = match &query.at {
+        Some(token) => {
+            let token =
+                parse_pagination(token).map_err(|e| ApiError::invalid_param(e.to_string()))?;
+            token.max_stream_pos().min(visible_upto)
+        }
+        None => visible_upto,
+    };
+    let members = if at == i64::MAX {
+        rooms::current_state(&node.pool, &room_id).await?
+    } else {
+        match rooms::state_group_at(&node.pool, &room_id, at).await? {
+            Some(group) => rooms::state_group_events(&node.pool, group).await?,
+            None => Vec::new(),
+        }
+    };
+    let members: Vec<_> = members
+        .into_iter()
+        .filter(|e| e.kind == "m.room.member")
+        .filter(|e| {
+            let membership = e
+                .content()
+                .get("membership")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            query.membership.as_deref().is_none_or(|m| m == membership)
+                && query
+                    .not_membership
+                    .as_deref()
+                    .is_none_or(|m| m != membership)
+        })
+        .collect();
+    let chunk = client_events(&node, &members, Some(&requester)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "chunk": chunk })))
+}
+
+pub fn check_room_id(room_id: &str) -> ApiResult<()> {
+    ruma::RoomId::parse(room_id)
+        .map(|_| ())
+        .map_err(|_| ApiError::invalid_param(format!("`{room_id}` is not a valid room id")))
+}
+
+pub fn check_user_id(user_id: &str) -> ApiResult<ruma::OwnedUserId> {
+    ruma::UserId::parse(user_id)
+        .map_err(|_| ApiError::invalid_param(format!("`{user_id}` is not a valid user id")))
+}

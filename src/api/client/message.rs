@@ -1,0 +1,352 @@
+//! Room timeline: send (idempotent per device and transaction id), redact,
+//! paginate (`/messages`), `/context` and single events.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::client::events::client_events;
+use crate::api::client::membership::{check_room_id, visibility, Visibility};
+use crate::api::{JsonBody, Requester};
+use crate::error::{ApiError, ApiResult};
+use crate::node::Node;
+use crate::roles::events::{SendEvent, Transaction};
+use crate::rooms::filter::{Filter, RoomEventFilter};
+use crate::rooms::pdu;
+use crate::rooms::version::parse_supported;
+use crate::storage::rooms::{self, StoredEvent};
+use crate::streams::token::{parse_pagination, RoomStreamToken};
+
+/// PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}
+pub async fn send_message_event(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<(String, String, String)>,
+    JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
+) -> ApiResult<HttpResponse> {
+    let (room_id, kind, txn_id) = path.into_inner();
+    check_room_id(&room_id)?;
+    let persisted = node
+        .send_event(SendEvent {
+            room_id,
+            sender: requester.user_id.clone(),
+            kind,
+            state_key: None,
+            content: Value::Object(body),
+            redacts: None,
+            txn: Some(Transaction {
+                device_id: requester.device_id.clone(),
+                txn_id,
+            }),
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "event_id": persisted.event_id })))
+}
+
+#[derive(Deserialize, Default)]
+pub struct RedactBody {
+    reason: Option<String>,
+}
+
+/// PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}
+pub async fn redact_event(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<(String, String, String)>,
+    JsonBody(body): JsonBody<RedactBody>,
+) -> ApiResult<HttpResponse> {
+    let (room_id, event_id, txn_id) = path.into_inner();
+    check_room_id(&room_id)?;
+    ruma::EventId::parse(&event_id).map_err(|_| ApiError::invalid_param("malformed event id"))?;
+    if visibility(&node, &room_id, &requester.user_id).await? != Visibility::All {
+        return Err(ApiError::forbidden("you are not in this room"));
+    }
+    let target = rooms::event(&node.pool, &event_id)
+        .await?
+        .filter(|e| e.room_id == room_id)
+        .ok_or_else(|| ApiError::not_found("event not found"))?;
+    if target.sender != requester.user_id
+        && !can_redact_others(&node, &room_id, &requester.user_id).await?
+    {
+        return Err(ApiError::forbidden(
+            "you may not redact other users' events",
+        ));
+    }
+    let mut content = json!({});
+    if let Some(reason) = body.reason {
+        content["reason"] = json!(reason);
+    }
+    let persisted = node
+        .send_event(SendEvent {
+            room_id,
+            sender: requester.user_id.clone(),
+            kind: "m.room.redaction".into(),
+            state_key: None,
+            content,
+            redacts: Some(event_id),
+            txn: Some(Transaction {
+                device_id: requester.device_id.clone(),
+                txn_id,
+            }),
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({ "event_id": persisted.event_id })))
+}
+
+/// Whether the user's power level reaches the room's `redact` level.
+async fn can_redact_others(node: &Node, room_id: &str, user_id: &str) -> ApiResult<bool> {
+    let info = rooms::room_info(&node.pool, room_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown room"))?;
+    let version = parse_supported(&info.room_version)
+        .ok_or_else(|| ApiError::internal("unsupported stored room version"))?;
+    let create = rooms::current_state_event(&node.pool, room_id, "m.room.create", "").await?;
+    let power = rooms::current_state_event(&node.pool, room_id, "m.room.power_levels", "").await?;
+    let parse = |event: StoredEvent| crate::roles::events::parse_stored_pdu(&version, event.pdu);
+    let create = create
+        .map(parse)
+        .transpose()
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::internal("room without create event"))?;
+    let power = power.map(parse).transpose().map_err(ApiError::internal)?;
+    let user = ruma::UserId::parse(user_id).map_err(ApiError::internal)?;
+    let levels =
+        pdu::room_power_levels(&version, &create, power.as_ref()).map_err(ApiError::internal)?;
+    Ok(levels.user_can_redact_event_of_other(&user))
+}
+
+#[derive(Deserialize)]
+pub struct MessagesQuery {
+    from: Option<String>,
+    to: Option<String>,
+    dir: Option<String>,
+    limit: Option<String>,
+    filter: Option<String>,
+}
+
+/// The most events one page returns.
+const MAX_PAGE: i64 = 1000;
+
+fn parse_limit(limit: Option<&str>, default: i64) -> ApiResult<i64> {
+    match limit {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|l| *l >= 0)
+            .map(|l| l.min(MAX_PAGE))
+            .ok_or_else(|| ApiError::invalid_param("limit must be a non-negative integer")),
+    }
+}
+
+fn parse_filter(filter: Option<&str>) -> ApiResult<RoomEventFilter> {
+    match filter {
+        None => Ok(RoomEventFilter::default()),
+        Some(text) => {
+            let value: Value = serde_json::from_str(text)
+                .map_err(|_| ApiError::invalid_param("filter is not JSON"))?;
+            let wrapped = json!({ "room": { "timeline": value } });
+            Ok(Filter::parse(wrapped)?.room.timeline)
+        }
+    }
+}
+
+fn token_position(token: &str) -> ApiResult<i64> {
+    parse_pagination(token)
+        .map(|t| t.max_stream_pos())
+        .map_err(|e| ApiError::invalid_param(e.to_string()))
+}
+
+/// GET /_matrix/client/v3/rooms/{roomId}/messages
+pub async fn messages(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+    query: web::Query<MessagesQuery>,
+) -> ApiResult<HttpResponse> {
+    let room_id = path.into_inner();
+    check_room_id(&room_id)?;
+    let forward = match query.dir.as_deref() {
+        Some("f") => true,
+        Some("b") | None => false,
+        Some(_) => return Err(ApiError::invalid_param("dir must be `b` or `f`")),
+    };
+    let limit = parse_limit(query.limit.as_deref(), 10)?;
+    let filter = parse_filter(query.filter.as_deref())?;
+    let visible_upto = visibility(&node, &room_id, &requester.user_id)
+        .await?
+        .upto()
+        .ok_or_else(|| {
+            ApiError::forbidden(format!("{} is not in room {room_id}", requester.user_id))
+        })?;
+    let current = node.notifier.events_position();
+    let from = match &query.from {
+        Some(token) => token_position(token)?.min(current),
+        None if forward => 0,
+        None => current,
+    };
+    let to = query.to.as_deref().map(token_position).transpose()?;
+    // Backwards, `s{N}` includes N; forwards, pages start after N.
+    let (from, to) = if forward {
+        (from, Some(to.unwrap_or(i64::MAX).min(visible_upto)))
+    } else {
+        (from.min(visible_upto), to)
+    };
+    let page = rooms::paginate(&node.pool, &room_id, from, to, forward, limit).await?;
+    let end = match page.last() {
+        Some(last) if page.len() as i64 == limit => Some(if forward {
+            last.stream_ordering
+        } else {
+            last.stream_ordering - 1
+        }),
+        _ => None,
+    };
+    let page: Vec<StoredEvent> = page
+        .into_iter()
+        .filter(|e| filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
+        .collect();
+    let chunk = client_events(&node, &page, Some(&requester)).await?;
+    let mut body = json!({
+        "start": RoomStreamToken::live(from).to_string(),
+        "chunk": chunk,
+    });
+    if let Some(end) = end {
+        body["end"] = json!(RoomStreamToken::live(end).to_string());
+    }
+    if filter.lazy_load_members {
+        body["state"] = json!(member_events_of_senders(&node, &room_id, &page, &requester).await?);
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// The current member events of the senders of `events` (lazy-loading members).
+async fn member_events_of_senders(
+    node: &Node,
+    room_id: &str,
+    events: &[StoredEvent],
+    requester: &Requester,
+) -> ApiResult<Vec<Value>> {
+    let mut senders: Vec<&str> = events.iter().map(|e| e.sender.as_str()).collect();
+    senders.sort_unstable();
+    senders.dedup();
+    let mut members = Vec::new();
+    for sender in senders {
+        if let Some(event) =
+            rooms::current_state_event(&node.pool, room_id, "m.room.member", sender).await?
+        {
+            members.push(event);
+        }
+    }
+    client_events(node, &members, Some(requester)).await
+}
+
+#[derive(Deserialize)]
+pub struct ContextQuery {
+    limit: Option<String>,
+    filter: Option<String>,
+}
+
+/// GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}
+pub async fn context(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<(String, String)>,
+    query: web::Query<ContextQuery>,
+) -> ApiResult<HttpResponse> {
+    let (room_id, event_id) = path.into_inner();
+    check_room_id(&room_id)?;
+    let limit = parse_limit(query.limit.as_deref(), 10)?;
+    let filter = parse_filter(query.filter.as_deref())?;
+    let event = visible_event(&node, &requester, &room_id, &event_id).await?;
+    let visible_upto = visibility(&node, &room_id, &requester.user_id)
+        .await?
+        .upto()
+        .unwrap_or(0);
+    let before_count = limit / 2;
+    let after_count = limit - before_count;
+    let before = rooms::paginate(
+        &node.pool,
+        &room_id,
+        event.stream_ordering - 1,
+        None,
+        false,
+        before_count,
+    )
+    .await?;
+    let after = rooms::paginate(
+        &node.pool,
+        &room_id,
+        event.stream_ordering,
+        Some(visible_upto),
+        true,
+        after_count,
+    )
+    .await?;
+    let start = before
+        .last()
+        .map(|e| e.stream_ordering - 1)
+        .unwrap_or(event.stream_ordering - 1);
+    let end = after
+        .last()
+        .map(|e| e.stream_ordering)
+        .unwrap_or(event.stream_ordering);
+    let last_event_id = after
+        .last()
+        .map(|e| e.event_id.clone())
+        .unwrap_or_else(|| event.event_id.clone());
+    let keep = |events: Vec<StoredEvent>| -> Vec<StoredEvent> {
+        events
+            .into_iter()
+            .filter(|e| filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
+            .collect()
+    };
+    let before = keep(before);
+    let after = keep(after);
+    let state = match rooms::state_group_of_event(&node.pool, &last_event_id).await? {
+        Some(group) => rooms::state_group_events(&node.pool, group).await?,
+        None => Vec::new(),
+    };
+    let mut formatted =
+        client_events(&node, std::slice::from_ref(&event), Some(&requester)).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "event": formatted.pop().unwrap_or(Value::Null),
+        "events_before": client_events(&node, &before, Some(&requester)).await?,
+        "events_after": client_events(&node, &after, Some(&requester)).await?,
+        "start": RoomStreamToken::live(start).to_string(),
+        "end": RoomStreamToken::live(end).to_string(),
+        "state": client_events(&node, &state, Some(&requester)).await?,
+    })))
+}
+
+/// GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}
+pub async fn get_event(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let (room_id, event_id) = path.into_inner();
+    check_room_id(&room_id)?;
+    let event = visible_event(&node, &requester, &room_id, &event_id).await?;
+    let mut formatted =
+        client_events(&node, std::slice::from_ref(&event), Some(&requester)).await?;
+    Ok(HttpResponse::Ok().json(formatted.pop().unwrap_or(Value::Null)))
+}
+
+/// The event, if it is in the room and the user may see it; 404 otherwise,
+/// so that events of rooms one is not in are not revealed.
+async fn visible_event(
+    node: &Node,
+    requester: &Requester,
+    room_id: &str,
+    event_id: &str,
+) -> ApiResult<StoredEvent> {
+    ruma::EventId::parse(event_id).map_err(|_| ApiError::invalid_param("malformed event id"))?;
+    let upto = visibility(node, room_id, &requester.user_id).await?.upto();
+    let event = rooms::event(&node.pool, event_id)
+        .await?
+        .filter(|e| e.room_id == room_id);
+    match (event, upto) {
+        (Some(event), Some(upto)) if event.stream_ordering <= upto => Ok(event),
+        _ => Err(ApiError::not_found("event not found")),
+    }
+}

@@ -1,0 +1,376 @@
+//! `/sync`: initial and incremental, long-polling with `timeout`, filters by id
+//! or inline JSON, `full_state`, and the join / invite / leave sections.
+//!
+//! The `since` token's room component is a position in the events stream. A
+//! request first registers with the notifier on the user's id and joined
+//! rooms, then computes its answer; if the answer is empty it sleeps until
+//! one of those keys is notified or the timeout passes, then computes again.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::api::client::events::{client_events, stripped_state, STRIPPED_STATE_TYPES};
+use crate::api::Requester;
+use crate::error::{ApiError, ApiResult};
+use crate::node::Node;
+use crate::rooms::filter::Filter;
+use crate::storage::rooms::{Membership, StoredEvent};
+use crate::storage::{accounts, rooms};
+use crate::streams::token::{RoomStreamToken, StreamToken};
+
+/// The longest a client may ask to wait.
+const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+/// Timeline events per room when the filter sets no limit.
+const DEFAULT_TIMELINE_LIMIT: i64 = 10;
+
+#[derive(Deserialize)]
+pub struct SyncQuery {
+    since: Option<String>,
+    filter: Option<String>,
+    full_state: Option<String>,
+    timeout: Option<String>,
+    set_presence: Option<String>,
+}
+
+/// GET /_matrix/client/v3/sync
+pub async fn sync(
+    node: web::Data<Node>,
+    requester: Requester,
+    query: web::Query<SyncQuery>,
+) -> ApiResult<HttpResponse> {
+    let since = match &query.since {
+        Some(token) => {
+            let token: StreamToken =
+                token
+                    .parse()
+                    .map_err(|e: crate::streams::token::TokenError| {
+                        ApiError::invalid_param(e.to_string())
+                    })?;
+            // A token from the future (forged, or from before a restore) is clamped.
+            Some(
+                token
+                    .room
+                    .max_stream_pos()
+                    .min(node.notifier.events_position()),
+            )
+        }
+        None => None,
+    };
+    let filter = load_filter(&node, &requester, query.filter.as_deref()).await?;
+    let full_state = match query.full_state.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::invalid_param("full_state must be true or false")),
+    };
+    let timeout = match &query.timeout {
+        None => Duration::ZERO,
+        Some(ms) => Duration::from_millis(
+            ms.parse::<u64>()
+                .map_err(|_| ApiError::invalid_param("timeout must be a number of milliseconds"))?,
+        ),
+    }
+    .min(MAX_TIMEOUT);
+    if let Some(presence) = &query.set_presence {
+        if !matches!(presence.as_str(), "online" | "offline" | "unavailable") {
+            return Err(ApiError::invalid_param(
+                "set_presence must be online, offline or unavailable",
+            ));
+        }
+    }
+
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let mut keys = rooms::joined_rooms(&node.pool, &requester.user_id).await?;
+        keys.push(requester.user_id.clone());
+        let listener = node.notifier.listen(keys);
+        let upto = node.notifier.events_position();
+        let response = compute(&node, &requester, &filter, since, upto, full_state).await?;
+        let now = tokio::time::Instant::now();
+        if !response.is_empty() || since.is_none() || full_state || now >= deadline {
+            return Ok(HttpResponse::Ok().json(response.into_json(upto)));
+        }
+        if !listener.wait(deadline - now).await {
+            // Timed out: nothing happened that concerns this user.
+            let upto = node.notifier.events_position().max(upto);
+            return Ok(HttpResponse::Ok().json(SyncResponse::default().into_json(upto)));
+        }
+    }
+}
+
+async fn load_filter(
+    node: &Node,
+    requester: &Requester,
+    filter: Option<&str>,
+) -> ApiResult<Filter> {
+    match filter {
+        None => Ok(Filter::default()),
+        Some(text) if text.trim_start().starts_with('{') => {
+            let value: Value = serde_json::from_str(text)
+                .map_err(|_| ApiError::invalid_param("filter is not valid JSON"))?;
+            Filter::parse(value)
+        }
+        Some(id) => {
+            let id: i64 = id
+                .parse()
+                .map_err(|_| ApiError::invalid_param("filter must be a filter id or JSON"))?;
+            let value = accounts::filter(&node.pool, &requester.user_id, id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("no such filter"))?;
+            Filter::parse(value)
+        }
+    }
+}
+
+#[derive(Default)]
+struct SyncResponse {
+    join: Map<String, Value>,
+    invite: Map<String, Value>,
+    leave: Map<String, Value>,
+}
+
+impl SyncResponse {
+    fn is_empty(&self) -> bool {
+        self.join.is_empty() && self.invite.is_empty() && self.leave.is_empty()
+    }
+
+    fn into_json(self, upto: i64) -> Value {
+        let next_batch = StreamToken {
+            room: RoomStreamToken::live(upto),
+            ..StreamToken::START
+        };
+        json!({
+            "next_batch": next_batch.to_string(),
+            "rooms": { "join": self.join, "invite": self.invite, "leave": self.leave, "knock": {} },
+            "presence": { "events": [] },
+            "account_data": { "events": [] },
+            "to_device": { "events": [] },
+            "device_lists": { "changed": [], "left": [] },
+            "device_one_time_keys_count": {},
+        })
+    }
+}
+
+async fn compute(
+    node: &Node,
+    requester: &Requester,
+    filter: &Filter,
+    since: Option<i64>,
+    upto: i64,
+    full_state: bool,
+) -> ApiResult<SyncResponse> {
+    let mut response = SyncResponse::default();
+    let memberships = rooms::memberships_of_user(&node.pool, &requester.user_id).await?;
+    let forgotten = rooms::forgotten_rooms(&node.pool, &requester.user_id).await?;
+    let timeline_limit = filter
+        .room
+        .timeline
+        .limit
+        .map(|l| l as i64)
+        .unwrap_or(DEFAULT_TIMELINE_LIMIT)
+        .clamp(0, 1000);
+
+    // Memberships that changed after `upto` are left for the next sync.
+    let memberships: Vec<Membership> = memberships
+        .into_iter()
+        .filter(|m| {
+            m.stream_ordering <= upto
+                && filter.wants_room(&m.room_id)
+                && !forgotten.contains(&m.room_id)
+        })
+        .collect();
+    let joined: Vec<&Membership> = memberships
+        .iter()
+        .filter(|m| m.membership == "join")
+        .collect();
+    let joined_ids: Vec<String> = joined.iter().map(|m| m.room_id.clone()).collect();
+    let after = since.unwrap_or(0);
+    let mut recent =
+        rooms::recent_events_per_room(&node.pool, &joined_ids, after, upto, timeline_limit).await?;
+
+    for membership in &joined {
+        let newly_joined = since.is_none_or(|s| membership.stream_ordering > s);
+        let events = recent.remove(&membership.room_id).unwrap_or_default();
+        if events.is_empty() && !newly_joined && !full_state {
+            continue;
+        }
+        let room = room_section(
+            node,
+            requester,
+            filter,
+            membership,
+            events,
+            since,
+            timeline_limit,
+            newly_joined || full_state,
+        )
+        .await?;
+        response.join.insert(membership.room_id.clone(), room);
+    }
+
+    for membership in memberships.iter().filter(|m| m.membership == "invite") {
+        if since.is_some_and(|s| membership.stream_ordering <= s) {
+            continue;
+        }
+        let mut state = Vec::new();
+        for event in rooms::current_state(&node.pool, &membership.room_id).await? {
+            if STRIPPED_STATE_TYPES.contains(&event.kind.as_str()) {
+                state.push(stripped_state(&event));
+            }
+        }
+        if let Some(invite) =
+            rooms::events_by_ids(&node.pool, std::slice::from_ref(&membership.event_id))
+                .await?
+                .pop()
+        {
+            let mut formatted = client_events(node, &[invite], Some(requester)).await?;
+            if let Some(event) = formatted.pop() {
+                state.push(event);
+            }
+        }
+        response.invite.insert(
+            membership.room_id.clone(),
+            json!({ "invite_state": { "events": state } }),
+        );
+    }
+
+    for membership in memberships
+        .iter()
+        .filter(|m| m.membership == "leave" || m.membership == "ban")
+    {
+        let include = match since {
+            Some(s) => membership.stream_ordering > s,
+            None => filter.room.include_leave,
+        };
+        if !include {
+            continue;
+        }
+        let leave_pos = membership.stream_ordering;
+        let mut events = rooms::recent_events_per_room(
+            &node.pool,
+            std::slice::from_ref(&membership.room_id),
+            after,
+            leave_pos,
+            timeline_limit,
+        )
+        .await?
+        .remove(&membership.room_id)
+        .unwrap_or_default();
+        if events.is_empty() {
+            // Rejecting an invite: the leave event itself is all there is to show.
+            events = rooms::events_by_ids(&node.pool, std::slice::from_ref(&membership.event_id))
+                .await?;
+        }
+        let room = room_section(
+            node,
+            requester,
+            filter,
+            membership,
+            events,
+            since,
+            timeline_limit,
+            false,
+        )
+        .await?;
+        response.leave.insert(membership.room_id.clone(), room);
+    }
+    Ok(response)
+}
+
+/// One room of the `join` or `leave` section. `events` are newest first, with
+/// one more than the limit when there are more.
+#[allow(clippy::too_many_arguments)]
+async fn room_section(
+    node: &Node,
+    requester: &Requester,
+    filter: &Filter,
+    membership: &Membership,
+    mut events: Vec<StoredEvent>,
+    since: Option<i64>,
+    limit: i64,
+    full_state: bool,
+) -> ApiResult<Value> {
+    let limited = events.len() as i64 > limit;
+    events.truncate(limit.max(0) as usize);
+    events.reverse();
+    let timeline_start = events.first().map(|e| e.stream_ordering);
+    let prev_batch = timeline_start
+        .map(|s| s - 1)
+        .unwrap_or(membership.stream_ordering);
+
+    // State: everything before the timeline for a new room (or full_state), the
+    // changes between `since` and the timeline's start when there is a gap.
+    let state_before = timeline_start
+        .map(|s| s - 1)
+        .unwrap_or(membership.stream_ordering);
+    let state_events: Vec<StoredEvent> = if full_state {
+        match rooms::state_group_at(&node.pool, &membership.room_id, state_before).await? {
+            Some(group) => rooms::state_group_events(&node.pool, group).await?,
+            None => Vec::new(),
+        }
+    } else if limited {
+        rooms::state_changes_between(
+            &node.pool,
+            &membership.room_id,
+            since.unwrap_or(0),
+            state_before,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
+    let state_filter = &filter.room.state;
+    let state_events: Vec<StoredEvent> = state_events
+        .into_iter()
+        .filter(|e| state_filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
+        .collect();
+    let timeline_filter = &filter.room.timeline;
+    let events: Vec<StoredEvent> = events
+        .into_iter()
+        .filter(|e| timeline_filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
+        .collect();
+
+    let mut section = json!({
+        "timeline": {
+            "events": client_events(node, &events, Some(requester)).await?,
+            "limited": limited,
+            "prev_batch": RoomStreamToken::live(prev_batch.max(0)).to_string(),
+        },
+        "state": { "events": client_events(node, &state_events, Some(requester)).await? },
+        "account_data": { "events": [] },
+    });
+    if membership.membership == "join" {
+        section["ephemeral"] = json!({ "events": [] });
+        section["unread_notifications"] = json!({ "highlight_count": 0, "notification_count": 0 });
+        section["summary"] = summary(node, &membership.room_id).await?;
+    }
+    Ok(section)
+}
+
+/// The room summary: heroes and member counts, for clients to name the room.
+async fn summary(node: &Node, room_id: &str) -> ApiResult<Value> {
+    let state = rooms::current_state(&node.pool, room_id).await?;
+    let mut counts: HashMap<&str, i64> = HashMap::new();
+    let mut heroes = Vec::new();
+    for event in state.iter().filter(|e| e.kind == "m.room.member") {
+        let membership = event
+            .content()
+            .get("membership")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        *counts.entry(membership).or_default() += 1;
+        if (membership == "join" || membership == "invite") && heroes.len() < 5 {
+            if let Some(user) = &event.state_key {
+                heroes.push(user.clone());
+            }
+        }
+    }
+    Ok(json!({
+        "m.heroes": heroes,
+        "m.joined_member_count": counts.get("join").copied().unwrap_or(0),
+        "m.invited_member_count": counts.get("invite").copied().unwrap_or(0),
+    }))
+}

@@ -1,0 +1,48 @@
+//! Discovery: `/versions`, `.well-known`, `/capabilities`.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::api::Requester;
+use crate::error::ApiResult;
+use crate::node::Node;
+use crate::rooms::version::SUPPORTED_ROOM_VERSIONS;
+
+/// GET /_matrix/client/versions
+pub async fn versions() -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "versions": [
+            "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8",
+            "v1.9", "v1.10", "v1.11", "v1.12"
+        ],
+        "unstable_features": {}
+    }))
+}
+
+/// GET /.well-known/matrix/client
+pub async fn well_known(node: web::Data<Node>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "m.homeserver": { "base_url": node.config.public_baseurl() }
+    }))
+}
+
+/// GET /_matrix/client/v3/capabilities
+pub async fn capabilities(node: web::Data<Node>, _requester: Requester) -> ApiResult<HttpResponse> {
+    let available: serde_json::Map<String, serde_json::Value> = SUPPORTED_ROOM_VERSIONS
+        .iter()
+        .map(|v| (v.to_string(), json!("stable")))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "capabilities": {
+            "m.room_versions": {
+                "default": node.config.default_room_version,
+                "available": available,
+            },
+            "m.change_password": { "enabled": false },
+            "m.set_displayname": { "enabled": true },
+            "m.set_avatar_url": { "enabled": true },
+            "m.3pid_changes": { "enabled": false },
+            "m.get_login_token": { "enabled": false },
+        }
+    })))
+}

@@ -1,0 +1,292 @@
+//! The homeserver configuration: one YAML file read with figment, every key
+//! overridable by a `LATTICE__...` environment variable (`__` separates nesting
+//! levels: `LATTICE__DATABASE__URL`). Unknown keys and bad values stop start-up
+//! with one line naming the key.
+
+use std::net::SocketAddr;
+
+use figment::{
+    providers::{Env, Format, Yaml},
+    Figment,
+};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The domain part of every user id and room alias on this server.
+    pub server_name: String,
+    /// `ed25519 <key version> <unpadded base64 seed>`, the format Synapse uses.
+    pub signing_key: String,
+    /// Address the HTTP listener binds.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Base URL clients reach this server at; advertised in `.well-known`.
+    #[serde(default)]
+    pub public_baseurl: Option<String>,
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub enable_registration: bool,
+    #[serde(default)]
+    pub registration_shared_secret: Option<String>,
+    #[serde(default)]
+    pub rate_limits: RateLimitConfig,
+    /// A tracing filter directive, such as `info` or `lattice=debug,info`.
+    #[serde(default = "default_log")]
+    pub log: String,
+    /// Room version given to rooms created without an explicit one.
+    #[serde(default = "default_room_version")]
+    pub default_room_version: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// A PostgreSQL connection URL: `postgresql://user:password@host:port/dbname`.
+    pub url: String,
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL; only needed when instances are split.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Sustained requests per second allowed to one user (or one IP address for
+    /// requests without an access token).
+    #[serde(default = "default_rate_per_second")]
+    pub per_second: f64,
+    /// How many requests may arrive at once before the sustained rate applies.
+    #[serde(default = "default_rate_burst")]
+    pub burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: true,
+            per_second: default_rate_per_second(),
+            burst: default_rate_burst(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8008))
+}
+fn default_log() -> String {
+    "info".into()
+}
+fn default_room_version() -> String {
+    "12".into()
+}
+fn default_pool_size() -> usize {
+    16
+}
+fn default_true() -> bool {
+    true
+}
+fn default_rate_per_second() -> f64 {
+    20.0
+}
+fn default_rate_burst() -> u32 {
+    100
+}
+
+/// A configuration that could not be loaded; its message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Figment(String),
+    #[error("config: key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Config {
+    /// Reads `path` (if given) and the `LATTICE__` environment.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(ConfigError::Figment(format!(
+                    "file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Yaml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("LATTICE__").split("__"));
+        Self::from_figment(figment)
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|error| {
+            // figment reports one error per problem; the first names the key.
+            let first = error.into_iter().next();
+            ConfigError::Figment(first.map(|e| e.to_string()).unwrap_or_default())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if ruma::ServerName::parse(&self.server_name).is_err() {
+            return Err(ConfigError::Invalid {
+                key: "server_name",
+                message: format!("`{}` is not a valid server name", self.server_name),
+            });
+        }
+        crate::keys::SigningKey::parse(&self.signing_key).map_err(|message| {
+            ConfigError::Invalid {
+                key: "signing_key",
+                message,
+            }
+        })?;
+        if crate::rooms::version::parse_supported(&self.default_room_version).is_none() {
+            return Err(ConfigError::Invalid {
+                key: "default_room_version",
+                message: format!(
+                    "room version `{}` is not supported (10, 11, 12 are)",
+                    self.default_room_version
+                ),
+            });
+        }
+        if self.database.pool_size == 0 {
+            return Err(ConfigError::Invalid {
+                key: "database.pool_size",
+                message: "must be at least 1".into(),
+            });
+        }
+        if !(self.rate_limits.per_second > 0.0) {
+            return Err(ConfigError::Invalid {
+                key: "rate_limits.per_second",
+                message: "must be a positive number".into(),
+            });
+        }
+        if let Some(url) = &self.redis.url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::Invalid {
+                    key: "redis.url",
+                    message: "must start with redis:// or rediss://".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn public_baseurl(&self) -> String {
+        match &self.public_baseurl {
+            Some(url) => url.trim_end_matches('/').to_owned() + "/",
+            None => format!("http://{}/", self.listen),
+        }
+    }
+}
+
+/// The documented configuration `lattice generate-config` prints.
+pub fn sample(server_name: &str, signing_key: &str) -> String {
+    format!(
+        r#"# Lattice homeserver configuration.
+# Every key can be overridden by an environment variable: LATTICE__<KEY>, with
+# `__` between nesting levels (LATTICE__DATABASE__URL=postgresql://...).
+
+# The domain of every user id (@alice:SERVER_NAME) and alias on this server.
+# It cannot change once users exist.
+server_name: "{server_name}"
+
+# This server's ed25519 signing key (Synapse's format: algorithm, version, seed).
+# Keep it secret and never change it: other servers remember it.
+signing_key: "{signing_key}"
+
+# Address and port the HTTP listener binds.
+listen: "127.0.0.1:8008"
+
+# The URL clients use to reach this server (advertised in .well-known).
+# Defaults to http://<listen>/.
+# public_baseurl: "https://matrix.example.org/"
+
+database:
+  # PostgreSQL connection URL. The database must exist; tables are created at start-up.
+  url: "postgresql://lattice@127.0.0.1:5433/lattice"
+  # Connections in the pool of each instance.
+  pool_size: 16
+
+# Redis is only needed when instances run in several processes.
+# redis:
+#   url: "redis://127.0.0.1:6379"
+
+# Whether anyone may create an account through /register.
+enable_registration: false
+
+# Room version for rooms created without one: 10, 11 or 12.
+default_room_version: "12"
+
+rate_limits:
+  # Requests beyond this rate answer 429 M_LIMIT_EXCEEDED with retry_after_ms.
+  enabled: true
+  # Sustained requests per second per user (per IP address without a token).
+  per_second: 20
+  # Requests allowed at once before the sustained rate applies.
+  burst: 100
+
+# Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
+log: "info"
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figment(yaml: &str) -> Figment {
+        Figment::new().merge(Yaml::string(yaml))
+    }
+
+    fn base() -> String {
+        sample(
+            "example.org",
+            &crate::keys::SigningKey::generate().to_config_string(),
+        )
+    }
+
+    #[test]
+    fn the_sample_loads() {
+        let config = Config::from_figment(figment(&base())).expect("sample config must load");
+        assert_eq!(config.server_name, "example.org");
+        assert!(config.rate_limits.enabled);
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let yaml = base() + "\nnot_a_key: 3\n";
+        let error = Config::from_figment(figment(&yaml))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not_a_key"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_value_is_named() {
+        let yaml = base().replace("per_second: 20", "per_second: lots");
+        let error = Config::from_figment(figment(&yaml))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("per_second"), "{error}");
+        let yaml = base().replace("pool_size: 16", "pool_size: 0");
+        let error = Config::from_figment(figment(&yaml))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("database.pool_size"), "{error}");
+    }
+}

@@ -1,0 +1,195 @@
+//! Errors as the Client-Server API shows them.
+//!
+//! Every failure a handler can produce is an [`ApiError`]; it becomes Matrix JSON
+//! (`{"errcode", "error"}`) with the right HTTP status in exactly one place, the
+//! `ResponseError` impl below. Lower layers have their own error enums
+//! ([`crate::storage::StorageError`], `MailboxError`) that convert into it.
+
+use actix_web::{http::StatusCode, HttpResponse, ResponseError};
+use serde_json::json;
+
+/// A Matrix error: an `errcode`, a human-readable message, and the extra fields
+/// some codes carry.
+#[derive(Debug, thiserror::Error)]
+#[error("{errcode}: {message}")]
+pub struct ApiError {
+    pub errcode: ErrCode,
+    pub message: String,
+    /// `retry_after_ms` for `M_LIMIT_EXCEEDED`.
+    pub retry_after_ms: Option<u64>,
+    /// The user-interactive authentication state for a `401` during UIA.
+    pub uia: Option<serde_json::Value>,
+}
+
+/// The Matrix error codes Lattice produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrCode {
+    Forbidden,
+    UnknownToken,
+    MissingToken,
+    BadJson,
+    NotJson,
+    NotFound,
+    LimitExceeded,
+    Unrecognized,
+    Unknown,
+    UserInUse,
+    InvalidUsername,
+    RoomInUse,
+    InvalidRoomState,
+    Exclusive,
+    InvalidParam,
+    MissingParam,
+    TooLarge,
+    UnsupportedRoomVersion,
+    Unauthorized,
+    UserDeactivated,
+    GuestAccessForbidden,
+    Unavailable,
+    BadAlias,
+    /// `M_UNKNOWN` with 409, Synapse's answer when an alias exists.
+    AliasInUse,
+    /// `M_UNKNOWN` for failures that are the server's fault (500).
+    Internal,
+}
+
+impl ErrCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrCode::Forbidden => "M_FORBIDDEN",
+            ErrCode::UnknownToken => "M_UNKNOWN_TOKEN",
+            ErrCode::MissingToken => "M_MISSING_TOKEN",
+            ErrCode::BadJson => "M_BAD_JSON",
+            ErrCode::NotJson => "M_NOT_JSON",
+            ErrCode::NotFound => "M_NOT_FOUND",
+            ErrCode::LimitExceeded => "M_LIMIT_EXCEEDED",
+            ErrCode::Unrecognized => "M_UNRECOGNIZED",
+            ErrCode::Unknown => "M_UNKNOWN",
+            ErrCode::UserInUse => "M_USER_IN_USE",
+            ErrCode::InvalidUsername => "M_INVALID_USERNAME",
+            ErrCode::RoomInUse => "M_ROOM_IN_USE",
+            ErrCode::InvalidRoomState => "M_INVALID_ROOM_STATE",
+            ErrCode::Exclusive => "M_EXCLUSIVE",
+            ErrCode::InvalidParam => "M_INVALID_PARAM",
+            ErrCode::MissingParam => "M_MISSING_PARAM",
+            ErrCode::TooLarge => "M_TOO_LARGE",
+            ErrCode::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
+            ErrCode::Unauthorized => "M_UNAUTHORIZED",
+            ErrCode::UserDeactivated => "M_USER_DEACTIVATED",
+            ErrCode::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
+            ErrCode::Unavailable => "M_UNAVAILABLE",
+            ErrCode::BadAlias => "M_BAD_ALIAS",
+            ErrCode::AliasInUse => "M_UNKNOWN",
+            ErrCode::Internal => "M_UNKNOWN",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            ErrCode::Forbidden | ErrCode::GuestAccessForbidden | ErrCode::UserDeactivated => {
+                StatusCode::FORBIDDEN
+            }
+            ErrCode::UnknownToken | ErrCode::MissingToken | ErrCode::Unauthorized => {
+                StatusCode::UNAUTHORIZED
+            }
+            ErrCode::NotFound | ErrCode::Unrecognized => StatusCode::NOT_FOUND,
+            ErrCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ErrCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrCode::AliasInUse => StatusCode::CONFLICT,
+            ErrCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ApiError {
+    pub fn new(errcode: ErrCode, message: impl Into<String>) -> Self {
+        ApiError {
+            errcode,
+            message: message.into(),
+            retry_after_ms: None,
+            uia: None,
+        }
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::Forbidden, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::NotFound, message)
+    }
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::BadJson, message)
+    }
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::InvalidParam, message)
+    }
+    pub fn missing_param(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::MissingParam, message)
+    }
+    pub fn unrecognized(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::Unrecognized, message)
+    }
+    /// A failure that is the server's fault. Logged here, shown to the client
+    /// without internals.
+    pub fn internal(context: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %context, "internal error");
+        Self::new(ErrCode::Internal, "internal server error")
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrCode::Unavailable, message)
+    }
+    pub fn limit_exceeded(retry_after_ms: u64) -> Self {
+        ApiError {
+            retry_after_ms: Some(retry_after_ms),
+            ..Self::new(ErrCode::LimitExceeded, "too many requests")
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        if self.uia.is_some() {
+            return StatusCode::UNAUTHORIZED;
+        }
+        self.errcode.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut body = match &self.uia {
+            Some(serde_json::Value::Object(flows)) => flows.clone(),
+            _ => serde_json::Map::new(),
+        };
+        body.insert("errcode".into(), json!(self.errcode.as_str()));
+        body.insert("error".into(), json!(self.message));
+        if let Some(ms) = self.retry_after_ms {
+            body.insert("retry_after_ms".into(), json!(ms));
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(ms) = self.retry_after_ms {
+            response.insert_header(("Retry-After", ms.div_ceil(1000).to_string()));
+        }
+        response.json(serde_json::Value::Object(body))
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl From<crate::storage::StorageError> for ApiError {
+    fn from(error: crate::storage::StorageError) -> Self {
+        ApiError::internal(error)
+    }
+}
+
+impl From<lattice_actors::MailboxError> for ApiError {
+    fn from(error: lattice_actors::MailboxError) -> Self {
+        tracing::warn!(error = %error, "mailbox call failed");
+        ApiError::unavailable(format!("a writer could not be reached: {error}"))
+    }
+}

@@ -1,0 +1,23 @@
+//! Lattice: a Matrix homeserver whose work is done by actors that run all in
+//! one process or spread over many processes sharing one PostgreSQL and one
+//! Redis.
+//!
+//! - [`node`] is one running instance: configuration, database pool, actors
+//!   (started by a `lattice_actors::Supervisor`) and the HTTP listener.
+//! - [`api`] holds the HTTP handlers, one module per area of the Matrix spec;
+//!   they read from [`storage`] and write through mailboxes to the writers of
+//!   [`roles`] (the event persister is the writer of the events stream).
+//! - [`streams`] has stream positions, client tokens and the notifier that
+//!   wakes long-polling `/sync` requests.
+//! - [`rooms`] is the Matrix room model (PDUs, auth rules via ruma, filters).
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod node;
+pub mod roles;
+pub mod rooms;
+pub mod storage;
+pub mod streams;
+pub mod util;

@@ -1,0 +1,161 @@
+//! The `lattice` command line: serve, generate-config, register-user.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use lattice::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "lattice",
+    version,
+    about = "A Matrix homeserver that scales out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an instance.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// This instance's unique name.
+        #[arg(long, default_value = "main")]
+        instance: String,
+        /// Comma-separated roles; all roles when omitted (the monolith).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
+    /// Print a documented configuration with a fresh signing key.
+    GenerateConfig {
+        #[arg(long)]
+        server_name: String,
+    },
+    /// Create a user account directly in the database.
+    RegisterUser {
+        #[arg(long)]
+        config: PathBuf,
+        /// The localpart (`alice`) or full user id.
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::GenerateConfig { server_name } => generate_config(&server_name),
+        Command::Serve {
+            config,
+            instance,
+            roles,
+        } => run_async(serve(config, instance, roles)),
+        Command::RegisterUser {
+            config,
+            user,
+            password,
+            admin,
+        } => run_async(register_user(config, user, password, admin)),
+    };
+    if let Err(error) = result {
+        eprintln!("lattice: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
+}
+
+fn generate_config(server_name: &str) -> anyhow::Result<()> {
+    if ruma::ServerName::parse(server_name).is_err() {
+        anyhow::bail!("`{server_name}` is not a valid server name");
+    }
+    let key = lattice::keys::SigningKey::generate();
+    print!(
+        "{}",
+        lattice::config::sample(server_name, &key.to_config_string())
+    );
+    Ok(())
+}
+
+fn init_logging(config: &Config) {
+    // ruma logs every auth check at info; keep that out of the default output.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| {
+            tracing_subscriber::EnvFilter::try_new(format!("ruma_state_res=warn,{}", config.log))
+        })
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+async fn serve(config_path: PathBuf, instance: String, roles: Vec<String>) -> anyhow::Result<()> {
+    let config = Config::load(Some(&config_path))?;
+    init_logging(&config);
+    lattice::roles::Role::parse_list(&roles)?;
+    let listener =
+        TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let running = lattice::node::Node::start(config, &instance, listener, workers).await?;
+    wait_for_shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn register_user(
+    config_path: PathBuf,
+    user: String,
+    password: String,
+    admin: bool,
+) -> anyhow::Result<()> {
+    let config = Config::load(Some(&config_path))?;
+    let pool = lattice::storage::connect(&config.database.url, 2)?;
+    lattice::storage::migrate(&pool).await?;
+    let localpart = user
+        .strip_prefix('@')
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or(&user)
+        .to_lowercase();
+    let user_id = format!("@{}:{}", localpart, config.server_name);
+    ruma::UserId::parse(&user_id).map_err(|e| anyhow::anyhow!("invalid user id {user_id}: {e}"))?;
+    let hash = lattice::api::client::account::hash_password(password)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !lattice::storage::accounts::create_user(&pool, &user_id, &localpart, Some(&hash), admin)
+        .await?
+    {
+        anyhow::bail!("user {user_id} already exists");
+    }
+    println!("created {user_id}{}", if admin { " (admin)" } else { "" });
+    Ok(())
+}

@@ -1,0 +1,722 @@
+//! The event persister: builds each event on top of its room's head, signs it,
+//! checks the auth rules against the room's current state, and commits it
+//! with its state group, current-state rows, membership history and
+//! transaction id in one PostgreSQL transaction. Then it advances the events
+//! stream and wakes the long-polls that care.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use lattice_actors::{Actor, Context, Handler};
+use ruma::{
+    events::StateEventType, signatures::Ed25519KeyPair, CanonicalJsonValue, OwnedEventId,
+    OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId,
+};
+use serde_json::{json, Value};
+
+use super::{CreateRoom, Persisted, SendEvent, WriteError};
+use crate::error::ErrCode;
+use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
+use crate::rooms::version::parse_supported;
+use crate::storage::{StorageError, StorageResult};
+use crate::streams::notifier::Notifier;
+use crate::util::{now_ms, random_string};
+
+/// The events stream's name in `stream_positions`.
+pub const EVENTS_STREAM: &str = "events";
+
+/// Full state snapshots are stored once a state group's delta chain is this long.
+const MAX_STATE_CHAIN: i32 = 64;
+
+/// The largest PDU the spec allows, in bytes of canonical JSON.
+const MAX_PDU_BYTES: usize = 65_536;
+
+type StateKey = (String, String);
+
+/// What the persister knows of a room it writes: enough to build the next event.
+struct RoomHead {
+    version: RoomVersionId,
+    latest_event_id: OwnedEventId,
+    depth: u64,
+    state_group: i64,
+    chain_length: i32,
+    state: HashMap<StateKey, Arc<Pdu>>,
+}
+
+impl RoomHead {
+    fn state_event(&self, kind: &StateEventType, state_key: &str) -> Option<Pdu> {
+        self.state
+            .get(&(kind.to_string(), state_key.to_owned()))
+            .map(|pdu| (**pdu).clone())
+    }
+}
+
+/// One event ready to be written.
+struct NewEvent {
+    pdu: Arc<Pdu>,
+    state_group: StateGroupChange,
+    txn: Option<(String, String)>,
+}
+
+enum StateGroupChange {
+    /// A message: the state after it is the state before it.
+    Unchanged(i64),
+    /// A state event: a new group (its id is the event's stream ordering).
+    New {
+        prev_group: Option<i64>,
+        chain_length: i32,
+        delta: Vec<(String, String, String)>,
+    },
+}
+
+pub struct EventPersister {
+    pool: Pool,
+    instance_name: String,
+    server_name: OwnedServerName,
+    key_pair: Ed25519KeyPair,
+    notifier: Notifier,
+    rooms: HashMap<String, RoomHead>,
+    /// The highest position this writer has persisted.
+    position: i64,
+    events_persisted: u64,
+    writes_failed: u64,
+}
+
+impl EventPersister {
+    pub fn new(
+        pool: Pool,
+        instance_name: String,
+        server_name: OwnedServerName,
+        key_pair: Ed25519KeyPair,
+        notifier: Notifier,
+    ) -> EventPersister {
+        EventPersister {
+            pool,
+            instance_name,
+            server_name,
+            key_pair,
+            notifier,
+            rooms: HashMap::new(),
+            position: 0,
+            events_persisted: 0,
+            writes_failed: 0,
+        }
+    }
+
+    async fn send_event(&mut self, request: SendEvent) -> Result<Persisted, WriteError> {
+        if let Some(txn) = &request.txn {
+            if let Some(persisted) = self
+                .already_sent(&request.sender, &txn.device_id, &txn.txn_id)
+                .await?
+            {
+                return Ok(persisted);
+            }
+        }
+        self.load_room(&request.room_id).await?;
+        let txn = request.txn.map(|t| (t.device_id, t.txn_id));
+        let event = self.build(
+            &request.room_id,
+            Some(parse_room_id(&request.room_id)?),
+            &request.sender,
+            request.kind,
+            request.state_key,
+            request.content,
+            request.redacts,
+            txn,
+        )?;
+        let room_id = request.room_id;
+        let outcome = self.write(None, vec![event]).await;
+        self.finish(&room_id, outcome)
+    }
+
+    async fn create_room(&mut self, request: CreateRoom) -> Result<Persisted, WriteError> {
+        let version = parse_supported(&request.room_version).ok_or_else(|| {
+            WriteError::new(
+                ErrCode::UnsupportedRoomVersion,
+                format!("unsupported room version {}", request.room_version),
+            )
+        })?;
+        let mut create_content = request.create_content;
+        create_content.insert("room_version".into(), json!(request.room_version));
+        if version == RoomVersionId::V10 {
+            create_content.insert("creator".into(), json!(request.creator));
+        }
+        // Before v12 the room id is random; in v12 it is derived from the create event.
+        let room_id = match version {
+            RoomVersionId::V10 | RoomVersionId::V11 => Some(parse_room_id(&format!(
+                "!{}:{}",
+                random_string(18),
+                self.server_name
+            ))?),
+            _ => None,
+        };
+        let sender = parse_user_id(&request.creator)?;
+        let proto = ProtoEvent {
+            room_id: room_id.clone(),
+            sender,
+            kind: "m.room.create".into(),
+            state_key: Some(String::new()),
+            content: Value::Object(create_content),
+            origin_server_ts: now_ms() as u64,
+            prev_events: vec![],
+            auth_events: vec![],
+            depth: 1,
+            redacts: None,
+        };
+        let create = Arc::new(
+            pdu::build_and_sign(&version, &self.server_name, &self.key_pair, proto)
+                .map_err(pdu_error)?,
+        );
+        pdu::check_auth(&version, &create, |_, _| None).map_err(pdu_error)?;
+        let room_id = create.room_id.to_string();
+        let mut state = HashMap::new();
+        state.insert(("m.room.create".to_owned(), String::new()), create.clone());
+        self.rooms.insert(
+            room_id.clone(),
+            RoomHead {
+                version: version.clone(),
+                latest_event_id: create.event_id.clone(),
+                depth: 1,
+                state_group: 0,
+                chain_length: 0,
+                state,
+            },
+        );
+        let create_delta = vec![(
+            "m.room.create".to_owned(),
+            String::new(),
+            create.event_id.to_string(),
+        )];
+        let mut events = vec![NewEvent {
+            pdu: create,
+            state_group: StateGroupChange::New {
+                prev_group: None,
+                chain_length: 0,
+                delta: create_delta,
+            },
+            txn: None,
+        }];
+        for initial in request.initial_events {
+            let built = self.build(
+                &room_id,
+                Some(parse_room_id(&room_id)?),
+                &initial.sender,
+                initial.kind,
+                initial.state_key,
+                initial.content,
+                None,
+                None,
+            );
+            match built {
+                Ok(event) => events.push(event),
+                Err(error) => {
+                    self.rooms.remove(&room_id);
+                    return Err(error);
+                }
+            }
+        }
+        let room_row = RoomRow {
+            room_id: room_id.clone(),
+            version: request.room_version,
+            creator: request.creator,
+            is_public: request.is_public,
+        };
+        let outcome = self.write(Some(room_row), events).await;
+        self.finish(&room_id, outcome)
+    }
+
+    /// Replies with the last event written, or forgets the room's head when
+    /// the write failed (its in-memory head ran ahead of the database).
+    fn finish(
+        &mut self,
+        room_id: &str,
+        outcome: StorageResult<Vec<Persisted>>,
+    ) -> Result<Persisted, WriteError> {
+        match outcome {
+            Ok(mut persisted) => persisted
+                .pop()
+                .ok_or_else(|| WriteError::new(ErrCode::Internal, "nothing persisted")),
+            Err(error) => {
+                self.writes_failed += 1;
+                self.rooms.remove(room_id);
+                tracing::error!(room_id, error = %error, "persisting events failed");
+                Err(WriteError::new(
+                    ErrCode::Internal,
+                    "could not persist the event",
+                ))
+            }
+        }
+    }
+
+    async fn already_sent(
+        &self,
+        sender: &str,
+        device_id: &str,
+        txn_id: &str,
+    ) -> Result<Option<Persisted>, WriteError> {
+        let client = self.pool.get().await.map_err(storage_error)?;
+        let row = client
+            .query_opt(
+                "SELECT e.event_id, e.room_id, e.stream_ordering FROM event_txn_ids t
+                 JOIN events e ON e.event_id = t.event_id
+                 WHERE t.user_id = $1 AND t.device_id = $2 AND t.txn_id = $3",
+                &[&sender, &device_id, &txn_id],
+            )
+            .await
+            .map_err(|e| storage_error(StorageError::Postgres(e)))?;
+        Ok(row.map(|row| Persisted {
+            event_id: row.get(0),
+            room_id: row.get(1),
+            stream_ordering: row.get(2),
+        }))
+    }
+
+    /// Loads the head of a room from the database unless it is cached.
+    async fn load_room(&mut self, room_id: &str) -> Result<(), WriteError> {
+        if self.rooms.contains_key(room_id) {
+            return Ok(());
+        }
+        let client = self.pool.get().await.map_err(storage_error)?;
+        let Some(room) = client
+            .query_opt(
+                "SELECT room_version FROM rooms WHERE room_id = $1",
+                &[&room_id],
+            )
+            .await
+            .map_err(|e| storage_error(StorageError::Postgres(e)))?
+        else {
+            return Err(WriteError::new(ErrCode::NotFound, "unknown room"));
+        };
+        let version_text: String = room.get(0);
+        let version = parse_supported(&version_text).ok_or_else(|| {
+            WriteError::new(ErrCode::UnsupportedRoomVersion, "unsupported room version")
+        })?;
+        let latest = client
+            .query_one(
+                "SELECT e.event_id, e.depth, e.state_group, g.chain_length FROM events e
+                 JOIN state_groups g ON g.state_group = e.state_group
+                 WHERE e.room_id = $1 ORDER BY e.stream_ordering DESC LIMIT 1",
+                &[&room_id],
+            )
+            .await
+            .map_err(|e| storage_error(StorageError::Postgres(e)))?;
+        let latest_event_id: String = latest.get(0);
+        let rows = client
+            .query(
+                "SELECT e.pdu FROM current_state c JOIN events e ON e.event_id = c.event_id WHERE c.room_id = $1",
+                &[&room_id],
+            )
+            .await
+            .map_err(|e| storage_error(StorageError::Postgres(e)))?;
+        let mut state = HashMap::new();
+        for row in rows {
+            let json: Value = row.get(0);
+            let pdu = parse_stored_pdu(&version, json)
+                .map_err(|e| storage_error(StorageError::Corrupt(e.to_string())))?;
+            if let Some(state_key) = &pdu.state_key {
+                state.insert((pdu.kind.clone(), state_key.clone()), Arc::new(pdu));
+            }
+        }
+        let head = RoomHead {
+            version,
+            latest_event_id: OwnedEventId::try_from(latest_event_id)
+                .map_err(|e| storage_error(StorageError::Corrupt(e.to_string())))?,
+            depth: latest.get::<_, i64>(1) as u64,
+            state_group: latest.get(2),
+            chain_length: latest.get(3),
+            state,
+        };
+        self.rooms.insert(room_id.to_owned(), head);
+        Ok(())
+    }
+
+    /// Builds, signs and authorises an event on top of the room's head, and
+    /// advances the head in memory.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        &mut self,
+        room_id: &str,
+        room_id_parsed: Option<OwnedRoomId>,
+        sender: &str,
+        kind: String,
+        state_key: Option<String>,
+        content: Value,
+        redacts: Option<String>,
+        txn: Option<(String, String)>,
+    ) -> Result<NewEvent, WriteError> {
+        let sender = parse_user_id(sender)?;
+        if !content.is_object() {
+            return Err(WriteError::new(
+                ErrCode::BadJson,
+                "event content must be a JSON object",
+            ));
+        }
+        let redacts = match redacts {
+            Some(id) => Some(
+                OwnedEventId::try_from(id)
+                    .map_err(|_| WriteError::new(ErrCode::InvalidParam, "malformed event id"))?,
+            ),
+            None => None,
+        };
+        let head = self
+            .rooms
+            .get_mut(room_id)
+            .ok_or_else(|| WriteError::new(ErrCode::NotFound, "unknown room"))?;
+        let auth_events = pdu::select_auth_events(
+            &head.version,
+            &kind,
+            state_key.as_deref(),
+            &sender,
+            &content,
+            |t, k| {
+                head.state
+                    .get(&(t.to_string(), k.to_owned()))
+                    .map(|p| p.event_id.clone())
+            },
+        )
+        .map_err(pdu_error)?;
+        let proto = ProtoEvent {
+            room_id: room_id_parsed,
+            sender,
+            kind,
+            state_key,
+            content,
+            origin_server_ts: now_ms() as u64,
+            prev_events: vec![head.latest_event_id.clone()],
+            auth_events,
+            depth: head.depth + 1,
+            redacts,
+        };
+        let pdu = pdu::build_and_sign(&head.version, &self.server_name, &self.key_pair, proto)
+            .map_err(pdu_error)?;
+        let size = ruma::canonical_json::to_canonical_value(&pdu.json)
+            .map(|v| v.to_string().len())
+            .unwrap_or(usize::MAX);
+        if size > MAX_PDU_BYTES {
+            return Err(WriteError::new(ErrCode::TooLarge, "event too large"));
+        }
+        pdu::check_auth(&head.version, &pdu, |t, k| head.state_event(t, k)).map_err(pdu_error)?;
+
+        let pdu = Arc::new(pdu);
+        head.latest_event_id = pdu.event_id.clone();
+        head.depth = pdu.depth;
+        let state_group = match &pdu.state_key {
+            None => StateGroupChange::Unchanged(head.state_group),
+            Some(state_key) => {
+                head.state
+                    .insert((pdu.kind.clone(), state_key.clone()), pdu.clone());
+                if head.chain_length + 1 >= MAX_STATE_CHAIN {
+                    head.chain_length = 0;
+                    let delta = head
+                        .state
+                        .iter()
+                        .map(|((t, k), p)| (t.clone(), k.clone(), p.event_id.to_string()))
+                        .collect();
+                    StateGroupChange::New {
+                        prev_group: None,
+                        chain_length: 0,
+                        delta,
+                    }
+                } else {
+                    head.chain_length += 1;
+                    StateGroupChange::New {
+                        prev_group: Some(head.state_group),
+                        chain_length: head.chain_length,
+                        delta: vec![(
+                            pdu.kind.clone(),
+                            state_key.clone(),
+                            pdu.event_id.to_string(),
+                        )],
+                    }
+                }
+            }
+        };
+        Ok(NewEvent {
+            pdu,
+            state_group,
+            txn,
+        })
+    }
+
+    /// Commits `events` (all of one room, in order) and advances the stream.
+    async fn write(
+        &mut self,
+        room: Option<RoomRow>,
+        events: Vec<NewEvent>,
+    ) -> StorageResult<Vec<Persisted>> {
+        let mut client = self.pool.get().await?;
+        let count = events.len() as i64;
+        let positions: Vec<i64> = client
+            .query(
+                "SELECT nextval('events_stream_seq') FROM generate_series(1::bigint, $1::bigint)",
+                &[&count],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let transaction = client.transaction().await?;
+        if let Some(room) = &room {
+            transaction
+                .execute(
+                    "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1, $2, $3, $4, $5)",
+                    &[&room.room_id, &room.version, &room.creator, &room.is_public, &now_ms()],
+                )
+                .await?;
+        }
+        let insert_event = transaction
+            .prepare_cached(
+                "INSERT INTO events (stream_ordering, event_id, room_id, instance_name, depth, sender, type,
+                    state_key, origin_server_ts, state_group, pdu, txn_device_id, txn_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            )
+            .await?;
+        let mut persisted = Vec::with_capacity(events.len());
+        let mut current_group = None;
+        for (event, position) in events.iter().zip(&positions) {
+            let pdu = &event.pdu;
+            let room_id = pdu.room_id.as_str();
+            let state_group = match &event.state_group {
+                StateGroupChange::Unchanged(group) => current_group.unwrap_or(*group),
+                StateGroupChange::New {
+                    prev_group,
+                    chain_length,
+                    delta,
+                } => {
+                    let prev_group = prev_group.map(|p| current_group.unwrap_or(p));
+                    let delta: Vec<Value> =
+                        delta.iter().map(|(t, k, e)| json!([t, k, e])).collect();
+                    transaction
+                        .execute(
+                            "INSERT INTO state_groups (state_group, room_id, prev_group, chain_length, delta)
+                             VALUES ($1, $2, $3, $4, $5)",
+                            &[position, &room_id, &prev_group, chain_length, &Value::Array(delta)],
+                        )
+                        .await?;
+                    *position
+                }
+            };
+            current_group = Some(state_group);
+            let json = Value::from(CanonicalJsonValue::Object(pdu.json.clone()));
+            let (txn_device, txn_id) = match &event.txn {
+                Some((device, txn)) => (Some(device.as_str()), Some(txn.as_str())),
+                None => (None, None),
+            };
+            transaction
+                .execute(
+                    &insert_event,
+                    &[
+                        position,
+                        &pdu.event_id.as_str(),
+                        &room_id,
+                        &self.instance_name,
+                        &(pdu.depth as i64),
+                        &pdu.sender.as_str(),
+                        &pdu.kind,
+                        &pdu.state_key,
+                        &(pdu.origin_server_ts as i64),
+                        &state_group,
+                        &json,
+                        &txn_device,
+                        &txn_id,
+                    ],
+                )
+                .await?;
+            if let (Some(device), Some(txn)) = (txn_device, txn_id) {
+                transaction
+                    .execute(
+                        "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT DO NOTHING",
+                        &[&pdu.sender.as_str(), &device, &txn, &pdu.event_id.as_str()],
+                    )
+                    .await?;
+            }
+            if let Some(state_key) = &pdu.state_key {
+                let membership = (pdu.kind == "m.room.member")
+                    .then(|| {
+                        pdu.content
+                            .get("membership")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
+                    .flatten();
+                transaction
+                    .execute(
+                        "INSERT INTO current_state (room_id, type, state_key, event_id, stream_ordering, membership)
+                         VALUES ($1, $2, $3, $4, $5, $6)
+                         ON CONFLICT (room_id, type, state_key) DO UPDATE SET
+                           event_id = EXCLUDED.event_id, stream_ordering = EXCLUDED.stream_ordering,
+                           membership = EXCLUDED.membership",
+                        &[&room_id, &pdu.kind, state_key, &pdu.event_id.as_str(), position, &membership],
+                    )
+                    .await?;
+                if let Some(membership) = &membership {
+                    transaction
+                        .execute(
+                            "INSERT INTO membership_history (stream_ordering, room_id, user_id, membership, event_id)
+                             VALUES ($1, $2, $3, $4, $5)",
+                            &[position, &room_id, state_key, membership, &pdu.event_id.as_str()],
+                        )
+                        .await?;
+                }
+            }
+            if let Some(redacts) = &pdu.redacts {
+                transaction
+                    .execute(
+                        "UPDATE events SET redacted_by = $1 WHERE event_id = $2 AND room_id = $3 AND redacted_by IS NULL",
+                        &[&pdu.event_id.as_str(), &redacts.as_str(), &room_id],
+                    )
+                    .await?;
+            }
+            persisted.push(Persisted {
+                event_id: pdu.event_id.to_string(),
+                room_id: room_id.to_owned(),
+                stream_ordering: *position,
+            });
+        }
+        let new_position = positions
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(self.position)
+            .max(self.position);
+        transaction
+            .execute(
+                "INSERT INTO stream_positions (stream_name, instance_name, stream_id) VALUES ($1, $2, $3)
+                 ON CONFLICT (stream_name, instance_name) DO UPDATE SET stream_id = EXCLUDED.stream_id
+                 WHERE stream_positions.stream_id < EXCLUDED.stream_id",
+                &[&EVENTS_STREAM, &self.instance_name, &new_position],
+            )
+            .await?;
+        transaction.commit().await?;
+
+        if let (Some(head), Some(group)) = (
+            events
+                .first()
+                .and_then(|e| self.rooms.get_mut(e.pdu.room_id.as_str())),
+            current_group,
+        ) {
+            head.state_group = group;
+        }
+        self.position = new_position;
+        self.events_persisted += events.len() as u64;
+        let mut keys: Vec<String> = Vec::new();
+        for event in &events {
+            keys.push(event.pdu.room_id.to_string());
+            if event.pdu.kind == "m.room.member" {
+                if let Some(state_key) = &event.pdu.state_key {
+                    keys.push(state_key.clone());
+                }
+            }
+        }
+        keys.dedup();
+        self.notifier.on_new_events(new_position, keys);
+        Ok(persisted)
+    }
+}
+
+struct RoomRow {
+    room_id: String,
+    version: String,
+    creator: String,
+    is_public: bool,
+}
+
+/// Parses a PDU as stored (its federation JSON).
+pub fn parse_stored_pdu(version: &RoomVersionId, json: Value) -> Result<Pdu, PduError> {
+    let CanonicalJsonValue::Object(object) = CanonicalJsonValue::try_from(json)? else {
+        return Err(PduError::Invalid("stored PDU is not an object".into()));
+    };
+    Pdu::from_federation_json(version, object)
+}
+
+fn parse_user_id(user_id: &str) -> Result<OwnedUserId, WriteError> {
+    OwnedUserId::try_from(user_id).map_err(|_| {
+        WriteError::new(
+            ErrCode::InvalidParam,
+            format!("malformed user id {user_id}"),
+        )
+    })
+}
+
+fn parse_room_id(room_id: &str) -> Result<OwnedRoomId, WriteError> {
+    OwnedRoomId::try_from(room_id).map_err(|_| {
+        WriteError::new(
+            ErrCode::InvalidParam,
+            format!("malformed room id {room_id}"),
+        )
+    })
+}
+
+fn pdu_error(error: PduError) -> WriteError {
+    match error {
+        PduError::Auth(message) => WriteError::new(ErrCode::Forbidden, message),
+        PduError::UnsupportedRoomVersion(version) => WriteError::new(
+            ErrCode::UnsupportedRoomVersion,
+            format!("unsupported room version {version}"),
+        ),
+        other => WriteError::new(ErrCode::BadJson, other.to_string()),
+    }
+}
+
+fn storage_error(error: impl Into<StorageError>) -> WriteError {
+    let error = error.into();
+    tracing::error!(error = %error, "event persister storage error");
+    WriteError::new(ErrCode::Internal, "storage error")
+}
+
+impl Actor for EventPersister {
+    fn started(
+        &mut self,
+        _ctx: &mut Context,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send {
+        async move {
+            // A restarted incarnation may have lost track of rows written by
+            // the one before it: reload heads lazily, and the position now.
+            self.rooms.clear();
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            let row = client
+                .query_one("SELECT COALESCE(MAX(stream_ordering), 1) FROM events", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            self.position = row.get(0);
+            self.notifier
+                .on_new_events(self.position, Vec::<String>::new());
+            Ok(())
+        }
+    }
+
+    fn observe(&self) -> Value {
+        json!({
+            "instance": self.instance_name,
+            "stream": EVENTS_STREAM,
+            "stream_position": self.position,
+            "events_persisted": self.events_persisted,
+            "writes_failed": self.writes_failed,
+            "rooms_cached": self.rooms.len(),
+        })
+    }
+}
+
+impl Handler<SendEvent> for EventPersister {
+    fn handle(
+        &mut self,
+        msg: SendEvent,
+        _ctx: &mut Context,
+    ) -> impl std::future::Future<Output = Result<Result<Persisted, WriteError>, String>> + Send
+    {
+        async move { Ok(self.send_event(msg).await) }
+    }
+}
+
+impl Handler<CreateRoom> for EventPersister {
+    fn handle(
+        &mut self,
+        msg: CreateRoom,
+        _ctx: &mut Context,
+    ) -> impl std::future::Future<Output = Result<Result<Persisted, WriteError>, String>> + Send
+    {
+        async move { Ok(self.create_room(msg).await) }
+    }
+}

@@ -1,0 +1,155 @@
+//! Event filters (`/user/{userId}/filter`, `/sync?filter=`, `/messages?filter=`).
+
+use serde::Deserialize;
+
+use crate::error::{ApiError, ApiResult};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Filter {
+    pub event_fields: Option<Vec<String>>,
+    pub event_format: Option<String>,
+    pub presence: EventFilter,
+    pub account_data: EventFilter,
+    pub room: RoomFilter,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EventFilter {
+    pub limit: Option<u64>,
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RoomFilter {
+    pub rooms: Option<Vec<String>>,
+    pub not_rooms: Vec<String>,
+    pub include_leave: bool,
+    pub timeline: RoomEventFilter,
+    pub state: RoomEventFilter,
+    pub ephemeral: RoomEventFilter,
+    pub account_data: RoomEventFilter,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct RoomEventFilter {
+    pub limit: Option<u64>,
+    pub types: Option<Vec<String>>,
+    pub not_types: Vec<String>,
+    pub senders: Option<Vec<String>>,
+    pub not_senders: Vec<String>,
+    pub rooms: Option<Vec<String>>,
+    pub not_rooms: Vec<String>,
+    pub contains_url: Option<bool>,
+    pub lazy_load_members: bool,
+    pub include_redundant_members: bool,
+    pub unread_thread_notifications: bool,
+}
+
+impl Filter {
+    /// Reads a filter definition, answering `M_BAD_JSON` for a wrong shape.
+    pub fn parse(value: serde_json::Value) -> ApiResult<Filter> {
+        if !value.is_object() {
+            return Err(ApiError::bad_json("a filter must be a JSON object"));
+        }
+        serde_json::from_value(value)
+            .map_err(|e| ApiError::bad_json(format!("invalid filter: {e}")))
+    }
+
+    /// Whether events of `room_id` are wanted at all.
+    pub fn wants_room(&self, room_id: &str) -> bool {
+        !self.room.not_rooms.iter().any(|r| r == room_id)
+            && self
+                .room
+                .rooms
+                .as_ref()
+                .is_none_or(|rooms| rooms.iter().any(|r| r == room_id))
+    }
+}
+
+impl RoomEventFilter {
+    /// Whether an event with these fields passes the filter.
+    pub fn matches(
+        &self,
+        room_id: &str,
+        sender: &str,
+        kind: &str,
+        content: &serde_json::Value,
+    ) -> bool {
+        if self.not_rooms.iter().any(|r| r == room_id) {
+            return false;
+        }
+        if let Some(rooms) = &self.rooms {
+            if !rooms.iter().any(|r| r == room_id) {
+                return false;
+            }
+        }
+        if self.not_senders.iter().any(|s| s == sender) {
+            return false;
+        }
+        if let Some(senders) = &self.senders {
+            if !senders.iter().any(|s| s == sender) {
+                return false;
+            }
+        }
+        if self
+            .not_types
+            .iter()
+            .any(|pattern| type_matches(pattern, kind))
+        {
+            return false;
+        }
+        if let Some(types) = &self.types {
+            if !types.iter().any(|pattern| type_matches(pattern, kind)) {
+                return false;
+            }
+        }
+        if let Some(contains_url) = self.contains_url {
+            if content.get("url").is_some_and(|u| u.is_string()) != contains_url {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Type patterns may end in `*`, matching any suffix.
+fn type_matches(pattern: &str, kind: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => kind.starts_with(prefix),
+        None => pattern == kind,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn types_senders_and_rooms_filter_events() {
+        let filter = Filter::parse(json!({
+            "room": { "timeline": { "types": ["m.room.*"], "not_senders": ["@spam:x"], "limit": 5 } }
+        }))
+        .expect("valid filter");
+        let timeline = &filter.room.timeline;
+        assert_eq!(timeline.limit, Some(5));
+        assert!(timeline.matches("!r:x", "@a:x", "m.room.message", &json!({})));
+        assert!(!timeline.matches("!r:x", "@a:x", "org.custom", &json!({})));
+        assert!(!timeline.matches("!r:x", "@spam:x", "m.room.message", &json!({})));
+    }
+
+    #[test]
+    fn wrong_shapes_are_bad_json() {
+        let error =
+            Filter::parse(json!({ "room": { "timeline": { "limit": "ten" } } })).unwrap_err();
+        assert_eq!(error.errcode, crate::error::ErrCode::BadJson);
+        assert!(Filter::parse(json!([1])).is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! PostgreSQL storage: the connection pool, the embedded migrations, and one
+//! module per area of the schema. Queries live here, not in handlers.
+
+pub mod accounts;
+pub mod rooms;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database url: {0}")]
+    Url(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+/// The migrations, applied in order, each in its own transaction.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_initial",
+    include_str!("storage/migrations/0001_initial.sql"),
+)];
+
+pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {
+    let config: tokio_postgres::Config =
+        url.parse().map_err(|e| StorageError::Url(format!("{e}")))?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(pool_size)
+        .build()
+        .map_err(|e| StorageError::Url(e.to_string()))
+}
+
+/// Applies every migration the database has not seen yet. Concurrent callers
+/// (several instances starting at once) serialise on an advisory lock.
+pub async fn migrate(pool: &Pool) -> StorageResult<()> {
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    transaction
+        .execute("SELECT pg_advisory_xact_lock(7461746963)", &[])
+        .await?;
+    transaction
+        .execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_ts BIGINT NOT NULL)",
+            &[],
+        )
+        .await?;
+    let applied: Vec<String> = transaction
+        .query("SELECT name FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for (name, sql) in MIGRATIONS {
+        if applied.iter().any(|a| a == name) {
+            continue;
+        }
+        tracing::info!(migration = name, "applying migration");
+        transaction.batch_execute(sql).await?;
+        transaction
+            .execute(
+                "INSERT INTO schema_migrations (name, applied_ts) VALUES ($1, $2)",
+                &[name, &crate::util::now_ms()],
+            )
+            .await?;
+    }
+    transaction.commit().await?;
+    Ok(())
+}

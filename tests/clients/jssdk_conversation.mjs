@@ -1,0 +1,469 @@
+#!/usr/bin/env node
+// Two-user conversation against a homeserver, driven by matrix-js-sdk.
+//
+//     node jssdk_conversation.mjs BASE_URL
+//
+// alice and bob register (m.login.dummy user-interactive flow), log in with their
+// password and run the SDK's sync loop (startClient). alice creates a room and invites
+// bob, bob sees the invite (RoomMember.membership) and joins, they exchange a message
+// each way (Room.timeline), alice sets the topic and bob sees the m.room.topic state
+// (RoomState.events), bob leaves and alice sees the leave. Exits 0 on success, 1 with a
+// message on failure.
+
+import { randomBytes } from "node:crypto";
+import {
+    ClientEvent,
+    createClient,
+    EventType,
+    MatrixError,
+    MemoryStore,
+    RoomEvent,
+    RoomMemberEvent,
+    RoomStateEvent,
+} from "matrix-js-sdk";
+import { logger as sdkLogger } from "matrix-js-sdk/lib/logger.js";
+
+const OVERALL_TIMEOUT_MS = 60_000;
+const STEP_TIMEOUT_MS = 20_000;
+const PASSWORD = `correct horse battery staple ${hex(4)}`;
+
+function hex(n) {
+    return randomBytes(n).toString("hex");
+}
+
+class Failure extends Error {}
+
+// ---- diagnostics: every HTTP exchange, and the SDK's own warnings ----------------------
+
+const TRACE = []; // {who, method, path, status, req, res}
+const SDK_LOG = []; // recent SDK warnings/errors, printed on failure
+
+function redact(body) {
+    if (typeof body !== "string") return body === undefined ? "" : String(body);
+    try {
+        const obj = JSON.parse(body);
+        if (obj && typeof obj === "object" && "password" in obj) obj.password = "<redacted>";
+        return JSON.stringify(obj).slice(0, 500);
+    } catch {
+        return body.slice(0, 500);
+    }
+}
+
+function tracingFetch(who) {
+    return async (input, init = {}) => {
+        const url = new URL(typeof input === "string" || input instanceof URL ? input : input.url);
+        url.searchParams.delete("access_token");
+        const method = (init.method || "GET").toUpperCase();
+        const entry = { who, method, path: url.pathname + url.search, status: "(pending)", req: redact(init.body), res: "" };
+        TRACE.push(entry);
+        try {
+            const res = await fetch(input, init);
+            entry.status = res.status;
+            if (res.status >= 400) {
+                entry.res = (await res.clone().text()).slice(0, 800);
+            }
+            return res;
+        } catch (e) {
+            entry.status = `exception ${e?.name}: ${e?.message}`;
+            throw e;
+        }
+    };
+}
+
+function sdkLoggerFor(who) {
+    const make = (prefix) => {
+        const log = (level) => (...args) => {
+            if (level === "warn" || level === "error") {
+                const line = `${who}${prefix} ${level}: ${args.map(describe).join(" ")}`;
+                SDK_LOG.push(line);
+                if (SDK_LOG.length > 200) SDK_LOG.shift();
+                if (process.env.LATTICE_CLIENT_TEST_VERBOSE) console.error(line);
+            } else if (process.env.LATTICE_CLIENT_TEST_VERBOSE === "2") {
+                console.error(`${who}${prefix} ${level}: ${args.map(describe).join(" ")}`);
+            }
+        };
+        return {
+            trace: log("trace"),
+            debug: log("debug"),
+            info: log("info"),
+            warn: log("warn"),
+            error: log("error"),
+            getChild: (p) => make(`${prefix}${p}`),
+        };
+    };
+    return make("");
+}
+
+function describe(x) {
+    if (x instanceof MatrixError) return `MatrixError(${x.httpStatus} ${x.errcode}: ${x.data?.error ?? x.message})`;
+    if (x instanceof Error) return `${x.name}: ${x.message}`;
+    if (typeof x === "object") {
+        try {
+            return JSON.stringify(x).slice(0, 300);
+        } catch {
+            return String(x);
+        }
+    }
+    return String(x);
+}
+
+// Silence the SDK's global logger (used by some modules directly); keep warnings for the report.
+for (const level of ["trace", "debug", "info", "log"]) sdkLogger[level] = () => {};
+for (const level of ["warn", "error"]) {
+    sdkLogger[level] = (...args) => {
+        const line = `sdk ${level}: ${args.map(describe).join(" ")}`;
+        SDK_LOG.push(line);
+        if (SDK_LOG.length > 200) SDK_LOG.shift();
+        if (process.env.LATTICE_CLIENT_TEST_VERBOSE) console.error(line);
+    };
+}
+sdkLogger.getChild = (prefix) => sdkLoggerFor("sdk").getChild(prefix);
+
+// ---- helpers ---------------------------------------------------------------------------
+
+function step(msg) {
+    console.log(`  [js-sdk] ${msg}`);
+}
+
+function expect(cond, msg) {
+    if (!cond) throw new Failure(msg);
+}
+
+function errText(e) {
+    if (e instanceof MatrixError) return `HTTP ${e.httpStatus} ${e.errcode}: ${e.data?.error ?? e.message}`;
+    return `${e?.name}: ${e?.message}`;
+}
+
+async function call(what, promise) {
+    try {
+        return await promise;
+    } catch (e) {
+        if (e instanceof Failure) throw e;
+        throw new Failure(`${what} failed: ${errText(e)}`);
+    }
+}
+
+/**
+ * Wait until check() returns something truthy. check() is re-run whenever the client
+ * emits one of `events` and every 100 ms, so an event that arrived before we started
+ * waiting is not missed.
+ */
+function waitFor(client, who, what, check, events = [], timeoutMs = STEP_TIMEOUT_MS) {
+    return new Promise((resolve, reject) => {
+        let done = false;
+        const finish = (fn, value) => {
+            if (done) return;
+            done = true;
+            clearInterval(poll);
+            clearTimeout(timer);
+            for (const ev of events) client.off(ev, onEvent);
+            fn(value);
+        };
+        const tryCheck = () => {
+            try {
+                const r = check();
+                if (r) finish(resolve, r);
+            } catch (e) {
+                finish(reject, e);
+            }
+        };
+        const onEvent = () => tryCheck();
+        for (const ev of events) client.on(ev, onEvent);
+        const poll = setInterval(tryCheck, 100);
+        const timer = setTimeout(
+            () => finish(reject, new Failure(`${who} never saw ${what} (waited ${timeoutMs / 1000}s; sync state ${client.getSyncState()})`)),
+            timeoutMs,
+        );
+        tryCheck();
+    });
+}
+
+// ---- the users -------------------------------------------------------------------------
+
+async function registerAndLogin(baseUrl, who) {
+    const username = `${who}_${hex(4)}`;
+    const reg = createClient({ baseUrl, fetchFn: tracingFetch(`${who}-reg`), logger: sdkLoggerFor(`${who}-reg`) });
+
+    // 1. No auth: the server must answer 401 with the flows and a session.
+    let session;
+    try {
+        await reg.registerRequest({ username, password: PASSWORD, initial_device_display_name: `js-sdk ${who}` });
+        throw new Failure(`${who}: first POST /register without auth succeeded; expected 401 with a UIA session`);
+    } catch (e) {
+        if (e instanceof Failure) throw e;
+        expect(e instanceof MatrixError && e.httpStatus === 401, `${who}: first POST /register: expected HTTP 401 with flows, got ${errText(e)}`);
+        const flows = e.data?.flows;
+        session = e.data?.session;
+        expect(Array.isArray(flows), `${who}: 401 from /register has no flows: ${JSON.stringify(e.data)}`);
+        expect(
+            flows.some((f) => Array.isArray(f.stages) && f.stages.length === 1 && f.stages[0] === "m.login.dummy"),
+            `${who}: /register offers no flow with just m.login.dummy: ${JSON.stringify(flows)}`,
+        );
+        expect(typeof session === "string" && session.length > 0, `${who}: 401 from /register has no session: ${JSON.stringify(e.data)}`);
+        step(`${who}: /register offered ${JSON.stringify(flows.map((f) => f.stages))}, session ${session.slice(0, 8)}...`);
+    }
+
+    // 2. Complete m.login.dummy with that session.
+    const done = await call(
+        `${who}: POST /register with m.login.dummy + session`,
+        reg.registerRequest({
+            username,
+            password: PASSWORD,
+            initial_device_display_name: `js-sdk ${who}`,
+            auth: { type: "m.login.dummy", session },
+        }),
+    );
+    expect(done.user_id?.startsWith(`@${username}:`), `${who}: registered user_id ${JSON.stringify(done.user_id)} does not start with @${username}:`);
+    expect(done.access_token, `${who}: registration returned no access_token`);
+    step(`${who}: registered ${done.user_id}`);
+
+    // 3. Log in with the password and build the real client from the login response.
+    const login = await call(
+        `${who}: POST /login`,
+        reg.loginRequest({
+            type: "m.login.password",
+            identifier: { type: "m.id.user", user: username },
+            password: PASSWORD,
+            initial_device_display_name: `js-sdk ${who} (login)`,
+        }),
+    );
+    expect(login.user_id === done.user_id, `${who}: /login returned user_id ${login.user_id}, registered as ${done.user_id}`);
+    expect(login.access_token && login.device_id, `${who}: /login returned no access_token/device_id`);
+    step(`${who}: logged in, device ${login.device_id}`);
+
+    const client = createClient({
+        baseUrl,
+        accessToken: login.access_token,
+        userId: login.user_id,
+        deviceId: login.device_id,
+        store: new MemoryStore(),
+        fetchFn: tracingFetch(who),
+        logger: sdkLoggerFor(who),
+        timelineSupport: true,
+    });
+    client.who = who;
+    client.seenTimeline = []; // {roomId, event} from Room.timeline
+    client.on(RoomEvent.Timeline, (event, room, toStartOfTimeline) => {
+        if (!toStartOfTimeline && room) client.seenTimeline.push({ roomId: room.roomId, event });
+    });
+    return client;
+}
+
+async function startSyncing(client) {
+    const ready = waitFor(
+        client,
+        client.who,
+        "the first sync complete (sync state PREPARED)",
+        () => ["PREPARED", "SYNCING"].includes(client.getSyncState()),
+        [ClientEvent.Sync],
+    );
+    await call(`${client.who}: startClient`, client.startClient({ initialSyncLimit: 20, pollTimeout: 5000 }));
+    await ready;
+    step(`${client.who}: sync loop running`);
+}
+
+function timelineEvents(client, roomId, pred) {
+    return client.seenTimeline.filter(({ roomId: r, event }) => r === roomId && pred(event)).map(({ event }) => event);
+}
+
+function membership(client, roomId, userId) {
+    return client.getRoom(roomId)?.getMember(userId)?.membership;
+}
+
+async function conversation(baseUrl) {
+    const clients = [];
+    try {
+        const alice = await registerAndLogin(baseUrl, "alice");
+        clients.push(alice);
+        const bob = await registerAndLogin(baseUrl, "bob");
+        clients.push(bob);
+        await startSyncing(alice);
+        await startSyncing(bob);
+        const aliceId = alice.getUserId();
+        const bobId = bob.getUserId();
+
+        // alice creates a room and invites bob
+        const { room_id: roomId } = await call("alice: POST /createRoom", alice.createRoom({ name: "js-sdk test room" }));
+        expect(typeof roomId === "string" && roomId.startsWith("!"), `alice: createRoom returned room_id ${JSON.stringify(roomId)}`);
+        step(`alice: created ${roomId}`);
+        await waitFor(alice, "alice", `herself joined to ${roomId}`, () => alice.getRoom(roomId)?.getMyMembership() === "join", [
+            ClientEvent.Room,
+            RoomMemberEvent.Membership,
+        ]);
+        await waitFor(
+            alice,
+            "alice",
+            `the room name "js-sdk test room" (room name now ${JSON.stringify(alice.getRoom(roomId)?.name)})`,
+            () => alice.getRoom(roomId)?.name === "js-sdk test room",
+            [RoomEvent.Name],
+            5_000,
+        );
+
+        await call(`alice: POST /rooms/${roomId}/invite`, alice.invite(roomId, bobId));
+        step(`alice: invited ${bobId}`);
+
+        // bob sees the invite through sync (RoomMember.membership) and joins
+        let invitedBy = null;
+        bob.on(RoomMemberEvent.Membership, (event, member) => {
+            if (member.roomId === roomId && member.userId === bobId && member.membership === "invite") invitedBy = event.getSender();
+        });
+        await waitFor(bob, "bob", `the invite to ${roomId}`, () => bob.getRoom(roomId)?.getMyMembership() === "invite", [
+            RoomMemberEvent.Membership,
+            ClientEvent.Room,
+        ]);
+        const inviteEvent = bob.getRoom(roomId).currentState.getStateEvents(EventType.RoomMember, bobId);
+        expect(inviteEvent?.getSender() === aliceId, `bob: invite event sender is ${inviteEvent?.getSender()}, expected ${aliceId}`);
+        expect(invitedBy === aliceId, `bob: no RoomMember.membership 'invite' event from ${aliceId} (got ${invitedBy})`);
+        step("bob: sees the invite from alice");
+
+        await call(`bob: POST /join/${roomId}`, bob.joinRoom(roomId));
+        await waitFor(bob, "bob", `himself joined to ${roomId}`, () => bob.getRoom(roomId)?.getMyMembership() === "join", [
+            RoomMemberEvent.Membership,
+        ]);
+        step("bob: joined");
+        await waitFor(alice, "alice", "bob's membership become join", () => membership(alice, roomId, bobId) === "join", [
+            RoomMemberEvent.Membership,
+        ]);
+        step("alice: sees bob join");
+
+        // alice -> bob
+        const text1 = `hello bob, from js-sdk ${hex(3)}`;
+        const sent1 = await call(
+            `alice: PUT /rooms/${roomId}/send/m.room.message`,
+            alice.sendMessage(roomId, { msgtype: "m.text", body: text1 }),
+        );
+        expect(sent1.event_id?.startsWith("$"), `alice: send returned event_id ${JSON.stringify(sent1.event_id)}`);
+        const [got1] = await waitFor(
+            bob,
+            "bob",
+            `alice's message ${JSON.stringify(text1)} in Room.timeline`,
+            () => {
+                const evs = timelineEvents(bob, roomId, (e) => e.getType() === "m.room.message" && e.getContent().body === text1);
+                return evs.length ? evs : null;
+            },
+            [RoomEvent.Timeline],
+        );
+        expect(got1.getSender() === aliceId, `bob: message sender ${got1.getSender()}, expected ${aliceId}`);
+        expect(got1.getId() === sent1.event_id, `bob: message event_id ${got1.getId()} != the one alice got ${sent1.event_id}`);
+        step("bob: received alice's message");
+
+        // bob -> alice
+        const text2 = `hi alice, bob here ${hex(3)}`;
+        const sent2 = await call(
+            `bob: PUT /rooms/${roomId}/send/m.room.message`,
+            bob.sendMessage(roomId, { msgtype: "m.text", body: text2 }),
+        );
+        const [got2] = await waitFor(
+            alice,
+            "alice",
+            `bob's reply ${JSON.stringify(text2)} in Room.timeline`,
+            () => {
+                const evs = timelineEvents(alice, roomId, (e) => e.getType() === "m.room.message" && e.getContent().body === text2 && !e.status);
+                return evs.length ? evs : null;
+            },
+            [RoomEvent.Timeline],
+        );
+        expect(got2.getSender() === bobId, `alice: reply sender ${got2.getSender()}, expected ${bobId}`);
+        expect(got2.getId() === sent2.event_id, `alice: reply event_id ${got2.getId()} != ${sent2.event_id}`);
+        // alice's own message must have come back from the server exactly once (local echo replaced)
+        const live = alice.getRoom(roomId).getLiveTimeline().getEvents();
+        const mine = live.filter((e) => e.getType() === "m.room.message" && e.getContent().body === text1);
+        expect(mine.length === 1, `alice: her own message is ${mine.length} times in her live timeline, expected once`);
+        expect(mine[0].getId() === sent1.event_id, `alice: her message has id ${mine[0].getId()} (status ${mine[0].status}), expected ${sent1.event_id}`);
+        step("alice: received bob's reply");
+
+        // alice sets the topic, bob sees the m.room.topic state
+        const topic = `js-sdk topic ${hex(3)}`;
+        let topicStateSeen = false;
+        bob.on(RoomStateEvent.Events, (event) => {
+            if (event.getRoomId() === roomId && event.getType() === EventType.RoomTopic && event.getContent().topic === topic) topicStateSeen = true;
+        });
+        await call(`alice: PUT /rooms/${roomId}/state/m.room.topic`, alice.setRoomTopic(roomId, topic));
+        await waitFor(
+            bob,
+            "bob",
+            `the m.room.topic ${JSON.stringify(topic)} in the room state`,
+            () => bob.getRoom(roomId)?.currentState.getStateEvents(EventType.RoomTopic, "")?.getContent().topic === topic,
+            [RoomStateEvent.Events],
+        );
+        const topicEvent = bob.getRoom(roomId).currentState.getStateEvents(EventType.RoomTopic, "");
+        expect(topicEvent.getSender() === aliceId, `bob: topic set by ${topicEvent.getSender()}, expected ${aliceId}`);
+        expect(topicStateSeen, "bob: no RoomState.events emitted for the m.room.topic");
+        step("bob: sees the new topic");
+
+        // bob leaves, alice sees it
+        await call(`bob: POST /rooms/${roomId}/leave`, bob.leave(roomId));
+        await waitFor(alice, "alice", "bob's membership become leave", () => membership(alice, roomId, bobId) === "leave", [
+            RoomMemberEvent.Membership,
+        ]);
+        const leaveEvents = timelineEvents(
+            alice,
+            roomId,
+            (e) => e.getType() === EventType.RoomMember && e.getStateKey() === bobId && e.getContent().membership === "leave",
+        );
+        expect(leaveEvents.length === 1, `alice: ${leaveEvents.length} leave events for bob in Room.timeline, expected 1`);
+        expect(
+            !alice.getRoom(roomId).getJoinedMembers().some((m) => m.userId === bobId),
+            "alice: bob still among the joined members after leaving",
+        );
+        step("alice: sees bob leave");
+        await waitFor(bob, "bob", `his own membership of ${roomId} become leave`, () => bob.getRoom(roomId)?.getMyMembership() === "leave", [
+            RoomMemberEvent.Membership,
+        ]);
+        step("bob: his room shows him as left");
+    } finally {
+        for (const c of clients) c.stopClient();
+    }
+}
+
+function printTrace(n = 25) {
+    const tail = TRACE.slice(-n);
+    console.error(`  [js-sdk] last ${tail.length} of ${TRACE.length} HTTP requests:`);
+    for (const { who, method, path, status, req, res } of tail) {
+        console.error(`    ${who.padEnd(10)} ${method} ${path} -> ${status}`);
+        if (typeof status !== "number" || status >= 400) {
+            if (req) console.error(`        request:  ${req}`);
+            if (res) console.error(`        response: ${res}`);
+        }
+    }
+    if (SDK_LOG.length) {
+        console.error(`  [js-sdk] last SDK warnings/errors:`);
+        for (const line of SDK_LOG.slice(-15)) console.error(`    ${line.slice(0, 400)}`);
+    }
+}
+
+async function main() {
+    if (process.argv.length !== 3) {
+        console.error(`usage: node ${process.argv[1]} BASE_URL`);
+        return 2;
+    }
+    const baseUrl = process.argv[2].replace(/\/+$/, "");
+    let timer;
+    const timeout = new Promise((_, reject) => {
+        timer = setTimeout(() => reject(new Failure(`overall timeout of ${OVERALL_TIMEOUT_MS / 1000}s exceeded`)), OVERALL_TIMEOUT_MS);
+    });
+    try {
+        await Promise.race([conversation(baseUrl), timeout]);
+    } catch (e) {
+        if (e instanceof Failure) {
+            console.error(`FAIL jssdk_conversation: ${e.message}`);
+        } else {
+            console.error(`FAIL jssdk_conversation: unexpected ${e?.stack ?? e}`);
+        }
+        printTrace();
+        return 1;
+    } finally {
+        clearTimeout(timer);
+    }
+    console.log("PASS jssdk_conversation");
+    return 0;
+}
+
+// Exit explicitly: the SDK may leave timers behind.
+main().then(
+    (code) => process.exit(code),
+    (e) => {
+        console.error(`FAIL jssdk_conversation: ${e?.stack ?? e}`);
+        process.exit(1);
+    },
+);

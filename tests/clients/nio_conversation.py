@@ -1,0 +1,342 @@
+#!/usr/bin/env python3
+"""Two-user conversation against a homeserver, driven by matrix-nio.
+
+    nio_conversation.py BASE_URL
+
+alice and bob register (m.login.dummy user-interactive flow), log in with their
+password, alice creates a room and invites bob, bob sees the invite through /sync
+and joins, they exchange a message each way, alice sets the topic and bob sees it,
+bob leaves and alice sees the leave. Every step asserts what the user sees through
+nio's own API and state. Exits 0 on success, 1 with a message on failure.
+"""
+
+import asyncio
+import json
+import secrets
+import sys
+import time
+import traceback
+from urllib.parse import urlsplit, urlunsplit, parse_qsl, urlencode
+
+import aiohttp
+
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    ErrorResponse,
+    InviteMemberEvent,
+    JoinResponse,
+    LoginResponse,
+    RegisterResponse,
+    RoomCreateResponse,
+    RoomInviteResponse,
+    RoomLeaveResponse,
+    RoomMemberEvent,
+    RoomMessageText,
+    RoomPutStateResponse,
+    RoomSendResponse,
+    RoomTopicEvent,
+    SyncResponse,
+)
+from nio.responses import RegisterInteractiveResponse
+
+OVERALL_TIMEOUT = 60  # seconds, the whole conversation
+STEP_TIMEOUT = 20  # seconds, waiting for one thing to show up in /sync
+PASSWORD = "correct horse battery staple " + secrets.token_hex(4)
+
+TRACE = []  # (who, method, path, status, request body, response body) of every request
+
+
+class Failure(Exception):
+    pass
+
+
+def _redact(s):
+    if not s:
+        return s
+    try:
+        obj = json.loads(s)
+    except (TypeError, ValueError):
+        return s[:500]
+    if isinstance(obj, dict):
+        if "password" in obj:
+            obj["password"] = "<redacted>"
+    return json.dumps(obj)[:500]
+
+
+def _strip_token(path):
+    parts = urlsplit(path)
+    q = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "access_token"]
+    return urlunsplit(("", "", parts.path, urlencode(q), ""))
+
+
+class TracingClient(AsyncClient):
+    """AsyncClient that records every HTTP exchange, for failure reports."""
+
+    def __init__(self, who, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.who = who
+        self.seen_events = []  # (room_id, event) delivered by nio's event callbacks
+        self.add_event_callback(self._record_event, (RoomMessageText, RoomMemberEvent, RoomTopicEvent))
+        self.add_event_callback(self._record_event, (InviteMemberEvent,))
+        self.left_rooms_seen = {}  # room_id -> timeline events of rooms.leave (nio keeps no state for left rooms)
+
+    def record_sync(self, resp):
+        for room_id, info in resp.rooms.leave.items():
+            self.left_rooms_seen.setdefault(room_id, []).extend(info.timeline.events)
+
+    async def _record_event(self, room, event):
+        self.seen_events.append((room.room_id, event))
+
+    async def send(self, method, path, data=None, headers=None, trace_context=None, timeout=None):
+        body = data if isinstance(data, str) else None
+        try:
+            resp = await super().send(method, path, data, headers, trace_context, timeout)
+        except Exception as e:
+            TRACE.append((self.who, method, _strip_token(path), f"exception {type(e).__name__}: {e}", _redact(body), ""))
+            raise
+        text = ""
+        if resp.status >= 400:
+            try:
+                text = (await resp.read()).decode("utf-8", "replace")[:800]
+            except Exception as e:  # pragma: no cover - diagnostics only
+                text = f"<could not read body: {e}>"
+        TRACE.append((self.who, method, _strip_token(path), resp.status, _redact(body), text))
+        return resp
+
+
+def step(msg):
+    print(f"  [nio] {msg}", flush=True)
+
+
+def expect(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+def ok_response(resp, cls, what):
+    if not isinstance(resp, cls):
+        detail = resp
+        if isinstance(resp, ErrorResponse):
+            detail = f"{type(resp).__name__}(status_code={resp.status_code!r}, message={resp.message!r})"
+        raise Failure(f"{what}: expected {cls.__name__}, got {detail}")
+    return resp
+
+
+def new_client(base_url, who, user=""):
+    config = AsyncClientConfig(
+        max_limit_exceeded=0,
+        max_timeouts=1,
+        request_timeout=STEP_TIMEOUT,
+        store_sync_tokens=False,
+        encryption_enabled=False,
+    )
+    return TracingClient(who, base_url, user, config=config)
+
+
+async def register_and_login(base_url, who):
+    """Register `who` with the m.login.dummy flow, then log in with the password."""
+    username = f"{who}_{secrets.token_hex(4)}"
+    reg = new_client(base_url, who + "-reg")
+    try:
+        # 1. Ask for the flows: nio sends an `auth` without a type (as its own
+        #    register_with_token does); the server must answer 401 with a session.
+        first = await reg.register_interactive(
+            username, PASSWORD, auth_dict={"initial_device_display_name": f"nio {who}"}
+        )
+        ok_response(first, RegisterInteractiveResponse, f"{who}: first POST /register (expect 401 with flows + session)")
+        flows = first.stages  # nio keeps the stages of the last flow
+        step(f"{who}: /register offered stages {flows}, session {first.session[:8]}...")
+        # 2. Complete the m.login.dummy stage with that session.
+        done = await reg.register(username, PASSWORD, device_name=f"nio {who}", session_token=first.session)
+        ok_response(done, RegisterResponse, f"{who}: POST /register with m.login.dummy + session")
+        expect(done.user_id.startswith(f"@{username}:"), f"{who}: registered user_id {done.user_id!r} does not start with @{username}:")
+        expect(done.access_token, f"{who}: registration returned no access_token")
+        step(f"{who}: registered {done.user_id}")
+    finally:
+        await reg.close()
+
+    client = new_client(base_url, who, username)
+    resp = await client.login(PASSWORD, device_name=f"nio {who} (login)")
+    ok_response(resp, LoginResponse, f"{who}: POST /login with password")
+    expect(resp.user_id == done.user_id, f"{who}: /login returned user_id {resp.user_id!r}, registered as {done.user_id!r}")
+    expect(client.access_token == resp.access_token and client.user_id == done.user_id, f"{who}: nio did not take the login credentials")
+    step(f"{who}: logged in, device {resp.device_id}")
+    return client
+
+
+async def initial_sync(client):
+    resp = await client.sync(timeout=0, full_state=True)
+    ok_response(resp, SyncResponse, f"{client.who}: initial GET /sync")
+    expect(resp.next_batch, f"{client.who}: /sync returned no next_batch")
+    return resp
+
+
+async def sync_until(client, check, what, timeout=STEP_TIMEOUT):
+    """Long-poll /sync until check() returns something truthy; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    syncs = 0
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise Failure(f"{client.who} never saw {what} (after {syncs} /sync calls, {timeout}s)")
+        before = client.next_batch
+        resp = await client.sync(timeout=1000)
+        syncs += 1
+        ok_response(resp, SyncResponse, f"{client.who}: GET /sync while waiting for {what}")
+        client.record_sync(resp)
+        expect(resp.next_batch, f"{client.who}: /sync returned no next_batch")
+        if resp.next_batch == before and time.monotonic() + 0.2 < deadline:
+            await asyncio.sleep(0.2)  # server answered instantly with nothing new
+
+
+def events(client, room_id, cls, pred=lambda e: True):
+    return [e for rid, e in client.seen_events if rid == room_id and isinstance(e, cls) and pred(e)]
+
+
+async def conversation(base_url):
+    alice = bob = None
+    try:
+        alice = await register_and_login(base_url, "alice")
+        bob = await register_and_login(base_url, "bob")
+        await initial_sync(alice)
+        await initial_sync(bob)
+
+        # alice creates a room and invites bob
+        resp = await alice.room_create(name="nio test room")
+        ok_response(resp, RoomCreateResponse, "alice: POST /createRoom")
+        room_id = resp.room_id
+        expect(room_id.startswith("!"), f"alice: room_id {room_id!r} does not start with '!'")
+        step(f"alice: created {room_id}")
+        await sync_until(alice, lambda: room_id in alice.rooms, f"her new room {room_id} in /sync rooms.join")
+        room = alice.rooms[room_id]
+        expect(alice.user_id in room.users, f"alice: not listed as a member of her own room (members: {list(room.users)})")
+        expect(room.name == "nio test room", f"alice: room name is {room.name!r}, expected 'nio test room'")
+
+        resp = await alice.room_invite(room_id, bob.user_id)
+        ok_response(resp, RoomInviteResponse, f"alice: POST /rooms/{room_id}/invite")
+        step(f"alice: invited {bob.user_id}")
+
+        # bob sees the invite through /sync and joins
+        await sync_until(bob, lambda: room_id in bob.invited_rooms, f"the invite to {room_id} in /sync rooms.invite")
+        inv = events(bob, room_id, InviteMemberEvent, lambda e: e.state_key == bob.user_id and e.membership == "invite")
+        expect(inv, f"bob: invite_state of {room_id} has no m.room.member invite event for him")
+        expect(inv[-1].sender == alice.user_id, f"bob: invite sent by {inv[-1].sender!r}, expected {alice.user_id!r}")
+        step("bob: sees the invite from alice")
+
+        resp = await bob.join(room_id)
+        ok_response(resp, JoinResponse, f"bob: POST /join/{room_id}")
+        expect(resp.room_id == room_id, f"bob: /join returned room_id {resp.room_id!r}, expected {room_id!r}")
+        await sync_until(bob, lambda: room_id in bob.rooms and bob.user_id in bob.rooms[room_id].users, f"himself joined to {room_id} in /sync")
+        expect(room_id not in bob.invited_rooms, "bob: room still listed as invited after joining")
+        step("bob: joined")
+
+        await sync_until(
+            alice,
+            lambda: events(alice, room_id, RoomMemberEvent, lambda e: e.state_key == bob.user_id and e.membership == "join"),
+            "bob's m.room.member join in the room timeline",
+        )
+        step("alice: sees bob join")
+
+        # alice -> bob
+        text1 = f"hello bob, from nio {secrets.token_hex(3)}"
+        resp = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": text1})
+        ok_response(resp, RoomSendResponse, f"alice: PUT /rooms/{room_id}/send/m.room.message")
+        expect(resp.event_id.startswith("$"), f"alice: send returned event_id {resp.event_id!r}")
+        got = await sync_until(
+            bob,
+            lambda: events(bob, room_id, RoomMessageText, lambda e: e.body == text1),
+            f"alice's message {text1!r}",
+        )
+        expect(got[0].sender == alice.user_id, f"bob: message sender is {got[0].sender!r}, expected {alice.user_id!r}")
+        expect(got[0].event_id == resp.event_id, f"bob: message event_id {got[0].event_id!r} != the one alice got {resp.event_id!r}")
+        step("bob: received alice's message")
+
+        # bob -> alice
+        text2 = f"hi alice, bob here {secrets.token_hex(3)}"
+        resp = await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": text2})
+        ok_response(resp, RoomSendResponse, f"bob: PUT /rooms/{room_id}/send/m.room.message")
+        got = await sync_until(
+            alice,
+            lambda: events(alice, room_id, RoomMessageText, lambda e: e.body == text2),
+            f"bob's reply {text2!r}",
+        )
+        expect(got[0].sender == bob.user_id, f"alice: reply sender is {got[0].sender!r}, expected {bob.user_id!r}")
+        mine = events(alice, room_id, RoomMessageText, lambda e: e.body == text1)
+        expect(len(mine) == 1, f"alice: her own message appears {len(mine)} times in her timeline, expected once")
+        step("alice: received bob's reply")
+
+        # alice sets the topic, bob sees the m.room.topic state
+        topic = f"nio topic {secrets.token_hex(3)}"
+        resp = await alice.room_put_state(room_id, "m.room.topic", {"topic": topic})
+        ok_response(resp, RoomPutStateResponse, f"alice: PUT /rooms/{room_id}/state/m.room.topic")
+        got = await sync_until(
+            bob,
+            lambda: events(bob, room_id, RoomTopicEvent, lambda e: e.topic == topic),
+            f"the m.room.topic {topic!r}",
+        )
+        expect(got[0].sender == alice.user_id, f"bob: topic set by {got[0].sender!r}, expected {alice.user_id!r}")
+        expect(bob.rooms[room_id].topic == topic, f"bob: room topic in nio's room state is {bob.rooms[room_id].topic!r}, expected {topic!r}")
+        step("bob: sees the new topic")
+
+        # bob leaves, alice sees it
+        resp = await bob.room_leave(room_id)
+        ok_response(resp, RoomLeaveResponse, f"bob: POST /rooms/{room_id}/leave")
+        await sync_until(
+            alice,
+            lambda: events(alice, room_id, RoomMemberEvent, lambda e: e.state_key == bob.user_id and e.membership == "leave"),
+            "bob's m.room.member leave",
+        )
+        expect(bob.user_id not in alice.rooms[room_id].users, f"alice: bob still in the member list after leaving: {list(alice.rooms[room_id].users)}")
+        step("alice: sees bob leave")
+        await sync_until(bob, lambda: room_id in bob.left_rooms_seen, f"{room_id} in /sync rooms.leave")
+        step("bob: room listed in rooms.leave")
+    finally:
+        for c in (alice, bob):
+            if c is not None:
+                await c.close()
+
+
+def print_trace(n=25):
+    print(f"  [nio] last {min(n, len(TRACE))} of {len(TRACE)} HTTP requests:", file=sys.stderr)
+    for who, method, path, status, req, resp in TRACE[-n:]:
+        print(f"    {who:10} {method} {path} -> {status}", file=sys.stderr)
+        if isinstance(status, str) or (isinstance(status, int) and status >= 400):
+            if req:
+                print(f"        request:  {req}", file=sys.stderr)
+            if resp:
+                print(f"        response: {resp}", file=sys.stderr)
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(f"usage: {sys.argv[0]} BASE_URL", file=sys.stderr)
+        return 2
+    base_url = sys.argv[1].rstrip("/")
+    try:
+        asyncio.run(asyncio.wait_for(conversation(base_url), OVERALL_TIMEOUT))
+    except Failure as e:
+        print(f"FAIL nio_conversation: {e}", file=sys.stderr)
+        print_trace()
+        return 1
+    except (asyncio.TimeoutError, TimeoutError):
+        print(f"FAIL nio_conversation: overall timeout of {OVERALL_TIMEOUT}s exceeded", file=sys.stderr)
+        print_trace()
+        return 1
+    except aiohttp.ClientError as e:
+        print(f"FAIL nio_conversation: HTTP transport error {type(e).__name__}: {e}", file=sys.stderr)
+        print_trace()
+        return 1
+    except Exception as e:
+        print(f"FAIL nio_conversation: unexpected {type(e).__name__}: {e}", file=sys.stderr)
+        traceback.print_exc()
+        print_trace()
+        return 1
+    print("PASS nio_conversation")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

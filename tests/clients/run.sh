@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# Real-client tests: start a fresh Lattice (debug build) on a free port with its own
+# database, run the matrix-nio and matrix-js-sdk conversations against it, tear down.
+#
+#   tests/clients/run.sh            build, run both tests
+#   tests/clients/run.sh nio        only the nio test   (or: jssdk)
+#
+# Environment:
+#   LATTICE_PG_PORT (5433)          the test PostgreSQL of .ci/postgres.sh (started here if needed, fast mode)
+#   LATTICE_CLIENTS_NO_BUILD=1      skip `cargo build`
+#   LATTICE_CLIENTS_BIN=path        server binary to test (default target/debug/lattice)
+#   LATTICE_CLIENTS_REDIS_URL=...   also give the server a redis (LATTICE__REDIS__URL)
+#   LATTICE_CLIENTS_KEEP=1          keep var/clients/run-<pid>/ (config, server log) even on success
+#   LATTICE_CLIENT_TEST_VERBOSE=1   print the js-sdk's warnings as they happen
+#
+# Everything it writes is under ./var (var/clients/run-<pid>/). Prints PASS/FAIL per test and
+# a final "N passed, N failed" line; exits non-zero if anything failed.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+
+TESTS=(nio jssdk)
+if [[ $# -gt 0 ]]; then TESTS=("$@"); fi
+
+RUN_DIR="$ROOT/var/clients/run-$$"
+DB="lattice_clients_$$"
+BIN="${LATTICE_CLIENTS_BIN:-$ROOT/target/debug/lattice}"
+SERVER_PID=""
+DB_CREATED=0
+PASSED=0
+FAILED=0
+RESULTS=()
+
+log() { echo "clients: $*" >&2; }
+
+summary() {
+    echo
+    for r in "${RESULTS[@]}"; do echo "  $r"; done
+    echo "$PASSED passed, $FAILED failed"
+}
+
+stop_server() {
+    # SIGINT (the server's clean shutdown), then SIGTERM, then SIGKILL.
+    [[ -n "$SERVER_PID" ]] || return 0
+    local sig i prev=INT
+    for sig in INT TERM KILL; do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        [[ $sig == INT ]] || log "warning: server (pid $SERVER_PID) still running after SIG$prev; sending SIG$sig"
+        kill -"$sig" "$SERVER_PID" 2>/dev/null || true
+        for i in $(seq 1 100); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        prev=$sig
+    done
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_server
+    if [[ "$DB_CREATED" == 1 ]]; then
+        .ci/postgres.sh psql -d postgres -c "drop database if exists \"$DB\" with (force)" >/dev/null 2>&1 \
+            || log "warning: could not drop database $DB"
+    fi
+    if [[ $rc == 0 && -z "${LATTICE_CLIENTS_KEEP:-}" ]]; then
+        rm -rf "$RUN_DIR"
+    elif [[ -d "$RUN_DIR" ]]; then
+        log "config and server log kept in ${RUN_DIR#"$ROOT"/}"
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+fail_all() {
+    # The server could not be brought up: every test counts as failed.
+    log "error: $*"
+    local t
+    for t in "${TESTS[@]}"; do RESULTS+=("FAIL ${t}_conversation (server not available)"); FAILED=$((FAILED + 1)); done
+    summary
+    exit 1
+}
+
+mkdir -p "$RUN_DIR"
+
+# --- dependencies -----------------------------------------------------------------------
+if [[ ! -x var/venv/bin/python || ! -d tests/clients/node_modules/matrix-js-sdk ]]; then
+    log "client dependencies missing; running 'make clients-deps'"
+    make --no-print-directory clients-deps
+fi
+
+# --- build ------------------------------------------------------------------------------
+if [[ -z "${LATTICE_CLIENTS_NO_BUILD:-}" ]]; then
+    log "cargo build"
+    cargo build || fail_all "cargo build failed"
+fi
+[[ -x "$BIN" ]] || fail_all "$BIN not found (did the build produce the lattice binary?)"
+
+# --- database -----------------------------------------------------------------------------
+LATTICE_PG_FAST="${LATTICE_PG_FAST:-1}" .ci/postgres.sh start || fail_all "could not start PostgreSQL"
+.ci/postgres.sh psql -d postgres -c "create database \"$DB\"" >/dev/null || fail_all "could not create database $DB"
+DB_CREATED=1
+PG_PORT="${LATTICE_PG_PORT:-5433}"
+DB_URL="postgresql://lattice@127.0.0.1:${PG_PORT}/${DB}"
+
+# --- server -------------------------------------------------------------------------------
+PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+BASE_URL="http://127.0.0.1:${PORT}"
+CONFIG="$RUN_DIR/homeserver.yaml"
+SERVER_LOG="$RUN_DIR/server.log"
+
+"$BIN" generate-config --server-name localhost >"$CONFIG" 2>"$RUN_DIR/generate-config.err" \
+    || { cat "$RUN_DIR/generate-config.err" >&2; fail_all "lattice generate-config failed"; }
+
+export LATTICE__DATABASE__URL="$DB_URL"
+export LATTICE__LISTEN="127.0.0.1:${PORT}"
+export LATTICE__ENABLE_REGISTRATION=true
+export LATTICE__RATE_LIMITS__ENABLED=false
+export LATTICE__PUBLIC_BASEURL="$BASE_URL"
+if [[ -n "${LATTICE_CLIENTS_REDIS_URL:-}" ]]; then export LATTICE__REDIS__URL="$LATTICE_CLIENTS_REDIS_URL"; fi
+
+log "starting lattice on $BASE_URL (database $DB), log: ${SERVER_LOG#"$ROOT"/}"
+"$BIN" serve --config "$CONFIG" >"$SERVER_LOG" 2>&1 </dev/null &
+SERVER_PID=$!
+
+# Wait (max 30 s) until GET /_matrix/client/versions answers 200 with a versions list.
+if ! python3 - "$BASE_URL" "$SERVER_PID" <<'EOF'
+import json, os, sys, time, urllib.request
+base, pid = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 30
+last = "no answer"
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        print(f"clients: server exited before answering ({last})", file=sys.stderr)
+        sys.exit(1)
+    try:
+        with urllib.request.urlopen(base + "/_matrix/client/versions", timeout=2) as r:
+            body = json.load(r)
+            if r.status == 200 and isinstance(body.get("versions"), list):
+                print(f"clients: server up, versions {body['versions']}", file=sys.stderr)
+                sys.exit(0)
+            last = f"HTTP {r.status} {body}"
+    except Exception as e:  # connection refused while starting, or a bad answer
+        last = f"{type(e).__name__}: {e}"
+    time.sleep(0.2)
+print(f"clients: GET /_matrix/client/versions did not answer within 30 s ({last})", file=sys.stderr)
+sys.exit(1)
+EOF
+then
+    echo "---- last lines of the server log ----" >&2
+    tail -n 40 "$SERVER_LOG" >&2 || true
+    fail_all "lattice did not come up"
+fi
+
+# --- tests --------------------------------------------------------------------------------
+run_test() {
+    local name="$1"; shift
+    echo
+    echo "=== $name"
+    local start=$SECONDS rc=0
+    timeout --kill-after=10 90 "$@" || rc=$?
+    local took=$((SECONDS - start))
+    if [[ $rc == 0 ]]; then
+        RESULTS+=("PASS $name (${took}s)")
+        PASSED=$((PASSED + 1))
+        echo "=== PASS $name (${took}s)"
+    else
+        [[ $rc == 124 || $rc == 137 ]] && echo "=== $name killed after 90 s" >&2
+        RESULTS+=("FAIL $name (exit $rc, ${took}s)")
+        FAILED=$((FAILED + 1))
+        echo "=== FAIL $name (exit $rc, ${took}s)"
+    fi
+    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        echo "---- the server died; last lines of its log ----" >&2
+        tail -n 40 "$SERVER_LOG" >&2 || true
+    fi
+}
+
+for t in "${TESTS[@]}"; do
+    case "$t" in
+        nio) PYTHONDONTWRITEBYTECODE=1 run_test nio_conversation var/venv/bin/python tests/clients/nio_conversation.py "$BASE_URL" ;;
+        jssdk) run_test jssdk_conversation node tests/clients/jssdk_conversation.mjs "$BASE_URL" ;;
+        *) log "unknown test '$t' (known: nio jssdk)"; RESULTS+=("FAIL $t (unknown test)"); FAILED=$((FAILED + 1)) ;;
+    esac
+done
+
+if [[ $FAILED -gt 0 ]]; then
+    echo "---- last lines of the server log (${SERVER_LOG#"$ROOT"/}) ----" >&2
+    tail -n 30 "$SERVER_LOG" >&2 || true
+fi
+
+stop_server
+summary
+[[ $FAILED == 0 ]]
