@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod rooms;
+pub mod streams;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;

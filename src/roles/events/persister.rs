@@ -19,7 +19,8 @@ use super::{CreateRoom, Persisted, SendEvent, WriteError};
 use crate::error::ErrCode;
 use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
 use crate::rooms::version::parse_supported;
-use crate::storage::{StorageError, StorageResult};
+use crate::storage::{self, StorageError, StorageResult};
+use crate::streams::id_gen::StreamPositions;
 use crate::streams::notifier::Notifier;
 use crate::util::{now_ms, random_string};
 
@@ -77,8 +78,9 @@ pub struct EventPersister {
     key_pair: Ed25519KeyPair,
     notifier: Notifier,
     rooms: HashMap<String, RoomHead>,
-    /// The highest position this writer has persisted.
-    position: i64,
+    /// This process's view of the events stream (DESIGN §3), loaded when an
+    /// incarnation starts.
+    positions: Option<StreamPositions>,
     events_persisted: u64,
     writes_failed: u64,
 }
@@ -98,7 +100,7 @@ impl EventPersister {
             key_pair,
             notifier,
             rooms: HashMap::new(),
-            position: 0,
+            positions: None,
             events_persisted: 0,
             writes_failed: 0,
         }
@@ -446,16 +448,64 @@ impl EventPersister {
         events: Vec<NewEvent>,
     ) -> StorageResult<Vec<Persisted>> {
         let mut client = self.pool.get().await?;
+        let stream = self.positions.as_mut().ok_or_else(not_loaded)?;
+        let fetch = stream
+            .begin_fetch()
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let count = events.len() as i64;
-        let positions: Vec<i64> = client
+        let allocated = client
             .query(
                 "SELECT nextval('events_stream_seq') FROM generate_series(1::bigint, $1::bigint)",
                 &[&count],
             )
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+            .await;
+        let positions: Vec<i64> = match allocated {
+            Ok(rows) => rows.iter().map(|row| row.get(0)).collect(),
+            Err(error) => {
+                stream.end_fetch(fetch, &[]);
+                return Err(error.into());
+            }
+        };
+        stream.end_fetch(fetch, &positions);
+        let result = self.commit(&mut client, room, &events, &positions).await;
+        // Rolled-back positions count as finished: they are gaps, never rows.
+        let stream = self.positions.as_mut().ok_or_else(not_loaded)?;
+        stream.mark_finished(&positions);
+        let persisted_upto = stream.persisted_upto();
+        let (persisted, current_group) = result?;
+
+        if let (Some(head), Some(group)) = (
+            events
+                .first()
+                .and_then(|e| self.rooms.get_mut(e.pdu.room_id.as_str())),
+            current_group,
+        ) {
+            head.state_group = group;
+        }
+        self.events_persisted += events.len() as u64;
+        let mut keys: Vec<String> = Vec::new();
+        for event in &events {
+            keys.push(event.pdu.room_id.to_string());
+            if event.pdu.kind == "m.room.member" {
+                if let Some(state_key) = &event.pdu.state_key {
+                    keys.push(state_key.clone());
+                }
+            }
+        }
+        keys.dedup();
+        self.notifier.on_new_events(persisted_upto, keys);
+        Ok(persisted)
+    }
+
+    /// The transaction of [`Self::write`]: every row of every event, then this
+    /// writer's position.
+    async fn commit(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        room: Option<RoomRow>,
+        events: &[NewEvent],
+        positions: &[i64],
+    ) -> StorageResult<(Vec<Persisted>, Option<i64>)> {
         let transaction = client.transaction().await?;
         if let Some(room) = &room {
             transaction
@@ -474,7 +524,7 @@ impl EventPersister {
             .await?;
         let mut persisted = Vec::with_capacity(events.len());
         let mut current_group = None;
-        for (event, position) in events.iter().zip(&positions) {
+        for (event, position) in events.iter().zip(positions) {
             let pdu = &event.pdu;
             let room_id = pdu.room_id.as_str();
             let state_group = match &event.state_group {
@@ -575,12 +625,7 @@ impl EventPersister {
                 stream_ordering: *position,
             });
         }
-        let new_position = positions
-            .iter()
-            .copied()
-            .max()
-            .unwrap_or(self.position)
-            .max(self.position);
+        let new_position = positions.iter().copied().max().unwrap_or(0);
         transaction
             .execute(
                 "INSERT INTO stream_positions (stream_name, instance_name, stream_id) VALUES ($1, $2, $3)
@@ -590,30 +635,12 @@ impl EventPersister {
             )
             .await?;
         transaction.commit().await?;
-
-        if let (Some(head), Some(group)) = (
-            events
-                .first()
-                .and_then(|e| self.rooms.get_mut(e.pdu.room_id.as_str())),
-            current_group,
-        ) {
-            head.state_group = group;
-        }
-        self.position = new_position;
-        self.events_persisted += events.len() as u64;
-        let mut keys: Vec<String> = Vec::new();
-        for event in &events {
-            keys.push(event.pdu.room_id.to_string());
-            if event.pdu.kind == "m.room.member" {
-                if let Some(state_key) = &event.pdu.state_key {
-                    keys.push(state_key.clone());
-                }
-            }
-        }
-        keys.dedup();
-        self.notifier.on_new_events(new_position, keys);
-        Ok(persisted)
+        Ok((persisted, current_group))
     }
+}
+
+fn not_loaded() -> StorageError {
+    StorageError::Corrupt("events stream positions not loaded".into())
 }
 
 struct RoomRow {
@@ -675,14 +702,18 @@ impl Actor for EventPersister {
             // A restarted incarnation may have lost track of rows written by
             // the one before it: reload heads lazily, and the position now.
             self.rooms.clear();
-            let client = self.pool.get().await.map_err(|e| e.to_string())?;
-            let row = client
-                .query_one("SELECT COALESCE(MAX(stream_ordering), 1) FROM events", &[])
-                .await
-                .map_err(|e| e.to_string())?;
-            self.position = row.get(0);
+            let writers = vec![self.instance_name.clone()];
+            let positions = storage::streams::load_positions(
+                &self.pool,
+                &storage::streams::EVENTS,
+                &self.instance_name,
+                &writers,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             self.notifier
-                .on_new_events(self.position, Vec::<String>::new());
+                .on_new_events(positions.persisted_upto(), Vec::<String>::new());
+            self.positions = Some(positions);
             Ok(())
         }
     }
@@ -691,7 +722,8 @@ impl Actor for EventPersister {
         json!({
             "instance": self.instance_name,
             "stream": EVENTS_STREAM,
-            "stream_position": self.position,
+            "stream_position": self.positions.as_ref().map(StreamPositions::persisted_upto),
+            "writer_position": self.positions.as_ref().map(|p| p.current_token_for_writer(&self.instance_name)),
             "events_persisted": self.events_persisted,
             "writes_failed": self.writes_failed,
             "rooms_cached": self.rooms.len(),
