@@ -584,3 +584,29 @@ pub async fn has_ever_joined(pool: &Pool, room_id: &str, user_id: &str) -> Stora
         .await?;
     Ok(row.is_some())
 }
+
+/// Member counts and up to five other members, for a room summary.
+pub struct MemberSummary {
+    pub joined: i64,
+    pub invited: i64,
+    pub heroes: Vec<String>,
+}
+
+pub async fn member_summary(pool: &Pool, room_id: &str, viewer: &str) -> StorageResult<MemberSummary> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT
+                 COUNT(*) FILTER (WHERE membership = 'join'),
+                 COUNT(*) FILTER (WHERE membership = 'invite'),
+                 (SELECT COALESCE(array_agg(state_key), '{}') FROM (
+                     SELECT state_key FROM current_state
+                     WHERE room_id = $1 AND type = 'm.room.member' AND state_key <> $2
+                       AND membership IN ('join', 'invite')
+                     ORDER BY stream_ordering LIMIT 5) h)
+             FROM current_state WHERE room_id = $1 AND type = 'm.room.member'",
+        )
+        .await?;
+    let row = client.query_one(&statement, &[&room_id, &viewer]).await?;
+    Ok(MemberSummary { joined: row.get(0), invited: row.get(1), heroes: row.get(2) })
+}

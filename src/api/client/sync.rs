@@ -6,7 +6,6 @@
 //! rooms, then computes its answer; if the answer is empty it sleeps until
 //! one of those keys is notified or the timeout passes, then computes again.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
@@ -345,32 +344,17 @@ async fn room_section(
     if membership.membership == "join" {
         section["ephemeral"] = json!({ "events": [] });
         section["unread_notifications"] = json!({ "highlight_count": 0, "notification_count": 0 });
-        section["summary"] = summary(node, &membership.room_id).await?;
+        section["summary"] = summary(node, &membership.room_id, &requester.user_id).await?;
     }
     Ok(section)
 }
 
 /// The room summary: heroes and member counts, for clients to name the room.
-async fn summary(node: &Node, room_id: &str) -> ApiResult<Value> {
-    let state = rooms::current_state(&node.pool, room_id).await?;
-    let mut counts: HashMap<&str, i64> = HashMap::new();
-    let mut heroes = Vec::new();
-    for event in state.iter().filter(|e| e.kind == "m.room.member") {
-        let membership = event
-            .content()
-            .get("membership")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        *counts.entry(membership).or_default() += 1;
-        if (membership == "join" || membership == "invite") && heroes.len() < 5 {
-            if let Some(user) = &event.state_key {
-                heroes.push(user.clone());
-            }
-        }
-    }
+async fn summary(node: &Node, room_id: &str, viewer: &str) -> ApiResult<Value> {
+    let summary = rooms::member_summary(&node.pool, room_id, viewer).await?;
     Ok(json!({
-        "m.heroes": heroes,
-        "m.joined_member_count": counts.get("join").copied().unwrap_or(0),
-        "m.invited_member_count": counts.get("invite").copied().unwrap_or(0),
+        "m.heroes": summary.heroes,
+        "m.joined_member_count": summary.joined,
+        "m.invited_member_count": summary.invited,
     }))
 }
