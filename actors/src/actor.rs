@@ -13,6 +13,7 @@
 //! lent to each incarnation, so an [`Addr`] (and every mailbox made from it)
 //! keeps working across restarts.
 
+use std::any::{Any, TypeId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -69,6 +70,30 @@ pub trait Handler<M: RemoteMessage>: Actor {
         msg: M,
         ctx: &mut Context,
     ) -> impl std::future::Future<Output = Result<M::Reply, String>> + Send;
+
+    /// How many queued messages of this type [`Handler::handle_batch`] takes
+    /// at once. 1 (the default) means every message goes to `handle` alone.
+    const BATCH_LIMIT: usize = 1;
+
+    /// Handle several messages of this type that were waiting in the inbox
+    /// together, replying to each in order (one reply per message). This is
+    /// how a writer commits concurrent requests in one transaction (group
+    /// commit): the runtime hands over whatever has queued up while the
+    /// previous batch ran, up to [`Handler::BATCH_LIMIT`], so batches grow
+    /// with load and a lone message is never delayed.
+    fn handle_batch(
+        &mut self,
+        msgs: Vec<M>,
+        ctx: &mut Context,
+    ) -> impl std::future::Future<Output = Vec<Result<M::Reply, String>>> + Send {
+        async move {
+            let mut replies = Vec::with_capacity(msgs.len());
+            for msg in msgs {
+                replies.push(self.handle(msg, ctx).await);
+            }
+            replies
+        }
+    }
 }
 
 /// Per-incarnation context handed to handlers and lifecycle hooks.
@@ -181,6 +206,20 @@ pub(crate) trait Runnable<A>: Send {
     fn run<'a>(self: Box<Self>, actor: &'a mut A, ctx: &'a mut Context) -> BoxFuture<'a, ()>;
     /// The deadline passed before the actor got to it: answer `Timeout`.
     fn expire(self: Box<Self>);
+    /// Handle this job together with the jobs of the same message type that
+    /// wait in `inbox` (up to the handler's batch limit). Returns the first
+    /// job of another type met on the way, which must run next, and how
+    /// many jobs were handled.
+    fn run_batch<'a>(
+        self: Box<Self>,
+        actor: &'a mut A,
+        ctx: &'a mut Context,
+        inbox: &'a mut mpsc::UnboundedReceiver<Job<A>>,
+        shared: &'a ActorShared,
+    ) -> BoxFuture<'a, (Option<Job<A>>, u64)>;
+    /// The message's type, so a batch can tell which jobs belong to it.
+    fn message_type(&self) -> TypeId;
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
 }
 
 /// The reply half of a call. If dropped without an answer it still tells the
@@ -251,6 +290,76 @@ where
         if let Some(reply) = self.reply {
             reply.send(Err(MailboxError::Timeout));
         }
+    }
+
+    fn run_batch<'a>(
+        self: Box<Self>,
+        actor: &'a mut A,
+        ctx: &'a mut Context,
+        inbox: &'a mut mpsc::UnboundedReceiver<Job<A>>,
+        shared: &'a ActorShared,
+    ) -> BoxFuture<'a, (Option<Job<A>>, u64)> {
+        if <A as Handler<M>>::BATCH_LIMIT <= 1 {
+            return Box::pin(async move {
+                self.run(actor, ctx).await;
+                (None, 1)
+            });
+        }
+        let mut batch = vec![*self];
+        let mut next = None;
+        while batch.len() < <A as Handler<M>>::BATCH_LIMIT {
+            let Ok(job) = inbox.try_recv() else { break };
+            shared.dequeued.fetch_add(1, Ordering::Relaxed);
+            if job.deadline.is_some_and(|d| Instant::now() >= d) {
+                shared.expired.fetch_add(1, Ordering::Relaxed);
+                job.work.expire();
+                continue;
+            }
+            if job.work.message_type() != TypeId::of::<M>() {
+                next = Some(job);
+                break;
+            }
+            match job.work.into_any().downcast::<HandlerJob<M>>() {
+                Ok(typed) => batch.push(*typed),
+                Err(_) => unreachable!("a job whose message type is M is a HandlerJob<M>"),
+            }
+        }
+        Box::pin(async move {
+            let count = batch.len() as u64;
+            let mut msgs = Vec::with_capacity(batch.len());
+            let mut replies = Vec::with_capacity(batch.len());
+            for HandlerJob { msg, mut reply } in batch {
+                if let Some(r) = reply.as_mut() {
+                    r.in_handler = true;
+                }
+                msgs.push(msg);
+                replies.push(reply);
+            }
+            let results = actor.handle_batch(msgs, ctx).await;
+            let mut results = results.into_iter();
+            for reply in replies {
+                let result = results
+                    .next()
+                    .unwrap_or_else(|| Err("the handler gave fewer replies than messages".into()));
+                match reply {
+                    Some(reply) => reply.send(result.map_err(MailboxError::Remote)),
+                    None => {
+                        if let Err(e) = result {
+                            tracing::warn!(actor = ctx.name(), wire_name = M::WIRE_NAME, error = %e, "told message failed");
+                        }
+                    }
+                }
+            }
+            (next, count)
+        })
+    }
+
+    fn message_type(&self) -> TypeId {
+        TypeId::of::<M>()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
     }
 }
 

@@ -422,3 +422,78 @@ fn start_outside_a_runtime_fails() {
         Some(SupervisorError::NoRuntime)
     );
 }
+
+/// Records the size of every batch it is handed.
+#[derive(Default)]
+struct Batcher {
+    batches: Arc<Mutex<Vec<Vec<u32>>>>,
+}
+
+impl Actor for Batcher {}
+
+impl Handler<Ping> for Batcher {
+    const BATCH_LIMIT: usize = 3;
+
+    async fn handle(&mut self, Ping(n): Ping, _ctx: &mut Context) -> Result<u32, String> {
+        Ok(n)
+    }
+
+    async fn handle_batch(
+        &mut self,
+        msgs: Vec<Ping>,
+        _ctx: &mut Context,
+    ) -> Vec<Result<u32, String>> {
+        let numbers: Vec<u32> = msgs.iter().map(|Ping(n)| *n).collect();
+        if let Ok(mut batches) = self.batches.lock() {
+            batches.push(numbers.clone());
+        }
+        numbers.into_iter().map(|n| Ok(n * 10)).collect()
+    }
+}
+
+impl Handler<Sleep> for Batcher {
+    async fn handle(&mut self, Sleep(ms): Sleep, _ctx: &mut Context) -> Result<(), String> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_messages_of_one_type_are_handled_in_batches_in_order() {
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let supervisor = Supervisor::new();
+    let recorded = Arc::clone(&batches);
+    let addr = supervisor
+        .start("batcher", move || Batcher {
+            batches: Arc::clone(&recorded),
+        })
+        .unwrap_or_else(|e| panic!("start: {e}"));
+    // Keep the actor busy so the next messages queue up behind it.
+    let busy = addr.mailbox::<Sleep>();
+    let sleeping = tokio::spawn(async move { busy.call(Sleep(100), SECOND).await });
+    tokio::task::yield_now().await;
+    let mut calls = Vec::new();
+    for n in 1..=5u32 {
+        let mailbox = addr.mailbox::<Ping>();
+        calls.push(tokio::spawn(
+            async move { mailbox.call(Ping(n), SECOND).await },
+        ));
+        tokio::task::yield_now().await;
+        if n == 4 {
+            // A message of another type ends the batch it would interrupt.
+            let _ = addr.tell(Sleep(1));
+        }
+    }
+    let _ = sleeping.await;
+    let mut replies = Vec::new();
+    for call in calls {
+        replies.push(call.await.ok().and_then(Result::ok));
+    }
+    assert_eq!(
+        replies,
+        vec![Some(10), Some(20), Some(30), Some(40), Some(50)]
+    );
+    let batches = batches.lock().map(|b| b.clone()).unwrap_or_default();
+    assert_eq!(batches, vec![vec![1, 2, 3], vec![4], vec![5]]);
+    supervisor.shutdown().await;
+}

@@ -592,7 +592,11 @@ pub struct MemberSummary {
     pub heroes: Vec<String>,
 }
 
-pub async fn member_summary(pool: &Pool, room_id: &str, viewer: &str) -> StorageResult<MemberSummary> {
+pub async fn member_summary(
+    pool: &Pool,
+    room_id: &str,
+    viewer: &str,
+) -> StorageResult<MemberSummary> {
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
@@ -608,5 +612,9 @@ pub async fn member_summary(pool: &Pool, room_id: &str, viewer: &str) -> Storage
         )
         .await?;
     let row = client.query_one(&statement, &[&room_id, &viewer]).await?;
-    Ok(MemberSummary { joined: row.get(0), invited: row.get(1), heroes: row.get(2) })
+    Ok(MemberSummary {
+        joined: row.get(0),
+        invited: row.get(1),
+        heroes: row.get(2),
+    })
 }

@@ -135,25 +135,35 @@ where
         return Exit::Failed(format!("start failed: {e}"));
     }
     shared.set_status(ActorStatus::Running);
+    // A job of another type that a batch ran into; it runs next.
+    let mut next: Option<Job<A>> = None;
     let exit = loop {
-        tokio::select! {
-            biased;
-            () = shutdown_requested(shutdown) => break Exit::Stopped,
-            Some(c) = control.recv() => c.answer(Some(actor.observe())),
-            job = inbox.recv() => {
-                let Some(job) = job else { break Exit::Stopped };
-                shared.dequeued.fetch_add(1, Ordering::Relaxed);
-                if job.deadline.is_some_and(|d| Instant::now() >= d) {
-                    shared.expired.fetch_add(1, Ordering::Relaxed);
-                    job.work.expire();
+        let job = match next.take() {
+            Some(job) => job,
+            None => tokio::select! {
+                biased;
+                () = shutdown_requested(shutdown) => break Exit::Stopped,
+                Some(c) = control.recv() => {
+                    c.answer(Some(actor.observe()));
                     continue;
                 }
-                job.work.run(&mut actor, ctx).await;
-                shared.handled.fetch_add(1, Ordering::Relaxed);
-                if let Some(reason) = ctx.take_restart() {
-                    break Exit::Failed(format!("restart requested: {reason}"));
+                job = inbox.recv() => {
+                    let Some(job) = job else { break Exit::Stopped };
+                    shared.dequeued.fetch_add(1, Ordering::Relaxed);
+                    job
                 }
-            }
+            },
+        };
+        if job.deadline.is_some_and(|d| Instant::now() >= d) {
+            shared.expired.fetch_add(1, Ordering::Relaxed);
+            job.work.expire();
+            continue;
+        }
+        let (following, handled) = job.work.run_batch(&mut actor, ctx, inbox, shared).await;
+        next = following;
+        shared.handled.fetch_add(handled, Ordering::Relaxed);
+        if let Some(reason) = ctx.take_restart() {
+            break Exit::Failed(format!("restart requested: {reason}"));
         }
     };
     actor.stopped(ctx).await;

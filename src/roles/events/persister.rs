@@ -106,18 +106,84 @@ impl EventPersister {
         }
     }
 
-    async fn send_event(&mut self, request: SendEvent) -> Result<Persisted, WriteError> {
-        if let Some(txn) = &request.txn {
-            if let Some(persisted) = self
-                .already_sent(&request.sender, &txn.device_id, &txn.txn_id)
-                .await?
-            {
-                return Ok(persisted);
+    /// Persists a batch of sends in one transaction (group commit). Each
+    /// request gets its own answer: one refused by the auth rules does not
+    /// hold back the others.
+    async fn send_events(
+        &mut self,
+        requests: Vec<SendEvent>,
+    ) -> Vec<Result<Persisted, WriteError>> {
+        let mut answers: Vec<Option<Result<Persisted, WriteError>>> = vec![None; requests.len()];
+        let sent_before = match self.already_sent(&requests).await {
+            Ok(sent) => sent,
+            Err(error) => return requests.iter().map(|_| Err(error.clone())).collect(),
+        };
+        // A transaction id seen earlier in this batch: answer as the first.
+        let mut first_with_txn: HashMap<(String, String, String), usize> = HashMap::new();
+        let mut duplicates: Vec<(usize, usize)> = Vec::new();
+        let mut events = Vec::new();
+        let mut event_requests = Vec::new();
+        for (index, request) in requests.into_iter().enumerate() {
+            if let Some(txn) = &request.txn {
+                let key = (
+                    request.sender.clone(),
+                    txn.device_id.clone(),
+                    txn.txn_id.clone(),
+                );
+                if let Some(persisted) = sent_before.get(&key) {
+                    answers[index] = Some(Ok(persisted.clone()));
+                    continue;
+                }
+                if let Some(first) = first_with_txn.get(&key) {
+                    duplicates.push((index, *first));
+                    continue;
+                }
+                first_with_txn.insert(key, index);
+            }
+            match self.build_send(request).await {
+                Ok(event) => {
+                    events.push(event);
+                    event_requests.push(index);
+                }
+                Err(error) => answers[index] = Some(Err(error)),
             }
         }
+        if !events.is_empty() {
+            let rooms: Vec<String> = events.iter().map(|e| e.pdu.room_id.to_string()).collect();
+            match self.write(None, events).await {
+                Ok(persisted) => {
+                    for (index, persisted) in event_requests.into_iter().zip(persisted) {
+                        answers[index] = Some(Ok(persisted));
+                    }
+                }
+                Err(error) => {
+                    let error = self.write_failed(&rooms, error);
+                    for index in event_requests {
+                        answers[index] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        }
+        for (index, first) in duplicates {
+            answers[index] = answers[first].clone();
+        }
+        answers
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    Err(WriteError::new(
+                        ErrCode::Internal,
+                        "request was not answered",
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    async fn build_send(&mut self, request: SendEvent) -> Result<NewEvent, WriteError> {
         self.load_room(&request.room_id).await?;
         let txn = request.txn.map(|t| (t.device_id, t.txn_id));
-        let event = self.build(
+        self.build(
             &request.room_id,
             Some(parse_room_id(&request.room_id)?),
             &request.sender,
@@ -126,10 +192,7 @@ impl EventPersister {
             request.content,
             request.redacts,
             txn,
-        )?;
-        let room_id = request.room_id;
-        let outcome = self.write(None, vec![event]).await;
-        self.finish(&room_id, outcome)
+        )
     }
 
     async fn create_room(&mut self, request: CreateRoom) -> Result<Persisted, WriteError> {
@@ -224,54 +287,66 @@ impl EventPersister {
             creator: request.creator,
             is_public: request.is_public,
         };
-        let outcome = self.write(Some(room_row), events).await;
-        self.finish(&room_id, outcome)
-    }
-
-    /// Replies with the last event written, or forgets the room's head when
-    /// the write failed (its in-memory head ran ahead of the database).
-    fn finish(
-        &mut self,
-        room_id: &str,
-        outcome: StorageResult<Vec<Persisted>>,
-    ) -> Result<Persisted, WriteError> {
-        match outcome {
+        match self.write(Some(room_row), events).await {
             Ok(mut persisted) => persisted
                 .pop()
                 .ok_or_else(|| WriteError::new(ErrCode::Internal, "nothing persisted")),
-            Err(error) => {
-                self.writes_failed += 1;
-                self.rooms.remove(room_id);
-                tracing::error!(room_id, error = %error, "persisting events failed");
-                Err(WriteError::new(
-                    ErrCode::Internal,
-                    "could not persist the event",
-                ))
-            }
+            Err(error) => Err(self.write_failed(&[room_id], error)),
         }
     }
 
+    /// Forgets the heads of `rooms` (in memory they ran ahead of the
+    /// database) and turns the storage error into the client's answer.
+    fn write_failed(&mut self, rooms: &[String], error: StorageError) -> WriteError {
+        self.writes_failed += 1;
+        for room_id in rooms {
+            self.rooms.remove(room_id);
+        }
+        tracing::error!(error = %error, "persisting events failed");
+        WriteError::new(ErrCode::Internal, "could not persist the event")
+    }
+
+    /// The events already sent with the requests' transaction ids.
     async fn already_sent(
         &self,
-        sender: &str,
-        device_id: &str,
-        txn_id: &str,
-    ) -> Result<Option<Persisted>, WriteError> {
+        requests: &[SendEvent],
+    ) -> Result<HashMap<(String, String, String), Persisted>, WriteError> {
+        let mut senders = Vec::new();
+        let mut devices = Vec::new();
+        let mut txn_ids = Vec::new();
+        for request in requests {
+            if let Some(txn) = &request.txn {
+                senders.push(request.sender.as_str());
+                devices.push(txn.device_id.as_str());
+                txn_ids.push(txn.txn_id.as_str());
+            }
+        }
+        if senders.is_empty() {
+            return Ok(HashMap::new());
+        }
         let client = self.pool.get().await.map_err(storage_error)?;
-        let row = client
-            .query_opt(
-                "SELECT e.event_id, e.room_id, e.stream_ordering FROM event_txn_ids t
-                 JOIN events e ON e.event_id = t.event_id
-                 WHERE t.user_id = $1 AND t.device_id = $2 AND t.txn_id = $3",
-                &[&sender, &device_id, &txn_id],
+        let rows = client
+            .query(
+                "SELECT t.user_id, t.device_id, t.txn_id, e.event_id, e.room_id, e.stream_ordering
+                 FROM unnest($1::text[], $2::text[], $3::text[]) AS q (user_id, device_id, txn_id)
+                 JOIN event_txn_ids t USING (user_id, device_id, txn_id)
+                 JOIN events e ON e.event_id = t.event_id",
+                &[&senders, &devices, &txn_ids],
             )
             .await
             .map_err(|e| storage_error(StorageError::Postgres(e)))?;
-        Ok(row.map(|row| Persisted {
-            event_id: row.get(0),
-            room_id: row.get(1),
-            stream_ordering: row.get(2),
-        }))
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let key = (row.get(0), row.get(1), row.get(2));
+                let persisted = Persisted {
+                    event_id: row.get(3),
+                    room_id: row.get(4),
+                    stream_ordering: row.get(5),
+                };
+                (key, persisted)
+            })
+            .collect())
     }
 
     /// Loads the head of a room from the database unless it is cached.
@@ -472,15 +547,11 @@ impl EventPersister {
         let stream = self.positions.as_mut().ok_or_else(not_loaded)?;
         stream.mark_finished(&positions);
         let persisted_upto = stream.persisted_upto();
-        let (persisted, current_group) = result?;
-
-        if let (Some(head), Some(group)) = (
-            events
-                .first()
-                .and_then(|e| self.rooms.get_mut(e.pdu.room_id.as_str())),
-            current_group,
-        ) {
-            head.state_group = group;
+        let (persisted, state_groups) = result?;
+        for (room_id, group) in state_groups {
+            if let Some(head) = self.rooms.get_mut(&room_id) {
+                head.state_group = group;
+            }
         }
         self.events_persisted += events.len() as u64;
         let mut keys: Vec<String> = Vec::new();
@@ -505,7 +576,7 @@ impl EventPersister {
         room: Option<RoomRow>,
         events: &[NewEvent],
         positions: &[i64],
-    ) -> StorageResult<(Vec<Persisted>, Option<i64>)> {
+    ) -> StorageResult<(Vec<Persisted>, HashMap<String, i64>)> {
         let transaction = client.transaction().await?;
         if let Some(room) = &room {
             transaction
@@ -523,18 +594,22 @@ impl EventPersister {
             )
             .await?;
         let mut persisted = Vec::with_capacity(events.len());
-        let mut current_group = None;
+        // The newest state group of each room, as the batch advances it.
+        let mut current_groups: HashMap<String, i64> = HashMap::new();
         for (event, position) in events.iter().zip(positions) {
             let pdu = &event.pdu;
             let room_id = pdu.room_id.as_str();
             let state_group = match &event.state_group {
-                StateGroupChange::Unchanged(group) => current_group.unwrap_or(*group),
+                StateGroupChange::Unchanged(group) => {
+                    current_groups.get(room_id).copied().unwrap_or(*group)
+                }
                 StateGroupChange::New {
                     prev_group,
                     chain_length,
                     delta,
                 } => {
-                    let prev_group = prev_group.map(|p| current_group.unwrap_or(p));
+                    let prev_group =
+                        prev_group.map(|p| current_groups.get(room_id).copied().unwrap_or(p));
                     let delta: Vec<Value> =
                         delta.iter().map(|(t, k, e)| json!([t, k, e])).collect();
                     transaction
@@ -547,7 +622,7 @@ impl EventPersister {
                     *position
                 }
             };
-            current_group = Some(state_group);
+            current_groups.insert(room_id.to_owned(), state_group);
             let json = Value::from(CanonicalJsonValue::Object(pdu.json.clone()));
             let (txn_device, txn_id) = match &event.txn {
                 Some((device, txn)) => (Some(device.as_str()), Some(txn.as_str())),
@@ -635,7 +710,7 @@ impl EventPersister {
             )
             .await?;
         transaction.commit().await?;
-        Ok((persisted, current_group))
+        Ok((persisted, current_groups))
     }
 }
 
@@ -732,13 +807,29 @@ impl Actor for EventPersister {
 }
 
 impl Handler<SendEvent> for EventPersister {
-    fn handle(
+    /// Sends that queue up while a transaction commits go into the next one.
+    const BATCH_LIMIT: usize = 100;
+
+    async fn handle(
         &mut self,
         msg: SendEvent,
         _ctx: &mut Context,
-    ) -> impl std::future::Future<Output = Result<Result<Persisted, WriteError>, String>> + Send
-    {
-        async move { Ok(self.send_event(msg).await) }
+    ) -> Result<Result<Persisted, WriteError>, String> {
+        let mut answers = self.send_events(vec![msg]).await;
+        Ok(answers.pop().unwrap_or_else(|| {
+            Err(WriteError::new(
+                ErrCode::Internal,
+                "request was not answered",
+            ))
+        }))
+    }
+
+    async fn handle_batch(
+        &mut self,
+        msgs: Vec<SendEvent>,
+        _ctx: &mut Context,
+    ) -> Vec<Result<Result<Persisted, WriteError>, String>> {
+        self.send_events(msgs).await.into_iter().map(Ok).collect()
     }
 }
 
