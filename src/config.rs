@@ -3,6 +3,7 @@
 //! levels: `LATTICE__DATABASE__URL`). Unknown keys and bad values stop start-up
 //! with one line naming the key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use figment::{
@@ -39,7 +40,68 @@ pub struct Config {
     /// Room version given to rooms created without an explicit one.
     #[serde(default = "default_room_version")]
     pub default_room_version: String,
+    /// Where each instance of a split deployment listens (Synapse's key).
+    #[serde(default)]
+    pub instance_map: BTreeMap<String, InstanceLocation>,
+    /// Which instances write each stream (Synapse's key); a string or a list.
+    #[serde(default)]
+    pub stream_writers: BTreeMap<String, OneOrMany>,
+    /// Instances running pushers, sharded by user.
+    #[serde(default)]
+    pub pusher_instances: Vec<String>,
+    /// Instances sending federation, sharded by destination.
+    #[serde(default)]
+    pub federation_sender_instances: Vec<String>,
+    /// The one instance running periodic jobs.
+    #[serde(default)]
+    pub run_background_tasks_on: Option<String>,
+    /// Shared secret authenticating mailbox and replication messages (HMAC).
+    #[serde(default)]
+    pub replication_secret: Option<String>,
 }
+
+/// An `instance_map` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceLocation {
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// A value that may be written as one string or as a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one.clone()],
+            OneOrMany::Many(many) => many.clone(),
+        }
+    }
+}
+
+/// The streams `stream_writers` may name, and whether several instances may
+/// write each (the others have exactly one writer).
+const STREAMS: [(&str, bool); 8] = [
+    ("events", true),
+    ("typing", false),
+    ("to_device", false),
+    ("account_data", false),
+    ("receipts", true),
+    ("presence", false),
+    ("push_rules", false),
+    ("device_lists", true),
+];
+
+/// The instance name of the process started without `--instance`.
+pub const MAIN_INSTANCE: &str = "main";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,6 +236,7 @@ impl Config {
                 message: "must be a positive number".into(),
             });
         }
+        self.validate_topology()?;
         if let Some(url) = &self.redis.url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(ConfigError::Invalid {
@@ -183,6 +246,79 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The topology keys: every stream known, the right number of writers,
+    /// and every instance named either `main` or in `instance_map`.
+    fn validate_topology(&self) -> Result<(), ConfigError> {
+        let known =
+            |instance: &str| instance == MAIN_INSTANCE || self.instance_map.contains_key(instance);
+        for (stream, writers) in &self.stream_writers {
+            let Some((_, multi_writer)) = STREAMS.iter().find(|(name, _)| name == stream) else {
+                return Err(ConfigError::Invalid {
+                    key: "stream_writers",
+                    message: format!(
+                        "unknown stream `{stream}` (known: {})",
+                        STREAMS.map(|(name, _)| name).join(", ")
+                    ),
+                });
+            };
+            let writers = writers.to_vec();
+            if writers.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: "stream_writers",
+                    message: format!("stream `{stream}` has no writer"),
+                });
+            }
+            if !multi_writer && writers.len() > 1 {
+                return Err(ConfigError::Invalid {
+                    key: "stream_writers",
+                    message: format!(
+                        "stream `{stream}` can have only one writer, not {}",
+                        writers.len()
+                    ),
+                });
+            }
+            if let Some(unknown) = writers.iter().find(|w| !known(w)) {
+                return Err(ConfigError::Invalid {
+                    key: "stream_writers",
+                    message: format!(
+                        "writer `{unknown}` of stream `{stream}` is not in instance_map"
+                    ),
+                });
+            }
+        }
+        for (key, instances) in [
+            ("pusher_instances", &self.pusher_instances),
+            (
+                "federation_sender_instances",
+                &self.federation_sender_instances,
+            ),
+        ] {
+            if let Some(unknown) = instances.iter().find(|i| !known(i)) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("instance `{unknown}` is not in instance_map"),
+                });
+            }
+        }
+        if let Some(instance) = &self.run_background_tasks_on {
+            if !known(instance) {
+                return Err(ConfigError::Invalid {
+                    key: "run_background_tasks_on",
+                    message: format!("instance `{instance}` is not in instance_map"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The writers of `stream`: as configured, or `main`.
+    pub fn stream_writers(&self, stream: &str) -> Vec<String> {
+        self.stream_writers
+            .get(stream)
+            .map(OneOrMany::to_vec)
+            .unwrap_or_else(|| vec![MAIN_INSTANCE.to_owned()])
     }
 
     pub fn public_baseurl(&self) -> String {
@@ -241,6 +377,20 @@ rate_limits:
 
 # Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
 log: "info"
+
+# Split deployments (several `lattice serve` processes sharing the database;
+# Synapse's key names). A monolith needs none of this.
+#
+# instance_map:            # where each instance listens
+#   main: {{ host: "127.0.0.1", port: 8008 }}
+#   events1: {{ host: "127.0.0.1", port: 8010 }}
+# stream_writers:          # which instances write each stream (default: main)
+#   events: [events1]      # events, receipts and device_lists may have several
+#   typing: main
+# pusher_instances: [main]
+# federation_sender_instances: [main]
+# run_background_tasks_on: main
+# replication_secret: "a long random string"   # HMAC over mailbox and replication messages
 "#
     )
 }
@@ -274,6 +424,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("not_a_key"), "{error}");
+    }
+
+    #[test]
+    fn topology_mistakes_are_named() {
+        let cases = [
+            ("stream_writers: { events: [] }", "has no writer"),
+            (
+                "stream_writers: { typing: [main, main2] }",
+                "only one writer",
+            ),
+            ("stream_writers: { events: [ghost] }", "`ghost`"),
+            ("stream_writers: { nonsense: main }", "unknown stream"),
+            ("pusher_instances: [ghost]", "pusher_instances"),
+            ("run_background_tasks_on: ghost", "run_background_tasks_on"),
+        ];
+        for (yaml, expected) in cases {
+            let error = Config::from_figment(figment(&format!("{}\n{yaml}\n", base())))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{yaml}: {error}");
+        }
+        let good = "instance_map: { events1: { host: 127.0.0.1, port: 8010 } }\nstream_writers: { events: [main, events1], typing: events1 }\n";
+        let config =
+            Config::from_figment(figment(&format!("{}\n{good}", base()))).expect("valid topology");
+        assert_eq!(config.stream_writers("events"), vec!["main", "events1"]);
+        assert_eq!(config.stream_writers("receipts"), vec!["main"]);
     }
 
     #[test]
