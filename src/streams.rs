@@ -3,4 +3,5 @@
 
 pub mod id_gen;
 pub mod notifier;
+pub mod replication;
 pub mod token;

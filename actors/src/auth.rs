@@ -69,6 +69,24 @@ impl HmacKey {
         mac.update(&envelope.signing_bytes());
         mac.verify_slice(&given).is_ok()
     }
+
+    /// Hex HMAC of arbitrary bytes: replication lines use the same key and
+    /// rule as mailbox envelopes.
+    pub fn compute_bytes(&self, bytes: &[u8]) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(bytes);
+        to_hex(&mac.finalize().into_bytes())
+    }
+
+    /// Whether `hex` is the HMAC of `bytes` (constant-time).
+    pub fn verify_bytes(&self, bytes: &[u8], hex: &str) -> bool {
+        let Some(given) = from_hex(hex) else {
+            return false;
+        };
+        let mut mac = self.mac.clone();
+        mac.update(bytes);
+        mac.verify_slice(&given).is_ok()
+    }
 }
 
 fn to_hex(bytes: &[u8]) -> String {
