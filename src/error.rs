@@ -32,6 +32,8 @@ pub enum ErrCode {
     NotFound,
     LimitExceeded,
     Unrecognized,
+    /// `M_UNRECOGNIZED` with 405: a known endpoint, another method.
+    MethodNotAllowed,
     Unknown,
     UserInUse,
     InvalidUsername,
@@ -63,7 +65,7 @@ impl ErrCode {
             ErrCode::NotJson => "M_NOT_JSON",
             ErrCode::NotFound => "M_NOT_FOUND",
             ErrCode::LimitExceeded => "M_LIMIT_EXCEEDED",
-            ErrCode::Unrecognized => "M_UNRECOGNIZED",
+            ErrCode::Unrecognized | ErrCode::MethodNotAllowed => "M_UNRECOGNIZED",
             ErrCode::Unknown => "M_UNKNOWN",
             ErrCode::UserInUse => "M_USER_IN_USE",
             ErrCode::InvalidUsername => "M_INVALID_USERNAME",
@@ -94,6 +96,7 @@ impl ErrCode {
             }
             ErrCode::NotFound | ErrCode::Unrecognized => StatusCode::NOT_FOUND,
             ErrCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
+            ErrCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrCode::AliasInUse => StatusCode::CONFLICT,
@@ -183,6 +186,16 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl From<crate::storage::StorageError> for ApiError {
     fn from(error: crate::storage::StorageError) -> Self {
+        use tokio_postgres::error::SqlState;
+        // PostgreSQL refuses NUL characters in text and `\u0000` in jsonb:
+        // that is the client's input, not the server's fault.
+        if let crate::storage::StorageError::Postgres(postgres) = &error {
+            if postgres.code() == Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE)
+                || postgres.code() == Some(&SqlState::UNTRANSLATABLE_CHARACTER)
+            {
+                return ApiError::invalid_param("text may not contain NUL characters");
+            }
+        }
         ApiError::internal(error)
     }
 }

@@ -14,146 +14,118 @@ pub mod state;
 pub mod sync;
 pub mod versions;
 
-use actix_web::{web, Scope};
+use actix_web::{web, HttpRequest, HttpResponse, Resource, Scope};
+
+use crate::error::{ApiError, ApiResult, ErrCode};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/.well-known/matrix/client",
-        web::get().to(versions::well_known),
-    )
-    .route(
-        "/_matrix/client/versions",
-        web::get().to(versions::versions),
-    )
-    .service(routes(web::scope("/_matrix/client/v3")))
-    .service(routes(web::scope("/_matrix/client/r0")));
+    cfg.service(resource("/.well-known/matrix/client").route(web::get().to(versions::well_known)))
+        .service(resource("/_matrix/client/versions").route(web::get().to(versions::versions)))
+        .service(routes(web::scope("/_matrix/client/v3")))
+        .service(routes(web::scope("/_matrix/client/r0")));
+}
+
+/// A path of the API. Its methods are added with `.route`; any other method
+/// is `405 M_UNRECOGNIZED`, as the spec asks of an endpoint used with the
+/// wrong method (an unknown path is `404`, answered by the app's default).
+fn resource(path: &str) -> Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn method_not_allowed(request: HttpRequest) -> ApiResult<HttpResponse> {
+    // CORS preflight requests ask about every path with OPTIONS.
+    if request.method() == actix_web::http::Method::OPTIONS {
+        return Ok(HttpResponse::Ok().finish());
+    }
+    Err(ApiError::new(
+        ErrCode::MethodNotAllowed,
+        format!("{} is not allowed here", request.method()),
+    ))
 }
 
 fn routes(scope: Scope) -> Scope {
     scope
-        .route("/login", web::get().to(account::login_flows))
-        .route("/login", web::post().to(account::login))
-        .route("/register", web::post().to(account::register))
-        .route(
-            "/register/available",
-            web::get().to(account::register_available),
+        .service(
+            resource("/login")
+                .route(web::get().to(account::login_flows))
+                .route(web::post().to(account::login)),
         )
-        .route("/account/whoami", web::get().to(account::whoami))
-        .route("/logout", web::post().to(account::logout))
-        .route("/logout/all", web::post().to(account::logout_all))
-        .route("/capabilities", web::get().to(versions::capabilities))
-        .route("/profile/{user_id}", web::get().to(profile::get_profile))
-        .route(
-            "/profile/{user_id}/{field}",
-            web::get().to(profile::get_profile_field),
+        .service(resource("/register").route(web::post().to(account::register)))
+        .service(resource("/register/available").route(web::get().to(account::register_available)))
+        .service(resource("/account/whoami").route(web::get().to(account::whoami)))
+        .service(resource("/logout").route(web::post().to(account::logout)))
+        .service(resource("/logout/all").route(web::post().to(account::logout_all)))
+        .service(resource("/capabilities").route(web::get().to(versions::capabilities)))
+        .service(resource("/profile/{user_id}").route(web::get().to(profile::get_profile)))
+        .service(
+            resource("/profile/{user_id}/{field}")
+                .route(web::get().to(profile::get_profile_field))
+                .route(web::put().to(profile::set_profile_field)),
         )
-        .route(
-            "/profile/{user_id}/{field}",
-            web::put().to(profile::set_profile_field),
+        .service(resource("/user/{user_id}/filter").route(web::post().to(filter::create_filter)))
+        .service(
+            resource("/user/{user_id}/filter/{filter_id}").route(web::get().to(filter::get_filter)),
         )
-        .route(
-            "/user/{user_id}/filter",
-            web::post().to(filter::create_filter),
+        .service(resource("/createRoom").route(web::post().to(room::create_room)))
+        .service(resource("/joined_rooms").route(web::get().to(membership::joined_rooms)))
+        .service(
+            resource("/join/{room_id_or_alias}")
+                .route(web::post().to(membership::join_by_id_or_alias)),
         )
-        .route(
-            "/user/{user_id}/filter/{filter_id}",
-            web::get().to(filter::get_filter),
+        .service(resource("/rooms/{room_id}/join").route(web::post().to(membership::join_room)))
+        .service(resource("/rooms/{room_id}/invite").route(web::post().to(membership::invite)))
+        .service(resource("/rooms/{room_id}/leave").route(web::post().to(membership::leave)))
+        .service(resource("/rooms/{room_id}/kick").route(web::post().to(membership::kick)))
+        .service(resource("/rooms/{room_id}/ban").route(web::post().to(membership::ban)))
+        .service(resource("/rooms/{room_id}/unban").route(web::post().to(membership::unban)))
+        .service(resource("/rooms/{room_id}/forget").route(web::post().to(membership::forget)))
+        .service(
+            resource("/rooms/{room_id}/joined_members")
+                .route(web::get().to(membership::joined_members)),
         )
-        .route("/createRoom", web::post().to(room::create_room))
-        .route("/joined_rooms", web::get().to(membership::joined_rooms))
-        .route(
-            "/join/{room_id_or_alias}",
-            web::post().to(membership::join_by_id_or_alias),
+        .service(resource("/rooms/{room_id}/members").route(web::get().to(membership::members)))
+        .service(resource("/rooms/{room_id}/state").route(web::get().to(state::get_state)))
+        .service(
+            resource("/rooms/{room_id}/state/{event_type}")
+                .route(web::get().to(state::get_state_event_empty_key))
+                .route(web::put().to(state::put_state_event_empty_key)),
         )
-        .route(
-            "/rooms/{room_id}/join",
-            web::post().to(membership::join_room),
+        .service(
+            resource("/rooms/{room_id}/state/{event_type}/{state_key:.*}")
+                .route(web::get().to(state::get_state_event))
+                .route(web::put().to(state::put_state_event)),
         )
-        .route(
-            "/rooms/{room_id}/invite",
-            web::post().to(membership::invite),
+        .service(
+            resource("/rooms/{room_id}/send/{event_type}/{txn_id}")
+                .route(web::put().to(message::send_message_event)),
         )
-        .route("/rooms/{room_id}/leave", web::post().to(membership::leave))
-        .route("/rooms/{room_id}/kick", web::post().to(membership::kick))
-        .route("/rooms/{room_id}/ban", web::post().to(membership::ban))
-        .route("/rooms/{room_id}/unban", web::post().to(membership::unban))
-        .route(
-            "/rooms/{room_id}/forget",
-            web::post().to(membership::forget),
+        .service(
+            resource("/rooms/{room_id}/redact/{event_id}/{txn_id}")
+                .route(web::put().to(message::redact_event)),
         )
-        .route(
-            "/rooms/{room_id}/joined_members",
-            web::get().to(membership::joined_members),
+        .service(resource("/rooms/{room_id}/messages").route(web::get().to(message::messages)))
+        .service(
+            resource("/rooms/{room_id}/context/{event_id}").route(web::get().to(message::context)),
         )
-        .route(
-            "/rooms/{room_id}/members",
-            web::get().to(membership::members),
+        .service(
+            resource("/rooms/{room_id}/event/{event_id}").route(web::get().to(message::get_event)),
         )
-        .route("/rooms/{room_id}/state", web::get().to(state::get_state))
-        .route(
-            "/rooms/{room_id}/state/{event_type}",
-            web::get().to(state::get_state_event_empty_key),
+        .service(resource("/sync").route(web::get().to(sync::sync)))
+        .service(
+            resource("/directory/room/{room_alias}")
+                .route(web::get().to(directory::get_alias))
+                .route(web::put().to(directory::put_alias))
+                .route(web::delete().to(directory::delete_alias)),
         )
-        .route(
-            "/rooms/{room_id}/state/{event_type}/{state_key:.*}",
-            web::get().to(state::get_state_event),
+        .service(resource("/rooms/{room_id}/aliases").route(web::get().to(directory::room_aliases)))
+        .service(
+            resource("/directory/list/room/{room_id}")
+                .route(web::get().to(directory::get_visibility))
+                .route(web::put().to(directory::set_visibility)),
         )
-        .route(
-            "/rooms/{room_id}/state/{event_type}",
-            web::put().to(state::put_state_event_empty_key),
-        )
-        .route(
-            "/rooms/{room_id}/state/{event_type}/{state_key:.*}",
-            web::put().to(state::put_state_event),
-        )
-        .route(
-            "/rooms/{room_id}/send/{event_type}/{txn_id}",
-            web::put().to(message::send_message_event),
-        )
-        .route(
-            "/rooms/{room_id}/redact/{event_id}/{txn_id}",
-            web::put().to(message::redact_event),
-        )
-        .route(
-            "/rooms/{room_id}/messages",
-            web::get().to(message::messages),
-        )
-        .route(
-            "/rooms/{room_id}/context/{event_id}",
-            web::get().to(message::context),
-        )
-        .route(
-            "/rooms/{room_id}/event/{event_id}",
-            web::get().to(message::get_event),
-        )
-        .route("/sync", web::get().to(sync::sync))
-        .route(
-            "/directory/room/{room_alias}",
-            web::get().to(directory::get_alias),
-        )
-        .route(
-            "/directory/room/{room_alias}",
-            web::put().to(directory::put_alias),
-        )
-        .route(
-            "/directory/room/{room_alias}",
-            web::delete().to(directory::delete_alias),
-        )
-        .route(
-            "/rooms/{room_id}/aliases",
-            web::get().to(directory::room_aliases),
-        )
-        .route(
-            "/directory/list/room/{room_id}",
-            web::get().to(directory::get_visibility),
-        )
-        .route(
-            "/directory/list/room/{room_id}",
-            web::put().to(directory::set_visibility),
-        )
-        .route("/publicRooms", web::get().to(directory::public_rooms))
-        .route(
-            "/publicRooms",
-            web::post().to(directory::search_public_rooms),
+        .service(
+            resource("/publicRooms")
+                .route(web::get().to(directory::public_rooms))
+                .route(web::post().to(directory::search_public_rooms)),
         )
 }

@@ -205,6 +205,7 @@ async fn compute(
             since,
             timeline_limit,
             newly_joined || full_state,
+            upto,
         )
         .await?;
         response.join.insert(membership.room_id.clone(), room);
@@ -248,18 +249,25 @@ async fn compute(
             continue;
         }
         let leave_pos = membership.stream_ordering;
-        let mut events = rooms::recent_events_per_room(
-            &node.pool,
-            std::slice::from_ref(&membership.room_id),
-            after,
-            leave_pos,
-            timeline_limit,
-        )
-        .await?
-        .remove(&membership.room_id)
-        .unwrap_or_default();
+        let ever_joined =
+            rooms::has_ever_joined(&node.pool, &membership.room_id, &requester.user_id).await?;
+        let mut events = if ever_joined {
+            rooms::recent_events_per_room(
+                &node.pool,
+                std::slice::from_ref(&membership.room_id),
+                after,
+                leave_pos,
+                timeline_limit,
+            )
+            .await?
+            .remove(&membership.room_id)
+            .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         if events.is_empty() {
-            // Rejecting an invite: the leave event itself is all there is to show.
+            // Never joined (a rejected invite, a ban before joining): the
+            // membership event is all there is to show, not the room's history.
             events = rooms::events_by_ids(&node.pool, std::slice::from_ref(&membership.event_id))
                 .await?;
         }
@@ -272,6 +280,7 @@ async fn compute(
             since,
             timeline_limit,
             false,
+            leave_pos,
         )
         .await?;
         response.leave.insert(membership.room_id.clone(), room);
@@ -280,7 +289,9 @@ async fn compute(
 }
 
 /// One room of the `join` or `leave` section. `events` are newest first, with
-/// one more than the limit when there are more.
+/// one more than the limit when there are more; `end` is the position the
+/// section describes the room at (the sync's end for a joined room, the
+/// leave for a left one), which is where an empty timeline starts.
 #[allow(clippy::too_many_arguments)]
 async fn room_section(
     node: &Node,
@@ -291,20 +302,17 @@ async fn room_section(
     since: Option<i64>,
     limit: i64,
     full_state: bool,
+    end: i64,
 ) -> ApiResult<Value> {
     let limited = events.len() as i64 > limit;
     events.truncate(limit.max(0) as usize);
     events.reverse();
     let timeline_start = events.first().map(|e| e.stream_ordering);
-    let prev_batch = timeline_start
-        .map(|s| s - 1)
-        .unwrap_or(membership.stream_ordering);
+    let prev_batch = timeline_start.map(|s| s - 1).unwrap_or(end);
 
     // State: everything before the timeline for a new room (or full_state), the
     // changes between `since` and the timeline's start when there is a gap.
-    let state_before = timeline_start
-        .map(|s| s - 1)
-        .unwrap_or(membership.stream_ordering);
+    let state_before = timeline_start.map(|s| s - 1).unwrap_or(end);
     let state_events: Vec<StoredEvent> = if full_state {
         match rooms::state_group_at(&node.pool, &membership.room_id, state_before).await? {
             Some(group) => rooms::state_group_events(&node.pool, group).await?,

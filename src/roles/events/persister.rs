@@ -114,16 +114,37 @@ impl EventPersister {
         requests: Vec<SendEvent>,
     ) -> Vec<Result<Persisted, WriteError>> {
         let mut answers: Vec<Option<Result<Persisted, WriteError>>> = vec![None; requests.len()];
-        let sent_before = match self.already_sent(&requests).await {
+        // Input PostgreSQL would refuse must not reach the batch's transaction,
+        // where it would fail everyone else's events with it.
+        let requests: Vec<(usize, SendEvent)> = requests
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, request)| match validate_send(&request) {
+                Ok(()) => Some((index, request)),
+                Err(error) => {
+                    answers[index] = Some(Err(error));
+                    None
+                }
+            })
+            .collect();
+        let sent_before = match self.already_sent(requests.iter().map(|(_, r)| r)).await {
             Ok(sent) => sent,
-            Err(error) => return requests.iter().map(|_| Err(error.clone())).collect(),
+            Err(error) => {
+                for (index, _) in &requests {
+                    answers[*index] = Some(Err(error.clone()));
+                }
+                return answers
+                    .into_iter()
+                    .map(|a| a.unwrap_or_else(|| Err(error.clone())))
+                    .collect();
+            }
         };
         // A transaction id seen earlier in this batch: answer as the first.
         let mut first_with_txn: HashMap<(String, String, String), usize> = HashMap::new();
         let mut duplicates: Vec<(usize, usize)> = Vec::new();
         let mut events = Vec::new();
         let mut event_requests = Vec::new();
-        for (index, request) in requests.into_iter().enumerate() {
+        for (index, request) in requests {
             if let Some(txn) = &request.txn {
                 let key = (
                     request.sender.clone(),
@@ -196,6 +217,23 @@ impl EventPersister {
     }
 
     async fn create_room(&mut self, request: CreateRoom) -> Result<Persisted, WriteError> {
+        for event in &request.initial_events {
+            validate_send(&SendEvent {
+                room_id: String::new(),
+                sender: event.sender.clone(),
+                kind: event.kind.clone(),
+                state_key: event.state_key.clone(),
+                content: event.content.clone(),
+                redacts: None,
+                txn: None,
+            })?;
+        }
+        if json_contains_nul(&Value::Object(request.create_content.clone())) {
+            return Err(WriteError::new(
+                ErrCode::InvalidParam,
+                "text may not contain NUL characters",
+            ));
+        }
         let version = parse_supported(&request.room_version).ok_or_else(|| {
             WriteError::new(
                 ErrCode::UnsupportedRoomVersion,
@@ -309,7 +347,7 @@ impl EventPersister {
     /// The events already sent with the requests' transaction ids.
     async fn already_sent(
         &self,
-        requests: &[SendEvent],
+        requests: impl Iterator<Item = &SendEvent>,
     ) -> Result<HashMap<(String, String, String), Persisted>, WriteError> {
         let mut senders = Vec::new();
         let mut devices = Vec::new();
@@ -751,8 +789,52 @@ fn parse_room_id(room_id: &str) -> Result<OwnedRoomId, WriteError> {
     })
 }
 
+/// Refuses what the spec or PostgreSQL would not take: NUL characters
+/// anywhere, and event types or state keys over 255 bytes.
+fn validate_send(request: &SendEvent) -> Result<(), WriteError> {
+    let nul = |text: &str| text.contains('\0');
+    let mut texts = vec![
+        request.room_id.as_str(),
+        request.kind.as_str(),
+        request.sender.as_str(),
+    ];
+    texts.extend(request.state_key.as_deref());
+    texts.extend(request.redacts.as_deref());
+    if let Some(txn) = &request.txn {
+        texts.push(&txn.device_id);
+        texts.push(&txn.txn_id);
+    }
+    if texts.into_iter().any(nul) || json_contains_nul(&request.content) {
+        return Err(WriteError::new(
+            ErrCode::InvalidParam,
+            "text may not contain NUL characters",
+        ));
+    }
+    if request.kind.len() > 255 || request.state_key.as_ref().is_some_and(|k| k.len() > 255) {
+        return Err(WriteError::new(
+            ErrCode::InvalidParam,
+            "event types and state keys are at most 255 bytes",
+        ));
+    }
+    Ok(())
+}
+
+fn json_contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(json_contains_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| key.contains('\0') || json_contains_nul(value)),
+        _ => false,
+    }
+}
+
 fn pdu_error(error: PduError) -> WriteError {
     match error {
+        PduError::Signing(ruma::signatures::JsonError::PduTooLarge) => {
+            WriteError::new(ErrCode::TooLarge, "event too large")
+        }
         PduError::Auth(message) => WriteError::new(ErrCode::Forbidden, message),
         PduError::UnsupportedRoomVersion(version) => WriteError::new(
             ErrCode::UnsupportedRoomVersion,
@@ -764,6 +846,14 @@ fn pdu_error(error: PduError) -> WriteError {
 
 fn storage_error(error: impl Into<StorageError>) -> WriteError {
     let error = error.into();
+    if let StorageError::Postgres(postgres) = &error {
+        use tokio_postgres::error::SqlState;
+        if postgres.code() == Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE)
+            || postgres.code() == Some(&SqlState::UNTRANSLATABLE_CHARACTER)
+        {
+            return WriteError::new(ErrCode::InvalidParam, "text may not contain NUL characters");
+        }
+    }
     tracing::error!(error = %error, "event persister storage error");
     WriteError::new(ErrCode::Internal, "storage error")
 }

@@ -1,0 +1,627 @@
+//! The in-process test cluster: a fresh PostgreSQL database and the `Node`s
+//! of one topology, each on its own OS thread with its own tokio runtime and a
+//! listener pre-bound on `127.0.0.1:0`, plus a small HTTP client that speaks
+//! to them. Tests only see `TestCluster::start()` and `cluster.client()`, so
+//! the same test can later run on the monolith and on a split topology.
+//!
+//! Every response the client receives is checked against the Matrix spec
+//! (see [`crate::spec`]), so a test that only looks at one field still proves
+//! the whole body has the documented shape.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use awc::http::header::HeaderMap;
+use awc::http::{Method, StatusCode};
+use figment::providers::{Format, Serialized, Yaml};
+use figment::Figment;
+use lattice::config::Config;
+use lattice::keys::SigningKey;
+use lattice::node::Node;
+use rand::Rng;
+use serde_json::{json, Value};
+
+/// The server name of every test cluster.
+pub const SERVER_NAME: &str = "lattice.test";
+/// The password of every user a test registers.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+const DEFAULT_ADMIN_URL: &str = "postgresql://lattice@127.0.0.1:5433/postgres";
+/// Test databases are named `lattice_test_<unix seconds>_<random>`; ones older
+/// than this were left by runs that were killed and are dropped at start-up.
+const STALE_DATABASE_AGE: Duration = Duration::from_secs(3600);
+
+/// What a test may change about its cluster.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `Some((per_second, burst))` turns rate limiting on.
+    pub rate_limit: Option<(f64, u32)>,
+    pub enable_registration: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            rate_limit: None,
+            enable_registration: true,
+        }
+    }
+}
+
+/// A running cluster. Dropping it stops every node and drops its database.
+pub struct TestCluster {
+    nodes: Vec<TestNode>,
+    database: TestDatabase,
+}
+
+struct TestNode {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestCluster {
+    /// The monolith with registration open and rate limiting off.
+    pub async fn start() -> TestCluster {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> TestCluster {
+        init_logging();
+        let database = TestDatabase::create().await;
+        let mut cluster = TestCluster {
+            nodes: Vec::new(),
+            database,
+        };
+        let config = base_config(&cluster.database.url, &options);
+        cluster.nodes.push(TestNode::start(config, "main").await);
+        cluster
+    }
+
+    /// A client for the Client-Server API of this cluster.
+    pub fn client(&self) -> Client {
+        Client::new(format!("http://{}", self.nodes[0].addr))
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.stop();
+        }
+        self.database.drop_blocking();
+    }
+}
+
+fn base_config(database_url: &str, options: &Options) -> Figment {
+    let sample = lattice::config::sample(SERVER_NAME, &SigningKey::generate().to_config_string());
+    let (rate_limited, per_second, burst) = match options.rate_limit {
+        Some((per_second, burst)) => (true, per_second, burst),
+        None => (false, 20.0, 100),
+    };
+    Figment::from(Yaml::string(&sample))
+        .merge(Serialized::default("database.url", database_url))
+        .merge(Serialized::default("database.pool_size", 8))
+        .merge(Serialized::default(
+            "enable_registration",
+            options.enable_registration,
+        ))
+        .merge(Serialized::default("rate_limits.enabled", rate_limited))
+        .merge(Serialized::default("rate_limits.per_second", per_second))
+        .merge(Serialized::default("rate_limits.burst", burst))
+        .merge(Serialized::default(
+            "log",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+}
+
+impl TestNode {
+    /// Starts `Node` on a thread of its own, so a node's runtime is not the
+    /// test's and several nodes behave as separate processes would.
+    async fn start(config: Figment, instance: &str) -> TestNode {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let config = Config::from_figment(config.merge(Serialized::default("listen", addr)))
+            .expect("test config is valid");
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let instance = instance.to_owned();
+        let thread = std::thread::Builder::new()
+            .name(format!("node-{instance}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name(format!("node-{instance}-rt"))
+                    .enable_all()
+                    .build()
+                    .expect("node runtime");
+                runtime.block_on(async move {
+                    match Node::start(config, &instance, listener, 1).await {
+                        Ok(running) => {
+                            let _ = started_tx.send(Ok(running.addr));
+                            let _ = stop_rx.await;
+                            running.stop().await;
+                        }
+                        Err(error) => {
+                            let _ = started_tx.send(Err(error.to_string()));
+                        }
+                    }
+                });
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            })
+            .expect("spawn node thread");
+        let addr = match started_rx.await {
+            Ok(Ok(addr)) => addr,
+            Ok(Err(error)) => panic!("node failed to start: {error}"),
+            Err(_) => panic!("node thread died while starting"),
+        };
+        TestNode {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn init_logging() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// A database of its own for one cluster, created on an admin connection.
+struct TestDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    async fn create() -> TestDatabase {
+        let admin_url = std::env::var("LATTICE_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned());
+        let admin = connect(&admin_url).await;
+        drop_stale_databases(&admin).await;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let suffix: u64 = rand::thread_rng().gen_range(0..1u64 << 40);
+        let name = format!("lattice_test_{now}_{suffix:x}");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("creating test database {name}: {e}"));
+        let mut url = url::Url::parse(&admin_url).expect("LATTICE_TEST_DATABASE_URL is a URL");
+        url.set_path(&name);
+        TestDatabase {
+            admin_url,
+            name,
+            url: url.to_string(),
+        }
+    }
+
+    /// Drops the database from a thread of its own: `Drop` cannot await, and
+    /// the test's runtime cannot be blocked on from inside itself.
+    fn drop_blocking(&self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let dropper = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok((client, connection)) =
+                    tokio_postgres::connect(&admin_url, tokio_postgres::NoTls).await
+                else {
+                    return;
+                };
+                tokio::spawn(connection);
+                if let Err(error) = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                {
+                    eprintln!("could not drop test database {name}: {error}");
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to {url} (set LATTICE_TEST_DATABASE_URL; \
+                 `LATTICE_PG_FAST=1 .ci/postgres.sh start` starts one): {e}"
+            )
+        });
+    tokio::spawn(connection);
+    client
+}
+
+/// Drops test databases left behind by killed runs, once per process. Only
+/// old ones: another run may be using the recent ones.
+async fn drop_stale_databases(admin: &tokio_postgres::Client) {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let Ok(rows) = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'lattice\\_test\\_%'",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let created = name
+            .strip_prefix("lattice_test_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|c| c + STALE_DATABASE_AGE.as_secs() < now) {
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+                .await;
+        }
+    }
+}
+
+/// A user registered by a test, with the client to act as them.
+#[derive(Clone)]
+pub struct User {
+    pub user_id: String,
+    pub access_token: String,
+    pub device_id: String,
+    pub client: Client,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("user_id", &self.user_id)
+            .field("device_id", &self.device_id)
+            .finish()
+    }
+}
+
+impl User {
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.client.get(path, Some(&self.access_token)).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.client.post(path, Some(&self.access_token), body).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.client.put(path, Some(&self.access_token), body).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.client.delete(path, Some(&self.access_token)).await
+    }
+
+    /// `POST /createRoom` with `body`, asserting success; the room id.
+    pub async fn create_room(&self, body: Value) -> String {
+        let (status, response) = self.post("/_matrix/client/v3/createRoom", body).await;
+        assert_eq!(status, StatusCode::OK, "createRoom: {response}");
+        response["room_id"]
+            .as_str()
+            .expect("createRoom answers a room_id")
+            .to_owned()
+    }
+
+    /// Joins `room` (an id or an alias), asserting success.
+    pub async fn join(&self, room: &str) {
+        let (status, response) = self
+            .post(&format!("/_matrix/client/v3/join/{}", enc(room)), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "join {room}: {response}");
+    }
+
+    /// Sends an `m.room.message` text, asserting success; the event id.
+    pub async fn send_text(&self, room_id: &str, text: &str) -> String {
+        let txn_id = format!("t{}", rand::thread_rng().gen::<u64>());
+        let (status, response) = self
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn_id}",
+                    enc(room_id)
+                ),
+                json!({ "msgtype": "m.text", "body": text }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "send: {response}");
+        response["event_id"]
+            .as_str()
+            .expect("send answers an event_id")
+            .to_owned()
+    }
+
+    /// The content of one state event, asserting it exists.
+    pub async fn state_content(&self, room_id: &str, kind: &str, state_key: &str) -> Value {
+        let (status, response) = self
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/state/{}/{}",
+                enc(room_id),
+                enc(kind),
+                enc(state_key)
+            ))
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "state {kind}/{state_key}: {response}"
+        );
+        response
+    }
+
+    /// The whole current state of a room, asserting success.
+    pub async fn room_state(&self, room_id: &str) -> Vec<Value> {
+        let (status, response) = self
+            .get(&format!("/_matrix/client/v3/rooms/{}/state", enc(room_id)))
+            .await;
+        assert_eq!(status, StatusCode::OK, "state: {response}");
+        response.as_array().cloned().expect("state is an array")
+    }
+
+    /// `GET /sync` with `query` (without the `?`), asserting success.
+    pub async fn sync(&self, query: &str) -> Value {
+        let (status, response) = self.get(&format!("/_matrix/client/v3/sync?{query}")).await;
+        assert_eq!(status, StatusCode::OK, "sync?{query}: {response}");
+        response
+    }
+
+    /// `GET /messages` with `query`, asserting success.
+    pub async fn messages(&self, room_id: &str, query: &str) -> Value {
+        let (status, response) = self
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/messages?{query}",
+                enc(room_id)
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "messages?{query}: {response}");
+        response
+    }
+}
+
+/// An HTTP client for one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    http: awc::Client,
+    base: String,
+}
+
+impl Client {
+    fn new(base: String) -> Client {
+        let http = awc::Client::builder()
+            // Long-polling tests wait up to tens of seconds for an answer.
+            .timeout(Duration::from_secs(120))
+            .finish();
+        Client { http, base }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.request(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.request(
+            Method::POST,
+            path,
+            token,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    pub async fn put(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.request(
+            Method::PUT,
+            path,
+            token,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.request(Method::DELETE, path, token, None).await
+    }
+
+    /// A request with `body` sent as it is (labelled `application/json`), for
+    /// malformed-input tests.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: impl Into<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        self.request(method, path, token, Some(body.into())).await
+    }
+
+    /// Sends a request and reads the answer as JSON (`Value::Null` for an
+    /// empty body), checking it against the spec.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
+        let (status, _, bytes) = self.request_bytes(method.clone(), path, token, body).await;
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "{method} {path} answered {status} with a body that is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        crate::spec::check_response(method.as_str(), path, status.as_u16(), &value);
+        (status, value)
+    }
+
+    /// Sends a request; the status, headers and body's bytes, unchecked.
+    pub async fn request_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, HeaderMap, Vec<u8>) {
+        let url = format!("{}{}", self.base, path);
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(token) = token {
+            request = request.insert_header(("Authorization", format!("Bearer {token}")));
+        }
+        let sent = match body {
+            Some(body) => {
+                request
+                    .insert_header(("Content-Type", "application/json"))
+                    .send_body(body)
+                    .await
+            }
+            None => request.send().await,
+        };
+        let mut response = sent.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let bytes = response
+            .body()
+            .limit(64 * 1024 * 1024)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"));
+        (
+            response.status(),
+            response.headers().clone(),
+            bytes.to_vec(),
+        )
+    }
+
+    /// Registers `localpart` through the `m.login.dummy` flow: a first request
+    /// answered 401 with the flows and a session, then the one completing it.
+    pub async fn register(&self, localpart: &str) -> User {
+        let path = "/_matrix/client/v3/register";
+        let (status, challenge) = self
+            .post(
+                path,
+                None,
+                json!({ "username": localpart, "password": PASSWORD }),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "register {localpart}: {challenge}"
+        );
+        let session = challenge["session"]
+            .as_str()
+            .expect("the 401 carries a session")
+            .to_owned();
+        let (status, registered) = self
+            .post(
+                path,
+                None,
+                json!({
+                    "username": localpart,
+                    "password": PASSWORD,
+                    "auth": { "type": "m.login.dummy", "session": session },
+                }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "register {localpart}: {registered}");
+        self.user_from(&registered)
+    }
+
+    /// Logs in with the password every test user has.
+    pub async fn login(&self, localpart: &str) -> User {
+        let (status, body) = self
+            .post(
+                "/_matrix/client/v3/login",
+                None,
+                json!({
+                    "type": "m.login.password",
+                    "identifier": { "type": "m.id.user", "user": localpart },
+                    "password": PASSWORD,
+                }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "login {localpart}: {body}");
+        self.user_from(&body)
+    }
+
+    fn user_from(&self, body: &Value) -> User {
+        let field = |name: &str| {
+            body[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("`{name}` missing from {body}"))
+                .to_owned()
+        };
+        User {
+            user_id: field("user_id"),
+            access_token: field("access_token"),
+            device_id: field("device_id"),
+            client: self.clone(),
+        }
+    }
+}
+
+/// Percent-encodes one path segment (room ids, aliases, event ids, state keys).
+pub fn enc(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        match byte {
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'.'
+            | b'_'
+            | b'~'
+            | b'!'
+            | b'$'
+            | b'@'
+            | b':'
+            | b'='
+            | b'+' => out.push(byte as char),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}

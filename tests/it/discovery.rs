@@ -1,0 +1,65 @@
+//! Discovery: `/versions`, `.well-known/matrix/client`, `/capabilities`.
+
+use awc::http::StatusCode;
+
+use crate::cluster::TestCluster;
+
+#[actix_web::test]
+async fn versions_lists_the_spec_versions_served() {
+    let cluster = TestCluster::start().await;
+    let (status, body) = cluster.client().get("/_matrix/client/versions", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let versions = body["versions"].as_array().expect("versions is an array");
+    for version in ["r0.6.1", "v1.1", "v1.12"] {
+        assert!(versions.iter().any(|v| v == version), "{version} in {body}");
+    }
+    assert!(body["unstable_features"].is_object(), "{body}");
+}
+
+#[actix_web::test]
+async fn well_known_points_at_the_listener() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let (status, body) = client.get("/.well-known/matrix/client", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body["m.homeserver"]["base_url"],
+        format!("{}/", client.base_url()),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn capabilities_name_the_room_versions() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let (status, body) = client.get("/_matrix/client/v3/capabilities", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["errcode"], "M_MISSING_TOKEN");
+
+    let alice = client.register("alice").await;
+    let (status, body) = alice.get("/_matrix/client/v3/capabilities").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let versions = &body["capabilities"]["m.room_versions"];
+    assert_eq!(versions["default"], "12", "{body}");
+    for version in ["10", "11", "12"] {
+        assert_eq!(versions["available"][version], "stable", "{body}");
+    }
+    assert_eq!(
+        body["capabilities"]["m.change_password"]["enabled"], false,
+        "{body}"
+    );
+    assert_eq!(
+        body["capabilities"]["m.set_displayname"]["enabled"], true,
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn the_legacy_r0_prefix_serves_the_same_endpoints() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+    let (status, body) = alice.get("/_matrix/client/r0/account/whoami").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["user_id"], alice.user_id);
+}

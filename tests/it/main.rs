@@ -1,0 +1,26 @@
+//! The in-process integration tests: one binary (one link) for every area of
+//! the Client-Server API. Each test starts its own cluster (`cluster.rs`) on a
+//! fresh PostgreSQL database; every answer is checked against the Matrix spec
+//! (`spec.rs`).
+//!
+//! They need a PostgreSQL server they may create databases on:
+//! `LATTICE_PG_FAST=1 .ci/postgres.sh start` runs one on 127.0.0.1:5433, the
+//! default; `LATTICE_TEST_DATABASE_URL` names another (its database is only
+//! used to create and drop the tests' own). Then `cargo test --test it`;
+//! `RUST_LOG=lattice=debug` shows the servers' logs.
+
+mod cluster;
+mod spec;
+
+mod accounts;
+mod directory;
+mod discovery;
+mod errors;
+mod filter;
+mod fuzz;
+mod membership;
+mod messages;
+mod profile;
+mod rooms;
+mod state;
+mod sync;

@@ -1,0 +1,500 @@
+//! Membership: join by id and alias, invite, leave, kick, ban, unban, forget,
+//! and the member lists (`joined_rooms`, `joined_members`, `members?at=`).
+
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::cluster::{enc, TestCluster, User};
+
+fn room_path(room_id: &str, rest: &str) -> String {
+    format!("/_matrix/client/v3/rooms/{}/{rest}", enc(room_id))
+}
+
+async fn joined_rooms(user: &User) -> Vec<String> {
+    let (status, body) = user.get("/_matrix/client/v3/joined_rooms").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    serde_json::from_value(body["joined_rooms"].clone()).expect("a list of room ids")
+}
+
+async fn membership_of(viewer: &User, room_id: &str, user: &User) -> Value {
+    viewer
+        .state_content(room_id, "m.room.member", &user.user_id)
+        .await["membership"]
+        .clone()
+}
+
+#[actix_web::test]
+async fn join_a_public_room_by_id_and_by_alias() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let carol = client.register("carol").await;
+    let room_id = alice
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": "square" }))
+        .await;
+
+    let (status, body) = bob.post(&room_path(&room_id, "join"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "room_id": room_id }));
+
+    let (status, body) = carol
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc("#square:lattice.test")),
+            json!({ "reason": "heard of it" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["room_id"], room_id.as_str());
+    let member = alice
+        .state_content(&room_id, "m.room.member", &carol.user_id)
+        .await;
+    assert_eq!(member["membership"], "join");
+    assert_eq!(member["reason"], "heard of it");
+
+    assert_eq!(joined_rooms(&bob).await, vec![room_id.clone()]);
+    assert_eq!(joined_rooms(&carol).await, vec![room_id.clone()]);
+
+    // Joining again is harmless.
+    bob.join(&room_id).await;
+}
+
+#[actix_web::test]
+async fn joining_needs_an_invite_to_a_private_room() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let room_id = alice.create_room(json!({ "preset": "private_chat" })).await;
+
+    let (status, body) = bob.post(&room_path(&room_id, "join"), json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+
+    let (status, body) = alice
+        .post(
+            &room_path(&room_id, "invite"),
+            json!({ "user_id": bob.user_id, "reason": "tea?" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({}));
+    assert_eq!(membership_of(&alice, &room_id, &bob).await, "invite");
+
+    bob.join(&room_id).await;
+    assert_eq!(membership_of(&alice, &room_id, &bob).await, "join");
+}
+
+#[actix_web::test]
+async fn join_errors() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+
+    let (status, body) = alice
+        .post(&room_path("!unknown:lattice.test", "join"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+
+    let (status, body) = alice
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc("#nowhere:lattice.test")),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+
+    for target in ["not-a-room", "#no-server", "@user:lattice.test"] {
+        let (status, body) = alice
+            .post(
+                &format!("/_matrix/client/v3/join/{}", enc(target)),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{target}: {body}");
+        assert_eq!(body["errcode"], "M_INVALID_PARAM", "{target}");
+    }
+}
+
+#[actix_web::test]
+async fn invite_errors() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let carol = client.register("carol").await;
+    let room_id = alice.create_room(json!({})).await;
+
+    let (status, body) = alice
+        .post(
+            &room_path(&room_id, "invite"),
+            json!({ "user_id": "@nobody:lattice.test" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+
+    let (status, body) = alice
+        .post(&room_path(&room_id, "invite"), json!({ "user_id": "bob" }))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_INVALID_PARAM");
+
+    let (status, body) = alice.post(&room_path(&room_id, "invite"), json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_BAD_JSON");
+
+    // Only members invite.
+    let (status, body) = bob
+        .post(
+            &room_path(&room_id, "invite"),
+            json!({ "user_id": carol.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+}
+
+#[actix_web::test]
+async fn leave_then_rejoin() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+
+    let (status, body) = bob
+        .post(&room_path(&room_id, "leave"), json!({ "reason": "bye" }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({}));
+    assert_eq!(membership_of(&alice, &room_id, &bob).await, "leave");
+    assert!(joined_rooms(&bob).await.is_empty());
+
+    // Leaving again is a no-op.
+    let (status, _) = bob.post(&room_path(&room_id, "leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    bob.join(&room_id).await;
+    assert_eq!(joined_rooms(&bob).await, vec![room_id.clone()]);
+
+    let carol = client.register("carol").await;
+    let (status, body) = carol.post(&room_path(&room_id, "leave"), json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "never in the room: {body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+}
+
+#[actix_web::test]
+async fn rejecting_an_invite_is_leaving() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let room_id = alice.create_room(json!({ "invite": [bob.user_id] })).await;
+    let (status, _) = bob.post(&room_path(&room_id, "leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(membership_of(&alice, &room_id, &bob).await, "leave");
+}
+
+#[actix_web::test]
+async fn kick_needs_power_and_a_member() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let carol = client.register("carol").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    carol.join(&room_id).await;
+
+    let (status, body) = bob
+        .post(
+            &room_path(&room_id, "kick"),
+            json!({ "user_id": carol.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "bob has no power: {body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    assert_eq!(membership_of(&alice, &room_id, &carol).await, "join");
+
+    let (status, body) = alice
+        .post(
+            &room_path(&room_id, "kick"),
+            json!({ "user_id": carol.user_id, "reason": "rude" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({}));
+    let member = alice
+        .state_content(&room_id, "m.room.member", &carol.user_id)
+        .await;
+    assert_eq!(member["membership"], "leave");
+    assert_eq!(member["reason"], "rude");
+    assert!(joined_rooms(&carol).await.is_empty());
+
+    // A kicked user of a public room may come back.
+    carol.join(&room_id).await;
+
+    let dave = client.register("dave").await;
+    let (status, body) = alice
+        .post(
+            &room_path(&room_id, "kick"),
+            json!({ "user_id": dave.user_id }),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "dave is not in the room: {body}"
+    );
+}
+
+#[actix_web::test]
+async fn ban_keeps_a_user_out_until_unbanned() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let carol = client.register("carol").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    carol.join(&room_id).await;
+
+    let (status, body) = bob
+        .post(
+            &room_path(&room_id, "ban"),
+            json!({ "user_id": carol.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "bob has no power: {body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+
+    let (status, body) = alice
+        .post(
+            &room_path(&room_id, "ban"),
+            json!({ "user_id": bob.user_id, "reason": "spam" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({}));
+    assert_eq!(membership_of(&alice, &room_id, &bob).await, "ban");
+
+    let (status, body) = bob.post(&room_path(&room_id, "join"), json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "banned: {body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+
+    // Banning someone who never joined works too.
+    let dave = client.register("dave").await;
+    let (status, _) = alice
+        .post(
+            &room_path(&room_id, "ban"),
+            json!({ "user_id": dave.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, body) = alice
+        .post(
+            &room_path(&room_id, "unban"),
+            json!({ "user_id": carol.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "carol is not banned: {body}");
+
+    let (status, body) = alice
+        .post(
+            &room_path(&room_id, "unban"),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(membership_of(&alice, &room_id, &bob).await, "leave");
+    bob.join(&room_id).await;
+}
+
+#[actix_web::test]
+async fn forget_after_leaving() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+
+    let (status, body) = bob.post(&room_path(&room_id, "forget"), json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "still joined: {body}");
+    assert_eq!(body["errcode"], "M_UNKNOWN");
+
+    let (status, _) = bob.post(&room_path(&room_id, "leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let filter = enc(r#"{"room":{"include_leave":true}}"#);
+    let sync = bob.sync(&format!("filter={filter}")).await;
+    assert!(
+        sync["rooms"]["leave"][&room_id].is_object(),
+        "left rooms show with include_leave: {sync}"
+    );
+
+    let (status, body) = bob.post(&room_path(&room_id, "forget"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({}));
+    let sync = bob.sync(&format!("filter={filter}")).await;
+    assert!(
+        sync["rooms"]["leave"].get(&room_id).is_none(),
+        "a forgotten room is gone: {sync}"
+    );
+
+    let carol = client.register("carol").await;
+    let (status, body) = carol.post(&room_path(&room_id, "forget"), json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+}
+
+#[actix_web::test]
+async fn joined_members_lists_joined_users_with_profiles() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let carol = client.register("carol").await;
+    let (status, _) = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/profile/{}/displayname",
+                enc(&alice.user_id)
+            ),
+            json!({ "displayname": "Alice" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let room_id = alice
+        .create_room(json!({ "preset": "public_chat", "invite": [carol.user_id] }))
+        .await;
+    bob.join(&room_id).await;
+
+    let (status, body) = bob.get(&room_path(&room_id, "joined_members")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let joined = body["joined"].as_object().expect("joined");
+    assert_eq!(joined.len(), 2, "invited carol is not joined: {body}");
+    assert_eq!(joined[&alice.user_id]["display_name"], "Alice");
+    assert!(joined.contains_key(&bob.user_id));
+
+    let (status, body) = carol.get(&room_path(&room_id, "joined_members")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+}
+
+#[actix_web::test]
+async fn members_with_filters_and_at_a_past_token() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let carol = client.register("carol").await;
+    let room_id = alice
+        .create_room(json!({ "preset": "public_chat", "invite": [carol.user_id] }))
+        .await;
+    alice.send_text(&room_id, "before bob").await;
+    let before_bob = alice.messages(&room_id, "dir=b&limit=1").await["start"]
+        .as_str()
+        .expect("a start token")
+        .to_owned();
+    let sync_before_bob = alice.sync("").await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    bob.join(&room_id).await;
+
+    let members = |body: &Value| -> Vec<(String, String)> {
+        let mut members: Vec<(String, String)> = body["chunk"]
+            .as_array()
+            .expect("chunk")
+            .iter()
+            .map(|e| {
+                assert_eq!(e["type"], "m.room.member");
+                (
+                    e["state_key"].as_str().expect("state_key").to_owned(),
+                    e["content"]["membership"]
+                        .as_str()
+                        .expect("membership")
+                        .to_owned(),
+                )
+            })
+            .collect();
+        members.sort();
+        members
+    };
+    let pair = |user: &User, membership: &str| (user.user_id.clone(), membership.to_owned());
+
+    let (status, body) = alice.get(&room_path(&room_id, "members")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        members(&body),
+        vec![
+            pair(&alice, "join"),
+            pair(&bob, "join"),
+            pair(&carol, "invite")
+        ]
+    );
+
+    let (_, body) = alice
+        .get(&room_path(&room_id, "members?membership=join"))
+        .await;
+    assert_eq!(
+        members(&body),
+        vec![pair(&alice, "join"), pair(&bob, "join")]
+    );
+    let (_, body) = alice
+        .get(&room_path(&room_id, "members?not_membership=join"))
+        .await;
+    assert_eq!(members(&body), vec![pair(&carol, "invite")]);
+
+    for token in [&before_bob, &sync_before_bob] {
+        let (status, body) = alice
+            .get(&room_path(&room_id, &format!("members?at={}", enc(token))))
+            .await;
+        assert_eq!(status, StatusCode::OK, "at={token}: {body}");
+        assert_eq!(
+            members(&body),
+            vec![pair(&alice, "join"), pair(&carol, "invite")],
+            "at={token}, before bob joined"
+        );
+    }
+
+    let (status, body) = alice.get(&room_path(&room_id, "members?at=garbage")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_INVALID_PARAM");
+
+    let dave = client.register("dave").await;
+    let (status, body) = dave.get(&room_path(&room_id, "members")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+}
+
+#[actix_web::test]
+async fn a_former_member_sees_the_members_as_they_left_them() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let carol = client.register("carol").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    let (status, _) = bob.post(&room_path(&room_id, "leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    carol.join(&room_id).await;
+
+    let (status, body) = bob.get(&room_path(&room_id, "members")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let users: Vec<&str> = body["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter_map(|e| e["state_key"].as_str())
+        .collect();
+    assert!(users.contains(&alice.user_id.as_str()), "{body}");
+    assert!(
+        !users.contains(&carol.user_id.as_str()),
+        "carol joined after bob left: {body}"
+    );
+}
