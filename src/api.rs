@@ -1,6 +1,7 @@
 //! HTTP: the routes every instance may serve, and the extractors handlers share
 //! (authentication, JSON bodies with Matrix errors, rate limiting).
 
+pub mod admin;
 pub mod client;
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// `404 M_UNRECOGNIZED`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     client::configure(cfg);
+    admin::configure(cfg);
     cfg.app_data(web::PathConfig::default().error_handler(|error, _| {
         ApiError::invalid_param(format!("bad path parameter: {error}")).into()
     }))

@@ -81,6 +81,19 @@ impl TestCluster {
     }
 
     /// A client for the Client-Server API of this cluster.
+    /// Makes `user_id` a server admin, as `lattice register-user --admin` would.
+    pub async fn make_admin(&self, user_id: &str) {
+        let database = connect(&self.database.url).await;
+        let updated = database
+            .execute(
+                "UPDATE users SET is_admin = TRUE WHERE user_id = $1",
+                &[&user_id],
+            )
+            .await
+            .expect("update users");
+        assert_eq!(updated, 1, "no user {user_id}");
+    }
+
     pub fn client(&self) -> Client {
         Client::new(format!("http://{}", self.nodes[0].addr))
     }

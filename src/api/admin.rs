@@ -1,0 +1,26 @@
+//! Lattice's own admin API (`/_lattice/admin/v1/...`), for server admins only.
+
+use actix_web::{web, HttpResponse};
+
+use crate::api::Requester;
+use crate::error::{ApiError, ApiResult};
+use crate::node::Node;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/_lattice/admin/v1/actors", web::get().to(actors));
+}
+
+/// GET /_lattice/admin/v1/actors
+///
+/// The `Observe` snapshot of every actor of this instance: status, restarts,
+/// queue length, and each actor's own state (the event persister's stream
+/// position, for one).
+async fn actors(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
+    if !requester.is_admin {
+        return Err(ApiError::forbidden("this endpoint is for server admins"));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "instance": node.instance_name,
+        "actors": node.observe().await.get("actors").cloned().unwrap_or_default(),
+    })))
+}

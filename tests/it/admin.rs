@@ -1,0 +1,51 @@
+//! The admin API: actor snapshots, for admins only.
+
+use actix_web::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::cluster::TestCluster;
+
+#[actix_web::test]
+async fn the_event_persister_snapshot_shows_its_stream_position() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let admin = client.register("root").await;
+    let alice = client.register("alice").await;
+    cluster.make_admin(&admin.user_id).await;
+
+    let (status, body) = alice.get("/_lattice/admin/v1/actors").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+
+    let room = alice.create_room(json!({})).await;
+    alice.send_text(&room, "hello").await;
+    let (status, body) = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=1"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let end_of_room: i64 = body["start"]
+        .as_str()
+        .and_then(|t| t.strip_prefix('s'))
+        .and_then(|p| p.parse().ok())
+        .expect("an s-token");
+
+    let (status, body) = admin.get("/_lattice/admin/v1/actors").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["instance"], "main");
+    let persister = body["actors"]
+        .as_array()
+        .and_then(|actors| actors.iter().find(|a| a["name"] == "event_persister"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(persister["status"], "running", "{body}");
+    assert_eq!(persister["restarts"], 0);
+    let state = &persister["state"];
+    assert_eq!(state["stream"], "events");
+    assert_eq!(state["stream_position"], json!(end_of_room), "{state}");
+    assert!(
+        state["events_persisted"].as_u64().is_some_and(|n| n >= 2),
+        "{state}"
+    );
+}
