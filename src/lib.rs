@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod node;
+pub mod passwords;
 pub mod roles;
 pub mod rooms;
 pub mod storage;

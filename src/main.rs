@@ -148,9 +148,7 @@ async fn register_user(
         .to_lowercase();
     let user_id = format!("@{}:{}", localpart, config.server_name);
     ruma::UserId::parse(&user_id).map_err(|e| anyhow::anyhow!("invalid user id {user_id}: {e}"))?;
-    let hash = lattice::api::client::account::hash_password(password)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let hash = lattice::passwords::PasswordHasher::default().hash(password).await?;
     if !lattice::storage::accounts::create_user(&pool, &user_id, &localpart, Some(&hash), admin)
         .await?
     {

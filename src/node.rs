@@ -16,6 +16,7 @@ use crate::api::RateLimiter;
 use crate::config::Config;
 use crate::error::ApiResult;
 use crate::keys::SigningKey;
+use crate::passwords::PasswordHasher;
 use crate::roles::events::{CreateRoom, EventPersister, Persisted, SendEvent};
 use crate::storage;
 use crate::streams::notifier::Notifier;
@@ -31,6 +32,7 @@ pub struct Node {
     pub pool: Pool,
     pub notifier: Notifier,
     pub rate_limiter: Arc<RateLimiter>,
+    pub passwords: PasswordHasher,
     pub send_events: Mailbox<SendEvent>,
     pub create_rooms: Mailbox<CreateRoom>,
     pub supervisor: Arc<Supervisor>,
@@ -98,6 +100,7 @@ impl Node {
         };
         let node = Node {
             rate_limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
+            passwords: PasswordHasher::default(),
             config: Arc::new(config),
             instance_name: instance_name.to_owned(),
             pool,

@@ -122,7 +122,11 @@ pub async fn register(
             "the password must be 1 to 512 characters",
         ));
     }
-    let password_hash = hash_password(password.to_owned()).await?;
+    let password_hash = node
+        .passwords
+        .hash(password.to_owned())
+        .await
+        .map_err(ApiError::internal)?;
     if !accounts::create_user(
         &node.pool,
         &user_id,
@@ -258,7 +262,12 @@ pub async fn login(
     let Some(hash) = record.password_hash else {
         return Err(ApiError::forbidden("invalid username or password"));
     };
-    if !verify_password(password, hash).await? {
+    if !node
+        .passwords
+        .verify(password, hash)
+        .await
+        .map_err(ApiError::internal)?
+    {
         return Err(ApiError::forbidden("invalid username or password"));
     }
     let device_id = body.device_id.unwrap_or_else(random_device_id);
@@ -335,29 +344,4 @@ fn validate_localpart(username: &str, node: &Node) -> ApiResult<String> {
 
 pub fn new_access_token() -> String {
     format!("lat_{}", random_string(40))
-}
-
-pub async fn hash_password(password: String) -> ApiResult<String> {
-    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
-    tokio::task::spawn_blocking(move || {
-        let salt = SaltString::generate(&mut OsRng);
-        argon2::Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|hash| hash.to_string())
-            .map_err(ApiError::internal)
-    })
-    .await
-    .map_err(ApiError::internal)?
-}
-
-async fn verify_password(password: String, hash: String) -> ApiResult<bool> {
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    tokio::task::spawn_blocking(move || {
-        let parsed = PasswordHash::new(&hash).map_err(ApiError::internal)?;
-        Ok(argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
-    })
-    .await
-    .map_err(ApiError::internal)?
 }
