@@ -127,9 +127,18 @@ impl FromRequest for Requester {
             let node = node(&request)?;
             let token = access_token(&request)?
                 .ok_or_else(|| ApiError::new(ErrCode::MissingToken, "missing access token"))?;
-            let owner = crate::storage::accounts::token_owner(&node.pool, &token)
-                .await?
-                .ok_or_else(|| ApiError::new(ErrCode::UnknownToken, "unknown access token"))?;
+            let owner = match node.tokens.get(&token) {
+                Some(owner) => owner,
+                None => {
+                    let owner = crate::storage::accounts::token_owner(&node.pool, &token)
+                        .await?
+                        .ok_or_else(|| {
+                            ApiError::new(ErrCode::UnknownToken, "unknown access token")
+                        })?;
+                    node.tokens.insert(&token, owner.clone());
+                    owner
+                }
+            };
             if owner.deactivated {
                 return Err(ApiError::new(
                     ErrCode::UnknownToken,
@@ -240,5 +249,43 @@ mod tests {
         assert!(limiter
             .check_at("@a:x", start + Duration::from_millis(500))
             .is_ok());
+    }
+}
+
+/// Access tokens this instance has seen, so that a request costs no database
+/// round trip to authenticate. Logging out on this instance forgets the
+/// device's tokens here; other instances will learn it through the `caches`
+/// stream once instances are split.
+#[derive(Default)]
+pub struct TokenCache {
+    owners: Mutex<HashMap<Vec<u8>, crate::storage::accounts::TokenOwner>>,
+}
+
+/// Past this many tokens the cache starts afresh rather than grow.
+const MAX_CACHED_TOKENS: usize = 100_000;
+
+impl TokenCache {
+    fn get(&self, token: &str) -> Option<crate::storage::accounts::TokenOwner> {
+        let key = crate::storage::accounts::hash_token(token);
+        self.owners.lock().ok()?.get(&key).cloned()
+    }
+
+    fn insert(&self, token: &str, owner: crate::storage::accounts::TokenOwner) {
+        if let Ok(mut owners) = self.owners.lock() {
+            if owners.len() >= MAX_CACHED_TOKENS {
+                owners.clear();
+            }
+            owners.insert(crate::storage::accounts::hash_token(token), owner);
+        }
+    }
+
+    /// Forgets the tokens of one device, or of every device of the user.
+    pub fn forget(&self, user_id: &str, device_id: Option<&str>) {
+        if let Ok(mut owners) = self.owners.lock() {
+            owners.retain(|_, owner| {
+                owner.user_id != user_id
+                    || device_id.is_some_and(|device| device != owner.device_id)
+            });
+        }
     }
 }

@@ -12,7 +12,7 @@ use lattice_actors::{Mailbox, Supervisor, SupervisorError};
 use ruma::OwnedServerName;
 use serde_json::Value;
 
-use crate::api::RateLimiter;
+use crate::api::{RateLimiter, TokenCache};
 use crate::config::Config;
 use crate::error::ApiResult;
 use crate::keys::SigningKey;
@@ -33,6 +33,7 @@ pub struct Node {
     pub notifier: Notifier,
     pub rate_limiter: Arc<RateLimiter>,
     pub passwords: PasswordHasher,
+    pub tokens: Arc<TokenCache>,
     pub send_events: Mailbox<SendEvent>,
     pub create_rooms: Mailbox<CreateRoom>,
     pub supervisor: Arc<Supervisor>,
@@ -101,6 +102,7 @@ impl Node {
         let node = Node {
             rate_limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
             passwords: PasswordHasher::default(),
+            tokens: Arc::new(TokenCache::default()),
             config: Arc::new(config),
             instance_name: instance_name.to_owned(),
             pool,

@@ -96,14 +96,18 @@ pub struct Membership {
     pub membership: String,
     pub event_id: String,
     pub stream_ordering: i64,
+    /// The user forgot the room (only ever true after leaving it).
+    pub forgotten: bool,
 }
 
 pub async fn memberships_of_user(pool: &Pool, user_id: &str) -> StorageResult<Vec<Membership>> {
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "SELECT room_id, membership, event_id, stream_ordering FROM current_state
-             WHERE type = 'm.room.member' AND state_key = $1",
+            "SELECT c.room_id, c.membership, c.event_id, c.stream_ordering, f.room_id IS NOT NULL
+             FROM current_state c
+             LEFT JOIN forgotten_rooms f ON f.user_id = c.state_key AND f.room_id = c.room_id
+             WHERE c.type = 'm.room.member' AND c.state_key = $1",
         )
         .await?;
     let rows = client.query(&statement, &[&user_id]).await?;
@@ -114,6 +118,7 @@ pub async fn memberships_of_user(pool: &Pool, user_id: &str) -> StorageResult<Ve
             membership: row.get::<_, Option<String>>(1).unwrap_or_default(),
             event_id: row.get(2),
             stream_ordering: row.get(3),
+            forgotten: row.get(4),
         })
         .collect())
 }
@@ -136,6 +141,7 @@ pub async fn membership(
         membership: row.get::<_, Option<String>>(1).unwrap_or_default(),
         event_id: row.get(2),
         stream_ordering: row.get(3),
+        forgotten: false,
     }))
 }
 
@@ -438,17 +444,6 @@ pub async fn forget_room(pool: &Pool, user_id: &str, room_id: &str) -> StorageRe
         )
         .await?;
     Ok(())
-}
-
-pub async fn forgotten_rooms(pool: &Pool, user_id: &str) -> StorageResult<Vec<String>> {
-    let client = pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT room_id FROM forgotten_rooms WHERE user_id = $1",
-            &[&user_id],
-        )
-        .await?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 /// Rejoining a room un-forgets it.

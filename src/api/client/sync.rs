@@ -83,11 +83,27 @@ pub async fn sync(
 
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let mut keys = rooms::joined_rooms(&node.pool, &requester.user_id).await?;
+        // A membership change after this read wakes the user's own key, so
+        // the rooms listened to below are never stale for long.
+        let memberships = rooms::memberships_of_user(&node.pool, &requester.user_id).await?;
+        let mut keys: Vec<String> = memberships
+            .iter()
+            .filter(|m| m.membership == "join")
+            .map(|m| m.room_id.clone())
+            .collect();
         keys.push(requester.user_id.clone());
         let listener = node.notifier.listen(keys);
         let upto = node.notifier.events_position();
-        let response = compute(&node, &requester, &filter, since, upto, full_state).await?;
+        let response = compute(
+            &node,
+            &requester,
+            &filter,
+            memberships,
+            since,
+            upto,
+            full_state,
+        )
+        .await?;
         let now = tokio::time::Instant::now();
         if !response.is_empty() || since.is_none() || full_state || now >= deadline {
             return Ok(HttpResponse::Ok().json(response.into_json(upto)));
@@ -157,13 +173,12 @@ async fn compute(
     node: &Node,
     requester: &Requester,
     filter: &Filter,
+    memberships: Vec<Membership>,
     since: Option<i64>,
     upto: i64,
     full_state: bool,
 ) -> ApiResult<SyncResponse> {
     let mut response = SyncResponse::default();
-    let memberships = rooms::memberships_of_user(&node.pool, &requester.user_id).await?;
-    let forgotten = rooms::forgotten_rooms(&node.pool, &requester.user_id).await?;
     let timeline_limit = filter
         .room
         .timeline
@@ -175,11 +190,7 @@ async fn compute(
     // Memberships that changed after `upto` are left for the next sync.
     let memberships: Vec<Membership> = memberships
         .into_iter()
-        .filter(|m| {
-            m.stream_ordering <= upto
-                && filter.wants_room(&m.room_id)
-                && !forgotten.contains(&m.room_id)
-        })
+        .filter(|m| m.stream_ordering <= upto && filter.wants_room(&m.room_id) && !m.forgotten)
         .collect();
     let joined: Vec<&Membership> = memberships
         .iter()
@@ -352,7 +363,15 @@ async fn room_section(
     if membership.membership == "join" {
         section["ephemeral"] = json!({ "events": [] });
         section["unread_notifications"] = json!({ "highlight_count": 0, "notification_count": 0 });
-        section["summary"] = summary(node, &membership.room_id, &requester.user_id).await?;
+        // The summary changes only with membership: send it when the client
+        // has none yet or a member event is in this batch.
+        let members_changed = events
+            .iter()
+            .chain(&state_events)
+            .any(|e| e.kind == "m.room.member");
+        if full_state || members_changed {
+            section["summary"] = summary(node, &membership.room_id, &requester.user_id).await?;
+        }
     }
     Ok(section)
 }
