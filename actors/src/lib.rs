@@ -27,10 +27,11 @@
 //!   one error type, [`MailboxError`].
 //! * [`Transport`]: object-safe, in terms of destinations and envelopes
 //!   (`send` for request/reply, `post` for fire-and-forget, `subscribe` to
-//!   own a destination). [`InMemoryTransport`] (over an [`InMemoryBus`])
-//!   implements the same at-least-once, deadline and HMAC semantics as the
-//!   Redis Streams transport that will follow, which will be a drop-in
-//!   second implementation of the trait.
+//!   own a destination). [`RedisTransport`] is the real one (a Redis Stream
+//!   per destination read through a consumer group, a reply list per
+//!   process; see [`transport::redis`]); [`InMemoryTransport`] (over an
+//!   [`InMemoryBus`]) implements the same at-least-once, deadline and HMAC
+//!   semantics inside one process, for tests.
 //! * [`Endpoint`] / [`serve`]: the receiving side; decode by wire name, run
 //!   the handler, reply, and only then acknowledge.
 //! * [`Placement`]: kind + shard key → [`Location::Local`] or
@@ -140,8 +141,13 @@ pub use supervisor::{
     ActorSnapshot, Backoff, BackoffConfig, Supervisor, SupervisorConfig, SupervisorError,
     SupervisorSnapshot,
 };
-pub use transport::memory::{InMemoryBus, InMemoryTransport, TransportStats};
-pub use transport::{Acknowledge, Delivery, Subscription, Transport, TransportError};
+pub use transport::memory::{InMemoryBus, InMemoryTransport};
+pub use transport::redis::{
+    Backlog, RedisTransport, RedisTransportConfig, RedisTransportError, RedisTransportStats,
+};
+pub use transport::{
+    Acknowledge, Delivery, Subscription, Transport, TransportError, TransportStats,
+};
 
 /// Lock a mutex, recovering the data if a panicking thread poisoned it (the
 /// state guarded here stays consistent under panics: counters and queues).

@@ -12,8 +12,9 @@
 //! * [`Transport::subscribe`]: become an owner of a destination and receive
 //!   its [`Delivery`]s.
 //!
-//! Contract every implementation keeps (the in-memory one here, a Redis
-//! Streams one later):
+//! Contract every implementation keeps ([`memory::InMemoryTransport`] and
+//! [`redis::RedisTransport`]; `tests/suite` runs the same behavioural tests
+//! against both):
 //!
 //! * **Per-destination queue, at-least-once.** A delivery stays pending until
 //!   [`Delivery::complete`] acknowledges it. If its subscription goes away
@@ -30,16 +31,42 @@
 //! * **Replies** are routed back to the request's `sender_instance` and
 //!   matched by `request_id`; the transport signs them like any envelope.
 //!
-//! Redis-specific details (stream keys, consumer groups, `XAUTOCLAIM` of a
-//! dead consumer's pending entries, the per-instance reply stream) belong in
-//! that implementation; nothing in this trait names them.
+//! Redis-specific details (stream keys, consumer groups, requeueing of a
+//! dead consumer's pending entries, the per-process reply list) belong in
+//! [`redis`]; nothing in this trait names them.
 
 pub mod memory;
+pub mod redis;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::envelope::Envelope;
 use crate::message::BoxFuture;
+
+/// The counters every transport keeps (one transport value = one
+/// simulated or real process).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportStats {
+    /// Requests sent expecting a reply.
+    pub sent: u64,
+    /// Requests posted without reply.
+    pub posted: u64,
+    /// Authentic replies received.
+    pub replies_received: u64,
+    /// Deliveries handed to this node's subscriptions.
+    pub delivered: u64,
+    /// Of those, deliveries after a previous owner vanished.
+    pub redelivered: u64,
+    /// Deliveries acknowledged by this node.
+    pub completed: u64,
+    /// Requests dropped by this node because their deadline had passed.
+    pub expired: u64,
+    /// Requests dropped by this node because their HMAC did not verify.
+    pub hmac_rejected: u64,
+    /// Replies dropped by this node because their HMAC did not verify.
+    pub reply_hmac_rejected: u64,
+}
 
 /// Transport-level failures.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

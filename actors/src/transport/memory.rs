@@ -1,4 +1,5 @@
-//! An in-process [`Transport`] with the semantics of the Redis Streams one.
+//! An in-process [`Transport`] with the semantics of the Redis Streams one
+//! ([`RedisTransport`](super::redis::RedisTransport)).
 //!
 //! An [`InMemoryBus`] plays the part of the shared broker (Redis); each
 //! simulated process gets its own [`InMemoryTransport`] from it, with its
@@ -10,17 +11,18 @@
 //! the equivalent of a stream plus its consumer group's pending entries list.
 //! When a subscription is dropped its pending messages go back to the front
 //! of the queue and are delivered again (what `XAUTOCLAIM` by the next owner
-//! achieves with Redis). Expired and unauthentic envelopes are dropped at
+//! achieves with Redis: there the entries are re-appended to the
+//! stream). Expired and unauthentic envelopes are dropped at
 //! delivery time and counted.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
 
+pub use super::TransportStats;
 use super::{Acknowledge, Delivery, Subscription, Transport, TransportError};
 use crate::auth::HmacKey;
 use crate::envelope::{now_unix_ms, Envelope};
@@ -185,29 +187,6 @@ struct Stats {
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Counters of one [`InMemoryTransport`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TransportStats {
-    /// Requests sent expecting a reply.
-    pub sent: u64,
-    /// Requests posted without reply.
-    pub posted: u64,
-    /// Authentic replies received.
-    pub replies_received: u64,
-    /// Deliveries handed to this node's subscriptions.
-    pub delivered: u64,
-    /// Of those, deliveries after a previous owner vanished.
-    pub redelivered: u64,
-    /// Deliveries acknowledged by this node.
-    pub completed: u64,
-    /// Requests dropped by this node because their deadline had passed.
-    pub expired: u64,
-    /// Requests dropped by this node because their HMAC did not verify.
-    pub hmac_rejected: u64,
-    /// Replies dropped by this node because their HMAC did not verify.
-    pub reply_hmac_rejected: u64,
 }
 
 /// One process's connection to an [`InMemoryBus`].
