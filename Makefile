@@ -26,6 +26,8 @@ NODE_STAMP := $(CLIENTS)/node_modules/.lattice-installed
 # make run: the dev server's settings (figment env overrides, `__` nests keys)
 RUN_LISTEN ?= 127.0.0.1:8008
 RUN_CONFIG := var/homeserver.yaml
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+RELEASE_BIN := $(TARGET_DIR)/release/lattice
 
 TEST_DATABASE_URL := postgresql://lattice@127.0.0.1:$(LATTICE_PG_PORT)/postgres
 TEST_REDIS_URL := redis://127.0.0.1:$(LATTICE_REDIS_PORT)
@@ -41,7 +43,7 @@ run:
 	@mkdir -p var
 	@if [[ ! -s $(RUN_CONFIG) ]]; then \
 		echo "writing $(RUN_CONFIG)"; \
-		target/release/lattice generate-config --server-name localhost > $(RUN_CONFIG).tmp; \
+		$(RELEASE_BIN) generate-config --server-name localhost > $(RUN_CONFIG).tmp; \
 		mv $(RUN_CONFIG).tmp $(RUN_CONFIG); \
 	fi
 	@echo "lattice: serving on http://$(RUN_LISTEN) (Ctrl-C stops it; 'make stop' stops PostgreSQL)"
@@ -50,14 +52,17 @@ run:
 		LATTICE__ENABLE_REGISTRATION=true \
 		LATTICE__LISTEN=$(RUN_LISTEN) \
 		LATTICE__RATE_LIMITS__ENABLED=false \
-		target/release/lattice serve --config $(RUN_CONFIG)
+		$(RELEASE_BIN) serve --config $(RUN_CONFIG)
 
 # Runs the Rust tests and the client tests even if the first fail, then fails if either did.
 test: clients-deps services
 	@rc=0; \
-	echo "==> cargo test --workspace"; \
+	echo "==> cargo test --workspace (integration tests on the monolith)"; \
 	LATTICE_TEST_DATABASE_URL=$(TEST_DATABASE_URL) LATTICE_TEST_REDIS_URL=$(TEST_REDIS_URL) \
 		cargo test --workspace || rc=1; \
+	echo "==> cargo test --test it (integration tests on the split: client+sync / events / sync)"; \
+	LATTICE_TEST_TOPOLOGY=split LATTICE_TEST_DATABASE_URL=$(TEST_DATABASE_URL) LATTICE_TEST_REDIS_URL=$(TEST_REDIS_URL) \
+		cargo test --test it || rc=1; \
 	echo "==> tests/clients/run.sh"; \
 	$(CLIENTS)/run.sh || rc=1; \
 	if [[ $$rc != 0 ]]; then echo "make test: FAILED" >&2; fi; \
@@ -106,3 +111,16 @@ $(NODE_STAMP): $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
 	@command -v npm >/dev/null || { echo "node/npm not found (Node.js >= 20 is needed for the js-sdk test)" >&2; exit 1; }
 	cd $(CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
+
+# make bench          fresh release monolith on the embedded PostgreSQL; every `lattice bench`
+#                     workload; JSON lines and a markdown summary under var/bench/
+# make bench-synapse  the same, then the same workloads against Synapse (from PyPI, in
+#                     var/synapse-venv) in the same run, with the ratios Lattice / Synapse
+# BENCH_WORKLOADS="chat idle" picks runs; BENCH_ARGS="--users 100" is passed to each.
+.PHONY: bench bench-synapse
+
+bench:
+	.ci/bench-run.sh
+
+bench-synapse:
+	.ci/bench-run.sh --synapse

@@ -118,6 +118,10 @@ pub struct RedisConfig {
     /// `redis://` or `rediss://` URL; only needed when instances are split.
     #[serde(default)]
     pub url: Option<String>,
+    /// Prefix of every Redis key and the replication channel; the server
+    /// name by default. Deployments sharing one Redis need different ones.
+    #[serde(default)]
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -321,6 +325,11 @@ impl Config {
             .unwrap_or_else(|| vec![MAIN_INSTANCE.to_owned()])
     }
 
+    /// The prefix of this deployment's Redis keys and replication channel.
+    pub fn redis_prefix(&self) -> String {
+        self.redis.prefix.clone().unwrap_or_else(|| self.server_name.clone())
+    }
+
     pub fn public_baseurl(&self) -> String {
         match &self.public_baseurl {
             Some(url) => url.trim_end_matches('/').to_owned() + "/",
@@ -360,6 +369,7 @@ database:
 # Redis is only needed when instances run in several processes.
 # redis:
 #   url: "redis://127.0.0.1:6379"
+#   prefix: "example.org"    # keys and replication channel; default: server_name
 
 # Whether anyone may create an account through /register.
 enable_registration: false

@@ -10,8 +10,14 @@
 //! - [`streams`] has stream positions, client tokens and the notifier that
 //!   wakes long-polling `/sync` requests.
 //! - [`rooms`] is the Matrix room model (PDUs, auth rules via ruma, filters).
+//! - [`bench`] is `lattice bench`, the load generator that measures Lattice
+//!   and any other homeserver through the Client-Server API.
+//! - [`up`] is `lattice up`, which runs a whole topology on one machine as
+//!   child processes, and `lattice routes`, the nginx configuration in front
+//!   of it.
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod error;
 pub mod keys;
@@ -21,4 +27,5 @@ pub mod roles;
 pub mod rooms;
 pub mod storage;
 pub mod streams;
+pub mod up;
 pub mod util;

@@ -48,6 +48,12 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
+    /// Measure a homeserver (any, through the Client-Server API) under a named workload.
+    Bench(lattice::bench::BenchArgs),
+    /// Run a whole topology on this machine: one child process per instance, restarted when it dies.
+    Up(lattice::up::UpArgs),
+    /// Print the reverse-proxy configuration that routes requests to a topology's instances.
+    Routes(lattice::up::RoutesArgs),
 }
 
 fn main() {
@@ -65,6 +71,9 @@ fn main() {
             password,
             admin,
         } => run_async(register_user(config, user, password, admin)),
+        Command::Bench(args) => lattice::bench::run(args).map_err(Into::into),
+        Command::Up(args) => lattice::up::run(args).map_err(Into::into),
+        Command::Routes(args) => lattice::up::routes(args).map_err(Into::into),
     };
     if let Err(error) = result {
         eprintln!("lattice: {error:#}");
@@ -98,19 +107,21 @@ fn init_logging(config: &Config) {
             tracing_subscriber::EnvFilter::try_new(format!("ruma_state_res=warn,{}", config.log))
         })
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colours only for a terminal: a log file should be plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
 }
 
 async fn serve(config_path: PathBuf, instance: String, roles: Vec<String>) -> anyhow::Result<()> {
     let config = Config::load(Some(&config_path))?;
     init_logging(&config);
-    lattice::roles::Role::parse_list(&roles)?;
+    let roles = lattice::roles::Role::parse_list(&roles)?;
     let listener =
         TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let running = lattice::node::Node::start(config, &instance, listener, workers).await?;
+    let running = lattice::node::Node::start_with_roles(config, &instance, &roles, listener, workers).await?;
     wait_for_shutdown_signal().await;
     tracing::info!("shutting down");
     running.stop().await;
@@ -148,7 +159,9 @@ async fn register_user(
         .to_lowercase();
     let user_id = format!("@{}:{}", localpart, config.server_name);
     ruma::UserId::parse(&user_id).map_err(|e| anyhow::anyhow!("invalid user id {user_id}: {e}"))?;
-    let hash = lattice::passwords::PasswordHasher::default().hash(password).await?;
+    let hash = lattice::passwords::PasswordHasher::default()
+        .hash(password)
+        .await?;
     if !lattice::storage::accounts::create_user(&pool, &user_id, &localpart, Some(&hash), admin)
         .await?
     {

@@ -8,21 +8,33 @@ use std::time::Duration;
 
 use actix_web::{middleware, web, App, HttpServer};
 use deadpool_postgres::Pool;
-use lattice_actors::{Mailbox, Supervisor, SupervisorError};
+use lattice_actors::{
+    shard_index, Endpoint, HmacKey, Mailbox, Placement, RedisTransport, RedisTransportConfig, ServeHandle, Supervisor,
+    SupervisorError, Transport,
+};
 use ruma::OwnedServerName;
 use serde_json::Value;
 
 use crate::api::{RateLimiter, TokenCache};
 use crate::config::Config;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::keys::SigningKey;
 use crate::passwords::PasswordHasher;
-use crate::roles::events::{CreateRoom, EventPersister, Persisted, SendEvent};
+use crate::roles::events::{CreateRoom, EventPersister, Persisted, SendEvent, EVENTS_STREAM};
+use crate::roles::Role;
 use crate::storage;
 use crate::streams::notifier::Notifier;
+use crate::streams::replication::{Replication, ReplicationConfig};
+use crate::streams::shared::SharedStream;
 
 /// How long a request waits for a writer before it gives up with an error.
 pub const WRITE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a request waits to see its own write replicated back.
+const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a sync request waits for replication to catch up with what is committed.
+const CATCH_UP_WAIT: Duration = Duration::from_millis(500);
 
 /// What the handlers of an instance share. Cheap to clone.
 #[derive(Clone)]
@@ -31,12 +43,24 @@ pub struct Node {
     pub instance_name: String,
     pub pool: Pool,
     pub notifier: Notifier,
+    /// This instance's view of the events stream.
+    pub stream: SharedStream,
+    pub roles: Arc<Vec<Role>>,
     pub rate_limiter: Arc<RateLimiter>,
     pub passwords: PasswordHasher,
     pub tokens: Arc<TokenCache>,
-    pub send_events: Mailbox<SendEvent>,
-    pub create_rooms: Mailbox<CreateRoom>,
+    /// The writers of the events stream, in config order (the sharding rule indexes it).
+    event_writers: Arc<Vec<EventWriter>>,
     pub supervisor: Arc<Supervisor>,
+    replication: Option<Arc<Replication>>,
+    /// The mailbox endpoints serving this instance's actors to the others.
+    endpoints: Arc<tokio::sync::Mutex<Vec<ServeHandle>>>,
+}
+
+/// The mailboxes of one events writer.
+struct EventWriter {
+    send: Mailbox<SendEvent>,
+    create: Mailbox<CreateRoom>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +71,8 @@ pub enum NodeError {
     Storage(#[from] storage::StorageError),
     #[error("actors: {0}")]
     Supervisor(#[from] SupervisorError),
+    #[error("topology: {0}")]
+    Topology(String),
     #[error("http listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -60,56 +86,137 @@ pub struct RunningNode {
 }
 
 impl Node {
-    /// Connects to the database, applies migrations, starts the actors and
-    /// serves HTTP on `listener` (bound by the caller, so tests can bind
-    /// `127.0.0.1:0`).
+    /// Starts an instance running every role: the monolith.
     pub async fn start(
         config: Config,
         instance_name: &str,
         listener: TcpListener,
         http_workers: usize,
     ) -> Result<RunningNode, NodeError> {
+        Self::start_with_roles(config, instance_name, &Role::ALL, listener, http_workers).await
+    }
+
+    /// Connects to the database, applies migrations, starts the actors of
+    /// `roles` (reaching every other actor through Redis mailboxes) and
+    /// serves the HTTP endpoints of `roles` on `listener` (bound by the
+    /// caller, so tests can bind `127.0.0.1:0`).
+    pub async fn start_with_roles(
+        config: Config,
+        instance_name: &str,
+        roles: &[Role],
+        listener: TcpListener,
+        http_workers: usize,
+    ) -> Result<RunningNode, NodeError> {
         let pool = storage::connect(&config.database.url, config.database.pool_size)?;
         storage::migrate(&pool).await?;
         let server_name = OwnedServerName::try_from(config.server_name.as_str()).map_err(|e| {
-            crate::config::ConfigError::Invalid {
-                key: "server_name",
+            crate::config::ConfigError::Invalid { key: "server_name", message: e.to_string() }
+        })?;
+        let signing_key = SigningKey::parse(&config.signing_key)
+            .map_err(|message| crate::config::ConfigError::Invalid { key: "signing_key", message })?;
+        let hmac_key = match &config.replication_secret {
+            Some(secret) => Some(HmacKey::new(secret).map_err(|e| crate::config::ConfigError::Invalid {
+                key: "replication_secret",
                 message: e.to_string(),
-            }
-        })?;
-        let signing_key = SigningKey::parse(&config.signing_key).map_err(|message| {
-            crate::config::ConfigError::Invalid {
-                key: "signing_key",
-                message,
-            }
-        })?;
+            })?),
+            None => None,
+        };
+
+        let event_writers = config.stream_writers(EVENTS_STREAM);
+        let writes_events = roles.contains(&Role::Events) && event_writers.iter().any(|w| w == instance_name);
+        let single_process = roles.len() == Role::ALL.len() && writes_events && event_writers.len() == 1;
         let notifier = Notifier::new(1);
+        let positions =
+            storage::streams::load_positions(&pool, &storage::streams::EVENTS, instance_name, &event_writers).await?;
+        let stream = SharedStream::new(positions, notifier.clone());
+
+        // Everything in one process needs no Redis and does not contact it.
+        let (transport, replication) = if single_process {
+            (None, None)
+        } else {
+            let url = config.redis.url.clone().ok_or(NodeError::Topology(
+                "redis.url is required when roles or stream writers are spread over several instances".into(),
+            ))?;
+            let transport = RedisTransport::connect(
+                RedisTransportConfig::new(url.clone(), config.redis_prefix(), instance_name)
+                    .maybe_hmac_key(hmac_key.clone()),
+            )
+            .await
+            .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
+            let replication = Replication::start(
+                ReplicationConfig {
+                    redis_url: url,
+                    channel: config.redis_prefix(),
+                    instance: instance_name.to_owned(),
+                    key: hmac_key,
+                    events_writer: writes_events,
+                },
+                stream.clone(),
+                pool.clone(),
+            )
+            .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
+            (Some(Arc::new(transport) as Arc<dyn Transport>), Some(replication))
+        };
+
         let supervisor = Arc::new(Supervisor::new());
-        let persister = {
+        let mut endpoints = Vec::new();
+        let local_persister = if writes_events {
             let pool = pool.clone();
             let instance = instance_name.to_owned();
-            let notifier = notifier.clone();
-            supervisor.start("event_persister", move || {
+            let stream = stream.clone();
+            let writers = event_writers.clone();
+            let publisher = replication.as_ref().map(|r| r.publisher.clone());
+            let addr = supervisor.start("event_persister", move || {
                 EventPersister::new(
                     pool.clone(),
                     instance.clone(),
                     server_name.clone(),
                     signing_key.key_pair(),
-                    notifier.clone(),
+                    stream.clone(),
+                    writers.clone(),
+                    publisher.clone(),
                 )
-            })?
+            })?;
+            if let Some(transport) = &transport {
+                let endpoint = Endpoint::new(transport.clone(), Placement::destination(EVENTS_STREAM, instance_name))
+                    .route_mailbox(addr.mailbox::<SendEvent>())
+                    .route_mailbox(addr.mailbox::<CreateRoom>())
+                    .start()
+                    .await
+                    .map_err(|e| NodeError::Topology(format!("serving the event persister: {e}")))?;
+                endpoints.push(endpoint);
+            }
+            Some(addr)
+        } else {
+            None
         };
+        let mut event_writer_mailboxes = Vec::new();
+        for writer in &event_writers {
+            let mailboxes = match (&local_persister, &transport) {
+                (Some(addr), _) if writer == instance_name => (addr.mailbox(), addr.mailbox()),
+                (_, Some(transport)) => {
+                    let destination = Placement::destination(EVENTS_STREAM, writer);
+                    (Mailbox::remote(transport.clone(), destination.clone()), Mailbox::remote(transport.clone(), destination))
+                }
+                _ => return Err(NodeError::Topology(format!("no way to reach events writer `{writer}`"))),
+            };
+            event_writer_mailboxes.push(EventWriter { send: mailboxes.0, create: mailboxes.1 });
+        }
+
         let node = Node {
             rate_limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
             passwords: PasswordHasher::default(),
             tokens: Arc::new(TokenCache::default()),
             config: Arc::new(config),
             instance_name: instance_name.to_owned(),
+            roles: Arc::new(roles.to_vec()),
             pool,
             notifier,
-            send_events: persister.mailbox(),
-            create_rooms: persister.mailbox(),
+            stream,
+            event_writers: Arc::new(event_writer_mailboxes),
             supervisor,
+            replication: replication.map(Arc::new),
+            endpoints: Arc::new(tokio::sync::Mutex::new(endpoints)),
         };
         let addr = listener.local_addr()?;
         let app_node = node.clone();
@@ -119,15 +226,10 @@ impl Node {
                 .wrap(
                     middleware::DefaultHeaders::new()
                         .add(("Access-Control-Allow-Origin", "*"))
-                        .add((
-                            "Access-Control-Allow-Methods",
-                            "GET, POST, PUT, DELETE, OPTIONS",
-                        ))
-                        .add((
-                            "Access-Control-Allow-Headers",
-                            "X-Requested-With, Content-Type, Authorization, Date",
-                        )),
+                        .add(("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS"))
+                        .add(("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization, Date")),
                 )
+                .wrap(middleware::from_fn(crate::api::serve_only_own_roles))
                 .configure(crate::api::configure)
         })
         .listen(listener)?
@@ -137,19 +239,62 @@ impl Node {
         .run();
         let handle = server.handle();
         let server_task = tokio::spawn(server);
-        tracing::info!(instance = instance_name, %addr, "listening");
-        Ok(RunningNode {
-            node,
-            addr,
-            server: handle,
-            server_task,
-        })
+        tracing::info!(instance = instance_name, %addr, roles = ?roles.iter().map(|r| r.name()).collect::<Vec<_>>(), "listening");
+        Ok(RunningNode { node, addr, server: handle, server_task })
+    }
+
+    /// Waits (briefly) until this instance has seen every writer reach the
+    /// position it has committed, as `stream_positions` says. An instance that
+    /// is not the writer answers a client who just wrote elsewhere with that
+    /// write included, not a moment later.
+    pub async fn catch_up_with_writers(&self) -> ApiResult<()> {
+        if self.replication.is_none() {
+            return Ok(());
+        }
+        let client = self.pool.get().await.map_err(ApiError::internal)?;
+        let rows = client
+            .query("SELECT instance_name, stream_id FROM stream_positions WHERE stream_name = $1", &[&EVENTS_STREAM])
+            .await
+            .map_err(ApiError::internal)?;
+        drop(client);
+        for row in rows {
+            let writer: String = row.get(0);
+            let position: i64 = row.get(1);
+            self.stream.wait_for_writer(&writer, position, CATCH_UP_WAIT).await;
+        }
+        Ok(())
+    }
+
+    /// Whether this instance runs `role`.
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// The writer of a room's events: Synapse's sharding rule over the
+    /// configured writers.
+    fn event_writer(&self, room_id: Option<&str>) -> ApiResult<&EventWriter> {
+        let index = match room_id {
+            Some(room_id) => shard_index(room_id, self.event_writers.len()).unwrap_or(0),
+            None => 0,
+        };
+        self.event_writers.get(index).ok_or_else(|| ApiError::unavailable("no events writer is configured"))
+    }
+
+    /// Read-your-writes: waits (bounded) until this instance has seen the
+    /// writer's position reach what it persisted, so what the client does
+    /// next here sees its own write.
+    async fn seen(&self, persisted: Persisted) -> Persisted {
+        if !self.stream.wait_for_writer(&persisted.instance, persisted.stream_ordering, READ_YOUR_WRITES_WAIT).await {
+            tracing::warn!(writer = %persisted.instance, position = persisted.stream_ordering, "replication lags: answering before seeing our own write");
+        }
+        persisted
     }
 
     /// Persists an event through the events writer.
     pub async fn send_event(&self, request: SendEvent) -> ApiResult<Persisted> {
-        let persisted = self.send_events.call(request, WRITE_DEADLINE).await??;
-        Ok(persisted)
+        let writer = self.event_writer(Some(&request.room_id))?;
+        let persisted = writer.send.call(request, WRITE_DEADLINE).await??;
+        Ok(self.seen(persisted).await)
     }
 
     pub async fn send_state_event(
@@ -173,13 +318,20 @@ impl Node {
     }
 
     pub async fn create_room(&self, request: CreateRoom) -> ApiResult<Persisted> {
-        let persisted = self.create_rooms.call(request, WRITE_DEADLINE).await??;
-        Ok(persisted)
+        // A room's id is not known before its create event exists (room
+        // version 12), so new rooms go to the first writer.
+        let writer = self.event_writer(None)?;
+        let persisted = writer.create.call(request, WRITE_DEADLINE).await??;
+        Ok(self.seen(persisted).await)
     }
 
     /// Snapshots of every local actor, for tests and the admin API.
     pub async fn observe(&self) -> Value {
-        serde_json::to_value(self.supervisor.observe_all().await).unwrap_or(Value::Null)
+        let mut snapshot = serde_json::to_value(self.supervisor.observe_all().await).unwrap_or(Value::Null);
+        if let (Some(replication), Some(object)) = (&self.replication, snapshot.as_object_mut()) {
+            object.insert("replication".into(), replication.stats.snapshot());
+        }
+        snapshot
     }
 }
 
@@ -189,6 +341,9 @@ impl RunningNode {
     pub async fn stop(self) {
         self.server.stop(true).await;
         let _ = self.server_task.await;
+        for endpoint in self.node.endpoints.lock().await.drain(..) {
+            endpoint.shutdown().await;
+        }
         self.node.supervisor.shutdown().await;
     }
 }

@@ -63,9 +63,7 @@ impl Role {
         }
     }
 
-    /// Parses `--roles`. Empty means every role (the monolith). Running a
-    /// subset needs the Redis transport, which this build does not have yet,
-    /// so a subset is refused with a clear message instead of half-working.
+    /// Parses `--roles`. Empty means every role (the monolith).
     pub fn parse_list(names: &[String]) -> Result<Vec<Role>, RoleError> {
         let mut roles = Vec::new();
         for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
@@ -80,9 +78,6 @@ impl Role {
         if roles.is_empty() {
             return Ok(Role::ALL.to_vec());
         }
-        if roles.len() < Role::ALL.len() {
-            return Err(RoleError::SubsetUnsupported);
-        }
         Ok(roles)
     }
 }
@@ -91,6 +86,4 @@ impl Role {
 pub enum RoleError {
     #[error("--roles: unknown role `{0}` (known: client, sync, events, typing, to_device, account_data, receipts, presence, device_lists, push_rules, pusher, federation_sender, federation_reader, media, background)")]
     Unknown(String),
-    #[error("--roles: running a subset of roles needs the Redis transport, which is not built yet; omit --roles to run every role in this process")]
-    SubsetUnsupported,
 }

@@ -4,4 +4,5 @@
 pub mod id_gen;
 pub mod notifier;
 pub mod replication;
+pub mod shared;
 pub mod token;

@@ -9,6 +9,7 @@ pub mod filter;
 pub mod membership;
 pub mod message;
 pub mod profile;
+pub mod push_rules;
 pub mod room;
 pub mod state;
 pub mod sync;
@@ -61,6 +62,11 @@ fn routes(scope: Scope) -> Scope {
             resource("/profile/{user_id}/{field}")
                 .route(web::get().to(profile::get_profile_field))
                 .route(web::put().to(profile::set_profile_field)),
+        )
+        .service(resource("/pushrules/").route(web::get().to(push_rules::get_push_rules)))
+        .service(resource("/pushrules/global/").route(web::get().to(push_rules::get_global_push_rules)))
+        .service(
+            resource("/pushrules/global/{kind}/{rule_id}").route(web::get().to(push_rules::get_push_rule)),
         )
         .service(resource("/user/{user_id}/filter").route(web::post().to(filter::create_filter)))
         .service(

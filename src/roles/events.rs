@@ -8,7 +8,7 @@ mod persister;
 
 use serde::{Deserialize, Serialize};
 
-pub use persister::{parse_stored_pdu, EventPersister};
+pub use persister::{event_row, parse_stored_pdu, EventPersister, EVENTS_STREAM};
 
 use crate::error::{ApiError, ErrCode};
 
@@ -58,6 +58,8 @@ pub struct InitialEvent {
 pub struct Persisted {
     pub event_id: String,
     pub room_id: String,
+    /// The writer that persisted it (its position is what to wait for).
+    pub instance: String,
     /// The position of the event in the events stream; the caller waits until
     /// its view of the stream reaches it before answering (read-your-writes).
     pub stream_ordering: i64,

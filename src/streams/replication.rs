@@ -11,9 +11,19 @@
 //! with a secret drops and counts lines whose signature is missing or wrong,
 //! so nothing they say is applied.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use deadpool_postgres::Pool;
+use futures::StreamExt;
 use lattice_actors::HmacKey;
+use tokio::sync::mpsc;
+
+use super::shared::SharedStream;
+use crate::roles::events::EVENTS_STREAM;
 
 /// One replication command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,4 +260,285 @@ mod tests {
             Err(ParseError::BadSignature)
         );
     }
+}
+
+/// Counters of the replication reader, for `Observe` and tests.
+#[derive(Debug, Default)]
+pub struct ReplicationStats {
+    pub applied: AtomicU64,
+    pub caught_up_rows: AtomicU64,
+    pub rejected: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+impl ReplicationStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "applied": self.applied.load(Ordering::Relaxed),
+            "caught_up_rows": self.caught_up_rows.load(Ordering::Relaxed),
+            "rejected": self.rejected.load(Ordering::Relaxed),
+            "reconnects": self.reconnects.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Publishes commands on the server's channel, in order, from a task of its
+/// own; a command waits (and is retried) while Redis is unreachable.
+#[derive(Clone)]
+pub struct Publisher {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Publisher {
+    pub fn publish(&self, command: Command) {
+        // The task ends only with the node; then nobody needs the command.
+        let _ = self.commands.send(command);
+    }
+}
+
+/// Where and as whom an instance replicates.
+pub struct ReplicationConfig {
+    pub redis_url: String,
+    /// The pub/sub channel: the server name, as in Synapse.
+    pub channel: String,
+    pub instance: String,
+    pub key: Option<HmacKey>,
+    /// Whether this instance writes the events stream (answers REPLICATE and
+    /// announces idle positions).
+    pub events_writer: bool,
+}
+
+/// The running replication of one instance; dropping it stops its tasks.
+pub struct Replication {
+    pub publisher: Publisher,
+    pub stats: Arc<ReplicationStats>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Replication {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Replication {
+    /// Starts publishing and reading. Fails only when the Redis URL is unusable;
+    /// an unreachable Redis is retried in the background.
+    pub fn start(config: ReplicationConfig, stream: SharedStream, pool: Pool) -> Result<Replication, redis::RedisError> {
+        let client = redis::Client::open(config.redis_url.as_str())?;
+        let (commands, queue) = mpsc::unbounded_channel();
+        let publisher = Publisher { commands };
+        let stats = Arc::new(ReplicationStats::default());
+        let config = Arc::new(config);
+        let mut tasks = vec![tokio::spawn(publish_loop(client.clone(), config.clone(), queue))];
+        tasks.push(tokio::spawn(read_loop(client, config.clone(), stream.clone(), pool, publisher.clone(), stats.clone())));
+        if config.events_writer {
+            tasks.push(tokio::spawn(announce_idle_positions(config, stream, publisher.clone())));
+        }
+        Ok(Replication { publisher, stats, tasks })
+    }
+}
+
+const RETRY: Duration = Duration::from_millis(200);
+
+async fn publish_loop(client: redis::Client, config: Arc<ReplicationConfig>, mut queue: mpsc::UnboundedReceiver<Command>) {
+    let mut connection = None;
+    while let Some(command) = queue.recv().await {
+        let line = command.to_line(config.key.as_ref());
+        loop {
+            if connection.is_none() {
+                match client.get_connection_manager().await {
+                    Ok(manager) => connection = Some(manager),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "replication: cannot connect to redis to publish");
+                        tokio::time::sleep(RETRY).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(manager) = connection.as_mut() else { continue };
+            let published: redis::RedisResult<i64> =
+                redis::cmd("PUBLISH").arg(&config.channel).arg(&line).query_async(manager).await;
+            match published {
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(error = %error, "replication: publish failed, retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+}
+
+/// Writers announce their position when it moved without a write of their
+/// own (an idle writer claims what others allocated), so one quiet writer
+/// never holds back everyone's persisted-up-to position.
+async fn announce_idle_positions(config: Arc<ReplicationConfig>, stream: SharedStream, publisher: Publisher) {
+    let mut announced = stream.read(|p| p.current_token_for_writer(&config.instance));
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        let Some(claim) = stream.read(|p| p.idle_claim()) else { continue };
+        if claim > announced {
+            publisher.publish(Command::Position {
+                stream: EVENTS_STREAM.to_owned(),
+                instance: config.instance.clone(),
+                prev: announced,
+                new: claim,
+            });
+            announced = claim;
+        }
+    }
+}
+
+async fn read_loop(
+    client: redis::Client,
+    config: Arc<ReplicationConfig>,
+    stream: SharedStream,
+    pool: Pool,
+    publisher: Publisher,
+    stats: Arc<ReplicationStats>,
+) {
+    loop {
+        match read_connection(&client, &config, &stream, &pool, &publisher, &stats).await {
+            Ok(()) => tracing::warn!("replication: subscription ended, reconnecting"),
+            Err(error) => tracing::warn!(error = %error, "replication: subscription failed, reconnecting"),
+        }
+        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// One subscription: subscribe, ask every writer for its position, then apply
+/// what arrives in order. Rows of a writer are applied only after its first
+/// POSITION on this subscription, which catches up what was missed from
+/// PostgreSQL.
+async fn read_connection(
+    client: &redis::Client,
+    config: &ReplicationConfig,
+    stream: &SharedStream,
+    pool: &Pool,
+    publisher: &Publisher,
+    stats: &ReplicationStats,
+) -> Result<(), ReplicationError> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(&config.channel).await?;
+    publisher.publish(Command::Replicate);
+    if config.events_writer {
+        announce_position(config, stream, publisher);
+    }
+    let mut connected: HashSet<String> = HashSet::new();
+    let mut messages = pubsub.on_message();
+    while let Some(message) = messages.next().await {
+        let Ok(line) = message.get_payload::<String>() else {
+            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let command = match Command::from_line(&line, config.key.as_ref()) {
+            Ok(Some(command)) => command,
+            Ok(None) => continue,
+            Err(error) => {
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %error, "replication: dropped a message");
+                continue;
+            }
+        };
+        match command {
+            Command::Replicate => {
+                if config.events_writer {
+                    announce_position(config, stream, publisher);
+                }
+            }
+            Command::Rdata { stream: name, instance, token, row } => {
+                if name != EVENTS_STREAM || instance == config.instance || !connected.contains(&instance) {
+                    continue;
+                }
+                let Some(token) = token else { continue };
+                if token <= stream.read(|p| p.current_token_for_writer(&instance)) {
+                    continue;
+                }
+                stream.update(row_keys(&row), |p| p.advance(&instance, token));
+                stats.applied.fetch_add(1, Ordering::Relaxed);
+            }
+            Command::Position { stream: name, instance, new, .. } => {
+                if name != EVENTS_STREAM || instance == config.instance {
+                    continue;
+                }
+                catch_up(pool, stream, &instance, new, stats).await?;
+                connected.insert(instance);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn announce_position(config: &ReplicationConfig, stream: &SharedStream, publisher: &Publisher) {
+    let position = stream.read(|p| p.current_token_for_writer(&config.instance));
+    publisher.publish(Command::Position {
+        stream: EVENTS_STREAM.to_owned(),
+        instance: config.instance.clone(),
+        prev: position,
+        new: position,
+    });
+}
+
+/// Reads the rows `writer` persisted after our view of it, up to `new`, from
+/// PostgreSQL, and applies them in order.
+async fn catch_up(pool: &Pool, stream: &SharedStream, writer: &str, new: i64, stats: &ReplicationStats) -> Result<(), ReplicationError> {
+    let current = stream.read(|p| p.current_token_for_writer(writer));
+    if new > current {
+        let client = pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT stream_ordering, event_id, room_id, type, state_key, pdu -> 'content' -> 'membership'
+                 FROM events WHERE instance_name = $1 AND stream_ordering > $2 AND stream_ordering <= $3
+                 ORDER BY stream_ordering",
+                &[&writer, &current, &new],
+            )
+            .await?;
+        for row in &rows {
+            let position: i64 = row.get(0);
+            let membership: Option<serde_json::Value> = row.get(5);
+            let event_row = serde_json::json!([
+                row.get::<_, String>(1),
+                row.get::<_, String>(2),
+                row.get::<_, String>(3),
+                row.get::<_, Option<String>>(4),
+                membership,
+            ]);
+            stream.update(row_keys(&event_row), |p| p.advance(writer, position));
+            stats.caught_up_rows.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    stream.update(Vec::new(), |p| p.advance(writer, new));
+    Ok(())
+}
+
+/// The notifier keys an events row concerns: its room, and for member
+/// events the member (so invitees wake).
+fn row_keys(row: &serde_json::Value) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(room_id) = row.get(1).and_then(serde_json::Value::as_str) {
+        keys.push(room_id.to_owned());
+    }
+    if row.get(2).and_then(serde_json::Value::as_str) == Some("m.room.member") {
+        if let Some(user_id) = row.get(3).and_then(serde_json::Value::as_str) {
+            keys.push(user_id.to_owned());
+        }
+    }
+    keys
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReplicationError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
 }

@@ -8,7 +8,7 @@
 # Environment:
 #   LATTICE_PG_PORT (5433)          the test PostgreSQL of .ci/postgres.sh (started here if needed, fast mode)
 #   LATTICE_CLIENTS_NO_BUILD=1      skip `cargo build`
-#   LATTICE_CLIENTS_BIN=path        server binary to test (default target/debug/lattice)
+#   LATTICE_CLIENTS_BIN=path        server binary to test (default $CARGO_TARGET_DIR or target, /debug/lattice)
 #   LATTICE_CLIENTS_REDIS_URL=...   also give the server a redis (LATTICE__REDIS__URL)
 #   LATTICE_CLIENTS_KEEP=1          keep var/clients/run-<pid>/ (config, server log) even on success
 #   LATTICE_CLIENT_TEST_VERBOSE=1   print the js-sdk's warnings as they happen
@@ -25,7 +25,7 @@ if [[ $# -gt 0 ]]; then TESTS=("$@"); fi
 
 RUN_DIR="$ROOT/var/clients/run-$$"
 DB="lattice_clients_$$"
-BIN="${LATTICE_CLIENTS_BIN:-$ROOT/target/debug/lattice}"
+BIN="${LATTICE_CLIENTS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/lattice}"
 SERVER_PID=""
 DB_CREATED=0
 PASSED=0

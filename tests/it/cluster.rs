@@ -20,6 +20,7 @@ use figment::Figment;
 use lattice::config::Config;
 use lattice::keys::SigningKey;
 use lattice::node::Node;
+use lattice::roles::Role;
 use rand::Rng;
 use serde_json::{json, Value};
 
@@ -54,6 +55,8 @@ impl Default for Options {
 pub struct TestCluster {
     nodes: Vec<TestNode>,
     database: TestDatabase,
+    /// The node `/sync` requests go to.
+    sync_node: usize,
 }
 
 struct TestNode {
@@ -68,16 +71,58 @@ impl TestCluster {
         Self::start_with(Options::default()).await
     }
 
+    /// The topology comes from `LATTICE_TEST_TOPOLOGY`: `monolith` (the
+    /// default) or `split`: three nodes, `main` (client + sync), `events1`
+    /// (the events writer) and `sync2` (sync), sharing the database and a
+    /// Redis (`LATTICE_TEST_REDIS_URL`) under a key prefix of their own. On
+    /// the split, `/sync` goes to `sync2` and everything else to `main`, so
+    /// every write crosses a mailbox and every wake-up crosses replication.
     pub async fn start_with(options: Options) -> TestCluster {
         init_logging();
         let database = TestDatabase::create().await;
         let mut cluster = TestCluster {
             nodes: Vec::new(),
             database,
+            sync_node: 0,
         };
         let config = base_config(&cluster.database.url, &options);
-        cluster.nodes.push(TestNode::start(config, "main").await);
+        match std::env::var("LATTICE_TEST_TOPOLOGY").as_deref() {
+            Ok("split") => {
+                let redis_url = std::env::var("LATTICE_TEST_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6390".to_owned());
+                let config = config
+                    .merge(Serialized::default("redis.url", redis_url))
+                    .merge(Serialized::default("redis.prefix", cluster.database.name.clone()))
+                    .merge(Serialized::default("replication_secret", "test replication secret"))
+                    .merge(Serialized::default("stream_writers.events", vec!["events1"]))
+                    .merge(Serialized::default(
+                        "instance_map.events1",
+                        json!({ "host": "127.0.0.1", "port": 1 }),
+                    ));
+                cluster.nodes.push(TestNode::start(config.clone(), "events1", &[Role::Events]).await);
+                cluster.nodes.push(TestNode::start(config.clone(), "main", &[Role::Client, Role::Sync]).await);
+                cluster.nodes.push(TestNode::start(config, "sync2", &[Role::Sync]).await);
+                cluster.sync_node = 2;
+                // The `main` node is the one clients talk to by default.
+                cluster.nodes.swap(0, 1);
+            }
+            Ok("monolith") | Err(_) => {
+                cluster.nodes.push(TestNode::start(config, "main", &Role::ALL).await);
+            }
+            Ok(other) => panic!("LATTICE_TEST_TOPOLOGY must be monolith or split, not {other}"),
+        }
         cluster
+    }
+
+    /// A client talking to each node in turn (on the monolith, just one).
+    pub fn node_clients(&self) -> Vec<Client> {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let base = format!("http://{}", node.addr);
+                Client::new(base.clone(), base)
+            })
+            .collect()
     }
 
     /// A client for the Client-Server API of this cluster.
@@ -95,7 +140,10 @@ impl TestCluster {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(format!("http://{}", self.nodes[0].addr))
+        Client::new(
+            format!("http://{}", self.nodes[0].addr),
+            format!("http://{}", self.nodes[self.sync_node].addr),
+        )
     }
 }
 
@@ -133,7 +181,7 @@ fn base_config(database_url: &str, options: &Options) -> Figment {
 impl TestNode {
     /// Starts `Node` on a thread of its own, so a node's runtime is not the
     /// test's and several nodes behave as separate processes would.
-    async fn start(config: Figment, instance: &str) -> TestNode {
+    async fn start(config: Figment, instance: &str, roles: &[Role]) -> TestNode {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let config = Config::from_figment(config.merge(Serialized::default("listen", addr)))
@@ -141,6 +189,7 @@ impl TestNode {
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let instance = instance.to_owned();
+        let roles = roles.to_vec();
         let thread = std::thread::Builder::new()
             .name(format!("node-{instance}"))
             .spawn(move || {
@@ -151,7 +200,7 @@ impl TestNode {
                     .build()
                     .expect("node runtime");
                 runtime.block_on(async move {
-                    match Node::start(config, &instance, listener, 1).await {
+                    match Node::start_with_roles(config, &instance, &roles, listener, 1).await {
                         Ok(running) => {
                             let _ = started_tx.send(Ok(running.addr));
                             let _ = stop_rx.await;
@@ -433,15 +482,17 @@ impl User {
 pub struct Client {
     http: awc::Client,
     base: String,
+    /// Where `/sync` requests go (another node on a split topology).
+    sync_base: String,
 }
 
 impl Client {
-    fn new(base: String) -> Client {
+    fn new(base: String, sync_base: String) -> Client {
         let http = awc::Client::builder()
             // Long-polling tests wait up to tens of seconds for an answer.
             .timeout(Duration::from_secs(120))
             .finish();
-        Client { http, base }
+        Client { http, base, sync_base }
     }
 
     pub fn base_url(&self) -> &str {
@@ -520,7 +571,9 @@ impl Client {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> (StatusCode, HeaderMap, Vec<u8>) {
-        let url = format!("{}{}", self.base, path);
+        let is_sync = path.split('?').next().is_some_and(|p| p.ends_with("/sync"));
+        let base = if is_sync { &self.sync_base } else { &self.base };
+        let url = format!("{base}{path}");
         let mut request = self.http.request(method.clone(), &url);
         if let Some(token) = token {
             request = request.insert_header(("Authorization", format!("Bearer {token}")));

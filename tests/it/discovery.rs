@@ -63,3 +63,22 @@ async fn the_legacy_r0_prefix_serves_the_same_endpoints() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user_id"], alice.user_id);
 }
+
+#[actix_web::test]
+async fn every_user_has_the_default_push_rules() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+    let (status, body) = alice.get("/_matrix/client/v3/pushrules/").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let master = body["global"]["override"]
+        .as_array()
+        .and_then(|rules| rules.iter().find(|r| r["rule_id"] == ".m.rule.master"))
+        .cloned();
+    assert_eq!(master.map(|r| r["enabled"].clone()), Some(serde_json::json!(false)));
+    let (status, rule) = alice.get("/_matrix/client/v3/pushrules/global/underride/.m.rule.message").await;
+    assert_eq!(status, StatusCode::OK, "{rule}");
+    assert_eq!(rule["rule_id"], ".m.rule.message");
+    let (status, body) = alice.get("/_matrix/client/v3/pushrules/global/underride/.no.such.rule").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+}

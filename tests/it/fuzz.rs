@@ -114,6 +114,8 @@ impl World {
             "txn_id" => format!("fuzz{}", rand::random::<u32>()),
             "field" => "displayname".into(),
             "filter_id" => self.filter_id.clone(),
+            "kind" => "underride".into(),
+            "rule_id" => ".m.rule.message".into(),
             other => panic!("the fuzzer does not know the parameter `{other}`: add it"),
         }
     }

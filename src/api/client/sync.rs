@@ -82,6 +82,7 @@ pub async fn sync(
     }
 
     let deadline = tokio::time::Instant::now() + timeout;
+    node.catch_up_with_writers().await?;
     loop {
         // A membership change after this read wakes the user's own key, so
         // the rooms listened to below are never stale for long.

@@ -21,7 +21,8 @@ use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
 use crate::rooms::version::parse_supported;
 use crate::storage::{self, StorageError, StorageResult};
 use crate::streams::id_gen::StreamPositions;
-use crate::streams::notifier::Notifier;
+use crate::streams::replication::{Command, Publisher};
+use crate::streams::shared::SharedStream;
 use crate::util::{now_ms, random_string};
 
 /// The events stream's name in `stream_positions`.
@@ -76,11 +77,14 @@ pub struct EventPersister {
     instance_name: String,
     server_name: OwnedServerName,
     key_pair: Ed25519KeyPair,
-    notifier: Notifier,
     rooms: HashMap<String, RoomHead>,
-    /// This process's view of the events stream (DESIGN §3), loaded when an
-    /// incarnation starts.
-    positions: Option<StreamPositions>,
+    /// This process's view of the events stream (DESIGN §3), shared with the
+    /// replication reader; reloaded when an incarnation starts.
+    stream: SharedStream,
+    /// Every writer of the events stream, in config order.
+    writers: Vec<String>,
+    /// Announces committed rows to the other instances (split deployments).
+    publisher: Option<Publisher>,
     events_persisted: u64,
     writes_failed: u64,
 }
@@ -91,16 +95,19 @@ impl EventPersister {
         instance_name: String,
         server_name: OwnedServerName,
         key_pair: Ed25519KeyPair,
-        notifier: Notifier,
+        stream: SharedStream,
+        writers: Vec<String>,
+        publisher: Option<Publisher>,
     ) -> EventPersister {
         EventPersister {
             pool,
             instance_name,
             server_name,
             key_pair,
-            notifier,
             rooms: HashMap::new(),
-            positions: None,
+            stream,
+            writers,
+            publisher,
             events_persisted: 0,
             writes_failed: 0,
         }
@@ -365,7 +372,7 @@ impl EventPersister {
         let client = self.pool.get().await.map_err(storage_error)?;
         let rows = client
             .query(
-                "SELECT t.user_id, t.device_id, t.txn_id, e.event_id, e.room_id, e.stream_ordering
+                "SELECT t.user_id, t.device_id, t.txn_id, e.event_id, e.room_id, e.stream_ordering, e.instance_name
                  FROM unnest($1::text[], $2::text[], $3::text[]) AS q (user_id, device_id, txn_id)
                  JOIN event_txn_ids t USING (user_id, device_id, txn_id)
                  JOIN events e ON e.event_id = t.event_id",
@@ -381,6 +388,7 @@ impl EventPersister {
                     event_id: row.get(3),
                     room_id: row.get(4),
                     stream_ordering: row.get(5),
+                    instance: row.get(6),
                 };
                 (key, persisted)
             })
@@ -561,9 +569,9 @@ impl EventPersister {
         events: Vec<NewEvent>,
     ) -> StorageResult<Vec<Persisted>> {
         let mut client = self.pool.get().await?;
-        let stream = self.positions.as_mut().ok_or_else(not_loaded)?;
-        let fetch = stream
-            .begin_fetch()
+        let fetch = self
+            .stream
+            .update(Vec::new(), |p| p.begin_fetch())
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let count = events.len() as i64;
         let allocated = client
@@ -575,16 +583,16 @@ impl EventPersister {
         let positions: Vec<i64> = match allocated {
             Ok(rows) => rows.iter().map(|row| row.get(0)).collect(),
             Err(error) => {
-                stream.end_fetch(fetch, &[]);
+                self.stream.update(Vec::new(), |p| p.end_fetch(fetch, &[]));
                 return Err(error.into());
             }
         };
-        stream.end_fetch(fetch, &positions);
+        self.stream.update(Vec::new(), |p| p.end_fetch(fetch, &positions));
         let result = self.commit(&mut client, room, &events, &positions).await;
-        // Rolled-back positions count as finished: they are gaps, never rows.
-        let stream = self.positions.as_mut().ok_or_else(not_loaded)?;
-        stream.mark_finished(&positions);
-        let persisted_upto = stream.persisted_upto();
+        if result.is_err() {
+            // Rolled-back positions count as finished: they are gaps, never rows.
+            self.stream.update(Vec::new(), |p| p.mark_finished(&positions));
+        }
         let (persisted, state_groups) = result?;
         for (room_id, group) in state_groups {
             if let Some(head) = self.rooms.get_mut(&room_id) {
@@ -602,7 +610,17 @@ impl EventPersister {
             }
         }
         keys.dedup();
-        self.notifier.on_new_events(persisted_upto, keys);
+        self.stream.update(keys, |p| p.mark_finished(&positions));
+        if let Some(publisher) = &self.publisher {
+            for (event, position) in events.iter().zip(&positions) {
+                publisher.publish(Command::Rdata {
+                    stream: EVENTS_STREAM.to_owned(),
+                    instance: self.instance_name.clone(),
+                    token: Some(*position),
+                    row: event_row(&event.pdu),
+                });
+            }
+        }
         Ok(persisted)
     }
 
@@ -735,6 +753,7 @@ impl EventPersister {
             persisted.push(Persisted {
                 event_id: pdu.event_id.to_string(),
                 room_id: room_id.to_owned(),
+                instance: self.instance_name.clone(),
                 stream_ordering: *position,
             });
         }
@@ -752,8 +771,13 @@ impl EventPersister {
     }
 }
 
-fn not_loaded() -> StorageError {
-    StorageError::Corrupt("events stream positions not loaded".into())
+/// An events stream row as replication carries it: what readers need to
+/// wake the right long-polls without reading the event.
+pub fn event_row(pdu: &Pdu) -> Value {
+    let membership = (pdu.kind == "m.room.member")
+        .then(|| pdu.content.get("membership").cloned())
+        .flatten();
+    json!([pdu.event_id.as_str(), pdu.room_id.as_str(), pdu.kind, pdu.state_key, membership])
 }
 
 struct RoomRow {
@@ -867,18 +891,15 @@ impl Actor for EventPersister {
             // A restarted incarnation may have lost track of rows written by
             // the one before it: reload heads lazily, and the position now.
             self.rooms.clear();
-            let writers = vec![self.instance_name.clone()];
             let positions = storage::streams::load_positions(
                 &self.pool,
                 &storage::streams::EVENTS,
                 &self.instance_name,
-                &writers,
+                &self.writers,
             )
             .await
             .map_err(|e| e.to_string())?;
-            self.notifier
-                .on_new_events(positions.persisted_upto(), Vec::<String>::new());
-            self.positions = Some(positions);
+            self.stream.replace(positions);
             Ok(())
         }
     }
@@ -887,8 +908,8 @@ impl Actor for EventPersister {
         json!({
             "instance": self.instance_name,
             "stream": EVENTS_STREAM,
-            "stream_position": self.positions.as_ref().map(StreamPositions::persisted_upto),
-            "writer_position": self.positions.as_ref().map(|p| p.current_token_for_writer(&self.instance_name)),
+            "stream_position": self.stream.read(StreamPositions::persisted_upto),
+            "writer_position": self.stream.read(|p| p.current_token_for_writer(&self.instance_name)),
             "events_persisted": self.events_persisted,
             "writes_failed": self.writes_failed,
             "rooms_cached": self.rooms.len(),

@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# `make bench` and `make bench-synapse`: start a fresh Lattice monolith (and, with
+# --synapse, a fresh Synapse) on the embedded PostgreSQL, run the same workloads
+# against each with `lattice bench`, and write under ./var/bench:
+#
+#   results-<stamp>.jsonl   one JSON line per run (also appended to results.jsonl)
+#   summary-<stamp>.md      machine, load, the table of runs, ratios (copied to summary.md)
+#   lattice.log, synapse/   the servers' logs and configuration
+#
+#   .ci/bench-run.sh [--synapse]
+#
+# Environment:
+#   BENCH_WORKLOADS       runs to do, in order (default: chat chat-paced big-room idle join-storm)
+#   BENCH_ARGS            extra arguments for every `lattice bench` (e.g. "--users 100")
+#   BENCH_LATTICE_PORT    8018      BENCH_SYNAPSE_PORT  8028   (the next free port is used when taken)
+#   LATTICE_PG_PORT       5433 (see .ci/postgres.sh)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+WITH_SYNAPSE=0
+[[ "${1:-}" == "--synapse" ]] && WITH_SYNAPSE=1
+
+OUT=var/bench
+WORKLOADS=(${BENCH_WORKLOADS:-chat chat-paced big-room idle join-storm})
+EXTRA=(${BENCH_ARGS:-})
+LATTICE_PORT="${BENCH_LATTICE_PORT:-8018}"
+SYNAPSE_PORT="${BENCH_SYNAPSE_PORT:-8028}"
+PG_PORT="${LATTICE_PG_PORT:-5433}"
+STAMP="$(date -u +%Y%m%dt%H%M%Sz)"
+RESULTS="$OUT/results-$STAMP.jsonl"
+SUMMARY="$OUT/summary-$STAMP.md"
+BIN="${CARGO_TARGET_DIR:-target}/release/lattice"
+SYNAPSE_VENV=var/synapse-venv
+
+log() { echo "bench-run.sh: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+SERVER_PID=""
+DATABASES=()
+cleanup() {
+    stop_server
+    for db in "${DATABASES[@]}"; do
+        .ci/postgres.sh psql -d postgres -c "drop database if exists $db with (force)" >/dev/null 2>&1 || true
+    done
+}
+trap cleanup EXIT
+
+stop_server() {
+    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=""
+}
+
+# fresh_database NAME: creates it (dropped again on exit) and sets DATABASE_URL.
+fresh_database() {
+    local name="$1"
+    DATABASES+=("$name")
+    # Synapse insists on C collation; Lattice does not care.
+    .ci/postgres.sh psql -d postgres -c \
+        "create database $name template template0 encoding 'UTF8' lc_collate 'C' lc_ctype 'C'" >/dev/null
+    DATABASE_URL="postgresql://lattice@127.0.0.1:$PG_PORT/$name"
+}
+
+# free_port BASE: BASE or the first port after it that nothing listens on.
+free_port() {
+    local port="$1"
+    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+        port=$((port + 1))
+    done
+    echo "$port"
+}
+
+wait_for_http() {
+    local url="$1" logfile="$2"
+    for _ in $(seq 1 240); do
+        kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 30 "$logfile" >&2; die "the server exited while starting"; }
+        if curl -fsS -o /dev/null "$url/_matrix/client/versions" 2>/dev/null; then
+            # Ours, not something that took the port meanwhile.
+            sleep 0.5
+            kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 30 "$logfile" >&2; die "the server exited while starting"; }
+            return 0
+        fi
+        sleep 0.5
+    done
+    tail -n 30 "$logfile" >&2
+    die "the server did not answer on $url"
+}
+
+postmaster_pid() { head -n 1 var/pg/data/postmaster.pid; }
+
+FAILED=()
+# run_workloads LABEL URL DATABASE_URL
+run_workloads() {
+    local label="$1" url="$2" database_url="$3"
+    local pids="$label=$SERVER_PID,postgres=$(postmaster_pid)"
+    local name args
+    for name in "${WORKLOADS[@]}"; do
+        case "$name" in
+            chat) args=(chat)
+                # The database's own speed, measured once, beside Lattice's busiest run.
+                [[ "$label" == lattice ]] && args+=(--postgres-baseline --database-url "$database_url") ;;
+            chat-paced) args=(chat --rate 1000 --messages 10) ;;
+            big-room) args=(big-room) ;;
+            idle) args=(idle) ;;
+            join-storm) args=(join-storm) ;;
+            *) die "unknown workload $name (chat chat-paced big-room idle join-storm)" ;;
+        esac
+        log "$label: $name"
+        if ! "$BIN" bench "${args[@]}" --name "$name" --label "$label" --base-url "$url" \
+                --pids "$pids" --json-out "$RESULTS" "${EXTRA[@]}"; then
+            FAILED+=("$label $name")
+        fi
+    done
+}
+
+bench_lattice() {
+    LATTICE_PORT="$(free_port "$LATTICE_PORT")"
+    local url="http://127.0.0.1:$LATTICE_PORT"
+    fresh_database "lattice_bench_$STAMP"
+    local database_url="$DATABASE_URL"
+    "$BIN" generate-config --server-name localhost > "$OUT/lattice.yaml"
+    log "starting lattice on $url (log: $OUT/lattice.log)"
+    env LATTICE__DATABASE__URL="$database_url" \
+        LATTICE__ENABLE_REGISTRATION=true \
+        LATTICE__RATE_LIMITS__ENABLED=false \
+        LATTICE__LISTEN="127.0.0.1:$LATTICE_PORT" \
+        LATTICE__LOG=warn \
+        "$BIN" serve --config "$OUT/lattice.yaml" > "$OUT/lattice.log" 2>&1 &
+    SERVER_PID=$!
+    wait_for_http "$url" "$OUT/lattice.log"
+    run_workloads lattice "$url" "$database_url"
+    stop_server
+}
+
+install_synapse() {
+    local stamp="$SYNAPSE_VENV/.lattice-installed"
+    [[ -f "$stamp" ]] && return 0
+    log "installing Synapse from PyPI into $SYNAPSE_VENV"
+    if [[ ! -x "$SYNAPSE_VENV/bin/python" ]]; then
+        python3 -m venv "$SYNAPSE_VENV" || die "python3 -m venv failed (apt-get install python3-venv)"
+    fi
+    "$SYNAPSE_VENV/bin/pip" install --disable-pip-version-check -q matrix-synapse psycopg2-binary
+    touch "$stamp"
+}
+
+bench_synapse() {
+    install_synapse
+    SYNAPSE_PORT="$(free_port "$SYNAPSE_PORT")"
+    local dir="$OUT/synapse" url="http://127.0.0.1:$SYNAPSE_PORT" db="synapse_bench_$STAMP"
+    rm -rf "$dir"
+    mkdir -p "$dir/media"
+    fresh_database "$db"
+    local secret
+    secret="$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
+    # Rate limits far beyond what the bench sends, registration open without
+    # verification (the m.login.dummy flow), no presence and no key servers
+    # (Lattice has neither yet), cheap bcrypt (only set-up registers users).
+    cat > "$dir/homeserver.yaml" <<EOF
+server_name: "localhost"
+pid_file: "$ROOT/$dir/homeserver.pid"
+listeners:
+  - port: $SYNAPSE_PORT
+    bind_addresses: ["127.0.0.1"]
+    type: http
+    tls: false
+    x_forwarded: false
+    resources:
+      - names: [client]
+        compress: false
+database:
+  name: psycopg2
+  args:
+    user: lattice
+    database: $db
+    host: 127.0.0.1
+    port: $PG_PORT
+    cp_min: 5
+    cp_max: 10
+log_config: "$ROOT/$dir/log.yaml"
+media_store_path: "$ROOT/$dir/media"
+signing_key_path: "$ROOT/$dir/signing.key"
+report_stats: false
+macaroon_secret_key: "$secret"
+form_secret: "$secret"
+registration_shared_secret: "$secret"
+enable_registration: true
+enable_registration_without_verification: true
+bcrypt_rounds: 4
+trusted_key_servers: []
+suppress_key_server_warning: true
+presence:
+  enabled: false
+rc_message: {per_second: 1000000, burst_count: 1000000}
+rc_registration: {per_second: 1000000, burst_count: 1000000}
+rc_registration_token_validity: {per_second: 1000000, burst_count: 1000000}
+rc_login:
+  address: {per_second: 1000000, burst_count: 1000000}
+  account: {per_second: 1000000, burst_count: 1000000}
+  failed_attempts: {per_second: 1000000, burst_count: 1000000}
+rc_joins:
+  local: {per_second: 1000000, burst_count: 1000000}
+  remote: {per_second: 1000000, burst_count: 1000000}
+rc_joins_per_room: {per_second: 1000000, burst_count: 1000000}
+rc_invites:
+  per_room: {per_second: 1000000, burst_count: 1000000}
+  per_user: {per_second: 1000000, burst_count: 1000000}
+  per_issuer: {per_second: 1000000, burst_count: 1000000}
+rc_admin_redaction: {per_second: 1000000, burst_count: 1000000}
+rc_3pid_validation: {per_second: 1000000, burst_count: 1000000}
+rc_room_creation: {per_second: 1000000, burst_count: 1000000}
+EOF
+    cat > "$dir/log.yaml" <<EOF
+version: 1
+formatters:
+  precise:
+    format: '%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(message)s'
+handlers:
+  file:
+    class: logging.FileHandler
+    formatter: precise
+    filename: $ROOT/$dir/homeserver.log
+root:
+  level: WARNING
+  handlers: [file]
+disable_existing_loggers: false
+EOF
+    "$SYNAPSE_VENV/bin/python" -m synapse.app.homeserver -c "$dir/homeserver.yaml" --generate-keys >/dev/null
+    log "starting synapse on $url (log: $dir/homeserver.log)"
+    "$SYNAPSE_VENV/bin/python" -m synapse.app.homeserver -c "$dir/homeserver.yaml" > "$dir/stdout.log" 2>&1 &
+    SERVER_PID=$!
+    wait_for_http "$url" "$dir/stdout.log"
+    run_workloads synapse "$url" "$DATABASE_URL"
+    stop_server
+}
+
+machine_header() {
+    local cpu mem
+    cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    mem="$(awk '/MemTotal/ {printf "%.1f GB", $2 / 1048576}' /proc/meminfo)"
+    echo "# lattice bench, $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- machine: $(nproc) cores ($cpu), $mem RAM, $(uname -sr)"
+    echo "- load average before the runs: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- lattice $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (with local changes)'), release build; PostgreSQL $(.ci/postgres.sh psql -d postgres -tAc 'show server_version' 2>/dev/null | cut -d' ' -f1) ($(grep -q '^fsync = off' var/pg/data/lattice-mode.conf 2>/dev/null && echo 'fast mode: fsync off' || echo 'durable'))"
+    if [[ "$WITH_SYNAPSE" == 1 ]]; then
+        echo "- synapse $("$SYNAPSE_VENV/bin/python" -c 'import synapse; print(synapse.__version__)' 2>/dev/null), one process, psycopg2"
+    fi
+    echo "- server, database and load generator share the machine; CPU and RSS are the server's process and the PostgreSQL cluster's process tree"
+    echo
+}
+
+mkdir -p "$OUT"
+.ci/postgres.sh start
+cargo build --release
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+bench_lattice
+if [[ "$WITH_SYNAPSE" == 1 ]]; then
+    bench_synapse
+fi
+
+[[ -s "$RESULTS" ]] || die "no run produced a result"
+cat "$RESULTS" >> "$OUT/results.jsonl"
+{
+    machine_header
+    "$BIN" bench summary --json-in "$RESULTS"
+} > "$SUMMARY"
+cp "$SUMMARY" "$OUT/summary.md"
+echo
+cat "$SUMMARY"
+echo
+log "results: $RESULTS, summary: $SUMMARY"
+if [[ ${#FAILED[@]} -gt 0 ]]; then
+    log "runs that saw problems: ${FAILED[*]}"
+    exit 1
+fi

@@ -1,0 +1,527 @@
+//! What a run reports: one [`Report`] per workload run, printed as a readable
+//! table and as one JSON line; and the markdown summary of several runs read
+//! back from their JSON lines, with ratios between two servers.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bench::baseline::Baseline;
+use crate::bench::latency::LatencySummary;
+use crate::bench::processes::ProcessUsage;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The run's name (`chat`, `chat-paced`, ...); runs of the same name on
+    /// different servers are compared.
+    pub name: String,
+    pub workload: String,
+    /// Which server this measured (`lattice`, `synapse`, ...).
+    pub server: String,
+    pub base_url: String,
+    pub run_id: String,
+    pub started_unix: u64,
+    pub users: usize,
+    pub rooms: usize,
+    pub per_room: usize,
+    pub senders: usize,
+    pub messages: usize,
+    /// `closed` (fixed concurrency) or `open` (fixed arrival rate).
+    pub load: String,
+    pub concurrency: Option<usize>,
+    pub rate: Option<f64>,
+    pub setup_seconds: f64,
+    /// From the first operation's start to the last one's answer.
+    pub measured_seconds: f64,
+    pub operations: u64,
+    pub accepted: u64,
+    pub failed: u64,
+    pub accepted_per_second: f64,
+    pub send_latency_ms: LatencySummary,
+    pub delivery_latency_ms: LatencySummary,
+    pub deliveries_expected: u64,
+    pub delivered: u64,
+    pub undelivered: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub unexpected: u64,
+    /// Sync responses whose timeline said `limited` (events skipped).
+    pub limited_timelines: u64,
+    /// Sync responses received during the measured phase.
+    pub syncs: u64,
+    /// CPU the load generator itself used in the measured phase (to show it
+    /// was not the bottleneck).
+    #[serde(default)]
+    pub client_cpu_seconds: f64,
+    /// `"<request> <errcode>"` → count, retried ones included.
+    pub errors: BTreeMap<String, u64>,
+    pub processes: Vec<ProcessUsage>,
+    /// For `idle`: the servers' memory before and with every long poll open.
+    pub idle_memory: Vec<IdleMemory>,
+    pub baseline: Option<Baseline>,
+    /// Everything that must be zero and was not; empty means the run is clean.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdleMemory {
+    pub label: String,
+    pub open_syncs: usize,
+    pub rss_before_mb: f64,
+    pub rss_open_mb: f64,
+    pub kb_per_sync: f64,
+}
+
+impl Report {
+    /// Fills [`Report::problems`] from the counts.
+    pub fn judge(&mut self) {
+        let mut problems = Vec::new();
+        let mut check = |count: u64, what: &str| {
+            if count > 0 {
+                problems.push(format!("{count} {what}"));
+            }
+        };
+        check(self.undelivered, "undelivered");
+        check(self.duplicated, "duplicated");
+        check(self.out_of_order, "out of order");
+        check(self.unexpected, "unexpected deliveries");
+        check(self.failed, "operations failed");
+        check(
+            self.operations.saturating_sub(self.accepted + self.failed),
+            "operations never answered",
+        );
+        self.problems = problems;
+    }
+
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The table printed at the end of a run.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let load = match (self.concurrency, self.rate) {
+            (_, Some(rate)) => format!("open loop at {rate} /s"),
+            (Some(c), None) => format!("closed loop, {c} in flight"),
+            _ => self.load.clone(),
+        };
+        let _ = writeln!(
+            out,
+            "lattice bench: {} ({}) on {} at {}",
+            self.name, self.workload, self.server, self.base_url
+        );
+        let _ = writeln!(
+            out,
+            "  {} users, {} rooms of {}, {} senders x {} messages, {load}",
+            self.users, self.rooms, self.per_room, self.senders, self.messages
+        );
+        let row = |out: &mut String, key: &str, value: String| {
+            let _ = writeln!(out, "  {key:<20} {value}");
+        };
+        row(&mut out, "set-up", format!("{:.1} s", self.setup_seconds));
+        row(
+            &mut out,
+            "accepted",
+            format!(
+                "{} of {} in {:.2} s = {:.1} /s",
+                self.accepted, self.operations, self.measured_seconds, self.accepted_per_second
+            ),
+        );
+        row(&mut out, "send latency", latency_row(&self.send_latency_ms));
+        row(
+            &mut out,
+            "delivery latency",
+            latency_row(&self.delivery_latency_ms),
+        );
+        row(
+            &mut out,
+            "deliveries",
+            format!(
+                "{} expected, {} delivered, {} undelivered, {} duplicated, {} out of order, {} unexpected",
+                self.deliveries_expected,
+                self.delivered,
+                self.undelivered,
+                self.duplicated,
+                self.out_of_order,
+                self.unexpected
+            ),
+        );
+        row(
+            &mut out,
+            "syncs",
+            format!(
+                "{} responses, {} limited timelines",
+                self.syncs, self.limited_timelines
+            ),
+        );
+        row(
+            &mut out,
+            "load generator",
+            format!("cpu {:.2} s", self.client_cpu_seconds),
+        );
+        let errors = if self.errors.is_empty() {
+            "none".to_owned()
+        } else {
+            self.errors
+                .iter()
+                .map(|(code, n)| format!("{code}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        row(&mut out, "errors", errors);
+        for process in &self.processes {
+            let share = if self.measured_seconds > 0.0 {
+                format!(
+                    " ({:.0} % of a core)",
+                    100.0 * process.cpu_seconds / self.measured_seconds
+                )
+            } else {
+                String::new()
+            };
+            row(
+                &mut out,
+                &format!("{} ({})", process.label, process.pid),
+                format!(
+                    "cpu {:.2} s{share}, peak rss {:.1} MB over {} processes",
+                    process.cpu_seconds, process.peak_rss_mb, process.processes
+                ),
+            );
+        }
+        for idle in &self.idle_memory {
+            row(
+                &mut out,
+                &format!("{} memory", idle.label),
+                format!(
+                    "{:.1} MB before, {:.1} MB with {} long polls open = {:.1} KB per poll",
+                    idle.rss_before_mb, idle.rss_open_mb, idle.open_syncs, idle.kb_per_sync
+                ),
+            );
+        }
+        if let Some(baseline) = &self.baseline {
+            row(
+                &mut out,
+                "postgres baseline",
+                format!(
+                    "{:.0} rows/s one per transaction ({} connections): {} reaches {:.1} %",
+                    baseline.single_row_rows_per_second,
+                    baseline.single_row_connections,
+                    self.server,
+                    fraction(
+                        self.accepted_per_second,
+                        baseline.single_row_rows_per_second
+                    )
+                ),
+            );
+            row(
+                &mut out,
+                "",
+                format!(
+                    "{:.0} rows/s in batches of {} ({} connections): {} reaches {:.1} %",
+                    baseline.batch_rows_per_second,
+                    baseline.batch_size,
+                    baseline.batch_connections,
+                    self.server,
+                    fraction(self.accepted_per_second, baseline.batch_rows_per_second)
+                ),
+            );
+        }
+        if self.ok() {
+            let _ = writeln!(out, "  RESULT: ok");
+        } else {
+            let _ = writeln!(out, "  RESULT: FAILED: {}", self.problems.join(", "));
+        }
+        out
+    }
+}
+
+fn latency_row(summary: &LatencySummary) -> String {
+    if summary.count == 0 {
+        return "no samples".to_owned();
+    }
+    format!(
+        "p50 {:.1} ms  p95 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({} samples)",
+        summary.p50, summary.p95, summary.p99, summary.max, summary.count
+    )
+}
+
+fn fraction(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 {
+        100.0 * part / whole
+    } else {
+        0.0
+    }
+}
+
+/// The markdown summary of `reports` (later reports of the same name and
+/// server replace earlier ones): one row per run, then the ratios of the first
+/// server named `lattice` (or else the first seen) to every other server.
+pub fn summary_markdown(reports: &[Report]) -> String {
+    let mut latest: Vec<&Report> = Vec::new();
+    for report in reports {
+        match latest
+            .iter_mut()
+            .find(|r| r.name == report.name && r.server == report.server)
+        {
+            Some(slot) => *slot = report,
+            None => latest.push(report),
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| run | server | shape | accepted/s | send p50 / p99 ms | delivery p50 / p99 ms | undelivered / dup / out of order | server CPU s | peak RSS MB |"
+    );
+    let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|");
+    for r in &latest {
+        let load = match (r.concurrency, r.rate) {
+            (_, Some(rate)) => format!("at {rate}/s"),
+            (Some(c), None) => format!("{c} in flight"),
+            _ => String::new(),
+        };
+        let shape = if r.workload == "join-storm" {
+            format!("{} joins, {} watchers, {load}", r.operations, r.per_room)
+        } else {
+            format!(
+                "{} users, {} rooms of {}, {} msgs, {load}",
+                r.users, r.rooms, r.per_room, r.operations
+            )
+        };
+        let server = r.processes.first();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {shape} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {} / {} / {} | {} | {} |{}",
+            r.name,
+            r.server,
+            r.accepted_per_second,
+            r.send_latency_ms.p50,
+            r.send_latency_ms.p99,
+            r.delivery_latency_ms.p50,
+            r.delivery_latency_ms.p99,
+            r.undelivered,
+            r.duplicated,
+            r.out_of_order,
+            server.map_or("-".into(), |p| format!("{:.1}", p.cpu_seconds)),
+            server.map_or("-".into(), |p| format!("{:.0}", p.peak_rss_mb)),
+            if r.ok() { "" } else { " **FAILED**" },
+        );
+    }
+    let idle: Vec<&Report> = latest
+        .iter()
+        .copied()
+        .filter(|r| !r.idle_memory.is_empty())
+        .collect();
+    if !idle.is_empty() {
+        let _ = writeln!(out);
+        for r in idle {
+            for m in &r.idle_memory {
+                let _ = writeln!(
+                    out,
+                    "- {} `{}`: {} {:.1} MB with {} long polls open ({:.1} MB before them, {:.1} KB per poll)",
+                    r.server,
+                    r.name,
+                    m.label,
+                    m.rss_open_mb,
+                    m.open_syncs,
+                    m.rss_before_mb,
+                    m.kb_per_sync
+                );
+            }
+        }
+    }
+    let baselines: Vec<&Report> = latest
+        .iter()
+        .copied()
+        .filter(|r| r.baseline.is_some())
+        .collect();
+    if !baselines.is_empty() {
+        let _ = writeln!(out);
+        for r in baselines {
+            if let Some(b) = &r.baseline {
+                let _ = writeln!(
+                    out,
+                    "- PostgreSQL baseline beside `{}` on {}: {:.0} event rows/s one per transaction ({} connections), {:.0} rows/s in batches of {}; {} reached {:.1} % and {:.1} % of them",
+                    r.name,
+                    r.server,
+                    b.single_row_rows_per_second,
+                    b.single_row_connections,
+                    b.batch_rows_per_second,
+                    b.batch_size,
+                    r.server,
+                    fraction(r.accepted_per_second, b.single_row_rows_per_second),
+                    fraction(r.accepted_per_second, b.batch_rows_per_second),
+                );
+            }
+        }
+    }
+    let mut servers: Vec<&str> = Vec::new();
+    for r in &latest {
+        if !servers.contains(&r.server.as_str()) {
+            servers.push(&r.server);
+        }
+    }
+    let reference = servers
+        .iter()
+        .copied()
+        .find(|s| *s == "lattice")
+        .or(servers.first().copied());
+    if let Some(reference) = reference {
+        let others: Vec<&str> = servers
+            .iter()
+            .copied()
+            .filter(|s| *s != reference)
+            .collect();
+        for other in others {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "| run | {reference} / {other}: throughput | send p99 | delivery p99 |"
+            );
+            let _ = writeln!(out, "|---|---:|---:|---:|");
+            for ours in latest.iter().filter(|r| r.server == reference) {
+                let Some(theirs) = latest
+                    .iter()
+                    .find(|r| r.server == other && r.name == ours.name)
+                else {
+                    continue;
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} |",
+                    ours.name,
+                    ratio(ours.accepted_per_second, theirs.accepted_per_second),
+                    ratio(ours.send_latency_ms.p99, theirs.send_latency_ms.p99),
+                    ratio(ours.delivery_latency_ms.p99, theirs.delivery_latency_ms.p99),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn ratio(ours: f64, theirs: f64) -> String {
+    if theirs > 0.0 {
+        format!("{:.2}×", ours / theirs)
+    } else {
+        "-".to_owned()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn report(name: &str, server: &str, rate: f64, p99: f64) -> Report {
+        Report {
+            name: name.into(),
+            workload: "chat".into(),
+            server: server.into(),
+            base_url: "http://127.0.0.1:1".into(),
+            run_id: "abc".into(),
+            started_unix: 0,
+            users: 10,
+            rooms: 2,
+            per_room: 5,
+            senders: 10,
+            messages: 2,
+            load: "closed".into(),
+            concurrency: Some(4),
+            rate: None,
+            setup_seconds: 1.0,
+            measured_seconds: 2.0,
+            operations: 20,
+            accepted: 20,
+            failed: 0,
+            accepted_per_second: rate,
+            send_latency_ms: LatencySummary {
+                count: 20,
+                p50: 1.0,
+                p95: 2.0,
+                p99,
+                max: 9.0,
+            },
+            delivery_latency_ms: LatencySummary {
+                count: 100,
+                p50: 2.0,
+                p95: 3.0,
+                p99: p99 * 2.0,
+                max: 12.0,
+            },
+            deliveries_expected: 100,
+            delivered: 100,
+            undelivered: 0,
+            duplicated: 0,
+            out_of_order: 0,
+            unexpected: 0,
+            limited_timelines: 0,
+            syncs: 50,
+            client_cpu_seconds: 0.5,
+            errors: BTreeMap::new(),
+            processes: Vec::new(),
+            idle_memory: Vec::new(),
+            baseline: None,
+            problems: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_clean_run_has_no_problems_and_a_dirty_one_lists_each() {
+        let mut clean = report("chat", "lattice", 100.0, 5.0);
+        clean.judge();
+        assert!(clean.ok());
+        assert!(clean.table().contains("RESULT: ok"));
+
+        let mut dirty = clean.clone();
+        dirty.undelivered = 3;
+        dirty.out_of_order = 1;
+        dirty.accepted = 18;
+        dirty.failed = 1;
+        dirty.judge();
+        assert_eq!(
+            dirty.problems,
+            vec![
+                "3 undelivered",
+                "1 out of order",
+                "1 operations failed",
+                "1 operations never answered"
+            ]
+        );
+        assert!(dirty.table().contains("RESULT: FAILED: 3 undelivered"));
+    }
+
+    #[test]
+    fn reports_round_trip_through_their_json_line() {
+        let original = report("chat", "lattice", 100.0, 5.0);
+        let line = serde_json::to_string(&original).unwrap();
+        assert!(!line.contains('\n'));
+        let back: Report = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, original);
+    }
+
+    #[test]
+    fn the_summary_compares_lattice_with_the_other_server() {
+        let reports = vec![
+            report("chat", "synapse", 40.0, 80.0),
+            report("chat", "lattice", 1000.0, 60.0), // replaced below
+            report("chat", "lattice", 2000.0, 20.0),
+            report("big-room", "lattice", 300.0, 10.0),
+        ];
+        let markdown = summary_markdown(&reports);
+        assert_eq!(
+            markdown.matches("| chat | lattice |").count(),
+            1,
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains("| chat | 50.00× | 0.25× | 0.25× |"),
+            "{markdown}"
+        );
+        assert!(markdown.contains("lattice / synapse"), "{markdown}");
+        assert_eq!(
+            markdown.matches("| big-room |").count(),
+            1,
+            "no synapse big-room to compare: {markdown}"
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! One process's view of the events stream, shared by the local writer (if
+//! this instance persists events) and the replication reader (which hears of
+//! every other writer). Every change re-derives the notifier's position from
+//! it, so long-polls wake at the persisted-up-to position of all writers.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::id_gen::StreamPositions;
+use super::notifier::Notifier;
+
+#[derive(Clone)]
+pub struct SharedStream {
+    positions: Arc<Mutex<StreamPositions>>,
+    notifier: Notifier,
+    /// Bumped on every change, for callers waiting on one writer's position.
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl SharedStream {
+    pub fn new(positions: StreamPositions, notifier: Notifier) -> SharedStream {
+        notifier.on_new_events(positions.persisted_upto(), Vec::<String>::new());
+        SharedStream {
+            positions: Arc::new(Mutex::new(positions)),
+            notifier,
+            changes: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StreamPositions> {
+        // A panic while holding the lock cannot leave the positions half
+        // updated in a way later calls could not cope with: keep going.
+        self.positions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on the positions, then wakes the long-polls listening on
+    /// `keys` at the (possibly new) persisted-up-to position.
+    pub fn update<R>(&self, keys: Vec<String>, f: impl FnOnce(&mut StreamPositions) -> R) -> R {
+        let (result, upto) = {
+            let mut positions = self.lock();
+            let result = f(&mut positions);
+            (result, positions.persisted_upto())
+        };
+        self.notifier.on_new_events(upto, keys);
+        self.changes.send_modify(|version| *version = version.wrapping_add(1));
+        result
+    }
+
+    /// Waits (at most `timeout`) until this process has seen `writer` reach
+    /// `position`: read-your-writes for a caller whose write another
+    /// instance persisted. True when reached.
+    pub async fn wait_for_writer(&self, writer: &str, position: i64, timeout: Duration) -> bool {
+        let mut changes = self.changes.subscribe();
+        let reached = |stream: &SharedStream| stream.read(|p| p.current_token_for_writer(writer)) >= position;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !reached(self) {
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return reached(self),
+            }
+        }
+        true
+    }
+
+    /// Reads the positions without waking anyone.
+    pub fn read<R>(&self, f: impl FnOnce(&StreamPositions) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Replaces the whole view (a writer restarting reloads it from the database).
+    pub fn replace(&self, positions: StreamPositions) {
+        self.update(Vec::new(), |current| *current = positions);
+    }
+
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+}
