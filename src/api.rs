@@ -263,6 +263,9 @@ pub struct TokenCache {
     owners: Mutex<HashMap<Vec<u8>, crate::storage::accounts::TokenOwner>>,
 }
 
+/// The name of the token cache in `caches` stream rows: `[name, user_id, device_id or null]`.
+pub const TOKEN_CACHE: &str = "access_tokens";
+
 /// Past this many tokens the cache starts afresh rather than grow.
 const MAX_CACHED_TOKENS: usize = 100_000;
 
@@ -278,6 +281,24 @@ impl TokenCache {
                 owners.clear();
             }
             owners.insert(crate::storage::accounts::hash_token(token), owner);
+        }
+    }
+
+    /// Applies a `caches` stream row; `None` (replication reconnected, rows
+    /// may have been missed) forgets everything.
+    pub fn invalidate(&self, row: Option<&serde_json::Value>) {
+        match row {
+            None => {
+                if let Ok(mut owners) = self.owners.lock() {
+                    owners.clear();
+                }
+            }
+            Some(row) if row.get(0).and_then(serde_json::Value::as_str) == Some(TOKEN_CACHE) => {
+                if let Some(user_id) = row.get(1).and_then(serde_json::Value::as_str) {
+                    self.forget(user_id, row.get(2).and_then(serde_json::Value::as_str));
+                }
+            }
+            Some(_) => {}
         }
     }
 

@@ -15,7 +15,7 @@ use lattice_actors::{
 use ruma::OwnedServerName;
 use serde_json::Value;
 
-use crate::api::{RateLimiter, TokenCache};
+use crate::api::{RateLimiter, TokenCache, TOKEN_CACHE};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::keys::SigningKey;
@@ -24,7 +24,7 @@ use crate::roles::events::{CreateRoom, EventPersister, Persisted, SendEvent, EVE
 use crate::roles::Role;
 use crate::storage;
 use crate::streams::notifier::Notifier;
-use crate::streams::replication::{Replication, ReplicationConfig};
+use crate::streams::replication::{Command, Replication, ReplicationConfig, CACHES_STREAM};
 use crate::streams::shared::SharedStream;
 
 /// How long a request waits for a writer before it gives up with an error.
@@ -130,6 +130,7 @@ impl Node {
             storage::streams::load_positions(&pool, &storage::streams::EVENTS, instance_name, &event_writers).await?;
         let stream = SharedStream::new(positions, notifier.clone());
 
+        let tokens = Arc::new(TokenCache::default());
         // Everything in one process needs no Redis and does not contact it.
         let (transport, replication) = if single_process {
             (None, None)
@@ -150,6 +151,10 @@ impl Node {
                     instance: instance_name.to_owned(),
                     key: hmac_key,
                     events_writer: writes_events,
+                    invalidate: {
+                        let tokens = tokens.clone();
+                        Arc::new(move |row| tokens.invalidate(row))
+                    },
                 },
                 stream.clone(),
                 pool.clone(),
@@ -206,7 +211,7 @@ impl Node {
         let node = Node {
             rate_limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
             passwords: PasswordHasher::default(),
-            tokens: Arc::new(TokenCache::default()),
+            tokens,
             config: Arc::new(config),
             instance_name: instance_name.to_owned(),
             roles: Arc::new(roles.to_vec()),
@@ -263,6 +268,20 @@ impl Node {
             self.stream.wait_for_writer(&writer, position, CATCH_UP_WAIT).await;
         }
         Ok(())
+    }
+
+    /// Tells the other instances that the tokens of a device (or of every
+    /// device of the user) are gone, and forgets them here.
+    pub fn forget_tokens(&self, user_id: &str, device_id: Option<&str>) {
+        self.tokens.forget(user_id, device_id);
+        if let Some(replication) = &self.replication {
+            replication.publisher.publish(Command::Rdata {
+                stream: CACHES_STREAM.to_owned(),
+                instance: self.instance_name.clone(),
+                token: None,
+                row: serde_json::json!([TOKEN_CACHE, user_id, device_id]),
+            });
+        }
     }
 
     /// Whether this instance runs `role`.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpResponse};
-use lattice_actors::{Supervisor, SupervisorSnapshot};
+use lattice_actors::{ActorSnapshot, Supervisor, SupervisorSnapshot};
 
 /// Upper bounds (seconds) of the latency histogram's buckets: from a cached
 /// read to a `/sync` long-poll that waited its whole timeout.
@@ -209,8 +209,16 @@ impl Metrics {
     }
 }
 
+/// A metric family read from every actor's snapshot: name, type, help, value.
+type ActorFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ActorSnapshot) -> u64,
+);
+
 fn render_actors(out: &mut Exposition, snapshot: &SupervisorSnapshot) {
-    let families: [(&str, &str, &str, fn(&lattice_actors::ActorSnapshot) -> u64); 4] = [
+    let families: [ActorFamily; 4] = [
         (
             "lattice_actor_restarts_total",
             "counter",

@@ -306,7 +306,15 @@ pub struct ReplicationConfig {
     /// Whether this instance writes the events stream (answers REPLICATE and
     /// announces idle positions).
     pub events_writer: bool,
+    /// Applies a row of the `caches` stream (an invalidation another
+    /// instance published). Called with `None` when the subscription was
+    /// (re)established: invalidations may have been missed, so everything
+    /// cached must go.
+    pub invalidate: Arc<dyn Fn(Option<&serde_json::Value>) + Send + Sync>,
 }
+
+/// The stream of cache invalidations; any instance may write it.
+pub const CACHES_STREAM: &str = "caches";
 
 /// The running replication of one instance; dropping it stops its tasks.
 pub struct Replication {
@@ -425,6 +433,7 @@ async fn read_connection(
 ) -> Result<(), ReplicationError> {
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(&config.channel).await?;
+    (config.invalidate)(None);
     publisher.publish(Command::Replicate);
     if config.events_writer {
         announce_position(config, stream, publisher);
@@ -449,6 +458,12 @@ async fn read_connection(
             Command::Replicate => {
                 if config.events_writer {
                     announce_position(config, stream, publisher);
+                }
+            }
+            Command::Rdata { stream: name, instance, row, .. } if name == CACHES_STREAM => {
+                if instance != config.instance {
+                    (config.invalidate)(Some(&row));
+                    stats.applied.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Command::Rdata { stream: name, instance, token, row } => {

@@ -707,20 +707,20 @@ instances:
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let error = parse("homeserver: h.yaml\ninstances: []\nextra: 1")
-            .unwrap_err()
+            .expect_err("a mistake")
             .to_string();
         assert!(error.contains("extra"), "{error}");
         let error = parse(
             "homeserver: h.yaml\ninstances: [{ name: a, listen: \"127.0.0.1:1\", rolez: [] }]",
         )
-        .unwrap_err()
+        .expect_err("a mistake")
         .to_string();
         assert!(error.contains("rolez"), "{error}");
         let error = parse("homeserver: h.yaml\ninstances: [{ name: a, listen: nowhere }]")
-            .unwrap_err()
+            .expect_err("a mistake")
             .to_string();
         assert!(error.contains("listen"), "{error}");
-        let error = parse("instances: []").unwrap_err().to_string();
+        let error = parse("instances: []").expect_err("a mistake").to_string();
         assert!(error.contains("homeserver"), "{error}");
     }
 
@@ -775,7 +775,7 @@ instances:
         let error = parse(
             "homeserver: h.yaml\ninstances: [{ name: a, roles: [bogus], listen: \"127.0.0.1:1\" }, { name: a, listen: \"127.0.0.1:1\" }]",
         )
-        .unwrap_err()
+        .expect_err("a mistake")
         .to_string();
         assert_eq!(error.lines().count(), 3, "{error}");
     }
