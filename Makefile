@@ -124,3 +124,26 @@ bench:
 
 bench-synapse:
 	.ci/bench-run.sh --synapse
+
+# make up             like `make run`, but a whole topology under `lattice up` (with Redis):
+#                     TOPOLOGY=config/split.yaml by default; Ctrl-C stops every instance.
+#                     `lattice routes --nginx --topology $(TOPOLOGY)` prints a proxy for it.
+.PHONY: up
+TOPOLOGY ?= config/split.yaml
+
+up:
+	.ci/postgres.sh start
+	.ci/redis.sh start
+	cargo build --release
+	@mkdir -p var
+	@if [[ ! -s $(RUN_CONFIG) ]]; then \
+		echo "writing $(RUN_CONFIG)"; \
+		$(RELEASE_BIN) generate-config --server-name localhost > $(RUN_CONFIG).tmp; \
+		mv $(RUN_CONFIG).tmp $(RUN_CONFIG); \
+	fi
+	exec env \
+		LATTICE__DATABASE__URL="$$(.ci/postgres.sh url)" \
+		LATTICE__REDIS__URL=redis://127.0.0.1:$(LATTICE_REDIS_PORT) \
+		LATTICE__ENABLE_REGISTRATION=true \
+		LATTICE__RATE_LIMITS__ENABLED=false \
+		$(RELEASE_BIN) up --topology $(TOPOLOGY)

@@ -313,33 +313,24 @@ impl TokenCache {
     }
 }
 
-/// The role whose instances serve a path (DESIGN §1); `None` for what every
-/// instance serves (the admin API, health and metrics).
-fn role_for_path(path: &str) -> Option<crate::roles::Role> {
-    use crate::roles::Role;
-    if path.starts_with("/_matrix/client/") || path.starts_with("/.well-known/matrix/client") {
-        let sync = ["/sync", "/events", "/initialSync"].iter().any(|end| path.ends_with(end))
-            && !path.contains("/rooms/");
-        return Some(if sync { Role::Sync } else { Role::Client });
-    }
-    if path.starts_with("/_matrix/media/") {
-        return Some(Role::Media);
-    }
-    if path.starts_with("/_matrix/federation/") || path.starts_with("/_matrix/key/") {
-        return Some(Role::FederationReader);
-    }
-    None
-}
-
 /// Middleware: an instance answers only the endpoints of its roles; the
 /// others are `404 M_UNRECOGNIZED`, as for any unknown endpoint.
 pub async fn serve_only_own_roles(
     request: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
-    if let (Some(role), Some(node)) = (role_for_path(request.path()), request.app_data::<web::Data<Node>>()) {
+    let path = request.path();
+    if let (false, Some(node)) = (
+        routing::served_by_every_instance(path),
+        request.app_data::<web::Data<Node>>(),
+    ) {
+        let role = routing::role_for_path(request.method(), path);
         if !node.has_role(role) {
-            return Err(ApiError::unrecognized(format!("this instance does not serve {} requests", role.name())).into());
+            return Err(ApiError::unrecognized(format!(
+                "this instance does not serve {} requests",
+                role.name()
+            ))
+            .into());
         }
     }
     next.call(request).await

@@ -58,6 +58,14 @@ pub struct Config {
     /// Shared secret authenticating mailbox and replication messages (HMAC).
     #[serde(default)]
     pub replication_secret: Option<String>,
+    /// How long a request waits for a writer (possibly on another instance)
+    /// before it fails with `503 M_UNAVAILABLE`.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+}
+
+fn default_write_timeout_ms() -> u64 {
+    30_000
 }
 
 /// An `instance_map` entry.
@@ -327,7 +335,10 @@ impl Config {
 
     /// The prefix of this deployment's Redis keys and replication channel.
     pub fn redis_prefix(&self) -> String {
-        self.redis.prefix.clone().unwrap_or_else(|| self.server_name.clone())
+        self.redis
+            .prefix
+            .clone()
+            .unwrap_or_else(|| self.server_name.clone())
     }
 
     pub fn public_baseurl(&self) -> String {

@@ -109,7 +109,10 @@ fn init_logging(config: &Config) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a terminal: a log file should be plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .init();
 }
 
 async fn serve(config_path: PathBuf, instance: String, roles: Vec<String>) -> anyhow::Result<()> {
@@ -121,7 +124,8 @@ async fn serve(config_path: PathBuf, instance: String, roles: Vec<String>) -> an
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let running = lattice::node::Node::start_with_roles(config, &instance, &roles, listener, workers).await?;
+    let running =
+        lattice::node::Node::start_with_roles(config, &instance, &roles, listener, workers).await?;
     wait_for_shutdown_signal().await;
     tracing::info!("shutting down");
     running.stop().await;

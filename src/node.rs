@@ -9,8 +9,8 @@ use std::time::Duration;
 use actix_web::{middleware, web, App, HttpServer};
 use deadpool_postgres::Pool;
 use lattice_actors::{
-    shard_index, Endpoint, HmacKey, Mailbox, Placement, RedisTransport, RedisTransportConfig, ServeHandle, Supervisor,
-    SupervisorError, Transport,
+    shard_index, Endpoint, HmacKey, Mailbox, Placement, RedisTransport, RedisTransportConfig,
+    ServeHandle, Supervisor, SupervisorError, Transport,
 };
 use ruma::OwnedServerName;
 use serde_json::Value;
@@ -26,9 +26,6 @@ use crate::storage;
 use crate::streams::notifier::Notifier;
 use crate::streams::replication::{Command, Replication, ReplicationConfig, CACHES_STREAM};
 use crate::streams::shared::SharedStream;
-
-/// How long a request waits for a writer before it gives up with an error.
-pub const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long a request waits to see its own write replicated back.
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
@@ -52,6 +49,8 @@ pub struct Node {
     /// The writers of the events stream, in config order (the sharding rule indexes it).
     event_writers: Arc<Vec<EventWriter>>,
     pub supervisor: Arc<Supervisor>,
+    /// Request counters and the /metrics exposition of this instance.
+    pub metrics: Arc<crate::api::metrics::Metrics>,
     replication: Option<Arc<Replication>>,
     /// The mailbox endpoints serving this instance's actors to the others.
     endpoints: Arc<tokio::sync::Mutex<Vec<ServeHandle>>>,
@@ -110,24 +109,42 @@ impl Node {
         let pool = storage::connect(&config.database.url, config.database.pool_size)?;
         storage::migrate(&pool).await?;
         let server_name = OwnedServerName::try_from(config.server_name.as_str()).map_err(|e| {
-            crate::config::ConfigError::Invalid { key: "server_name", message: e.to_string() }
-        })?;
-        let signing_key = SigningKey::parse(&config.signing_key)
-            .map_err(|message| crate::config::ConfigError::Invalid { key: "signing_key", message })?;
-        let hmac_key = match &config.replication_secret {
-            Some(secret) => Some(HmacKey::new(secret).map_err(|e| crate::config::ConfigError::Invalid {
-                key: "replication_secret",
+            crate::config::ConfigError::Invalid {
+                key: "server_name",
                 message: e.to_string(),
-            })?),
+            }
+        })?;
+        let signing_key = SigningKey::parse(&config.signing_key).map_err(|message| {
+            crate::config::ConfigError::Invalid {
+                key: "signing_key",
+                message,
+            }
+        })?;
+        let hmac_key = match &config.replication_secret {
+            Some(secret) => {
+                Some(
+                    HmacKey::new(secret).map_err(|e| crate::config::ConfigError::Invalid {
+                        key: "replication_secret",
+                        message: e.to_string(),
+                    })?,
+                )
+            }
             None => None,
         };
 
         let event_writers = config.stream_writers(EVENTS_STREAM);
-        let writes_events = roles.contains(&Role::Events) && event_writers.iter().any(|w| w == instance_name);
-        let single_process = roles.len() == Role::ALL.len() && writes_events && event_writers.len() == 1;
+        let writes_events =
+            roles.contains(&Role::Events) && event_writers.iter().any(|w| w == instance_name);
+        let single_process =
+            roles.len() == Role::ALL.len() && writes_events && event_writers.len() == 1;
         let notifier = Notifier::new(1);
-        let positions =
-            storage::streams::load_positions(&pool, &storage::streams::EVENTS, instance_name, &event_writers).await?;
+        let positions = storage::streams::load_positions(
+            &pool,
+            &storage::streams::EVENTS,
+            instance_name,
+            &event_writers,
+        )
+        .await?;
         let stream = SharedStream::new(positions, notifier.clone());
 
         let tokens = Arc::new(TokenCache::default());
@@ -160,10 +177,17 @@ impl Node {
                 pool.clone(),
             )
             .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
-            (Some(Arc::new(transport) as Arc<dyn Transport>), Some(replication))
+            (
+                Some(Arc::new(transport) as Arc<dyn Transport>),
+                Some(replication),
+            )
         };
 
         let supervisor = Arc::new(Supervisor::new());
+        let metrics = Arc::new(crate::api::metrics::Metrics::new(
+            instance_name,
+            Arc::clone(&supervisor),
+        ));
         let mut endpoints = Vec::new();
         let local_persister = if writes_events {
             let pool = pool.clone();
@@ -183,12 +207,15 @@ impl Node {
                 )
             })?;
             if let Some(transport) = &transport {
-                let endpoint = Endpoint::new(transport.clone(), Placement::destination(EVENTS_STREAM, instance_name))
-                    .route_mailbox(addr.mailbox::<SendEvent>())
-                    .route_mailbox(addr.mailbox::<CreateRoom>())
-                    .start()
-                    .await
-                    .map_err(|e| NodeError::Topology(format!("serving the event persister: {e}")))?;
+                let endpoint = Endpoint::new(
+                    transport.clone(),
+                    Placement::destination(EVENTS_STREAM, instance_name),
+                )
+                .route_mailbox(addr.mailbox::<SendEvent>())
+                .route_mailbox(addr.mailbox::<CreateRoom>())
+                .start()
+                .await
+                .map_err(|e| NodeError::Topology(format!("serving the event persister: {e}")))?;
                 endpoints.push(endpoint);
             }
             Some(addr)
@@ -201,11 +228,21 @@ impl Node {
                 (Some(addr), _) if writer == instance_name => (addr.mailbox(), addr.mailbox()),
                 (_, Some(transport)) => {
                     let destination = Placement::destination(EVENTS_STREAM, writer);
-                    (Mailbox::remote(transport.clone(), destination.clone()), Mailbox::remote(transport.clone(), destination))
+                    (
+                        Mailbox::remote(transport.clone(), destination.clone()),
+                        Mailbox::remote(transport.clone(), destination),
+                    )
                 }
-                _ => return Err(NodeError::Topology(format!("no way to reach events writer `{writer}`"))),
+                _ => {
+                    return Err(NodeError::Topology(format!(
+                        "no way to reach events writer `{writer}`"
+                    )))
+                }
             };
-            event_writer_mailboxes.push(EventWriter { send: mailboxes.0, create: mailboxes.1 });
+            event_writer_mailboxes.push(EventWriter {
+                send: mailboxes.0,
+                create: mailboxes.1,
+            });
         }
 
         let node = Node {
@@ -220,6 +257,7 @@ impl Node {
             stream,
             event_writers: Arc::new(event_writer_mailboxes),
             supervisor,
+            metrics,
             replication: replication.map(Arc::new),
             endpoints: Arc::new(tokio::sync::Mutex::new(endpoints)),
         };
@@ -228,13 +266,23 @@ impl Node {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(app_node.clone()))
+                .app_data(web::Data::from(Arc::clone(&app_node.metrics)))
                 .wrap(
                     middleware::DefaultHeaders::new()
                         .add(("Access-Control-Allow-Origin", "*"))
-                        .add(("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS"))
-                        .add(("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization, Date")),
+                        .add((
+                            "Access-Control-Allow-Methods",
+                            "GET, POST, PUT, DELETE, OPTIONS",
+                        ))
+                        .add((
+                            "Access-Control-Allow-Headers",
+                            "X-Requested-With, Content-Type, Authorization, Date",
+                        )),
                 )
                 .wrap(middleware::from_fn(crate::api::serve_only_own_roles))
+                // Outermost, so that refused requests are counted too.
+                .wrap(app_node.metrics.middleware())
+                .configure(crate::api::metrics::configure)
                 .configure(crate::api::configure)
         })
         .listen(listener)?
@@ -245,7 +293,12 @@ impl Node {
         let handle = server.handle();
         let server_task = tokio::spawn(server);
         tracing::info!(instance = instance_name, %addr, roles = ?roles.iter().map(|r| r.name()).collect::<Vec<_>>(), "listening");
-        Ok(RunningNode { node, addr, server: handle, server_task })
+        Ok(RunningNode {
+            node,
+            addr,
+            server: handle,
+            server_task,
+        })
     }
 
     /// Waits (briefly) until this instance has seen every writer reach the
@@ -258,14 +311,19 @@ impl Node {
         }
         let client = self.pool.get().await.map_err(ApiError::internal)?;
         let rows = client
-            .query("SELECT instance_name, stream_id FROM stream_positions WHERE stream_name = $1", &[&EVENTS_STREAM])
+            .query(
+                "SELECT instance_name, stream_id FROM stream_positions WHERE stream_name = $1",
+                &[&EVENTS_STREAM],
+            )
             .await
             .map_err(ApiError::internal)?;
         drop(client);
         for row in rows {
             let writer: String = row.get(0);
             let position: i64 = row.get(1);
-            self.stream.wait_for_writer(&writer, position, CATCH_UP_WAIT).await;
+            self.stream
+                .wait_for_writer(&writer, position, CATCH_UP_WAIT)
+                .await;
         }
         Ok(())
     }
@@ -284,6 +342,11 @@ impl Node {
         }
     }
 
+    /// How long a request waits for a writer (`write_timeout_ms`).
+    fn write_deadline(&self) -> Duration {
+        Duration::from_millis(self.config.write_timeout_ms)
+    }
+
     /// Whether this instance runs `role`.
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
@@ -296,14 +359,24 @@ impl Node {
             Some(room_id) => shard_index(room_id, self.event_writers.len()).unwrap_or(0),
             None => 0,
         };
-        self.event_writers.get(index).ok_or_else(|| ApiError::unavailable("no events writer is configured"))
+        self.event_writers
+            .get(index)
+            .ok_or_else(|| ApiError::unavailable("no events writer is configured"))
     }
 
     /// Read-your-writes: waits (bounded) until this instance has seen the
     /// writer's position reach what it persisted, so what the client does
     /// next here sees its own write.
     async fn seen(&self, persisted: Persisted) -> Persisted {
-        if !self.stream.wait_for_writer(&persisted.instance, persisted.stream_ordering, READ_YOUR_WRITES_WAIT).await {
+        if !self
+            .stream
+            .wait_for_writer(
+                &persisted.instance,
+                persisted.stream_ordering,
+                READ_YOUR_WRITES_WAIT,
+            )
+            .await
+        {
             tracing::warn!(writer = %persisted.instance, position = persisted.stream_ordering, "replication lags: answering before seeing our own write");
         }
         persisted
@@ -312,7 +385,7 @@ impl Node {
     /// Persists an event through the events writer.
     pub async fn send_event(&self, request: SendEvent) -> ApiResult<Persisted> {
         let writer = self.event_writer(Some(&request.room_id))?;
-        let persisted = writer.send.call(request, WRITE_DEADLINE).await??;
+        let persisted = writer.send.call(request, self.write_deadline()).await??;
         Ok(self.seen(persisted).await)
     }
 
@@ -340,13 +413,14 @@ impl Node {
         // A room's id is not known before its create event exists (room
         // version 12), so new rooms go to the first writer.
         let writer = self.event_writer(None)?;
-        let persisted = writer.create.call(request, WRITE_DEADLINE).await??;
+        let persisted = writer.create.call(request, self.write_deadline()).await??;
         Ok(self.seen(persisted).await)
     }
 
     /// Snapshots of every local actor, for tests and the admin API.
     pub async fn observe(&self) -> Value {
-        let mut snapshot = serde_json::to_value(self.supervisor.observe_all().await).unwrap_or(Value::Null);
+        let mut snapshot =
+            serde_json::to_value(self.supervisor.observe_all().await).unwrap_or(Value::Null);
         if let (Some(replication), Some(object)) = (&self.replication, snapshot.as_object_mut()) {
             object.insert("replication".into(), replication.stats.snapshot());
         }
@@ -355,6 +429,17 @@ impl Node {
 }
 
 impl RunningNode {
+    /// Stops at once, as a crash would: connections are dropped and actors
+    /// end where they are, leaving unacknowledged mailbox messages to be
+    /// delivered again. For tests of recovery.
+    pub async fn kill(self) {
+        self.server.stop(false).await;
+        self.server_task.abort();
+        for endpoint in self.node.endpoints.lock().await.drain(..) {
+            endpoint.abort().await;
+        }
+    }
+
     /// Stops accepting requests, lets in-flight ones finish (briefly), then
     /// stops the actors.
     pub async fn stop(self) {

@@ -14,13 +14,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 ///
 /// The `Observe` snapshot of every actor of this instance: status, restarts,
 /// queue length, and each actor's own state (the event persister's stream
-/// position, for one).
+/// position, for one), and the replication reader's counters.
 async fn actors(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
     if !requester.is_admin {
         return Err(ApiError::forbidden("this endpoint is for server admins"));
     }
+    let snapshot = node.observe().await;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "instance": node.instance_name,
-        "actors": node.observe().await.get("actors").cloned().unwrap_or_default(),
+        "actors": snapshot.get("actors").cloned().unwrap_or_default(),
+        // Present on instances that replicate (split deployments).
+        "replication": snapshot.get("replication").cloned(),
     })))
 }

@@ -64,9 +64,12 @@ fn routes(scope: Scope) -> Scope {
                 .route(web::put().to(profile::set_profile_field)),
         )
         .service(resource("/pushrules/").route(web::get().to(push_rules::get_push_rules)))
-        .service(resource("/pushrules/global/").route(web::get().to(push_rules::get_global_push_rules)))
         .service(
-            resource("/pushrules/global/{kind}/{rule_id}").route(web::get().to(push_rules::get_push_rule)),
+            resource("/pushrules/global/").route(web::get().to(push_rules::get_global_push_rules)),
+        )
+        .service(
+            resource("/pushrules/global/{kind}/{rule_id}")
+                .route(web::get().to(push_rules::get_push_rule)),
         )
         .service(resource("/user/{user_id}/filter").route(web::post().to(filter::create_filter)))
         .service(

@@ -334,24 +334,51 @@ impl Drop for Replication {
 impl Replication {
     /// Starts publishing and reading. Fails only when the Redis URL is unusable;
     /// an unreachable Redis is retried in the background.
-    pub fn start(config: ReplicationConfig, stream: SharedStream, pool: Pool) -> Result<Replication, redis::RedisError> {
+    pub fn start(
+        config: ReplicationConfig,
+        stream: SharedStream,
+        pool: Pool,
+    ) -> Result<Replication, redis::RedisError> {
         let client = redis::Client::open(config.redis_url.as_str())?;
         let (commands, queue) = mpsc::unbounded_channel();
         let publisher = Publisher { commands };
         let stats = Arc::new(ReplicationStats::default());
         let config = Arc::new(config);
-        let mut tasks = vec![tokio::spawn(publish_loop(client.clone(), config.clone(), queue))];
-        tasks.push(tokio::spawn(read_loop(client, config.clone(), stream.clone(), pool, publisher.clone(), stats.clone())));
+        let mut tasks = vec![tokio::spawn(publish_loop(
+            client.clone(),
+            config.clone(),
+            queue,
+        ))];
+        tasks.push(tokio::spawn(read_loop(
+            client,
+            config.clone(),
+            stream.clone(),
+            pool,
+            publisher.clone(),
+            stats.clone(),
+        )));
         if config.events_writer {
-            tasks.push(tokio::spawn(announce_idle_positions(config, stream, publisher.clone())));
+            tasks.push(tokio::spawn(announce_idle_positions(
+                config,
+                stream,
+                publisher.clone(),
+            )));
         }
-        Ok(Replication { publisher, stats, tasks })
+        Ok(Replication {
+            publisher,
+            stats,
+            tasks,
+        })
     }
 }
 
 const RETRY: Duration = Duration::from_millis(200);
 
-async fn publish_loop(client: redis::Client, config: Arc<ReplicationConfig>, mut queue: mpsc::UnboundedReceiver<Command>) {
+async fn publish_loop(
+    client: redis::Client,
+    config: Arc<ReplicationConfig>,
+    mut queue: mpsc::UnboundedReceiver<Command>,
+) {
     let mut connection = None;
     while let Some(command) = queue.recv().await {
         let line = command.to_line(config.key.as_ref());
@@ -366,9 +393,14 @@ async fn publish_loop(client: redis::Client, config: Arc<ReplicationConfig>, mut
                     }
                 }
             }
-            let Some(manager) = connection.as_mut() else { continue };
-            let published: redis::RedisResult<i64> =
-                redis::cmd("PUBLISH").arg(&config.channel).arg(&line).query_async(manager).await;
+            let Some(manager) = connection.as_mut() else {
+                continue;
+            };
+            let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                .arg(&config.channel)
+                .arg(&line)
+                .query_async(manager)
+                .await;
             match published {
                 Ok(_) => break,
                 Err(error) => {
@@ -383,12 +415,18 @@ async fn publish_loop(client: redis::Client, config: Arc<ReplicationConfig>, mut
 /// Writers announce their position when it moved without a write of their
 /// own (an idle writer claims what others allocated), so one quiet writer
 /// never holds back everyone's persisted-up-to position.
-async fn announce_idle_positions(config: Arc<ReplicationConfig>, stream: SharedStream, publisher: Publisher) {
+async fn announce_idle_positions(
+    config: Arc<ReplicationConfig>,
+    stream: SharedStream,
+    publisher: Publisher,
+) {
     let mut announced = stream.read(|p| p.current_token_for_writer(&config.instance));
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
-        let Some(claim) = stream.read(|p| p.idle_claim()) else { continue };
+        let Some(claim) = stream.read(|p| p.idle_claim()) else {
+            continue;
+        };
         if claim > announced {
             publisher.publish(Command::Position {
                 stream: EVENTS_STREAM.to_owned(),
@@ -412,7 +450,9 @@ async fn read_loop(
     loop {
         match read_connection(&client, &config, &stream, &pool, &publisher, &stats).await {
             Ok(()) => tracing::warn!("replication: subscription ended, reconnecting"),
-            Err(error) => tracing::warn!(error = %error, "replication: subscription failed, reconnecting"),
+            Err(error) => {
+                tracing::warn!(error = %error, "replication: subscription failed, reconnecting")
+            }
         }
         stats.reconnects.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(RETRY).await;
@@ -460,14 +500,27 @@ async fn read_connection(
                     announce_position(config, stream, publisher);
                 }
             }
-            Command::Rdata { stream: name, instance, row, .. } if name == CACHES_STREAM => {
+            Command::Rdata {
+                stream: name,
+                instance,
+                row,
+                ..
+            } if name == CACHES_STREAM => {
                 if instance != config.instance {
                     (config.invalidate)(Some(&row));
                     stats.applied.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Command::Rdata { stream: name, instance, token, row } => {
-                if name != EVENTS_STREAM || instance == config.instance || !connected.contains(&instance) {
+            Command::Rdata {
+                stream: name,
+                instance,
+                token,
+                row,
+            } => {
+                if name != EVENTS_STREAM
+                    || instance == config.instance
+                    || !connected.contains(&instance)
+                {
                     continue;
                 }
                 let Some(token) = token else { continue };
@@ -477,7 +530,12 @@ async fn read_connection(
                 stream.update(row_keys(&row), |p| p.advance(&instance, token));
                 stats.applied.fetch_add(1, Ordering::Relaxed);
             }
-            Command::Position { stream: name, instance, new, .. } => {
+            Command::Position {
+                stream: name,
+                instance,
+                new,
+                ..
+            } => {
                 if name != EVENTS_STREAM || instance == config.instance {
                     continue;
                 }
@@ -501,7 +559,13 @@ fn announce_position(config: &ReplicationConfig, stream: &SharedStream, publishe
 
 /// Reads the rows `writer` persisted after our view of it, up to `new`, from
 /// PostgreSQL, and applies them in order.
-async fn catch_up(pool: &Pool, stream: &SharedStream, writer: &str, new: i64, stats: &ReplicationStats) -> Result<(), ReplicationError> {
+async fn catch_up(
+    pool: &Pool,
+    stream: &SharedStream,
+    writer: &str,
+    new: i64,
+    stats: &ReplicationStats,
+) -> Result<(), ReplicationError> {
     let current = stream.read(|p| p.current_token_for_writer(writer));
     if new > current {
         let client = pool.get().await?;

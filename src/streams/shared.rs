@@ -32,7 +32,9 @@ impl SharedStream {
     fn lock(&self) -> MutexGuard<'_, StreamPositions> {
         // A panic while holding the lock cannot leave the positions half
         // updated in a way later calls could not cope with: keep going.
-        self.positions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.positions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs `f` on the positions, then wakes the long-polls listening on
@@ -44,7 +46,8 @@ impl SharedStream {
             (result, positions.persisted_upto())
         };
         self.notifier.on_new_events(upto, keys);
-        self.changes.send_modify(|version| *version = version.wrapping_add(1));
+        self.changes
+            .send_modify(|version| *version = version.wrapping_add(1));
         result
     }
 
@@ -53,7 +56,8 @@ impl SharedStream {
     /// instance persisted. True when reached.
     pub async fn wait_for_writer(&self, writer: &str, position: i64, timeout: Duration) -> bool {
         let mut changes = self.changes.subscribe();
-        let reached = |stream: &SharedStream| stream.read(|p| p.current_token_for_writer(writer)) >= position;
+        let reached =
+            |stream: &SharedStream| stream.read(|p| p.current_token_for_writer(writer)) >= position;
         let deadline = tokio::time::Instant::now() + timeout;
         while !reached(self) {
             match tokio::time::timeout_at(deadline, changes.changed()).await {

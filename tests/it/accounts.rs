@@ -446,8 +446,16 @@ async fn a_logged_out_token_is_refused_by_every_node() {
     let alice = cluster.client().register("alice").await;
     // Every node has seen (and may have cached) the token.
     for node in cluster.node_clients() {
-        let (status, body) = node.get("/_matrix/client/v3/sync?timeout=0", Some(&alice.access_token)).await;
-        assert!(status == StatusCode::OK || status == StatusCode::NOT_FOUND, "{status} {body}");
+        let (status, body) = node
+            .get(
+                "/_matrix/client/v3/sync?timeout=0",
+                Some(&alice.access_token),
+            )
+            .await;
+        assert!(
+            status == StatusCode::OK || status == StatusCode::NOT_FOUND,
+            "{status} {body}"
+        );
     }
     let (status, _) = alice.post("/_matrix/client/v3/logout", json!({})).await;
     assert_eq!(status, StatusCode::OK);
@@ -455,17 +463,34 @@ async fn a_logged_out_token_is_refused_by_every_node() {
         let mut refused = false;
         // Replication is asynchronous: give it a moment, never forever.
         for _ in 0..50 {
-            let (status, body) = node.get("/_matrix/client/v3/account/whoami", Some(&alice.access_token)).await;
-            let (sync_status, _) = node.get("/_matrix/client/v3/sync?timeout=0", Some(&alice.access_token)).await;
+            let (status, body) = node
+                .get(
+                    "/_matrix/client/v3/account/whoami",
+                    Some(&alice.access_token),
+                )
+                .await;
+            let (sync_status, _) = node
+                .get(
+                    "/_matrix/client/v3/sync?timeout=0",
+                    Some(&alice.access_token),
+                )
+                .await;
             if (status == StatusCode::UNAUTHORIZED || status == StatusCode::NOT_FOUND)
                 && (sync_status == StatusCode::UNAUTHORIZED || sync_status == StatusCode::NOT_FOUND)
             {
-                assert!(status == StatusCode::NOT_FOUND || body["errcode"] == "M_UNKNOWN_TOKEN", "{body}");
+                assert!(
+                    status == StatusCode::NOT_FOUND || body["errcode"] == "M_UNKNOWN_TOKEN",
+                    "{body}"
+                );
                 refused = true;
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        assert!(refused, "node {} still accepts the logged-out token", node.base_url());
+        assert!(
+            refused,
+            "node {} still accepts the logged-out token",
+            node.base_url()
+        );
     }
 }

@@ -34,7 +34,9 @@ async fn the_event_persister_snapshot_shows_its_stream_position() {
     // The persister runs on whichever node writes events: ask every node.
     let mut persister = Value::Null;
     for node in cluster.node_clients() {
-        let (status, body) = node.get("/_lattice/admin/v1/actors", Some(&admin.access_token)).await;
+        let (status, body) = node
+            .get("/_lattice/admin/v1/actors", Some(&admin.access_token))
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body["instance"].is_string(), "{body}");
         if let Some(found) = body["actors"]

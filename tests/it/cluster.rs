@@ -40,6 +40,10 @@ pub struct Options {
     /// `Some((per_second, burst))` turns rate limiting on.
     pub rate_limit: Option<(f64, u32)>,
     pub enable_registration: bool,
+    /// `Some("split")` or `Some("monolith")` whatever `LATTICE_TEST_TOPOLOGY` says.
+    pub topology: Option<String>,
+    /// `write_timeout_ms`, for tests of unreachable writers.
+    pub write_timeout_ms: Option<u64>,
 }
 
 impl Default for Options {
@@ -47,6 +51,8 @@ impl Default for Options {
         Options {
             rate_limit: None,
             enable_registration: true,
+            topology: None,
+            write_timeout_ms: None,
         }
     }
 }
@@ -60,8 +66,12 @@ pub struct TestCluster {
 }
 
 struct TestNode {
+    instance: String,
+    roles: Vec<Role>,
+    config: Figment,
     addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// `true` stops gracefully, `false` kills (as a crash would).
+    stop: Option<tokio::sync::oneshot::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -86,28 +96,49 @@ impl TestCluster {
             sync_node: 0,
         };
         let config = base_config(&cluster.database.url, &options);
-        match std::env::var("LATTICE_TEST_TOPOLOGY").as_deref() {
+        let topology = match options.topology {
+            Some(topology) => Ok(topology),
+            None => std::env::var("LATTICE_TEST_TOPOLOGY"),
+        };
+        match topology.as_deref() {
             Ok("split") => {
                 let redis_url = std::env::var("LATTICE_TEST_REDIS_URL")
                     .unwrap_or_else(|_| "redis://127.0.0.1:6390".to_owned());
                 let config = config
                     .merge(Serialized::default("redis.url", redis_url))
-                    .merge(Serialized::default("redis.prefix", cluster.database.name.clone()))
-                    .merge(Serialized::default("replication_secret", "test replication secret"))
-                    .merge(Serialized::default("stream_writers.events", vec!["events1"]))
+                    .merge(Serialized::default(
+                        "redis.prefix",
+                        cluster.database.name.clone(),
+                    ))
+                    .merge(Serialized::default(
+                        "replication_secret",
+                        "test replication secret",
+                    ))
+                    .merge(Serialized::default(
+                        "stream_writers.events",
+                        vec!["events1"],
+                    ))
                     .merge(Serialized::default(
                         "instance_map.events1",
                         json!({ "host": "127.0.0.1", "port": 1 }),
                     ));
-                cluster.nodes.push(TestNode::start(config.clone(), "events1", &[Role::Events]).await);
-                cluster.nodes.push(TestNode::start(config.clone(), "main", &[Role::Client, Role::Sync]).await);
-                cluster.nodes.push(TestNode::start(config, "sync2", &[Role::Sync]).await);
+                cluster
+                    .nodes
+                    .push(TestNode::start(config.clone(), "events1", &[Role::Events]).await);
+                cluster.nodes.push(
+                    TestNode::start(config.clone(), "main", &[Role::Client, Role::Sync]).await,
+                );
+                cluster
+                    .nodes
+                    .push(TestNode::start(config, "sync2", &[Role::Sync]).await);
                 cluster.sync_node = 2;
                 // The `main` node is the one clients talk to by default.
                 cluster.nodes.swap(0, 1);
             }
             Ok("monolith") | Err(_) => {
-                cluster.nodes.push(TestNode::start(config, "main", &Role::ALL).await);
+                cluster
+                    .nodes
+                    .push(TestNode::start(config, "main", &Role::ALL).await);
             }
             Ok(other) => panic!("LATTICE_TEST_TOPOLOGY must be monolith or split, not {other}"),
         }
@@ -137,6 +168,35 @@ impl TestCluster {
             .await
             .expect("update users");
         assert_eq!(updated, 1, "no user {user_id}");
+    }
+
+    /// Kills the node `instance` (no graceful shutdown: its mailbox messages
+    /// stay unacknowledged in Redis).
+    pub fn kill(&mut self, instance: &str) {
+        let node = self.node_mut(instance);
+        node.halt(false);
+        // Joining the thread happens in `halt`; the runtime dropped every task.
+    }
+
+    /// Starts the node `instance` again, on the same address, after `kill`.
+    pub async fn restart(&mut self, instance: &str) {
+        let node = self.node_mut(instance);
+        let (config, roles, addr) = (node.config.clone(), node.roles.clone(), node.addr);
+        let listener = bind_again(addr).await;
+        let restarted = TestNode::start_on(config, instance, &roles, listener).await;
+        *self.node_mut(instance) = restarted;
+    }
+
+    fn node_mut(&mut self, instance: &str) -> &mut TestNode {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.instance == instance)
+            .unwrap_or_else(|| panic!("no node {instance} in this cluster"))
+    }
+
+    /// The Redis key prefix and replication channel of a split cluster.
+    pub fn redis_prefix(&self) -> &str {
+        &self.database.name
     }
 
     pub fn client(&self) -> Client {
@@ -173,6 +233,10 @@ fn base_config(database_url: &str, options: &Options) -> Figment {
         .merge(Serialized::default("rate_limits.per_second", per_second))
         .merge(Serialized::default("rate_limits.burst", burst))
         .merge(Serialized::default(
+            "write_timeout_ms",
+            options.write_timeout_ms.unwrap_or(30_000),
+        ))
+        .merge(Serialized::default(
             "log",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         ))
@@ -183,11 +247,23 @@ impl TestNode {
     /// test's and several nodes behave as separate processes would.
     async fn start(config: Figment, instance: &str, roles: &[Role]) -> TestNode {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        Self::start_on(config, instance, roles, listener).await
+    }
+
+    async fn start_on(
+        figment: Figment,
+        instance: &str,
+        roles: &[Role],
+        listener: TcpListener,
+    ) -> TestNode {
         let addr = listener.local_addr().expect("local addr");
-        let config = Config::from_figment(config.merge(Serialized::default("listen", addr)))
-            .expect("test config is valid");
+        let config =
+            Config::from_figment(figment.clone().merge(Serialized::default("listen", addr)))
+                .expect("test config is valid");
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
+        let node_instance = instance.to_owned();
+        let node_roles = roles.to_vec();
         let instance = instance.to_owned();
         let roles = roles.to_vec();
         let thread = std::thread::Builder::new()
@@ -203,8 +279,10 @@ impl TestNode {
                     match Node::start_with_roles(config, &instance, &roles, listener, 1).await {
                         Ok(running) => {
                             let _ = started_tx.send(Ok(running.addr));
-                            let _ = stop_rx.await;
-                            running.stop().await;
+                            match stop_rx.await {
+                                Ok(false) => running.kill().await,
+                                _ => running.stop().await,
+                            }
                         }
                         Err(error) => {
                             let _ = started_tx.send(Err(error.to_string()));
@@ -220,6 +298,9 @@ impl TestNode {
             Err(_) => panic!("node thread died while starting"),
         };
         TestNode {
+            instance: node_instance,
+            roles: node_roles,
+            config: figment,
             addr,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -227,8 +308,12 @@ impl TestNode {
     }
 
     fn stop(&mut self) {
+        self.halt(true);
+    }
+
+    fn halt(&mut self, graceful: bool) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(graceful);
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -492,7 +577,11 @@ impl Client {
             // Long-polling tests wait up to tens of seconds for an answer.
             .timeout(Duration::from_secs(120))
             .finish();
-        Client { http, base, sync_base }
+        Client {
+            http,
+            base,
+            sync_base,
+        }
     }
 
     pub fn base_url(&self) -> &str {
@@ -690,4 +779,15 @@ pub fn enc(segment: &str) -> String {
         }
     }
     out
+}
+
+/// Binds `addr` again once the killed node's sockets are gone.
+async fn bind_again(addr: SocketAddr) -> TcpListener {
+    for _ in 0..100 {
+        if let Ok(listener) = TcpListener::bind(addr) {
+            return listener;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{addr} stayed in use after the node was killed")
 }

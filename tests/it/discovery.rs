@@ -74,11 +74,18 @@ async fn every_user_has_the_default_push_rules() {
         .as_array()
         .and_then(|rules| rules.iter().find(|r| r["rule_id"] == ".m.rule.master"))
         .cloned();
-    assert_eq!(master.map(|r| r["enabled"].clone()), Some(serde_json::json!(false)));
-    let (status, rule) = alice.get("/_matrix/client/v3/pushrules/global/underride/.m.rule.message").await;
+    assert_eq!(
+        master.map(|r| r["enabled"].clone()),
+        Some(serde_json::json!(false))
+    );
+    let (status, rule) = alice
+        .get("/_matrix/client/v3/pushrules/global/underride/.m.rule.message")
+        .await;
     assert_eq!(status, StatusCode::OK, "{rule}");
     assert_eq!(rule["rule_id"], ".m.rule.message");
-    let (status, body) = alice.get("/_matrix/client/v3/pushrules/global/underride/.no.such.rule").await;
+    let (status, body) = alice
+        .get("/_matrix/client/v3/pushrules/global/underride/.no.such.rule")
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["errcode"], "M_NOT_FOUND");
 }

@@ -22,6 +22,7 @@ mod fuzz;
 mod membership;
 mod messages;
 mod profile;
+mod replication;
 mod rooms;
 mod state;
 mod sync;

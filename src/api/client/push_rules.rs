@@ -26,7 +26,10 @@ pub async fn get_global_push_rules(requester: Requester) -> ApiResult<HttpRespon
 }
 
 /// GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}
-pub async fn get_push_rule(requester: Requester, path: web::Path<(String, String)>) -> ApiResult<HttpResponse> {
+pub async fn get_push_rule(
+    requester: Requester,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
     let (kind, rule_id) = path.into_inner();
     let ruleset = ruleset(&requester)?;
     let rules = ruleset

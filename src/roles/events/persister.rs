@@ -587,11 +587,13 @@ impl EventPersister {
                 return Err(error.into());
             }
         };
-        self.stream.update(Vec::new(), |p| p.end_fetch(fetch, &positions));
+        self.stream
+            .update(Vec::new(), |p| p.end_fetch(fetch, &positions));
         let result = self.commit(&mut client, room, &events, &positions).await;
         if result.is_err() {
             // Rolled-back positions count as finished: they are gaps, never rows.
-            self.stream.update(Vec::new(), |p| p.mark_finished(&positions));
+            self.stream
+                .update(Vec::new(), |p| p.mark_finished(&positions));
         }
         let (persisted, state_groups) = result?;
         for (room_id, group) in state_groups {
@@ -777,7 +779,13 @@ pub fn event_row(pdu: &Pdu) -> Value {
     let membership = (pdu.kind == "m.room.member")
         .then(|| pdu.content.get("membership").cloned())
         .flatten();
-    json!([pdu.event_id.as_str(), pdu.room_id.as_str(), pdu.kind, pdu.state_key, membership])
+    json!([
+        pdu.event_id.as_str(),
+        pdu.room_id.as_str(),
+        pdu.kind,
+        pdu.state_key,
+        membership
+    ])
 }
 
 struct RoomRow {
