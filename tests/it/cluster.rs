@@ -44,6 +44,8 @@ pub struct Options {
     pub topology: Option<String>,
     /// `write_timeout_ms`, for tests of unreachable writers.
     pub write_timeout_ms: Option<u64>,
+    /// A Redis of the test's own (for tests that restart it).
+    pub redis_url: Option<String>,
 }
 
 impl Default for Options {
@@ -53,6 +55,7 @@ impl Default for Options {
             enable_registration: true,
             topology: None,
             write_timeout_ms: None,
+            redis_url: None,
         }
     }
 }
@@ -102,8 +105,10 @@ impl TestCluster {
         };
         match topology.as_deref() {
             Ok("split") => {
-                let redis_url = std::env::var("LATTICE_TEST_REDIS_URL")
-                    .unwrap_or_else(|_| "redis://127.0.0.1:6390".to_owned());
+                let redis_url = options.redis_url.clone().unwrap_or_else(|| {
+                    std::env::var("LATTICE_TEST_REDIS_URL")
+                        .unwrap_or_else(|_| "redis://127.0.0.1:6390".to_owned())
+                });
                 let config = config
                     .merge(Serialized::default("redis.url", redis_url))
                     .merge(Serialized::default(

@@ -199,3 +199,121 @@ async fn a_replication_message_with_a_wrong_hmac_is_rejected_and_counted() {
         "the forged position was applied: {next}"
     );
 }
+
+/// A redis-server of this test's own, so that restarting it disturbs no other test.
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    fn start_on(port: u16) -> PrivateRedis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (make test installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[actix_web::test]
+async fn after_a_redis_restart_every_node_reconnects_and_long_polls_wake() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut redis = PrivateRedis::start_on(port);
+    let options = Options {
+        redis_url: Some(redis.url()),
+        ..split(Some(20_000))
+    };
+    let cluster = TestCluster::start_with(options).await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    alice.send_text(&room, "before the restart").await;
+    let since = bob.sync("timeout=0").await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    redis.kill();
+    let poller = bob.clone();
+    let long_poll = tokio::task::spawn_local(async move {
+        poller
+            .sync(&format!("since={}&timeout=25000", enc(&since)))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _redis = PrivateRedis::start_on(port);
+
+    // The send crosses the mailbox transport, which reconnects; the
+    // long-poll on sync2 wakes through replication, which resubscribes.
+    let mut sent = false;
+    for attempt in 0..20 {
+        let (status, _) = alice
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/after{attempt}",
+                    enc(&room)
+                ),
+                json!({ "msgtype": "m.text", "body": "after the restart" }),
+            )
+            .await;
+        if status == StatusCode::OK {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(sent, "no send succeeded after redis came back");
+    let woken = long_poll.await.expect("long-poll task");
+    let mut seen = bodies(&woken, &room);
+    if !seen.contains(&"after the restart".to_owned()) {
+        let next = woken["next_batch"].as_str().unwrap_or_default().to_owned();
+        seen.extend(bodies(
+            &bob.sync(&format!("since={}&timeout=10000", enc(&next)))
+                .await,
+            &room,
+        ));
+    }
+    assert!(seen.contains(&"after the restart".to_owned()), "{seen:?}");
+}
