@@ -458,10 +458,23 @@ mod tests {
     /// A child that ignores SIGTERM is killed once the grace period is over.
     #[tokio::test]
     async fn a_child_deaf_to_sigterm_is_killed_after_the_grace_period() {
-        let child = fake_child("trap '' TERM; while true; do sleep 0.05; done".into());
+        let ready = std::env::temp_dir().join(format!("lattice-up-deaf-{}", std::process::id()));
+        let _ = std::fs::remove_file(&ready);
+        // The child says when its trap is set: before that, SIGTERM would end it.
+        let child = fake_child(format!(
+            "trap '' TERM; touch '{}'; while true; do sleep 0.05; done",
+            ready.display()
+        ));
         let (stop, receiver) = watch::channel(Stop::Running);
         let task = tokio::spawn(supervise(child, receiver, Duration::from_millis(300)));
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        for _ in 0..500 {
+            if ready.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(ready.exists(), "the child never started");
+        let _ = std::fs::remove_file(&ready);
         let asked = Instant::now();
         stop.send_replace(Stop::Terminate);
         tokio::time::timeout(Duration::from_secs(5), task)
