@@ -82,6 +82,32 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+/// How often an instance records that it is alive (and how far it has seen).
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Records this instance in the `instances` table now and every few seconds.
+async fn heartbeat(node: Node, addr: SocketAddr) {
+    let roles: Vec<String> = node.roles.iter().map(|r| r.name().to_owned()).collect();
+    let started_ts = crate::util::now_ms();
+    let host = addr.to_string();
+    let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let beat = storage::instances::Heartbeat {
+            instance: &node.instance_name,
+            roles: &roles,
+            host: &host,
+            pid: std::process::id() as i32,
+            started_ts,
+            events_position: node.notifier.events_position(),
+        };
+        if let Err(error) = storage::instances::beat(&node.pool, &beat).await {
+            tracing::warn!(error = %error, "heartbeat failed");
+        }
+    }
 }
 
 impl Node {
@@ -262,6 +288,7 @@ impl Node {
             endpoints: Arc::new(tokio::sync::Mutex::new(endpoints)),
         };
         let addr = listener.local_addr()?;
+        let heartbeat = tokio::spawn(heartbeat(node.clone(), addr));
         let app_node = node.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -298,6 +325,7 @@ impl Node {
             addr,
             server: handle,
             server_task,
+            heartbeat,
         })
     }
 
@@ -433,6 +461,7 @@ impl RunningNode {
     /// end where they are, leaving unacknowledged mailbox messages to be
     /// delivered again. For tests of recovery.
     pub async fn kill(self) {
+        self.heartbeat.abort();
         self.server.stop(false).await;
         self.server_task.abort();
         for endpoint in self.node.endpoints.lock().await.drain(..) {
@@ -443,6 +472,7 @@ impl RunningNode {
     /// Stops accepting requests, lets in-flight ones finish (briefly), then
     /// stops the actors.
     pub async fn stop(self) {
+        self.heartbeat.abort();
         self.server.stop(true).await;
         let _ = self.server_task.await;
         for endpoint in self.node.endpoints.lock().await.drain(..) {

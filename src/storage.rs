@@ -2,6 +2,7 @@
 //! module per area of the schema. Queries live here, not in handlers.
 
 pub mod accounts;
+pub mod instances;
 pub mod rooms;
 pub mod streams;
 
@@ -23,10 +24,16 @@ pub enum StorageError {
 pub type StorageResult<T> = Result<T, StorageError>;
 
 /// The migrations, applied in order, each in its own transaction.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_initial",
-    include_str!("storage/migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_initial",
+        include_str!("storage/migrations/0001_initial.sql"),
+    ),
+    (
+        "0002_instances",
+        include_str!("storage/migrations/0002_instances.sql"),
+    ),
+];
 
 pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {
     let config: tokio_postgres::Config =

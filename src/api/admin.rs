@@ -7,7 +7,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/_lattice/admin/v1/actors", web::get().to(actors));
+    cfg.route("/_lattice/admin/v1/actors", web::get().to(actors))
+        .route("/_lattice/admin/v1/cluster", web::get().to(cluster));
 }
 
 /// GET /_lattice/admin/v1/actors
@@ -26,4 +27,16 @@ async fn actors(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpRe
         // Present on instances that replicate (split deployments).
         "replication": snapshot.get("replication").cloned(),
     })))
+}
+
+/// GET /_lattice/admin/v1/cluster
+///
+/// Every instance of the deployment (name, roles, host, pid, start and last
+/// heartbeat) and, for the events stream, each writer's position and how far
+/// each instance's view lags behind the newest.
+async fn cluster(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
+    if !requester.is_admin {
+        return Err(ApiError::forbidden("this endpoint is for server admins"));
+    }
+    Ok(HttpResponse::Ok().json(crate::storage::instances::cluster(&node.pool).await?))
 }

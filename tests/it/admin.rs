@@ -56,3 +56,55 @@ async fn the_event_persister_snapshot_shows_its_stream_position() {
         "{state}"
     );
 }
+
+#[actix_web::test]
+async fn the_cluster_overview_lists_every_instance_and_the_events_writers() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let admin = client.register("root").await;
+    cluster.make_admin(&admin.user_id).await;
+    let room = admin.create_room(json!({})).await;
+    admin.send_text(&room, "hello").await;
+
+    let (status, body) = client
+        .register("alice")
+        .await
+        .get("/_lattice/admin/v1/cluster")
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    let expected = cluster.node_clients().len();
+    let mut overview = Value::Null;
+    // Heartbeats are written at start-up and then every few seconds.
+    for _ in 0..100 {
+        let (status, body) = admin.get("/_lattice/admin/v1/cluster").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body["instances"]
+            .as_array()
+            .is_some_and(|i| i.len() == expected)
+        {
+            overview = body;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let instances = overview["instances"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(instances.len(), expected, "{overview}");
+    assert!(instances
+        .iter()
+        .all(|i| i["pid"].as_i64().is_some_and(|p| p > 0) && i["roles"].is_array()));
+    let writers = overview["streams"]["events"]["writers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(writers.len(), 1, "{overview}");
+    assert!(writers[0]["position"].as_i64().is_some_and(|p| p > 1));
+    let readers = overview["streams"]["events"]["readers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(readers.len(), expected, "{overview}");
+}

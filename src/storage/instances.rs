@@ -1,0 +1,81 @@
+//! The instances of a deployment and their heartbeats.
+
+use deadpool_postgres::Pool;
+use serde_json::{json, Value};
+
+use super::StorageResult;
+use crate::util::now_ms;
+
+pub struct Heartbeat<'a> {
+    pub instance: &'a str,
+    pub roles: &'a [String],
+    pub host: &'a str,
+    pub pid: i32,
+    pub started_ts: i64,
+    pub events_position: i64,
+}
+
+pub async fn beat(pool: &Pool, beat: &Heartbeat<'_>) -> StorageResult<()> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "INSERT INTO instances (instance_name, roles, host, pid, started_ts, heartbeat_ts, events_position)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (instance_name) DO UPDATE SET roles = EXCLUDED.roles, host = EXCLUDED.host,
+               pid = EXCLUDED.pid, started_ts = EXCLUDED.started_ts, heartbeat_ts = EXCLUDED.heartbeat_ts,
+               events_position = EXCLUDED.events_position",
+            &[&beat.instance, &beat.roles, &beat.host, &beat.pid, &beat.started_ts, &now_ms(), &beat.events_position],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Every instance seen, and the events stream's writers with each reader's lag.
+pub async fn cluster(pool: &Pool) -> StorageResult<Value> {
+    let client = pool.get().await?;
+    let instances = client
+        .query(
+            "SELECT instance_name, roles, host, pid, started_ts, heartbeat_ts, events_position
+             FROM instances ORDER BY instance_name",
+            &[],
+        )
+        .await?;
+    let writers = client
+        .query("SELECT instance_name, stream_id FROM stream_positions WHERE stream_name = 'events' ORDER BY instance_name", &[])
+        .await?;
+    let newest: i64 = writers
+        .iter()
+        .map(|w| w.get::<_, i64>(1))
+        .max()
+        .unwrap_or(0);
+    let instances: Vec<Value> = instances
+        .iter()
+        .map(|row| {
+            json!({
+                "name": row.get::<_, String>(0),
+                "roles": row.get::<_, Vec<String>>(1),
+                "host": row.get::<_, String>(2),
+                "pid": row.get::<_, i32>(3),
+                "started_ts": row.get::<_, i64>(4),
+                "last_heartbeat_ts": row.get::<_, i64>(5),
+            })
+        })
+        .collect();
+    let readers: Vec<Value> = client
+        .query("SELECT instance_name, events_position FROM instances ORDER BY instance_name", &[])
+        .await?
+        .iter()
+        .map(|row| {
+            let position: i64 = row.get(1);
+            json!({ "instance": row.get::<_, String>(0), "position": position, "lag": (newest - position).max(0) })
+        })
+        .collect();
+    let writers: Vec<Value> = writers
+        .iter()
+        .map(|row| json!({ "instance": row.get::<_, String>(0), "position": row.get::<_, i64>(1) }))
+        .collect();
+    Ok(json!({
+        "instances": instances,
+        "streams": { "events": { "writers": writers, "readers": readers } },
+    }))
+}
