@@ -102,9 +102,13 @@ run_workloads() {
     local name args
     for name in "${WORKLOADS[@]}"; do
         case "$name" in
-            chat) args=(chat)
+            chat)
+                args=(chat)
                 # The database's own speed, measured once, beside Lattice's busiest run.
-                [[ "$label" == lattice ]] && args+=(--postgres-baseline --database-url "$database_url") ;;
+                if [[ "$label" == lattice ]]; then
+                    args+=(--postgres-baseline --database-url "$database_url")
+                fi
+                ;;
             chat-paced) args=(chat --rate 1000 --messages 10) ;;
             big-room) args=(big-room) ;;
             idle) args=(idle) ;;
@@ -112,9 +116,12 @@ run_workloads() {
             *) die "unknown workload $name (chat chat-paced big-room idle join-storm)" ;;
         esac
         log "$label: $name"
-        if ! "$BIN" bench "${args[@]}" --name "$name" --label "$label" --base-url "$url" \
-                --pids "$pids" --json-out "$RESULTS" "${EXTRA[@]}"; then
-            FAILED+=("$label $name")
+        # stdout as is; stderr (progress, and why a run failed) also kept in a file.
+        if ! { "$BIN" bench "${args[@]}" --name "$name" --label "$label" --base-url "$url" \
+                --pids "$pids" --json-out "$RESULTS" "${EXTRA[@]}" 2>&1 1>&3 \
+                | tee "$OUT/$label-$name.err" >&2; } 3>&1; then
+            # The last line says why (a problem count, or a set-up that never finished).
+            FAILED+=("$label $name: $(grep -a '^lattice: ' "$OUT/$label-$name.err" | tail -n 1 | sed 's/^lattice: //')")
         fi
     done
 }
@@ -271,6 +278,12 @@ cat "$RESULTS" >> "$OUT/results.jsonl"
 {
     machine_header
     "$BIN" bench summary --json-in "$RESULTS"
+    if [[ ${#FAILED[@]} -gt 0 ]]; then
+        echo
+        echo "Runs that saw problems or did not finish:"
+        echo
+        printf -- '- %s\n' "${FAILED[@]}"
+    fi
 } > "$SUMMARY"
 cp "$SUMMARY" "$OUT/summary.md"
 echo
@@ -278,6 +291,7 @@ cat "$SUMMARY"
 echo
 log "results: $RESULTS, summary: $SUMMARY"
 if [[ ${#FAILED[@]} -gt 0 ]]; then
-    log "runs that saw problems: ${FAILED[*]}"
+    log "runs that saw problems or did not finish:"
+    printf '    %s\n' "${FAILED[@]}" >&2
     exit 1
 fi

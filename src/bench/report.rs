@@ -290,10 +290,10 @@ pub fn summary_markdown(reports: &[Report]) -> String {
         let server = r.processes.first();
         let _ = writeln!(
             out,
-            "| {} | {} | {shape} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {} / {} / {} | {} | {} |{}",
+            "| {} | {} | {shape} | {} | {:.1} / {:.1} | {:.1} / {:.1} | {} / {} / {} | {} | {} |{}",
             r.name,
             r.server,
-            r.accepted_per_second,
+            rate(r.accepted_per_second),
             r.send_latency_ms.p50,
             r.send_latency_ms.p99,
             r.delivery_latency_ms.p50,
@@ -397,6 +397,15 @@ pub fn summary_markdown(reports: &[Report]) -> String {
         }
     }
     out
+}
+
+/// Operations per second: whole numbers, but slow servers keep a decimal.
+fn rate(per_second: f64) -> String {
+    if per_second < 10.0 {
+        format!("{per_second:.1}")
+    } else {
+        format!("{per_second:.0}")
+    }
 }
 
 fn ratio(ours: f64, theirs: f64) -> String {
@@ -518,6 +527,13 @@ mod tests {
             "{markdown}"
         );
         assert!(markdown.contains("lattice / synapse"), "{markdown}");
+        assert!(
+            markdown
+                .contains("| chat | synapse | 10 users, 2 rooms of 5, 20 msgs, 4 in flight | 40 |"),
+            "{markdown}"
+        );
+        let slow = summary_markdown(&[report("chat", "synapse", 0.34, 1.0)]);
+        assert!(slow.contains("in flight | 0.3 |"), "{slow}");
         assert_eq!(
             markdown.matches("| big-room |").count(),
             1,
