@@ -116,7 +116,7 @@ impl PasswordHasher {
                     version,
                     &params,
                     password.as_bytes(),
-                    &salt.into(),
+                    &salt,
                     expected.len(),
                     blocks,
                 )
