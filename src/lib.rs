@@ -9,6 +9,8 @@
 //!   [`roles`] (the event persister is the writer of the events stream).
 //! - [`streams`] has stream positions, client tokens and the notifier that
 //!   wakes long-polling `/sync` requests.
+//! - [`caches`] keeps hot database reads in memory, each kept true by the
+//!   stream it follows or by explicit invalidation.
 //! - [`rooms`] is the Matrix room model (PDUs, auth rules via ruma, filters).
 //! - [`bench`] is `lattice bench`, the load generator that measures Lattice
 //!   and any other homeserver through the Client-Server API.
@@ -18,6 +20,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod caches;
 pub mod config;
 pub mod error;
 pub mod keys;

@@ -16,6 +16,7 @@ use ruma::OwnedServerName;
 use serde_json::Value;
 
 use crate::api::{RateLimiter, TokenCache, TOKEN_CACHE};
+use crate::caches::{MembershipCache, MEMBERSHIP_CACHE};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::keys::SigningKey;
@@ -46,6 +47,8 @@ pub struct Node {
     pub rate_limiter: Arc<RateLimiter>,
     pub passwords: PasswordHasher,
     pub tokens: Arc<TokenCache>,
+    /// Each user's memberships, for `/sync`.
+    pub memberships: Arc<MembershipCache>,
     /// The writers of the events stream, in config order (the sharding rule indexes it).
     event_writers: Arc<Vec<EventWriter>>,
     pub supervisor: Arc<Supervisor>,
@@ -174,6 +177,7 @@ impl Node {
         let stream = SharedStream::new(positions, notifier.clone());
 
         let tokens = Arc::new(TokenCache::default());
+        let memberships = Arc::new(MembershipCache::default());
         // Everything in one process needs no Redis and does not contact it.
         let (transport, replication) = if single_process {
             (None, None)
@@ -196,7 +200,11 @@ impl Node {
                     events_writer: writes_events,
                     invalidate: {
                         let tokens = tokens.clone();
-                        Arc::new(move |row| tokens.invalidate(row))
+                        let memberships = memberships.clone();
+                        Arc::new(move |row| {
+                            tokens.invalidate(row);
+                            memberships.invalidate(row);
+                        })
                     },
                 },
                 stream.clone(),
@@ -275,6 +283,7 @@ impl Node {
             rate_limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
             passwords: PasswordHasher::default(),
             tokens,
+            memberships,
             config: Arc::new(config),
             instance_name: instance_name.to_owned(),
             roles: Arc::new(roles.to_vec()),
@@ -366,6 +375,20 @@ impl Node {
                 instance: self.instance_name.clone(),
                 token: None,
                 row: serde_json::json!([TOKEN_CACHE, user_id, device_id]),
+            });
+        }
+    }
+
+    /// Forgets the cached memberships of `user_id` here and on every other
+    /// instance: for changes that are not events (forgetting a room).
+    pub fn forget_memberships(&self, user_id: &str) {
+        self.memberships.forget(user_id);
+        if let Some(replication) = &self.replication {
+            replication.publisher.publish(Command::Rdata {
+                stream: CACHES_STREAM.to_owned(),
+                instance: self.instance_name.clone(),
+                token: None,
+                row: serde_json::json!([MEMBERSHIP_CACHE, user_id]),
             });
         }
     }

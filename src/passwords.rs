@@ -10,8 +10,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use argon2::password_hash::{rand_core::OsRng, Output, PasswordHash, SaltString};
 use argon2::password_hash::ParamsString;
+use argon2::password_hash::{rand_core::OsRng, Output, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::Semaphore;
 

@@ -446,18 +446,6 @@ pub async fn forget_room(pool: &Pool, user_id: &str, room_id: &str) -> StorageRe
     Ok(())
 }
 
-/// Rejoining a room un-forgets it.
-pub async fn unforget_room(pool: &Pool, user_id: &str, room_id: &str) -> StorageResult<()> {
-    let client = pool.get().await?;
-    client
-        .execute(
-            "DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2",
-            &[&user_id, &room_id],
-        )
-        .await?;
-    Ok(())
-}
-
 // Aliases and the room directory.
 
 pub async fn alias_room(pool: &Pool, alias: &str) -> StorageResult<Option<String>> {

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
+use super::change_cache::StreamChangeCache;
+
 /// Shared by every handler of one instance; clone freely.
 #[derive(Clone)]
 pub struct Notifier {
@@ -19,6 +21,8 @@ pub struct Notifier {
 struct Inner {
     events_position: watch::Sender<i64>,
     listeners: Mutex<HashMap<String, Vec<Weak<Notify>>>>,
+    /// The last position at which each room or user changed.
+    changes: Mutex<StreamChangeCache>,
 }
 
 /// A registration on some keys; wakes when any of them is notified after the
@@ -35,6 +39,7 @@ impl Notifier {
             inner: Arc::new(Inner {
                 events_position: watch::channel(events_position).0,
                 listeners: Mutex::new(HashMap::new()),
+                changes: Mutex::new(StreamChangeCache::new(events_position)),
             }),
         }
     }
@@ -89,6 +94,32 @@ impl Notifier {
                 });
             }
         }
+    }
+
+    /// Records that `keys` changed at `position`; call it before the
+    /// position is announced.
+    pub fn record_changes(&self, keys: &[String], position: i64) {
+        self.changes().record(keys, position);
+    }
+
+    /// Whether the room or user `key` may have changed after `since`.
+    pub fn has_changed_since(&self, key: &str, since: i64) -> bool {
+        self.changes().has_changed_since(key, since)
+    }
+
+    /// Forgets the changes at or before `position`, which then all count as
+    /// maybe changed.
+    pub fn forget_changes_until(&self, position: i64) {
+        self.changes().forget_until(position);
+    }
+
+    fn changes(&self) -> std::sync::MutexGuard<'_, StreamChangeCache> {
+        // The cache is consistent between calls; a panic elsewhere while
+        // holding the lock leaves nothing half done.
+        self.inner
+            .changes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// How many listeners are registered, for `Observe`.

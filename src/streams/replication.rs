@@ -527,7 +527,7 @@ async fn read_connection(
                 if token <= stream.read(|p| p.current_token_for_writer(&instance)) {
                     continue;
                 }
-                stream.update(row_keys(&row), |p| p.advance(&instance, token));
+                stream.record(row_keys(&row), token, |p| p.advance(&instance, token));
                 stats.applied.fetch_add(1, Ordering::Relaxed);
             }
             Command::Position {
@@ -587,11 +587,13 @@ async fn catch_up(
                 row.get::<_, Option<String>>(4),
                 membership,
             ]);
-            stream.update(row_keys(&event_row), |p| p.advance(writer, position));
+            stream.record(row_keys(&event_row), position, |p| {
+                p.advance(writer, position)
+            });
             stats.caught_up_rows.fetch_add(1, Ordering::Relaxed);
         }
     }
-    stream.update(Vec::new(), |p| p.advance(writer, new));
+    stream.update(|p| p.advance(writer, new));
     Ok(())
 }
 

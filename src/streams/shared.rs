@@ -21,6 +21,7 @@ pub struct SharedStream {
 
 impl SharedStream {
     pub fn new(positions: StreamPositions, notifier: Notifier) -> SharedStream {
+        notifier.forget_changes_until(positions.persisted_upto());
         notifier.on_new_events(positions.persisted_upto(), Vec::<String>::new());
         SharedStream {
             positions: Arc::new(Mutex::new(positions)),
@@ -37,11 +38,26 @@ impl SharedStream {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Runs `f` on the positions, then wakes the long-polls listening on
-    /// `keys` at the (possibly new) persisted-up-to position.
-    pub fn update<R>(&self, keys: Vec<String>, f: impl FnOnce(&mut StreamPositions) -> R) -> R {
+    /// Runs `f` on the positions, then lets the notifier advance to the
+    /// (possibly new) persisted-up-to position.
+    pub fn update<R>(&self, f: impl FnOnce(&mut StreamPositions) -> R) -> R {
+        self.record(Vec::new(), 0, f)
+    }
+
+    /// Like `update`, for rows that changed `keys` (rooms, users) at
+    /// `position`: the change is recorded before the notifier advances past
+    /// it, then the long-polls listening on `keys` are woken.
+    pub fn record<R>(
+        &self,
+        keys: Vec<String>,
+        position: i64,
+        f: impl FnOnce(&mut StreamPositions) -> R,
+    ) -> R {
         let (result, upto) = {
             let mut positions = self.lock();
+            if !keys.is_empty() {
+                self.notifier.record_changes(&keys, position);
+            }
             let result = f(&mut positions);
             (result, positions.persisted_upto())
         };
@@ -75,7 +91,9 @@ impl SharedStream {
 
     /// Replaces the whole view (a writer restarting reloads it from the database).
     pub fn replace(&self, positions: StreamPositions) {
-        self.update(Vec::new(), |current| *current = positions);
+        self.notifier
+            .forget_changes_until(positions.persisted_upto());
+        self.update(|current| *current = positions);
     }
 
     pub fn notifier(&self) -> &Notifier {

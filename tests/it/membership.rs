@@ -351,6 +351,38 @@ async fn forget_after_leaving() {
 }
 
 #[actix_web::test]
+async fn rejoining_a_forgotten_room_brings_it_back() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    let (status, _) = bob.post(&room_path(&room_id, "leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = bob.post(&room_path(&room_id, "forget"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Synced while forgotten: whatever the server remembered of that must not
+    // hide the room once bob is back.
+    let sync = bob.sync("").await;
+    assert!(sync["rooms"]["join"].get(&room_id).is_none(), "{sync}");
+    let since = sync["next_batch"].as_str().expect("next_batch").to_owned();
+
+    bob.join(&room_id).await;
+    alice.send_text(&room_id, "welcome back").await;
+    let sync = bob.sync(&format!("since={since}")).await;
+    let timeline = &sync["rooms"]["join"][&room_id]["timeline"]["events"];
+    assert!(
+        timeline.as_array().is_some_and(|events| events
+            .iter()
+            .any(|e| e["content"]["body"] == "welcome back")),
+        "the rejoined room is in the join section with its new message: {sync}"
+    );
+    let sync = bob.sync("").await;
+    assert!(sync["rooms"]["join"][&room_id].is_object(), "{sync}");
+}
+
+#[actix_web::test]
 async fn joined_members_lists_joined_users_with_profiles() {
     let cluster = TestCluster::start().await;
     let client = cluster.client();

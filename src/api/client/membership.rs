@@ -135,7 +135,6 @@ async fn join(
         content,
     )
     .await?;
-    rooms::unforget_room(&node.pool, &requester.user_id, room_id).await?;
     Ok(HttpResponse::Ok().json(json!({ "room_id": room_id })))
 }
 
@@ -306,6 +305,7 @@ pub async fn forget(
         )),
         Some(_) => {
             rooms::forget_room(&node.pool, &requester.user_id, &room_id).await?;
+            node.forget_memberships(&requester.user_id);
             Ok(HttpResponse::Ok().json(json!({})))
         }
         None => Err(ApiError::not_found("you have never been in this room")),

@@ -86,7 +86,10 @@ pub async fn sync(
     loop {
         // A membership change after this read wakes the user's own key, so
         // the rooms listened to below are never stale for long.
-        let memberships = rooms::memberships_of_user(&node.pool, &requester.user_id).await?;
+        let memberships = node
+            .memberships
+            .memberships_of_user(&node.pool, &node.notifier, &requester.user_id)
+            .await?;
         let mut keys: Vec<String> = memberships
             .iter()
             .filter(|m| m.membership == "join")
@@ -99,7 +102,7 @@ pub async fn sync(
             &node,
             &requester,
             &filter,
-            memberships,
+            &memberships,
             since,
             upto,
             full_state,
@@ -174,7 +177,7 @@ async fn compute(
     node: &Node,
     requester: &Requester,
     filter: &Filter,
-    memberships: Vec<Membership>,
+    memberships: &[Membership],
     since: Option<i64>,
     upto: i64,
     full_state: bool,
@@ -189,18 +192,31 @@ async fn compute(
         .clamp(0, 1000);
 
     // Memberships that changed after `upto` are left for the next sync.
-    let memberships: Vec<Membership> = memberships
-        .into_iter()
+    let memberships: Vec<&Membership> = memberships
+        .iter()
         .filter(|m| m.stream_ordering <= upto && filter.wants_room(&m.room_id) && !m.forgotten)
         .collect();
     let joined: Vec<&Membership> = memberships
         .iter()
+        .copied()
         .filter(|m| m.membership == "join")
         .collect();
-    let joined_ids: Vec<String> = joined.iter().map(|m| m.room_id.clone()).collect();
+    // Only rooms that moved since the token need reading; the notifier's
+    // change cache knows which did not.
+    let changed_ids: Vec<String> = joined
+        .iter()
+        .filter(|m| match since {
+            Some(s) if !full_state => {
+                m.stream_ordering > s || node.notifier.has_changed_since(&m.room_id, s)
+            }
+            _ => true,
+        })
+        .map(|m| m.room_id.clone())
+        .collect();
     let after = since.unwrap_or(0);
     let mut recent =
-        rooms::recent_events_per_room(&node.pool, &joined_ids, after, upto, timeline_limit).await?;
+        rooms::recent_events_per_room(&node.pool, &changed_ids, after, upto, timeline_limit)
+            .await?;
 
     for membership in &joined {
         let newly_joined = since.is_none_or(|s| membership.stream_ordering > s);
@@ -251,6 +267,7 @@ async fn compute(
 
     for membership in memberships
         .iter()
+        .copied()
         .filter(|m| m.membership == "leave" || m.membership == "ban")
     {
         let include = match since {

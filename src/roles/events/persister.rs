@@ -571,7 +571,7 @@ impl EventPersister {
         let mut client = self.pool.get().await?;
         let fetch = self
             .stream
-            .update(Vec::new(), |p| p.begin_fetch())
+            .update(|p| p.begin_fetch())
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let count = events.len() as i64;
         let allocated = client
@@ -583,17 +583,15 @@ impl EventPersister {
         let positions: Vec<i64> = match allocated {
             Ok(rows) => rows.iter().map(|row| row.get(0)).collect(),
             Err(error) => {
-                self.stream.update(Vec::new(), |p| p.end_fetch(fetch, &[]));
+                self.stream.update(|p| p.end_fetch(fetch, &[]));
                 return Err(error.into());
             }
         };
-        self.stream
-            .update(Vec::new(), |p| p.end_fetch(fetch, &positions));
+        self.stream.update(|p| p.end_fetch(fetch, &positions));
         let result = self.commit(&mut client, room, &events, &positions).await;
         if result.is_err() {
             // Rolled-back positions count as finished: they are gaps, never rows.
-            self.stream
-                .update(Vec::new(), |p| p.mark_finished(&positions));
+            self.stream.update(|p| p.mark_finished(&positions));
         }
         let (persisted, state_groups) = result?;
         for (room_id, group) in state_groups {
@@ -612,7 +610,9 @@ impl EventPersister {
             }
         }
         keys.dedup();
-        self.stream.update(keys, |p| p.mark_finished(&positions));
+        let last = positions.iter().copied().max().unwrap_or(0);
+        self.stream
+            .record(keys, last, |p| p.mark_finished(&positions));
         if let Some(publisher) = &self.publisher {
             for (event, position) in events.iter().zip(&positions) {
                 publisher.publish(Command::Rdata {
@@ -740,6 +740,14 @@ impl EventPersister {
                             "INSERT INTO membership_history (stream_ordering, room_id, user_id, membership, event_id)
                              VALUES ($1, $2, $3, $4, $5)",
                             &[position, &room_id, state_key, membership, &pdu.event_id.as_str()],
+                        )
+                        .await?;
+                    // A new membership un-forgets the room (as in Synapse),
+                    // in the same transaction so no reader sees one without the other.
+                    transaction
+                        .execute(
+                            "DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2",
+                            &[state_key, &room_id],
                         )
                         .await?;
                 }
