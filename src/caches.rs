@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::Pool;
 
-use crate::storage::rooms::{self, Membership};
+use crate::storage::rooms::{self, Membership, StoredEvent};
 use crate::storage::StorageResult;
 use crate::streams::notifier::Notifier;
 
@@ -108,5 +108,276 @@ impl MembershipCache {
             }
             Some(_) => {}
         }
+    }
+}
+
+/// Events kept per room: enough for the default timeline of a sync that is
+/// a few messages behind.
+const RECENT_EVENTS_PER_ROOM: usize = 32;
+/// Events kept over all rooms before the cache starts over (a few tens of MB).
+const MAX_RECENT_EVENTS: usize = 50_000;
+
+/// The latest events of each room that long-polls woke for: after the first
+/// `/sync` of a room's members reads a new event, the others get it from
+/// here. A room's entry holds every event after `complete_after` up to
+/// `read_at`, and is extended from the database only when the notifier's
+/// change cache says the room moved since `read_at`.
+#[derive(Default)]
+pub struct RecentEventsCache {
+    rooms: Mutex<RecentRooms>,
+}
+
+#[derive(Default)]
+struct RecentRooms {
+    by_room: HashMap<String, RoomTimeline>,
+    events: usize,
+}
+
+#[derive(Clone)]
+struct RoomTimeline {
+    /// Oldest first.
+    events: std::collections::VecDeque<StoredEvent>,
+    /// Every event of the room after this position (and up to `read_at`) is in `events`.
+    complete_after: i64,
+    read_at: i64,
+}
+
+impl RoomTimeline {
+    /// The latest `limit` events in `(after, upto]`, newest first, with one
+    /// more than `limit` when there are more; None when the entry cannot tell.
+    fn answer(&self, after: i64, upto: i64, limit: usize) -> Option<Vec<StoredEvent>> {
+        let wanted = limit + 1;
+        let events: Vec<StoredEvent> = self
+            .events
+            .iter()
+            .rev()
+            .filter(|e| e.stream_ordering > after && e.stream_ordering <= upto)
+            .take(wanted)
+            .cloned()
+            .collect();
+        (self.complete_after <= after || events.len() == wanted).then_some(events)
+    }
+
+    fn trim(&mut self) {
+        while self.events.len() > RECENT_EVENTS_PER_ROOM {
+            if let Some(dropped) = self.events.pop_front() {
+                self.complete_after = dropped.stream_ordering;
+            }
+        }
+    }
+}
+
+impl RecentEventsCache {
+    /// The latest `limit` events of each room in `(after, upto]`, newest
+    /// first, with one more than `limit` when there are more: the same as
+    /// `rooms::recent_events_per_room`, from memory where it can be.
+    pub async fn recent_events_per_room(
+        &self,
+        pool: &Pool,
+        notifier: &Notifier,
+        room_ids: &[String],
+        after: i64,
+        upto: i64,
+        limit: i64,
+    ) -> StorageResult<HashMap<String, Vec<StoredEvent>>> {
+        let limit = limit.max(0) as usize;
+        let mut by_room = HashMap::new();
+        if limit + 1 > RECENT_EVENTS_PER_ROOM {
+            return rooms::recent_events_per_room(pool, room_ids, after, upto, limit as i64).await;
+        }
+        for room_id in room_ids {
+            let cached = self.fresh_entry(notifier, room_id);
+            if let Some(events) = cached.as_ref().and_then(|t| t.answer(after, upto, limit)) {
+                if !events.is_empty() {
+                    by_room.insert(room_id.clone(), events);
+                }
+                continue;
+            }
+            let timeline = self.refresh(pool, notifier, room_id).await?;
+            let events = match timeline.answer(after, upto, limit) {
+                Some(events) => events,
+                // Further back than the cache keeps.
+                None => rooms::recent_events_per_room(
+                    pool,
+                    std::slice::from_ref(room_id),
+                    after,
+                    upto,
+                    limit as i64,
+                )
+                .await?
+                .remove(room_id)
+                .unwrap_or_default(),
+            };
+            if !events.is_empty() {
+                by_room.insert(room_id.clone(), events);
+            }
+        }
+        Ok(by_room)
+    }
+
+    /// The room's entry when nothing happened in the room since it was read.
+    fn fresh_entry(&self, notifier: &Notifier, room_id: &str) -> Option<RoomTimeline> {
+        let rooms = self.rooms.lock().ok()?;
+        let timeline = rooms.by_room.get(room_id)?;
+        if notifier.has_changed_since(room_id, timeline.read_at) {
+            return None;
+        }
+        Some(timeline.clone())
+    }
+
+    /// Reads what the room's entry lacks (or the latest events, without an
+    /// entry) and stores the result.
+    async fn refresh(
+        &self,
+        pool: &Pool,
+        notifier: &Notifier,
+        room_id: &str,
+    ) -> StorageResult<RoomTimeline> {
+        let base = self
+            .rooms
+            .lock()
+            .ok()
+            .and_then(|rooms| rooms.by_room.get(room_id).cloned());
+        // Every event up to the notifier's position is committed.
+        let read_at = notifier.events_position();
+        let from = base.as_ref().map(|t| t.read_at).unwrap_or(0);
+        let mut newest = rooms::recent_events_per_room(
+            pool,
+            &[room_id.to_owned()],
+            from,
+            read_at,
+            RECENT_EVENTS_PER_ROOM as i64,
+        )
+        .await?
+        .remove(room_id)
+        .unwrap_or_default();
+        let truncated = newest.len() > RECENT_EVENTS_PER_ROOM;
+        newest.truncate(RECENT_EVENTS_PER_ROOM);
+        newest.reverse();
+        // A redaction changes an older event: start over from the database.
+        let redacts = newest.iter().any(|e| e.kind == "m.room.redaction");
+        let mut timeline = match base {
+            Some(base) if !truncated && !redacts => base,
+            _ if redacts && from > 0 => {
+                return Box::pin(self.reload(pool, notifier, room_id)).await
+            }
+            _ => RoomTimeline {
+                events: Default::default(),
+                complete_after: match newest.first() {
+                    Some(oldest) if truncated => oldest.stream_ordering - 1,
+                    _ => from,
+                },
+                read_at,
+            },
+        };
+        timeline.events.extend(newest);
+        timeline.read_at = read_at;
+        timeline.trim();
+        self.store(room_id, &timeline);
+        Ok(timeline)
+    }
+
+    /// Drops the room's entry and reads it afresh.
+    async fn reload(
+        &self,
+        pool: &Pool,
+        notifier: &Notifier,
+        room_id: &str,
+    ) -> StorageResult<RoomTimeline> {
+        if let Ok(mut rooms) = self.rooms.lock() {
+            if let Some(dropped) = rooms.by_room.remove(room_id) {
+                rooms.events -= dropped.events.len();
+            }
+        }
+        self.refresh(pool, notifier, room_id).await
+    }
+
+    /// Stores `timeline` unless another request already stored one read as
+    /// late or later.
+    fn store(&self, room_id: &str, timeline: &RoomTimeline) {
+        let Ok(mut rooms) = self.rooms.lock() else {
+            return;
+        };
+        if rooms
+            .by_room
+            .get(room_id)
+            .is_some_and(|current| current.read_at >= timeline.read_at)
+        {
+            return;
+        }
+        if rooms.events + timeline.events.len() > MAX_RECENT_EVENTS {
+            rooms.by_room.clear();
+            rooms.events = 0;
+        }
+        let added = timeline.events.len();
+        if let Some(previous) = rooms.by_room.insert(room_id.to_owned(), timeline.clone()) {
+            rooms.events -= previous.events.len();
+        }
+        rooms.events += added;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(position: i64) -> StoredEvent {
+        StoredEvent {
+            stream_ordering: position,
+            event_id: format!("$e{position}"),
+            room_id: "!r:x".into(),
+            depth: position,
+            sender: "@a:x".into(),
+            kind: "m.room.message".into(),
+            state_key: None,
+            origin_server_ts: 0,
+            pdu: serde_json::json!({}),
+            redacted_by: None,
+            txn_device_id: None,
+            txn_id: None,
+        }
+    }
+
+    fn timeline(positions: &[i64], complete_after: i64, read_at: i64) -> RoomTimeline {
+        RoomTimeline {
+            events: positions.iter().map(|&p| event(p)).collect(),
+            complete_after,
+            read_at,
+        }
+    }
+
+    fn positions(events: Option<Vec<StoredEvent>>) -> Option<Vec<i64>> {
+        events.map(|events| events.iter().map(|e| e.stream_ordering).collect())
+    }
+
+    #[test]
+    fn answers_newest_first_within_the_range() {
+        let t = timeline(&[3, 5, 8, 9], 2, 10);
+        assert_eq!(positions(t.answer(4, 10, 10)), Some(vec![9, 8, 5]));
+        assert_eq!(positions(t.answer(4, 8, 10)), Some(vec![8, 5]));
+        assert_eq!(positions(t.answer(9, 10, 10)), Some(vec![]));
+        // One more than the limit tells the caller there is a gap.
+        assert_eq!(positions(t.answer(2, 10, 2)), Some(vec![9, 8, 5]));
+    }
+
+    #[test]
+    fn cannot_answer_further_back_than_it_is_complete() {
+        let t = timeline(&[5, 8, 9], 4, 10);
+        assert_eq!(positions(t.answer(1, 10, 10)), None, "3 may exist");
+        // Enough events to fill the limit plus one: the gap is all it needs.
+        assert_eq!(positions(t.answer(1, 10, 1)), Some(vec![9, 8]));
+    }
+
+    #[test]
+    fn trimming_moves_completeness_forward() {
+        let mut t = timeline(&(1..=40).collect::<Vec<_>>(), 0, 40);
+        t.trim();
+        assert_eq!(t.events.len(), RECENT_EVENTS_PER_ROOM);
+        assert_eq!(t.complete_after, 40 - RECENT_EVENTS_PER_ROOM as i64);
+        assert_eq!(
+            positions(t.answer(0, 40, 5)),
+            Some(vec![40, 39, 38, 37, 36, 35])
+        );
+        assert_eq!(positions(t.answer(0, 40, 40)), None);
     }
 }

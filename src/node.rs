@@ -16,7 +16,7 @@ use ruma::OwnedServerName;
 use serde_json::Value;
 
 use crate::api::{RateLimiter, TokenCache, TOKEN_CACHE};
-use crate::caches::{MembershipCache, MEMBERSHIP_CACHE};
+use crate::caches::{MembershipCache, RecentEventsCache, MEMBERSHIP_CACHE};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::keys::SigningKey;
@@ -49,6 +49,8 @@ pub struct Node {
     pub tokens: Arc<TokenCache>,
     /// Each user's memberships, for `/sync`.
     pub memberships: Arc<MembershipCache>,
+    /// The latest events of busy rooms, for `/sync`.
+    pub recent_events: Arc<RecentEventsCache>,
     /// The writers of the events stream, in config order (the sharding rule indexes it).
     event_writers: Arc<Vec<EventWriter>>,
     pub supervisor: Arc<Supervisor>,
@@ -284,6 +286,7 @@ impl Node {
             passwords: PasswordHasher::default(),
             tokens,
             memberships,
+            recent_events: Arc::new(RecentEventsCache::default()),
             config: Arc::new(config),
             instance_name: instance_name.to_owned(),
             roles: Arc::new(roles.to_vec()),

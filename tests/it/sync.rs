@@ -560,3 +560,77 @@ async fn a_rejected_invite_moves_to_the_leave_section() {
         "{events:?}"
     );
 }
+
+#[actix_web::test]
+async fn an_incremental_sync_sees_a_redaction_of_what_it_already_read() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    let since = next_batch(&bob.sync("").await);
+    let event_id = alice.send_text(&room_id, "regrettable").await;
+    // Read twice from the same token: the second answer may come from memory.
+    for _ in 0..2 {
+        let sync = bob.sync(&format!("since={}", enc(&since))).await;
+        assert_eq!(timeline_bodies(&sync, &room_id), vec!["regrettable"]);
+    }
+
+    let (status, body) = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/r1",
+                enc(&room_id),
+                enc(&event_id)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync = bob.sync(&format!("since={}", enc(&since))).await;
+    let events = sync["rooms"]["join"][&room_id]["timeline"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let message = events
+        .iter()
+        .find(|e| e["event_id"] == event_id.as_str())
+        .unwrap_or_else(|| panic!("the message is still in the timeline: {sync}"));
+    assert_eq!(message["content"], json!({}), "redacted: {message}");
+    assert!(
+        events.iter().any(|e| e["type"] == "m.room.redaction"),
+        "{sync}"
+    );
+}
+
+#[actix_web::test]
+async fn every_member_woken_by_a_message_gets_it_once() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let mut members = Vec::new();
+    for name in ["bob", "carol", "dave", "erin"] {
+        let user = client.register(name).await;
+        user.join(&room_id).await;
+        let since = next_batch(&user.sync("").await);
+        members.push((user, since));
+    }
+    for round in 0..3 {
+        let text = format!("message {round}");
+        alice.send_text(&room_id, &text).await;
+        for (user, since) in &mut members {
+            let sync = user
+                .sync(&format!("since={}&timeout=5000", enc(since)))
+                .await;
+            assert_eq!(
+                timeline_bodies(&sync, &room_id),
+                vec![text.clone()],
+                "{} after round {round}: {sync}",
+                user.user_id
+            );
+            *since = next_batch(&sync);
+        }
+    }
+}

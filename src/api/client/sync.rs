@@ -214,9 +214,22 @@ async fn compute(
         .map(|m| m.room_id.clone())
         .collect();
     let after = since.unwrap_or(0);
-    let mut recent =
-        rooms::recent_events_per_room(&node.pool, &changed_ids, after, upto, timeline_limit)
-            .await?;
+    // Incremental syncs mostly want the event that woke them, which another
+    // member's sync has usually just read: the recent-events cache has it.
+    let mut recent = if since.is_some() && !full_state {
+        node.recent_events
+            .recent_events_per_room(
+                &node.pool,
+                &node.notifier,
+                &changed_ids,
+                after,
+                upto,
+                timeline_limit,
+            )
+            .await?
+    } else {
+        rooms::recent_events_per_room(&node.pool, &changed_ids, after, upto, timeline_limit).await?
+    };
 
     for membership in &joined {
         let newly_joined = since.is_none_or(|s| membership.stream_ordering > s);
