@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use deadpool_postgres::Pool;
 
+use crate::error::ApiError;
+use crate::rooms::filter::Filter;
+use crate::storage::accounts;
 use crate::storage::rooms::{self, Membership, StoredEvent};
 use crate::storage::StorageResult;
 use crate::streams::notifier::Notifier;
@@ -111,25 +114,77 @@ impl MembershipCache {
     }
 }
 
+/// Filters kept before the cache starts over.
+const MAX_CACHED_FILTERS: usize = 100_000;
+
+/// Stored filters by (user, id). A filter never changes once created, so an
+/// entry is never stale; it only has to be bounded.
+#[derive(Default)]
+pub struct FilterCache {
+    filters: Mutex<HashMap<(String, i64), Arc<Filter>>>,
+}
+
+impl FilterCache {
+    /// The filter `filter_id` of `user_id`, parsed; None when there is none.
+    pub async fn filter(
+        &self,
+        pool: &Pool,
+        user_id: &str,
+        filter_id: i64,
+    ) -> Result<Option<Arc<Filter>>, ApiError> {
+        let key = (user_id.to_owned(), filter_id);
+        if let Some(filter) = self.filters.lock().ok().and_then(|f| f.get(&key).cloned()) {
+            return Ok(Some(filter));
+        }
+        let Some(value) = accounts::filter(pool, user_id, filter_id).await? else {
+            return Ok(None);
+        };
+        let filter = Arc::new(Filter::parse(value)?);
+        if let Ok(mut filters) = self.filters.lock() {
+            if filters.len() >= MAX_CACHED_FILTERS {
+                filters.clear();
+            }
+            filters.insert(key, Arc::clone(&filter));
+        }
+        Ok(Some(filter))
+    }
+}
+
 /// Events kept per room: enough for the default timeline of a sync that is
 /// a few messages behind.
 const RECENT_EVENTS_PER_ROOM: usize = 32;
 /// Events kept over all rooms before the cache starts over (a few tens of MB).
 const MAX_RECENT_EVENTS: usize = 50_000;
 
+/// How many locks the rooms' refreshes are spread over.
+const REFRESH_LOCKS: usize = 64;
+
 /// The latest events of each room that long-polls woke for: after the first
 /// `/sync` of a room's members reads a new event, the others get it from
 /// here. A room's entry holds every event after `complete_after` up to
 /// `read_at`, and is extended from the database only when the notifier's
-/// change cache says the room moved since `read_at`.
-#[derive(Default)]
+/// change cache says the room moved since `read_at`. The members of a room
+/// wake together; one of them reads while the others wait for its answer.
 pub struct RecentEventsCache {
     rooms: Mutex<RecentRooms>,
+    /// Held while a room is read from the database, by room id hash.
+    refreshing: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Default for RecentEventsCache {
+    fn default() -> Self {
+        RecentEventsCache {
+            rooms: Mutex::default(),
+            refreshing: (0..REFRESH_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        }
+    }
 }
 
 #[derive(Default)]
 struct RecentRooms {
-    by_room: HashMap<String, RoomTimeline>,
+    by_room: HashMap<String, Arc<RoomTimeline>>,
     events: usize,
 }
 
@@ -146,7 +201,7 @@ impl RoomTimeline {
     /// The latest `limit` events in `(after, upto]`, newest first, with one
     /// more than `limit` when there are more; None when the entry cannot tell.
     fn answer(&self, after: i64, upto: i64, limit: usize) -> Option<Vec<StoredEvent>> {
-        let wanted = limit + 1;
+        let wanted = limit.saturating_add(1);
         let events: Vec<StoredEvent> = self
             .events
             .iter()
@@ -182,18 +237,11 @@ impl RecentEventsCache {
     ) -> StorageResult<HashMap<String, Vec<StoredEvent>>> {
         let limit = limit.max(0) as usize;
         let mut by_room = HashMap::new();
-        if limit + 1 > RECENT_EVENTS_PER_ROOM {
-            return rooms::recent_events_per_room(pool, room_ids, after, upto, limit as i64).await;
-        }
         for room_id in room_ids {
-            let cached = self.fresh_entry(notifier, room_id);
-            if let Some(events) = cached.as_ref().and_then(|t| t.answer(after, upto, limit)) {
-                if !events.is_empty() {
-                    by_room.insert(room_id.clone(), events);
-                }
-                continue;
-            }
-            let timeline = self.refresh(pool, notifier, room_id).await?;
+            let timeline = match self.fresh_entry(notifier, room_id) {
+                Some(timeline) => timeline,
+                None => self.refresh(pool, notifier, room_id).await?,
+            };
             let events = match timeline.answer(after, upto, limit) {
                 Some(events) => events,
                 // Further back than the cache keeps.
@@ -216,23 +264,28 @@ impl RecentEventsCache {
     }
 
     /// The room's entry when nothing happened in the room since it was read.
-    fn fresh_entry(&self, notifier: &Notifier, room_id: &str) -> Option<RoomTimeline> {
+    fn fresh_entry(&self, notifier: &Notifier, room_id: &str) -> Option<Arc<RoomTimeline>> {
         let rooms = self.rooms.lock().ok()?;
         let timeline = rooms.by_room.get(room_id)?;
         if notifier.has_changed_since(room_id, timeline.read_at) {
             return None;
         }
-        Some(timeline.clone())
+        Some(Arc::clone(timeline))
     }
 
-    /// Reads what the room's entry lacks (or the latest events, without an
-    /// entry) and stores the result.
+    /// Brings the room's entry up to date: reads what it lacks (or the
+    /// latest events, without an entry) unless a request that held the
+    /// room's lock before this one already did.
     async fn refresh(
         &self,
         pool: &Pool,
         notifier: &Notifier,
         room_id: &str,
-    ) -> StorageResult<RoomTimeline> {
+    ) -> StorageResult<Arc<RoomTimeline>> {
+        let _reading = self.refresh_lock(room_id).lock().await;
+        if let Some(timeline) = self.fresh_entry(notifier, room_id) {
+            return Ok(timeline);
+        }
         let base = self
             .rooms
             .lock()
@@ -241,60 +294,70 @@ impl RecentEventsCache {
         // Every event up to the notifier's position is committed.
         let read_at = notifier.events_position();
         let from = base.as_ref().map(|t| t.read_at).unwrap_or(0);
-        let mut newest = rooms::recent_events_per_room(
-            pool,
-            &[room_id.to_owned()],
-            from,
-            read_at,
-            RECENT_EVENTS_PER_ROOM as i64,
-        )
-        .await?
-        .remove(room_id)
-        .unwrap_or_default();
+        let mut newest = self.read(pool, room_id, from, read_at).await?;
         let truncated = newest.len() > RECENT_EVENTS_PER_ROOM;
         newest.truncate(RECENT_EVENTS_PER_ROOM);
         newest.reverse();
-        // A redaction changes an older event: start over from the database.
-        let redacts = newest.iter().any(|e| e.kind == "m.room.redaction");
+        // A redaction changes an older event: read the room afresh.
+        let redacts = from > 0 && newest.iter().any(|e| e.kind == "m.room.redaction");
         let mut timeline = match base {
-            Some(base) if !truncated && !redacts => base,
-            _ if redacts && from > 0 => {
-                return Box::pin(self.reload(pool, notifier, room_id)).await
+            Some(base) if !truncated && !redacts => (*base).clone(),
+            _ if redacts => {
+                newest = self.read(pool, room_id, 0, read_at).await?;
+                let truncated = newest.len() > RECENT_EVENTS_PER_ROOM;
+                newest.truncate(RECENT_EVENTS_PER_ROOM);
+                newest.reverse();
+                RoomTimeline {
+                    events: Default::default(),
+                    complete_after: complete_after(&newest, truncated, 0),
+                    read_at,
+                }
             }
             _ => RoomTimeline {
                 events: Default::default(),
-                complete_after: match newest.first() {
-                    Some(oldest) if truncated => oldest.stream_ordering - 1,
-                    _ => from,
-                },
+                complete_after: complete_after(&newest, truncated, from),
                 read_at,
             },
         };
         timeline.events.extend(newest);
         timeline.read_at = read_at;
         timeline.trim();
+        let timeline = Arc::new(timeline);
         self.store(room_id, &timeline);
         Ok(timeline)
     }
 
-    /// Drops the room's entry and reads it afresh.
-    async fn reload(
+    /// The room's latest events in `(after, upto]`, newest first, one more
+    /// than the cache keeps when there are more.
+    async fn read(
         &self,
         pool: &Pool,
-        notifier: &Notifier,
         room_id: &str,
-    ) -> StorageResult<RoomTimeline> {
-        if let Ok(mut rooms) = self.rooms.lock() {
-            if let Some(dropped) = rooms.by_room.remove(room_id) {
-                rooms.events -= dropped.events.len();
-            }
-        }
-        self.refresh(pool, notifier, room_id).await
+        after: i64,
+        upto: i64,
+    ) -> StorageResult<Vec<StoredEvent>> {
+        Ok(rooms::recent_events_per_room(
+            pool,
+            &[room_id.to_owned()],
+            after,
+            upto,
+            RECENT_EVENTS_PER_ROOM as i64,
+        )
+        .await?
+        .remove(room_id)
+        .unwrap_or_default())
+    }
+
+    fn refresh_lock(&self, room_id: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(room_id);
+        &self.refreshing[(hash % REFRESH_LOCKS as u64) as usize]
     }
 
     /// Stores `timeline` unless another request already stored one read as
     /// late or later.
-    fn store(&self, room_id: &str, timeline: &RoomTimeline) {
+    fn store(&self, room_id: &str, timeline: &Arc<RoomTimeline>) {
         let Ok(mut rooms) = self.rooms.lock() else {
             return;
         };
@@ -310,10 +373,23 @@ impl RecentEventsCache {
             rooms.events = 0;
         }
         let added = timeline.events.len();
-        if let Some(previous) = rooms.by_room.insert(room_id.to_owned(), timeline.clone()) {
+        if let Some(previous) = rooms
+            .by_room
+            .insert(room_id.to_owned(), Arc::clone(timeline))
+        {
             rooms.events -= previous.events.len();
         }
         rooms.events += added;
+    }
+}
+
+/// Where a freshly read run of events (oldest first) is complete from: the
+/// position before its oldest event when the read was cut at the cache's
+/// size, else where the read started.
+fn complete_after(events: &[StoredEvent], truncated: bool, read_after: i64) -> i64 {
+    match events.first() {
+        Some(oldest) if truncated => oldest.stream_ordering - 1,
+        _ => read_after,
     }
 }
 

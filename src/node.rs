@@ -16,7 +16,7 @@ use ruma::OwnedServerName;
 use serde_json::Value;
 
 use crate::api::{RateLimiter, TokenCache, TOKEN_CACHE};
-use crate::caches::{MembershipCache, RecentEventsCache, MEMBERSHIP_CACHE};
+use crate::caches::{FilterCache, MembershipCache, RecentEventsCache, MEMBERSHIP_CACHE};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::keys::SigningKey;
@@ -51,6 +51,8 @@ pub struct Node {
     pub memberships: Arc<MembershipCache>,
     /// The latest events of busy rooms, for `/sync`.
     pub recent_events: Arc<RecentEventsCache>,
+    /// Stored filters, which never change.
+    pub filters: Arc<FilterCache>,
     /// The writers of the events stream, in config order (the sharding rule indexes it).
     event_writers: Arc<Vec<EventWriter>>,
     pub supervisor: Arc<Supervisor>,
@@ -287,6 +289,7 @@ impl Node {
             tokens,
             memberships,
             recent_events: Arc::new(RecentEventsCache::default()),
+            filters: Arc::new(FilterCache::default()),
             config: Arc::new(config),
             instance_name: instance_name.to_owned(),
             roles: Arc::new(roles.to_vec()),

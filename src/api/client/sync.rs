@@ -6,6 +6,7 @@
 //! rooms, then computes its answer; if the answer is empty it sleeps until
 //! one of those keys is notified or the timeout passes, then computes again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
@@ -17,8 +18,8 @@ use crate::api::Requester;
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
 use crate::rooms::filter::Filter;
+use crate::storage::rooms;
 use crate::storage::rooms::{Membership, StoredEvent};
-use crate::storage::{accounts, rooms};
 use crate::streams::token::{RoomStreamToken, StreamToken};
 
 /// The longest a client may ask to wait.
@@ -124,22 +125,22 @@ async fn load_filter(
     node: &Node,
     requester: &Requester,
     filter: Option<&str>,
-) -> ApiResult<Filter> {
+) -> ApiResult<Arc<Filter>> {
     match filter {
-        None => Ok(Filter::default()),
+        None => Ok(Arc::new(Filter::default())),
         Some(text) if text.trim_start().starts_with('{') => {
             let value: Value = serde_json::from_str(text)
                 .map_err(|_| ApiError::invalid_param("filter is not valid JSON"))?;
-            Filter::parse(value)
+            Ok(Arc::new(Filter::parse(value)?))
         }
         Some(id) => {
             let id: i64 = id
                 .parse()
                 .map_err(|_| ApiError::invalid_param("filter must be a filter id or JSON"))?;
-            let value = accounts::filter(&node.pool, &requester.user_id, id)
+            node.filters
+                .filter(&node.pool, &requester.user_id, id)
                 .await?
-                .ok_or_else(|| ApiError::not_found("no such filter"))?;
-            Filter::parse(value)
+                .ok_or_else(|| ApiError::not_found("no such filter"))
         }
     }
 }
