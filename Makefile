@@ -2,7 +2,9 @@
 #
 #   make run           PostgreSQL (durable) + release build + dev server on http://127.0.0.1:8008
 #   make test          PostgreSQL (fast) + Redis, cargo test --workspace, then the real-client tests
+#                      against a monolith and against `lattice up` of config/split.yaml
 #   make clients       only the real-client tests (tests/clients/run.sh)
+#   make clients-split only the real-client tests against the split (.ci/clients-split.sh)
 #   make clients-deps  var/venv with matrix-nio, tests/clients/node_modules with matrix-js-sdk
 #   make stop          stop PostgreSQL and Redis
 #   make services      start PostgreSQL (fast) and Redis without running anything
@@ -32,10 +34,10 @@ RELEASE_BIN := $(TARGET_DIR)/release/lattice
 TEST_DATABASE_URL := postgresql://lattice@127.0.0.1:$(LATTICE_PG_PORT)/postgres
 TEST_REDIS_URL := redis://127.0.0.1:$(LATTICE_REDIS_PORT)
 
-.PHONY: help run test test-rust clients clients-deps stop services status
+.PHONY: help run test test-rust clients clients-split clients-deps stop services status
 
 help:
-	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
 
 run:
 	.ci/postgres.sh start
@@ -68,6 +70,8 @@ test: clients-deps services
 		cargo test --test it || rc=1; \
 	echo "==> tests/clients/run.sh"; \
 	LATTICE_CLIENTS_NO_BUILD=1 $(CLIENTS)/run.sh || rc=1; \
+	echo "==> .ci/clients-split.sh (the same client tests against lattice up --topology config/split.yaml)"; \
+	LATTICE_CLIENTS_NO_BUILD=1 .ci/clients-split.sh || rc=1; \
 	if [[ $$rc != 0 ]]; then echo "make test: FAILED" >&2; fi; \
 	exit $$rc
 
@@ -77,6 +81,9 @@ test-rust: services
 
 clients: clients-deps
 	$(CLIENTS)/run.sh
+
+clients-split: clients-deps
+	.ci/clients-split.sh
 
 services:
 	LATTICE_PG_FAST=1 .ci/postgres.sh start

@@ -183,7 +183,7 @@ impl Node {
         let tokens = Arc::new(TokenCache::default());
         let memberships = Arc::new(MembershipCache::default());
         // Everything in one process needs no Redis and does not contact it.
-        let (transport, replication) = if single_process {
+        let (redis_transport, replication) = if single_process {
             (None, None)
         } else {
             let url = config.redis.url.clone().ok_or(NodeError::Topology(
@@ -215,17 +215,13 @@ impl Node {
                 pool.clone(),
             )
             .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
-            (
-                Some(Arc::new(transport) as Arc<dyn Transport>),
-                Some(replication),
-            )
+            (Some(transport), Some(replication))
         };
+        let transport = redis_transport
+            .clone()
+            .map(|transport| Arc::new(transport) as Arc<dyn Transport>);
 
         let supervisor = Arc::new(Supervisor::new());
-        let metrics = Arc::new(crate::api::metrics::Metrics::new(
-            instance_name,
-            Arc::clone(&supervisor),
-        ));
         let mut endpoints = Vec::new();
         let local_persister = if writes_events {
             let pool = pool.clone();
@@ -283,6 +279,18 @@ impl Node {
             });
         }
 
+        let mut metrics = crate::api::metrics::Metrics::new(instance_name, Arc::clone(&supervisor));
+        if let Some(transport) = redis_transport {
+            let served = endpoints
+                .iter()
+                .map(|endpoint| endpoint.destination().to_owned())
+                .collect();
+            metrics = metrics.with_mailboxes(transport, served);
+        }
+        if let Some(replication) = &replication {
+            metrics = metrics.with_replication(Arc::clone(&replication.stats), stream.clone());
+        }
+
         let node = Node {
             rate_limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
             passwords: PasswordHasher::default(),
@@ -298,7 +306,7 @@ impl Node {
             stream,
             event_writers: Arc::new(event_writer_mailboxes),
             supervisor,
-            metrics,
+            metrics: Arc::new(metrics),
             replication: replication.map(Arc::new),
             endpoints: Arc::new(tokio::sync::Mutex::new(endpoints)),
         };

@@ -24,7 +24,8 @@
 //!   [`Supervisor::observe_all`] returns every actor's snapshot and restart
 //!   count; [`Supervisor::shutdown`] stops everything and waits.
 //! * [`Mailbox<M>`]: `call(msg, deadline)` and `tell(msg)`, local or remote,
-//!   one error type, [`MailboxError`].
+//!   one error type, [`MailboxError`]. Remote calls are timed into their
+//!   transport's [`CallLatency`], per wire name and destination.
 //! * [`Transport`]: object-safe, in terms of destinations and envelopes
 //!   (`send` for request/reply, `post` for fire-and-forget, `subscribe` to
 //!   own a destination). [`RedisTransport`] is the real one (a Redis Stream
@@ -122,6 +123,7 @@ pub mod actor;
 pub mod auth;
 pub mod endpoint;
 pub mod envelope;
+pub mod latency;
 pub mod mailbox;
 pub mod message;
 pub mod placement;
@@ -134,6 +136,7 @@ pub use actor::{Actor, ActorStatus, Addr, Context, Handler};
 pub use auth::{AuthError, HmacKey};
 pub use endpoint::{serve, Endpoint, EndpointStats, ServeHandle};
 pub use envelope::{Envelope, ReplyBody, ReplyErrorKind};
+pub use latency::{CallKey, CallLatency, CallStats, Histogram, CALL_LATENCY_BUCKETS};
 pub use mailbox::{Mailbox, MailboxError};
 pub use message::{BoxFuture, RemoteMessage};
 pub use placement::{shard_index, Location, Placement, PlacementError};

@@ -42,6 +42,19 @@ pub enum MailboxError {
     Closed,
 }
 
+impl MailboxError {
+    /// A short stable name of the variant, for metric labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MailboxError::Timeout => "timeout",
+            MailboxError::Unreachable => "unreachable",
+            MailboxError::Decode(_) => "decode",
+            MailboxError::Remote(_) => "remote",
+            MailboxError::Closed => "closed",
+        }
+    }
+}
+
 impl From<TransportError> for MailboxError {
     fn from(e: TransportError) -> Self {
         match e {
@@ -196,7 +209,28 @@ fn encode_request<M: RemoteMessage>(
     ))
 }
 
+/// A remote call, timed into the transport's
+/// [`CallLatency`](crate::CallLatency): the proxy is where the caller waits,
+/// so that is where its wait is measured.
 async fn call_remote<M: RemoteMessage>(
+    target: &RemoteTarget,
+    msg: M,
+    deadline: Duration,
+) -> Result<M::Reply, MailboxError> {
+    let started = Instant::now();
+    let result = call_remote_untimed(target, msg, deadline).await;
+    if let Some(calls) = target.transport.call_latency() {
+        calls.record(
+            M::WIRE_NAME,
+            &target.destination,
+            result.as_ref().map(|_| ()),
+            started.elapsed(),
+        );
+    }
+    result
+}
+
+async fn call_remote_untimed<M: RemoteMessage>(
     target: &RemoteTarget,
     msg: M,
     deadline: Duration,

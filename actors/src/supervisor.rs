@@ -91,7 +91,7 @@ pub struct ActorSnapshot {
 }
 
 /// Snapshots of every actor of a supervisor, in name order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SupervisorSnapshot {
     /// One per actor.
     pub actors: Vec<ActorSnapshot>,

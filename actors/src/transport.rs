@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::envelope::Envelope;
+use crate::latency::CallLatency;
 use crate::message::BoxFuture;
 
 /// The counters every transport keeps (one transport value = one
@@ -109,6 +110,12 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Counters for tests and the admin API.
     fn observe(&self) -> Value;
+
+    /// Where remote mailboxes calling through this transport record how
+    /// long their calls took; `None` if this transport does not keep them.
+    fn call_latency(&self) -> Option<&CallLatency> {
+        None
+    }
 }
 
 /// The receiving side of a destination. Dropping it gives back every

@@ -6,6 +6,14 @@
 //! never the raw path: room ids and transaction ids would make the number of
 //! series unbounded. `/metrics` writes the Prometheus text format by hand; it
 //! is a few lines of escaping and needs no client library.
+//!
+//! Besides requests, a scrape reports what an operator of a split deployment
+//! watches: how many messages wait in each mailbox (a local actor's inbox, and
+//! the Redis stream of each mailbox this instance serves, read with
+//! `XLEN`/`XPENDING` at scrape time), how long this instance's remote mailbox
+//! calls take (timed by the mailbox proxy in `lattice-actors`, per wire
+//! name), how far this instance's view of each stream writer lags behind
+//! what the writer announced, and how often actors were restarted.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,7 +26,13 @@ use std::time::{Duration, Instant};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpResponse};
-use lattice_actors::{ActorSnapshot, Supervisor, SupervisorSnapshot};
+use lattice_actors::{
+    ActorSnapshot, Backlog, CallKey, CallStats, RedisTransport, Supervisor, SupervisorSnapshot,
+    Transport,
+};
+
+use crate::streams::replication::{ReplicationStats, WriterLag};
+use crate::streams::shared::SharedStream;
 
 /// Upper bounds (seconds) of the latency histogram's buckets: from a cached
 /// read to a `/sync` long-poll that waited its whole timeout.
@@ -32,6 +46,10 @@ const UNMATCHED: &str = "unmatched";
 /// The `Content-Type` of the Prometheus text format.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// How long a scrape waits for Redis to report a mailbox's backlog; a
+/// mailbox whose backlog did not come in time is left out of that scrape.
+const BACKLOG_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// The request counters of one instance, and what `/metrics` reports. The
 /// node keeps one in an `Arc`, shared by the middleware of every HTTP worker
 /// and the `/metrics` handler.
@@ -39,6 +57,14 @@ pub struct Metrics {
     instance_name: String,
     /// Read at every scrape for actor restarts and queue depths.
     supervisor: Arc<Supervisor>,
+    /// The Redis transport of a split instance: its remote call latencies,
+    /// and the backlog of the mailboxes in `served`.
+    transport: Option<RedisTransport>,
+    /// The destinations this instance serves through `transport`.
+    served: Vec<String>,
+    /// Replication of a split instance: announced positions, and this
+    /// instance's view of the events stream they are compared with.
+    replication: Option<(Arc<ReplicationStats>, SharedStream)>,
     started: Instant,
     in_flight: AtomicI64,
     endpoints: Mutex<BTreeMap<EndpointKey, EndpointStats>>,
@@ -66,10 +92,32 @@ impl Metrics {
         Metrics {
             instance_name: instance_name.to_owned(),
             supervisor,
+            transport: None,
+            served: Vec::new(),
+            replication: None,
             started: Instant::now(),
             in_flight: AtomicI64::new(0),
             endpoints: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Reports the remote calls made through `transport`, and the backlog of
+    /// the mailboxes this instance serves at `served` destinations.
+    pub fn with_mailboxes(mut self, transport: RedisTransport, served: Vec<String>) -> Metrics {
+        self.transport = Some(transport);
+        self.served = served;
+        self
+    }
+
+    /// Reports replication lag: what writers announced (`stats`) against
+    /// what this instance has processed (`stream`).
+    pub fn with_replication(
+        mut self,
+        stats: Arc<ReplicationStats>,
+        stream: SharedStream,
+    ) -> Metrics {
+        self.replication = Some((stats, stream));
+        self
     }
 
     /// The middleware counting every request into `self`; wrap it around the
@@ -109,11 +157,35 @@ impl Metrics {
 
     /// Everything `/metrics` reports, in the Prometheus text format.
     pub async fn render(&self) -> String {
-        let actors = self.supervisor.observe_all().await;
-        self.render_with(&actors)
+        let mut scrape = Scrape {
+            actors: self.supervisor.observe_all().await,
+            ..Scrape::default()
+        };
+        if let Some(transport) = &self.transport {
+            for destination in &self.served {
+                match tokio::time::timeout(BACKLOG_TIMEOUT, transport.backlog(destination)).await {
+                    Ok(Ok(backlog)) => scrape.backlogs.push((destination.clone(), backlog)),
+                    Ok(Err(error)) => {
+                        tracing::debug!(%destination, %error, "no mailbox backlog for /metrics")
+                    }
+                    Err(_) => {
+                        tracing::debug!(%destination, "mailbox backlog timed out for /metrics")
+                    }
+                }
+            }
+            if let Some(calls) = transport.call_latency() {
+                scrape.calls = calls.snapshot();
+            }
+        }
+        if let Some((stats, stream)) = &self.replication {
+            scrape.lags = Some(stats.events_lag(stream));
+            scrape.replication_rejected = stats.rejected.load(Ordering::Relaxed);
+            scrape.replication_reconnects = stats.reconnects.load(Ordering::Relaxed);
+        }
+        self.render_with(&scrape)
     }
 
-    fn render_with(&self, actors: &SupervisorSnapshot) -> String {
+    fn render_with(&self, scrape: &Scrape) -> String {
         let mut out = Exposition::default();
         out.family(
             "lattice_instance_info",
@@ -149,7 +221,10 @@ impl Metrics {
             self.in_flight.load(Ordering::Relaxed) as f64,
         );
         self.render_requests(&mut out);
-        render_actors(&mut out, actors);
+        render_actors(&mut out, &scrape.actors);
+        render_mailboxes(&mut out, scrape);
+        render_calls(&mut out, &scrape.calls);
+        render_replication(&mut out, scrape);
         out.finish()
     }
 
@@ -209,6 +284,22 @@ impl Metrics {
     }
 }
 
+/// What one scrape gathered besides the request counters, which it reads
+/// while rendering.
+#[derive(Default)]
+struct Scrape {
+    actors: SupervisorSnapshot,
+    /// The Redis mailboxes this instance serves, with their backlog.
+    backlogs: Vec<(String, Backlog)>,
+    /// Remote calls this instance made.
+    calls: Vec<(CallKey, CallStats)>,
+    /// `None` without replication (the monolith): no stream has a writer
+    /// elsewhere, so there is nothing to lag behind.
+    lags: Option<Vec<WriterLag>>,
+    replication_rejected: u64,
+    replication_reconnects: u64,
+}
+
 /// A metric family read from every actor's snapshot: name, type, help, value.
 type ActorFamily = (
     &'static str,
@@ -218,18 +309,12 @@ type ActorFamily = (
 );
 
 fn render_actors(out: &mut Exposition, snapshot: &SupervisorSnapshot) {
-    let families: [ActorFamily; 4] = [
+    let families: [ActorFamily; 3] = [
         (
             "lattice_actor_restarts_total",
             "counter",
             "Times the supervisor restarted an actor after it failed.",
             |a| a.restarts,
-        ),
-        (
-            "lattice_actor_queued_messages",
-            "gauge",
-            "Messages waiting in an actor's inbox.",
-            |a| a.queued,
         ),
         (
             "lattice_actor_handled_messages_total",
@@ -250,6 +335,153 @@ fn render_actors(out: &mut Exposition, snapshot: &SupervisorSnapshot) {
             out.sample(name, &[("actor", &actor.name)], value(actor) as f64);
         }
     }
+}
+
+fn render_mailboxes(out: &mut Exposition, scrape: &Scrape) {
+    out.family(
+        "lattice_mailbox_depth",
+        "gauge",
+        "Messages waiting for their actor: in a local actor's inbox (transport=\"local\", \
+         mailbox = the actor), or in the Redis stream of a mailbox this instance serves, \
+         not yet delivered to an owner (transport=\"redis\", mailbox = the destination).",
+    );
+    for actor in &scrape.actors.actors {
+        out.sample(
+            "lattice_mailbox_depth",
+            &[("mailbox", &actor.name), ("transport", "local")],
+            actor.queued as f64,
+        );
+    }
+    for (destination, backlog) in &scrape.backlogs {
+        out.sample(
+            "lattice_mailbox_depth",
+            &[("mailbox", destination), ("transport", "redis")],
+            backlog.queued as f64,
+        );
+    }
+    out.family(
+        "lattice_mailbox_pending",
+        "gauge",
+        "Messages of a Redis mailbox this instance serves that an owner took and has not \
+         acknowledged yet: being handled, or left by an owner that died.",
+    );
+    for (destination, backlog) in &scrape.backlogs {
+        out.sample(
+            "lattice_mailbox_pending",
+            &[("mailbox", destination)],
+            backlog.pending as f64,
+        );
+    }
+}
+
+fn render_calls(out: &mut Exposition, calls: &[(CallKey, CallStats)]) {
+    let name = "lattice_mailbox_call_seconds";
+    out.family(
+        name,
+        "histogram",
+        "Time this instance waited for remote mailbox calls, answered or failed, by message \
+         wire name and destination.",
+    );
+    for (key, stats) in calls {
+        let labels = [
+            ("message", key.wire_name),
+            ("destination", key.destination.as_str()),
+        ];
+        for (bound, count) in stats.latency.cumulative() {
+            let le = format_value(bound);
+            out.sample(
+                &format!("{name}_bucket"),
+                &[labels[0], labels[1], ("le", &le)],
+                count as f64,
+            );
+        }
+        out.sample(
+            &format!("{name}_bucket"),
+            &[labels[0], labels[1], ("le", "+Inf")],
+            stats.latency.count as f64,
+        );
+        out.sample(&format!("{name}_sum"), &labels, stats.latency.sum_seconds);
+        out.sample(
+            &format!("{name}_count"),
+            &labels,
+            stats.latency.count as f64,
+        );
+    }
+    out.family(
+        "lattice_mailbox_call_failures_total",
+        "counter",
+        "Remote mailbox calls that failed, by message, destination and error \
+         (timeout, unreachable, decode, remote, closed).",
+    );
+    for (key, stats) in calls {
+        for (error, count) in &stats.failures {
+            out.sample(
+                "lattice_mailbox_call_failures_total",
+                &[
+                    ("message", key.wire_name),
+                    ("destination", &key.destination),
+                    ("error", error),
+                ],
+                *count as f64,
+            );
+        }
+    }
+}
+
+/// A gauge read from every writer's lag: name, help, value.
+type LagFamily = (&'static str, &'static str, fn(&WriterLag) -> i64);
+
+fn render_replication(out: &mut Exposition, scrape: &Scrape) {
+    let Some(lags) = &scrape.lags else {
+        return;
+    };
+    let families: [LagFamily; 3] = [
+        (
+            "lattice_replication_lag",
+            "Stream positions a writer announced that this instance has not processed yet.",
+            WriterLag::lag,
+        ),
+        (
+            "lattice_replication_position",
+            "The position of a stream writer this instance has processed (and serves up to).",
+            |lag| lag.processed,
+        ),
+        (
+            "lattice_replication_announced_position",
+            "The latest position a stream writer announced that this instance heard.",
+            |lag| lag.announced,
+        ),
+    ];
+    for (name, help, value) in families {
+        out.family(name, "gauge", help);
+        for lag in lags {
+            out.sample(
+                name,
+                &[("stream", &lag.stream), ("writer", &lag.writer)],
+                value(lag) as f64,
+            );
+        }
+    }
+    out.family(
+        "lattice_replication_rejected_total",
+        "counter",
+        "Replication messages dropped unapplied: bad or missing HMAC, or malformed.",
+    );
+    out.sample(
+        "lattice_replication_rejected_total",
+        &[],
+        scrape.replication_rejected as f64,
+    );
+    out.family(
+        "lattice_replication_reconnects_total",
+        "counter",
+        "Times the replication subscription was lost and set up again.",
+    );
+    out.sample(
+        "lattice_replication_reconnects_total",
+        &[],
+        scrape.replication_reconnects as f64,
+    );
 }
 
 /// A bounded set of method labels: a client can send any token as a method,
@@ -478,7 +710,7 @@ mod tests {
             StatusCode::FORBIDDEN,
             Duration::from_millis(1),
         );
-        let text = metrics.render_with(&SupervisorSnapshot { actors: vec![] });
+        let text = metrics.render_with(&Scrape::default());
         let labels = r#"method="PUT",endpoint="/_matrix/client/v3/rooms/{room_id}/send/{event_type}/{txn_id}""#;
         for line in [
             format!("lattice_http_requests_total{{{labels},status=\"2xx\"}} 4"),
@@ -589,6 +821,73 @@ mod tests {
     }
 
     #[test]
+    fn redis_mailboxes_remote_calls_and_replication_lag_are_reported() {
+        let calls = lattice_actors::CallLatency::default();
+        calls.record(
+            "events.send.v1",
+            "events@events1",
+            Ok(()),
+            Duration::from_millis(4),
+        );
+        calls.record(
+            "events.send.v1",
+            "events@events1",
+            Err(&lattice_actors::MailboxError::Timeout),
+            Duration::from_secs(30),
+        );
+        let scrape = Scrape {
+            backlogs: vec![(
+                "events@events1".to_owned(),
+                Backlog {
+                    queued: 3,
+                    pending: 1,
+                },
+            )],
+            calls: calls.snapshot(),
+            lags: Some(vec![WriterLag {
+                stream: "events".into(),
+                writer: "events1".into(),
+                announced: 42,
+                processed: 40,
+            }]),
+            replication_rejected: 5,
+            ..Scrape::default()
+        };
+        let text = metrics().render_with(&scrape);
+        let labels = r#"message="events.send.v1",destination="events@events1""#;
+        for line in [
+            r#"lattice_mailbox_depth{mailbox="events@events1",transport="redis"} 3"#.to_owned(),
+            r#"lattice_mailbox_pending{mailbox="events@events1"} 1"#.to_owned(),
+            format!("lattice_mailbox_call_seconds_bucket{{{labels},le=\"0.0025\"}} 0"),
+            format!("lattice_mailbox_call_seconds_bucket{{{labels},le=\"0.005\"}} 1"),
+            format!("lattice_mailbox_call_seconds_bucket{{{labels},le=\"10\"}} 1"),
+            format!("lattice_mailbox_call_seconds_bucket{{{labels},le=\"30\"}} 2"),
+            format!("lattice_mailbox_call_seconds_bucket{{{labels},le=\"+Inf\"}} 2"),
+            format!("lattice_mailbox_call_seconds_count{{{labels}}} 2"),
+            format!("lattice_mailbox_call_seconds_sum{{{labels}}} 30.004"),
+            format!("lattice_mailbox_call_failures_total{{{labels},error=\"timeout\"}} 1"),
+            r#"lattice_replication_lag{stream="events",writer="events1"} 2"#.to_owned(),
+            r#"lattice_replication_position{stream="events",writer="events1"} 40"#.to_owned(),
+            r#"lattice_replication_announced_position{stream="events",writer="events1"} 42"#
+                .to_owned(),
+            "lattice_replication_rejected_total 5".to_owned(),
+            "# TYPE lattice_mailbox_call_seconds histogram".to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_monolith_reports_no_replication() {
+        let text = metrics().render_with(&Scrape::default());
+        assert!(!text.contains("lattice_replication_lag"), "{text}");
+        assert!(
+            text.contains("# TYPE lattice_mailbox_depth gauge"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn actor_restarts_and_queues_are_reported() {
         let snapshot: SupervisorSnapshot = serde_json::from_value(serde_json::json!({
             "actors": [{
@@ -598,10 +897,13 @@ mod tests {
             }]
         }))
         .expect("a snapshot");
-        let text = metrics().render_with(&snapshot);
+        let text = metrics().render_with(&Scrape {
+            actors: snapshot,
+            ..Scrape::default()
+        });
         for line in [
             r#"lattice_actor_restarts_total{actor="event_persister"} 2"#,
-            r#"lattice_actor_queued_messages{actor="event_persister"} 7"#,
+            r#"lattice_mailbox_depth{mailbox="event_persister",transport="local"} 7"#,
             r#"lattice_actor_handled_messages_total{actor="event_persister"} 40"#,
             r#"lattice_actor_expired_messages_total{actor="event_persister"} 1"#,
         ] {

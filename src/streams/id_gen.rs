@@ -209,6 +209,11 @@ impl StreamPositions {
         &self.local_instance
     }
 
+    /// The configured writers (empty: any instance may write).
+    pub fn writers(&self) -> &[String] {
+        &self.writers
+    }
+
     /// Whether the local instance may allocate ids (writer list empty, or it
     /// is in it).
     pub fn is_writer(&self) -> bool {

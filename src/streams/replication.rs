@@ -11,10 +11,10 @@
 //! with a secret drops and counts lines whose signature is missing or wrong,
 //! so nothing they say is applied.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -216,6 +216,50 @@ mod tests {
     }
 
     #[test]
+    fn lag_is_what_a_writer_announced_beyond_what_this_instance_processed() {
+        use crate::streams::id_gen::{LoadedPositions, StreamPositions};
+        use crate::streams::notifier::Notifier;
+
+        let writers = vec!["events1".to_owned(), "events2".to_owned()];
+        let positions = StreamPositions::new(
+            "main",
+            &writers,
+            LoadedPositions {
+                stream_positions: vec![("events1".into(), 5), ("events2".into(), 5)],
+                ..LoadedPositions::default()
+            },
+        );
+        let stream = SharedStream::new(positions, Notifier::new(1));
+        let stats = ReplicationStats::default();
+        let lags = |stats: &ReplicationStats| {
+            stats
+                .events_lag(&stream)
+                .iter()
+                .map(|l| (l.writer.clone(), l.announced, l.processed, l.lag()))
+                .collect::<Vec<_>>()
+        };
+        // Nothing heard yet: no lag, at the position loaded at start-up.
+        assert_eq!(
+            lags(&stats),
+            vec![("events1".into(), 5, 5, 0), ("events2".into(), 5, 5, 0)]
+        );
+
+        stats.announce(EVENTS_STREAM, "events1", 9);
+        stats.announce(EVENTS_STREAM, "events1", 7);
+        assert_eq!(lags(&stats)[0], ("events1".into(), 9, 5, 4));
+
+        stream.update(Vec::new(), |p| p.advance("events1", 8));
+        assert_eq!(lags(&stats)[0], ("events1".into(), 9, 8, 1));
+        stream.update(Vec::new(), |p| p.advance("events1", 9));
+        assert_eq!(lags(&stats)[0], ("events1".into(), 9, 9, 0));
+        // Caught up from PostgreSQL beyond the last announcement: not negative.
+        stream.update(Vec::new(), |p| p.advance("events2", 12));
+        assert_eq!(lags(&stats)[1], ("events2".into(), 12, 12, 0));
+        stats.announce(EVENTS_STREAM, "events2", 10);
+        assert_eq!(lags(&stats)[1], ("events2".into(), 10, 12, 0));
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert_eq!(Command::parse("   "), Ok(None));
         for line in [
@@ -269,6 +313,33 @@ pub struct ReplicationStats {
     pub caught_up_rows: AtomicU64,
     pub rejected: AtomicU64,
     pub reconnects: AtomicU64,
+    /// The highest position each writer has announced (POSITION, or the
+    /// token of an RDATA), by stream then writer, whether or not this
+    /// instance has processed it yet: what replication lag is measured
+    /// against.
+    announced: Mutex<BTreeMap<String, BTreeMap<String, i64>>>,
+}
+
+/// How far this instance's view of one writer of one stream is behind what
+/// that writer announced.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WriterLag {
+    pub stream: String,
+    pub writer: String,
+    /// The writer's latest announced position (the processed one if it has
+    /// announced nothing this instance heard).
+    pub announced: i64,
+    /// The position this instance has processed, up to which it can serve.
+    pub processed: i64,
+}
+
+impl WriterLag {
+    /// Positions announced and not processed yet; never negative (a writer
+    /// heard of through PostgreSQL catch-up can be ahead of its last
+    /// announcement).
+    pub fn lag(&self) -> i64 {
+        (self.announced - self.processed).max(0)
+    }
 }
 
 impl ReplicationStats {
@@ -278,6 +349,50 @@ impl ReplicationStats {
             "caught_up_rows": self.caught_up_rows.load(Ordering::Relaxed),
             "rejected": self.rejected.load(Ordering::Relaxed),
             "reconnects": self.reconnects.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Records that `writer` announced `position` on `stream`; positions
+    /// never go back.
+    pub fn announce(&self, stream: &str, writer: &str, position: i64) {
+        let mut announced = self
+            .announced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let latest = announced
+            .entry(stream.to_owned())
+            .or_default()
+            .entry(writer.to_owned())
+            .or_insert(position);
+        *latest = (*latest).max(position);
+    }
+
+    /// The lag of every writer of the events stream, as this instance sees
+    /// it through `stream` (in writer order).
+    pub fn events_lag(&self, stream: &SharedStream) -> Vec<WriterLag> {
+        let announced = self
+            .announced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let heard = announced.get(EVENTS_STREAM);
+        stream.read(|positions| {
+            positions
+                .writers()
+                .iter()
+                .map(|writer| {
+                    let processed = positions.current_token_for_writer(writer);
+                    let announced = heard
+                        .and_then(|writers| writers.get(writer))
+                        .copied()
+                        .unwrap_or(processed);
+                    WriterLag {
+                        stream: EVENTS_STREAM.to_owned(),
+                        writer: writer.clone(),
+                        announced,
+                        processed,
+                    }
+                })
+                .collect()
         })
     }
 }
@@ -517,13 +632,16 @@ async fn read_connection(
                 token,
                 row,
             } => {
-                if name != EVENTS_STREAM
-                    || instance == config.instance
-                    || !connected.contains(&instance)
-                {
+                if name != EVENTS_STREAM || instance == config.instance {
                     continue;
                 }
                 let Some(token) = token else { continue };
+                // Announced even while its rows are still dropped (before
+                // the writer's first POSITION): that is lag too.
+                stats.announce(&name, &instance, token);
+                if !connected.contains(&instance) {
+                    continue;
+                }
                 if token <= stream.read(|p| p.current_token_for_writer(&instance)) {
                     continue;
                 }
@@ -539,6 +657,7 @@ async fn read_connection(
                 if name != EVENTS_STREAM || instance == config.instance {
                     continue;
                 }
+                stats.announce(&name, &instance, new);
                 catch_up(pool, stream, &instance, new, stats).await?;
                 connected.insert(instance);
             }

@@ -6,6 +6,10 @@
 #   tests/clients/run.sh nio        only the nio test   (or: jssdk)
 #
 # Environment:
+#   LATTICE_CLIENTS_BASE_URL=url    test the server already running there (registration open,
+#                                   rate limits off) instead of starting one: no build, no
+#                                   database (.ci/clients-split.sh uses this)
+#   LATTICE_CLIENTS_SERVER_LOG=path with LATTICE_CLIENTS_BASE_URL: the log to show when a test fails
 #   LATTICE_PG_PORT (5433)          the test PostgreSQL of .ci/postgres.sh (started here if needed, fast mode)
 #   LATTICE_CLIENTS_NO_BUILD=1      skip `cargo build`
 #   LATTICE_CLIENTS_BIN=path        server binary to test (default $CARGO_TARGET_DIR or target, /debug/lattice)
@@ -27,6 +31,7 @@ RUN_DIR="$ROOT/var/clients/run-$$"
 DB="lattice_clients_$$"
 BIN="${LATTICE_CLIENTS_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/lattice}"
 SERVER_PID=""
+SERVER_LOG=""
 DB_CREATED=0
 PASSED=0
 FAILED=0
@@ -87,58 +92,22 @@ fail_all() {
 
 mkdir -p "$RUN_DIR"
 
-# --- dependencies -----------------------------------------------------------------------
-if [[ ! -x var/venv/bin/python || ! -d tests/clients/node_modules/matrix-js-sdk ]]; then
-    log "client dependencies missing; running 'make clients-deps'"
-    make --no-print-directory clients-deps
-fi
-
-# --- build ------------------------------------------------------------------------------
-if [[ -z "${LATTICE_CLIENTS_NO_BUILD:-}" ]]; then
-    log "cargo build"
-    cargo build || fail_all "cargo build failed"
-fi
-[[ -x "$BIN" ]] || fail_all "$BIN not found (did the build produce the lattice binary?)"
-
-# --- database -----------------------------------------------------------------------------
-LATTICE_PG_FAST="${LATTICE_PG_FAST:-1}" .ci/postgres.sh start || fail_all "could not start PostgreSQL"
-.ci/postgres.sh psql -d postgres -c "create database \"$DB\"" >/dev/null || fail_all "could not create database $DB"
-DB_CREATED=1
-PG_PORT="${LATTICE_PG_PORT:-5433}"
-DB_URL="postgresql://lattice@127.0.0.1:${PG_PORT}/${DB}"
-
-# --- server -------------------------------------------------------------------------------
-PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
-BASE_URL="http://127.0.0.1:${PORT}"
-CONFIG="$RUN_DIR/homeserver.yaml"
-SERVER_LOG="$RUN_DIR/server.log"
-
-"$BIN" generate-config --server-name localhost >"$CONFIG" 2>"$RUN_DIR/generate-config.err" \
-    || { cat "$RUN_DIR/generate-config.err" >&2; fail_all "lattice generate-config failed"; }
-
-export LATTICE__DATABASE__URL="$DB_URL"
-export LATTICE__LISTEN="127.0.0.1:${PORT}"
-export LATTICE__ENABLE_REGISTRATION=true
-export LATTICE__RATE_LIMITS__ENABLED=false
-export LATTICE__PUBLIC_BASEURL="$BASE_URL"
-if [[ -n "${LATTICE_CLIENTS_REDIS_URL:-}" ]]; then export LATTICE__REDIS__URL="$LATTICE_CLIENTS_REDIS_URL"; fi
-
-log "starting lattice on $BASE_URL (database $DB), log: ${SERVER_LOG#"$ROOT"/}"
-"$BIN" serve --config "$CONFIG" >"$SERVER_LOG" 2>&1 </dev/null &
-SERVER_PID=$!
-
-# Wait (max 30 s) until GET /_matrix/client/versions answers 200 with a versions list.
-if ! python3 - "$BASE_URL" "$SERVER_PID" <<'EOF'
+# Waits (max 30 s) until GET /_matrix/client/versions at $1 answers 200 with a versions
+# list; with a pid as $2, gives up as soon as that process is gone.
+wait_for_versions() {
+    python3 - "$@" <<'EOF'
 import json, os, sys, time, urllib.request
-base, pid = sys.argv[1], int(sys.argv[2])
+base = sys.argv[1]
+pid = int(sys.argv[2]) if len(sys.argv) > 2 else None
 deadline = time.monotonic() + 30
 last = "no answer"
 while time.monotonic() < deadline:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        print(f"clients: server exited before answering ({last})", file=sys.stderr)
-        sys.exit(1)
+    if pid is not None:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            print(f"clients: server exited before answering ({last})", file=sys.stderr)
+            sys.exit(1)
     try:
         with urllib.request.urlopen(base + "/_matrix/client/versions", timeout=2) as r:
             body = json.load(r)
@@ -152,10 +121,60 @@ while time.monotonic() < deadline:
 print(f"clients: GET /_matrix/client/versions did not answer within 30 s ({last})", file=sys.stderr)
 sys.exit(1)
 EOF
-then
-    echo "---- last lines of the server log ----" >&2
-    tail -n 40 "$SERVER_LOG" >&2 || true
-    fail_all "lattice did not come up"
+}
+
+# --- dependencies -----------------------------------------------------------------------
+if [[ ! -x var/venv/bin/python || ! -d tests/clients/node_modules/matrix-js-sdk ]]; then
+    log "client dependencies missing; running 'make clients-deps'"
+    make --no-print-directory clients-deps
+fi
+
+if [[ -n "${LATTICE_CLIENTS_BASE_URL:-}" ]]; then
+    # --- a server started by someone else -------------------------------------------------
+    BASE_URL="${LATTICE_CLIENTS_BASE_URL%/}"
+    SERVER_LOG="${LATTICE_CLIENTS_SERVER_LOG:-}"
+    log "testing the running server at $BASE_URL"
+    wait_for_versions "$BASE_URL" || fail_all "no homeserver answers at $BASE_URL"
+else
+    # --- build ------------------------------------------------------------------------------
+    if [[ -z "${LATTICE_CLIENTS_NO_BUILD:-}" ]]; then
+        log "cargo build"
+        cargo build || fail_all "cargo build failed"
+    fi
+    [[ -x "$BIN" ]] || fail_all "$BIN not found (did the build produce the lattice binary?)"
+
+    # --- database -----------------------------------------------------------------------------
+    LATTICE_PG_FAST="${LATTICE_PG_FAST:-1}" .ci/postgres.sh start || fail_all "could not start PostgreSQL"
+    .ci/postgres.sh psql -d postgres -c "create database \"$DB\"" >/dev/null || fail_all "could not create database $DB"
+    DB_CREATED=1
+    PG_PORT="${LATTICE_PG_PORT:-5433}"
+    DB_URL="postgresql://lattice@127.0.0.1:${PG_PORT}/${DB}"
+
+    # --- server -------------------------------------------------------------------------------
+    PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')"
+    BASE_URL="http://127.0.0.1:${PORT}"
+    CONFIG="$RUN_DIR/homeserver.yaml"
+    SERVER_LOG="$RUN_DIR/server.log"
+
+    "$BIN" generate-config --server-name localhost >"$CONFIG" 2>"$RUN_DIR/generate-config.err" \
+        || { cat "$RUN_DIR/generate-config.err" >&2; fail_all "lattice generate-config failed"; }
+
+    export LATTICE__DATABASE__URL="$DB_URL"
+    export LATTICE__LISTEN="127.0.0.1:${PORT}"
+    export LATTICE__ENABLE_REGISTRATION=true
+    export LATTICE__RATE_LIMITS__ENABLED=false
+    export LATTICE__PUBLIC_BASEURL="$BASE_URL"
+    if [[ -n "${LATTICE_CLIENTS_REDIS_URL:-}" ]]; then export LATTICE__REDIS__URL="$LATTICE_CLIENTS_REDIS_URL"; fi
+
+    log "starting lattice on $BASE_URL (database $DB), log: ${SERVER_LOG#"$ROOT"/}"
+    "$BIN" serve --config "$CONFIG" >"$SERVER_LOG" 2>&1 </dev/null &
+    SERVER_PID=$!
+
+    if ! wait_for_versions "$BASE_URL" "$SERVER_PID"; then
+        echo "---- last lines of the server log ----" >&2
+        tail -n 40 "$SERVER_LOG" >&2 || true
+        fail_all "lattice did not come up"
+    fi
 fi
 
 # --- tests --------------------------------------------------------------------------------
@@ -176,7 +195,7 @@ run_test() {
         FAILED=$((FAILED + 1))
         echo "=== FAIL $name (exit $rc, ${took}s)"
     fi
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    if [[ -n "$SERVER_PID" ]] && ! kill -0 "$SERVER_PID" 2>/dev/null; then
         echo "---- the server died; last lines of its log ----" >&2
         tail -n 40 "$SERVER_LOG" >&2 || true
     fi
@@ -190,7 +209,7 @@ for t in "${TESTS[@]}"; do
     esac
 done
 
-if [[ $FAILED -gt 0 ]]; then
+if [[ $FAILED -gt 0 && -n "$SERVER_LOG" ]]; then
     echo "---- last lines of the server log (${SERVER_LOG#"$ROOT"/}) ----" >&2
     tail -n 30 "$SERVER_LOG" >&2 || true
 fi

@@ -161,7 +161,23 @@ impl TestCluster {
             .collect()
     }
 
-    /// A client for the Client-Server API of this cluster.
+    /// A client talking to the node `instance` only (`main` on the monolith;
+    /// `main`, `events1` or `sync2` on the split).
+    pub fn node_client(&self, instance: &str) -> Client {
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.instance == instance)
+            .unwrap_or_else(|| panic!("no node {instance} in this cluster"));
+        let base = format!("http://{}", node.addr);
+        Client::new(base.clone(), base)
+    }
+
+    /// Whether the nodes are separate instances talking through Redis.
+    pub fn is_split(&self) -> bool {
+        self.nodes.len() > 1
+    }
+
     /// Makes `user_id` a server admin, as `lattice register-user --admin` would.
     pub async fn make_admin(&self, user_id: &str) {
         let database = connect(&self.database.url).await;
@@ -204,6 +220,7 @@ impl TestCluster {
         &self.database.name
     }
 
+    /// A client for the Client-Server API of this cluster.
     pub fn client(&self) -> Client {
         Client::new(
             format!("http://{}", self.nodes[0].addr),

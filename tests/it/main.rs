@@ -21,6 +21,7 @@ mod filter;
 mod fuzz;
 mod membership;
 mod messages;
+mod metrics;
 mod profile;
 mod replication;
 mod rooms;

@@ -26,6 +26,7 @@ pub use super::TransportStats;
 use super::{Acknowledge, Delivery, Subscription, Transport, TransportError};
 use crate::auth::HmacKey;
 use crate::envelope::{now_unix_ms, Envelope};
+use crate::latency::CallLatency;
 use crate::lock;
 use crate::message::BoxFuture;
 
@@ -121,6 +122,7 @@ impl InMemoryBus {
                 instance,
                 key,
                 stats: Stats::default(),
+                calls: CallLatency::default(),
             }),
         }
     }
@@ -157,6 +159,7 @@ struct Node {
     instance: String,
     key: Option<HmacKey>,
     stats: Stats,
+    calls: CallLatency,
 }
 
 impl Node {
@@ -327,6 +330,10 @@ impl Transport for InMemoryTransport {
 
     fn observe(&self) -> Value {
         serde_json::to_value(self.stats()).unwrap_or(Value::Null)
+    }
+
+    fn call_latency(&self) -> Option<&CallLatency> {
+        Some(&self.node.calls)
     }
 }
 

@@ -154,6 +154,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::{Subscription, Transport, TransportError, TransportStats};
 use crate::auth::HmacKey;
 use crate::envelope::Envelope;
+use crate::latency::CallLatency;
 use crate::lock;
 use crate::message::BoxFuture;
 use crate::supervisor::{Backoff, BackoffConfig};
@@ -505,6 +506,8 @@ struct Core {
     blocking_config: ConnectionManagerConfig,
     timing: Timing,
     stats: Stats,
+    /// How long this process's remote calls took, by wire name and destination.
+    calls: CallLatency,
     waiters: Mutex<HashMap<String, oneshot::Sender<Envelope>>>,
     /// Consumer names of this transport's running subscription readers, by
     /// stream key.
@@ -889,6 +892,7 @@ impl RedisTransport {
             blocking_config,
             timing,
             stats: Stats::default(),
+            calls: CallLatency::default(),
             waiters: Mutex::default(),
             live_consumers: Mutex::default(),
             readers: Mutex::new(JoinSet::new()),
@@ -1075,6 +1079,10 @@ impl Transport for RedisTransport {
 
     fn observe(&self) -> Value {
         serde_json::to_value(self.redis_stats()).unwrap_or(Value::Null)
+    }
+
+    fn call_latency(&self) -> Option<&CallLatency> {
+        Some(&self.handle.core.calls)
     }
 }
 

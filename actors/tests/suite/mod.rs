@@ -213,6 +213,33 @@ pub async fn remote_call_round_trip_to_a_supervised_actor<H: Harness>(h: &H) {
     let b = node_b.stats();
     assert_eq!((b.delivered, b.completed, b.redelivered), (9, 9, 0));
     assert_eq!(h.backlog("echo@b").await, (0, 0));
+
+    // The caller timed its calls (not its tells), by wire name; the callee
+    // made none.
+    let calls = node_a.transport.call_latency().expect("kept").snapshot();
+    let seen: Vec<String> = calls
+        .iter()
+        .map(|(key, stats)| {
+            format!(
+                "{} to {}: {} calls, failures {:?}",
+                key.wire_name, key.destination, stats.latency.count, stats.failures
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            "test.ping.v1 to echo@b: 2 calls, failures {}",
+            "test.refuse.v1 to echo@b: 1 calls, failures {\"remote\": 1}",
+            "test.unrouted.v1 to echo@b: 1 calls, failures {\"decode\": 1}",
+        ]
+    );
+    let ping_latency = &calls[0].1.latency;
+    assert!(ping_latency.sum_seconds > 0.0 && ping_latency.sum_seconds < 2.0);
+    assert!(node_b
+        .transport
+        .call_latency()
+        .is_some_and(|calls| calls.snapshot().is_empty()));
     supervisor_b.shutdown().await;
 }
 
