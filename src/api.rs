@@ -320,10 +320,10 @@ pub async fn serve_only_own_roles(
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let path = request.path();
-    if let (false, Some(node)) = (
-        routing::served_by_every_instance(path),
-        request.app_data::<web::Data<Node>>(),
-    ) {
+    let node = request
+        .app_data::<web::Data<Node>>()
+        .filter(|node| !node.has_every_role());
+    if let (Some(node), false) = (node, routing::served_by_every_instance(path)) {
         let role = routing::role_for_path(request.method(), path);
         if !node.has_role(role) {
             return Err(ApiError::unrecognized(format!(

@@ -407,7 +407,7 @@ mod tests {
             kind: "m.room.message".into(),
             state_key: None,
             origin_server_ts: 0,
-            pdu: serde_json::json!({}),
+            pdu: serde_json::json!({}).into(),
             redacted_by: None,
             txn_device_id: None,
             txn_id: None,

@@ -412,6 +412,11 @@ impl Node {
         Duration::from_millis(self.config.write_timeout_ms)
     }
 
+    /// Whether this instance runs every role (then it serves every endpoint).
+    pub fn has_every_role(&self) -> bool {
+        Role::ALL.iter().all(|role| self.roles.contains(role))
+    }
+
     /// Whether this instance runs `role`.
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)

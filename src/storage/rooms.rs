@@ -20,7 +20,8 @@ pub struct StoredEvent {
     pub kind: String,
     pub state_key: Option<String>,
     pub origin_server_ts: i64,
-    pub pdu: Value,
+    /// Shared: events are cloned into caches and answers, their PDUs need not be.
+    pub pdu: std::sync::Arc<Value>,
     pub redacted_by: Option<String>,
     pub txn_device_id: Option<String>,
     pub txn_id: Option<String>,
@@ -42,7 +43,7 @@ impl StoredEvent {
             kind: row.get(5),
             state_key: row.get(6),
             origin_server_ts: row.get(7),
-            pdu: row.get(8),
+            pdu: std::sync::Arc::new(row.get(8)),
             redacted_by: row.get(9),
             txn_device_id: row.get(10),
             txn_id: row.get(11),

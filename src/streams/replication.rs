@@ -248,12 +248,12 @@ mod tests {
         stats.announce(EVENTS_STREAM, "events1", 7);
         assert_eq!(lags(&stats)[0], ("events1".into(), 9, 5, 4));
 
-        stream.update(Vec::new(), |p| p.advance("events1", 8));
+        stream.update(|p| p.advance("events1", 8));
         assert_eq!(lags(&stats)[0], ("events1".into(), 9, 8, 1));
-        stream.update(Vec::new(), |p| p.advance("events1", 9));
+        stream.update(|p| p.advance("events1", 9));
         assert_eq!(lags(&stats)[0], ("events1".into(), 9, 9, 0));
         // Caught up from PostgreSQL beyond the last announcement: not negative.
-        stream.update(Vec::new(), |p| p.advance("events2", 12));
+        stream.update(|p| p.advance("events2", 12));
         assert_eq!(lags(&stats)[1], ("events2".into(), 12, 12, 0));
         stats.announce(EVENTS_STREAM, "events2", 10);
         assert_eq!(lags(&stats)[1], ("events2".into(), 10, 12, 0));

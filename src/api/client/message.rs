@@ -102,7 +102,9 @@ async fn can_redact_others(node: &Node, room_id: &str, user_id: &str) -> ApiResu
         .ok_or_else(|| ApiError::internal("unsupported stored room version"))?;
     let create = rooms::current_state_event(&node.pool, room_id, "m.room.create", "").await?;
     let power = rooms::current_state_event(&node.pool, room_id, "m.room.power_levels", "").await?;
-    let parse = |event: StoredEvent| crate::roles::events::parse_stored_pdu(&version, event.pdu);
+    let parse = |event: StoredEvent| {
+        crate::roles::events::parse_stored_pdu(&version, std::sync::Arc::unwrap_or_clone(event.pdu))
+    };
     let create = create
         .map(parse)
         .transpose()
