@@ -3,11 +3,12 @@
 //! Each argon2 hash works in about 19 MiB of memory and takes tens of
 //! milliseconds of CPU. Hashing is bounded to one job per core, and each job
 //! borrows its working memory from a pool that holds at most one block per
-//! permit. Allocating the block afresh for every hash is what the argon2
+//! permit, and only while more jobs are waiting: an idle server keeps none. Allocating the block afresh for every hash is what the argon2
 //! crate does by default, and with glibc it costs gigabytes: freeing a block
 //! that large raises malloc's mmap threshold, after which every later block
 //! comes from heap arenas that are never given back to the system.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::ParamsString;
@@ -29,9 +30,33 @@ pub enum PasswordError {
 #[derive(Clone)]
 pub struct PasswordHasher {
     permits: Arc<Semaphore>,
-    /// Working memory of finished hashes, reused by the next ones; never more
-    /// blocks than permits, since only that many hashes run at once.
-    memory: Arc<Mutex<Vec<Vec<Block>>>>,
+    memory: Arc<HashMemory>,
+}
+
+/// Working memory of finished hashes, reused by the next ones while there
+/// are any; never more blocks than permits, since only that many hashes run
+/// at once.
+#[derive(Default)]
+struct HashMemory {
+    blocks: Mutex<Vec<Vec<Block>>>,
+    /// Hashes queued or running.
+    jobs: AtomicUsize,
+}
+
+/// One queued or running hash; counted from before it waits for a permit.
+struct Job(Arc<HashMemory>);
+
+impl Job {
+    fn new(memory: &Arc<HashMemory>) -> Job {
+        memory.jobs.fetch_add(1, Ordering::AcqRel);
+        Job(Arc::clone(memory))
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.0.jobs.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Default for PasswordHasher {
@@ -41,7 +66,7 @@ impl Default for PasswordHasher {
             .unwrap_or(2);
         PasswordHasher {
             permits: Arc::new(Semaphore::new(cores)),
-            memory: Arc::new(Mutex::new(Vec::with_capacity(cores))),
+            memory: Arc::new(HashMemory::default()),
         }
     }
 }
@@ -49,6 +74,7 @@ impl Default for PasswordHasher {
 impl PasswordHasher {
     /// Hashes `password` with a fresh salt into a PHC string (`$argon2id$v=19$...`).
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
+        let _job = Job::new(&self.memory);
         let _permit = self
             .permits
             .acquire()
@@ -58,18 +84,19 @@ impl PasswordHasher {
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
             let params = Params::default();
-            let output = with_memory(&memory, &params, |blocks| {
-                compute(
-                    Algorithm::default(),
-                    Version::default(),
-                    &params,
-                    password.as_bytes(),
-                    &salt.as_salt(),
-                    params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN),
-                    blocks,
-                )
-            })
-            .map_err(|e| PasswordError::Hash(e.to_string()))?;
+            let output = memory
+                .with_blocks(&params, |blocks| {
+                    compute(
+                        Algorithm::default(),
+                        Version::default(),
+                        &params,
+                        password.as_bytes(),
+                        &salt.as_salt(),
+                        params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN),
+                        blocks,
+                    )
+                })
+                .map_err(|e| PasswordError::Hash(e.to_string()))?;
             let hash = PasswordHash {
                 algorithm: Algorithm::default().ident(),
                 version: Some(Version::default().into()),
@@ -86,6 +113,7 @@ impl PasswordHasher {
 
     /// Whether `password` is the one `hash` (a PHC string) was made from.
     pub async fn verify(&self, password: String, hash: String) -> Result<bool, PasswordError> {
+        let _job = Job::new(&self.memory);
         let _permit = self
             .permits
             .acquire()
@@ -110,18 +138,19 @@ impl PasswordHasher {
                 .map_err(argon2_error)?
                 .unwrap_or_default();
             let params = Params::try_from(&parsed).map_err(stored)?;
-            let output = with_memory(&memory, &params, |blocks| {
-                compute(
-                    algorithm,
-                    version,
-                    &params,
-                    password.as_bytes(),
-                    &salt,
-                    expected.len(),
-                    blocks,
-                )
-            })
-            .map_err(stored)?;
+            let output = memory
+                .with_blocks(&params, |blocks| {
+                    compute(
+                        algorithm,
+                        version,
+                        &params,
+                        password.as_bytes(),
+                        &salt,
+                        expected.len(),
+                        blocks,
+                    )
+                })
+                .map_err(stored)?;
             // `Output`'s equality is constant-time.
             Ok(output == expected)
         })
@@ -130,28 +159,33 @@ impl PasswordHasher {
     }
 }
 
-/// Runs `f` with working memory for `params`, taken from the pool (or
-/// allocated when the pool has none large enough) and put back afterwards.
-fn with_memory<R>(
-    pool: &Mutex<Vec<Vec<Block>>>,
-    params: &Params,
-    f: impl FnOnce(&mut [Block]) -> R,
-) -> R {
-    let needed = params.block_count();
-    let taken = pool
-        .lock()
-        .ok()
-        .and_then(|mut blocks| blocks.pop())
-        .filter(|blocks| blocks.len() == needed);
-    let mut blocks = taken.unwrap_or_else(|| vec![Block::default(); needed]);
-    let result = f(&mut blocks);
-    // A hash with unusual stored parameters is not worth keeping memory for.
-    if needed == Params::default().block_count() {
-        if let Ok(mut pool) = pool.lock() {
-            pool.push(blocks);
+impl HashMemory {
+    /// Runs `f` with working memory for `params`, taken from the pool (or
+    /// allocated when the pool has none large enough), and puts it back when
+    /// another hash is waiting for it.
+    fn with_blocks<R>(&self, params: &Params, f: impl FnOnce(&mut [Block]) -> R) -> R {
+        let needed = params.block_count();
+        let taken = self
+            .blocks
+            .lock()
+            .ok()
+            .and_then(|mut blocks| blocks.pop())
+            .filter(|blocks| blocks.len() == needed);
+        let mut blocks = taken.unwrap_or_else(|| vec![Block::default(); needed]);
+        let result = f(&mut blocks);
+        if let Ok(mut pool) = self.blocks.lock() {
+            // This job still counts itself.
+            if self.jobs.load(Ordering::Acquire) > 1 {
+                // A hash with unusual stored parameters is not worth keeping memory for.
+                if needed == Params::default().block_count() {
+                    pool.push(blocks);
+                }
+            } else {
+                pool.clear();
+            }
         }
+        result
     }
-    result
 }
 
 fn compute(
@@ -220,13 +254,33 @@ mod tests {
             .is_ok());
     }
 
-    #[tokio::test]
-    async fn memory_is_reused_not_reallocated() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_is_kept_only_while_hashes_wait() {
         let hasher = PasswordHasher::default();
-        for _ in 0..4 {
-            hasher.hash("pw".into()).await.expect("hash");
+        let burst: Vec<_> = (0..6)
+            .map(|i| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move { hasher.hash(format!("pw{i}")).await })
+            })
+            .collect();
+        for job in burst {
+            job.await.expect("join").expect("hash");
         }
-        let pooled = hasher.memory.lock().expect("pool").len();
-        assert_eq!(pooled, 1, "sequential hashes share one block of memory");
+        let pooled = hasher.memory.blocks.lock().expect("pool").len();
+        assert_eq!(pooled, 0, "an idle hasher keeps no memory");
+        assert_eq!(hasher.memory.jobs.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_waiting_hash_gets_the_finished_ones_memory() {
+        let memory = Arc::new(HashMemory::default());
+        let params = Params::default();
+        let _running = Job::new(&memory);
+        let _waiting = Job::new(&memory);
+        memory.with_blocks(&params, |_| ());
+        assert_eq!(memory.blocks.lock().expect("pool").len(), 1);
+        drop(_waiting);
+        memory.with_blocks(&params, |_| ());
+        assert_eq!(memory.blocks.lock().expect("pool").len(), 0);
     }
 }

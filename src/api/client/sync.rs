@@ -99,7 +99,9 @@ pub async fn sync(
         keys.push(requester.user_id.clone());
         let listener = node.notifier.listen(keys);
         let upto = node.notifier.events_position();
-        let response = compute(
+        // Boxed: the computation's future is large, and inline it would be
+        // carried by every long-poll for as long as it waits.
+        let response = Box::pin(compute(
             &node,
             &requester,
             &filter,
@@ -107,7 +109,7 @@ pub async fn sync(
             since,
             upto,
             full_state,
-        )
+        ))
         .await?;
         let now = tokio::time::Instant::now();
         if !response.is_empty() || since.is_none() || full_state || now >= deadline {
