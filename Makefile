@@ -126,14 +126,19 @@ $(NODE_STAMP): $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
 #                     workload; JSON lines and a markdown summary under var/bench/
 # make bench-synapse  the same, then the same workloads against Synapse (from PyPI, in
 #                     var/synapse-venv) in the same run, with the ratios Lattice / Synapse
+# make bench-split    the monolith, then config/split.yaml under `lattice up` (with Redis),
+#                     at the same paced load (chat-paced), with the ratios split / monolith
 # BENCH_WORKLOADS="chat idle" picks runs; BENCH_ARGS="--users 100" is passed to each.
-.PHONY: bench bench-synapse
+.PHONY: bench bench-synapse bench-split
 
 bench:
 	.ci/bench-run.sh
 
 bench-synapse:
 	.ci/bench-run.sh --synapse
+
+bench-split:
+	.ci/bench-run.sh --split
 
 # make up             like `make run`, but a whole topology under `lattice up` (with Redis):
 #                     TOPOLOGY=config/split.yaml by default; Ctrl-C stops every instance.

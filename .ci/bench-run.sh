@@ -1,29 +1,51 @@
 #!/usr/bin/env bash
-# `make bench` and `make bench-synapse`: start a fresh Lattice monolith (and, with
-# --synapse, a fresh Synapse) on the embedded PostgreSQL, run the same workloads
-# against each with `lattice bench`, and write under ./var/bench:
+# `make bench`, `make bench-synapse` and `make bench-split`: start a fresh Lattice monolith
+# (and, with --synapse, a fresh Synapse; with --split, config/split.yaml under `lattice up`)
+# on the embedded PostgreSQL, run the same workloads against each with `lattice bench`,
+# and write under ./var/bench:
 #
 #   results-<stamp>.jsonl   one JSON line per run (also appended to results.jsonl)
 #   summary-<stamp>.md      machine, load, the table of runs, ratios (copied to summary.md)
-#   lattice.log, synapse/   the servers' logs and configuration
+#   lattice.log, synapse/, split/   the servers' logs and configuration
 #
-#   .ci/bench-run.sh [--synapse]
+#   .ci/bench-run.sh [--synapse | --split]
+#
+# --split runs the workloads (default: chat-paced) against the monolith, then against
+# the split topology (Redis from .ci/redis.sh, a key prefix of the run's own): requests to
+# main, every /sync long poll to sync2; CPU and RSS of the whole topology (`lattice up` and
+# its instances), of each instance and of PostgreSQL. The summary adds the ratios
+# split / monolith of send and delivery p99 per run, with issue 4's target (delivery p99 at
+# most twice the monolith's) met or missed.
 #
 # Environment:
-#   BENCH_WORKLOADS       runs to do, in order (default: chat chat-paced big-room idle join-storm)
+#   BENCH_WORKLOADS       runs to do, in order (default: chat chat-paced big-room idle join-storm;
+#                         with --split: chat-paced)
 #   BENCH_ARGS            extra arguments for every `lattice bench` (e.g. "--users 100")
+#   BENCH_BIN             a lattice binary to use instead of building the release one
+#                         (only for trying the script out: numbers of a debug build mean little)
 #   BENCH_LATTICE_PORT    8018      BENCH_SYNAPSE_PORT  8028   (the next free port is used when taken)
-#   LATTICE_PG_PORT       5433 (see .ci/postgres.sh)
+#   LATTICE_PG_PORT       5433, LATTICE_PG_DIR (see .ci/postgres.sh)
+#   LATTICE_REDIS_PORT    6390 (see .ci/redis.sh; --split only)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 WITH_SYNAPSE=0
-[[ "${1:-}" == "--synapse" ]] && WITH_SYNAPSE=1
+WITH_SPLIT=0
+case "${1:-}" in
+    "") ;;
+    --synapse) WITH_SYNAPSE=1 ;;
+    --split) WITH_SPLIT=1 ;;
+    *) echo "usage: $0 [--synapse | --split]" >&2; exit 2 ;;
+esac
 
 OUT=var/bench
-WORKLOADS=(${BENCH_WORKLOADS:-chat chat-paced big-room idle join-storm})
+if [[ "$WITH_SPLIT" == 1 ]]; then
+    WORKLOADS=(${BENCH_WORKLOADS:-chat-paced})
+else
+    WORKLOADS=(${BENCH_WORKLOADS:-chat chat-paced big-room idle join-storm})
+fi
 EXTRA=(${BENCH_ARGS:-})
 LATTICE_PORT="${BENCH_LATTICE_PORT:-8018}"
 SYNAPSE_PORT="${BENCH_SYNAPSE_PORT:-8028}"
@@ -31,16 +53,27 @@ PG_PORT="${LATTICE_PG_PORT:-5433}"
 STAMP="$(date -u +%Y%m%dt%H%M%Sz)"
 RESULTS="$OUT/results-$STAMP.jsonl"
 SUMMARY="$OUT/summary-$STAMP.md"
-BIN="${CARGO_TARGET_DIR:-target}/release/lattice"
+BIN="${BENCH_BIN:-${CARGO_TARGET_DIR:-target}/release/lattice}"
 SYNAPSE_VENV=var/synapse-venv
 
 log() { echo "bench-run.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# split_up, split_stop, split_forget_redis (--split)
+SPLIT_BIN="$BIN"
+SPLIT_DIR="$ROOT/$OUT/split"
+SPLIT_REDIS_PORT="${LATTICE_REDIS_PORT:-6390}"
+SPLIT_PREFIX="lattice_bench_split_$STAMP"
+source .ci/split-topology.sh
+
 SERVER_PID=""
 DATABASES=()
 cleanup() {
     stop_server
+    if [[ "$WITH_SPLIT" == 1 ]]; then
+        split_stop || true
+        split_forget_redis
+    fi
     for db in "${DATABASES[@]}"; do
         .ci/postgres.sh psql -d postgres -c "drop database if exists $db with (force)" >/dev/null 2>&1 || true
     done
@@ -92,13 +125,14 @@ wait_for_http() {
     die "the server did not answer on $url"
 }
 
-postmaster_pid() { head -n 1 var/pg/data/postmaster.pid; }
+# The cluster of LATTICE_PG_PORT, wherever its directory is.
+postmaster_pid() { head -n 1 "$(.ci/postgres.sh psql -d postgres -tAc 'show data_directory')/postmaster.pid"; }
 
 FAILED=()
-# run_workloads LABEL URL DATABASE_URL
+# run_workloads LABEL URL DATABASE_URL PIDS [BENCH ARGUMENT ...]
 run_workloads() {
-    local label="$1" url="$2" database_url="$3"
-    local pids="$label=$SERVER_PID,postgres=$(postmaster_pid)"
+    local label="$1" url="$2" database_url="$3" pids="$4"
+    shift 4
     local name args
     for name in "${WORKLOADS[@]}"; do
         case "$name" in
@@ -109,7 +143,11 @@ run_workloads() {
                     args+=(--postgres-baseline --database-url "$database_url")
                 fi
                 ;;
-            chat-paced) args=(chat --rate 1000 --messages 10) ;;
+            chat-paced)
+                args=(chat --rate 1000)
+                # Ten messages each, unless BENCH_ARGS says how many.
+                [[ " ${EXTRA[*]} " == *" --messages "* ]] || args+=(--messages 10)
+                ;;
             big-room) args=(big-room) ;;
             idle) args=(idle) ;;
             join-storm) args=(join-storm) ;;
@@ -118,7 +156,7 @@ run_workloads() {
         log "$label: $name"
         # stdout as is; stderr (progress, and why a run failed) also kept in a file.
         if ! { "$BIN" bench "${args[@]}" --name "$name" --label "$label" --base-url "$url" \
-                --pids "$pids" --json-out "$RESULTS" "${EXTRA[@]}" 2>&1 1>&3 \
+                --pids "$pids" --json-out "$RESULTS" "$@" "${EXTRA[@]}" 2>&1 1>&3 \
                 | tee "$OUT/$label-$name.err" >&2; } 3>&1; then
             # The last line says why (a problem count, or a set-up that never finished).
             FAILED+=("$label $name: $(grep -a '^lattice: ' "$OUT/$label-$name.err" | tail -n 1 | sed 's/^lattice: //')")
@@ -141,7 +179,7 @@ bench_lattice() {
         "$BIN" serve --config "$OUT/lattice.yaml" > "$OUT/lattice.log" 2>&1 &
     SERVER_PID=$!
     wait_for_http "$url" "$OUT/lattice.log"
-    run_workloads lattice "$url" "$database_url"
+    run_workloads lattice "$url" "$database_url" "lattice=$SERVER_PID,postgres=$(postmaster_pid)"
     stop_server
 }
 
@@ -242,8 +280,37 @@ EOF
     "$SYNAPSE_VENV/bin/python" -m synapse.app.homeserver -c "$dir/homeserver.yaml" > "$dir/stdout.log" 2>&1 &
     SERVER_PID=$!
     wait_for_http "$url" "$dir/stdout.log"
-    run_workloads synapse "$url" "$DATABASE_URL"
+    run_workloads synapse "$url" "$DATABASE_URL" "synapse=$SERVER_PID,postgres=$(postmaster_pid)"
     stop_server
+}
+
+# The same workloads against config/split.yaml under `lattice up`: sends and every other
+# request to main, /sync to sync2.
+SPLIT_FAILED=0
+bench_split() {
+    fresh_database "lattice_split_bench_$STAMP"
+    SPLIT_DATABASE_URL="$DATABASE_URL"
+    rm -rf "$SPLIT_DIR"
+    split_up LATTICE__LOG=warn || die "the split topology did not come up (log: $SPLIT_DIR/up.log)"
+    local main events1 sync2 pids
+    main="$(split_instance_pid main)"
+    events1="$(split_instance_pid events1)"
+    sync2="$(split_instance_pid sync2)"
+    [[ -n "$main" && -n "$events1" && -n "$sync2" ]] \
+        || die "cannot find the instances of lattice up $UP_PID (main '$main', events1 '$events1', sync2 '$sync2')"
+    # The whole topology first (the summary's CPU and RSS columns), then each process.
+    pids="lattice-split=$UP_PID,main=$main,events1=$events1,sync2=$sync2,postgres=$(postmaster_pid)"
+    run_workloads lattice-split "http://127.0.0.1:$MAIN_PORT" "$SPLIT_DATABASE_URL" "$pids" \
+        --sync-url "http://127.0.0.1:$SYNC_PORT"
+    # Errors and panics of the instances, for the reader of the summary.
+    rm -f "$OUT/split-errors.log"
+    if grep -aE ' (ERROR|WARN) |panicked' "$SPLIT_DIR/up.log" >"$OUT/split-errors.log"; then
+        log "the split topology logged $(wc -l <"$OUT/split-errors.log") warnings or errors: $OUT/split-errors.log"
+    else
+        rm -f "$OUT/split-errors.log"
+    fi
+    split_stop || SPLIT_FAILED=1
+    split_forget_redis
 }
 
 machine_header() {
@@ -254,9 +321,12 @@ machine_header() {
     echo
     echo "- machine: $(nproc) cores ($cpu), $mem RAM, $(uname -sr)"
     echo "- load average before the runs: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "- lattice $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (with local changes)'), release build; PostgreSQL $(.ci/postgres.sh psql -d postgres -tAc 'show server_version' 2>/dev/null | cut -d' ' -f1) ($(grep -q '^fsync = off' var/pg/data/lattice-mode.conf 2>/dev/null && echo 'fast mode: fsync off' || echo 'durable'))"
+    echo "- lattice $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (with local changes)'), $([[ -n "${BENCH_BIN:-}" ]] && echo "binary $BENCH_BIN (BENCH_BIN)" || echo 'release build'); PostgreSQL $(.ci/postgres.sh psql -d postgres -tAc 'show server_version' 2>/dev/null | cut -d' ' -f1) ($([[ "$(.ci/postgres.sh psql -d postgres -tAc 'show fsync' 2>/dev/null)" == off ]] && echo 'fast mode: fsync off' || echo 'durable'))"
     if [[ "$WITH_SYNAPSE" == 1 ]]; then
         echo "- synapse $("$SYNAPSE_VENV/bin/python" -c 'import synapse; print(synapse.__version__)' 2>/dev/null), one process, psycopg2"
+    fi
+    if [[ "$WITH_SPLIT" == 1 ]]; then
+        echo "- lattice-split: config/split.yaml under \`lattice up\` (main: client + sync, events1: events, sync2: sync) with Redis $(redis-cli -p "$SPLIT_REDIS_PORT" info server 2>/dev/null | tr -d '\r' | sed -n 's/^redis_version://p'); requests to main, /sync to sync2; its CPU and RSS are \`lattice up\` and its three instances together (each also in results-*.jsonl)"
     fi
     echo "- server, database and load generator share the machine; CPU and RSS are the server's process and the PostgreSQL cluster's process tree"
     echo
@@ -264,13 +334,22 @@ machine_header() {
 
 mkdir -p "$OUT"
 .ci/postgres.sh start
-cargo build --release
+if [[ -z "${BENCH_BIN:-}" ]]; then
+    cargo build --release
+fi
+[[ -x "$BIN" ]] || die "$BIN not found"
+if [[ "$WITH_SPLIT" == 1 ]]; then
+    .ci/redis.sh start
+fi
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 bench_lattice
 if [[ "$WITH_SYNAPSE" == 1 ]]; then
     bench_synapse
+fi
+if [[ "$WITH_SPLIT" == 1 ]]; then
+    bench_split
 fi
 
 [[ -s "$RESULTS" ]] || die "no run produced a result"
@@ -294,4 +373,7 @@ if [[ ${#FAILED[@]} -gt 0 ]]; then
     log "runs that saw problems or did not finish:"
     printf '    %s\n' "${FAILED[@]}" >&2
     exit 1
+fi
+if [[ "$SPLIT_FAILED" == 1 ]]; then
+    die "a process of the split topology had to be killed (see above)"
 fi

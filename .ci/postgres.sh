@@ -9,6 +9,8 @@
 #
 # Environment:
 #   LATTICE_PG_PORT=5433   TCP port (listens on 127.0.0.1 only)
+#   LATTICE_PG_DIR=var/pg  where the cluster lives (another directory runs a second cluster
+#                          from the same checkout, e.g. on another port)
 #   LATTICE_PG_FAST=1      test mode: fsync/full_page_writes/synchronous_commit off.
 #                          Without it the cluster is durable. A durable request always
 #                          switches a running fast cluster back to durable (config reload,
@@ -22,7 +24,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PORT="${LATTICE_PG_PORT:-5433}"
 FAST="${LATTICE_PG_FAST:-0}"
 [[ "$FAST" == "1" || "$FAST" == "true" || "$FAST" == "yes" ]] && FAST=1 || FAST=0
-PGROOT="$ROOT/var/pg"
+PGROOT="${LATTICE_PG_DIR:-$ROOT/var/pg}"
+[[ "$PGROOT" == /* ]] || PGROOT="$PWD/$PGROOT"
 DATA="$PGROOT/data"
 SOCKDIR="$PGROOT/run"
 LOG="$PGROOT/postgres.log"

@@ -34,6 +34,10 @@ const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
 /// How long a sync request waits for replication to catch up with what is committed.
 const CATCH_UP_WAIT: Duration = Duration::from_millis(500);
 
+/// Deliveries of the event persister's mailbox endpoint handled at once: enough to
+/// fill its batches (100 sends a transaction).
+const REMOTE_PERSISTER_CONCURRENCY: usize = 256;
+
 /// What the handlers of an instance share. Cheap to clone.
 #[derive(Clone)]
 pub struct Node {
@@ -247,6 +251,10 @@ impl Node {
                 )
                 .route_mailbox(addr.mailbox::<SendEvent>())
                 .route_mailbox(addr.mailbox::<CreateRoom>())
+                // Many deliveries in flight, so that the persister's inbox fills and
+                // it commits them in batches as it does for local callers; one at a
+                // time, every remote send paid a transaction of its own.
+                .concurrency(REMOTE_PERSISTER_CONCURRENCY)
                 .start()
                 .await
                 .map_err(|e| NodeError::Topology(format!("serving the event persister: {e}")))?;

@@ -372,6 +372,10 @@ pub fn summary_markdown(reports: &[Report]) -> String {
             .filter(|s| *s != reference)
             .collect();
         for other in others {
+            if other.starts_with(&format!("{reference}-")) {
+                variant_table(&mut out, &latest, reference, other);
+                continue;
+            }
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
@@ -397,6 +401,51 @@ pub fn summary_markdown(reports: &[Report]) -> String {
         }
     }
     out
+}
+
+/// How much slower than the monolith a topology of several processes may
+/// deliver at the same load: its delivery p99 at most this many times the
+/// monolith's (issue 4's bench target).
+const VARIANT_DELIVERY_P99_TARGET: f64 = 2.0;
+
+/// The table of `variant` (another deployment of `reference`, named
+/// `<reference>-...`, such as `lattice-split`) against `reference`: ratios
+/// variant / reference, and whether each run's delivery p99 met the target.
+fn variant_table(out: &mut String, latest: &[&Report], reference: &str, variant: &str) {
+    let target = VARIANT_DELIVERY_P99_TARGET;
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| run | {variant} / {reference}: throughput | send p99 | delivery p99 | delivery p99 at most {target}× {reference}'s |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---|");
+    for ours in latest.iter().filter(|r| r.server == variant) {
+        let Some(base) = latest
+            .iter()
+            .find(|r| r.server == reference && r.name == ours.name)
+        else {
+            continue;
+        };
+        let (delivery, base_delivery) =
+            (ours.delivery_latency_ms.p99, base.delivery_latency_ms.p99);
+        let verdict = if !ours.ok() || !base.ok() {
+            "missed: a run saw problems".to_owned()
+        } else if ours.delivery_latency_ms.count == 0 || base.delivery_latency_ms.count == 0 {
+            "-: no deliveries measured".to_owned()
+        } else if delivery <= target * base_delivery {
+            format!("met ({delivery:.1} ms vs {base_delivery:.1} ms)")
+        } else {
+            format!("**missed** ({delivery:.1} ms vs {base_delivery:.1} ms)")
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {verdict} |",
+            ours.name,
+            ratio(ours.accepted_per_second, base.accepted_per_second),
+            ratio(ours.send_latency_ms.p99, base.send_latency_ms.p99),
+            ratio(delivery, base_delivery),
+        );
+    }
 }
 
 /// Operations per second: whole numbers, but slow servers keep a decimal.
@@ -538,6 +587,41 @@ mod tests {
             markdown.matches("| big-room |").count(),
             1,
             "no synapse big-room to compare: {markdown}"
+        );
+    }
+
+    #[test]
+    fn a_variant_of_lattice_is_compared_with_it_against_the_target() {
+        let reports = vec![
+            report("chat", "lattice", 1000.0, 10.0),
+            report("chat-paced", "lattice", 1000.0, 10.0),
+            report("chat", "lattice-split", 800.0, 15.0),
+            report("chat-paced", "lattice-split", 500.0, 30.0),
+        ];
+        let markdown = summary_markdown(&reports);
+        assert!(
+            markdown.contains("| run | lattice-split / lattice: throughput |"),
+            "{markdown}"
+        );
+        assert!(!markdown.contains("lattice / lattice-split"), "{markdown}");
+        assert!(
+            markdown.contains("| chat | 0.80× | 1.50× | 1.50× | met (30.0 ms vs 20.0 ms) |"),
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains(
+                "| chat-paced | 0.50× | 3.00× | 3.00× | **missed** (60.0 ms vs 20.0 ms) |"
+            ),
+            "{markdown}"
+        );
+
+        let mut lost = report("chat", "lattice-split", 800.0, 5.0);
+        lost.undelivered = 1;
+        lost.judge();
+        let markdown = summary_markdown(&[report("chat", "lattice", 1000.0, 10.0), lost]);
+        assert!(
+            markdown.contains("missed: a run saw problems"),
+            "{markdown}"
         );
     }
 }
