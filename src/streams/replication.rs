@@ -489,14 +489,37 @@ impl Replication {
 
 const RETRY: Duration = Duration::from_millis(200);
 
+/// Commands published in one pipeline at most.
+const PUBLISH_BATCH: usize = 256;
+
+/// Publishes the queued commands in order. Whatever queued up while the
+/// last publish was in flight goes out in one pipelined round trip: one
+/// round trip per event could not keep up with a busy writer, and rows
+/// waited in the queue for hundreds of milliseconds.
 async fn publish_loop(
     client: redis::Client,
     config: Arc<ReplicationConfig>,
     mut queue: mpsc::UnboundedReceiver<Command>,
 ) {
     let mut connection = None;
+    let mut lines = Vec::with_capacity(PUBLISH_BATCH);
     while let Some(command) = queue.recv().await {
-        let line = command.to_line(config.key.as_ref());
+        lines.clear();
+        lines.push(command.to_line(config.key.as_ref()));
+        while lines.len() < PUBLISH_BATCH {
+            match queue.try_recv() {
+                Ok(command) => lines.push(command.to_line(config.key.as_ref())),
+                Err(_) => break,
+            }
+        }
+        let mut pipeline = redis::pipe();
+        for line in &lines {
+            pipeline
+                .cmd("PUBLISH")
+                .arg(&config.channel)
+                .arg(line)
+                .ignore();
+        }
         loop {
             if connection.is_none() {
                 match client.get_connection_manager().await {
@@ -511,13 +534,11 @@ async fn publish_loop(
             let Some(manager) = connection.as_mut() else {
                 continue;
             };
-            let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                .arg(&config.channel)
-                .arg(&line)
-                .query_async(manager)
-                .await;
+            // Readers skip rows they already applied, so a batch retried
+            // after a failure halfway through does no harm.
+            let published: redis::RedisResult<()> = pipeline.query_async(manager).await;
             match published {
-                Ok(_) => break,
+                Ok(()) => break,
                 Err(error) => {
                     tracing::warn!(error = %error, "replication: publish failed, retrying");
                     tokio::time::sleep(RETRY).await;

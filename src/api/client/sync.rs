@@ -83,7 +83,13 @@ pub async fn sync(
     }
 
     let deadline = tokio::time::Instant::now() + timeout;
-    node.catch_up_with_writers().await?;
+    // Read-your-writes on an instance other than the writer's: an answer
+    // that cannot wait must include what the client wrote before asking. A
+    // long-poll needs no such catch-up (a database read per request): a
+    // write it has not seen yet wakes it when replication brings it.
+    if timeout.is_zero() || since.is_none() || full_state {
+        node.catch_up_with_writers().await?;
+    }
     loop {
         // A membership change after this read wakes the user's own key, so
         // the rooms listened to below are never stale for long.
