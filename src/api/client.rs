@@ -45,7 +45,14 @@ async fn method_not_allowed(request: HttpRequest) -> ApiResult<HttpResponse> {
 }
 
 fn routes(scope: Scope) -> Scope {
+    // Routes are matched in the order given, each by a regex (and matched
+    // again for the metrics' endpoint label): the hottest come first.
     scope
+        .service(resource("/sync").route(web::get().to(sync::sync)))
+        .service(
+            resource("/rooms/{room_id}/send/{event_type}/{txn_id}")
+                .route(web::put().to(message::send_message_event)),
+        )
         .service(
             resource("/login")
                 .route(web::get().to(account::login_flows))
@@ -105,10 +112,6 @@ fn routes(scope: Scope) -> Scope {
                 .route(web::put().to(state::put_state_event)),
         )
         .service(
-            resource("/rooms/{room_id}/send/{event_type}/{txn_id}")
-                .route(web::put().to(message::send_message_event)),
-        )
-        .service(
             resource("/rooms/{room_id}/redact/{event_id}/{txn_id}")
                 .route(web::put().to(message::redact_event)),
         )
@@ -119,7 +122,6 @@ fn routes(scope: Scope) -> Scope {
         .service(
             resource("/rooms/{room_id}/event/{event_id}").route(web::get().to(message::get_event)),
         )
-        .service(resource("/sync").route(web::get().to(sync::sync)))
         .service(
             resource("/directory/room/{room_alias}")
                 .route(web::get().to(directory::get_alias))
