@@ -60,7 +60,9 @@ pub async fn sync(
         }
         None => None,
     };
-    let filter = load_filter(&node, &requester, query.filter.as_deref()).await?;
+    // Every database read below is boxed: a long-poll keeps its future for
+    // as long as it waits, and inline they would make each one kilobytes larger.
+    let filter = Box::pin(load_filter(&node, &requester, query.filter.as_deref())).await?;
     let full_state = match query.full_state.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
@@ -88,15 +90,17 @@ pub async fn sync(
     // long-poll needs no such catch-up (a database read per request): a
     // write it has not seen yet wakes it when replication brings it.
     if timeout.is_zero() || since.is_none() || full_state {
-        node.catch_up_with_writers().await?;
+        Box::pin(node.catch_up_with_writers()).await?;
     }
     loop {
         // A membership change after this read wakes the user's own key, so
         // the rooms listened to below are never stale for long.
-        let memberships = node
-            .memberships
-            .memberships_of_user(&node.pool, &node.notifier, &requester.user_id)
-            .await?;
+        let memberships = Box::pin(node.memberships.memberships_of_user(
+            &node.pool,
+            &node.notifier,
+            &requester.user_id,
+        ))
+        .await?;
         let mut keys: Vec<String> = memberships
             .iter()
             .filter(|m| m.membership == "join")
@@ -105,8 +109,6 @@ pub async fn sync(
         keys.push(requester.user_id.clone());
         let listener = node.notifier.listen(keys);
         let upto = node.notifier.events_position();
-        // Boxed: the computation's future is large, and inline it would be
-        // carried by every long-poll for as long as it waits.
         let response = Box::pin(compute(
             &node,
             &requester,
