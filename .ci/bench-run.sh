@@ -6,7 +6,7 @@
 #
 #   results-<stamp>.jsonl   one JSON line per run (also appended to results.jsonl)
 #   summary-<stamp>.md      machine, load, the table of runs, ratios (copied to summary.md)
-#   lattice.log, synapse/, split/   the servers' logs and configuration
+#   lattice-<workload>.log, synapse/, split/   the servers' logs and configuration
 #
 #   .ci/bench-run.sh [--synapse | --split]
 #
@@ -164,23 +164,29 @@ run_workloads() {
     done
 }
 
+# Each workload gets a fresh monolith on a fresh database, so no run pays for
+# what an earlier one left behind (caches, allocator state, dead rows).
 bench_lattice() {
-    LATTICE_PORT="$(free_port "$LATTICE_PORT")"
-    local url="http://127.0.0.1:$LATTICE_PORT"
-    fresh_database "lattice_bench_$STAMP"
-    local database_url="$DATABASE_URL"
+    local workload all=("${WORKLOADS[@]}")
     "$BIN" generate-config --server-name localhost > "$OUT/lattice.yaml"
-    log "starting lattice on $url (log: $OUT/lattice.log)"
-    env LATTICE__DATABASE__URL="$database_url" \
-        LATTICE__ENABLE_REGISTRATION=true \
-        LATTICE__RATE_LIMITS__ENABLED=false \
-        LATTICE__LISTEN="127.0.0.1:$LATTICE_PORT" \
-        LATTICE__LOG=warn \
-        "$BIN" serve --config "$OUT/lattice.yaml" > "$OUT/lattice.log" 2>&1 &
-    SERVER_PID=$!
-    wait_for_http "$url" "$OUT/lattice.log"
-    run_workloads lattice "$url" "$database_url" "lattice=$SERVER_PID,postgres=$(postmaster_pid)"
-    stop_server
+    for workload in "${all[@]}"; do
+        local WORKLOADS=("$workload")
+        LATTICE_PORT="$(free_port "$LATTICE_PORT")"
+        local url="http://127.0.0.1:$LATTICE_PORT"
+        fresh_database "lattice_bench_${STAMP}_${workload//-/_}"
+        local database_url="$DATABASE_URL"
+        log "starting lattice on $url for $workload (log: $OUT/lattice-$workload.log)"
+        env LATTICE__DATABASE__URL="$database_url" \
+            LATTICE__ENABLE_REGISTRATION=true \
+            LATTICE__RATE_LIMITS__ENABLED=false \
+            LATTICE__LISTEN="127.0.0.1:$LATTICE_PORT" \
+            LATTICE__LOG=warn \
+            "$BIN" serve --config "$OUT/lattice.yaml" > "$OUT/lattice-$workload.log" 2>&1 &
+        SERVER_PID=$!
+        wait_for_http "$url" "$OUT/lattice-$workload.log"
+        run_workloads lattice "$url" "$database_url" "lattice=$SERVER_PID,postgres=$(postmaster_pid)"
+        stop_server
+    done
 }
 
 install_synapse() {
