@@ -156,6 +156,9 @@ const RECENT_EVENTS_PER_ROOM: usize = 32;
 /// Events kept over all rooms before the cache starts over (a few tens of MB).
 const MAX_RECENT_EVENTS: usize = 50_000;
 
+/// Rooms one sync brings up to date one by one; beyond, it reads them all at once.
+const MAX_REFRESHES_PER_SYNC: usize = 4;
+
 /// How many locks the rooms' refreshes are spread over.
 const REFRESH_LOCKS: usize = 64;
 
@@ -237,8 +240,27 @@ impl RecentEventsCache {
     ) -> StorageResult<HashMap<String, Vec<StoredEvent>>> {
         let limit = limit.max(0) as usize;
         let mut by_room = HashMap::new();
+        let mut stale = Vec::new();
+        let mut timelines = Vec::with_capacity(room_ids.len());
         for room_id in room_ids {
-            let timeline = match self.fresh_entry(notifier, room_id) {
+            match self.fresh_entry(notifier, room_id) {
+                Some(timeline) => timelines.push((room_id, Some(timeline))),
+                None => {
+                    stale.push(room_id.clone());
+                    timelines.push((room_id, None));
+                }
+            }
+        }
+        // A sync after a long absence finds many rooms moved: one query for
+        // all of them beats a refresh per room (the cache fills again from
+        // the long-polls that follow).
+        if stale.len() > MAX_REFRESHES_PER_SYNC {
+            by_room =
+                rooms::recent_events_per_room(pool, &stale, after, upto, limit as i64).await?;
+            timelines.retain(|(_, timeline)| timeline.is_some());
+        }
+        for (room_id, timeline) in timelines {
+            let timeline = match timeline {
                 Some(timeline) => timeline,
                 None => self.refresh(pool, notifier, room_id).await?,
             };

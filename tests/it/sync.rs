@@ -634,3 +634,41 @@ async fn every_member_woken_by_a_message_gets_it_once() {
         }
     }
 }
+
+#[actix_web::test]
+async fn an_incremental_sync_after_many_rooms_moved_has_each_new_message() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let mut rooms = Vec::new();
+    for _ in 0..7 {
+        let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+        bob.join(&room_id).await;
+        rooms.push(room_id);
+    }
+    let since = next_batch(&bob.sync("").await);
+    for (i, room_id) in rooms.iter().enumerate() {
+        alice.send_text(room_id, &format!("news {i}")).await;
+    }
+    let sync = bob.sync(&format!("since={}", enc(&since))).await;
+    for (i, room_id) in rooms.iter().enumerate() {
+        assert_eq!(
+            timeline_bodies(&sync, room_id),
+            vec![format!("news {i}")],
+            "room {i}: {sync}"
+        );
+    }
+    // And the next message in one of them comes alone.
+    let since = next_batch(&sync);
+    alice.send_text(&rooms[3], "later").await;
+    let sync = bob
+        .sync(&format!("since={}&timeout=5000", enc(&since)))
+        .await;
+    assert_eq!(timeline_bodies(&sync, &rooms[3]), vec!["later"]);
+    assert_eq!(
+        sync["rooms"]["join"].as_object().map(|m| m.len()),
+        Some(1),
+        "{sync}"
+    );
+}
