@@ -243,7 +243,9 @@ mod tests {
         for _ in 0..3 {
             assert!(limiter.check_at("@a:x", start).is_ok());
         }
-        let error = limiter.check_at("@a:x", start).unwrap_err();
+        let error = limiter
+            .check_at("@a:x", start)
+            .expect_err("must be refused");
         assert_eq!(error.errcode, ErrCode::LimitExceeded);
         assert_eq!(error.retry_after_ms, Some(500));
         // Another key has its own bucket.

@@ -242,7 +242,7 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
-        if !(self.rate_limits.per_second > 0.0) {
+        if self.rate_limits.per_second.is_nan() || self.rate_limits.per_second <= 0.0 {
             return Err(ConfigError::Invalid {
                 key: "rate_limits.per_second",
                 message: "must be a positive number".into(),
@@ -442,7 +442,7 @@ mod tests {
     fn an_unknown_key_is_named() {
         let yaml = base() + "\nnot_a_key: 3\n";
         let error = Config::from_figment(figment(&yaml))
-            .unwrap_err()
+            .expect_err("must be refused")
             .to_string();
         assert!(error.contains("not_a_key"), "{error}");
     }
@@ -462,7 +462,7 @@ mod tests {
         ];
         for (yaml, expected) in cases {
             let error = Config::from_figment(figment(&format!("{}\n{yaml}\n", base())))
-                .unwrap_err()
+                .expect_err("must be refused")
                 .to_string();
             assert!(error.contains(expected), "{yaml}: {error}");
         }
@@ -477,12 +477,12 @@ mod tests {
     fn a_bad_value_is_named() {
         let yaml = base().replace("per_second: 20", "per_second: lots");
         let error = Config::from_figment(figment(&yaml))
-            .unwrap_err()
+            .expect_err("must be refused")
             .to_string();
         assert!(error.contains("per_second"), "{error}");
         let yaml = base().replace("pool_size: 16", "pool_size: 0");
         let error = Config::from_figment(figment(&yaml))
-            .unwrap_err()
+            .expect_err("must be refused")
             .to_string();
         assert!(error.contains("database.pool_size"), "{error}");
     }

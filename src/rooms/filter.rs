@@ -147,8 +147,8 @@ mod tests {
 
     #[test]
     fn wrong_shapes_are_bad_json() {
-        let error =
-            Filter::parse(json!({ "room": { "timeline": { "limit": "ten" } } })).unwrap_err();
+        let error = Filter::parse(json!({ "room": { "timeline": { "limit": "ten" } } }))
+            .expect_err("must be refused");
         assert_eq!(error.errcode, crate::error::ErrCode::BadJson);
         assert!(Filter::parse(json!([1])).is_err());
     }

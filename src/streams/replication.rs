@@ -425,8 +425,11 @@ pub struct ReplicationConfig {
     /// instance published). Called with `None` when the subscription was
     /// (re)established: invalidations may have been missed, so everything
     /// cached must go.
-    pub invalidate: Arc<dyn Fn(Option<&serde_json::Value>) + Send + Sync>,
+    pub invalidate: Invalidate,
 }
+
+/// Applies a `caches` stream row (`None`: everything may be stale).
+pub type Invalidate = Arc<dyn Fn(Option<&serde_json::Value>) + Send + Sync>;
 
 /// The stream of cache invalidations; any instance may write it.
 pub const CACHES_STREAM: &str = "caches";
