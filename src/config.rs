@@ -62,6 +62,10 @@ pub struct Config {
     /// before it fails with `503 M_UNAVAILABLE`.
     #[serde(default = "default_write_timeout_ms")]
     pub write_timeout_ms: u64,
+    /// Threads answering HTTP requests; default: one per core. Instances
+    /// sharing a machine can take fewer each.
+    #[serde(default)]
+    pub http_workers: Option<usize>,
 }
 
 fn default_write_timeout_ms() -> u64 {
@@ -242,6 +246,12 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
+        if self.http_workers == Some(0) {
+            return Err(ConfigError::Invalid {
+                key: "http_workers",
+                message: "must be at least 1".into(),
+            });
+        }
         if self.rate_limits.per_second.is_nan() || self.rate_limits.per_second <= 0.0 {
             return Err(ConfigError::Invalid {
                 key: "rate_limits.per_second",
@@ -396,6 +406,10 @@ rate_limits:
   # Requests allowed at once before the sustained rate applies.
   burst: 100
 
+# Threads answering HTTP requests (default: one per core). Several instances
+# on one machine can each take fewer, so they do not outnumber its cores.
+# http_workers: 2
+
 # Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
 log: "info"
 
@@ -480,6 +494,11 @@ mod tests {
             .expect_err("must be refused")
             .to_string();
         assert!(error.contains("per_second"), "{error}");
+        let yaml = base() + "\nhttp_workers: 0\n";
+        let error = Config::from_figment(figment(&yaml))
+            .expect_err("must be refused")
+            .to_string();
+        assert!(error.contains("http_workers"), "{error}");
         let yaml = base().replace("pool_size: 16", "pool_size: 0");
         let error = Config::from_figment(figment(&yaml))
             .expect_err("must be refused")

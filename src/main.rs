@@ -128,9 +128,11 @@ async fn serve(config_path: PathBuf, instance: String, roles: Vec<String>) -> an
     let roles = lattice::roles::Role::parse_list(&roles)?;
     let listener =
         TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let workers = config.http_workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
     let running =
         lattice::node::Node::start_with_roles(config, &instance, &roles, listener, workers).await?;
     wait_for_shutdown_signal().await;
