@@ -126,8 +126,7 @@ async fn serve(config_path: PathBuf, instance: String, roles: Vec<String>) -> an
     let config = Config::load(Some(&config_path))?;
     init_logging(&config);
     let roles = lattice::roles::Role::parse_list(&roles)?;
-    let listener =
-        TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let listener = bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let workers = config.http_workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -139,6 +138,23 @@ async fn serve(config_path: PathBuf, instance: String, roles: Vec<String>) -> an
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
+}
+
+/// Connections the kernel queues for `accept` (it caps this at
+/// `net.core.somaxconn`). The standard library's 128 overflows when a few
+/// hundred clients connect at once, and each refused SYN costs its client a
+/// one-second retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
 }
 
 async fn wait_for_shutdown_signal() {
