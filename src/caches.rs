@@ -316,58 +316,28 @@ impl RecentEventsCache {
         // Every event up to the notifier's position is committed.
         let read_at = notifier.events_position();
         let from = base.as_ref().map(|t| t.read_at).unwrap_or(0);
-        let mut newest = self.read(pool, room_id, from, read_at).await?;
-        let truncated = newest.len() > RECENT_EVENTS_PER_ROOM;
-        newest.truncate(RECENT_EVENTS_PER_ROOM);
-        newest.reverse();
+        let mut newest = read(pool, room_id, from, read_at).await?;
         // A redaction changes an older event: read the room afresh.
-        let redacts = from > 0 && newest.iter().any(|e| e.kind == "m.room.redaction");
+        let redacts = from > 0 && newest.events.iter().any(|e| e.kind == "m.room.redaction");
+        if redacts {
+            newest = read(pool, room_id, 0, read_at).await?;
+        }
         let mut timeline = match base {
-            Some(base) if !truncated && !redacts => (*base).clone(),
-            _ if redacts => {
-                newest = self.read(pool, room_id, 0, read_at).await?;
-                let truncated = newest.len() > RECENT_EVENTS_PER_ROOM;
-                newest.truncate(RECENT_EVENTS_PER_ROOM);
-                newest.reverse();
-                RoomTimeline {
-                    events: Default::default(),
-                    complete_after: complete_after(&newest, truncated, 0),
-                    read_at,
-                }
+            // Everything since the entry was read came back (a cut read is
+            // complete only after its oldest event, which is after `from`):
+            // extend the entry.
+            Some(base) if !redacts && newest.complete_after == from => {
+                let mut timeline = (*base).clone();
+                timeline.events.extend(newest.events);
+                timeline.read_at = read_at;
+                timeline
             }
-            _ => RoomTimeline {
-                events: Default::default(),
-                complete_after: complete_after(&newest, truncated, from),
-                read_at,
-            },
+            _ => newest,
         };
-        timeline.events.extend(newest);
-        timeline.read_at = read_at;
         timeline.trim();
         let timeline = Arc::new(timeline);
         self.store(room_id, &timeline);
         Ok(timeline)
-    }
-
-    /// The room's latest events in `(after, upto]`, newest first, one more
-    /// than the cache keeps when there are more.
-    async fn read(
-        &self,
-        pool: &Pool,
-        room_id: &str,
-        after: i64,
-        upto: i64,
-    ) -> StorageResult<Vec<StoredEvent>> {
-        Ok(rooms::recent_events_per_room(
-            pool,
-            &[room_id.to_owned()],
-            after,
-            upto,
-            RECENT_EVENTS_PER_ROOM as i64,
-        )
-        .await?
-        .remove(room_id)
-        .unwrap_or_default())
     }
 
     fn refresh_lock(&self, room_id: &str) -> &tokio::sync::Mutex<()> {
@@ -405,14 +375,32 @@ impl RecentEventsCache {
     }
 }
 
-/// Where a freshly read run of events (oldest first) is complete from: the
-/// position before its oldest event when the read was cut at the cache's
-/// size, else where the read started.
-fn complete_after(events: &[StoredEvent], truncated: bool, read_after: i64) -> i64 {
-    match events.first() {
+/// The room's events in `(after, upto]`, as many as the cache keeps (the
+/// latest), as a timeline read at `upto`: complete after `after`, or after
+/// the oldest event kept when there were more.
+async fn read(pool: &Pool, room_id: &str, after: i64, upto: i64) -> StorageResult<RoomTimeline> {
+    let mut events = rooms::recent_events_per_room(
+        pool,
+        &[room_id.to_owned()],
+        after,
+        upto,
+        RECENT_EVENTS_PER_ROOM as i64,
+    )
+    .await?
+    .remove(room_id)
+    .unwrap_or_default();
+    let truncated = events.len() > RECENT_EVENTS_PER_ROOM;
+    events.truncate(RECENT_EVENTS_PER_ROOM);
+    events.reverse();
+    let complete_after = match events.first() {
         Some(oldest) if truncated => oldest.stream_ordering - 1,
-        _ => read_after,
-    }
+        _ => after,
+    };
+    Ok(RoomTimeline {
+        events: events.into(),
+        complete_after,
+        read_at: upto,
+    })
 }
 
 #[cfg(test)]

@@ -391,26 +391,24 @@ impl Node {
     /// device of the user) are gone, and forgets them here.
     pub fn forget_tokens(&self, user_id: &str, device_id: Option<&str>) {
         self.tokens.forget(user_id, device_id);
-        if let Some(replication) = &self.replication {
-            replication.publisher.publish(Command::Rdata {
-                stream: CACHES_STREAM.to_owned(),
-                instance: self.instance_name.clone(),
-                token: None,
-                row: serde_json::json!([TOKEN_CACHE, user_id, device_id]),
-            });
-        }
+        self.publish_invalidation(serde_json::json!([TOKEN_CACHE, user_id, device_id]));
     }
 
     /// Forgets the cached memberships of `user_id` here and on every other
     /// instance: for changes that are not events (forgetting a room).
     pub fn forget_memberships(&self, user_id: &str) {
         self.memberships.forget(user_id);
+        self.publish_invalidation(serde_json::json!([MEMBERSHIP_CACHE, user_id]));
+    }
+
+    /// Publishes a `caches` stream row for the other instances (none in the monolith).
+    fn publish_invalidation(&self, row: Value) {
         if let Some(replication) = &self.replication {
             replication.publisher.publish(Command::Rdata {
                 stream: CACHES_STREAM.to_owned(),
                 instance: self.instance_name.clone(),
                 token: None,
-                row: serde_json::json!([MEMBERSHIP_CACHE, user_id]),
+                row,
             });
         }
     }

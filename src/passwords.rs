@@ -74,14 +74,7 @@ impl Default for PasswordHasher {
 impl PasswordHasher {
     /// Hashes `password` with a fresh salt into a PHC string (`$argon2id$v=19$...`).
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
-        let _job = Job::new(&self.memory);
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| PasswordError::Task(e.to_string()))?;
-        let memory = Arc::clone(&self.memory);
-        tokio::task::spawn_blocking(move || {
+        self.run(move |memory| {
             let salt = SaltString::generate(&mut OsRng);
             let params = Params::default();
             let output = memory
@@ -108,11 +101,14 @@ impl PasswordHasher {
             Ok(hash.to_string())
         })
         .await
-        .map_err(|e| PasswordError::Task(e.to_string()))?
     }
 
-    /// Whether `password` is the one `hash` (a PHC string) was made from.
-    pub async fn verify(&self, password: String, hash: String) -> Result<bool, PasswordError> {
+    /// Runs `job` on the blocking pool once a permit is free, counted as
+    /// waiting for hash memory from the moment it asks.
+    async fn run<R: Send + 'static>(
+        &self,
+        job: impl FnOnce(&HashMemory) -> Result<R, PasswordError> + Send + 'static,
+    ) -> Result<R, PasswordError> {
         let _job = Job::new(&self.memory);
         let _permit = self
             .permits
@@ -120,7 +116,14 @@ impl PasswordHasher {
             .await
             .map_err(|e| PasswordError::Task(e.to_string()))?;
         let memory = Arc::clone(&self.memory);
-        tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || job(&memory))
+            .await
+            .map_err(|e| PasswordError::Task(e.to_string()))?
+    }
+
+    /// Whether `password` is the one `hash` (a PHC string) was made from.
+    pub async fn verify(&self, password: String, hash: String) -> Result<bool, PasswordError> {
+        self.run(move |memory| {
             let stored = |e: argon2::password_hash::Error| PasswordError::Stored(e.to_string());
             let argon2_error = |e: argon2::Error| PasswordError::Stored(e.to_string());
             let parsed = PasswordHash::new(&hash).map_err(stored)?;
@@ -155,7 +158,6 @@ impl PasswordHasher {
             Ok(output == expected)
         })
         .await
-        .map_err(|e| PasswordError::Task(e.to_string()))?
     }
 }
 

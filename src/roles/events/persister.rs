@@ -646,7 +646,7 @@ impl EventPersister {
         }
         // The batch's events go in with one statement each for `events` and
         // `event_txn_ids`: a round trip per event was most of a batch's time.
-        let mut rows = EventRows::with_capacity(events.len());
+        let mut rows = EventRows::default();
         // The newest state group of each room, as the batch advances it.
         let mut current_groups: HashMap<String, i64> = HashMap::new();
         for (event, position) in events.iter().zip(positions) {
@@ -819,23 +819,6 @@ struct EventRows<'a> {
 }
 
 impl<'a> EventRows<'a> {
-    fn with_capacity(n: usize) -> EventRows<'a> {
-        EventRows {
-            stream_ordering: Vec::with_capacity(n),
-            event_id: Vec::with_capacity(n),
-            room_id: Vec::with_capacity(n),
-            depth: Vec::with_capacity(n),
-            sender: Vec::with_capacity(n),
-            kind: Vec::with_capacity(n),
-            state_key: Vec::with_capacity(n),
-            origin_server_ts: Vec::with_capacity(n),
-            state_group: Vec::with_capacity(n),
-            pdu: Vec::with_capacity(n),
-            txn_device_id: Vec::with_capacity(n),
-            txn_id: Vec::with_capacity(n),
-        }
-    }
-
     fn push(&mut self, event: &'a NewEvent, position: i64, state_group: i64) {
         let pdu = &event.pdu;
         self.stream_ordering.push(position);
