@@ -663,9 +663,11 @@ instances:
     fn a_split_topology_parses() {
         let topology = parse(&split()).expect("valid");
         assert_eq!(topology.instances.len(), 3);
+        // Resolved when the file exists (after `make run`), as-is otherwise.
+        let expected = Path::new("config/../var/homeserver.yaml");
         assert_eq!(
             topology.homeserver,
-            Path::new("config/../var/homeserver.yaml")
+            expected.canonicalize().unwrap_or(expected.to_path_buf())
         );
         let events1 = topology.instance("events1").expect("events1");
         assert_eq!(events1.roles, vec![Role::Events]);
