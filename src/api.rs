@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
+use crate::streams::caches::Invalidation;
 
 /// The largest request body accepted (the spec's event size limit is 64 KiB;
 /// other bodies are smaller still).
@@ -265,7 +266,7 @@ pub struct TokenCache {
     owners: Mutex<HashMap<Vec<u8>, crate::storage::accounts::TokenOwner>>,
 }
 
-/// The name of the token cache in `caches` stream rows: `[name, user_id, device_id or null]`.
+/// The name of the token cache in `caches` stream rows (keys: user id, device id or null).
 pub const TOKEN_CACHE: &str = "access_tokens";
 
 /// Past this many tokens the cache starts afresh rather than grow.
@@ -286,21 +287,12 @@ impl TokenCache {
         }
     }
 
-    /// Applies a `caches` stream row; `None` (replication reconnected, rows
-    /// may have been missed) forgets everything.
-    pub fn invalidate(&self, row: Option<&serde_json::Value>) {
-        match row {
-            None => {
-                if let Ok(mut owners) = self.owners.lock() {
-                    owners.clear();
-                }
+    /// Applies a `caches` stream row: `[user_id, device_id or null]`.
+    pub fn invalidate(&self, invalidation: &Invalidation) {
+        if invalidation.cache == TOKEN_CACHE {
+            if let Some(user_id) = invalidation.key(0) {
+                self.forget(user_id, invalidation.key(1));
             }
-            Some(row) if row.get(0).and_then(serde_json::Value::as_str) == Some(TOKEN_CACHE) => {
-                if let Some(user_id) = row.get(1).and_then(serde_json::Value::as_str) {
-                    self.forget(user_id, row.get(2).and_then(serde_json::Value::as_str));
-                }
-            }
-            Some(_) => {}
         }
     }
 

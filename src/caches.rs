@@ -19,6 +19,7 @@ use crate::rooms::filter::Filter;
 use crate::storage::accounts;
 use crate::storage::rooms::{self, Membership, StoredEvent};
 use crate::storage::StorageResult;
+use crate::streams::caches::Invalidation;
 use crate::streams::notifier::Notifier;
 
 /// The name of the membership cache in `caches` stream rows: `["memberships", user_id]`.
@@ -92,24 +93,12 @@ impl MembershipCache {
         }
     }
 
-    /// Applies a `caches` stream row; `None` (replication reconnected, rows
-    /// may have been missed) drops everything.
-    pub fn invalidate(&self, row: Option<&serde_json::Value>) {
-        match row {
-            None => {
-                self.generation.fetch_add(1, Ordering::AcqRel);
-                if let Ok(mut entries) = self.entries.lock() {
-                    entries.clear();
-                }
+    /// Applies a `caches` stream row (key: the user id).
+    pub fn invalidate(&self, invalidation: &Invalidation) {
+        if invalidation.cache == MEMBERSHIP_CACHE {
+            if let Some(user_id) = invalidation.key(0) {
+                self.forget(user_id);
             }
-            Some(row)
-                if row.get(0).and_then(serde_json::Value::as_str) == Some(MEMBERSHIP_CACHE) =>
-            {
-                if let Some(user_id) = row.get(1).and_then(serde_json::Value::as_str) {
-                    self.forget(user_id);
-                }
-            }
-            Some(_) => {}
         }
     }
 }

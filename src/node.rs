@@ -3,6 +3,7 @@
 //! so a test can run several in one process; handlers get a clone of it.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +25,9 @@ use crate::passwords::PasswordHasher;
 use crate::roles::events::{CreateRoom, EventPersister, Persisted, SendEvent, EVENTS_STREAM};
 use crate::roles::Role;
 use crate::storage;
+use crate::streams::caches::{CachesWriter, Invalidation};
 use crate::streams::notifier::Notifier;
-use crate::streams::replication::{Command, Replication, ReplicationConfig, CACHES_STREAM};
+use crate::streams::replication::{Replication, ReplicationConfig};
 use crate::streams::shared::SharedStream;
 
 /// How long a request waits to see its own write replicated back.
@@ -63,6 +65,9 @@ pub struct Node {
     /// Request counters and the /metrics exposition of this instance.
     pub metrics: Arc<crate::api::metrics::Metrics>,
     replication: Option<Arc<Replication>>,
+    /// Where this instance writes cache invalidations for the others (none
+    /// in the monolith, which has no others).
+    caches_writer: Option<Arc<CachesWriter>>,
     /// The mailbox endpoints serving this instance's actors to the others.
     endpoints: Arc<tokio::sync::Mutex<Vec<ServeHandle>>>,
 }
@@ -93,7 +98,8 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     server: actix_web::dev::ServerHandle,
     server_task: tokio::task::JoinHandle<std::io::Result<()>>,
-    heartbeat: tokio::task::JoinHandle<()>,
+    /// The heartbeat, and the periodic jobs of the `background` role.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// How often an instance records that it is alive (and how far it has seen).
@@ -117,6 +123,24 @@ async fn heartbeat(node: Node, addr: SocketAddr) {
         };
         if let Err(error) = storage::instances::beat(&node.pool, &beat).await {
             tracing::warn!(error = %error, "heartbeat failed");
+        }
+    }
+}
+
+/// How often the background instance deletes old cache invalidations.
+const CACHE_INVALIDATIONS_CLEAN_UP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Deletes `caches` stream rows past their retention, hourly: readers catch
+/// up only over what they missed while disconnected, never over a week.
+async fn delete_old_cache_invalidations(pool: Pool) {
+    let mut ticker = tokio::time::interval(CACHE_INVALIDATIONS_CLEAN_UP_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let before = crate::util::now_ms() - crate::streams::caches::RETENTION.as_millis() as i64;
+        match storage::caches::delete_older_than(&pool, before).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted old cache invalidations"),
+            Err(error) => tracing::warn!(error = %error, "deleting old cache invalidations failed"),
         }
     }
 }
@@ -187,8 +211,8 @@ impl Node {
         let tokens = Arc::new(TokenCache::default());
         let memberships = Arc::new(MembershipCache::default());
         // Everything in one process needs no Redis and does not contact it.
-        let (redis_transport, replication) = if single_process {
-            (None, None)
+        let (redis_transport, replication, caches_writer) = if single_process {
+            (None, None, None)
         } else {
             let url = config.redis.url.clone().ok_or(NodeError::Topology(
                 "redis.url is required when roles or stream writers are spread over several instances".into(),
@@ -199,6 +223,12 @@ impl Node {
             )
             .await
             .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
+            // Read before anything is cached: rows up to here concern
+            // changes this instance can only have read after they were made.
+            let caches_floor = storage::caches::last_allocated(&pool).await?;
+            let caches_position = Arc::new(AtomicI64::new(
+                storage::caches::last_written_by(&pool, instance_name).await?,
+            ));
             let replication = Replication::start(
                 ReplicationConfig {
                     redis_url: url,
@@ -209,17 +239,25 @@ impl Node {
                     invalidate: {
                         let tokens = tokens.clone();
                         let memberships = memberships.clone();
-                        Arc::new(move |row| {
-                            tokens.invalidate(row);
-                            memberships.invalidate(row);
+                        Arc::new(move |invalidation| {
+                            tokens.invalidate(invalidation);
+                            memberships.invalidate(invalidation);
                         })
                     },
+                    caches_position: Arc::clone(&caches_position),
+                    caches_floor,
                 },
                 stream.clone(),
                 pool.clone(),
             )
             .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
-            (Some(transport), Some(replication))
+            let caches_writer = CachesWriter::new(
+                instance_name,
+                pool.clone(),
+                replication.publisher.clone(),
+                caches_position,
+            );
+            (Some(transport), Some(replication), Some(caches_writer))
         };
         let transport = redis_transport
             .clone()
@@ -316,10 +354,16 @@ impl Node {
             supervisor,
             metrics: Arc::new(metrics),
             replication: replication.map(Arc::new),
+            caches_writer: caches_writer.map(Arc::new),
             endpoints: Arc::new(tokio::sync::Mutex::new(endpoints)),
         };
         let addr = listener.local_addr()?;
-        let heartbeat = tokio::spawn(heartbeat(node.clone(), addr));
+        let mut tasks = vec![tokio::spawn(heartbeat(node.clone(), addr))];
+        if node.has_role(Role::Background) {
+            tasks.push(tokio::spawn(delete_old_cache_invalidations(
+                node.pool.clone(),
+            )));
+        }
         let app_node = node.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -356,7 +400,7 @@ impl Node {
             addr,
             server: handle,
             server_task,
-            heartbeat,
+            tasks,
         })
     }
 
@@ -388,29 +432,28 @@ impl Node {
     }
 
     /// Tells the other instances that the tokens of a device (or of every
-    /// device of the user) are gone, and forgets them here.
-    pub fn forget_tokens(&self, user_id: &str, device_id: Option<&str>) {
+    /// device of the user) are gone, and forgets them here. Call it after
+    /// the change is committed.
+    pub async fn forget_tokens(&self, user_id: &str, device_id: Option<&str>) -> ApiResult<()> {
         self.tokens.forget(user_id, device_id);
-        self.publish_invalidation(serde_json::json!([TOKEN_CACHE, user_id, device_id]));
+        self.invalidate_elsewhere(Invalidation::new(TOKEN_CACHE, &[Some(user_id), device_id]))
+            .await
     }
 
     /// Forgets the cached memberships of `user_id` here and on every other
     /// instance: for changes that are not events (forgetting a room).
-    pub fn forget_memberships(&self, user_id: &str) {
+    pub async fn forget_memberships(&self, user_id: &str) -> ApiResult<()> {
         self.memberships.forget(user_id);
-        self.publish_invalidation(serde_json::json!([MEMBERSHIP_CACHE, user_id]));
+        self.invalidate_elsewhere(Invalidation::new(MEMBERSHIP_CACHE, &[Some(user_id)]))
+            .await
     }
 
-    /// Publishes a `caches` stream row for the other instances (none in the monolith).
-    fn publish_invalidation(&self, row: Value) {
-        if let Some(replication) = &self.replication {
-            replication.publisher.publish(Command::Rdata {
-                stream: CACHES_STREAM.to_owned(),
-                instance: self.instance_name.clone(),
-                token: None,
-                row,
-            });
+    /// Writes a `caches` stream row for the other instances (none in the monolith).
+    async fn invalidate_elsewhere(&self, invalidation: Invalidation) -> ApiResult<()> {
+        if let Some(writer) = &self.caches_writer {
+            writer.write(invalidation).await?;
         }
+        Ok(())
     }
 
     /// How long a request waits for a writer (`write_timeout_ms`).
@@ -509,7 +552,9 @@ impl RunningNode {
     /// end where they are, leaving unacknowledged mailbox messages to be
     /// delivered again. For tests of recovery.
     pub async fn kill(self) {
-        self.heartbeat.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
         self.server.stop(false).await;
         self.server_task.abort();
         for endpoint in self.node.endpoints.lock().await.drain(..) {
@@ -520,7 +565,9 @@ impl RunningNode {
     /// Stops accepting requests, lets in-flight ones finish (briefly), then
     /// stops the actors.
     pub async fn stop(self) {
-        self.heartbeat.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
         self.server.stop(true).await;
         let _ = self.server_task.await;
         for endpoint in self.node.endpoints.lock().await.drain(..) {

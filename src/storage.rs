@@ -2,6 +2,7 @@
 //! module per area of the schema. Queries live here, not in handlers.
 
 pub mod accounts;
+pub mod caches;
 pub mod instances;
 pub mod rooms;
 pub mod streams;
@@ -32,6 +33,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_instances",
         include_str!("storage/migrations/0002_instances.sql"),
+    ),
+    (
+        "0003_caches",
+        include_str!("storage/migrations/0003_caches.sql"),
     ),
 ];
 

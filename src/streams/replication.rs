@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,8 +22,10 @@ use futures::StreamExt;
 use lattice_actors::HmacKey;
 use tokio::sync::mpsc;
 
+use super::caches::{CachesReader, Invalidate, Invalidation, CACHES_STREAM};
 use super::shared::SharedStream;
 use crate::roles::events::EVENTS_STREAM;
+use crate::storage;
 
 /// One replication command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,6 +313,8 @@ mod tests {
 pub struct ReplicationStats {
     pub applied: AtomicU64,
     pub caught_up_rows: AtomicU64,
+    /// Rows of the `caches` stream read back from PostgreSQL.
+    pub caches_caught_up_rows: AtomicU64,
     pub rejected: AtomicU64,
     pub reconnects: AtomicU64,
     /// The highest position each writer has announced (POSITION, or the
@@ -347,6 +351,7 @@ impl ReplicationStats {
         serde_json::json!({
             "applied": self.applied.load(Ordering::Relaxed),
             "caught_up_rows": self.caught_up_rows.load(Ordering::Relaxed),
+            "caches_caught_up_rows": self.caches_caught_up_rows.load(Ordering::Relaxed),
             "rejected": self.rejected.load(Ordering::Relaxed),
             "reconnects": self.reconnects.load(Ordering::Relaxed),
         })
@@ -421,18 +426,14 @@ pub struct ReplicationConfig {
     /// Whether this instance writes the events stream (answers REPLICATE and
     /// announces idle positions).
     pub events_writer: bool,
-    /// Applies a row of the `caches` stream (an invalidation another
-    /// instance published). Called with `None` when the subscription was
-    /// (re)established: invalidations may have been missed, so everything
-    /// cached must go.
+    /// Applies an invalidation another instance wrote on the `caches` stream.
     pub invalidate: Invalidate,
+    /// This instance's position on the `caches` stream (its last row),
+    /// announced when asked; the [`super::caches::CachesWriter`] moves it.
+    pub caches_position: Arc<AtomicI64>,
+    /// The `caches` sequence's value before this instance cached anything.
+    pub caches_floor: i64,
 }
-
-/// Applies a `caches` stream row (`None`: everything may be stale).
-pub type Invalidate = Arc<dyn Fn(Option<&serde_json::Value>) + Send + Sync>;
-
-/// The stream of cache invalidations; any instance may write it.
-pub const CACHES_STREAM: &str = "caches";
 
 /// The running replication of one instance; dropping it stops its tasks.
 pub struct Replication {
@@ -586,8 +587,18 @@ async fn read_loop(
     publisher: Publisher,
     stats: Arc<ReplicationStats>,
 ) {
+    let mut caches = CachesReader::new(&config.instance, config.caches_floor);
     loop {
-        match read_connection(&client, &config, &stream, &pool, &publisher, &stats).await {
+        let subscription = read_connection(
+            &client,
+            &config,
+            &stream,
+            &pool,
+            &publisher,
+            &stats,
+            &mut caches,
+        );
+        match subscription.await {
             Ok(()) => tracing::warn!("replication: subscription ended, reconnecting"),
             Err(error) => {
                 tracing::warn!(error = %error, "replication: subscription failed, reconnecting")
@@ -609,14 +620,16 @@ async fn read_connection(
     pool: &Pool,
     publisher: &Publisher,
     stats: &ReplicationStats,
+    caches: &mut CachesReader,
 ) -> Result<(), ReplicationError> {
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(&config.channel).await?;
-    (config.invalidate)(None);
+    read_back_caches(config, pool, stats, caches).await?;
     publisher.publish(Command::Replicate);
     if config.events_writer {
         announce_position(config, stream, publisher);
     }
+    announce_caches_position(config, publisher);
     let mut connected: HashSet<String> = HashSet::new();
     let mut messages = pubsub.on_message();
     while let Some(message) = messages.next().await {
@@ -638,17 +651,36 @@ async fn read_connection(
                 if config.events_writer {
                     announce_position(config, stream, publisher);
                 }
+                announce_caches_position(config, publisher);
             }
             Command::Rdata {
                 stream: name,
                 instance,
+                token: Some(token),
                 row,
-                ..
             } if name == CACHES_STREAM => {
-                if instance != config.instance {
-                    (config.invalidate)(Some(&row));
+                if caches.take_published(&instance, token) {
+                    match Invalidation::from_row(&row) {
+                        Some(invalidation) => (config.invalidate)(&invalidation),
+                        None => {
+                            tracing::warn!(writer = %instance, token, "replication: a caches row that is not an invalidation")
+                        }
+                    }
                     stats.applied.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            Command::Position {
+                stream: name,
+                instance,
+                new,
+                ..
+            } if name == CACHES_STREAM => {
+                if let Some((after, upto)) = caches.missing(&instance, new) {
+                    let rows = storage::caches::written_between(pool, Some(&instance), after, upto)
+                        .await?;
+                    apply_stored_invalidations(config, stats, caches, rows);
+                }
+                caches.caught_up(&instance, new);
             }
             Command::Rdata {
                 stream: name,
@@ -688,6 +720,47 @@ async fn read_connection(
         }
     }
     Ok(())
+}
+
+fn announce_caches_position(config: &ReplicationConfig, publisher: &Publisher) {
+    let position = config.caches_position.load(Ordering::Acquire);
+    publisher.publish(Command::Position {
+        stream: CACHES_STREAM.to_owned(),
+        instance: config.instance.clone(),
+        prev: position,
+        new: position,
+    });
+}
+
+/// On a new subscription, applies every invalidation stored since the
+/// previous one began, whoever wrote it: rows published while this instance
+/// was not subscribed are lost on Redis, and their writer may never announce
+/// itself again.
+async fn read_back_caches(
+    config: &ReplicationConfig,
+    pool: &Pool,
+    stats: &ReplicationStats,
+    caches: &mut CachesReader,
+) -> Result<(), ReplicationError> {
+    let last = storage::caches::last_allocated(pool).await?;
+    let after = caches.subscribed(last);
+    let rows = storage::caches::written_between(pool, None, after, i64::MAX).await?;
+    apply_stored_invalidations(config, stats, caches, rows);
+    Ok(())
+}
+
+fn apply_stored_invalidations(
+    config: &ReplicationConfig,
+    stats: &ReplicationStats,
+    caches: &mut CachesReader,
+    rows: Vec<(i64, String, Invalidation)>,
+) {
+    for (id, writer, invalidation) in rows {
+        if caches.take_stored(&writer, id) {
+            (config.invalidate)(&invalidation);
+            stats.caches_caught_up_rows.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 fn announce_position(config: &ReplicationConfig, stream: &SharedStream, publisher: &Publisher) {

@@ -191,6 +191,12 @@ impl TestCluster {
         assert_eq!(updated, 1, "no user {user_id}");
     }
 
+    /// A connection to the cluster's database, for tests that play a
+    /// process which wrote and died.
+    pub async fn database(&self) -> tokio_postgres::Client {
+        connect(&self.database.url).await
+    }
+
     /// Kills the node `instance` (no graceful shutdown: its mailbox messages
     /// stay unacknowledged in Redis).
     pub fn kill(&mut self, instance: &str) {

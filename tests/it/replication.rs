@@ -317,3 +317,116 @@ async fn after_a_redis_restart_every_node_reconnects_and_long_polls_wake() {
     }
     assert!(seen.contains(&"after the restart".to_owned()), "{seen:?}");
 }
+
+/// Polls `/sync` (what sync2 serves) on `node` with `token` until it is
+/// refused (at most 10 s); the answer it ended with.
+async fn sync_until_refused(node: &crate::cluster::Client, token: &str) -> (StatusCode, Value) {
+    let mut answer = (StatusCode::OK, Value::Null);
+    for _ in 0..100 {
+        answer = node
+            .get("/_matrix/client/v3/sync?timeout=0", Some(token))
+            .await;
+        if answer.0 != StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    answer
+}
+
+#[actix_web::test]
+async fn a_logout_while_redis_is_down_reaches_every_node_once_it_is_back() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut redis = PrivateRedis::start_on(port);
+    let options = Options {
+        redis_url: Some(redis.url()),
+        ..split(Some(20_000))
+    };
+    let cluster = TestCluster::start_with(options).await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let phone = client.login("alice").await;
+    let sync2 = cluster.node_client("sync2");
+    let (status, body) = sync2
+        .get(
+            "/_matrix/client/v3/sync?timeout=0",
+            Some(&phone.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    redis.kill();
+    let (status, body) = phone.post("/_matrix/client/v3/logout", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let _redis = PrivateRedis::start_on(port);
+
+    let (status, body) = sync_until_refused(&sync2, &phone.access_token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN");
+    // The other device's token is untouched.
+    let (status, body) = sync2
+        .get(
+            "/_matrix/client/v3/sync?timeout=0",
+            Some(&alice.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[actix_web::test]
+async fn an_invalidation_stored_by_a_node_that_died_before_publishing_it_reaches_the_others() {
+    let mut cluster = TestCluster::start_with(split(None)).await;
+    let client = cluster.client();
+    let admin = client.register("root").await;
+    cluster.make_admin(&admin.user_id).await;
+    let alice = client.register("alice").await;
+    let phone = client.login("alice").await;
+    let sync2 = cluster.node_client("sync2");
+    let (status, body) = sync2
+        .get(
+            "/_matrix/client/v3/sync?timeout=0",
+            Some(&phone.access_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // main logs the phone out and stores the invalidation, then dies before
+    // publishing it: what `logout` does, up to the publish.
+    cluster.kill("main");
+    let database = cluster.database().await;
+    database
+        .execute(
+            "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
+            &[&alice.user_id, &phone.device_id],
+        )
+        .await
+        .expect("delete the token");
+    database
+        .execute(
+            "INSERT INTO cache_invalidation_stream_by_instance
+               (stream_id, instance_name, cache_func, keys, invalidation_ts)
+             VALUES (nextval('cache_invalidation_stream_seq'), 'main', 'access_tokens', $1, 0)",
+            &[&json!([alice.user_id, phone.device_id])],
+        )
+        .await
+        .expect("store the invalidation");
+
+    // Restarted, main announces its position; sync2 reads the row back
+    // without having lost its Redis subscription.
+    cluster.restart("main").await;
+    let (status, body) = sync_until_refused(&sync2, &phone.access_token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN");
+    let (status, body) = sync2
+        .get("/_lattice/admin/v1/actors", Some(&admin.access_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["replication"]["reconnects"], 0, "{body}");
+    assert!(
+        body["replication"]["caches_caught_up_rows"].as_u64() >= Some(1),
+        "{body}"
+    );
+}

@@ -281,7 +281,7 @@ pub async fn login(
     )
     .await?;
     // The device's earlier tokens were replaced.
-    node.forget_tokens(&user_id, Some(&device_id));
+    node.forget_tokens(&user_id, Some(&device_id)).await?;
     Ok(HttpResponse::Ok().json(json!({
         "user_id": user_id,
         "access_token": access_token,
@@ -303,14 +303,15 @@ pub async fn whoami(requester: Requester) -> HttpResponse {
 /// POST /_matrix/client/v3/logout
 pub async fn logout(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
     accounts::delete_device(&node.pool, &requester.user_id, &requester.device_id).await?;
-    node.forget_tokens(&requester.user_id, Some(&requester.device_id));
+    node.forget_tokens(&requester.user_id, Some(&requester.device_id))
+        .await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
 /// POST /_matrix/client/v3/logout/all
 pub async fn logout_all(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
     accounts::delete_all_devices(&node.pool, &requester.user_id).await?;
-    node.forget_tokens(&requester.user_id, None);
+    node.forget_tokens(&requester.user_id, None).await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 

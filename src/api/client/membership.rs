@@ -305,7 +305,7 @@ pub async fn forget(
         )),
         Some(_) => {
             rooms::forget_room(&node.pool, &requester.user_id, &room_id).await?;
-            node.forget_memberships(&requester.user_id);
+            node.forget_memberships(&requester.user_id).await?;
             Ok(HttpResponse::Ok().json(json!({})))
         }
         None => Err(ApiError::not_found("you have never been in this room")),

@@ -1,0 +1,288 @@
+//! The `caches` stream (DESIGN §4, `reference/synapse-workers.md` §3.2-3.4):
+//! invalidations of per-instance caches for changes that are not events
+//! (a logged-out device's access tokens, a forgotten room). Any instance
+//! writes it. A row is stored in PostgreSQL (`storage::caches`), then
+//! published as `RDATA caches <instance> <id> [cache, keys, ts]`; readers
+//! apply a writer's rows only after its first `POSITION` on their current
+//! subscription, which catches up from PostgreSQL what they missed, exactly as
+//! for the events stream. So a reader that was disconnected from Redis, or whose
+//! writer died between storing a row and publishing it, still learns of every
+//! invalidation and keeps the rest of its caches.
+//!
+//! Unlike the events stream, every id is written by one instance and its rows
+//! are written one at a time, so a writer's position is simply its last row:
+//! no persisted-up-to bookkeeping is needed. Readers track one position per
+//! writer.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use serde_json::{json, Value};
+
+use super::replication::{Command, Publisher};
+use crate::storage::{self, StorageResult};
+
+/// The stream's name on the wire and in `stream_positions`-like places.
+pub const CACHES_STREAM: &str = "caches";
+
+/// How long invalidations are kept for readers catching up (Synapse keeps
+/// them a week, `RETENTION_PERIOD_OF_CACHE_INVALIDATIONS_MS`).
+pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// One row: the entries of the cache `cache` under `keys` are stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidation {
+    pub cache: String,
+    /// The cache's own key parts (a user id, a device id, ...); `None` widens
+    /// the invalidation to every value of that part.
+    pub keys: Vec<Option<String>>,
+}
+
+impl Invalidation {
+    pub fn new(cache: &str, keys: &[Option<&str>]) -> Invalidation {
+        Invalidation {
+            cache: cache.to_owned(),
+            keys: keys.iter().map(|key| key.map(str::to_owned)).collect(),
+        }
+    }
+
+    /// The key part at `index` (`None` when absent or a wildcard).
+    pub fn key(&self, index: usize) -> Option<&str> {
+        self.keys.get(index).and_then(Option::as_deref)
+    }
+
+    /// The RDATA row, in Synapse's shape: `[cache_func, keys, invalidation_ts]`.
+    pub fn to_row(&self, invalidation_ts: i64) -> Value {
+        json!([self.cache, self.keys, invalidation_ts])
+    }
+
+    /// Reads an RDATA row; `None` when it is not one.
+    pub fn from_row(row: &Value) -> Option<Invalidation> {
+        let cache = row.get(0)?.as_str()?.to_owned();
+        let keys = row
+            .get(1)?
+            .as_array()?
+            .iter()
+            .map(|key| match key {
+                Value::Null => Some(None),
+                Value::String(key) => Some(Some(key.clone())),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Invalidation { cache, keys })
+    }
+}
+
+/// Applies an invalidation to this instance's caches.
+pub type Invalidate = Arc<dyn Fn(&Invalidation) + Send + Sync>;
+
+/// This instance's writing end of the stream.
+pub struct CachesWriter {
+    instance: String,
+    pool: Pool,
+    publisher: Publisher,
+    /// Held while a row is stored and queued for publishing, so that this
+    /// instance's rows reach PostgreSQL and Redis in id order: a reader may
+    /// then take a writer's latest id as the proof that it has every earlier one.
+    writing: tokio::sync::Mutex<()>,
+    position: Arc<AtomicI64>,
+}
+
+/// How often a row that could not be stored is tried again, and for how long.
+const WRITE_RETRY: Duration = Duration::from_millis(200);
+const WRITE_ATTEMPTS: usize = 25;
+
+impl CachesWriter {
+    /// `position`: this instance's last stored row (`storage::caches::
+    /// last_written_by`), so that after a restart it announces what it may
+    /// have stored without publishing; shared with the replication reader,
+    /// which announces it when asked (`REPLICATE`).
+    pub fn new(
+        instance: &str,
+        pool: Pool,
+        publisher: Publisher,
+        position: Arc<AtomicI64>,
+    ) -> CachesWriter {
+        CachesWriter {
+            instance: instance.to_owned(),
+            pool,
+            publisher,
+            writing: tokio::sync::Mutex::new(()),
+            position,
+        }
+    }
+
+    /// Stores `invalidation` and publishes it. A database that is down is
+    /// retried for a few seconds: the change it invalidates is already
+    /// committed, so giving up would leave other instances stale.
+    pub async fn write(&self, invalidation: Invalidation) -> StorageResult<()> {
+        let _in_order = self.writing.lock().await;
+        let mut attempt = 0;
+        let id = loop {
+            match storage::caches::insert(&self.pool, &self.instance, &invalidation).await {
+                Ok(id) => break id,
+                Err(error) if attempt + 1 < WRITE_ATTEMPTS => {
+                    attempt += 1;
+                    tracing::warn!(error = %error, cache = %invalidation.cache, "storing a cache invalidation failed, retrying");
+                    tokio::time::sleep(WRITE_RETRY).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        self.position.store(id, Ordering::Release);
+        self.publisher.publish(Command::Rdata {
+            stream: CACHES_STREAM.to_owned(),
+            instance: self.instance.clone(),
+            token: Some(id),
+            row: invalidation.to_row(crate::util::now_ms()),
+        });
+        Ok(())
+    }
+}
+
+/// A reader's view of the stream: how far it has applied each writer's rows,
+/// and which writers' rows it may apply as they arrive on the current
+/// subscription (Synapse's `_streams_by_connection`).
+#[derive(Debug)]
+pub struct CachesReader {
+    local: String,
+    /// Rows at or below this id were written before this instance cached
+    /// anything: where every writer's position starts.
+    floor: i64,
+    /// Where the next subscription reads back every writer's rows from: the
+    /// sequence's value when the previous one began.
+    read_back_after: i64,
+    positions: HashMap<String, i64>,
+    connected: HashSet<String>,
+}
+
+impl CachesReader {
+    /// `floor`: the sequence's last value before this instance cached
+    /// anything (the change behind any row at or below it was committed
+    /// before the row's id was taken, so a cache filled later saw it).
+    pub fn new(local: &str, floor: i64) -> CachesReader {
+        CachesReader {
+            local: local.to_owned(),
+            floor,
+            read_back_after: floor,
+            positions: HashMap::new(),
+            connected: HashSet::new(),
+        }
+    }
+
+    /// How far `writer`'s rows are applied.
+    pub fn position(&self, writer: &str) -> i64 {
+        self.positions.get(writer).copied().unwrap_or(self.floor)
+    }
+
+    /// A new subscription: no writer's rows are applied as they arrive until
+    /// its `POSITION` was caught up on it. Returns the id after which rows
+    /// must be read back from PostgreSQL now, whoever wrote them (they may
+    /// come from a writer that will never announce itself again).
+    ///
+    /// Reading back from the previous subscription's start rather than from
+    /// this one's covers a row whose id was taken before that start but which
+    /// was stored only after that subscription read back, and then lost with it.
+    pub fn subscribed(&mut self, sequence_last_value: i64) -> i64 {
+        self.connected.clear();
+        let after = self.read_back_after;
+        self.read_back_after = sequence_last_value.max(after);
+        after
+    }
+
+    /// Whether a row must be applied; records it as applied if so.
+    fn take(&mut self, writer: &str, id: i64) -> bool {
+        if writer == self.local || id <= self.position(writer) {
+            return false;
+        }
+        self.positions.insert(writer.to_owned(), id);
+        true
+    }
+
+    /// A row read back from PostgreSQL: whether to apply it.
+    pub fn take_stored(&mut self, writer: &str, id: i64) -> bool {
+        self.take(writer, id)
+    }
+
+    /// An RDATA row: whether to apply it. Rows of a writer whose POSITION
+    /// this subscription has not caught up yet are dropped: the catch-up
+    /// reads them.
+    pub fn take_published(&mut self, writer: &str, id: i64) -> bool {
+        self.connected.contains(writer) && self.take(writer, id)
+    }
+
+    /// A POSITION: the ids `(after, upto]` of `writer` to read back, if any.
+    pub fn missing(&self, writer: &str, new: i64) -> Option<(i64, i64)> {
+        let current = self.position(writer);
+        (writer != self.local && new > current).then_some((current, new))
+    }
+
+    /// `writer` was caught up to `new`: apply its rows as they arrive.
+    pub fn caught_up(&mut self, writer: &str, new: i64) {
+        if writer == self.local {
+            return;
+        }
+        if new > self.position(writer) {
+            self.positions.insert(writer.to_owned(), new);
+        }
+        self.connected.insert(writer.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_round_trip_in_synapse_shape() {
+        let invalidation = Invalidation::new("access_tokens", &[Some("@a:x"), None]);
+        let row = invalidation.to_row(7);
+        assert_eq!(row, json!(["access_tokens", ["@a:x", null], 7]));
+        assert_eq!(Invalidation::from_row(&row), Some(invalidation));
+        assert_eq!(Invalidation::from_row(&json!(["x", [1]])), None);
+        assert_eq!(Invalidation::from_row(&json!({})), None);
+    }
+
+    #[test]
+    fn rows_of_a_writer_wait_for_its_position_on_each_subscription() {
+        let mut reader = CachesReader::new("sync2", 10);
+        assert_eq!(reader.subscribed(12), 10);
+        // Before main's POSITION: dropped, the catch-up will read it.
+        assert!(!reader.take_published("main", 13));
+        assert_eq!(reader.missing("main", 13), Some((10, 13)));
+        assert!(reader.take_stored("main", 13));
+        reader.caught_up("main", 13);
+        assert!(reader.take_published("main", 15));
+        // Duplicates and echoes are not applied twice.
+        assert!(!reader.take_published("main", 15));
+        assert!(!reader.take_published("sync2", 16));
+        assert_eq!(reader.missing("sync2", 16), None);
+
+        // Reconnected: rows after the last subscription's floor are read
+        // back, whoever wrote them; main's again only after its POSITION.
+        assert_eq!(reader.subscribed(20), 12);
+        assert!(!reader.take_stored("main", 14), "already applied");
+        assert!(
+            reader.take_stored("gone", 18),
+            "a writer that never announces again"
+        );
+        assert!(!reader.take_published("main", 21));
+        assert_eq!(reader.missing("main", 21), Some((15, 21)));
+        reader.caught_up("main", 21);
+        assert_eq!(reader.missing("main", 21), None);
+    }
+
+    #[test]
+    fn rows_written_before_start_up_are_not_applied() {
+        let mut reader = CachesReader::new("sync2", 10);
+        reader.subscribed(10);
+        assert!(!reader.take_stored("main", 9));
+        assert_eq!(reader.missing("main", 9), None);
+        reader.caught_up("main", 9);
+        assert!(!reader.take_published("main", 10));
+        assert!(reader.take_published("main", 11));
+    }
+}
