@@ -178,19 +178,22 @@ impl CachesReader {
         self.positions.get(writer).copied().unwrap_or(self.floor)
     }
 
-    /// A new subscription: no writer's rows are applied as they arrive until
-    /// its `POSITION` was caught up on it. Returns the id after which rows
-    /// must be read back from PostgreSQL now, whoever wrote them (they may
-    /// come from a writer that will never announce itself again).
-    ///
+    /// Where a new subscription reads back every writer's rows from, whoever
+    /// wrote them (they may come from a writer that will never announce
+    /// itself again): the sequence's value when the previous one began.
     /// Reading back from the previous subscription's start rather than from
     /// this one's covers a row whose id was taken before that start but which
     /// was stored only after that subscription read back, and then lost with it.
-    pub fn subscribed(&mut self, sequence_last_value: i64) -> i64 {
+    pub fn read_back_after(&self) -> i64 {
+        self.read_back_after
+    }
+
+    /// A new subscription has read back (call it once that succeeded, so a
+    /// failed read-back is read again): no writer's rows are applied as they
+    /// arrive until its `POSITION` was caught up on it.
+    pub fn subscribed(&mut self, sequence_last_value: i64) {
         self.connected.clear();
-        let after = self.read_back_after;
-        self.read_back_after = sequence_last_value.max(after);
-        after
+        self.read_back_after = self.read_back_after.max(sequence_last_value);
     }
 
     /// Whether a row must be applied; records it as applied if so.
@@ -249,7 +252,8 @@ mod tests {
     #[test]
     fn rows_of_a_writer_wait_for_its_position_on_each_subscription() {
         let mut reader = CachesReader::new("sync2", 10);
-        assert_eq!(reader.subscribed(12), 10);
+        assert_eq!(reader.read_back_after(), 10);
+        reader.subscribed(12);
         // Before main's POSITION: dropped, the catch-up will read it.
         assert!(!reader.take_published("main", 13));
         assert_eq!(reader.missing("main", 13), Some((10, 13)));
@@ -263,7 +267,8 @@ mod tests {
 
         // Reconnected: rows after the last subscription's floor are read
         // back, whoever wrote them; main's again only after its POSITION.
-        assert_eq!(reader.subscribed(20), 12);
+        assert_eq!(reader.read_back_after(), 12);
+        reader.subscribed(20);
         assert!(!reader.take_stored("main", 14), "already applied");
         assert!(
             reader.take_stored("gone", 18),

@@ -743,8 +743,9 @@ async fn read_back_caches(
     caches: &mut CachesReader,
 ) -> Result<(), ReplicationError> {
     let last = storage::caches::last_allocated(pool).await?;
-    let after = caches.subscribed(last);
-    let rows = storage::caches::written_between(pool, None, after, i64::MAX).await?;
+    let rows =
+        storage::caches::written_between(pool, None, caches.read_back_after(), i64::MAX).await?;
+    caches.subscribed(last);
     apply_stored_invalidations(config, stats, caches, rows);
     Ok(())
 }
