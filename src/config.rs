@@ -12,6 +12,8 @@ use figment::{
 };
 use serde::Deserialize;
 
+use crate::roles::Role;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -98,19 +100,6 @@ impl OneOrMany {
         }
     }
 }
-
-/// The streams `stream_writers` may name, and whether several instances may
-/// write each (the others have exactly one writer).
-const STREAMS: [(&str, bool); 8] = [
-    ("events", true),
-    ("typing", false),
-    ("to_device", false),
-    ("account_data", false),
-    ("receipts", true),
-    ("presence", false),
-    ("push_rules", false),
-    ("device_lists", true),
-];
 
 /// The instance name of the process started without `--instance`.
 pub const MAIN_INSTANCE: &str = "main";
@@ -276,12 +265,15 @@ impl Config {
         let known =
             |instance: &str| instance == MAIN_INSTANCE || self.instance_map.contains_key(instance);
         for (stream, writers) in &self.stream_writers {
-            let Some((_, multi_writer)) = STREAMS.iter().find(|(name, _)| name == stream) else {
+            let Some((_, multi_writer)) = Role::STREAM_WRITERS
+                .iter()
+                .find(|(role, _)| role.name() == stream)
+            else {
                 return Err(ConfigError::Invalid {
                     key: "stream_writers",
                     message: format!(
                         "unknown stream `{stream}` (known: {})",
-                        STREAMS.map(|(name, _)| name).join(", ")
+                        Role::STREAM_WRITERS.map(|(role, _)| role.name()).join(", ")
                     ),
                 });
             };

@@ -43,6 +43,19 @@ impl Role {
         Role::Background,
     ];
 
+    /// The roles that write a stream of their own name (`stream_writers`
+    /// keys), and whether several instances may share that stream.
+    pub const STREAM_WRITERS: [(Role, bool); 8] = [
+        (Role::Events, true),
+        (Role::Typing, false),
+        (Role::ToDevice, false),
+        (Role::AccountData, false),
+        (Role::Receipts, true),
+        (Role::Presence, false),
+        (Role::PushRules, false),
+        (Role::DeviceLists, true),
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Role::Client => "client",

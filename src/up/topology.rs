@@ -325,7 +325,7 @@ impl Topology {
     /// Redis.
     pub fn check_against(&self, config: &Config) -> Vec<Mistake> {
         let mut mistakes = Vec::new();
-        for role in STREAM_ROLES {
+        for (role, _) in Role::STREAM_WRITERS {
             let stream = role.name();
             self.check_duty(
                 &mut mistakes,
@@ -506,18 +506,6 @@ impl Topology {
         env
     }
 }
-
-/// The roles that write a stream of the same name (`stream_writers` keys).
-const STREAM_ROLES: [Role; 8] = [
-    Role::Events,
-    Role::Typing,
-    Role::ToDevice,
-    Role::AccountData,
-    Role::Receipts,
-    Role::Presence,
-    Role::DeviceLists,
-    Role::PushRules,
-];
 
 fn known_roles() -> String {
     Role::ALL.map(Role::name).join(", ")
