@@ -38,6 +38,8 @@
 pub mod memory;
 pub mod redis;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -67,6 +69,41 @@ pub struct TransportStats {
     pub hmac_rejected: u64,
     /// Replies dropped by this node because their HMAC did not verify.
     pub reply_hmac_rejected: u64,
+}
+
+/// The live counters behind [`TransportStats`], shared by both transports.
+#[derive(Debug, Default)]
+pub(crate) struct TransportCounters {
+    pub(crate) sent: AtomicU64,
+    pub(crate) posted: AtomicU64,
+    pub(crate) replies_received: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) redelivered: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    pub(crate) hmac_rejected: AtomicU64,
+    pub(crate) reply_hmac_rejected: AtomicU64,
+}
+
+impl TransportCounters {
+    pub(crate) fn snapshot(&self) -> TransportStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TransportStats {
+            sent: get(&self.sent),
+            posted: get(&self.posted),
+            replies_received: get(&self.replies_received),
+            delivered: get(&self.delivered),
+            redelivered: get(&self.redelivered),
+            completed: get(&self.completed),
+            expired: get(&self.expired),
+            hmac_rejected: get(&self.hmac_rejected),
+            reply_hmac_rejected: get(&self.reply_hmac_rejected),
+        }
+    }
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Transport-level failures.

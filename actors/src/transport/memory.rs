@@ -16,14 +16,15 @@
 //! delivery time and counted.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use tokio::sync::{mpsc, Notify};
 
 pub use super::TransportStats;
-use super::{Acknowledge, Delivery, Subscription, Transport, TransportError};
+use super::{
+    bump, Acknowledge, Delivery, Subscription, Transport, TransportCounters, TransportError,
+};
 use crate::auth::HmacKey;
 use crate::envelope::{now_unix_ms, Envelope};
 use crate::latency::CallLatency;
@@ -121,7 +122,7 @@ impl InMemoryBus {
             node: Arc::new(Node {
                 instance,
                 key,
-                stats: Stats::default(),
+                stats: TransportCounters::default(),
                 calls: CallLatency::default(),
             }),
         }
@@ -158,7 +159,7 @@ impl InMemoryBus {
 struct Node {
     instance: String,
     key: Option<HmacKey>,
-    stats: Stats,
+    stats: TransportCounters,
     calls: CallLatency,
 }
 
@@ -173,23 +174,6 @@ impl Node {
     fn authentic(&self, envelope: &Envelope) -> bool {
         self.key.as_ref().is_none_or(|key| key.verify(envelope))
     }
-}
-
-#[derive(Default)]
-struct Stats {
-    sent: AtomicU64,
-    posted: AtomicU64,
-    replies_received: AtomicU64,
-    delivered: AtomicU64,
-    redelivered: AtomicU64,
-    completed: AtomicU64,
-    expired: AtomicU64,
-    hmac_rejected: AtomicU64,
-    reply_hmac_rejected: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// One process's connection to an [`InMemoryBus`].
@@ -210,19 +194,7 @@ impl std::fmt::Debug for InMemoryTransport {
 impl InMemoryTransport {
     /// This node's counters.
     pub fn stats(&self) -> TransportStats {
-        let s = &self.node.stats;
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        TransportStats {
-            sent: get(&s.sent),
-            posted: get(&s.posted),
-            replies_received: get(&s.replies_received),
-            delivered: get(&s.delivered),
-            redelivered: get(&s.redelivered),
-            completed: get(&s.completed),
-            expired: get(&s.expired),
-            hmac_rejected: get(&s.hmac_rejected),
-            reply_hmac_rejected: get(&s.reply_hmac_rejected),
-        }
+        self.node.stats.snapshot()
     }
 
     fn unreachable() -> TransportError {

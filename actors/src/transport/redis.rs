@@ -151,7 +151,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::{Subscription, Transport, TransportError, TransportStats};
+use super::{bump, Subscription, Transport, TransportCounters, TransportError, TransportStats};
 use crate::auth::HmacKey;
 use crate::envelope::Envelope;
 use crate::latency::CallLatency;
@@ -462,24 +462,12 @@ pub struct RedisTransportStats {
 
 #[derive(Default)]
 struct Stats {
-    sent: AtomicU64,
-    posted: AtomicU64,
-    replies_received: AtomicU64,
-    delivered: AtomicU64,
-    redelivered: AtomicU64,
-    completed: AtomicU64,
-    expired: AtomicU64,
-    hmac_rejected: AtomicU64,
-    reply_hmac_rejected: AtomicU64,
+    common: TransportCounters,
     malformed: AtomicU64,
     requeued: AtomicU64,
     late_replies: AtomicU64,
     posts_lost: AtomicU64,
     redis_errors: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -569,17 +557,7 @@ impl Core {
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         RedisTransportStats {
-            common: TransportStats {
-                sent: get(&s.sent),
-                posted: get(&s.posted),
-                replies_received: get(&s.replies_received),
-                delivered: get(&s.delivered),
-                redelivered: get(&s.redelivered),
-                completed: get(&s.completed),
-                expired: get(&s.expired),
-                hmac_rejected: get(&s.hmac_rejected),
-                reply_hmac_rejected: get(&s.reply_hmac_rejected),
-            },
+            common: s.common.snapshot(),
             malformed: get(&s.malformed),
             requeued: get(&s.requeued),
             late_replies: get(&s.late_replies),
@@ -599,7 +577,7 @@ impl Core {
             }
         };
         if !self.authentic(&reply) {
-            bump(&self.stats.reply_hmac_rejected);
+            bump(&self.stats.common.reply_hmac_rejected);
             tracing::warn!(
                 instance = %self.instance,
                 from = %reply.sender_instance,
@@ -611,7 +589,7 @@ impl Core {
         let waiter = lock(&self.waiters).remove(&reply.request_id);
         // `send` fails when the caller stopped waiting in the meantime.
         match waiter.map(|tx| tx.send(reply).is_ok()) {
-            Some(true) => bump(&self.stats.replies_received),
+            Some(true) => bump(&self.stats.common.replies_received),
             _ => {
                 bump(&self.stats.late_replies);
                 tracing::debug!(instance = %self.instance, "reply for a call nobody waits for");
@@ -1041,7 +1019,7 @@ impl Transport for RedisTransport {
                 })
                 .map_err(|_| TransportError::Closed)?;
             done_rx.await.map_err(|_| TransportError::Closed)??;
-            bump(&core.stats.sent);
+            bump(&core.stats.common.sent);
             reply_rx.await.map_err(|_| TransportError::Closed)
         })
     }
@@ -1061,7 +1039,7 @@ impl Transport for RedisTransport {
                 done: None,
             })
             .map_err(|_| TransportError::Closed)?;
-        bump(&core.stats.posted);
+        bump(&core.stats.common.posted);
         Ok(())
     }
 

@@ -456,11 +456,11 @@ impl SubCore {
                 tracing::warn!(destination = %self.destination, %why, "dropped malformed message");
             }
             Rejected::Expired => {
-                bump(&stats.expired);
+                bump(&stats.common.expired);
                 tracing::debug!(destination = %self.destination, "dropped expired message");
             }
             Rejected::Unauthentic(from) => {
-                bump(&stats.hmac_rejected);
+                bump(&stats.common.hmac_rejected);
                 tracing::warn!(destination = %self.destination, %from, "dropped message with invalid HMAC");
             }
         }
@@ -620,7 +620,7 @@ impl Subscription for RedisSubscription {
                 let stats = &self.sub.core.stats;
                 if ready.envelope.is_expired() {
                     // Expired while waiting in the channel.
-                    bump(&stats.expired);
+                    bump(&stats.common.expired);
                     let ack = ready.ack;
                     tokio::spawn(async move { ack.sub.discard(&[ack.id]).await });
                     continue;
@@ -628,9 +628,9 @@ impl Subscription for RedisSubscription {
                 if let Some(handed_out) = lock(&self.sub.in_flight).get_mut(&ready.ack.id) {
                     *handed_out = true;
                 }
-                bump(&stats.delivered);
+                bump(&stats.common.delivered);
                 if ready.attempt > 1 {
-                    bump(&stats.redelivered);
+                    bump(&stats.common.redelivered);
                 }
                 return Some(Delivery::new(
                     ready.envelope,
@@ -692,7 +692,7 @@ impl Acknowledge for RedisAck {
             lock(&sub.in_flight).remove(&self.id);
             match result {
                 Ok(()) => {
-                    bump(&core.stats.completed);
+                    bump(&core.stats.common.completed);
                     Ok(())
                 }
                 Err(error) => {
