@@ -959,25 +959,20 @@ fn storage_error(error: impl Into<StorageError>) -> WriteError {
 }
 
 impl Actor for EventPersister {
-    fn started(
-        &mut self,
-        _ctx: &mut Context,
-    ) -> impl std::future::Future<Output = Result<(), String>> + Send {
-        async move {
-            // A restarted incarnation may have lost track of rows written by
-            // the one before it: reload heads lazily, and the position now.
-            self.rooms.clear();
-            let positions = storage::streams::load_positions(
-                &self.pool,
-                &storage::streams::EVENTS,
-                &self.instance_name,
-                &self.writers,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            self.stream.replace(positions);
-            Ok(())
-        }
+    async fn started(&mut self, _ctx: &mut Context) -> Result<(), String> {
+        // A restarted incarnation may have lost track of rows written by
+        // the one before it: reload heads lazily, and the position now.
+        self.rooms.clear();
+        let positions = storage::streams::load_positions(
+            &self.pool,
+            &storage::streams::EVENTS,
+            &self.instance_name,
+            &self.writers,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        self.stream.replace(positions);
+        Ok(())
     }
 
     fn observe(&self) -> Value {
@@ -1021,12 +1016,11 @@ impl Handler<SendEvent> for EventPersister {
 }
 
 impl Handler<CreateRoom> for EventPersister {
-    fn handle(
+    async fn handle(
         &mut self,
         msg: CreateRoom,
         _ctx: &mut Context,
-    ) -> impl std::future::Future<Output = Result<Result<Persisted, WriteError>, String>> + Send
-    {
-        async move { Ok(self.create_room(msg).await) }
+    ) -> Result<Result<Persisted, WriteError>, String> {
+        Ok(self.create_room(msg).await)
     }
 }
