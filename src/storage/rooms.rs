@@ -132,8 +132,10 @@ pub async fn membership(
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
-            "SELECT room_id, membership, event_id, stream_ordering FROM current_state
-             WHERE room_id = $1 AND type = 'm.room.member' AND state_key = $2",
+            "SELECT c.room_id, c.membership, c.event_id, c.stream_ordering, f.room_id IS NOT NULL
+             FROM current_state c
+             LEFT JOIN forgotten_rooms f ON f.user_id = c.state_key AND f.room_id = c.room_id
+             WHERE c.room_id = $1 AND c.type = 'm.room.member' AND c.state_key = $2",
         )
         .await?;
     let row = client.query_opt(&statement, &[&room_id, &user_id]).await?;
@@ -142,7 +144,7 @@ pub async fn membership(
         membership: row.get::<_, Option<String>>(1).unwrap_or_default(),
         event_id: row.get(2),
         stream_ordering: row.get(3),
-        forgotten: false,
+        forgotten: row.get(4),
     }))
 }
 

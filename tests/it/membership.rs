@@ -343,6 +343,20 @@ async fn forget_after_leaving() {
         sync["rooms"]["leave"].get(&room_id).is_none(),
         "a forgotten room is gone: {sync}"
     );
+    // "Once forgotten, the user will no longer be able to retrieve history
+    // for this room."
+    let (status, body) = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b",
+            enc(&room_id)
+        ))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    let (status, body) = bob
+        .get(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room_id)))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 
     let carol = client.register("carol").await;
     let (status, body) = carol.post(&room_path(&room_id, "forget"), json!({})).await;

@@ -38,6 +38,11 @@ pub async fn visibility(node: &Node, room_id: &str, user_id: &str) -> ApiResult<
     let Some(membership) = rooms::membership(&node.pool, room_id, user_id).await? else {
         return Ok(Visibility::Nothing);
     };
+    // "Once forgotten, the user will no longer be able to retrieve history
+    // for this room" (the spec's /forget).
+    if membership.forgotten {
+        return Ok(Visibility::Nothing);
+    }
     Ok(match membership.membership.as_str() {
         "join" => Visibility::All,
         "leave" | "ban" if rooms::has_ever_joined(&node.pool, room_id, user_id).await? => {
