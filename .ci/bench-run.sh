@@ -12,8 +12,9 @@
 #
 # --split runs the workloads (default: chat-paced) against the monolith, then against
 # the split topology (Redis from .ci/redis.sh, a key prefix of the run's own): requests to
-# main, every /sync long poll to sync2; CPU and RSS of the whole topology (`lattice up` and
-# its instances), of each instance and of PostgreSQL. The summary adds the ratios
+# main, /sync long polls hashed by user over main and sync2 (BENCH_SPLIT_SYNC); CPU and
+# RSS of the whole topology (`lattice up` and its instances), of each instance and of
+# PostgreSQL. The summary adds the ratios
 # split / monolith of send and delivery p99 per run, with issue 4's target (delivery p99 at
 # most twice the monolith's) met or missed.
 #
@@ -21,6 +22,8 @@
 #   BENCH_WORKLOADS       runs to do, in order (default: chat chat-paced big-room idle join-storm;
 #                         with --split: chat-paced)
 #   BENCH_ARGS            extra arguments for every `lattice bench` (e.g. "--users 100")
+#   BENCH_SPLIT_SYNC      --split: where /sync goes: `routes` (default; hashed by user over
+#                         main and sync2, as `lattice routes --nginx` routes it) or `sync2` (all)
 #   BENCH_BIN             a lattice binary to use instead of building the release one
 #                         (only for trying the script out: numbers of a debug build mean little)
 #   BENCH_LATTICE_PORT    8018      BENCH_SYNAPSE_PORT  8028   (the next free port is used when taken)
@@ -47,6 +50,7 @@ else
     WORKLOADS=(${BENCH_WORKLOADS:-chat chat-paced big-room idle join-storm})
 fi
 EXTRA=(${BENCH_ARGS:-})
+SPLIT_SYNC="${BENCH_SPLIT_SYNC:-routes}"
 LATTICE_PORT="${BENCH_LATTICE_PORT:-8018}"
 SYNAPSE_PORT="${BENCH_SYNAPSE_PORT:-8028}"
 PG_PORT="${LATTICE_PG_PORT:-5433}"
@@ -291,7 +295,8 @@ EOF
 }
 
 # The same workloads against config/split.yaml under `lattice up`: sends and every other
-# request to main, /sync to sync2.
+# request to main; /sync hashed by user over main and sync2, as the proxy of
+# `lattice routes --nginx` does (BENCH_SPLIT_SYNC=sync2: every /sync to sync2).
 SPLIT_FAILED=0
 bench_split() {
     fresh_database "lattice_split_bench_$STAMP"
@@ -306,8 +311,14 @@ bench_split() {
         || die "cannot find the instances of lattice up $UP_PID (main '$main', events1 '$events1', sync2 '$sync2')"
     # The whole topology first (the summary's CPU and RSS columns), then each process.
     pids="lattice-split=$UP_PID,main=$main,events1=$events1,sync2=$sync2,postgres=$(postmaster_pid)"
+    local sync_urls=(--sync-url "http://127.0.0.1:$SYNC_PORT")
+    case "$SPLIT_SYNC" in
+        routes) sync_urls+=(--sync-url "http://127.0.0.1:$MAIN_PORT") ;;
+        sync2) ;;
+        *) die "BENCH_SPLIT_SYNC must be routes or sync2, not '$SPLIT_SYNC'" ;;
+    esac
     run_workloads lattice-split "http://127.0.0.1:$MAIN_PORT" "$SPLIT_DATABASE_URL" "$pids" \
-        --sync-url "http://127.0.0.1:$SYNC_PORT"
+        "${sync_urls[@]}"
     # Errors and panics of the instances, for the reader of the summary.
     rm -f "$OUT/split-errors.log"
     if grep -aE ' (ERROR|WARN) |panicked' "$SPLIT_DIR/up.log" >"$OUT/split-errors.log"; then
@@ -332,7 +343,7 @@ machine_header() {
         echo "- synapse $("$SYNAPSE_VENV/bin/python" -c 'import synapse; print(synapse.__version__)' 2>/dev/null), one process, psycopg2"
     fi
     if [[ "$WITH_SPLIT" == 1 ]]; then
-        echo "- lattice-split: config/split.yaml under \`lattice up\` (main: client + sync, events1: events, sync2: sync) with Redis $(redis-cli -p "$SPLIT_REDIS_PORT" info server 2>/dev/null | tr -d '\r' | sed -n 's/^redis_version://p'); requests to main, /sync to sync2; its CPU and RSS are \`lattice up\` and its three instances together (each also in results-*.jsonl)"
+        echo "- lattice-split: config/split.yaml under \`lattice up\` (main: client + sync, events1: events, sync2: sync) with Redis $(redis-cli -p "$SPLIT_REDIS_PORT" info server 2>/dev/null | tr -d '\r' | sed -n 's/^redis_version://p'); requests to main, /sync $([[ "$SPLIT_SYNC" == routes ]] && echo 'hashed by user over main and sync2 (as lattice routes --nginx does)' || echo 'to sync2'); its CPU and RSS are \`lattice up\` and its three instances together (each also in results-*.jsonl)"
     fi
     echo "- server, database and load generator share the machine; CPU and RSS are the server's process and the PostgreSQL cluster's process tree"
     echo

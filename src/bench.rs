@@ -65,9 +65,11 @@ pub struct BenchArgs {
     /// The homeserver's client API base URL, e.g. http://127.0.0.1:8008.
     #[arg(long, required_unless_present = "json_in")]
     pub base_url: Option<String>,
-    /// Where `/sync` goes, when not to --base-url.
+    /// Where `/sync` goes, when not to --base-url. Given more than once,
+    /// each user's syncs go to one of them, chosen by a hash of the user
+    /// (as `lattice routes --nginx` hashes /sync over the sync instances).
     #[arg(long)]
-    pub sync_url: Option<String>,
+    pub sync_url: Vec<String>,
     /// Where sends (and join-storm's joins) go, when not to --base-url.
     #[arg(long)]
     pub send_url: Option<String>,
@@ -227,7 +229,7 @@ impl Options {
                 .clone()
                 .unwrap_or_else(|| workload.name().to_owned()),
             label: args.label.clone(),
-            endpoints: Endpoints::new(base_url, args.sync_url.as_deref(), args.send_url.as_deref()),
+            endpoints: Endpoints::new(base_url, &args.sync_url, args.send_url.as_deref()),
             shape,
             load,
             pids,

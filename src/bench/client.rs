@@ -25,18 +25,33 @@ const SYNC_GRACE: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     pub base: String,
-    pub sync: String,
+    /// Never empty: `base` when no sync URL was given.
+    sync: Vec<String>,
     pub send: String,
 }
 
 impl Endpoints {
-    pub fn new(base: &str, sync: Option<&str>, send: Option<&str>) -> Endpoints {
+    pub fn new(base: &str, sync: &[String], send: Option<&str>) -> Endpoints {
         let clean = |url: &str| url.trim_end_matches('/').to_owned();
+        let mut sync: Vec<String> = sync.iter().map(|url| clean(url)).collect();
+        if sync.is_empty() {
+            sync.push(clean(base));
+        }
         Endpoints {
             base: clean(base),
-            sync: clean(sync.unwrap_or(base)),
+            sync,
             send: clean(send.unwrap_or(base)),
         }
+    }
+
+    /// Where `user_id`'s syncs go: always the same one of the sync URLs.
+    pub fn sync_for(&self, user_id: &str) -> &str {
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: the same user goes to the same instance
+        // in every run.
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        user_id.hash(&mut hasher);
+        &self.sync[(hasher.finish() % self.sync.len() as u64) as usize]
     }
 }
 
@@ -394,7 +409,7 @@ impl MatrixClient {
     ) -> Result<SyncResponse, ClientError> {
         let mut url = format!(
             "{}/_matrix/client/v3/sync?filter={}&timeout={}",
-            self.endpoints.sync,
+            self.endpoints.sync_for(&session.user_id),
             path_segment(filter_id),
             timeout.as_millis()
         );
@@ -486,6 +501,24 @@ mod tests {
         assert_eq!(path_segment("!abc:example.org"), "%21abc%3Aexample.org");
         assert_eq!(path_segment("s12_4~x/y z"), "s12_4~x%2Fy%20z");
         assert_eq!(path_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn each_user_syncs_with_one_instance_and_users_spread_over_all() {
+        let one = Endpoints::new("http://a/", &[], None);
+        assert_eq!(one.sync_for("@u1:x"), "http://a");
+        let urls = vec!["http://s1".to_owned(), "http://s2/".to_owned()];
+        let two = Endpoints::new("http://a", &urls, None);
+        let users: Vec<String> = (0..100).map(|i| format!("@user{i}:x")).collect();
+        for user in &users {
+            assert_eq!(two.sync_for(user), two.sync_for(user));
+        }
+        let on_first = users
+            .iter()
+            .filter(|user| two.sync_for(user) == "http://s1")
+            .count();
+        assert!((30..=70).contains(&on_first), "{on_first} of 100 on s1");
+        assert!(users.iter().all(|user| two.sync_for(user) != "http://a"));
     }
 
     #[test]

@@ -107,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn work_runs_on_the_thread_its_key_picks() {
-        let endpoints = Arc::new(Endpoints::new("http://127.0.0.1:9", None, None));
+        let endpoints = Arc::new(Endpoints::new("http://127.0.0.1:9", &[], None));
         let pool = ClientPool::start(2, endpoints).unwrap();
         let name = |key| {
             pool.run(key, |_client| async {

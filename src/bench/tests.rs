@@ -125,7 +125,7 @@ fn options(workload: Workload, addr: SocketAddr, shape: Shape, load: Load) -> Op
         workload,
         name: workload.name().to_owned(),
         label: "lattice".to_owned(),
-        endpoints: Endpoints::new(&format!("http://{addr}"), None, None),
+        endpoints: Endpoints::new(&format!("http://{addr}"), &[], None),
         shape,
         load,
         pids: vec![Target {
