@@ -4,3 +4,4 @@
 pub mod filter;
 pub mod pdu;
 pub mod version;
+pub mod visibility;

@@ -313,6 +313,55 @@ pub async fn state_group_map(
     Ok(state)
 }
 
+/// The contents of a few state entries of the room as they were after the
+/// last event at or before `stream_ordering` (`None` for entries not set
+/// then), in the order of `keys`. Reads only those entries of the state
+/// group's delta chain, not the whole state.
+pub async fn state_contents_at(
+    pool: &Pool,
+    room_id: &str,
+    stream_ordering: i64,
+    keys: &[(&str, &str)],
+) -> StorageResult<Vec<Option<Value>>> {
+    let Some(state_group) = state_group_at(pool, room_id, stream_ordering).await? else {
+        return Ok(vec![None; keys.len()]);
+    };
+    let kinds: Vec<&str> = keys.iter().map(|(kind, _)| *kind).collect();
+    let state_keys: Vec<&str> = keys.iter().map(|(_, state_key)| *state_key).collect();
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "WITH RECURSIVE chain (state_group, prev_group, delta, n) AS (
+                 SELECT state_group, prev_group, delta, 0 FROM state_groups WHERE state_group = $1
+                 UNION ALL
+                 SELECT s.state_group, s.prev_group, s.delta, c.n + 1
+                 FROM state_groups s JOIN chain c ON s.state_group = c.prev_group
+             ),
+             wanted AS (
+                 SELECT DISTINCT ON (entry ->> 0, entry ->> 1)
+                     entry ->> 0 AS type, entry ->> 1 AS state_key, entry ->> 2 AS event_id
+                 FROM chain, jsonb_array_elements(chain.delta) entry,
+                      unnest($2::TEXT[], $3::TEXT[]) AS k (type, state_key)
+                 WHERE entry ->> 0 = k.type AND entry ->> 1 = k.state_key
+                 ORDER BY entry ->> 0, entry ->> 1, chain.n
+             )
+             SELECT w.type, w.state_key, e.pdu -> 'content'
+             FROM wanted w JOIN events e ON e.event_id = w.event_id",
+        )
+        .await?;
+    let rows = client
+        .query(&statement, &[&state_group, &kinds, &state_keys])
+        .await?;
+    Ok(keys
+        .iter()
+        .map(|(kind, state_key)| {
+            rows.iter()
+                .find(|row| row.get::<_, &str>(0) == *kind && row.get::<_, &str>(1) == *state_key)
+                .map(|row| row.get::<_, Value>(2))
+        })
+        .collect())
+}
+
 /// The state events of a state group.
 pub async fn state_group_events(pool: &Pool, state_group: i64) -> StorageResult<Vec<StoredEvent>> {
     let ids: Vec<String> = state_group_map(pool, state_group)

@@ -667,3 +667,128 @@ async fn concurrent_retries_of_one_transaction_make_one_event() {
     let page = alice.messages(&room_id, "dir=b&limit=50").await;
     assert_eq!(bodies(&page["chunk"]), vec!["once"], "{page}");
 }
+
+fn with_history_visibility(visibility: &str) -> Value {
+    json!({
+        "preset": "public_chat",
+        "initial_state": [{
+            "type": "m.room.history_visibility",
+            "state_key": "",
+            "content": { "history_visibility": visibility },
+        }],
+    })
+}
+
+#[actix_web::test]
+async fn with_joined_history_visibility_members_see_only_what_came_after_their_join() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let room_id = alice.create_room(with_history_visibility("joined")).await;
+    let before = alice.send_text(&room_id, "before bob").await;
+    bob.join(&room_id).await;
+    alice.send_text(&room_id, "after bob joined").await;
+
+    let page = bob.messages(&room_id, "dir=b&limit=50").await;
+    assert_eq!(bodies(&page["chunk"]), ["after bob joined"], "{page}");
+    for path in [
+        room_path(&room_id, &format!("event/{}", enc(&before))),
+        room_path(&room_id, &format!("context/{}", enc(&before))),
+    ] {
+        let (status, body) = bob.get(&path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(body["errcode"], "M_NOT_FOUND");
+    }
+    // alice was there all along.
+    let page = alice.messages(&room_id, "dir=b&limit=50").await;
+    assert_eq!(
+        bodies(&page["chunk"]),
+        ["after bob joined", "before bob"],
+        "{page}"
+    );
+}
+
+#[actix_web::test]
+async fn with_invited_history_visibility_members_see_from_their_invite() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let room_id = alice.create_room(with_history_visibility("invited")).await;
+    alice.send_text(&room_id, "before the invite").await;
+    let (status, body) = alice
+        .post(
+            &room_path(&room_id, "invite"),
+            json!({ "user_id": bob.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    alice.send_text(&room_id, "while bob is invited").await;
+    bob.join(&room_id).await;
+
+    let page = bob.messages(&room_id, "dir=b&limit=50").await;
+    assert_eq!(bodies(&page["chunk"]), ["while bob is invited"], "{page}");
+}
+
+#[actix_web::test]
+async fn with_shared_history_visibility_members_see_what_came_before_them() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let room_id = alice.create_room(with_history_visibility("shared")).await;
+    alice.send_text(&room_id, "before bob").await;
+    bob.join(&room_id).await;
+    let page = bob.messages(&room_id, "dir=b&limit=50").await;
+    assert_eq!(bodies(&page["chunk"]), ["before bob"], "{page}");
+
+    // Once he left, only what he was there for.
+    alice.send_text(&room_id, "while bob is here").await;
+    let (status, _) = bob.post(&room_path(&room_id, "leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let page = bob.messages(&room_id, "dir=b&limit=50").await;
+    assert_eq!(bodies(&page["chunk"]), ["while bob is here"], "{page}");
+}
+
+#[actix_web::test]
+async fn a_world_readable_room_is_readable_without_joining() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let carol = client.register("carol").await;
+    let room_id = alice
+        .create_room(with_history_visibility("world_readable"))
+        .await;
+    let event_id = alice.send_text(&room_id, "for everyone").await;
+
+    let page = carol.messages(&room_id, "dir=b&limit=50").await;
+    assert_eq!(bodies(&page["chunk"]), ["for everyone"], "{page}");
+    let (status, body) = carol
+        .get(&room_path(&room_id, &format!("event/{}", enc(&event_id))))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["content"]["body"], "for everyone");
+    let (status, body) = carol.get(&room_path(&room_id, "state")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.as_array()
+            .is_some_and(|state| state.iter().any(|e| e["type"] == "m.room.create")),
+        "{body}"
+    );
+    // Reading is not being in the room: writing still needs a join.
+    let (status, body) = send(&carol, &room_id, "t1", "hello?").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // Once the room is closed again, only members read it.
+    let (status, body) = alice
+        .put(
+            &room_path(&room_id, "state/m.room.history_visibility/"),
+            json!({ "history_visibility": "shared" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = carol.get(&room_path(&room_id, "messages?dir=b")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+}

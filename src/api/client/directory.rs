@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::client::membership::{check_room_id, require_joined, visibility, Visibility};
+use crate::api::client::membership::{check_room_id, require_joined};
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
@@ -91,9 +91,7 @@ pub async fn room_aliases(
 ) -> ApiResult<HttpResponse> {
     let room_id = path.into_inner();
     check_room_id(&room_id)?;
-    if visibility(&node, &room_id, &requester.user_id).await? != Visibility::All {
-        return Err(ApiError::forbidden("you are not in this room"));
-    }
+    require_joined(&node, &room_id, &requester.user_id).await?;
     Ok(HttpResponse::Ok()
         .json(json!({ "aliases": rooms::room_aliases(&node.pool, &room_id).await? })))
 }

@@ -10,46 +10,104 @@ use crate::api::client::events::client_events;
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
+use crate::rooms::visibility::{HistoryVisibility, VisibilityWalk, HISTORY_VISIBILITY};
+use crate::storage::rooms::StoredEvent;
 use crate::storage::{accounts, rooms};
 use crate::streams::token::parse_pagination;
 
-/// How much of a room's timeline a user may see.
+/// How far back into a room's history a user may read, before each event
+/// is checked with [`visible_events`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Visibility {
-    /// Joined: everything.
-    All,
-    /// Left or banned after having joined: up to and including this position.
-    UpTo(i64),
-    /// Never joined.
-    Nothing,
+pub struct HistoryAccess {
+    /// The last position the user may read: their leave, or `i64::MAX`.
+    pub upto: i64,
+    /// Not joined now: `shared` history is closed to them.
+    pub is_peeking: bool,
 }
 
-impl Visibility {
-    pub fn upto(self) -> Option<i64> {
-        match self {
-            Visibility::All => Some(i64::MAX),
-            Visibility::UpTo(position) => Some(position),
-            Visibility::Nothing => None,
+/// Whether the user may read the room's history at all: members, former
+/// members (up to their leave), and anyone when the room is
+/// `world_readable`; `None` for the others.
+pub async fn history_access(
+    node: &Node,
+    room_id: &str,
+    user_id: &str,
+) -> ApiResult<Option<HistoryAccess>> {
+    match rooms::membership(&node.pool, room_id, user_id).await? {
+        // "Once forgotten, the user will no longer be able to retrieve
+        // history for this room."
+        Some(m) if m.forgotten => return Ok(None),
+        Some(m) if m.membership == "join" => {
+            return Ok(Some(HistoryAccess {
+                upto: i64::MAX,
+                is_peeking: false,
+            }))
         }
+        Some(m) if m.membership == "leave" || m.membership == "ban" => {
+            return Ok(Some(HistoryAccess {
+                upto: m.stream_ordering,
+                is_peeking: true,
+            }))
+        }
+        _ => {}
     }
+    let visibility =
+        rooms::current_state_event(&node.pool, room_id, HISTORY_VISIBILITY, "").await?;
+    let world_readable = HistoryVisibility::from_content(visibility.as_ref().map(|e| e.content()))
+        == HistoryVisibility::WorldReadable;
+    Ok(world_readable.then_some(HistoryAccess {
+        upto: i64::MAX,
+        is_peeking: true,
+    }))
 }
 
-pub async fn visibility(node: &Node, room_id: &str, user_id: &str) -> ApiResult<Visibility> {
-    let Some(membership) = rooms::membership(&node.pool, room_id, user_id).await? else {
-        return Ok(Visibility::Nothing);
+/// [`history_access`], or 403.
+pub async fn require_history_access(
+    node: &Node,
+    room_id: &str,
+    user_id: &str,
+) -> ApiResult<HistoryAccess> {
+    history_access(node, room_id, user_id)
+        .await?
+        .ok_or_else(|| ApiError::forbidden(format!("{user_id} is not in room {room_id}")))
+}
+
+/// The events of one room that `user_id` may see, by the room's history
+/// visibility and their membership at each event; in the order given.
+pub async fn visible_events(
+    node: &Node,
+    room_id: &str,
+    user_id: &str,
+    is_peeking: bool,
+    events: Vec<StoredEvent>,
+) -> ApiResult<Vec<StoredEvent>> {
+    let Some(first) = events.iter().map(|e| e.stream_ordering).min() else {
+        return Ok(events);
     };
-    // "Once forgotten, the user will no longer be able to retrieve history
-    // for this room" (the spec's /forget).
-    if membership.forgotten {
-        return Ok(Visibility::Nothing);
-    }
-    Ok(match membership.membership.as_str() {
-        "join" => Visibility::All,
-        "leave" | "ban" if rooms::has_ever_joined(&node.pool, room_id, user_id).await? => {
-            Visibility::UpTo(membership.stream_ordering)
-        }
-        _ => Visibility::Nothing,
-    })
+    let before = rooms::state_contents_at(
+        &node.pool,
+        room_id,
+        first - 1,
+        &[(HISTORY_VISIBILITY, ""), ("m.room.member", user_id)],
+    )
+    .await?;
+    let mut walk = VisibilityWalk::new(
+        user_id,
+        is_peeking,
+        before.first().and_then(Option::as_ref),
+        before.get(1).and_then(Option::as_ref),
+    );
+    let mut in_stream_order: Vec<&StoredEvent> = events.iter().collect();
+    in_stream_order.sort_by_key(|e| e.stream_ordering);
+    let visible: std::collections::HashSet<i64> = in_stream_order
+        .into_iter()
+        .filter(|e| walk.next(e))
+        .map(|e| e.stream_ordering)
+        .collect();
+    Ok(events
+        .into_iter()
+        .filter(|e| visible.contains(&e.stream_ordering))
+        .collect())
 }
 
 /// 403 unless the user is joined to the room.
@@ -357,12 +415,9 @@ pub async fn members(
     query: web::Query<MembersQuery>,
 ) -> ApiResult<HttpResponse> {
     let room_id = path.into_inner();
-    let visible_upto = visibility(&node, &room_id, &requester.user_id)
+    let visible_upto = require_history_access(&node, &room_id, &requester.user_id)
         .await?
-        .upto()
-        .ok_or_else(|| {
-            ApiError::forbidden(format!("{} is not in room {room_id}", requester.user_id))
-        })?;
+        .upto;
     let at = match &query.at {
         Some(token) => {
             let token =

@@ -6,7 +6,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::client::events::client_events;
-use crate::api::client::membership::{check_room_id, visibility, Visibility};
+use crate::api::client::membership::{
+    check_room_id, history_access, require_history_access, require_joined, visible_events,
+    HistoryAccess,
+};
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
@@ -58,9 +61,7 @@ pub async fn redact_event(
     let (room_id, event_id, txn_id) = path.into_inner();
     check_room_id(&room_id)?;
     ruma::EventId::parse(&event_id).map_err(|_| ApiError::invalid_param("malformed event id"))?;
-    if visibility(&node, &room_id, &requester.user_id).await? != Visibility::All {
-        return Err(ApiError::forbidden("you are not in this room"));
-    }
+    require_joined(&node, &room_id, &requester.user_id).await?;
     let target = rooms::event(&node.pool, &event_id)
         .await?
         .filter(|e| e.room_id == room_id)
@@ -175,12 +176,8 @@ pub async fn messages(
     };
     let limit = parse_limit(query.limit.as_deref(), 10)?;
     let filter = parse_filter(query.filter.as_deref())?;
-    let visible_upto = visibility(&node, &room_id, &requester.user_id)
-        .await?
-        .upto()
-        .ok_or_else(|| {
-            ApiError::forbidden(format!("{} is not in room {room_id}", requester.user_id))
-        })?;
+    let access = require_history_access(&node, &room_id, &requester.user_id).await?;
+    let visible_upto = access.upto;
     let current = node.notifier.events_position();
     let from = match &query.from {
         Some(token) => token_position(token)?.min(current),
@@ -203,6 +200,7 @@ pub async fn messages(
         }),
         _ => None,
     };
+    let page = visible_events(&node, &room_id, &requester.user_id, access.is_peeking, page).await?;
     let page: Vec<StoredEvent> = page
         .into_iter()
         .filter(|e| filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
@@ -259,11 +257,8 @@ pub async fn context(
     check_room_id(&room_id)?;
     let limit = parse_limit(query.limit.as_deref(), 10)?;
     let filter = parse_filter(query.filter.as_deref())?;
-    let event = visible_event(&node, &requester, &room_id, &event_id).await?;
-    let visible_upto = visibility(&node, &room_id, &requester.user_id)
-        .await?
-        .upto()
-        .unwrap_or(0);
+    let (event, access) = visible_event(&node, &requester, &room_id, &event_id).await?;
+    let visible_upto = access.upto;
     let before_count = limit / 2;
     let after_count = limit - before_count;
     let before = rooms::paginate(
@@ -302,8 +297,9 @@ pub async fn context(
             .filter(|e| filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
             .collect()
     };
-    let before = keep(before);
-    let after = keep(after);
+    let (user_id, peeking) = (&requester.user_id, access.is_peeking);
+    let before = keep(visible_events(&node, &room_id, user_id, peeking, before).await?);
+    let after = keep(visible_events(&node, &room_id, user_id, peeking, after).await?);
     let state = match rooms::state_group_of_event(&node.pool, &last_event_id).await? {
         Some(group) => rooms::state_group_events(&node.pool, group).await?,
         None => Vec::new(),
@@ -328,27 +324,38 @@ pub async fn get_event(
 ) -> ApiResult<HttpResponse> {
     let (room_id, event_id) = path.into_inner();
     check_room_id(&room_id)?;
-    let event = visible_event(&node, &requester, &room_id, &event_id).await?;
+    let (event, _) = visible_event(&node, &requester, &room_id, &event_id).await?;
     let mut formatted =
         client_events(&node, std::slice::from_ref(&event), Some(&requester)).await?;
     Ok(HttpResponse::Ok().json(formatted.pop().unwrap_or(Value::Null)))
 }
 
-/// The event, if it is in the room and the user may see it; 404 otherwise,
-/// so that events of rooms one is not in are not revealed.
+/// The event, if it is in the room and the user may see it (with how far
+/// they may read); 404 otherwise, so that events of rooms one may not read
+/// are not revealed.
 async fn visible_event(
     node: &Node,
     requester: &Requester,
     room_id: &str,
     event_id: &str,
-) -> ApiResult<StoredEvent> {
+) -> ApiResult<(StoredEvent, HistoryAccess)> {
     ruma::EventId::parse(event_id).map_err(|_| ApiError::invalid_param("malformed event id"))?;
-    let upto = visibility(node, room_id, &requester.user_id).await?.upto();
+    let not_found = || ApiError::not_found("event not found");
+    let access = history_access(node, room_id, &requester.user_id)
+        .await?
+        .ok_or_else(not_found)?;
     let event = rooms::event(&node.pool, event_id)
         .await?
-        .filter(|e| e.room_id == room_id);
-    match (event, upto) {
-        (Some(event), Some(upto)) if event.stream_ordering <= upto => Ok(event),
-        _ => Err(ApiError::not_found("event not found")),
-    }
+        .filter(|e| e.room_id == room_id && e.stream_ordering <= access.upto)
+        .ok_or_else(not_found)?;
+    let visible = visible_events(
+        node,
+        room_id,
+        &requester.user_id,
+        access.is_peeking,
+        vec![event],
+    )
+    .await?;
+    let event = visible.into_iter().next().ok_or_else(not_found)?;
+    Ok((event, access))
 }

@@ -5,26 +5,22 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::client::events::client_events;
-use crate::api::client::membership::{check_room_id, visibility, Visibility};
+use crate::api::client::membership::{check_room_id, require_history_access};
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
 use crate::storage::rooms::{self, StoredEvent};
 
-/// The state a user may see: the current state when joined, the state when
-/// they left otherwise.
+/// The state a user may see: the current state when joined (or peeking
+/// into a `world_readable` room), the state when they left otherwise.
 async fn visible_state(node: &Node, room_id: &str, user_id: &str) -> ApiResult<Vec<StoredEvent>> {
-    match visibility(node, room_id, user_id).await? {
-        Visibility::All => Ok(rooms::current_state(&node.pool, room_id).await?),
-        Visibility::UpTo(position) => {
-            match rooms::state_group_at(&node.pool, room_id, position).await? {
-                Some(group) => Ok(rooms::state_group_events(&node.pool, group).await?),
-                None => Ok(Vec::new()),
-            }
-        }
-        Visibility::Nothing => Err(ApiError::forbidden(format!(
-            "{user_id} is not in room {room_id}"
-        ))),
+    let access = require_history_access(node, room_id, user_id).await?;
+    if access.upto == i64::MAX {
+        return Ok(rooms::current_state(&node.pool, room_id).await?);
+    }
+    match rooms::state_group_at(&node.pool, room_id, access.upto).await? {
+        Some(group) => Ok(rooms::state_group_events(&node.pool, group).await?),
+        None => Ok(Vec::new()),
     }
 }
 
