@@ -186,6 +186,7 @@ impl Node {
 
         let tokens = Arc::new(TokenCache::default());
         let memberships = Arc::new(MembershipCache::default());
+        let recent_events = Arc::new(RecentEventsCache::default());
         // Everything in one process needs no Redis and does not contact it.
         let (redis_transport, replication) = if single_process {
             (None, None)
@@ -214,6 +215,13 @@ impl Node {
                             memberships.invalidate(row);
                         })
                     },
+                    new_events: {
+                        let recent_events = recent_events.clone();
+                        let notifier = notifier.clone();
+                        Arc::new(move |events, position| {
+                            recent_events.extend(&notifier, events, position)
+                        })
+                    },
                 },
                 stream.clone(),
                 pool.clone(),
@@ -233,6 +241,7 @@ impl Node {
             let stream = stream.clone();
             let writers = event_writers.clone();
             let publisher = replication.as_ref().map(|r| r.publisher.clone());
+            let recent_events = recent_events.clone();
             let addr = supervisor.start("event_persister", move || {
                 EventPersister::new(
                     pool.clone(),
@@ -242,6 +251,7 @@ impl Node {
                     stream.clone(),
                     writers.clone(),
                     publisher.clone(),
+                    recent_events.clone(),
                 )
             })?;
             if let Some(transport) = &transport {
@@ -304,7 +314,7 @@ impl Node {
             passwords: PasswordHasher::default(),
             tokens,
             memberships,
-            recent_events: Arc::new(RecentEventsCache::default()),
+            recent_events,
             filters: Arc::new(FilterCache::default()),
             config: Arc::new(config),
             instance_name: instance_name.to_owned(),

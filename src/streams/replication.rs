@@ -23,7 +23,8 @@ use lattice_actors::HmacKey;
 use tokio::sync::mpsc;
 
 use super::shared::SharedStream;
-use crate::roles::events::EVENTS_STREAM;
+use crate::roles::events::{stored_event_of_row, EVENTS_STREAM};
+use crate::storage::rooms::StoredEvent;
 
 /// One replication command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -426,10 +427,17 @@ pub struct ReplicationConfig {
     /// (re)established: invalidations may have been missed, so everything
     /// cached must go.
     pub invalidate: Invalidate,
+    /// Takes the events that an events row carries, before the row is
+    /// announced to this instance's long-polls.
+    pub new_events: NewEvents,
 }
 
 /// Applies a `caches` stream row (`None`: everything may be stale).
 pub type Invalidate = Arc<dyn Fn(Option<&serde_json::Value>) + Send + Sync>;
+
+/// Takes events another instance persisted, in stream order, and the
+/// position they are announced at.
+pub type NewEvents = Arc<dyn Fn(&[StoredEvent], i64) + Send + Sync>;
 
 /// The stream of cache invalidations; any instance may write it.
 pub const CACHES_STREAM: &str = "caches";
@@ -668,6 +676,9 @@ async fn read_connection(
                 }
                 if token <= stream.read(|p| p.current_token_for_writer(&instance)) {
                     continue;
+                }
+                if let Some(event) = stored_event_of_row(token, &row) {
+                    (config.new_events)(std::slice::from_ref(&event), token);
                 }
                 stream.record(row_keys(&row), token, |p| p.advance(&instance, token));
                 stats.applied.fetch_add(1, Ordering::Relaxed);
