@@ -63,6 +63,9 @@ pub struct Node {
     /// Request counters and the /metrics exposition of this instance.
     pub metrics: Arc<crate::api::metrics::Metrics>,
     replication: Option<Arc<Replication>>,
+    /// The multi-threaded runtime the instance was started on, where
+    /// long-polls run rather than on the HTTP threads (see `sync`).
+    pub runtime: tokio::runtime::Handle,
     /// The mailbox endpoints serving this instance's actors to the others.
     endpoints: Arc<tokio::sync::Mutex<Vec<ServeHandle>>>,
 }
@@ -326,6 +329,7 @@ impl Node {
             supervisor,
             metrics: Arc::new(metrics),
             replication: replication.map(Arc::new),
+            runtime: tokio::runtime::Handle::current(),
             endpoints: Arc::new(tokio::sync::Mutex::new(endpoints)),
         };
         let addr = listener.local_addr()?;
