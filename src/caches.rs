@@ -329,6 +329,56 @@ impl RecentEventsCache {
         Ok(timeline)
     }
 
+    /// Adds events just persisted, before the notifier announces them at
+    /// `position`, to their rooms' entries: the long-polls they wake then
+    /// answer from memory instead of each room's first one reading them back
+    /// from the database while the others wait. Events come in stream order,
+    /// and only an entry that already holds every earlier event of its room
+    /// is extended; a room without an entry is left to `refresh`.
+    pub fn extend(&self, notifier: &Notifier, events: &[StoredEvent], position: i64) {
+        let Ok(mut rooms) = self.rooms.lock() else {
+            return;
+        };
+        let mut extended: Vec<&str> = Vec::new();
+        for event in events {
+            let Some(current) = rooms.by_room.get(&event.room_id) else {
+                continue;
+            };
+            let before = current.events.len();
+            // A redaction changes an older event: the room is read afresh.
+            if event.kind == "m.room.redaction" {
+                rooms.by_room.remove(&event.room_id);
+                rooms.events -= before;
+                continue;
+            }
+            // Something of the room after the entry's read is missing from it.
+            if event.stream_ordering <= current.read_at
+                || notifier.has_changed_since(&event.room_id, current.read_at)
+            {
+                continue;
+            }
+            let Some(entry) = rooms.by_room.get_mut(&event.room_id) else {
+                continue;
+            };
+            let timeline = Arc::make_mut(entry);
+            timeline.events.push_back(event.clone());
+            timeline.read_at = event.stream_ordering;
+            timeline.trim();
+            let after = timeline.events.len();
+            rooms.events = rooms.events + after - before;
+            extended.push(&event.room_id);
+        }
+        // The room's events up to `position` are all among `events` (a room
+        // has one writer, and these are the positions it announces now): the
+        // change recorded at `position` must not make the entry look stale.
+        for room_id in extended {
+            if let Some(entry) = rooms.by_room.get_mut(room_id) {
+                let timeline = Arc::make_mut(entry);
+                timeline.read_at = timeline.read_at.max(position);
+            }
+        }
+    }
+
     fn refresh_lock(&self, room_id: &str) -> &tokio::sync::Mutex<()> {
         use std::hash::{BuildHasher, BuildHasherDefault};
         let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
@@ -441,6 +491,51 @@ mod tests {
         assert_eq!(positions(t.answer(1, 10, 10)), None, "3 may exist");
         // Enough events to fill the limit plus one: the gap is all it needs.
         assert_eq!(positions(t.answer(1, 10, 1)), Some(vec![9, 8]));
+    }
+
+    fn cache_with(room: &RoomTimeline) -> RecentEventsCache {
+        let cache = RecentEventsCache::default();
+        cache.store("!r:x", &Arc::new(room.clone()));
+        cache
+    }
+
+    fn cached(cache: &RecentEventsCache, notifier: &Notifier) -> Option<Vec<i64>> {
+        cache
+            .fresh_entry(notifier, "!r:x")
+            .map(|t| t.events.iter().map(|e| e.stream_ordering).collect())
+    }
+
+    #[test]
+    fn new_events_extend_an_entry_that_holds_everything_before_them() {
+        let notifier = Notifier::new(10);
+        let cache = cache_with(&timeline(&[3, 5], 0, 10));
+        // A batch announced at 14 whose events of this room are 12 and 13.
+        cache.extend(&notifier, &[event(12), event(13)], 14);
+        notifier.record_changes(&["!r:x".to_owned()], 14);
+        assert_eq!(cached(&cache, &notifier), Some(vec![3, 5, 12, 13]));
+        let timeline = cache.fresh_entry(&notifier, "!r:x").expect("entry");
+        assert_eq!(positions(timeline.answer(5, 14, 10)), Some(vec![13, 12]));
+    }
+
+    #[test]
+    fn an_entry_that_missed_a_change_is_not_extended() {
+        let notifier = Notifier::new(10);
+        let cache = cache_with(&timeline(&[3, 5], 0, 10));
+        // 11 was announced without the cache seeing it (a catch-up).
+        notifier.record_changes(&["!r:x".to_owned()], 11);
+        cache.extend(&notifier, &[event(12)], 12);
+        notifier.record_changes(&["!r:x".to_owned()], 12);
+        assert_eq!(cached(&cache, &notifier), None, "stale: read afresh");
+    }
+
+    #[test]
+    fn a_redaction_drops_the_entry() {
+        let notifier = Notifier::new(10);
+        let cache = cache_with(&timeline(&[3, 5], 0, 10));
+        let mut redaction = event(12);
+        redaction.kind = "m.room.redaction".into();
+        cache.extend(&notifier, &[redaction], 12);
+        assert_eq!(cached(&cache, &notifier), None);
     }
 
     #[test]

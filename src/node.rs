@@ -68,6 +68,9 @@ pub struct Node {
     /// Where this instance writes cache invalidations for the others (none
     /// in the monolith, which has no others).
     caches_writer: Option<Arc<CachesWriter>>,
+    /// The multi-threaded runtime the instance was started on, where
+    /// long-polls run rather than on the HTTP threads (see `sync`).
+    pub runtime: tokio::runtime::Handle,
     /// The mailbox endpoints serving this instance's actors to the others.
     endpoints: Arc<tokio::sync::Mutex<Vec<ServeHandle>>>,
 }
@@ -210,6 +213,7 @@ impl Node {
 
         let tokens = Arc::new(TokenCache::default());
         let memberships = Arc::new(MembershipCache::default());
+        let recent_events = Arc::new(RecentEventsCache::default());
         // Everything in one process needs no Redis and does not contact it.
         let (redis_transport, replication, caches_writer) = if single_process {
             (None, None, None)
@@ -246,6 +250,13 @@ impl Node {
                     },
                     caches_position: Arc::clone(&caches_position),
                     caches_floor,
+                    new_events: {
+                        let recent_events = recent_events.clone();
+                        let notifier = notifier.clone();
+                        Arc::new(move |events, position| {
+                            recent_events.extend(&notifier, events, position)
+                        })
+                    },
                 },
                 stream.clone(),
                 pool.clone(),
@@ -271,6 +282,7 @@ impl Node {
             let stream = stream.clone();
             let writers = event_writers.clone();
             let publisher = replication.as_ref().map(|r| r.publisher.clone());
+            let recent_events = recent_events.clone();
             let addr = supervisor.start("event_persister", move || {
                 EventPersister::new(
                     pool.clone(),
@@ -280,6 +292,7 @@ impl Node {
                     stream.clone(),
                     writers.clone(),
                     publisher.clone(),
+                    recent_events.clone(),
                 )
             })?;
             if let Some(transport) = &transport {
@@ -342,7 +355,7 @@ impl Node {
             passwords: PasswordHasher::default(),
             tokens,
             memberships,
-            recent_events: Arc::new(RecentEventsCache::default()),
+            recent_events,
             filters: Arc::new(FilterCache::default()),
             config: Arc::new(config),
             instance_name: instance_name.to_owned(),
@@ -355,6 +368,7 @@ impl Node {
             metrics: Arc::new(metrics),
             replication: replication.map(Arc::new),
             caches_writer: caches_writer.map(Arc::new),
+            runtime: tokio::runtime::Handle::current(),
             endpoints: Arc::new(tokio::sync::Mutex::new(endpoints)),
         };
         let addr = listener.local_addr()?;

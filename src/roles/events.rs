@@ -8,7 +8,9 @@ mod persister;
 
 use serde::{Deserialize, Serialize};
 
-pub use persister::{event_row, parse_stored_pdu, EventPersister, EVENTS_STREAM};
+pub use persister::{
+    event_row, parse_stored_pdu, stored_event_of_row, EventPersister, EVENTS_STREAM,
+};
 
 use crate::error::{ApiError, ErrCode};
 

@@ -24,8 +24,9 @@ use tokio::sync::mpsc;
 
 use super::caches::{CachesReader, Invalidate, Invalidation, CACHES_STREAM};
 use super::shared::SharedStream;
-use crate::roles::events::EVENTS_STREAM;
+use crate::roles::events::{stored_event_of_row, EVENTS_STREAM};
 use crate::storage;
+use crate::storage::rooms::StoredEvent;
 
 /// One replication command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -433,7 +434,14 @@ pub struct ReplicationConfig {
     pub caches_position: Arc<AtomicI64>,
     /// The `caches` sequence's value before this instance cached anything.
     pub caches_floor: i64,
+    /// Takes the events that an events row carries, before the row is
+    /// announced to this instance's long-polls.
+    pub new_events: NewEvents,
 }
+
+/// Takes events another instance persisted, in stream order, and the
+/// position they are announced at.
+pub type NewEvents = Arc<dyn Fn(&[StoredEvent], i64) + Send + Sync>;
 
 /// The running replication of one instance; dropping it stops its tasks.
 pub struct Replication {
@@ -700,6 +708,9 @@ async fn read_connection(
                 }
                 if token <= stream.read(|p| p.current_token_for_writer(&instance)) {
                     continue;
+                }
+                if let Some(event) = stored_event_of_row(token, &row) {
+                    (config.new_events)(std::slice::from_ref(&event), token);
                 }
                 stream.record(row_keys(&row), token, |p| p.advance(&instance, token));
                 stats.applied.fetch_add(1, Ordering::Relaxed);

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -37,11 +38,53 @@ pub struct SyncQuery {
 }
 
 /// GET /_matrix/client/v3/sync
+///
+/// The request is answered on the instance's runtime, not on the HTTP
+/// thread that read it. An event wakes every long-poll of its room at once;
+/// on the HTTP thread they queued behind each other (and behind every new
+/// request) while the runtime's worker threads sat idle, and an instance
+/// that serves only /sync has a single HTTP thread.
 pub async fn sync(
     node: web::Data<Node>,
     requester: Requester,
     query: web::Query<SyncQuery>,
 ) -> ApiResult<HttpResponse> {
+    let node = node.into_inner();
+    let runtime = node.runtime.clone();
+    let answer = AbortOnDrop(runtime.spawn(async move {
+        let response = long_poll(&node, &requester, &query.into_inner()).await?;
+        serde_json::to_vec(&response).map_err(ApiError::internal)
+    }));
+    let body = answer.await.map_err(ApiError::internal)??;
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body))
+}
+
+/// A spawned task that is cancelled with the request: a client that hangs
+/// up stops its long-poll.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// The answer to a /sync: at once when there is something new (or no
+/// `since`), else when something happens or the timeout passes.
+async fn long_poll(node: &Node, requester: &Requester, query: &SyncQuery) -> ApiResult<Value> {
     let since = match &query.since {
         Some(token) => {
             let token: StreamToken =
@@ -62,7 +105,7 @@ pub async fn sync(
     };
     // Every database read below is boxed: a long-poll keeps its future for
     // as long as it waits, and inline they would make each one kilobytes larger.
-    let filter = Box::pin(load_filter(&node, &requester, query.filter.as_deref())).await?;
+    let filter = Box::pin(load_filter(node, requester, query.filter.as_deref())).await?;
     let full_state = match query.full_state.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
@@ -110,8 +153,8 @@ pub async fn sync(
         let listener = node.notifier.listen(keys);
         let upto = node.notifier.events_position();
         let response = Box::pin(compute(
-            &node,
-            &requester,
+            node,
+            requester,
             &filter,
             &memberships,
             since,
@@ -121,12 +164,12 @@ pub async fn sync(
         .await?;
         let now = tokio::time::Instant::now();
         if !response.is_empty() || since.is_none() || full_state || now >= deadline {
-            return Ok(HttpResponse::Ok().json(response.into_json(upto)));
+            return Ok(response.into_json(upto));
         }
         if !listener.wait(deadline - now).await {
             // Timed out: nothing happened that concerns this user.
             let upto = node.notifier.events_position().max(upto);
-            return Ok(HttpResponse::Ok().json(SyncResponse::default().into_json(upto)));
+            return Ok(SyncResponse::default().into_json(upto));
         }
     }
 }

@@ -16,9 +16,11 @@ use ruma::{
 use serde_json::{json, Value};
 
 use super::{CreateRoom, Persisted, SendEvent, WriteError};
+use crate::caches::RecentEventsCache;
 use crate::error::ErrCode;
 use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
 use crate::rooms::version::parse_supported;
+use crate::storage::rooms::StoredEvent;
 use crate::storage::{self, StorageError, StorageResult};
 use crate::streams::id_gen::StreamPositions;
 use crate::streams::replication::{Command, Publisher};
@@ -85,11 +87,15 @@ pub struct EventPersister {
     writers: Vec<String>,
     /// Announces committed rows to the other instances (split deployments).
     publisher: Option<Publisher>,
+    /// This instance's recent events of each room, given each committed
+    /// event before it is announced.
+    recent_events: Arc<RecentEventsCache>,
     events_persisted: u64,
     writes_failed: u64,
 }
 
 impl EventPersister {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: Pool,
         instance_name: String,
@@ -98,6 +104,7 @@ impl EventPersister {
         stream: SharedStream,
         writers: Vec<String>,
         publisher: Option<Publisher>,
+        recent_events: Arc<RecentEventsCache>,
     ) -> EventPersister {
         EventPersister {
             pool,
@@ -108,6 +115,7 @@ impl EventPersister {
             stream,
             writers,
             publisher,
+            recent_events,
             events_persisted: 0,
             writes_failed: 0,
         }
@@ -611,15 +619,22 @@ impl EventPersister {
         }
         keys.dedup();
         let last = positions.iter().copied().max().unwrap_or(0);
+        let stored: Vec<StoredEvent> = events
+            .iter()
+            .zip(&positions)
+            .map(|(event, &position)| stored_event(event, position))
+            .collect();
+        self.recent_events
+            .extend(self.stream.notifier(), &stored, last);
         self.stream
             .record(keys, last, |p| p.mark_finished(&positions));
         if let Some(publisher) = &self.publisher {
-            for (event, position) in events.iter().zip(&positions) {
+            for event in &stored {
                 publisher.publish(Command::Rdata {
                     stream: EVENTS_STREAM.to_owned(),
                     instance: self.instance_name.clone(),
-                    token: Some(*position),
-                    row: event_row(&event.pdu),
+                    token: Some(event.stream_ordering),
+                    row: event_row(event),
                 });
             }
         }
@@ -787,18 +802,76 @@ impl EventPersister {
 }
 
 /// An events stream row as replication carries it: what readers need to
-/// wake the right long-polls without reading the event.
-pub fn event_row(pdu: &Pdu) -> Value {
-    let membership = (pdu.kind == "m.room.member")
-        .then(|| pdu.content.get("membership").cloned())
+/// wake the right long-polls without reading the event (Synapse's columns),
+/// then the stored event itself, so that readers can serve it from memory.
+pub fn event_row(event: &StoredEvent) -> Value {
+    let membership = (event.kind == "m.room.member")
+        .then(|| event.content().get("membership").cloned())
         .flatten();
     json!([
-        pdu.event_id.as_str(),
-        pdu.room_id.as_str(),
-        pdu.kind,
-        pdu.state_key,
-        membership
+        event.event_id,
+        event.room_id,
+        event.kind,
+        event.state_key,
+        membership,
+        {
+            "depth": event.depth,
+            "sender": event.sender,
+            "origin_server_ts": event.origin_server_ts,
+            "pdu": *event.pdu,
+            "txn_device_id": event.txn_device_id,
+            "txn_id": event.txn_id,
+        },
     ])
+}
+
+/// The stored event an events row carries (None for rows without one: read
+/// from the database by a catch-up, or from an older writer).
+pub fn stored_event_of_row(position: i64, row: &Value) -> Option<StoredEvent> {
+    let text = |value: &Value| value.as_str().map(str::to_owned);
+    let optional_text = |value: &Value| match value {
+        Value::Null => Some(None),
+        value => text(value).map(Some),
+    };
+    let event = row.get(5)?;
+    Some(StoredEvent {
+        stream_ordering: position,
+        event_id: text(row.get(0)?)?,
+        room_id: text(row.get(1)?)?,
+        kind: text(row.get(2)?)?,
+        state_key: optional_text(row.get(3)?)?,
+        depth: event.get("depth")?.as_i64()?,
+        sender: text(event.get("sender")?)?,
+        origin_server_ts: event.get("origin_server_ts")?.as_i64()?,
+        pdu: Arc::new(event.get("pdu")?.clone()),
+        redacted_by: None,
+        txn_device_id: optional_text(event.get("txn_device_id")?)?,
+        txn_id: optional_text(event.get("txn_id")?)?,
+    })
+}
+
+/// A just-committed event as the database now holds it (not redacted: a
+/// redaction only ever applies to events already stored).
+fn stored_event(event: &NewEvent, position: i64) -> StoredEvent {
+    let pdu = &event.pdu;
+    let (txn_device_id, txn_id) = match &event.txn {
+        Some((device, txn)) => (Some(device.clone()), Some(txn.clone())),
+        None => (None, None),
+    };
+    StoredEvent {
+        stream_ordering: position,
+        event_id: pdu.event_id.to_string(),
+        room_id: pdu.room_id.to_string(),
+        depth: pdu.depth as i64,
+        sender: pdu.sender.to_string(),
+        kind: pdu.kind.clone(),
+        state_key: pdu.state_key.clone(),
+        origin_server_ts: pdu.origin_server_ts as i64,
+        pdu: Arc::new(Value::from(CanonicalJsonValue::Object(pdu.json.clone()))),
+        redacted_by: None,
+        txn_device_id,
+        txn_id,
+    }
 }
 
 /// The columns of a batch's `events` rows, as arrays for one `unnest` insert.
@@ -1022,5 +1095,38 @@ impl Handler<CreateRoom> for EventPersister {
         _ctx: &mut Context,
     ) -> Result<Result<Persisted, WriteError>, String> {
         Ok(self.create_room(msg).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_events_row_carries_the_stored_event() {
+        let event = StoredEvent {
+            stream_ordering: 42,
+            event_id: "$e".into(),
+            room_id: "!r:x".into(),
+            depth: 7,
+            sender: "@a:x".into(),
+            kind: "m.room.member".into(),
+            state_key: Some("@a:x".into()),
+            origin_server_ts: 1_700_000_000_000,
+            pdu: Arc::new(json!({ "content": { "membership": "join" }, "depth": 7 })),
+            redacted_by: None,
+            txn_device_id: Some("DEV".into()),
+            txn_id: None,
+        };
+        let row = event_row(&event);
+        // Synapse's columns first: what wakes the right long-polls.
+        assert_eq!(row[0], "$e");
+        assert_eq!(row[4], "join");
+        let read = stored_event_of_row(42, &row).expect("a stored event");
+        assert_eq!(format!("{read:?}"), format!("{event:?}"));
+        // A catch-up row (read from the database) carries none.
+        assert!(
+            stored_event_of_row(42, &json!(["$e", "!r:x", "m.room.message", null, null])).is_none()
+        );
     }
 }
