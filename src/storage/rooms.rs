@@ -609,17 +609,6 @@ pub async fn public_rooms(pool: &Pool) -> StorageResult<Vec<PublicRoom>> {
         .collect())
 }
 
-pub async fn has_ever_joined(pool: &Pool, room_id: &str, user_id: &str) -> StorageResult<bool> {
-    let client = pool.get().await?;
-    let row = client
-        .query_opt(
-            "SELECT 1 FROM membership_history WHERE user_id = $1 AND room_id = $2 AND membership = 'join' LIMIT 1",
-            &[&user_id, &room_id],
-        )
-        .await?;
-    Ok(row.is_some())
-}
-
 /// Member counts and up to five other members, for a room summary.
 pub struct MemberSummary {
     pub joined: i64,

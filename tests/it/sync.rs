@@ -672,3 +672,52 @@ async fn an_incremental_sync_after_many_rooms_moved_has_each_new_message() {
         "{sync}"
     );
 }
+
+#[actix_web::test]
+async fn a_room_with_joined_history_visibility_syncs_only_what_came_after_the_join() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let room_id = alice
+        .create_room(json!({
+            "preset": "public_chat",
+            "initial_state": [{
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": { "history_visibility": "joined" },
+            }],
+        }))
+        .await;
+    alice.send_text(&room_id, "before bob").await;
+    let since = next_batch(&bob.sync("timeout=0").await);
+    bob.join(&room_id).await;
+    alice.send_text(&room_id, "after bob joined").await;
+
+    for query in [
+        "timeout=0".to_owned(),
+        format!("since={}&timeout=0", enc(&since)),
+    ] {
+        let sync = bob.sync(&query).await;
+        assert_eq!(
+            timeline_bodies(&sync, &room_id),
+            ["after bob joined"],
+            "{query}: {sync}"
+        );
+        let timeline = sync["rooms"]["join"][&room_id]["timeline"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            timeline
+                .iter()
+                .any(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id.as_str()),
+            "bob's own join is in the timeline: {sync}"
+        );
+    }
+    // alice, there from the start, sees both.
+    assert_eq!(
+        timeline_bodies(&alice.sync("timeout=0").await, &room_id),
+        ["before bob", "after bob joined"]
+    );
+}

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::api::client::events::{client_events, stripped_state, STRIPPED_STATE_TYPES};
+use crate::api::client::membership::visible_events;
 use crate::api::Requester;
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
@@ -345,28 +346,16 @@ async fn compute(
             continue;
         }
         let leave_pos = membership.stream_ordering;
-        let ever_joined =
-            rooms::has_ever_joined(&node.pool, &membership.room_id, &requester.user_id).await?;
-        let mut events = if ever_joined {
-            rooms::recent_events_per_room(
-                &node.pool,
-                std::slice::from_ref(&membership.room_id),
-                after,
-                leave_pos,
-                timeline_limit,
-            )
-            .await?
-            .remove(&membership.room_id)
-            .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        if events.is_empty() {
-            // Never joined (a rejected invite, a ban before joining): the
-            // membership event is all there is to show, not the room's history.
-            events = rooms::events_by_ids(&node.pool, std::slice::from_ref(&membership.event_id))
-                .await?;
-        }
+        let events = rooms::recent_events_per_room(
+            &node.pool,
+            std::slice::from_ref(&membership.room_id),
+            after,
+            leave_pos,
+            timeline_limit,
+        )
+        .await?
+        .remove(&membership.room_id)
+        .unwrap_or_default();
         let room = room_section(
             node,
             requester,
@@ -402,6 +391,29 @@ async fn room_section(
 ) -> ApiResult<Value> {
     let limited = events.len() as i64 > limit;
     events.truncate(limit.max(0) as usize);
+    // What came before the user's current membership is shown by the room's
+    // history visibility; what came after their join is theirs to see.
+    let is_peeking = membership.membership != "join";
+    if is_peeking
+        || events
+            .iter()
+            .any(|e| e.stream_ordering < membership.stream_ordering)
+    {
+        events = visible_events(
+            node,
+            &membership.room_id,
+            &requester.user_id,
+            is_peeking,
+            events,
+        )
+        .await?;
+    }
+    if events.is_empty() && is_peeking {
+        // Nothing of the room is theirs to see (a rejected invite, a ban
+        // before joining): their membership event is what there is to show.
+        events =
+            rooms::events_by_ids(&node.pool, std::slice::from_ref(&membership.event_id)).await?;
+    }
     events.reverse();
     let timeline_start = events.first().map(|e| e.stream_ordering);
     let prev_batch = timeline_start.map(|s| s - 1).unwrap_or(end);
