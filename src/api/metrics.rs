@@ -178,7 +178,9 @@ impl Metrics {
             }
         }
         if let Some((stats, stream)) = &self.replication {
-            scrape.lags = Some(stats.events_lag(stream));
+            let mut lags = stats.events_lag(stream);
+            lags.extend(stats.caches_lag());
+            scrape.lags = Some(lags);
             scrape.replication_rejected = stats.rejected.load(Ordering::Relaxed);
             scrape.replication_reconnects = stats.reconnects.load(Ordering::Relaxed);
         }

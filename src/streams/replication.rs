@@ -323,6 +323,9 @@ pub struct ReplicationStats {
     /// instance has processed it yet: what replication lag is measured
     /// against.
     announced: Mutex<BTreeMap<String, BTreeMap<String, i64>>>,
+    /// How far this instance has applied each writer's `caches` rows (the
+    /// events stream's processed positions are in its `SharedStream`).
+    caches_processed: Mutex<BTreeMap<String, i64>>,
 }
 
 /// How far this instance's view of one writer of one stream is behind what
@@ -371,6 +374,40 @@ impl ReplicationStats {
             .entry(writer.to_owned())
             .or_insert(position);
         *latest = (*latest).max(position);
+    }
+
+    /// Records how far `writer`'s `caches` rows are applied.
+    fn caches_processed(&self, writer: &str, position: i64) {
+        self.caches_processed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(writer.to_owned(), position);
+    }
+
+    /// The lag of every writer of the `caches` stream this instance heard
+    /// of (any instance may write it, so the writers are those heard).
+    pub fn caches_lag(&self) -> Vec<WriterLag> {
+        let announced = self
+            .announced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let heard = announced.get(CACHES_STREAM);
+        let processed = self
+            .caches_processed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        processed
+            .iter()
+            .map(|(writer, processed)| WriterLag {
+                stream: CACHES_STREAM.to_owned(),
+                writer: writer.clone(),
+                announced: heard
+                    .and_then(|writers| writers.get(writer))
+                    .copied()
+                    .unwrap_or(*processed),
+                processed: *processed,
+            })
+            .collect()
     }
 
     /// The lag of every writer of the events stream, as this instance sees
@@ -667,6 +704,9 @@ async fn read_connection(
                 token: Some(token),
                 row,
             } if name == CACHES_STREAM => {
+                if instance != config.instance {
+                    stats.announce(&name, &instance, token);
+                }
                 if caches.take_published(&instance, token) {
                     match Invalidation::from_row(&row) {
                         Some(invalidation) => (config.invalidate)(&invalidation),
@@ -675,6 +715,7 @@ async fn read_connection(
                         }
                     }
                     stats.applied.fetch_add(1, Ordering::Relaxed);
+                    stats.caches_processed(&instance, token);
                 }
             }
             Command::Position {
@@ -683,12 +724,17 @@ async fn read_connection(
                 new,
                 ..
             } if name == CACHES_STREAM => {
+                if instance == config.instance {
+                    continue;
+                }
+                stats.announce(&name, &instance, new);
                 if let Some((after, upto)) = caches.missing(&instance, new) {
                     let rows = storage::caches::written_between(pool, Some(&instance), after, upto)
                         .await?;
                     apply_stored_invalidations(config, stats, caches, rows);
                 }
                 caches.caught_up(&instance, new);
+                stats.caches_processed(&instance, caches.position(&instance));
             }
             Command::Rdata {
                 stream: name,
@@ -771,6 +817,7 @@ fn apply_stored_invalidations(
         if caches.take_stored(&writer, id) {
             (config.invalidate)(&invalidation);
             stats.caches_caught_up_rows.fetch_add(1, Ordering::Relaxed);
+            stats.caches_processed(&writer, id);
         }
     }
 }

@@ -184,4 +184,32 @@ async fn metrics_show_mailboxes_remote_calls_replication_lag_and_restarts() {
             "{instance}:\n{text}"
         );
     }
+
+    // A logout on main writes a `caches` row; sync2 applies it and reports
+    // main as a writer of that stream, caught up.
+    let phone = cluster.client().login("alice").await;
+    let (status, body) = phone.post("/_matrix/client/v3/logout", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sync2 = cluster.node_client("sync2");
+    let position = r#"lattice_replication_position{stream="caches",writer="main"}"#;
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = scrape(&sync2).await;
+        if sample(&text, position).is_some_and(|p| p >= 2.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        sample(&text, position).is_some_and(|p| p >= 2.0),
+        "{position} in\n{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"lattice_replication_lag{stream="caches",writer="main"}"#
+        ),
+        Some(0.0),
+        "{text}"
+    );
 }
