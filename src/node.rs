@@ -123,6 +123,11 @@ async fn heartbeat(node: Node, addr: SocketAddr) {
             pid: std::process::id() as i32,
             started_ts,
             events_position: node.notifier.events_position(),
+            caches_positions: node
+                .replication
+                .as_ref()
+                .map(|replication| replication.stats.caches_positions())
+                .unwrap_or_else(|| serde_json::json!({})),
         };
         if let Err(error) = storage::instances::beat(&node.pool, &beat).await {
             tracing::warn!(error = %error, "heartbeat failed");

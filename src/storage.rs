@@ -38,6 +38,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_caches",
         include_str!("storage/migrations/0003_caches.sql"),
     ),
+    (
+        "0004_instances_caches",
+        include_str!("storage/migrations/0004_instances_caches.sql"),
+    ),
 ];
 
 pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {

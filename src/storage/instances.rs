@@ -13,24 +13,27 @@ pub struct Heartbeat<'a> {
     pub pid: i32,
     pub started_ts: i64,
     pub events_position: i64,
+    /// How far this instance applied each writer's `caches` rows.
+    pub caches_positions: Value,
 }
 
 pub async fn beat(pool: &Pool, beat: &Heartbeat<'_>) -> StorageResult<()> {
     let client = pool.get().await?;
     client
         .execute(
-            "INSERT INTO instances (instance_name, roles, host, pid, started_ts, heartbeat_ts, events_position)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO instances (instance_name, roles, host, pid, started_ts, heartbeat_ts, events_position, caches_positions)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (instance_name) DO UPDATE SET roles = EXCLUDED.roles, host = EXCLUDED.host,
                pid = EXCLUDED.pid, started_ts = EXCLUDED.started_ts, heartbeat_ts = EXCLUDED.heartbeat_ts,
-               events_position = EXCLUDED.events_position",
-            &[&beat.instance, &beat.roles, &beat.host, &beat.pid, &beat.started_ts, &now_ms(), &beat.events_position],
+               events_position = EXCLUDED.events_position, caches_positions = EXCLUDED.caches_positions",
+            &[&beat.instance, &beat.roles, &beat.host, &beat.pid, &beat.started_ts, &now_ms(), &beat.events_position, &beat.caches_positions],
         )
         .await?;
     Ok(())
 }
 
-/// Every instance seen, and the events stream's writers with each reader's lag.
+/// Every instance seen, and the writers of the events and caches streams
+/// with each reader's lag.
 pub async fn cluster(pool: &Pool) -> StorageResult<Value> {
     let client = pool.get().await?;
     let instances = client
@@ -74,8 +77,53 @@ pub async fn cluster(pool: &Pool) -> StorageResult<Value> {
         .iter()
         .map(|row| json!({ "instance": row.get::<_, String>(0), "position": row.get::<_, i64>(1) }))
         .collect();
+    let caches = caches_stream(&client).await?;
     Ok(json!({
         "instances": instances,
-        "streams": { "events": { "writers": writers, "readers": readers } },
+        "streams": {
+            "events": { "writers": writers, "readers": readers },
+            "caches": caches,
+        },
     }))
+}
+
+/// The `caches` stream: every instance that wrote a row, at its last one,
+/// and how far each instance applied each of them. A reader's lag counts
+/// only writers it has heard of: one it never heard of wrote nothing since
+/// the reader started, or is not running.
+async fn caches_stream(client: &deadpool_postgres::Object) -> StorageResult<Value> {
+    let writers: Vec<(String, i64)> = client
+        .query(
+            "SELECT instance_name, MAX(stream_id) FROM cache_invalidation_stream_by_instance
+             GROUP BY instance_name ORDER BY instance_name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let readers: Vec<Value> = client
+        .query(
+            "SELECT instance_name, caches_positions FROM instances ORDER BY instance_name",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let positions: Value = row.get(1);
+            let lag: i64 = writers
+                .iter()
+                .filter_map(|(writer, newest)| {
+                    let seen = positions.get(writer).and_then(Value::as_i64)?;
+                    Some((newest - seen).max(0))
+                })
+                .sum();
+            json!({ "instance": row.get::<_, String>(0), "positions": positions, "lag": lag })
+        })
+        .collect();
+    let writers: Vec<Value> = writers
+        .iter()
+        .map(|(instance, position)| json!({ "instance": instance, "position": position }))
+        .collect();
+    Ok(json!({ "writers": writers, "readers": readers }))
 }

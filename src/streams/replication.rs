@@ -384,6 +384,16 @@ impl ReplicationStats {
             .insert(writer.to_owned(), position);
     }
 
+    /// How far this instance applied each writer's `caches` rows, as JSON
+    /// (`{"writer": position}`).
+    pub fn caches_positions(&self) -> serde_json::Value {
+        let processed = self
+            .caches_processed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        serde_json::json!(*processed)
+    }
+
     /// The lag of every writer of the `caches` stream this instance heard
     /// of (any instance may write it, so the writers are those heard).
     pub fn caches_lag(&self) -> Vec<WriterLag> {

@@ -58,7 +58,7 @@ async fn the_event_persister_snapshot_shows_its_stream_position() {
 }
 
 #[actix_web::test]
-async fn the_cluster_overview_lists_every_instance_and_the_events_writers() {
+async fn the_cluster_overview_lists_every_instance_and_the_writers_of_each_stream() {
     let cluster = TestCluster::start().await;
     let client = cluster.client();
     let admin = client.register("root").await;
@@ -107,4 +107,33 @@ async fn the_cluster_overview_lists_every_instance_and_the_events_writers() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(readers.len(), expected, "{overview}");
+
+    // A logout writes a `caches` row where instances are split (the
+    // monolith has nobody to tell); each instance reports how far it
+    // applied each writer's rows.
+    let phone = client.login("root").await;
+    let (status, body) = phone.post("/_matrix/client/v3/logout", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, overview) = admin.get("/_lattice/admin/v1/cluster").await;
+    assert_eq!(status, StatusCode::OK, "{overview}");
+    let caches = &overview["streams"]["caches"];
+    let writers = caches["writers"].as_array().cloned().unwrap_or_default();
+    if cluster.is_split() {
+        assert_eq!(writers.len(), 1, "{caches}");
+        assert_eq!(writers[0]["instance"], "main", "{caches}");
+        assert!(
+            writers[0]["position"].as_i64().is_some_and(|p| p > 1),
+            "{caches}"
+        );
+    } else {
+        assert!(writers.is_empty(), "{caches}");
+    }
+    let readers = caches["readers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(readers.len(), expected, "{caches}");
+    assert!(
+        readers
+            .iter()
+            .all(|r| r["positions"].is_object() && r["lag"].is_i64()),
+        "{caches}"
+    );
 }
