@@ -737,14 +737,18 @@ async fn read_connection(
                 if instance == config.instance {
                     continue;
                 }
-                stats.announce(&name, &instance, new);
                 if let Some((after, upto)) = caches.missing(&instance, new) {
                     let rows = storage::caches::written_between(pool, Some(&instance), after, upto)
                         .await?;
                     apply_stored_invalidations(config, stats, caches, rows);
                 }
                 caches.caught_up(&instance, new);
-                stats.caches_processed(&instance, caches.position(&instance));
+                // Every instance announces itself; only one that wrote a
+                // row is a writer to report.
+                if new > 0 {
+                    stats.announce(&name, &instance, new);
+                    stats.caches_processed(&instance, caches.position(&instance));
+                }
             }
             Command::Rdata {
                 stream: name,

@@ -212,4 +212,9 @@ async fn metrics_show_mailboxes_remote_calls_replication_lag_and_restarts() {
         Some(0.0),
         "{text}"
     );
+    // events1 announced its position too, but never wrote a row.
+    assert!(
+        !text.contains(r#"{stream="caches",writer="events1"}"#),
+        "{text}"
+    );
 }
