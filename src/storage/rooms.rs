@@ -270,6 +270,15 @@ pub async fn state_group_of_event(pool: &Pool, event_id: &str) -> StorageResult<
     Ok(row.map(|row| row.get(0)))
 }
 
+/// `chain (state_group, prev_group, delta, n)`: the state group `$1` and the
+/// groups it is a delta over, back to its snapshot (`n` counts back from `$1`).
+const STATE_GROUP_CHAIN: &str = "WITH RECURSIVE chain (state_group, prev_group, delta, n) AS (
+    SELECT state_group, prev_group, delta, 0 FROM state_groups WHERE state_group = $1
+    UNION ALL
+    SELECT s.state_group, s.prev_group, s.delta, c.n + 1
+    FROM state_groups s JOIN chain c ON s.state_group = c.prev_group
+)";
+
 /// The state map of a state group: (type, state_key) → event id, read by
 /// following the delta chain back to its snapshot.
 pub async fn state_group_map(
@@ -278,15 +287,9 @@ pub async fn state_group_map(
 ) -> StorageResult<HashMap<(String, String), String>> {
     let client = pool.get().await?;
     let statement = client
-        .prepare_cached(
-            "WITH RECURSIVE chain (state_group, prev_group, delta, n) AS (
-                 SELECT state_group, prev_group, delta, 0 FROM state_groups WHERE state_group = $1
-                 UNION ALL
-                 SELECT s.state_group, s.prev_group, s.delta, c.n + 1
-                 FROM state_groups s JOIN chain c ON s.state_group = c.prev_group
-             )
-             SELECT delta FROM chain ORDER BY n DESC",
-        )
+        .prepare_cached(&format!(
+            "{STATE_GROUP_CHAIN} SELECT delta FROM chain ORDER BY n DESC"
+        ))
         .await?;
     let rows = client.query(&statement, &[&state_group]).await?;
     if rows.is_empty() {
@@ -330,13 +333,8 @@ pub async fn state_contents_at(
     let state_keys: Vec<&str> = keys.iter().map(|(_, state_key)| *state_key).collect();
     let client = pool.get().await?;
     let statement = client
-        .prepare_cached(
-            "WITH RECURSIVE chain (state_group, prev_group, delta, n) AS (
-                 SELECT state_group, prev_group, delta, 0 FROM state_groups WHERE state_group = $1
-                 UNION ALL
-                 SELECT s.state_group, s.prev_group, s.delta, c.n + 1
-                 FROM state_groups s JOIN chain c ON s.state_group = c.prev_group
-             ),
+        .prepare_cached(&format!(
+            "{STATE_GROUP_CHAIN},
              wanted AS (
                  SELECT DISTINCT ON (entry ->> 0, entry ->> 1)
                      entry ->> 0 AS type, entry ->> 1 AS state_key, entry ->> 2 AS event_id
@@ -346,8 +344,8 @@ pub async fn state_contents_at(
                  ORDER BY entry ->> 0, entry ->> 1, chain.n
              )
              SELECT w.type, w.state_key, e.pdu -> 'content'
-             FROM wanted w JOIN events e ON e.event_id = w.event_id",
-        )
+             FROM wanted w JOIN events e ON e.event_id = w.event_id"
+        ))
         .await?;
     let rows = client
         .query(&statement, &[&state_group, &kinds, &state_keys])

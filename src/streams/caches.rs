@@ -146,7 +146,7 @@ impl CachesWriter {
 /// A reader's view of the stream: how far it has applied each writer's rows,
 /// and which writers' rows it may apply as they arrive on the current
 /// subscription (Synapse's `_streams_by_connection`).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct CachesReader {
     local: String,
     /// Rows at or below this id were written before this instance cached
@@ -173,6 +173,12 @@ impl CachesReader {
         }
     }
 
+    /// The writers whose rows this instance applied (or caught up with)
+    /// beyond where it started, and how far.
+    pub fn positions(&self) -> &HashMap<String, i64> {
+        &self.positions
+    }
+
     /// How far `writer`'s rows are applied.
     pub fn position(&self, writer: &str) -> i64 {
         self.positions.get(writer).copied().unwrap_or(self.floor)
@@ -196,8 +202,9 @@ impl CachesReader {
         self.read_back_after = self.read_back_after.max(sequence_last_value);
     }
 
-    /// Whether a row must be applied; records it as applied if so.
-    fn take(&mut self, writer: &str, id: i64) -> bool {
+    /// A row read back from PostgreSQL: whether to apply it; records it as
+    /// applied if so.
+    pub fn take_stored(&mut self, writer: &str, id: i64) -> bool {
         if writer == self.local || id <= self.position(writer) {
             return false;
         }
@@ -205,16 +212,11 @@ impl CachesReader {
         true
     }
 
-    /// A row read back from PostgreSQL: whether to apply it.
-    pub fn take_stored(&mut self, writer: &str, id: i64) -> bool {
-        self.take(writer, id)
-    }
-
     /// An RDATA row: whether to apply it. Rows of a writer whose POSITION
     /// this subscription has not caught up yet are dropped: the catch-up
     /// reads them.
     pub fn take_published(&mut self, writer: &str, id: i64) -> bool {
-        self.connected.contains(writer) && self.take(writer, id)
+        self.connected.contains(writer) && self.take_stored(writer, id)
     }
 
     /// A POSITION: the ids `(after, upto]` of `writer` to read back, if any.

@@ -323,9 +323,9 @@ pub struct ReplicationStats {
     /// instance has processed it yet: what replication lag is measured
     /// against.
     announced: Mutex<BTreeMap<String, BTreeMap<String, i64>>>,
-    /// How far this instance has applied each writer's `caches` rows (the
-    /// events stream's processed positions are in its `SharedStream`).
-    caches_processed: Mutex<BTreeMap<String, i64>>,
+    /// The `caches` stream as the reader sees it: how far each writer's
+    /// rows are applied (the events stream's are in its `SharedStream`).
+    caches: Mutex<CachesReader>,
 }
 
 /// How far this instance's view of one writer of one stream is behind what
@@ -376,22 +376,14 @@ impl ReplicationStats {
         *latest = (*latest).max(position);
     }
 
-    /// Records how far `writer`'s `caches` rows are applied.
-    fn caches_processed(&self, writer: &str, position: i64) {
-        self.caches_processed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(writer.to_owned(), position);
+    fn caches(&self) -> std::sync::MutexGuard<'_, CachesReader> {
+        self.caches.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How far this instance applied each writer's `caches` rows, as JSON
     /// (`{"writer": position}`).
     pub fn caches_positions(&self) -> serde_json::Value {
-        let processed = self
-            .caches_processed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        serde_json::json!(*processed)
+        serde_json::json!(self.caches().positions())
     }
 
     /// The lag of every writer of the `caches` stream this instance heard
@@ -402,11 +394,8 @@ impl ReplicationStats {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let heard = announced.get(CACHES_STREAM);
-        let processed = self
-            .caches_processed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        processed
+        self.caches()
+            .positions()
             .iter()
             .map(|(writer, processed)| WriterLag {
                 stream: CACHES_STREAM.to_owned(),
@@ -516,7 +505,10 @@ impl Replication {
         let client = redis::Client::open(config.redis_url.as_str())?;
         let (commands, queue) = mpsc::unbounded_channel();
         let publisher = Publisher { commands };
-        let stats = Arc::new(ReplicationStats::default());
+        let stats = Arc::new(ReplicationStats {
+            caches: Mutex::new(CachesReader::new(&config.instance, config.caches_floor)),
+            ..ReplicationStats::default()
+        });
         let config = Arc::new(config);
         let mut tasks = vec![tokio::spawn(publish_loop(
             client.clone(),
@@ -642,18 +634,8 @@ async fn read_loop(
     publisher: Publisher,
     stats: Arc<ReplicationStats>,
 ) {
-    let mut caches = CachesReader::new(&config.instance, config.caches_floor);
     loop {
-        let subscription = read_connection(
-            &client,
-            &config,
-            &stream,
-            &pool,
-            &publisher,
-            &stats,
-            &mut caches,
-        );
-        match subscription.await {
+        match read_connection(&client, &config, &stream, &pool, &publisher, &stats).await {
             Ok(()) => tracing::warn!("replication: subscription ended, reconnecting"),
             Err(error) => {
                 tracing::warn!(error = %error, "replication: subscription failed, reconnecting")
@@ -675,11 +657,10 @@ async fn read_connection(
     pool: &Pool,
     publisher: &Publisher,
     stats: &ReplicationStats,
-    caches: &mut CachesReader,
 ) -> Result<(), ReplicationError> {
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(&config.channel).await?;
-    read_back_caches(config, pool, stats, caches).await?;
+    read_back_caches(config, pool, stats).await?;
     publisher.publish(Command::Replicate);
     if config.events_writer {
         announce_position(config, stream, publisher);
@@ -717,7 +698,7 @@ async fn read_connection(
                 if instance != config.instance {
                     stats.announce(&name, &instance, token);
                 }
-                if caches.take_published(&instance, token) {
+                if stats.caches().take_published(&instance, token) {
                     match Invalidation::from_row(&row) {
                         Some(invalidation) => (config.invalidate)(&invalidation),
                         None => {
@@ -725,7 +706,6 @@ async fn read_connection(
                         }
                     }
                     stats.applied.fetch_add(1, Ordering::Relaxed);
-                    stats.caches_processed(&instance, token);
                 }
             }
             Command::Position {
@@ -737,18 +717,14 @@ async fn read_connection(
                 if instance == config.instance {
                     continue;
                 }
-                if let Some((after, upto)) = caches.missing(&instance, new) {
+                stats.announce(&name, &instance, new);
+                let missing = stats.caches().missing(&instance, new);
+                if let Some((after, upto)) = missing {
                     let rows = storage::caches::written_between(pool, Some(&instance), after, upto)
                         .await?;
-                    apply_stored_invalidations(config, stats, caches, rows);
+                    apply_stored_invalidations(config, stats, rows);
                 }
-                caches.caught_up(&instance, new);
-                // Every instance announces itself; only one that wrote a
-                // row is a writer to report.
-                if new > 0 {
-                    stats.announce(&name, &instance, new);
-                    stats.caches_processed(&instance, caches.position(&instance));
-                }
+                stats.caches().caught_up(&instance, new);
             }
             Command::Rdata {
                 stream: name,
@@ -811,27 +787,25 @@ async fn read_back_caches(
     config: &ReplicationConfig,
     pool: &Pool,
     stats: &ReplicationStats,
-    caches: &mut CachesReader,
 ) -> Result<(), ReplicationError> {
     let last = storage::caches::last_allocated(pool).await?;
-    let rows =
-        storage::caches::written_between(pool, None, caches.read_back_after(), i64::MAX).await?;
-    caches.subscribed(last);
-    apply_stored_invalidations(config, stats, caches, rows);
+    let after = stats.caches().read_back_after();
+    let rows = storage::caches::written_between(pool, None, after, i64::MAX).await?;
+    stats.caches().subscribed(last);
+    apply_stored_invalidations(config, stats, rows);
     Ok(())
 }
 
 fn apply_stored_invalidations(
     config: &ReplicationConfig,
     stats: &ReplicationStats,
-    caches: &mut CachesReader,
     rows: Vec<(i64, String, Invalidation)>,
 ) {
     for (id, writer, invalidation) in rows {
-        if caches.take_stored(&writer, id) {
+        let take = stats.caches().take_stored(&writer, id);
+        if take {
             (config.invalidate)(&invalidation);
             stats.caches_caught_up_rows.fetch_add(1, Ordering::Relaxed);
-            stats.caches_processed(&writer, id);
         }
     }
 }

@@ -252,18 +252,26 @@ impl Drop for PrivateRedis {
     }
 }
 
-#[actix_web::test]
-async fn after_a_redis_restart_every_node_reconnects_and_long_polls_wake() {
+/// A split cluster on a Redis of the test's own (on a free port), so that
+/// the test may stop and restart it.
+async fn split_on_private_redis() -> (PrivateRedis, TestCluster) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port");
-    let mut redis = PrivateRedis::start_on(port);
+    let redis = PrivateRedis::start_on(port);
     let options = Options {
         redis_url: Some(redis.url()),
         ..split(Some(20_000))
     };
     let cluster = TestCluster::start_with(options).await;
+    (redis, cluster)
+}
+
+#[actix_web::test]
+async fn after_a_redis_restart_every_node_reconnects_and_long_polls_wake() {
+    let (mut redis, cluster) = split_on_private_redis().await;
+    let port = redis.port;
     let client = cluster.client();
     let alice = client.register("alice").await;
     let bob = client.register("bob").await;
@@ -336,16 +344,8 @@ async fn sync_until_refused(node: &crate::cluster::Client, token: &str) -> (Stat
 
 #[actix_web::test]
 async fn a_logout_while_redis_is_down_reaches_every_node_once_it_is_back() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let mut redis = PrivateRedis::start_on(port);
-    let options = Options {
-        redis_url: Some(redis.url()),
-        ..split(Some(20_000))
-    };
-    let cluster = TestCluster::start_with(options).await;
+    let (mut redis, cluster) = split_on_private_redis().await;
+    let port = redis.port;
     let client = cluster.client();
     let alice = client.register("alice").await;
     let phone = client.login("alice").await;
