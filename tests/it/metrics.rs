@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::cluster::{Client, TestCluster};
 
 /// `GET /metrics` of one node, as text.
-async fn scrape(node: &Client) -> String {
+pub(crate) async fn scrape(node: &Client) -> String {
     let (status, headers, body) = node
         .request_bytes(Method::GET, "/metrics", None, None)
         .await;
@@ -26,7 +26,7 @@ async fn scrape(node: &Client) -> String {
 }
 
 /// The value of the sample `series` (name and labels exactly as exposed).
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|value| value.parse().ok())

@@ -385,6 +385,25 @@ async fn an_invalidation_stored_by_a_node_that_died_before_publishing_it_reaches
     let alice = client.register("alice").await;
     let phone = client.login("alice").await;
     let sync2 = cluster.node_client("sync2");
+    // The login published an invalidation of the phone's device too: let
+    // sync2 apply it first, or it would forget the token cached below.
+    let database = cluster.database().await;
+    let written: i64 = database
+        .query_one(
+            "SELECT MAX(stream_id) FROM cache_invalidation_stream_by_instance",
+            &[],
+        )
+        .await
+        .expect("the newest invalidation")
+        .get(0);
+    let applied = r#"lattice_replication_position{stream="caches",writer="main"}"#;
+    for _ in 0..100 {
+        let text = crate::metrics::scrape(&sync2).await;
+        if crate::metrics::sample(&text, applied).is_some_and(|p| p >= written as f64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (status, body) = sync2
         .get(
             "/_matrix/client/v3/sync?timeout=0",
@@ -396,7 +415,6 @@ async fn an_invalidation_stored_by_a_node_that_died_before_publishing_it_reaches
     // main logs the phone out and stores the invalidation, then dies before
     // publishing it: what `logout` does, up to the publish.
     cluster.kill("main");
-    let database = cluster.database().await;
     database
         .execute(
             "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
