@@ -55,7 +55,13 @@ impl Job {
 
 impl Drop for Job {
     fn drop(&mut self) {
-        self.0.jobs.fetch_sub(1, Ordering::AcqRel);
+        // The last job out lets the pooled memory go: a job that finished
+        // while this one still counted itself may have left its blocks.
+        if self.0.jobs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Ok(mut pool) = self.0.blocks.lock() {
+                pool.clear();
+            }
+        }
     }
 }
 
@@ -175,15 +181,11 @@ impl HashMemory {
             .filter(|blocks| blocks.len() == needed);
         let mut blocks = taken.unwrap_or_else(|| vec![Block::default(); needed]);
         let result = f(&mut blocks);
-        if let Ok(mut pool) = self.blocks.lock() {
-            // This job still counts itself.
-            if self.jobs.load(Ordering::Acquire) > 1 {
-                // A hash with unusual stored parameters is not worth keeping memory for.
-                if needed == Params::default().block_count() {
-                    pool.push(blocks);
-                }
-            } else {
-                pool.clear();
+        // This job still counts itself: keep the blocks only for another.
+        // A hash with unusual stored parameters is not worth keeping memory for.
+        if self.jobs.load(Ordering::Acquire) > 1 && needed == Params::default().block_count() {
+            if let Ok(mut pool) = self.blocks.lock() {
+                pool.push(blocks);
             }
         }
         result
