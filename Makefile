@@ -128,8 +128,12 @@ $(NODE_STAMP): $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
 #                     var/synapse-venv) in the same run, with the ratios Lattice / Synapse
 # make bench-split    the monolith, then config/split.yaml under `lattice up` (with Redis),
 #                     at the same paced load (chat-paced), with the ratios split / monolith
+# make bench-baseline the release build against BASE (a git revision or a lattice binary,
+#                     default main), chat and chat-paced alternating,
+#                     BENCH_REPEAT (3) times each, with the medians and ratios
 # BENCH_WORKLOADS="chat idle" picks runs; BENCH_ARGS="--users 100" is passed to each.
-.PHONY: bench bench-synapse bench-split
+.PHONY: bench bench-synapse bench-split bench-baseline
+BASE ?= main
 
 bench:
 	.ci/bench-run.sh
@@ -139,6 +143,9 @@ bench-synapse:
 
 bench-split:
 	.ci/bench-run.sh --split
+
+bench-baseline:
+	.ci/bench-run.sh --baseline $(BASE)
 
 # make up             like `make run`, but a whole topology under `lattice up` (with Redis):
 #                     TOPOLOGY=config/split.yaml by default; Ctrl-C stops every instance.

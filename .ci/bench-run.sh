@@ -8,7 +8,7 @@
 #   summary-<stamp>.md      machine, load, the table of runs, ratios (copied to summary.md)
 #   lattice-<workload>.log, synapse/, split/   the servers' logs and configuration
 #
-#   .ci/bench-run.sh [--synapse | --split]
+#   .ci/bench-run.sh [--synapse | --split | --baseline BIN|REV]
 #
 # --split runs the workloads (default: chat-paced) against the monolith, then against
 # the split topology (Redis from .ci/redis.sh, a key prefix of the run's own): requests to
@@ -17,6 +17,13 @@
 # PostgreSQL. The summary adds the ratios
 # split / monolith of send and delivery p99 per run, with issue 4's target (delivery p99 at
 # most twice the monolith's) met or missed.
+#
+# --baseline BIN compares two Lattice binaries side by side (e.g. today's main against a
+# change; a git revision instead of a binary is built first, in a temporary worktree
+# sharing ./target, and kept as var/bench/lattice-<rev>): each workload (default: chat chat-paced) runs BENCH_REPEAT times (default 3),
+# alternating a fresh monolith of BIN (label `baseline`) and of the release build (label
+# `lattice`), so drift on the machine falls on both; the summary adds the medians of each
+# and their ratios lattice / baseline.
 #
 # Environment:
 #   BENCH_WORKLOADS       runs to do, in order (default: chat chat-paced big-room idle join-storm;
@@ -36,16 +43,24 @@ cd "$ROOT"
 
 WITH_SYNAPSE=0
 WITH_SPLIT=0
+BASELINE_BIN=""
 case "${1:-}" in
     "") ;;
     --synapse) WITH_SYNAPSE=1 ;;
     --split) WITH_SPLIT=1 ;;
-    *) echo "usage: $0 [--synapse | --split]" >&2; exit 2 ;;
+    --baseline)
+        BASELINE_BIN="${2:-}"
+        [[ -n "$BASELINE_BIN" ]] || { echo "$0: --baseline needs a lattice binary or a git revision" >&2; exit 2; }
+        ;;
+    *) echo "usage: $0 [--synapse | --split | --baseline BIN|REV]" >&2; exit 2 ;;
 esac
+REPEAT="${BENCH_REPEAT:-3}"
 
 OUT=var/bench
 if [[ "$WITH_SPLIT" == 1 ]]; then
     WORKLOADS=(${BENCH_WORKLOADS:-chat-paced})
+elif [[ -n "$BASELINE_BIN" ]]; then
+    WORKLOADS=(${BENCH_WORKLOADS:-chat chat-paced})
 else
     WORKLOADS=(${BENCH_WORKLOADS:-chat chat-paced big-room idle join-storm})
 fi
@@ -143,7 +158,7 @@ run_workloads() {
             chat)
                 args=(chat)
                 # The database's own speed, measured once, beside Lattice's busiest run.
-                if [[ "$label" == lattice ]]; then
+                if [[ "$label" == lattice && -z "$BASELINE_BIN" ]]; then
                     args+=(--postgres-baseline --database-url "$database_url")
                 fi
                 ;;
@@ -159,6 +174,7 @@ run_workloads() {
         esac
         log "$label: $name"
         # stdout as is; stderr (progress, and why a run failed) also kept in a file.
+        # The load generator is always the release build's, whichever server it measures.
         if ! { "$BIN" bench "${args[@]}" --name "$name" --label "$label" --base-url "$url" \
                 --pids "$pids" --json-out "$RESULTS" "$@" "${EXTRA[@]}" 2>&1 1>&3 \
                 | tee "$OUT/$label-$name.err" >&2; } 3>&1; then
@@ -170,26 +186,40 @@ run_workloads() {
 
 # Each workload gets a fresh monolith on a fresh database, so no run pays for
 # what an earlier one left behind (caches, allocator state, dead rows).
+# bench_lattice [SERVER_BIN LABEL [RUN]]: the release build (or SERVER_BIN, reported as LABEL).
 bench_lattice() {
+    local server_bin="${1:-$BIN}" label="${2:-lattice}" run="${3:-}"
     local workload all=("${WORKLOADS[@]}")
-    "$BIN" generate-config --server-name localhost > "$OUT/lattice.yaml"
+    "$server_bin" generate-config --server-name localhost > "$OUT/$label.yaml"
     for workload in "${all[@]}"; do
         local WORKLOADS=("$workload")
         LATTICE_PORT="$(free_port "$LATTICE_PORT")"
-        local url="http://127.0.0.1:$LATTICE_PORT"
-        fresh_database "lattice_bench_${STAMP}_${workload//-/_}"
+        local url="http://127.0.0.1:$LATTICE_PORT" log_file="$OUT/$label-$workload$run.log"
+        fresh_database "lattice_bench_${STAMP}_${label}_${workload//-/_}$run"
         local database_url="$DATABASE_URL"
-        log "starting lattice on $url for $workload (log: $OUT/lattice-$workload.log)"
+        log "starting $label on $url for $workload (log: $log_file)"
         env LATTICE__DATABASE__URL="$database_url" \
             LATTICE__ENABLE_REGISTRATION=true \
             LATTICE__RATE_LIMITS__ENABLED=false \
             LATTICE__LISTEN="127.0.0.1:$LATTICE_PORT" \
             LATTICE__LOG=warn \
-            "$BIN" serve --config "$OUT/lattice.yaml" > "$OUT/lattice-$workload.log" 2>&1 &
+            "$server_bin" serve --config "$OUT/$label.yaml" > "$log_file" 2>&1 &
         SERVER_PID=$!
-        wait_for_http "$url" "$OUT/lattice-$workload.log"
-        run_workloads lattice "$url" "$database_url" "lattice=$SERVER_PID,postgres=$(postmaster_pid)"
+        wait_for_http "$url" "$log_file"
+        run_workloads "$label" "$url" "$database_url" "$label=$SERVER_PID,postgres=$(postmaster_pid)"
         stop_server
+    done
+}
+
+# --baseline: the baseline and the release build, alternating, BENCH_REPEAT times.
+bench_baseline() {
+    local run workload all=("${WORKLOADS[@]}")
+    for run in $(seq 1 "$REPEAT"); do
+        for workload in "${all[@]}"; do
+            local WORKLOADS=("$workload")
+            bench_lattice "$BASELINE_BIN" baseline "_$run"
+            bench_lattice "$BIN" lattice "_$run"
+        done
     done
 }
 
@@ -342,6 +372,9 @@ machine_header() {
     if [[ "$WITH_SYNAPSE" == 1 ]]; then
         echo "- synapse $("$SYNAPSE_VENV/bin/python" -c 'import synapse; print(synapse.__version__)' 2>/dev/null), one process, psycopg2"
     fi
+    if [[ -n "$BASELINE_BIN" ]]; then
+        echo "- baseline: $BASELINE_BIN ($("$BASELINE_BIN" --version 2>/dev/null || echo '?')), alternating with the release build, each workload $REPEAT times"
+    fi
     if [[ "$WITH_SPLIT" == 1 ]]; then
         echo "- lattice-split: config/split.yaml under \`lattice up\` (main: client + sync, events1: events, sync2: sync) with Redis $(redis-cli -p "$SPLIT_REDIS_PORT" info server 2>/dev/null | tr -d '\r' | sed -n 's/^redis_version://p'); requests to main, /sync $([[ "$SPLIT_SYNC" == routes ]] && echo 'hashed by user over main and sync2 (as lattice routes --nginx does)' || echo 'to sync2'); its CPU and RSS are \`lattice up\` and its three instances together (each also in results-*.jsonl)"
     fi
@@ -349,7 +382,28 @@ machine_header() {
     echo
 }
 
+# build_baseline REV: the release binary of REV, built in a worktree that shares ./target
+# (dependencies are built once for both), kept as var/bench/lattice-<rev>.
+build_baseline() {
+    local rev short tree
+    rev="$(git rev-parse --verify "$1^{commit}")" || die "--baseline $1 is neither a binary nor a git revision"
+    short="$(git rev-parse --short "$rev")"
+    BASELINE_BIN="$ROOT/$OUT/lattice-$short"
+    [[ -x "$BASELINE_BIN" ]] && return 0
+    tree="$ROOT/$OUT/baseline-src"
+    git worktree remove --force "$tree" 2>/dev/null || rm -rf "$tree"
+    git worktree add --detach "$tree" "$rev" >/dev/null
+    log "building the baseline $short in $tree"
+    (cd "$tree" && CARGO_TARGET_DIR="$ROOT/${CARGO_TARGET_DIR:-target}" cargo build --release) \
+        || die "the baseline $short did not build"
+    cp "$ROOT/${CARGO_TARGET_DIR:-target}/release/lattice" "$BASELINE_BIN"
+    git worktree remove --force "$tree"
+}
+
 mkdir -p "$OUT"
+if [[ -n "$BASELINE_BIN" && ! -x "$BASELINE_BIN" ]]; then
+    build_baseline "$BASELINE_BIN"
+fi
 .ci/postgres.sh start
 if [[ -z "${BENCH_BIN:-}" ]]; then
     cargo build --release
@@ -361,7 +415,11 @@ fi
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-bench_lattice
+if [[ -n "$BASELINE_BIN" ]]; then
+    bench_baseline
+else
+    bench_lattice
+fi
 if [[ "$WITH_SYNAPSE" == 1 ]]; then
     bench_synapse
 fi
@@ -373,7 +431,7 @@ fi
 cat "$RESULTS" >> "$OUT/results.jsonl"
 {
     machine_header
-    "$BIN" bench summary --json-in "$RESULTS"
+    "$BIN" bench summary --json-in "$RESULTS" $([[ -n "$BASELINE_BIN" ]] && echo --medians)
     if [[ ${#FAILED[@]} -gt 0 ]]; then
         echo
         echo "Runs that saw problems or did not finish:"

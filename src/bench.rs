@@ -133,6 +133,10 @@ pub struct BenchArgs {
     /// summary: also write the markdown here.
     #[arg(long)]
     pub markdown_out: Option<PathBuf>,
+    /// summary: runs of the same name and server are repetitions (compare
+    /// their medians), not re-runs (where the latest replaces the others).
+    #[arg(long)]
+    pub medians: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -316,7 +320,7 @@ fn summarise(args: &BenchArgs) -> Result<(), BenchError> {
             reports.push(report);
         }
     }
-    let markdown = report::summary_markdown(&reports);
+    let markdown = report::summary_markdown(&reports, args.medians);
     print!("{markdown}");
     if let Some(path) = &args.markdown_out {
         std::fs::write(path, &markdown).map_err(|source| BenchError::File {

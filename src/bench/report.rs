@@ -256,7 +256,9 @@ fn fraction(part: f64, whole: f64) -> f64 {
 /// The markdown summary of `reports` (later reports of the same name and
 /// server replace earlier ones): one row per run, then the ratios of the first
 /// server named `lattice` (or else the first seen) to every other server.
-pub fn summary_markdown(reports: &[Report]) -> String {
+/// With `medians`, repeated runs are repetitions: the ratios are those of the
+/// medians over every repetition instead.
+pub fn summary_markdown(reports: &[Report], medians: bool) -> String {
     let mut latest: Vec<&Report> = Vec::new();
     for report in reports {
         match latest
@@ -365,6 +367,12 @@ pub fn summary_markdown(reports: &[Report]) -> String {
         .copied()
         .find(|s| *s == "lattice")
         .or(servers.first().copied());
+    if medians {
+        if let Some(reference) = reference {
+            medians_table(&mut out, reports, &servers, reference);
+        }
+        return out;
+    }
     if let Some(reference) = reference {
         let others: Vec<&str> = servers
             .iter()
@@ -401,6 +409,91 @@ pub fn summary_markdown(reports: &[Report]) -> String {
         }
     }
     out
+}
+
+/// The medians over every repetition of each run and server, and the ratios
+/// of the reference server's medians to each other server's: one run of each
+/// is noise (`.ci/bench-run.sh --baseline` alternates the two servers
+/// `BENCH_REPEAT` times).
+fn medians_table(out: &mut String, reports: &[Report], servers: &[&str], reference: &str) {
+    let runs_of = |name: &str, server: &str| -> Vec<&Report> {
+        reports
+            .iter()
+            .filter(|r| r.name == name && r.server == server)
+            .collect()
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for report in reports {
+        if !names.contains(&report.name.as_str()) {
+            names.push(&report.name);
+        }
+    }
+    let medians = |runs: &[&Report]| {
+        (
+            median(runs.iter().map(|r| r.accepted_per_second)),
+            median(runs.iter().map(|r| r.send_latency_ms.p99)),
+            median(runs.iter().map(|r| r.delivery_latency_ms.p99)),
+        )
+    };
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| run | server | runs | median accepted/s | median send p99 ms | median delivery p99 ms | all runs ok |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|");
+    for name in &names {
+        for server in servers {
+            let runs = runs_of(name, server);
+            if runs.is_empty() {
+                continue;
+            }
+            let (rate_median, send, delivery) = medians(&runs);
+            let _ = writeln!(
+                out,
+                "| {name} | {server} | {} | {} | {send:.1} | {delivery:.1} | {} |",
+                runs.len(),
+                rate(rate_median),
+                if runs.iter().all(|r| r.ok()) {
+                    "yes"
+                } else {
+                    "**no**"
+                },
+            );
+        }
+    }
+    for other in servers.iter().filter(|s| **s != reference) {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| run | {reference} / {other}, medians: throughput | send p99 | delivery p99 |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|");
+        for name in &names {
+            let (ours, theirs) = (runs_of(name, reference), runs_of(name, other));
+            if ours.is_empty() || theirs.is_empty() {
+                continue;
+            }
+            let (ours, theirs) = (medians(&ours), medians(&theirs));
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} |",
+                ratio(ours.0, theirs.0),
+                ratio(ours.1, theirs.1),
+                ratio(ours.2, theirs.2),
+            );
+        }
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
 }
 
 /// How much slower than the monolith a topology of several processes may
@@ -524,6 +617,35 @@ mod tests {
     }
 
     #[test]
+    fn repeated_runs_are_summarised_by_their_medians() {
+        let reports = vec![
+            report("chat", "baseline", 1000.0, 10.0),
+            report("chat", "lattice", 900.0, 30.0),
+            report("chat", "baseline", 1200.0, 12.0),
+            report("chat", "lattice", 1100.0, 11.0),
+            report("chat", "baseline", 1100.0, 11.0),
+            report("chat", "lattice", 1000.0, 10.0),
+        ];
+        let markdown = summary_markdown(&reports, true);
+        // Medians: lattice 1000/s and send p99 11 ms, baseline 1100/s and 11 ms;
+        // lattice's 30 ms outlier does not count.
+        assert!(
+            markdown.contains("| chat | lattice | 3 | 1000 | 11.0 | 22.0 | yes |"),
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains("| chat | baseline | 3 | 1100 | 11.0 | 22.0 | yes |"),
+            "{markdown}"
+        );
+        assert!(
+            markdown.contains("| chat | 0.91× | 1.00× | 1.00× |"),
+            "{markdown}"
+        );
+        let latest_only = summary_markdown(&reports, false);
+        assert!(!latest_only.contains("medians"), "{latest_only}");
+    }
+
+    #[test]
     fn a_clean_run_has_no_problems_and_a_dirty_one_lists_each() {
         let mut clean = report("chat", "lattice", 100.0, 5.0);
         clean.judge();
@@ -565,7 +687,7 @@ mod tests {
             report("chat", "lattice", 2000.0, 20.0),
             report("big-room", "lattice", 300.0, 10.0),
         ];
-        let markdown = summary_markdown(&reports);
+        let markdown = summary_markdown(&reports, false);
         assert_eq!(
             markdown.matches("| chat | lattice |").count(),
             1,
@@ -581,7 +703,7 @@ mod tests {
                 .contains("| chat | synapse | 10 users, 2 rooms of 5, 20 msgs, 4 in flight | 40 |"),
             "{markdown}"
         );
-        let slow = summary_markdown(&[report("chat", "synapse", 0.34, 1.0)]);
+        let slow = summary_markdown(&[report("chat", "synapse", 0.34, 1.0)], false);
         assert!(slow.contains("in flight | 0.3 |"), "{slow}");
         assert_eq!(
             markdown.matches("| big-room |").count(),
@@ -598,7 +720,7 @@ mod tests {
             report("chat", "lattice-split", 800.0, 15.0),
             report("chat-paced", "lattice-split", 500.0, 30.0),
         ];
-        let markdown = summary_markdown(&reports);
+        let markdown = summary_markdown(&reports, false);
         assert!(
             markdown.contains("| run | lattice-split / lattice: throughput |"),
             "{markdown}"
@@ -618,7 +740,7 @@ mod tests {
         let mut lost = report("chat", "lattice-split", 800.0, 5.0);
         lost.undelivered = 1;
         lost.judge();
-        let markdown = summary_markdown(&[report("chat", "lattice", 1000.0, 10.0), lost]);
+        let markdown = summary_markdown(&[report("chat", "lattice", 1000.0, 10.0), lost], false);
         assert!(
             markdown.contains("missed: a run saw problems"),
             "{markdown}"
