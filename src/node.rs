@@ -40,6 +40,13 @@ const CATCH_UP_WAIT: Duration = Duration::from_millis(500);
 /// fill its batches (100 sends a transaction).
 const REMOTE_PERSISTER_CONCURRENCY: usize = 256;
 
+/// How far ahead a mailbox request's deadline may be (the Redis transport
+/// remembers request ids until then, to refuse replays): the default, or
+/// more if `write_timeout_ms` asks for longer calls.
+fn replay_window(write_timeout_ms: u64) -> Duration {
+    lattice_actors::DEFAULT_REPLAY_WINDOW.max(Duration::from_millis(write_timeout_ms.saturating_mul(2)))
+}
+
 /// What the handlers of an instance share. Cheap to clone.
 #[derive(Clone)]
 pub struct Node {
@@ -175,6 +182,11 @@ impl Node {
         listener: TcpListener,
         http_workers: usize,
     ) -> Result<RunningNode, NodeError> {
+        // Everything in one process needs no Redis and does not contact it.
+        let single_process = !config.is_split(instance_name, roles);
+        if !single_process {
+            config.check_split()?;
+        }
         let pool = storage::connect(&config.database.url, config.database.pool_size)?;
         storage::migrate(&pool).await?;
         let server_name = OwnedServerName::try_from(config.server_name.as_str()).map_err(|e| {
@@ -204,8 +216,6 @@ impl Node {
         let event_writers = config.stream_writers(EVENTS_STREAM);
         let writes_events =
             roles.contains(&Role::Events) && event_writers.iter().any(|w| w == instance_name);
-        let single_process =
-            roles.len() == Role::ALL.len() && writes_events && event_writers.len() == 1;
         let notifier = Notifier::new(1);
         let positions = storage::streams::load_positions(
             &pool,
@@ -219,7 +229,6 @@ impl Node {
         let tokens = Arc::new(TokenCache::default());
         let memberships = Arc::new(MembershipCache::default());
         let recent_events = Arc::new(RecentEventsCache::default());
-        // Everything in one process needs no Redis and does not contact it.
         let (redis_transport, replication, caches_writer) = if single_process {
             (None, None, None)
         } else {
@@ -228,7 +237,8 @@ impl Node {
             ))?;
             let transport = RedisTransport::connect(
                 RedisTransportConfig::new(url.clone(), config.redis_prefix(), instance_name)
-                    .maybe_hmac_key(hmac_key.clone()),
+                    .maybe_hmac_key(hmac_key.clone())
+                    .replay_window(replay_window(config.write_timeout_ms)),
             )
             .await
             .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
