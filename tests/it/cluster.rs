@@ -117,7 +117,7 @@ impl TestCluster {
                     ))
                     .merge(Serialized::default(
                         "replication_secret",
-                        "test replication secret",
+                        lattice::config::generate_replication_secret(),
                     ))
                     .merge(Serialized::default(
                         "stream_writers.events",
