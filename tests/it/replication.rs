@@ -209,6 +209,11 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     fn start_on(port: u16) -> PrivateRedis {
+        Self::start_with(port, &[])
+    }
+
+    /// With `extra` options (ACL users, TLS).
+    fn start_with(port: u16, extra: &[&str]) -> PrivateRedis {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -220,6 +225,7 @@ impl PrivateRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (make test installs it)");
@@ -253,13 +259,17 @@ impl Drop for PrivateRedis {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// A split cluster on a Redis of the test's own (on a free port), so that
 /// the test may stop and restart it.
 async fn split_on_private_redis() -> (PrivateRedis, TestCluster) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     let redis = PrivateRedis::start_on(port);
     let options = Options {
         redis_url: Some(redis.url()),
@@ -774,4 +784,59 @@ fn generate_config_writes_a_fresh_replication_secret() {
     assert!(first.len() >= 32, "{first}");
     assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
     assert_ne!(first, secret(), "each generated config has its own");
+}
+
+/// The least a split deployment's Redis user needs, for the key prefix and
+/// replication channel `prefix` (the server name unless `redis.prefix`).
+fn acl_rules(prefix: &str) -> Vec<String> {
+    [
+        format!("~{prefix}:*"),
+        format!("&{prefix}"),
+        "+@stream".into(),
+        "+@list".into(),
+        "+@scripting".into(),
+        "+@connection".into(),
+        "+@pubsub".into(),
+        "+pexpire".into(),
+    ]
+    .to_vec()
+}
+
+#[actix_web::test]
+async fn a_split_works_through_a_redis_acl_user() {
+    let port = free_port();
+    // No default user: only `lattice`, with the rules the README gives
+    // (test prefixes are the test database names).
+    let mut args = vec!["--user", "default", "off", "--user", "lattice", "on", ">s3cret pass"];
+    let rules = acl_rules("lattice_test_*");
+    args.extend(rules.iter().map(String::as_str));
+    let _redis = PrivateRedis::start_with(port, &args);
+    let options = Options {
+        redis_url: Some(format!("redis://lattice:s3cret%20pass@127.0.0.1:{port}")),
+        ..split(None)
+    };
+    let cluster = TestCluster::start_with(options).await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    // Through main's mailbox to events1, and replicated to sync2.
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    alice.send_text(&room, "through an ACL user").await;
+    let mut seen = Vec::new();
+    let mut since = String::new();
+    for _ in 0..20 {
+        let query = if since.is_empty() {
+            "timeout=5000".to_owned()
+        } else {
+            format!("since={}&timeout=5000", enc(&since))
+        };
+        let sync = bob.sync(&query).await;
+        seen.extend(bodies(&sync, &room));
+        if seen.contains(&"through an ACL user".to_owned()) {
+            break;
+        }
+        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+    }
+    assert!(seen.contains(&"through an ACL user".to_owned()), "{seen:?}");
 }
