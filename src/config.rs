@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use figment::{
     providers::{Env, Format, Yaml},
@@ -137,6 +138,17 @@ pub struct RedisConfig {
     /// name by default. Deployments sharing one Redis need different ones.
     #[serde(default)]
     pub prefix: Option<String>,
+    /// For `rediss://`: a PEM file of the certificates to trust (a private
+    /// CA) instead of the public roots built in (Mozilla's, via webpki).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// For `rediss://` to a server that checks clients: this instance's PEM
+    /// certificate chain, with `tls_client_key_file`.
+    #[serde(default)]
+    pub tls_client_certificate_file: Option<PathBuf>,
+    /// The PEM private key of `tls_client_certificate_file`.
+    #[serde(default)]
+    pub tls_client_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -282,6 +294,41 @@ impl Config {
                 });
             }
         }
+        let redis = &self.redis;
+        let tls = redis.url.as_deref().is_some_and(|u| u.starts_with("rediss://"));
+        for (key, file) in [
+            ("redis.tls_ca_file", &redis.tls_ca_file),
+            (
+                "redis.tls_client_certificate_file",
+                &redis.tls_client_certificate_file,
+            ),
+            ("redis.tls_client_key_file", &redis.tls_client_key_file),
+        ] {
+            if file.is_some() && !tls {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "set, but redis.url is not a rediss:// URL".into(),
+                });
+            }
+        }
+        match (
+            &redis.tls_client_certificate_file,
+            &redis.tls_client_key_file,
+        ) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "redis.tls_client_key_file",
+                    message: "not set, but redis.tls_client_certificate_file is".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "redis.tls_client_certificate_file",
+                    message: "not set, but redis.tls_client_key_file is".into(),
+                })
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -416,6 +463,14 @@ impl Config {
     }
 }
 
+/// The contents of the file `path` named by configuration key `key`.
+pub fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|error| ConfigError::Invalid {
+        key,
+        message: format!("cannot read {}: {error}", path.display()),
+    })
+}
+
 /// The documented configuration `lattice generate-config` prints, with a
 /// fresh `replication_secret`.
 pub fn sample(server_name: &str, signing_key: &str) -> String {
@@ -448,8 +503,15 @@ database:
 
 # Redis is only needed when instances run in several processes.
 # redis:
+#   # With an ACL user: redis://USER:PASSWORD@HOST:PORT (or redis://:PASSWORD@...
+#   # for requirepass); rediss:// for TLS.
 #   url: "redis://127.0.0.1:6379"
 #   prefix: "example.org"    # keys and replication channel; default: server_name
+#   # rediss:// only: trust this CA (PEM) instead of the public roots, and
+#   # present a client certificate to a server that asks for one.
+#   tls_ca_file: "/etc/lattice/redis-ca.crt"
+#   tls_client_certificate_file: "/etc/lattice/redis-client.crt"
+#   tls_client_key_file: "/etc/lattice/redis-client.key"
 
 # Whether anyone may create an account through /register.
 enable_registration: false
@@ -609,6 +671,29 @@ mod tests {
         assert!(monolith.is_split("worker", &Role::ALL));
         let error = monolith.check_split().expect_err("refused").to_string();
         assert!(error.starts_with("config: key `redis.url`: not set"), "{error}");
+    }
+
+    #[test]
+    fn redis_tls_files_need_rediss_and_come_in_pairs() {
+        let cases = [
+            (
+                "redis: { url: \"redis://h\", tls_ca_file: /ca.pem }",
+                "config: key `redis.tls_ca_file`: set, but redis.url is not a rediss:// URL",
+            ),
+            (
+                "redis: { url: \"rediss://h\", tls_client_certificate_file: /c.pem }",
+                "config: key `redis.tls_client_key_file`: not set, but \
+                 redis.tls_client_certificate_file is",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let error = Config::from_figment(figment(&format!("{}\n{yaml}\n", base())))
+                .expect_err("must be refused")
+                .to_string();
+            assert_eq!(error, expected);
+        }
+        let good = "redis: { url: \"rediss://u:p@h\", tls_ca_file: /ca.pem }";
+        Config::from_figment(figment(&format!("{}\n{good}\n", base()))).expect("valid");
     }
 
     #[test]

@@ -235,13 +235,29 @@ impl Node {
             let url = config.redis.url.clone().ok_or(NodeError::Topology(
                 "redis.url is required when roles or stream writers are spread over several instances".into(),
             ))?;
-            let transport = RedisTransport::connect(
-                RedisTransportConfig::new(url.clone(), config.redis_prefix(), instance_name)
+            let mut redis_config =
+                RedisTransportConfig::new(url, config.redis_prefix(), instance_name)
                     .maybe_hmac_key(hmac_key.clone())
-                    .replay_window(replay_window(config.write_timeout_ms)),
-            )
-            .await
-            .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
+                    .replay_window(replay_window(config.write_timeout_ms));
+            if let Some(path) = &config.redis.tls_ca_file {
+                redis_config = redis_config
+                    .tls_root_certificates(crate::config::read_file("redis.tls_ca_file", path)?);
+            }
+            if let (Some(certificate), Some(key)) = (
+                &config.redis.tls_client_certificate_file,
+                &config.redis.tls_client_key_file,
+            ) {
+                redis_config = redis_config.tls_client_identity(
+                    crate::config::read_file("redis.tls_client_certificate_file", certificate)?,
+                    crate::config::read_file("redis.tls_client_key_file", key)?,
+                );
+            }
+            let redis = redis_config
+                .client()
+                .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
+            let transport = RedisTransport::connect(redis_config)
+                .await
+                .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
             // Read before anything is cached: rows up to here concern
             // changes this instance can only have read after they were made.
             let caches_floor = storage::caches::last_allocated(&pool).await?;
@@ -250,7 +266,7 @@ impl Node {
             ));
             let replication = Replication::start(
                 ReplicationConfig {
-                    redis_url: url,
+                    redis,
                     channel: config.redis_prefix(),
                     instance: instance_name.to_owned(),
                     key: hmac_key,
@@ -275,8 +291,7 @@ impl Node {
                 },
                 stream.clone(),
                 pool.clone(),
-            )
-            .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
+            );
             let caches_writer = CachesWriter::new(
                 instance_name,
                 pool.clone(),

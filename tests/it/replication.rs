@@ -823,20 +823,113 @@ async fn a_split_works_through_a_redis_acl_user() {
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
     bob.join(&room).await;
     alice.send_text(&room, "through an ACL user").await;
+    let seen = synced_bodies(&bob, &room, "through an ACL user").await;
+    assert!(seen.contains(&"through an ACL user".to_owned()), "{seen:?}");
+}
+
+/// The message bodies `user`'s `/sync` (sync2 on the split) gives for
+/// `room`, long-polling (at most 10 times 5 s) until `expected` is among them.
+async fn synced_bodies(user: &crate::cluster::User, room: &str, expected: &str) -> Vec<String> {
     let mut seen = Vec::new();
     let mut since = String::new();
-    for _ in 0..20 {
+    for _ in 0..10 {
         let query = if since.is_empty() {
-            "timeout=5000".to_owned()
+            "timeout=0".to_owned()
         } else {
             format!("since={}&timeout=5000", enc(&since))
         };
-        let sync = bob.sync(&query).await;
-        seen.extend(bodies(&sync, &room));
-        if seen.contains(&"through an ACL user".to_owned()) {
+        let sync = user.sync(&query).await;
+        seen.extend(bodies(&sync, room));
+        if seen.iter().any(|body| body == expected) {
             break;
         }
         since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
     }
-    assert!(seen.contains(&"through an ACL user".to_owned()), "{seen:?}");
+    seen
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, made in `dir` with the
+/// openssl command (as an operator would).
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl (make test installs it)");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let words = |line: String| line.split(' ').map(str::to_owned).collect::<Vec<_>>();
+    for line in [
+        format!("req -x509 {ec} -keyout ca.key -out ca.crt -days 1 -subj /CN=lattice-test-CA"),
+        format!("req {ec} -keyout server.key -out server.csr -subj /CN=127.0.0.1"),
+        "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt \
+         -days 1 -extfile server.ext"
+            .to_owned(),
+    ] {
+        let args = words(line);
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+}
+
+#[actix_web::test]
+async fn a_split_works_over_tls_to_redis_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(format!(
+        "lattice-it-tls-{}-{}",
+        std::process::id(),
+        lattice::config::generate_replication_secret()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    make_certificates(&dir);
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (plain_port, tls_port) = (free_port(), free_port());
+    let (certificate, key, ca) = (path("server.crt"), path("server.key"), path("ca.crt"));
+    let _redis = PrivateRedis::start_with(
+        plain_port,
+        &[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &certificate,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let options = Options {
+        redis_url: Some(format!("rediss://127.0.0.1:{tls_port}")),
+        redis_tls_ca_file: Some(dir.join("ca.crt")),
+        ..split(None)
+    };
+    let cluster = TestCluster::start_with(options).await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    alice.send_text(&room, "over TLS").await;
+    // The send crossed main's mailbox to events1; sync2 (where /sync goes)
+    // heard of it through replication.
+    assert_eq!(
+        synced_bodies(&alice, &room, "over TLS").await,
+        vec!["over TLS"]
+    );
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
 }

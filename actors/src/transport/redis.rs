@@ -388,7 +388,9 @@ impl RedisTransportConfig {
         Ok(())
     }
 
-    fn client(&self) -> Result<::redis::Client, RedisTransportError> {
+    /// The Redis client this configuration connects with (URL, credentials,
+    /// TLS), for other connections to the same Redis, such as pub/sub.
+    pub fn client(&self) -> Result<::redis::Client, RedisTransportError> {
         let tls = self.url.starts_with("rediss://") || self.url.starts_with("valkeys://");
         let config_error =
             |e: RedisError| RedisTransportError::Config(format!("{}: {e}", redact_url(&self.url)));
