@@ -295,7 +295,10 @@ impl Config {
             }
         }
         let redis = &self.redis;
-        let tls = redis.url.as_deref().is_some_and(|u| u.starts_with("rediss://"));
+        let tls = redis
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("rediss://"));
         for (key, file) in [
             ("redis.tls_ca_file", &redis.tls_ca_file),
             (
@@ -625,7 +628,10 @@ mod tests {
 
     #[test]
     fn a_short_replication_secret_is_named() {
-        let yaml = format!("{}\nreplication_secret: \"test replication secret\"\n", without_secret());
+        let yaml = format!(
+            "{}\nreplication_secret: \"test replication secret\"\n",
+            without_secret()
+        );
         let error = Config::from_figment(figment(&yaml))
             .expect_err("must be refused")
             .to_string();
@@ -661,8 +667,8 @@ mod tests {
              string of at least 32 bytes for every instance (`lattice generate-config` writes \
              one; `openssl rand -hex 32` makes one)"
         );
-        let with_secret = Config::from_figment(figment(&format!("{}\n{split}", base())))
-            .expect("loads");
+        let with_secret =
+            Config::from_figment(figment(&format!("{}\n{split}", base()))).expect("loads");
         assert!(with_secret.check_split().is_ok());
 
         let monolith = Config::from_figment(figment(&without_secret())).expect("loads");
@@ -670,7 +676,10 @@ mod tests {
         assert!(monolith.is_split("main", &[Role::Client, Role::Sync]));
         assert!(monolith.is_split("worker", &Role::ALL));
         let error = monolith.check_split().expect_err("refused").to_string();
-        assert!(error.starts_with("config: key `redis.url`: not set"), "{error}");
+        assert!(
+            error.starts_with("config: key `redis.url`: not set"),
+            "{error}"
+        );
     }
 
     #[test]

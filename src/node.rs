@@ -44,7 +44,8 @@ const REMOTE_PERSISTER_CONCURRENCY: usize = 256;
 /// remembers request ids until then, to refuse replays): the default, or
 /// more if `write_timeout_ms` asks for longer calls.
 fn replay_window(write_timeout_ms: u64) -> Duration {
-    lattice_actors::DEFAULT_REPLAY_WINDOW.max(Duration::from_millis(write_timeout_ms.saturating_mul(2)))
+    lattice_actors::DEFAULT_REPLAY_WINDOW
+        .max(Duration::from_millis(write_timeout_ms.saturating_mul(2)))
 }
 
 /// What the handlers of an instance share. Cheap to clone.

@@ -716,7 +716,10 @@ async fn call_waiting_in_the_stream(
         if let Some(entry) = entries(h, &stream).await.pop() {
             break entry;
         }
-        assert!(Instant::now() < deadline, "the call never reached the stream");
+        assert!(
+            Instant::now() < deadline,
+            "the call never reached the stream"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     (call, entry)
@@ -728,7 +731,10 @@ async fn a_replayed_request_is_dropped_and_counted_and_not_handled_again() {
     let caller = h.connect(h.config("caller").hmac_key(replay_key())).await;
     let owner = h.connect(h.config("owner").hmac_key(replay_key())).await;
     let (call, captured) = call_waiting_in_the_stream(&h, &caller, "replayed").await;
-    assert!(captured.iter().any(|(field, _)| field == "env"), "{captured:?}");
+    assert!(
+        captured.iter().any(|(field, _)| field == "env"),
+        "{captured:?}"
+    );
 
     let handled = Arc::new(AtomicU64::new(0));
     let serving = serve(Arc::new(owner.clone()), "replayed", counting(&handled))
@@ -760,7 +766,9 @@ async fn a_request_without_a_near_deadline_is_refused_as_unreplayable() {
     // Correctly signed, but it could be replayed for ever, or for a day.
     for deadline in [
         None,
-        Some(lattice_actors::envelope::deadline_after(Duration::from_secs(86_400))),
+        Some(lattice_actors::envelope::deadline_after(
+            Duration::from_secs(86_400),
+        )),
     ] {
         let mut envelope = Envelope::request("test.ping.v1", "caller", deadline, json!(1));
         replay_key().sign(&mut envelope);
@@ -779,7 +787,10 @@ async fn a_request_without_a_near_deadline_is_refused_as_unreplayable() {
             Envelope::request("test.ping.v1", "poster", None, json!(1)),
         )
         .expect("posted");
-    eventually("the post is handled", || handled.load(Ordering::SeqCst) == 1).await;
+    eventually("the post is handled", || {
+        handled.load(Ordering::SeqCst) == 1
+    })
+    .await;
     assert_eq!(owner.redis_stats().replayed, 2);
     drop(serving);
     h.finish().await;
@@ -804,7 +815,10 @@ async fn a_request_given_back_unacknowledged_is_handled_again_by_the_same_proces
         .await
         .expect("serves")
     };
-    eventually("the request is taken", || started.load(Ordering::SeqCst) == 1).await;
+    eventually("the request is taken", || {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
     // ...and is aborted: the entry goes back to the stream, and the next
     // owner, in the same process, handles it: a redelivery, not a replay.
     stuck.abort().await;

@@ -667,8 +667,8 @@ async fn a_replayed_replication_line_changes_nothing() {
     // The captured lines again, then one that does not verify: once sync2
     // has counted that one, it has read the replayed ones before it.
     let mut redis = redis_connection().await;
-    let wrong_key = lattice_actors::HmacKey::new("not the secret of this deployment!!")
-        .expect("key");
+    let wrong_key =
+        lattice_actors::HmacKey::new("not the secret of this deployment!!").expect("key");
     let forged = lattice::streams::replication::Command::Position {
         stream: "events".into(),
         instance: "events1".into(),
@@ -807,7 +807,15 @@ async fn a_split_works_through_a_redis_acl_user() {
     let port = free_port();
     // No default user: only `lattice`, with the rules the README gives
     // (test prefixes are the test database names).
-    let mut args = vec!["--user", "default", "off", "--user", "lattice", "on", ">s3cret pass"];
+    let mut args = vec![
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "lattice",
+        "on",
+        ">s3cret pass",
+    ];
     let rules = acl_rules("lattice_test_*");
     args.extend(rules.iter().map(String::as_str));
     let _redis = PrivateRedis::start_with(port, &args);

@@ -595,9 +595,8 @@ impl Core {
     /// accepted (see [`RedisTransportConfig::replay_window`]).
     fn bound_deadline(&self, envelope: &mut Envelope) {
         if self.key.is_some() && envelope.deadline_unix_ms.is_none() {
-            envelope.deadline_unix_ms = Some(crate::envelope::deadline_after(
-                self.timing.replay_window,
-            ));
+            envelope.deadline_unix_ms =
+                Some(crate::envelope::deadline_after(self.timing.replay_window));
         }
     }
 
