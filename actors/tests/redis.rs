@@ -747,11 +747,25 @@ async fn a_replayed_request_is_dropped_and_counted_and_not_handled_again() {
     xadd(&h, &owner.stream_key("replayed"), &captured).await;
     eventually("the copy is dropped", || owner.redis_stats().replayed == 1).await;
     wait_for_backlog(&h, "replayed", (0, 0)).await;
+    assert_eq!(owner.redis_stats().common.hmac_rejected, 0);
+
+    // Appended to another destination (of the same process, which has
+    // not seen it there): it was signed for its own stream only.
+    let elsewhere = serve(Arc::new(owner.clone()), "elsewhere", counting(&handled))
+        .await
+        .expect("serves");
+    xadd(&h, &owner.stream_key("elsewhere"), &captured).await;
+    eventually("the moved copy is dropped", || {
+        owner.redis_stats().common.hmac_rejected == 1
+    })
+    .await;
+    wait_for_backlog(&h, "elsewhere", (0, 0)).await;
+
     assert_eq!(handled.load(Ordering::SeqCst), 1, "handled once");
     let stats = serving.shutdown().await;
     assert_eq!((stats.handled, stats.redelivered), (1, 0));
+    assert_eq!(elsewhere.shutdown().await.handled, 0);
     assert_eq!(caller.redis_stats().late_replies, 0, "no second reply");
-    assert_eq!(owner.redis_stats().common.hmac_rejected, 0);
     h.finish().await;
 }
 
@@ -771,7 +785,7 @@ async fn a_request_without_a_near_deadline_is_refused_as_unreplayable() {
         )),
     ] {
         let mut envelope = Envelope::request("test.ping.v1", "caller", deadline, json!(1));
-        replay_key().sign(&mut envelope);
+        replay_key().sign_for(&owner.stream_key("far"), &mut envelope);
         let text = serde_json::to_string(&envelope).expect("json");
         xadd(&h, &owner.stream_key("far"), &[("env".into(), text)]).await;
     }
@@ -844,22 +858,36 @@ async fn a_request_pushed_onto_a_reply_list_is_not_taken_for_the_reply() {
         .find(|(field, _)| field == "env")
         .map(|(_, value)| value.clone())
         .expect("an envelope");
-    // The signed request has the id the caller waits for.
+    // The signed request has the id the caller waits for. Pushed onto the
+    // caller's reply list it does not verify there (signed for the stream)...
     let client = redis::Client::open(h.url.as_str()).expect("url");
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
         .expect("connects");
-    let _: i64 = redis::cmd("RPUSH")
-        .arg(caller.reply_key())
-        .arg(&request)
-        .query_async(&mut conn)
-        .await
-        .expect("RPUSH");
-    eventually("the false reply is popped", || {
+    let mut push = |text: String| {
+        let mut rpush = redis::cmd("RPUSH");
+        rpush.arg(caller.reply_key()).arg(text);
+        let mut conn = conn.clone();
+        async move {
+            let _: i64 = rpush.query_async(&mut conn).await.expect("RPUSH");
+        }
+    };
+    push(request.clone()).await;
+    eventually("the false reply is dropped", || {
+        caller.redis_stats().common.reply_hmac_rejected == 1
+    })
+    .await;
+    // ...and even signed for the list (by a holder of the secret), it is a
+    // request, not the reply the caller waits for.
+    let mut resigned: Envelope = serde_json::from_str(&request).expect("an envelope");
+    replay_key().sign_for(caller.reply_key(), &mut resigned);
+    push(serde_json::to_string(&resigned).expect("json")).await;
+    eventually("the request is not taken for the reply", || {
         caller.redis_stats().late_replies == 1
     })
     .await;
+    drop(conn);
 
     let handled = Arc::new(AtomicU64::new(0));
     let _serving = serve(Arc::new(owner), "confused", counting(&handled))

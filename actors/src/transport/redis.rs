@@ -76,7 +76,10 @@
 //! # Authentication
 //!
 //! With a [`RedisTransportConfig::hmac_key`] every request and reply is
-//! signed ([`HmacKey::sign`]), and entries or replies that fail the check are
+//! signed for the stream or reply list it is written to
+//! ([`HmacKey::sign_for`]; a signed entry copied to another destination, or
+//! under another deployment's prefix, does not verify), and entries or
+//! replies that fail the check are
 //! dropped (an entry is acknowledged so it does not come back) and counted
 //! (`hmac_rejected`, `reply_hmac_rejected`). A request's reply list must be
 //! one of its (authenticated) sender's.
@@ -580,15 +583,19 @@ impl Core {
         format!("{}:reply:{instance}:", self.prefix)
     }
 
-    fn sign(&self, envelope: &mut Envelope) {
+    /// Sign `envelope` for delivery at `place` (a stream or reply list key).
+    fn sign(&self, place: &str, envelope: &mut Envelope) {
         envelope.sender_instance.clone_from(&self.instance);
         if let Some(key) = &self.key {
-            key.sign(envelope);
+            key.sign_for(place, envelope);
         }
     }
 
-    fn authentic(&self, envelope: &Envelope) -> bool {
-        self.key.as_ref().is_none_or(|key| key.verify(envelope))
+    /// Whether `envelope`, delivered at `place`, was signed for it.
+    fn authentic(&self, place: &str, envelope: &Envelope) -> bool {
+        self.key
+            .as_ref()
+            .is_none_or(|key| key.verify_for(place, envelope))
     }
 
     /// With a key, give a posted message the deadline it needs to be
@@ -679,7 +686,7 @@ impl Core {
                 return;
             }
         };
-        if !self.authentic(&reply) {
+        if !self.authentic(&self.reply_key, &reply) {
             bump(&self.stats.common.reply_hmac_rejected);
             tracing::warn!(
                 instance = %self.instance,
@@ -1120,7 +1127,8 @@ impl Transport for RedisTransport {
             let core = &self.handle.core;
             let mut envelope = envelope;
             core.bound_deadline(&mut envelope);
-            core.sign(&mut envelope);
+            let stream = core.stream_key(destination);
+            core.sign(&stream, &mut envelope);
             let text = Self::encode(&envelope)?;
             let (reply_tx, reply_rx) = oneshot::channel();
             lock(&core.waiters).insert(
@@ -1138,7 +1146,7 @@ impl Transport for RedisTransport {
             self.handle
                 .writer
                 .send(WriteJob {
-                    stream: core.stream_key(destination),
+                    stream,
                     envelope: text,
                     reply: Some(core.reply_key.clone()),
                     done: Some(done_tx),
@@ -1155,12 +1163,13 @@ impl Transport for RedisTransport {
         let core = &self.handle.core;
         let mut envelope = envelope;
         core.bound_deadline(&mut envelope);
-        core.sign(&mut envelope);
+        let stream = core.stream_key(destination);
+        core.sign(&stream, &mut envelope);
         let text = Self::encode(&envelope)?;
         self.handle
             .writer
             .send(WriteJob {
-                stream: core.stream_key(destination),
+                stream,
                 envelope: text,
                 reply: None,
                 done: None,

@@ -454,7 +454,7 @@ impl SubCore {
         if envelope.is_expired() {
             return Err(Rejected::Expired);
         }
-        if !core.authentic(&envelope) {
+        if !core.authentic(&self.stream, &envelope) {
             return Err(Rejected::Unauthentic(envelope.sender_instance));
         }
         let reply_to: Option<String> = entry.get(FIELD_REPLY);
@@ -717,7 +717,7 @@ impl Acknowledge for RedisAck {
             let core = &sub.core;
             let mut pipe = ::redis::pipe();
             if let (Some(mut reply), Some(reply_to)) = (reply, self.reply_to.as_ref()) {
-                core.sign(&mut reply);
+                core.sign(reply_to, &mut reply);
                 match serde_json::to_string(&reply) {
                     Ok(text) => {
                         let ttl =
