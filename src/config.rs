@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use figment::{
     providers::{Env, Format, Yaml},
@@ -57,7 +58,9 @@ pub struct Config {
     /// The one instance running periodic jobs.
     #[serde(default)]
     pub run_background_tasks_on: Option<String>,
-    /// Shared secret authenticating mailbox and replication messages (HMAC).
+    /// Shared secret authenticating mailbox and replication messages (HMAC):
+    /// at least [`MIN_REPLICATION_SECRET_BYTES`] bytes, required by a split
+    /// instance ([`Config::is_split`]).
     #[serde(default)]
     pub replication_secret: Option<String>,
     /// How long a request waits for a writer (possibly on another instance)
@@ -104,6 +107,18 @@ impl OneOrMany {
 /// The instance name of the process started without `--instance`.
 pub const MAIN_INSTANCE: &str = "main";
 
+/// The shortest `replication_secret` accepted: as many bytes as the HMAC's
+/// output, so the secret is not the weaker part.
+pub const MIN_REPLICATION_SECRET_BYTES: usize = 32;
+
+/// A fresh random `replication_secret`: 32 random bytes, in hex.
+pub fn generate_replication_secret() -> String {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
@@ -123,6 +138,17 @@ pub struct RedisConfig {
     /// name by default. Deployments sharing one Redis need different ones.
     #[serde(default)]
     pub prefix: Option<String>,
+    /// For `rediss://`: a PEM file of the certificates to trust (a private
+    /// CA) instead of the public roots built in (Mozilla's, via webpki).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// For `rediss://` to a server that checks clients: this instance's PEM
+    /// certificate chain, with `tls_client_key_file`.
+    #[serde(default)]
+    pub tls_client_certificate_file: Option<PathBuf>,
+    /// The PEM private key of `tls_client_certificate_file`.
+    #[serde(default)]
+    pub tls_client_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,6 +274,18 @@ impl Config {
             });
         }
         self.validate_topology()?;
+        if let Some(secret) = &self.replication_secret {
+            if secret.len() < MIN_REPLICATION_SECRET_BYTES {
+                return Err(ConfigError::Invalid {
+                    key: "replication_secret",
+                    message: format!(
+                        "is {} bytes long, it must have at least {MIN_REPLICATION_SECRET_BYTES} \
+                         (`openssl rand -hex 32` makes one)",
+                        secret.len()
+                    ),
+                });
+            }
+        }
         if let Some(url) = &self.redis.url {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(ConfigError::Invalid {
@@ -255,6 +293,44 @@ impl Config {
                     message: "must start with redis:// or rediss://".into(),
                 });
             }
+        }
+        let redis = &self.redis;
+        let tls = redis
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("rediss://"));
+        for (key, file) in [
+            ("redis.tls_ca_file", &redis.tls_ca_file),
+            (
+                "redis.tls_client_certificate_file",
+                &redis.tls_client_certificate_file,
+            ),
+            ("redis.tls_client_key_file", &redis.tls_client_key_file),
+        ] {
+            if file.is_some() && !tls {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "set, but redis.url is not a rediss:// URL".into(),
+                });
+            }
+        }
+        match (
+            &redis.tls_client_certificate_file,
+            &redis.tls_client_key_file,
+        ) {
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    key: "redis.tls_client_key_file",
+                    message: "not set, but redis.tls_client_certificate_file is".into(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "redis.tls_client_certificate_file",
+                    message: "not set, but redis.tls_client_key_file is".into(),
+                })
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -327,6 +403,45 @@ impl Config {
         Ok(())
     }
 
+    /// Whether instance `instance` running `roles` is one of several
+    /// processes sharing the work: it does not run every role, or it does
+    /// not write every event. It then talks to the others through Redis
+    /// (mailboxes, replication), authenticated with `replication_secret`;
+    /// the monolith needs neither.
+    pub fn is_split(&self, instance: &str, roles: &[Role]) -> bool {
+        let event_writers = self.stream_writers(crate::roles::events::EVENTS_STREAM);
+        let runs_every_role = Role::ALL.iter().all(|role| roles.contains(role));
+        let writes_every_event = roles.contains(&Role::Events)
+            && event_writers.len() == 1
+            && event_writers.iter().any(|writer| writer == instance);
+        !(runs_every_role && writes_every_event)
+    }
+
+    /// What a split instance needs ([`Config::is_split`]): Redis, and a
+    /// secret so that nobody who reaches Redis can act as an instance.
+    pub fn check_split(&self) -> Result<(), ConfigError> {
+        if self.redis.url.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "redis.url",
+                message: "not set, but roles or stream writers are spread over several \
+                          instances, which talk through Redis"
+                    .into(),
+            });
+        }
+        if self.replication_secret.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "replication_secret",
+                message: format!(
+                    "not set, but roles or stream writers are spread over several instances, \
+                     whose messages it authenticates: set the same random string of at least \
+                     {MIN_REPLICATION_SECRET_BYTES} bytes for every instance (`lattice \
+                     generate-config` writes one; `openssl rand -hex 32` makes one)"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The writers of `stream`: as configured, or `main`.
     pub fn stream_writers(&self, stream: &str) -> Vec<String> {
         self.stream_writers
@@ -351,8 +466,18 @@ impl Config {
     }
 }
 
-/// The documented configuration `lattice generate-config` prints.
+/// The contents of the file `path` named by configuration key `key`.
+pub fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|error| ConfigError::Invalid {
+        key,
+        message: format!("cannot read {}: {error}", path.display()),
+    })
+}
+
+/// The documented configuration `lattice generate-config` prints, with a
+/// fresh `replication_secret`.
 pub fn sample(server_name: &str, signing_key: &str) -> String {
+    let replication_secret = generate_replication_secret();
     format!(
         r#"# Lattice homeserver configuration.
 # Every key can be overridden by an environment variable: LATTICE__<KEY>, with
@@ -381,8 +506,15 @@ database:
 
 # Redis is only needed when instances run in several processes.
 # redis:
+#   # With an ACL user: redis://USER:PASSWORD@HOST:PORT (or redis://:PASSWORD@...
+#   # for requirepass); rediss:// for TLS.
 #   url: "redis://127.0.0.1:6379"
 #   prefix: "example.org"    # keys and replication channel; default: server_name
+#   # rediss:// only: trust this CA (PEM) instead of the public roots, and
+#   # present a client certificate to a server that asks for one.
+#   tls_ca_file: "/etc/lattice/redis-ca.crt"
+#   tls_client_certificate_file: "/etc/lattice/redis-client.crt"
+#   tls_client_key_file: "/etc/lattice/redis-client.key"
 
 # Whether anyone may create an account through /register.
 enable_registration: false
@@ -417,7 +549,12 @@ log: "info"
 # pusher_instances: [main]
 # federation_sender_instances: [main]
 # run_background_tasks_on: main
-# replication_secret: "a long random string"   # HMAC over mailbox and replication messages
+
+# The secret every instance of a split deployment shares (the same in each):
+# mailbox and replication messages carry its HMAC, so that nobody who can reach
+# Redis can act as an instance. A split refuses to start without one; at least
+# 32 bytes (`openssl rand -hex 32`). A monolith does not use it.
+replication_secret: "{replication_secret}"
 "#
     )
 }
@@ -477,6 +614,95 @@ mod tests {
             Config::from_figment(figment(&format!("{}\n{good}", base()))).expect("valid topology");
         assert_eq!(config.stream_writers("events"), vec!["main", "events1"]);
         assert_eq!(config.stream_writers("receipts"), vec!["main"]);
+    }
+
+    #[test]
+    fn the_sample_has_a_fresh_replication_secret() {
+        let first = Config::from_figment(figment(&base())).expect("loads");
+        let second = Config::from_figment(figment(&base())).expect("loads");
+        let secret = first.replication_secret.expect("a secret");
+        assert_eq!(secret.len(), 64, "{secret}");
+        assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()), "{secret}");
+        assert_ne!(Some(secret), second.replication_secret);
+    }
+
+    #[test]
+    fn a_short_replication_secret_is_named() {
+        let yaml = format!(
+            "{}\nreplication_secret: \"test replication secret\"\n",
+            without_secret()
+        );
+        let error = Config::from_figment(figment(&yaml))
+            .expect_err("must be refused")
+            .to_string();
+        assert_eq!(
+            error,
+            "config: key `replication_secret`: is 23 bytes long, it must have at least 32 \
+             (`openssl rand -hex 32` makes one)"
+        );
+    }
+
+    /// The sample without its `replication_secret` line.
+    fn without_secret() -> String {
+        base()
+            .lines()
+            .filter(|line| !line.starts_with("replication_secret:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn a_split_instance_needs_redis_and_a_replication_secret() {
+        let split = "redis: { url: \"redis://127.0.0.1:6390\" }\n\
+                     instance_map: { events1: { host: 127.0.0.1, port: 8010 } }\n\
+                     stream_writers: { events: [events1] }\n";
+        let config = Config::from_figment(figment(&format!("{}\n{split}", without_secret())))
+            .expect("loads: whether an instance is split depends on its roles");
+        assert!(config.is_split("main", &Role::ALL));
+        assert!(config.is_split("events1", &[Role::Events]));
+        assert_eq!(
+            config.check_split().expect_err("refused").to_string(),
+            "config: key `replication_secret`: not set, but roles or stream writers are spread \
+             over several instances, whose messages it authenticates: set the same random \
+             string of at least 32 bytes for every instance (`lattice generate-config` writes \
+             one; `openssl rand -hex 32` makes one)"
+        );
+        let with_secret =
+            Config::from_figment(figment(&format!("{}\n{split}", base()))).expect("loads");
+        assert!(with_secret.check_split().is_ok());
+
+        let monolith = Config::from_figment(figment(&without_secret())).expect("loads");
+        assert!(!monolith.is_split("main", &Role::ALL));
+        assert!(monolith.is_split("main", &[Role::Client, Role::Sync]));
+        assert!(monolith.is_split("worker", &Role::ALL));
+        let error = monolith.check_split().expect_err("refused").to_string();
+        assert!(
+            error.starts_with("config: key `redis.url`: not set"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn redis_tls_files_need_rediss_and_come_in_pairs() {
+        let cases = [
+            (
+                "redis: { url: \"redis://h\", tls_ca_file: /ca.pem }",
+                "config: key `redis.tls_ca_file`: set, but redis.url is not a rediss:// URL",
+            ),
+            (
+                "redis: { url: \"rediss://h\", tls_client_certificate_file: /c.pem }",
+                "config: key `redis.tls_client_key_file`: not set, but \
+                 redis.tls_client_certificate_file is",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let error = Config::from_figment(figment(&format!("{}\n{yaml}\n", base())))
+                .expect_err("must be refused")
+                .to_string();
+            assert_eq!(error, expected);
+        }
+        let good = "redis: { url: \"rediss://u:p@h\", tls_ca_file: /ca.pem }";
+        Config::from_figment(figment(&format!("{}\n{good}\n", base()))).expect("valid");
     }
 
     #[test]

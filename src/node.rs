@@ -40,6 +40,14 @@ const CATCH_UP_WAIT: Duration = Duration::from_millis(500);
 /// fill its batches (100 sends a transaction).
 const REMOTE_PERSISTER_CONCURRENCY: usize = 256;
 
+/// How far ahead a mailbox request's deadline may be (the Redis transport
+/// remembers request ids until then, to refuse replays): the default, or
+/// more if `write_timeout_ms` asks for longer calls.
+fn replay_window(write_timeout_ms: u64) -> Duration {
+    lattice_actors::DEFAULT_REPLAY_WINDOW
+        .max(Duration::from_millis(write_timeout_ms.saturating_mul(2)))
+}
+
 /// What the handlers of an instance share. Cheap to clone.
 #[derive(Clone)]
 pub struct Node {
@@ -175,6 +183,11 @@ impl Node {
         listener: TcpListener,
         http_workers: usize,
     ) -> Result<RunningNode, NodeError> {
+        // Everything in one process needs no Redis and does not contact it.
+        let single_process = !config.is_split(instance_name, roles);
+        if !single_process {
+            config.check_split()?;
+        }
         let pool = storage::connect(&config.database.url, config.database.pool_size)?;
         storage::migrate(&pool).await?;
         let server_name = OwnedServerName::try_from(config.server_name.as_str()).map_err(|e| {
@@ -204,8 +217,6 @@ impl Node {
         let event_writers = config.stream_writers(EVENTS_STREAM);
         let writes_events =
             roles.contains(&Role::Events) && event_writers.iter().any(|w| w == instance_name);
-        let single_process =
-            roles.len() == Role::ALL.len() && writes_events && event_writers.len() == 1;
         let notifier = Notifier::new(1);
         let positions = storage::streams::load_positions(
             &pool,
@@ -219,19 +230,35 @@ impl Node {
         let tokens = Arc::new(TokenCache::default());
         let memberships = Arc::new(MembershipCache::default());
         let recent_events = Arc::new(RecentEventsCache::default());
-        // Everything in one process needs no Redis and does not contact it.
         let (redis_transport, replication, caches_writer) = if single_process {
             (None, None, None)
         } else {
             let url = config.redis.url.clone().ok_or(NodeError::Topology(
                 "redis.url is required when roles or stream writers are spread over several instances".into(),
             ))?;
-            let transport = RedisTransport::connect(
-                RedisTransportConfig::new(url.clone(), config.redis_prefix(), instance_name)
-                    .maybe_hmac_key(hmac_key.clone()),
-            )
-            .await
-            .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
+            let mut redis_config =
+                RedisTransportConfig::new(url, config.redis_prefix(), instance_name)
+                    .maybe_hmac_key(hmac_key.clone())
+                    .replay_window(replay_window(config.write_timeout_ms));
+            if let Some(path) = &config.redis.tls_ca_file {
+                redis_config = redis_config
+                    .tls_root_certificates(crate::config::read_file("redis.tls_ca_file", path)?);
+            }
+            if let (Some(certificate), Some(key)) = (
+                &config.redis.tls_client_certificate_file,
+                &config.redis.tls_client_key_file,
+            ) {
+                redis_config = redis_config.tls_client_identity(
+                    crate::config::read_file("redis.tls_client_certificate_file", certificate)?,
+                    crate::config::read_file("redis.tls_client_key_file", key)?,
+                );
+            }
+            let redis = redis_config
+                .client()
+                .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
+            let transport = RedisTransport::connect(redis_config)
+                .await
+                .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
             // Read before anything is cached: rows up to here concern
             // changes this instance can only have read after they were made.
             let caches_floor = storage::caches::last_allocated(&pool).await?;
@@ -240,7 +267,7 @@ impl Node {
             ));
             let replication = Replication::start(
                 ReplicationConfig {
-                    redis_url: url,
+                    redis,
                     channel: config.redis_prefix(),
                     instance: instance_name.to_owned(),
                     key: hmac_key,
@@ -265,8 +292,7 @@ impl Node {
                 },
                 stream.clone(),
                 pool.clone(),
-            )
-            .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
+            );
             let caches_writer = CachesWriter::new(
                 instance_name,
                 pool.clone(),

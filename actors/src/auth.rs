@@ -4,7 +4,10 @@
 //! [`Envelope::hmac`] with [`HmacKey::sign`]; a receiving transport checks it
 //! with [`HmacKey::verify`] (constant-time) and drops, counts and logs
 //! envelopes that fail. This lives outside any particular transport so the
-//! in-memory and the Redis transports apply exactly the same rule.
+//! in-memory and the Redis transports apply exactly the same rule. Where
+//! others can write (Redis), [`HmacKey::sign_for`] also binds the signature
+//! to the stream or list the envelope is delivered to, so that a copy moved
+//! elsewhere does not verify.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -68,6 +71,34 @@ impl HmacKey {
         let mut mac = self.mac.clone();
         mac.update(&envelope.signing_bytes());
         mac.verify_slice(&given).is_ok()
+    }
+
+    /// Like [`HmacKey::sign`], and binds the envelope to `place`: where it
+    /// is delivered (a Redis stream or reply list), so that a copy put
+    /// anywhere else does not verify.
+    pub fn sign_for(&self, place: &str, envelope: &mut Envelope) {
+        envelope.hmac = Some(to_hex(
+            &self.mac_for(place, envelope).finalize().into_bytes(),
+        ));
+    }
+
+    /// Whether `envelope.hmac` is present and matches, for `place`
+    /// (constant-time).
+    pub fn verify_for(&self, place: &str, envelope: &Envelope) -> bool {
+        let Some(given) = envelope.hmac.as_deref().and_then(from_hex) else {
+            return false;
+        };
+        self.mac_for(place, envelope).verify_slice(&given).is_ok()
+    }
+
+    /// The MAC over `place` (length first, so no two places and envelopes
+    /// give the same bytes) and the envelope's signing bytes.
+    fn mac_for(&self, place: &str, envelope: &Envelope) -> HmacSha256 {
+        let mut mac = self.mac.clone();
+        mac.update(&u64::try_from(place.len()).unwrap_or(u64::MAX).to_le_bytes());
+        mac.update(place.as_bytes());
+        mac.update(&envelope.signing_bytes());
+        mac
     }
 
     /// Hex HMAC of arbitrary bytes: replication lines use the same key and
@@ -174,6 +205,17 @@ mod tests {
         let mut garbage = e.clone();
         garbage.hmac = Some("zz".into());
         assert!(!key.verify(&garbage));
+    }
+
+    #[test]
+    fn a_signature_for_one_place_does_not_verify_for_another() {
+        let key = HmacKey::new("secret").expect("key");
+        let mut e = envelope();
+        key.sign_for("p:mailbox:events@events1", &mut e);
+        assert!(key.verify_for("p:mailbox:events@events1", &e));
+        assert!(!key.verify_for("p:mailbox:events@events2", &e));
+        assert!(!key.verify_for("q:mailbox:events@events1", &e));
+        assert!(!key.verify(&e));
     }
 
     #[test]

@@ -147,6 +147,7 @@ pub use supervisor::{
 pub use transport::memory::{InMemoryBus, InMemoryTransport};
 pub use transport::redis::{
     Backlog, RedisTransport, RedisTransportConfig, RedisTransportError, RedisTransportStats,
+    DEFAULT_REPLAY_CAPACITY, DEFAULT_REPLAY_WINDOW,
 };
 pub use transport::{
     Acknowledge, Delivery, Subscription, Transport, TransportError, TransportStats,

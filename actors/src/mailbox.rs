@@ -156,7 +156,9 @@ impl<M: RemoteMessage> Mailbox<M> {
 
     /// Fire-and-forget: queue `msg` without waiting for it to be handled.
     /// Errors only if it could not even be queued. Messages told through one
-    /// mailbox are handled in order. Told messages have no deadline.
+    /// mailbox are handled in order. Told messages have no deadline, but
+    /// over an authenticated Redis transport one of its replay window
+    /// ([`RedisTransportConfig::replay_window`](crate::RedisTransportConfig::replay_window)).
     pub fn tell(&self, msg: M) -> Result<(), MailboxError> {
         match &self.inner {
             Inner::Local(target) => target.enqueue(msg, None, None),

@@ -28,6 +28,9 @@
 //!   what it sends ([`HmacKey::sign`](crate::auth::HmacKey::sign)) and drops
 //!   and counts any received envelope, request or reply, whose HMAC does not
 //!   verify. Subscriptions therefore only ever yield authentic, live envelopes.
+//!   Where others can write to the medium (Redis), the transport also drops
+//!   and counts copies of requests it already accepted (replays), telling
+//!   them from redeliveries (see [`redis`]).
 //! * **Replies** are routed back to the request's `sender_instance` and
 //!   matched by `request_id`; the transport signs them like any envelope.
 //!

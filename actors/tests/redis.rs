@@ -24,7 +24,7 @@ use lattice_actors::{
     RedisTransportError, Transport,
 };
 use serde_json::json;
-use suite::{counting, Harness, Node, Ping, SECOND};
+use suite::{counting, wait_for_backlog, Harness, Node, Ping, SECOND};
 use tokio::time::Instant;
 
 /// Whether a Redis at `url` answers PING within a second.
@@ -633,4 +633,266 @@ async fn tls_with_a_private_ca() {
     assert_eq!(mailbox.call(Ping(1), SECOND).await, Ok(2));
     let _ = serving.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shared secret of the replay tests.
+fn replay_key() -> HmacKey {
+    HmacKey::new("a shared secret of at least thirty-two bytes").expect("key")
+}
+
+/// The fields of the entries of `stream`, oldest first (what anyone who
+/// can read the mailbox's stream sees).
+async fn entries(h: &RedisHarness, stream: &str) -> Vec<Vec<(String, String)>> {
+    let client = redis::Client::open(h.url.as_str()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE");
+    reply
+        .ids
+        .into_iter()
+        .map(|entry| {
+            let mut fields: Vec<(String, String)> = entry
+                .map
+                .iter()
+                .filter_map(|(field, value)| {
+                    redis::from_redis_value_ref::<String>(value)
+                        .ok()
+                        .map(|value| (field.clone(), value))
+                })
+                .collect();
+            fields.sort();
+            fields
+        })
+        .collect()
+}
+
+/// `XADD stream * field value…`, as anyone who can write to Redis can.
+async fn xadd(h: &RedisHarness, stream: &str, fields: &[(String, String)]) {
+    let client = redis::Client::open(h.url.as_str()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (field, value) in fields {
+        cmd.arg(field).arg(value);
+    }
+    let _: String = cmd.query_async(&mut conn).await.expect("XADD");
+}
+
+/// Wait (at most 3 s) until `condition` holds.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A call to `destination` from `caller`, started before anyone serves it,
+/// and the stream entry that carries it.
+async fn call_waiting_in_the_stream(
+    h: &RedisHarness,
+    caller: &RedisTransport,
+    destination: &str,
+) -> (
+    tokio::task::JoinHandle<Result<u32, MailboxError>>,
+    Vec<(String, String)>,
+) {
+    let mailbox = Mailbox::<Ping>::remote(Arc::new(caller.clone()), destination);
+    let call = tokio::spawn(async move { mailbox.call(Ping(1), Duration::from_secs(10)).await });
+    let stream = caller.stream_key(destination);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let entry = loop {
+        if let Some(entry) = entries(h, &stream).await.pop() {
+            break entry;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the call never reached the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    (call, entry)
+}
+
+#[tokio::test]
+async fn a_replayed_request_is_dropped_and_counted_and_not_handled_again() {
+    let h = RedisHarness::new().await;
+    let caller = h.connect(h.config("caller").hmac_key(replay_key())).await;
+    let owner = h.connect(h.config("owner").hmac_key(replay_key())).await;
+    let (call, captured) = call_waiting_in_the_stream(&h, &caller, "replayed").await;
+    assert!(
+        captured.iter().any(|(field, _)| field == "env"),
+        "{captured:?}"
+    );
+
+    let handled = Arc::new(AtomicU64::new(0));
+    let serving = serve(Arc::new(owner.clone()), "replayed", counting(&handled))
+        .await
+        .expect("serves");
+    assert_eq!(call.await.expect("call task"), Ok(2));
+
+    // The signed entry, appended again (reply list included): it verifies,
+    // but it is a copy.
+    xadd(&h, &owner.stream_key("replayed"), &captured).await;
+    eventually("the copy is dropped", || owner.redis_stats().replayed == 1).await;
+    wait_for_backlog(&h, "replayed", (0, 0)).await;
+    assert_eq!(owner.redis_stats().common.hmac_rejected, 0);
+
+    // Appended to another destination (of the same process, which has
+    // not seen it there): it was signed for its own stream only.
+    let elsewhere = serve(Arc::new(owner.clone()), "elsewhere", counting(&handled))
+        .await
+        .expect("serves");
+    xadd(&h, &owner.stream_key("elsewhere"), &captured).await;
+    eventually("the moved copy is dropped", || {
+        owner.redis_stats().common.hmac_rejected == 1
+    })
+    .await;
+    wait_for_backlog(&h, "elsewhere", (0, 0)).await;
+
+    assert_eq!(handled.load(Ordering::SeqCst), 1, "handled once");
+    let stats = serving.shutdown().await;
+    assert_eq!((stats.handled, stats.redelivered), (1, 0));
+    assert_eq!(elsewhere.shutdown().await.handled, 0);
+    assert_eq!(caller.redis_stats().late_replies, 0, "no second reply");
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_request_without_a_near_deadline_is_refused_as_unreplayable() {
+    let h = RedisHarness::new().await;
+    let owner = h.connect(h.config("owner").hmac_key(replay_key())).await;
+    let handled = Arc::new(AtomicU64::new(0));
+    let serving = serve(Arc::new(owner.clone()), "far", counting(&handled))
+        .await
+        .expect("serves");
+    // Correctly signed, but it could be replayed for ever, or for a day.
+    for deadline in [
+        None,
+        Some(lattice_actors::envelope::deadline_after(
+            Duration::from_secs(86_400),
+        )),
+    ] {
+        let mut envelope = Envelope::request("test.ping.v1", "caller", deadline, json!(1));
+        replay_key().sign_for(&owner.stream_key("far"), &mut envelope);
+        let text = serde_json::to_string(&envelope).expect("json");
+        xadd(&h, &owner.stream_key("far"), &[("env".into(), text)]).await;
+    }
+    eventually("both are refused", || owner.redis_stats().replayed == 2).await;
+    wait_for_backlog(&h, "far", (0, 0)).await;
+    assert_eq!(handled.load(Ordering::SeqCst), 0);
+
+    // A posted message gets a deadline within the window, so it is handled.
+    let poster = h.connect(h.config("poster").hmac_key(replay_key())).await;
+    poster
+        .post(
+            "far",
+            Envelope::request("test.ping.v1", "poster", None, json!(1)),
+        )
+        .expect("posted");
+    eventually("the post is handled", || {
+        handled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(owner.redis_stats().replayed, 2);
+    drop(serving);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_request_given_back_unacknowledged_is_handled_again_by_the_same_process() {
+    let h = RedisHarness::new().await;
+    let caller = h.connect(h.config("caller").hmac_key(replay_key())).await;
+    let owner = h.connect(h.config("owner").hmac_key(replay_key())).await;
+    let mailbox = Mailbox::<Ping>::remote(Arc::new(caller.clone()), "given-back");
+    let call = tokio::spawn(async move { mailbox.call(Ping(1), Duration::from_secs(10)).await });
+
+    // The first endpoint takes the request and never finishes it...
+    let started = Arc::new(AtomicU64::new(0));
+    let stuck = {
+        let started = Arc::clone(&started);
+        serve(Arc::new(owner.clone()), "given-back", move |Ping(_)| {
+            started.fetch_add(1, Ordering::SeqCst);
+            futures::future::pending::<Result<u32, String>>()
+        })
+        .await
+        .expect("serves")
+    };
+    eventually("the request is taken", || {
+        started.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // ...and is aborted: the entry goes back to the stream, and the next
+    // owner, in the same process, handles it: a redelivery, not a replay.
+    stuck.abort().await;
+    let handled = Arc::new(AtomicU64::new(0));
+    let serving = serve(Arc::new(owner.clone()), "given-back", counting(&handled))
+        .await
+        .expect("serves");
+    assert_eq!(call.await.expect("call task"), Ok(2));
+    assert_eq!(handled.load(Ordering::SeqCst), 1);
+    assert_eq!(serving.shutdown().await.redelivered, 1);
+    assert_eq!(owner.redis_stats().replayed, 0);
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn a_request_pushed_onto_a_reply_list_is_not_taken_for_the_reply() {
+    let h = RedisHarness::new().await;
+    let caller = h.connect(h.config("caller").hmac_key(replay_key())).await;
+    let owner = h.connect(h.config("owner").hmac_key(replay_key())).await;
+    let (call, captured) = call_waiting_in_the_stream(&h, &caller, "confused").await;
+    let request = captured
+        .iter()
+        .find(|(field, _)| field == "env")
+        .map(|(_, value)| value.clone())
+        .expect("an envelope");
+    // The signed request has the id the caller waits for. Pushed onto the
+    // caller's reply list it does not verify there (signed for the stream)...
+    let client = redis::Client::open(h.url.as_str()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let mut push = |text: String| {
+        let mut rpush = redis::cmd("RPUSH");
+        rpush.arg(caller.reply_key()).arg(text);
+        let mut conn = conn.clone();
+        async move {
+            let _: i64 = rpush.query_async(&mut conn).await.expect("RPUSH");
+        }
+    };
+    push(request.clone()).await;
+    eventually("the false reply is dropped", || {
+        caller.redis_stats().common.reply_hmac_rejected == 1
+    })
+    .await;
+    // ...and even signed for the list (by a holder of the secret), it is a
+    // request, not the reply the caller waits for.
+    let mut resigned: Envelope = serde_json::from_str(&request).expect("an envelope");
+    replay_key().sign_for(caller.reply_key(), &mut resigned);
+    push(serde_json::to_string(&resigned).expect("json")).await;
+    eventually("the request is not taken for the reply", || {
+        caller.redis_stats().late_replies == 1
+    })
+    .await;
+    drop(conn);
+
+    let handled = Arc::new(AtomicU64::new(0));
+    let _serving = serve(Arc::new(owner), "confused", counting(&handled))
+        .await
+        .expect("serves");
+    assert_eq!(call.await.expect("call task"), Ok(2));
+    h.finish().await;
 }

@@ -27,8 +27,8 @@ use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Tr
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpResponse};
 use lattice_actors::{
-    ActorSnapshot, Backlog, CallKey, CallStats, RedisTransport, Supervisor, SupervisorSnapshot,
-    Transport,
+    ActorSnapshot, Backlog, CallKey, CallStats, RedisTransport, RedisTransportStats, Supervisor,
+    SupervisorSnapshot, Transport,
 };
 
 use crate::streams::replication::{ReplicationStats, WriterLag};
@@ -176,6 +176,7 @@ impl Metrics {
             if let Some(calls) = transport.call_latency() {
                 scrape.calls = calls.snapshot();
             }
+            scrape.transport = Some(transport.redis_stats());
         }
         if let Some((stats, stream)) = &self.replication {
             let mut lags = stats.events_lag(stream);
@@ -295,6 +296,8 @@ struct Scrape {
     backlogs: Vec<(String, Backlog)>,
     /// Remote calls this instance made.
     calls: Vec<(CallKey, CallStats)>,
+    /// The counters of a split instance's Redis transport.
+    transport: Option<RedisTransportStats>,
     /// `None` without replication (the monolith): no stream has a writer
     /// elsewhere, so there is nothing to lag behind.
     lags: Option<Vec<WriterLag>>,
@@ -372,6 +375,28 @@ fn render_mailboxes(out: &mut Exposition, scrape: &Scrape) {
             "lattice_mailbox_pending",
             &[("mailbox", destination)],
             backlog.pending as f64,
+        );
+    }
+    let Some(transport) = &scrape.transport else {
+        return;
+    };
+    out.family(
+        "lattice_mailbox_rejected_total",
+        "counter",
+        "Redis mailbox messages this instance dropped unhandled, by reason: hmac (a request \
+         whose HMAC did not verify), reply_hmac (the same for a reply), replay (a copy of a \
+         request already accepted, or one without a near deadline), malformed.",
+    );
+    for (reason, count) in [
+        ("hmac", transport.common.hmac_rejected),
+        ("reply_hmac", transport.common.reply_hmac_rejected),
+        ("replay", transport.replayed),
+        ("malformed", transport.malformed),
+    ] {
+        out.sample(
+            "lattice_mailbox_rejected_total",
+            &[("reason", reason)],
+            count as f64,
         );
     }
 }
@@ -853,6 +878,10 @@ mod tests {
                 processed: 40,
             }]),
             replication_rejected: 5,
+            transport: Some(RedisTransportStats {
+                replayed: 3,
+                ..RedisTransportStats::default()
+            }),
             ..Scrape::default()
         };
         let text = metrics().render_with(&scrape);
@@ -873,6 +902,8 @@ mod tests {
             r#"lattice_replication_announced_position{stream="events",writer="events1"} 42"#
                 .to_owned(),
             "lattice_replication_rejected_total 5".to_owned(),
+            r#"lattice_mailbox_rejected_total{reason="replay"} 3"#.to_owned(),
+            r#"lattice_mailbox_rejected_total{reason="hmac"} 0"#.to_owned(),
             "# TYPE lattice_mailbox_call_seconds histogram".to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");

@@ -455,7 +455,8 @@ impl Publisher {
 
 /// Where and as whom an instance replicates.
 pub struct ReplicationConfig {
-    pub redis_url: String,
+    /// The Redis the mailboxes use (the same URL, credentials and TLS).
+    pub redis: redis::Client,
     /// The pub/sub channel: the server name, as in Synapse.
     pub channel: String,
     pub instance: String,
@@ -495,14 +496,10 @@ impl Drop for Replication {
 }
 
 impl Replication {
-    /// Starts publishing and reading. Fails only when the Redis URL is unusable;
-    /// an unreachable Redis is retried in the background.
-    pub fn start(
-        config: ReplicationConfig,
-        stream: SharedStream,
-        pool: Pool,
-    ) -> Result<Replication, redis::RedisError> {
-        let client = redis::Client::open(config.redis_url.as_str())?;
+    /// Starts publishing and reading; an unreachable Redis is retried in the
+    /// background.
+    pub fn start(config: ReplicationConfig, stream: SharedStream, pool: Pool) -> Replication {
+        let client = config.redis.clone();
         let (commands, queue) = mpsc::unbounded_channel();
         let publisher = Publisher { commands };
         let stats = Arc::new(ReplicationStats {
@@ -530,11 +527,11 @@ impl Replication {
                 publisher.clone(),
             )));
         }
-        Ok(Replication {
+        Replication {
             publisher,
             stats,
             tasks,
-        })
+        }
     }
 }
 

@@ -322,7 +322,7 @@ impl Topology {
     /// writer and duty the config names must be an instance with that role,
     /// and every instance with the role must be named; `instance_map` must
     /// say where the instances listen; a topology of several instances needs
-    /// Redis.
+    /// Redis and a `replication_secret`.
     pub fn check_against(&self, config: &Config) -> Vec<Mistake> {
         let mut mistakes = Vec::new();
         for (role, _) in Role::STREAM_WRITERS {
@@ -367,6 +367,22 @@ impl Topology {
                 "redis.url",
                 format!(
                     "not set, but a topology of {} instances needs Redis",
+                    self.instances.len()
+                ),
+            ));
+        }
+        let split = self.instances.len() > 1
+            || self
+                .instances
+                .iter()
+                .any(|instance| config.is_split(&instance.name, &instance.roles));
+        if split && config.replication_secret.is_none() {
+            mistakes.push(Mistake::homeserver(
+                "replication_secret",
+                format!(
+                    "not set, but a topology of {} instances needs one to authenticate their \
+                     messages (`lattice generate-config` writes one; `openssl rand -hex 32` \
+                     makes one)",
                     self.instances.len()
                 ),
             ));
@@ -865,6 +881,32 @@ instances:
             assert!(lines.iter().any(|l| l == expected), "{expected}: {lines:#?}");
         }
         assert_eq!(lines.len(), 3, "{lines:#?}");
+    }
+
+    #[test]
+    fn a_split_topology_needs_a_replication_secret() {
+        let topology = parse(&split()).expect("valid");
+        let mut config = config_of(&topology);
+        config.replication_secret = None;
+        let lines: Vec<String> = topology
+            .check_against(&config)
+            .iter()
+            .map(Mistake::to_string)
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].starts_with(
+                "homeserver config: key `replication_secret`: not set, but a topology of 3 instances needs one"
+            ),
+            "{lines:#?}"
+        );
+        // The monolith needs none.
+        let monolith =
+            parse("homeserver: h.yaml\ninstances: [{ name: main, listen: \"127.0.0.1:8008\" }]")
+                .expect("valid");
+        let mut config = config_of(&monolith);
+        config.replication_secret = None;
+        assert!(monolith.check_against(&config).is_empty());
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct Options {
     pub write_timeout_ms: Option<u64>,
     /// A Redis of the test's own (for tests that restart it).
     pub redis_url: Option<String>,
+    /// `redis.tls_ca_file`, for a `rediss://` `redis_url`.
+    pub redis_tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -56,6 +58,7 @@ impl Default for Options {
             topology: None,
             write_timeout_ms: None,
             redis_url: None,
+            redis_tls_ca_file: None,
         }
     }
 }
@@ -109,6 +112,10 @@ impl TestCluster {
                     std::env::var("LATTICE_TEST_REDIS_URL")
                         .unwrap_or_else(|_| "redis://127.0.0.1:6390".to_owned())
                 });
+                let config = match &options.redis_tls_ca_file {
+                    Some(file) => config.merge(Serialized::default("redis.tls_ca_file", file)),
+                    None => config,
+                };
                 let config = config
                     .merge(Serialized::default("redis.url", redis_url))
                     .merge(Serialized::default(
@@ -117,7 +124,7 @@ impl TestCluster {
                     ))
                     .merge(Serialized::default(
                         "replication_secret",
-                        "test replication secret",
+                        lattice::config::generate_replication_secret(),
                     ))
                     .merge(Serialized::default(
                         "stream_writers.events",

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use awc::http::StatusCode;
+use futures::StreamExt as _;
 use serde_json::{json, Value};
 
 use crate::cluster::{enc, Options, TestCluster};
@@ -208,6 +209,11 @@ struct PrivateRedis {
 
 impl PrivateRedis {
     fn start_on(port: u16) -> PrivateRedis {
+        Self::start_with(port, &[])
+    }
+
+    /// With `extra` options (ACL users, TLS).
+    fn start_with(port: u16, extra: &[&str]) -> PrivateRedis {
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -219,6 +225,7 @@ impl PrivateRedis {
                 "--appendonly",
                 "no",
             ])
+            .args(extra)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (make test installs it)");
@@ -252,13 +259,17 @@ impl Drop for PrivateRedis {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// A split cluster on a Redis of the test's own (on a free port), so that
 /// the test may stop and restart it.
 async fn split_on_private_redis() -> (PrivateRedis, TestCluster) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     let redis = PrivateRedis::start_on(port);
     let options = Options {
         redis_url: Some(redis.url()),
@@ -447,4 +458,486 @@ async fn an_invalidation_stored_by_a_node_that_died_before_publishing_it_reaches
         body["replication"]["caches_caught_up_rows"].as_u64() >= Some(1),
         "{body}"
     );
+}
+
+/// A connection to the Redis of the default split cluster.
+async fn redis_connection() -> redis::aio::MultiplexedConnection {
+    let redis_url =
+        std::env::var("LATTICE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".into());
+    redis::Client::open(redis_url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis")
+}
+
+/// The fields of the oldest entry of `stream`, once there is one (at most 10 s).
+async fn first_entry(
+    redis: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+) -> Vec<(String, String)> {
+    for _ in 0..500 {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(redis)
+            .await
+            .expect("XRANGE");
+        if let Some(entry) = reply.ids.into_iter().next() {
+            return entry
+                .map
+                .iter()
+                .filter_map(|(field, value)| {
+                    redis::from_redis_value_ref::<String>(value)
+                        .ok()
+                        .map(|value| (field.clone(), value))
+                })
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("nothing reached {stream}");
+}
+
+async fn xadd(
+    redis: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    fields: &[(String, String)],
+) {
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(stream).arg("*");
+    for (field, value) in fields {
+        xadd.arg(field).arg(value);
+    }
+    let _: String = xadd.query_async(redis).await.expect("XADD");
+}
+
+/// The value of `lattice_mailbox_rejected_total{reason}` on `node`, once it
+/// reaches `at_least` (at most 10 s); what it was otherwise.
+async fn mailbox_rejected(node: &crate::cluster::Client, reason: &str, at_least: f64) -> f64 {
+    let series = format!("lattice_mailbox_rejected_total{{reason=\"{reason}\"}}");
+    let mut value = 0.0;
+    for _ in 0..200 {
+        value = crate::metrics::sample(&crate::metrics::scrape(node).await, &series).unwrap_or(0.0);
+        if value >= at_least {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    value
+}
+
+/// The topics of `room`'s timeline, oldest first.
+async fn topics(user: &crate::cluster::User, room: &str) -> Vec<String> {
+    let page = user.messages(room, "dir=f&limit=100").await;
+    page["chunk"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e["type"] == "m.room.topic")
+                .filter_map(|e| e["content"]["topic"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[actix_web::test]
+async fn a_replayed_or_forged_mailbox_request_is_dropped_and_counted_and_writes_nothing() {
+    let mut cluster = TestCluster::start_with(split(None)).await;
+    let alice = cluster.client().register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let stream = format!("{}:mailbox:events@events1", cluster.redis_prefix());
+    let mut redis = redis_connection().await;
+
+    // The writer is down, so the request waits in its stream, where anyone
+    // who can read Redis sees it.
+    cluster.kill("events1");
+    let sender = alice.clone();
+    let room_for_put = room.clone();
+    let put = tokio::task::spawn_local(async move {
+        sender
+            .put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                    enc(&room_for_put)
+                ),
+                json!({ "topic": "set once" }),
+            )
+            .await
+    });
+    let captured = first_entry(&mut redis, &stream).await;
+    cluster.restart("events1").await;
+    let (status, body) = put.await.expect("put task");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(topics(&alice, &room).await, vec!["set once"]);
+
+    // The captured entry appended again: authentic, but a copy.
+    xadd(&mut redis, &stream, &captured).await;
+    let events1 = cluster.node_client("events1");
+    assert_eq!(mailbox_rejected(&events1, "replay", 1.0).await, 1.0);
+
+    // The same request changed (a forged topic, the signature kept), under
+    // a fresh request id so that only its HMAC can give it away.
+    let forged: Vec<(String, String)> = captured
+        .iter()
+        .map(|(field, value)| {
+            if field != "env" {
+                return (field.clone(), value.clone());
+            }
+            let mut envelope: Value = serde_json::from_str(value).expect("an envelope");
+            envelope["body"]["content"]["topic"] = json!("forged");
+            envelope["request_id"] = json!("0123456789abcdef0123456789abcdef");
+            (field.clone(), envelope.to_string())
+        })
+        .collect();
+    assert_ne!(forged, captured);
+    xadd(&mut redis, &stream, &forged).await;
+    assert_eq!(mailbox_rejected(&events1, "hmac", 1.0).await, 1.0);
+
+    // Neither was written.
+    assert_eq!(topics(&alice, &room).await, vec!["set once"]);
+    let (status, body) = alice
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["topic"], "set once");
+}
+
+/// Replication lines are not remembered like mailbox requests, because a
+/// replayed one changes nothing: RDATA rows are applied only past the
+/// position already processed for their writer, and positions only go
+/// forward, so a captured RDATA or POSITION published again is skipped.
+/// What the signature keeps out is a line nobody with the secret wrote.
+#[actix_web::test]
+async fn a_replayed_replication_line_changes_nothing() {
+    let cluster = TestCluster::start_with(split(None)).await;
+    let client = cluster.client();
+    let admin = client.register("root").await;
+    cluster.make_admin(&admin.user_id).await;
+    let alice = client.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+
+    // Listen on the replication channel, as anyone who can reach Redis can.
+    let redis_url =
+        std::env::var("LATTICE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".into());
+    let mut pubsub = redis::Client::open(redis_url)
+        .expect("redis url")
+        .get_async_pubsub()
+        .await
+        .expect("redis");
+    pubsub
+        .subscribe(cluster.redis_prefix())
+        .await
+        .expect("subscribe");
+    let mut lines = pubsub.into_on_message();
+    alice.send_text(&room, "only once").await;
+    let mut captured = Vec::new();
+    while captured.len() < 2 {
+        let message = tokio::time::timeout(Duration::from_secs(10), lines.next())
+            .await
+            .expect("the send is replicated")
+            .expect("subscribed");
+        let line: String = message.get_payload().expect("text");
+        if line.contains(" RDATA events ") || line.contains(" POSITION events events1 ") {
+            captured.push(line);
+        }
+    }
+    drop(lines);
+    let seen = |sync: &Value| bodies(sync, &room);
+    assert_eq!(seen(&alice.sync("timeout=0").await), vec!["only once"]);
+
+    let sync2 = cluster.node_client("sync2");
+    let replication = |node: crate::cluster::Client| {
+        let token = admin.access_token.clone();
+        async move {
+            let (status, body) = node.get("/_lattice/admin/v1/actors", Some(&token)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["replication"].clone()
+        }
+    };
+    let before = replication(sync2.clone()).await;
+
+    // The captured lines again, then one that does not verify: once sync2
+    // has counted that one, it has read the replayed ones before it.
+    let mut redis = redis_connection().await;
+    let wrong_key =
+        lattice_actors::HmacKey::new("not the secret of this deployment!!").expect("key");
+    let forged = lattice::streams::replication::Command::Position {
+        stream: "events".into(),
+        instance: "events1".into(),
+        prev: 1,
+        new: 1_000_000,
+    }
+    .to_line(Some(&wrong_key));
+    for line in captured.iter().chain([&forged]) {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(cluster.redis_prefix())
+            .arg(line)
+            .query_async(&mut redis)
+            .await
+            .expect("publish");
+    }
+    let mut after = before.clone();
+    for _ in 0..200 {
+        after = replication(sync2.clone()).await;
+        if after["rejected"].as_u64() > before["rejected"].as_u64() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        after["rejected"].as_u64(),
+        before["rejected"].as_u64().map(|r| r + 1),
+        "{after}"
+    );
+    assert_eq!(after["applied"], before["applied"], "{after}");
+    assert_eq!(seen(&alice.sync("timeout=0").await), vec!["only once"]);
+}
+
+/// What `lattice serve` prints and whether it succeeded, for a config file
+/// made of the generated sample with `replace` applied to it.
+fn serve_with(replace: impl Fn(String) -> String, args: &[&str]) -> (bool, String) {
+    let binary = env!("CARGO_BIN_EXE_lattice");
+    let generated = std::process::Command::new(binary)
+        .args(["generate-config", "--server-name", "example.org"])
+        .output()
+        .expect("lattice generate-config");
+    assert!(generated.status.success());
+    let sample = String::from_utf8(generated.stdout).expect("utf-8");
+    let path = std::env::temp_dir().join(format!(
+        "lattice-replsec-{}-{}.yaml",
+        std::process::id(),
+        lattice::config::generate_replication_secret()
+    ));
+    std::fs::write(&path, replace(sample)).expect("write config");
+    let output = std::process::Command::new(binary)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .args(args)
+        .env("LATTICE__LISTEN", "127.0.0.1:0")
+        .env("LATTICE__REDIS__URL", "redis://127.0.0.1:1")
+        .output()
+        .expect("lattice serve");
+    let _ = std::fs::remove_file(&path);
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    )
+}
+
+fn without_secret(sample: String) -> String {
+    sample
+        .lines()
+        .filter(|line| !line.starts_with("replication_secret:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_split_instance_without_a_long_enough_replication_secret_refuses_to_start() {
+    let split = ["--instance", "events1", "--roles", "events"];
+    let (ok, stderr) = serve_with(without_secret, &split);
+    assert!(!ok);
+    assert_eq!(
+        stderr,
+        "lattice: config: key `replication_secret`: not set, but roles or stream writers are \
+         spread over several instances, whose messages it authenticates: set the same random \
+         string of at least 32 bytes for every instance (`lattice generate-config` writes one; \
+         `openssl rand -hex 32` makes one)"
+    );
+    let short = |sample: String| {
+        without_secret(sample) + "\nreplication_secret: \"test replication secret\"\n"
+    };
+    let (ok, stderr) = serve_with(short, &split);
+    assert!(!ok);
+    assert_eq!(
+        stderr,
+        "lattice: config: key `replication_secret`: is 23 bytes long, it must have at least 32 \
+         (`openssl rand -hex 32` makes one)"
+    );
+}
+
+#[test]
+fn generate_config_writes_a_fresh_replication_secret() {
+    let secret = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
+            .args(["generate-config", "--server-name", "example.org"])
+            .output()
+            .expect("lattice generate-config");
+        assert!(output.status.success());
+        let text = String::from_utf8(output.stdout).expect("utf-8");
+        use figment::providers::Format as _;
+        let config = lattice::config::Config::from_figment(figment::Figment::from(
+            figment::providers::Yaml::string(&text),
+        ))
+        .expect("the generated config loads");
+        config.replication_secret.expect("a replication_secret")
+    };
+    let first = secret();
+    assert!(first.len() >= 32, "{first}");
+    assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    assert_ne!(first, secret(), "each generated config has its own");
+}
+
+/// The least a split deployment's Redis user needs, for the key prefix and
+/// replication channel `prefix` (the server name unless `redis.prefix`).
+fn acl_rules(prefix: &str) -> Vec<String> {
+    [
+        format!("~{prefix}:*"),
+        format!("&{prefix}"),
+        "+@stream".into(),
+        "+@list".into(),
+        "+@scripting".into(),
+        "+@connection".into(),
+        "+@pubsub".into(),
+        "+pexpire".into(),
+    ]
+    .to_vec()
+}
+
+#[actix_web::test]
+async fn a_split_works_through_a_redis_acl_user() {
+    let port = free_port();
+    // No default user: only `lattice`, with the rules the README gives
+    // (test prefixes are the test database names).
+    let mut args = vec![
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "lattice",
+        "on",
+        ">s3cret pass",
+    ];
+    let rules = acl_rules("lattice_test_*");
+    args.extend(rules.iter().map(String::as_str));
+    let _redis = PrivateRedis::start_with(port, &args);
+    let options = Options {
+        redis_url: Some(format!("redis://lattice:s3cret%20pass@127.0.0.1:{port}")),
+        ..split(None)
+    };
+    let cluster = TestCluster::start_with(options).await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    // Through main's mailbox to events1, and replicated to sync2.
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    alice.send_text(&room, "through an ACL user").await;
+    let seen = synced_bodies(&bob, &room, "through an ACL user").await;
+    assert!(seen.contains(&"through an ACL user".to_owned()), "{seen:?}");
+}
+
+/// The message bodies `user`'s `/sync` (sync2 on the split) gives for
+/// `room`, long-polling (at most 10 times 5 s) until `expected` is among them.
+async fn synced_bodies(user: &crate::cluster::User, room: &str, expected: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut since = String::new();
+    for _ in 0..10 {
+        let query = if since.is_empty() {
+            "timeout=0".to_owned()
+        } else {
+            format!("since={}&timeout=5000", enc(&since))
+        };
+        let sync = user.sync(&query).await;
+        seen.extend(bodies(&sync, room));
+        if seen.iter().any(|body| body == expected) {
+            break;
+        }
+        since = sync["next_batch"].as_str().unwrap_or_default().to_owned();
+    }
+    seen
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, made in `dir` with the
+/// openssl command (as an operator would).
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl (make test installs it)");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let words = |line: String| line.split(' ').map(str::to_owned).collect::<Vec<_>>();
+    for line in [
+        format!("req -x509 {ec} -keyout ca.key -out ca.crt -days 1 -subj /CN=lattice-test-CA"),
+        format!("req {ec} -keyout server.key -out server.csr -subj /CN=127.0.0.1"),
+        "x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt \
+         -days 1 -extfile server.ext"
+            .to_owned(),
+    ] {
+        let args = words(line);
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+}
+
+#[actix_web::test]
+async fn a_split_works_over_tls_to_redis_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(format!(
+        "lattice-it-tls-{}-{}",
+        std::process::id(),
+        lattice::config::generate_replication_secret()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    make_certificates(&dir);
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (plain_port, tls_port) = (free_port(), free_port());
+    let (certificate, key, ca) = (path("server.crt"), path("server.key"), path("ca.crt"));
+    let _redis = PrivateRedis::start_with(
+        plain_port,
+        &[
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            &certificate,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let options = Options {
+        redis_url: Some(format!("rediss://127.0.0.1:{tls_port}")),
+        redis_tls_ca_file: Some(dir.join("ca.crt")),
+        ..split(None)
+    };
+    let cluster = TestCluster::start_with(options).await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    alice.send_text(&room, "over TLS").await;
+    // The send crossed main's mailbox to events1; sync2 (where /sync goes)
+    // heard of it through replication.
+    assert_eq!(
+        synced_bodies(&alice, &room, "over TLS").await,
+        vec!["over TLS"]
+    );
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -76,10 +76,23 @@
 //! # Authentication
 //!
 //! With a [`RedisTransportConfig::hmac_key`] every request and reply is
-//! signed ([`HmacKey::sign`]), and entries or replies that fail the check are
+//! signed for the stream or reply list it is written to
+//! ([`HmacKey::sign_for`]; a signed entry copied to another destination, or
+//! under another deployment's prefix, does not verify), and entries or
+//! replies that fail the check are
 //! dropped (an entry is acknowledged so it does not come back) and counted
 //! (`hmac_rejected`, `reply_hmac_rejected`). A request's reply list must be
 //! one of its (authenticated) sender's.
+//!
+//! A valid signature does not make an entry new: a copy of a signed entry
+//! `XADD`ed again verifies too. So with a key the transport also refuses
+//! replays ([`replay`]): a process remembers the request ids it accepted
+//! until their deadlines and drops (acknowledges) and counts (`replayed`)
+//! any copy, and every request must have a deadline no further than
+//! [`RedisTransportConfig::replay_window`] (posted messages get one). A
+//! redelivery is not a copy: an owner forgets the ids of the entries it gives
+//! back before requeueing them. A caller takes a reply only for a request it
+//! is waiting for, with the reply wire name of that request, once.
 //!
 //! Redis itself: `redis://user:password@host:port/db` authenticates with an
 //! ACL user (or `redis://:password@…` with `requirepass`);
@@ -137,6 +150,7 @@
 //! # }
 //! ```
 
+mod replay;
 mod subscription;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -153,7 +167,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::{bump, Subscription, Transport, TransportCounters, TransportError, TransportStats};
 use crate::auth::HmacKey;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, REPLY_SUFFIX};
 use crate::latency::CallLatency;
 use crate::lock;
 use crate::message::BoxFuture;
@@ -171,6 +185,10 @@ const FIELD_ATTEMPTS: &str = "attempts";
 const WRITE_BATCH: usize = 64;
 /// Most replies drained per `LPOP`.
 const REPLY_BATCH: usize = 100;
+/// See [`RedisTransportConfig::replay_window`].
+pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// See [`RedisTransportConfig::replay_capacity`].
+pub const DEFAULT_REPLAY_CAPACITY: usize = 1_000_000;
 
 /// How to reach Redis and how the transport behaves. Built with
 /// [`RedisTransportConfig::new`] and the builder methods.
@@ -189,6 +207,8 @@ pub struct RedisTransportConfig {
     command_timeout: Duration,
     connect_timeout: Duration,
     max_backoff: Duration,
+    replay_window: Duration,
+    replay_capacity: usize,
 }
 
 impl std::fmt::Debug for RedisTransportConfig {
@@ -210,6 +230,8 @@ impl std::fmt::Debug for RedisTransportConfig {
             .field("command_timeout", &self.command_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_backoff", &self.max_backoff)
+            .field("replay_window", &self.replay_window)
+            .field("replay_capacity", &self.replay_capacity)
             .finish()
     }
 }
@@ -238,6 +260,8 @@ impl RedisTransportConfig {
             command_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
             max_backoff: Duration::from_secs(2),
+            replay_window: DEFAULT_REPLAY_WINDOW,
+            replay_capacity: DEFAULT_REPLAY_CAPACITY,
         }
     }
 
@@ -318,6 +342,29 @@ impl RedisTransportConfig {
         self
     }
 
+    /// With a key: the furthest ahead a request's deadline may be (default
+    /// 5 minutes), and the deadline given to posted messages, which have
+    /// none. Request ids are remembered until their deadline to refuse
+    /// copies, so a request without a deadline, or with one further than
+    /// this, is refused (counted as `replayed`); calls must use shorter
+    /// timeouts, and a posted message that waits longer for an owner is
+    /// dropped as expired. Every process of a deployment should use the
+    /// same window (clock differences between machines eat into it).
+    pub fn replay_window(mut self, window: Duration) -> Self {
+        self.replay_window = window;
+        self
+    }
+
+    /// Most request ids remembered at once (default 1,000,000; an id costs
+    /// about 150 bytes, and a process remembers those of the requests it
+    /// accepted within the last deadline's time: at 10,000 requests a second
+    /// with 30 s deadlines, 300,000); beyond it the ids whose deadline is
+    /// soonest are forgotten early (counted as `replay_evicted`).
+    pub fn replay_capacity(mut self, capacity: usize) -> Self {
+        self.replay_capacity = capacity;
+        self
+    }
+
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -346,7 +393,9 @@ impl RedisTransportConfig {
         Ok(())
     }
 
-    fn client(&self) -> Result<::redis::Client, RedisTransportError> {
+    /// The Redis client this configuration connects with (URL, credentials,
+    /// TLS), for other connections to the same Redis, such as pub/sub.
+    pub fn client(&self) -> Result<::redis::Client, RedisTransportError> {
         let tls = self.url.starts_with("rediss://") || self.url.starts_with("valkeys://");
         let config_error =
             |e: RedisError| RedisTransportError::Config(format!("{}: {e}", redact_url(&self.url)));
@@ -390,6 +439,7 @@ impl RedisTransportConfig {
             command_timeout: self.command_timeout,
             connect_timeout: self.connect_timeout,
             max_backoff: self.max_backoff.max(min),
+            replay_window: self.replay_window.max(Duration::from_secs(1)),
         }
     }
 }
@@ -420,6 +470,7 @@ struct Timing {
     command_timeout: Duration,
     connect_timeout: Duration,
     max_backoff: Duration,
+    replay_window: Duration,
 }
 
 /// Why [`RedisTransport::connect`] failed.
@@ -458,6 +509,15 @@ pub struct RedisTransportStats {
     pub posts_lost: u64,
     /// Redis commands that failed (each then retried or reported).
     pub redis_errors: u64,
+    /// Authentic requests dropped as replays (with a key): a copy of a
+    /// request this process already accepted, or a request without a
+    /// deadline or with one beyond the replay window.
+    pub replayed: u64,
+    /// Request ids forgotten before their deadline because the replay
+    /// memory was full.
+    pub replay_evicted: u64,
+    /// Request ids remembered now (accepted, deadline not passed).
+    pub replay_remembered: u64,
 }
 
 #[derive(Default)]
@@ -468,6 +528,7 @@ struct Stats {
     late_replies: AtomicU64,
     posts_lost: AtomicU64,
     redis_errors: AtomicU64,
+    replayed: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -483,12 +544,20 @@ pub struct Backlog {
     pub pending: u64,
 }
 
+/// A caller waiting for the reply to one request.
+struct Waiter {
+    reply_wire_name: String,
+    reply: oneshot::Sender<Envelope>,
+}
+
 /// State shared by the transport handle and its background tasks.
 struct Core {
     instance: String,
     prefix: String,
     reply_key: String,
     key: Option<HmacKey>,
+    /// With a key: the request ids this process accepted (see [`replay`]).
+    seen: Mutex<replay::SeenRequests>,
     client: ::redis::Client,
     cmd: ConnectionManager,
     blocking_config: ConnectionManagerConfig,
@@ -496,7 +565,9 @@ struct Core {
     stats: Stats,
     /// How long this process's remote calls took, by wire name and destination.
     calls: CallLatency,
-    waiters: Mutex<HashMap<String, oneshot::Sender<Envelope>>>,
+    /// The callers waiting for a reply, by request id, with the wire name
+    /// their reply must have.
+    waiters: Mutex<HashMap<String, Waiter>>,
     /// Consumer names of this transport's running subscription readers, by
     /// stream key.
     live_consumers: Mutex<HashMap<String, HashSet<String>>>,
@@ -514,15 +585,52 @@ impl Core {
         format!("{}:reply:{instance}:", self.prefix)
     }
 
-    fn sign(&self, envelope: &mut Envelope) {
+    /// Sign `envelope` for delivery at `place` (a stream or reply list key).
+    fn sign(&self, place: &str, envelope: &mut Envelope) {
         envelope.sender_instance.clone_from(&self.instance);
         if let Some(key) = &self.key {
-            key.sign(envelope);
+            key.sign_for(place, envelope);
         }
     }
 
-    fn authentic(&self, envelope: &Envelope) -> bool {
-        self.key.as_ref().is_none_or(|key| key.verify(envelope))
+    /// Whether `envelope`, delivered at `place`, was signed for it.
+    fn authentic(&self, place: &str, envelope: &Envelope) -> bool {
+        self.key
+            .as_ref()
+            .is_none_or(|key| key.verify_for(place, envelope))
+    }
+
+    /// With a key, give a posted message the deadline it needs to be
+    /// accepted (see [`RedisTransportConfig::replay_window`]).
+    fn bound_deadline(&self, envelope: &mut Envelope) {
+        if self.key.is_some() && envelope.deadline_unix_ms.is_none() {
+            envelope.deadline_unix_ms =
+                Some(crate::envelope::deadline_after(self.timing.replay_window));
+        }
+    }
+
+    /// Whether an authentic request may be handled: with a key, only if no
+    /// copy of it was accepted before (and it is remembered from now on).
+    fn accept(&self, envelope: &Envelope) -> replay::Verdict {
+        if self.key.is_none() {
+            return replay::Verdict::Fresh;
+        }
+        lock(&self.seen).accept(
+            &envelope.request_id,
+            envelope.deadline_unix_ms,
+            crate::envelope::now_unix_ms(),
+        )
+    }
+
+    /// Forget accepted requests whose entries are given back unacknowledged:
+    /// their next delivery is a redelivery.
+    fn forget<'a>(&self, request_ids: impl IntoIterator<Item = &'a str>) {
+        if self.key.is_some() {
+            let mut seen = lock(&self.seen);
+            for id in request_ids {
+                seen.forget(id);
+            }
+        }
     }
 
     fn is_shut_down(&self) -> bool {
@@ -556,6 +664,7 @@ impl Core {
     fn stats(&self) -> RedisTransportStats {
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let seen = lock(&self.seen);
         RedisTransportStats {
             common: s.common.snapshot(),
             malformed: get(&s.malformed),
@@ -563,6 +672,9 @@ impl Core {
             late_replies: get(&s.late_replies),
             posts_lost: get(&s.posts_lost),
             redis_errors: get(&s.redis_errors),
+            replayed: get(&s.replayed),
+            replay_evicted: seen.evicted(),
+            replay_remembered: u64::try_from(seen.len()).unwrap_or(u64::MAX),
         }
     }
 
@@ -576,7 +688,7 @@ impl Core {
                 return;
             }
         };
-        if !self.authentic(&reply) {
+        if !self.authentic(&self.reply_key, &reply) {
             bump(&self.stats.common.reply_hmac_rejected);
             tracing::warn!(
                 instance = %self.instance,
@@ -586,9 +698,21 @@ impl Core {
             );
             return;
         }
-        let waiter = lock(&self.waiters).remove(&reply.request_id);
+        let waiter = {
+            let mut waiters = lock(&self.waiters);
+            // Only the reply to the request waited for: a signed request
+            // pushed onto a reply list is not its own reply.
+            let expected = waiters
+                .get(&reply.request_id)
+                .is_some_and(|waiter| waiter.reply_wire_name == reply.wire_name);
+            if expected {
+                waiters.remove(&reply.request_id)
+            } else {
+                None
+            }
+        };
         // `send` fails when the caller stopped waiting in the meantime.
-        match waiter.map(|tx| tx.send(reply).is_ok()) {
+        match waiter.map(|waiter| waiter.reply.send(reply).is_ok()) {
             Some(true) => bump(&self.stats.common.replies_received),
             _ => {
                 bump(&self.stats.late_replies);
@@ -865,6 +989,10 @@ impl RedisTransport {
             prefix: config.prefix.clone(),
             reply_key,
             key: config.key.clone(),
+            seen: Mutex::new(replay::SeenRequests::new(
+                timing.replay_window,
+                config.replay_capacity,
+            )),
             client,
             cmd,
             blocking_config,
@@ -1000,10 +1128,18 @@ impl Transport for RedisTransport {
             self.closed()?;
             let core = &self.handle.core;
             let mut envelope = envelope;
-            core.sign(&mut envelope);
+            core.bound_deadline(&mut envelope);
+            let stream = core.stream_key(destination);
+            core.sign(&stream, &mut envelope);
             let text = Self::encode(&envelope)?;
             let (reply_tx, reply_rx) = oneshot::channel();
-            lock(&core.waiters).insert(envelope.request_id.clone(), reply_tx);
+            lock(&core.waiters).insert(
+                envelope.request_id.clone(),
+                Waiter {
+                    reply_wire_name: format!("{}{REPLY_SUFFIX}", envelope.wire_name),
+                    reply: reply_tx,
+                },
+            );
             let _guard = WaiterGuard {
                 core,
                 request_id: envelope.request_id,
@@ -1012,7 +1148,7 @@ impl Transport for RedisTransport {
             self.handle
                 .writer
                 .send(WriteJob {
-                    stream: core.stream_key(destination),
+                    stream,
                     envelope: text,
                     reply: Some(core.reply_key.clone()),
                     done: Some(done_tx),
@@ -1028,12 +1164,14 @@ impl Transport for RedisTransport {
         self.closed()?;
         let core = &self.handle.core;
         let mut envelope = envelope;
-        core.sign(&mut envelope);
+        core.bound_deadline(&mut envelope);
+        let stream = core.stream_key(destination);
+        core.sign(&stream, &mut envelope);
         let text = Self::encode(&envelope)?;
         self.handle
             .writer
             .send(WriteJob {
-                stream: core.stream_key(destination),
+                stream,
                 envelope: text,
                 reply: None,
                 done: None,

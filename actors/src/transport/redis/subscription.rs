@@ -22,6 +22,7 @@ use ::redis::{RedisError, Script};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::replay::Verdict;
 use super::{
     bump, pause, shut_down, unreachable, Core, Handle, FIELD_ATTEMPTS, FIELD_ENVELOPE, FIELD_REPLY,
     GROUP,
@@ -157,8 +158,16 @@ struct SubCore {
     stream: String,
     consumer: String,
     /// Entries read by this consumer and not yet acknowledged (kept alive),
-    /// and whether each has been handed out by `next`.
-    in_flight: Mutex<HashMap<String, bool>>,
+    /// by entry id.
+    in_flight: Mutex<HashMap<String, Held>>,
+}
+
+/// An entry this consumer holds.
+struct Held {
+    /// Whether `next` has handed it out.
+    handed_out: bool,
+    /// Its envelope's request id, accepted (see [`super::replay`]).
+    request_id: String,
 }
 
 /// A delivery on its way from the reader task to `next`.
@@ -173,6 +182,12 @@ enum Rejected {
     Malformed(String),
     Expired,
     Unauthentic(String),
+    /// A copy of a request accepted before, or one without a near deadline.
+    Replayed {
+        from: String,
+        request_id: String,
+        verdict: Verdict,
+    },
 }
 
 /// Register a consumer for `destination` and start its reader task.
@@ -390,13 +405,20 @@ impl SubCore {
         for entry in entries {
             match self.examine(&entry) {
                 Ok((envelope, attempt, reply_to)) => {
-                    lock(&self.in_flight).insert(entry.id.clone(), false);
+                    lock(&self.in_flight).insert(
+                        entry.id.clone(),
+                        Held {
+                            handed_out: false,
+                            request_id: envelope.request_id.clone(),
+                        },
+                    );
                     if !open {
                         continue; // stays pending; released when the task ends
                     }
                     let ack = RedisAck {
                         sub: Arc::clone(self),
                         id: entry.id,
+                        request_id: envelope.request_id.clone(),
                         reply_to,
                     };
                     let ready = Ready {
@@ -432,7 +454,7 @@ impl SubCore {
         if envelope.is_expired() {
             return Err(Rejected::Expired);
         }
-        if !core.authentic(&envelope) {
+        if !core.authentic(&self.stream, &envelope) {
             return Err(Rejected::Unauthentic(envelope.sender_instance));
         }
         let reply_to: Option<String> = entry.get(FIELD_REPLY);
@@ -442,6 +464,17 @@ impl SubCore {
                     "entry {}: reply list {reply_to:?} is not {}'s",
                     entry.id, envelope.sender_instance
                 )));
+            }
+        }
+        // Last, so that only what would be handled is remembered.
+        match core.accept(&envelope) {
+            Verdict::Fresh => {}
+            verdict => {
+                return Err(Rejected::Replayed {
+                    from: envelope.sender_instance,
+                    request_id: envelope.request_id,
+                    verdict,
+                })
             }
         }
         let before: u32 = entry.get(FIELD_ATTEMPTS).unwrap_or(0);
@@ -462,6 +495,18 @@ impl SubCore {
             Rejected::Unauthentic(from) => {
                 bump(&stats.common.hmac_rejected);
                 tracing::warn!(destination = %self.destination, %from, "dropped message with invalid HMAC");
+            }
+            Rejected::Replayed {
+                from,
+                request_id,
+                verdict,
+            } => {
+                bump(&stats.replayed);
+                let why = match verdict {
+                    Verdict::Unbounded => "its deadline is missing or beyond the replay window",
+                    _ => "a copy of it was accepted before",
+                };
+                tracing::warn!(destination = %self.destination, %from, %request_id, why, "dropped replayed message");
             }
         }
     }
@@ -538,12 +583,18 @@ impl SubCore {
     async fn release(&self, delete: bool, unhanded: &[String]) {
         let flag = if delete { "1" } else { "0" };
         let mut args = vec![flag.to_owned()];
-        args.extend(
-            lock(&self.in_flight)
-                .iter()
-                .filter(|(_, handed_out)| !**handed_out)
-                .map(|(id, _)| id.clone()),
-        );
+        {
+            let in_flight = lock(&self.in_flight);
+            args.extend(
+                in_flight
+                    .iter()
+                    .filter(|(_, held)| !held.handed_out)
+                    .map(|(id, _)| id.clone()),
+            );
+            // Before they are requeued: the next owner may be this process.
+            self.core
+                .forget(in_flight.values().map(|held| held.request_id.as_str()));
+        }
         args.extend(unhanded.iter().cloned());
         match self.requeue("consumer", &self.consumer, &args).await {
             Ok(0) => {}
@@ -625,8 +676,8 @@ impl Subscription for RedisSubscription {
                     tokio::spawn(async move { ack.sub.discard(&[ack.id]).await });
                     continue;
                 }
-                if let Some(handed_out) = lock(&self.sub.in_flight).get_mut(&ready.ack.id) {
-                    *handed_out = true;
+                if let Some(held) = lock(&self.sub.in_flight).get_mut(&ready.ack.id) {
+                    held.handed_out = true;
                 }
                 bump(&stats.common.delivered);
                 if ready.attempt > 1 {
@@ -648,6 +699,7 @@ impl Subscription for RedisSubscription {
 struct RedisAck {
     sub: Arc<SubCore>,
     id: String,
+    request_id: String,
     reply_to: Option<String>,
 }
 
@@ -665,7 +717,7 @@ impl Acknowledge for RedisAck {
             let core = &sub.core;
             let mut pipe = ::redis::pipe();
             if let (Some(mut reply), Some(reply_to)) = (reply, self.reply_to.as_ref()) {
-                core.sign(&mut reply);
+                core.sign(reply_to, &mut reply);
                 match serde_json::to_string(&reply) {
                     Ok(text) => {
                         let ttl =
@@ -697,6 +749,9 @@ impl Acknowledge for RedisAck {
                 }
                 Err(error) => {
                     core.redis_error("reply/XACK", &error);
+                    // It will be redelivered (perhaps to this process) and
+                    // must then be handled again, its reply perhaps unsent.
+                    core.forget([self.request_id.as_str()]);
                     Err(unreachable(&error))
                 }
             }
