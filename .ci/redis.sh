@@ -21,20 +21,24 @@ die() { log "error: $*"; exit 1; }
 
 url() { echo "redis://127.0.0.1:${PORT}"; }
 
+# redis-server, and openssl (the split-over-TLS test makes its certificates with it).
 ensure_redis() {
     REDIS_SERVER="$(command -v redis-server || true)"
     [[ -z "$REDIS_SERVER" && -x /usr/bin/redis-server ]] && REDIS_SERVER=/usr/bin/redis-server
-    if [[ -z "$REDIS_SERVER" ]]; then
+    local missing=()
+    [[ -n "$REDIS_SERVER" ]] || missing+=(redis-server)
+    command -v openssl >/dev/null || missing+=(openssl)
+    if [[ ${#missing[@]} -gt 0 ]]; then
         if [[ "$(id -u)" == 0 ]]; then
-            log "redis-server not found; installing it with apt-get"
+            log "${missing[*]} not found; installing with apt-get"
             export DEBIAN_FRONTEND=noninteractive
             apt-get update
-            apt-get install -y --no-install-recommends redis-server
+            apt-get install -y --no-install-recommends "${missing[@]}"
             REDIS_SERVER="$(command -v redis-server || echo /usr/bin/redis-server)"
             [[ -x "$REDIS_SERVER" ]] || die "apt-get install redis-server did not provide redis-server"
         else
-            log "redis-server not found. Install it with:"
-            echo "    sudo apt-get update && sudo apt-get install -y redis-server" >&2
+            log "${missing[*]} not found. Install with:"
+            echo "    sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
             exit 1
         fi
     fi
