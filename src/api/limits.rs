@@ -105,12 +105,25 @@ pub fn check_txn_id(txn_id: &str) -> ApiResult<()> {
     check_bytes("the transaction id", txn_id, MAX_TXN_ID_BYTES)
 }
 
-/// A device id chosen by the client: not empty, at most [`MAX_DEVICE_ID_BYTES`].
+/// A device id chosen by the client: not empty, at most [`MAX_DEVICE_ID_BYTES`],
+/// and storable (registration creates the account before the device, so the
+/// database must not be the one to refuse it).
 pub fn check_device_id(device_id: &str) -> ApiResult<()> {
     if device_id.is_empty() {
         return Err(ApiError::invalid_param("device_id is empty"));
     }
-    check_bytes("device_id", device_id, MAX_DEVICE_ID_BYTES)
+    check_bytes("device_id", device_id, MAX_DEVICE_ID_BYTES)?;
+    check_no_nul("device_id", device_id)
+}
+
+/// `M_INVALID_PARAM` for text PostgreSQL cannot store.
+pub fn check_no_nul(what: &str, value: &str) -> ApiResult<()> {
+    if value.contains('\0') {
+        return Err(ApiError::invalid_param(format!(
+            "{what} may not contain NUL characters"
+        )));
+    }
+    Ok(())
 }
 
 /// An avatar URL: an `mxc://` URI of at most [`MAX_AVATAR_URL_BYTES`].
@@ -138,6 +151,7 @@ mod tests {
         assert!(check_txn_id("").is_err());
         assert!(check_device_id(&"D".repeat(MAX_DEVICE_ID_BYTES)).is_ok());
         assert!(check_device_id(&"D".repeat(MAX_DEVICE_ID_BYTES + 1)).is_err());
+        assert!(check_device_id("PHONE\0").is_err());
         assert!(check_count("invite", MAX_CREATE_ROOM_INVITES, MAX_CREATE_ROOM_INVITES).is_ok());
         assert!(check_count(
             "invite",

@@ -104,6 +104,20 @@ async fn a_huge_device_id_is_refused_at_registration_and_login_and_nothing_is_st
         )
         .await;
     assert_invalid_param(status, &body, "register with a 5,000-character device_id");
+    // Nor one the database cannot store.
+    let (status, body) = client
+        .post(
+            REGISTER,
+            None,
+            json!({
+                "username": "mallory",
+                "password": PASSWORD,
+                "device_id": "PHONE\u{0}",
+                "auth": { "type": "m.login.dummy" },
+            }),
+        )
+        .await;
+    assert_invalid_param(status, &body, "register with a NUL in device_id");
     let (status, body) = client
         .get(
             "/_matrix/client/v3/register/available?username=mallory",

@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::limits::{
-    check_bytes, check_chars, check_device_id, MAX_DEVICE_DISPLAY_NAME_CHARS, MAX_PASSWORD_BYTES,
-    MAX_UIA_SESSION_BYTES, MAX_USER_ID_BYTES,
+    check_bytes, check_chars, check_device_id, check_no_nul, MAX_DEVICE_DISPLAY_NAME_CHARS,
+    MAX_PASSWORD_BYTES, MAX_UIA_SESSION_BYTES, MAX_USER_ID_BYTES,
 };
 use crate::api::{rate_limit_ip, JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
@@ -348,6 +348,7 @@ fn check_new_device(device_id: Option<&str>, display_name: Option<&str>) -> ApiR
             name,
             MAX_DEVICE_DISPLAY_NAME_CHARS,
         )?;
+        check_no_nul("initial_device_display_name", name)?;
     }
     Ok(())
 }
