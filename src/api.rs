@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod limits;
 pub mod metrics;
 pub mod routing;
 
@@ -183,14 +184,27 @@ struct Bucket {
 
 impl RateLimiter {
     pub fn new(config: &crate::config::RateLimitConfig) -> RateLimiter {
+        RateLimiter::with_rate(config.enabled, config.per_second, config.burst)
+    }
+
+    /// Failed logins per account (Synapse's `rc_login.failed_attempts`):
+    /// [`RateLimiter::check_unused`] before an attempt, [`RateLimiter::use_one`]
+    /// after a failure.
+    pub fn login_failures(config: &crate::config::RateLimitConfig) -> RateLimiter {
+        let failures = &config.login_failed_attempts;
+        RateLimiter::with_rate(config.enabled, failures.per_second, failures.burst)
+    }
+
+    fn with_rate(enabled: bool, per_second: f64, burst: u32) -> RateLimiter {
         RateLimiter {
-            enabled: config.enabled,
-            per_second: config.per_second,
-            burst: f64::from(config.burst.max(1)),
+            enabled,
+            per_second,
+            burst: f64::from(burst.max(1)),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Takes one token from `key`'s bucket, or answers `429` when it has none.
     pub fn check(&self, key: &str) -> ApiResult<()> {
         if !self.enabled {
             return Ok(());
@@ -198,7 +212,28 @@ impl RateLimiter {
         self.check_at(key, Instant::now())
     }
 
+    /// `429` when `key`'s bucket is empty, without taking a token.
+    pub fn check_unused(&self, key: &str) -> ApiResult<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.with_bucket(key, Instant::now(), false)
+    }
+
+    /// Takes one token from `key`'s bucket if it has one; never refuses.
+    pub fn use_one(&self, key: &str) {
+        if self.enabled {
+            let _ = self.with_bucket(key, Instant::now(), true);
+        }
+    }
+
     fn check_at(&self, key: &str, now: Instant) -> ApiResult<()> {
+        self.with_bucket(key, now, true)
+    }
+
+    /// Refills `key`'s bucket to `now`; when it holds a token, answers `Ok`
+    /// (taking the token if `take`), otherwise `429` with the wait.
+    fn with_bucket(&self, key: &str, now: Instant, take: bool) -> ApiResult<()> {
         let mut buckets = self
             .buckets
             .lock()
@@ -219,7 +254,9 @@ impl RateLimiter {
         bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+            if take {
+                bucket.tokens -= 1.0;
+            }
             Ok(())
         } else {
             let wait = (1.0 - bucket.tokens) / self.per_second;
@@ -235,11 +272,7 @@ mod tests {
 
     #[test]
     fn a_bucket_allows_its_burst_then_refills() {
-        let limiter = RateLimiter::new(&crate::config::RateLimitConfig {
-            enabled: true,
-            per_second: 2.0,
-            burst: 3,
-        });
+        let limiter = RateLimiter::with_rate(true, 2.0, 3);
         let start = Instant::now();
         for _ in 0..3 {
             assert!(limiter.check_at("@a:x", start).is_ok());
@@ -254,6 +287,27 @@ mod tests {
         assert!(limiter
             .check_at("@a:x", start + Duration::from_millis(500))
             .is_ok());
+    }
+
+    #[test]
+    fn failed_logins_are_refused_after_the_burst_until_the_bucket_refills() {
+        // Synapse's defaults for `rc_login.failed_attempts`.
+        let limiter = RateLimiter::with_rate(true, 0.17, 3);
+        let start = Instant::now();
+        for _ in 0..3 {
+            // Checking alone never uses the bucket up.
+            assert!(limiter.with_bucket("@a:x", start, false).is_ok());
+            assert!(limiter.with_bucket("@a:x", start, false).is_ok());
+            let _ = limiter.with_bucket("@a:x", start, true);
+        }
+        let error = limiter
+            .with_bucket("@a:x", start, false)
+            .expect_err("a fourth attempt is refused");
+        assert_eq!(error.errcode, ErrCode::LimitExceeded);
+        assert_eq!(error.retry_after_ms, Some(5883));
+        assert!(limiter.with_bucket("@b:x", start, false).is_ok());
+        let refilled = start + Duration::from_millis(5883);
+        assert!(limiter.with_bucket("@a:x", refilled, false).is_ok());
     }
 }
 

@@ -163,6 +163,9 @@ pub struct RateLimitConfig {
     /// How many requests may arrive at once before the sustained rate applies.
     #[serde(default = "default_rate_burst")]
     pub burst: u32,
+    /// Failed logins per account (Synapse's `rc_login.failed_attempts`).
+    #[serde(default)]
+    pub login_failed_attempts: LoginFailuresConfig,
 }
 
 impl Default for RateLimitConfig {
@@ -171,6 +174,29 @@ impl Default for RateLimitConfig {
             enabled: true,
             per_second: default_rate_per_second(),
             burst: default_rate_burst(),
+            login_failed_attempts: LoginFailuresConfig::default(),
+        }
+    }
+}
+
+/// How many failed logins one account may take: `burst` at once, then
+/// `per_second`. Further attempts, even with the right password and from any
+/// address, answer `429` until the bucket refills; a success does not refill
+/// it (as in Synapse).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginFailuresConfig {
+    #[serde(default = "default_login_failures_per_second")]
+    pub per_second: f64,
+    #[serde(default = "default_login_failures_burst")]
+    pub burst: u32,
+}
+
+impl Default for LoginFailuresConfig {
+    fn default() -> Self {
+        LoginFailuresConfig {
+            per_second: default_login_failures_per_second(),
+            burst: default_login_failures_burst(),
         }
     }
 }
@@ -195,6 +221,12 @@ fn default_rate_per_second() -> f64 {
 }
 fn default_rate_burst() -> u32 {
     100
+}
+fn default_login_failures_per_second() -> f64 {
+    0.17
+}
+fn default_login_failures_burst() -> u32 {
+    3
 }
 
 /// A configuration that could not be loaded; its message names the key.
@@ -270,6 +302,13 @@ impl Config {
         if self.rate_limits.per_second.is_nan() || self.rate_limits.per_second <= 0.0 {
             return Err(ConfigError::Invalid {
                 key: "rate_limits.per_second",
+                message: "must be a positive number".into(),
+            });
+        }
+        let failures = &self.rate_limits.login_failed_attempts;
+        if failures.per_second.is_nan() || failures.per_second <= 0.0 {
+            return Err(ConfigError::Invalid {
+                key: "rate_limits.login_failed_attempts.per_second",
                 message: "must be a positive number".into(),
             });
         }
@@ -529,6 +568,12 @@ rate_limits:
   per_second: 20
   # Requests allowed at once before the sustained rate applies.
   burst: 100
+  # Failed logins per account, from any address (Synapse's rc_login.failed_attempts):
+  # after `burst` failures, logins to that account (even with the right password)
+  # answer 429 until the bucket refills at `per_second`.
+  login_failed_attempts:
+    per_second: 0.17
+    burst: 3
 
 # Threads answering HTTP requests (default: one per core). Several instances
 # on one machine can each take fewer, so they do not outnumber its cores.
@@ -579,6 +624,8 @@ mod tests {
         let config = Config::from_figment(figment(&base())).expect("sample config must load");
         assert_eq!(config.server_name, "example.org");
         assert!(config.rate_limits.enabled);
+        let failures = &config.rate_limits.login_failed_attempts;
+        assert_eq!((failures.per_second, failures.burst), (0.17, 3));
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct Node {
     pub stream: SharedStream,
     pub roles: Arc<Vec<Role>>,
     pub rate_limiter: Arc<RateLimiter>,
+    /// Failed logins per account (`rate_limits.login_failed_attempts`).
+    pub login_failures: Arc<RateLimiter>,
     pub passwords: PasswordHasher,
     pub tokens: Arc<TokenCache>,
     /// Each user's memberships, for `/sync`.
@@ -383,6 +385,7 @@ impl Node {
 
         let node = Node {
             rate_limiter: Arc::new(RateLimiter::new(&config.rate_limits)),
+            login_failures: Arc::new(RateLimiter::login_failures(&config.rate_limits)),
             passwords: PasswordHasher::default(),
             tokens,
             memberships,

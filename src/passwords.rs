@@ -31,7 +31,15 @@ pub enum PasswordError {
 pub struct PasswordHasher {
     permits: Arc<Semaphore>,
     memory: Arc<HashMemory>,
+    /// Verifications run, including those against [`DUMMY_HASH`].
+    verifications: Arc<AtomicUsize>,
 }
+
+/// What a login for an account without a password hash (or without an
+/// account) is verified against, with the parameters of every new hash, so
+/// that its answer takes as long as a wrong password for a real account.
+/// Its output is random bytes: no password verifies against it.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$1jX/fat1t7aYlXLUW1uk1A$HFqxilL4eKuck9VmvpalUO0F90C9YRsHyvPTzc25Du8";
 
 /// Working memory of finished hashes, reused by the next ones while there
 /// are any; never more blocks than permits, since only that many hashes run
@@ -73,6 +81,7 @@ impl Default for PasswordHasher {
         PasswordHasher {
             permits: Arc::new(Semaphore::new(cores)),
             memory: Arc::new(HashMemory::default()),
+            verifications: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -127,8 +136,32 @@ impl PasswordHasher {
             .map_err(|e| PasswordError::Task(e.to_string()))?
     }
 
+    /// Whether `password` is the one `hash` was made from; without a hash
+    /// (an unknown account, or one without a password), the same work is done
+    /// against a dummy hash and the answer is `false`, so the time taken does
+    /// not tell which accounts exist.
+    pub async fn verify_or_dummy(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, PasswordError> {
+        match hash {
+            Some(hash) => self.verify(password, hash).await,
+            None => {
+                self.verify(password, DUMMY_HASH.to_owned()).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// How many verifications this hasher ran.
+    pub fn verifications(&self) -> usize {
+        self.verifications.load(Ordering::Relaxed)
+    }
+
     /// Whether `password` is the one `hash` (a PHC string) was made from.
     pub async fn verify(&self, password: String, hash: String) -> Result<bool, PasswordError> {
+        self.verifications.fetch_add(1, Ordering::Relaxed);
         self.run(move |memory| {
             let stored = |e: argon2::password_hash::Error| PasswordError::Stored(e.to_string());
             let argon2_error = |e: argon2::Error| PasswordError::Stored(e.to_string());
@@ -230,6 +263,41 @@ mod tests {
             .verify("x".into(), "not a hash".into())
             .await
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn accounts_without_a_hash_are_verified_against_the_dummy_one() {
+        let hasher = PasswordHasher::default();
+        let before = hasher.verifications();
+        assert!(!hasher
+            .verify_or_dummy("correct horse".into(), None)
+            .await
+            .expect("verify"));
+        assert_eq!(hasher.verifications(), before + 1, "the hash work ran");
+        let hash = hasher.hash("correct horse".into()).await.expect("hash");
+        assert!(hasher
+            .verify_or_dummy("correct horse".into(), Some(hash))
+            .await
+            .expect("verify"));
+        assert_eq!(hasher.verifications(), before + 2);
+    }
+
+    #[test]
+    fn the_dummy_hash_costs_what_a_new_hash_costs() {
+        let dummy = PasswordHash::new(DUMMY_HASH).expect("phc");
+        assert_eq!(dummy.algorithm, Algorithm::default().ident());
+        let params = Params::try_from(&dummy).expect("params");
+        let default = Params::default();
+        assert_eq!(
+            (params.m_cost(), params.t_cost(), params.p_cost()),
+            (default.m_cost(), default.t_cost(), default.p_cost())
+        );
+        assert_eq!(
+            dummy.hash.expect("output").len(),
+            Params::default()
+                .output_len()
+                .unwrap_or(Params::DEFAULT_OUTPUT_LEN)
+        );
     }
 
     #[tokio::test]

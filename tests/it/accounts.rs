@@ -494,3 +494,68 @@ async fn a_logged_out_token_is_refused_by_every_node() {
         );
     }
 }
+
+fn password_login(user: &str, password: &str) -> serde_json::Value {
+    json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": user },
+        "password": password,
+    })
+}
+
+#[actix_web::test]
+async fn failed_logins_close_the_account_for_a_while_even_to_the_right_password() {
+    // Rate limits on, but too generous for the per-address limit to matter:
+    // the per-account failed-login limit is Synapse's default (burst 3).
+    let cluster = TestCluster::start_with(Options {
+        rate_limit: Some((1000.0, 1000)),
+        ..Options::default()
+    })
+    .await;
+    let client = cluster.client();
+    client.register("alice").await;
+    client.register("bob").await;
+    for attempt in 1..=3 {
+        let (status, body) = client
+            .post(LOGIN, None, password_login("alice", "wrong"))
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "attempt {attempt}: {body}");
+        assert_eq!(body["errcode"], "M_FORBIDDEN");
+    }
+    // The id is canonicalised: another spelling is the same account.
+    let (status, body) = client
+        .post(LOGIN, None, password_login("@Alice:lattice.test", PASSWORD))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["errcode"], "M_LIMIT_EXCEEDED");
+    let retry_after_ms = body["retry_after_ms"].as_u64().expect("retry_after_ms");
+    assert!(
+        (1..=6000).contains(&retry_after_ms),
+        "one failure refills in about 5.9 s: {body}"
+    );
+    // Other accounts are not affected.
+    let (status, body) = client
+        .post(LOGIN, None, password_login("bob", PASSWORD))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[actix_web::test]
+async fn unknown_users_and_wrong_passwords_get_the_same_answer() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    client.register("alice").await;
+    let wrong_password = client
+        .post(LOGIN, None, password_login("alice", "wrong"))
+        .await;
+    let unknown_user = client
+        .post(LOGIN, None, password_login("nobody", "wrong"))
+        .await;
+    assert_eq!(
+        wrong_password.0,
+        StatusCode::FORBIDDEN,
+        "{}",
+        wrong_password.1
+    );
+    assert_eq!(wrong_password, unknown_user);
+}

@@ -19,6 +19,7 @@ mod discovery;
 mod errors;
 mod filter;
 mod fuzz;
+mod limits;
 mod membership;
 mod messages;
 mod metrics;

@@ -544,3 +544,76 @@ async fn a_former_member_sees_the_members_as_they_left_them() {
         "carol joined after bob left: {body}"
     );
 }
+
+/// What a non-member gets from each request about a room: the same for a
+/// room that does not exist and for a private room with members in it.
+#[actix_web::test]
+async fn non_members_cannot_tell_unknown_rooms_from_private_ones_or_who_is_in_them() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let carol = client.register("carol").await;
+    let eve = client.register("eve").await;
+    let private = alice.create_room(json!({ "preset": "private_chat" })).await;
+    alice
+        .post(
+            &room_path(&private, "invite"),
+            json!({ "user_id": carol.user_id }),
+        )
+        .await;
+    carol.join(&private).await;
+    let banned = client.register("banned").await;
+    alice
+        .post(
+            &room_path(&private, "ban"),
+            json!({ "user_id": banned.user_id }),
+        )
+        .await;
+    let unknown = "!nowhere:lattice.test".to_owned();
+
+    let answers = |room_id: String, target: String| {
+        let eve = &eve;
+        async move {
+            let mut answers = Vec::new();
+            for rest in [
+                "state",
+                "state/m.room.create",
+                "messages",
+                "members",
+                "joined_members",
+            ] {
+                answers.push((rest.to_owned(), eve.get(&room_path(&room_id, rest)).await));
+            }
+            for rest in ["kick", "unban", "invite"] {
+                let answer = eve
+                    .post(&room_path(&room_id, rest), json!({ "user_id": target }))
+                    .await;
+                answers.push((format!("{rest} {target}"), answer));
+            }
+            answers
+        }
+    };
+    // Carol is joined, banned is banned, bob was never there.
+    let of_unknown = answers(unknown.clone(), carol.user_id.clone()).await;
+    for (room_id, target) in [
+        (private.clone(), carol.user_id.clone()),
+        (private.clone(), banned.user_id.clone()),
+        (private.clone(), "@bob:lattice.test".to_owned()),
+        (unknown.clone(), "@bob:lattice.test".to_owned()),
+    ] {
+        let of_room = answers(room_id.clone(), target.clone()).await;
+        for ((what, unknown_answer), (_, answer)) in of_unknown.iter().zip(&of_room) {
+            assert_eq!(
+                answer.0,
+                StatusCode::FORBIDDEN,
+                "{what} in {room_id}: {}",
+                answer.1
+            );
+            assert_eq!(
+                (unknown_answer.0, &unknown_answer.1),
+                (answer.0, &answer.1),
+                "{what} in {room_id} (target {target})"
+            );
+        }
+    }
+}

@@ -5,6 +5,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::api::limits::{
+    check_bytes, check_chars, check_device_id, check_no_nul, MAX_DEVICE_DISPLAY_NAME_CHARS,
+    MAX_PASSWORD_BYTES, MAX_UIA_SESSION_BYTES, MAX_USER_ID_BYTES,
+};
 use crate::api::{rate_limit_ip, JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
@@ -55,6 +59,13 @@ pub async fn register(
     }
     if !node.config.enable_registration {
         return Err(ApiError::forbidden("registration has been disabled"));
+    }
+    check_new_device(
+        body.device_id.as_deref(),
+        body.initial_device_display_name.as_deref(),
+    )?;
+    if let Some(session) = body.auth.as_ref().and_then(|auth| auth.session.as_deref()) {
+        check_bytes("the auth session", session, MAX_UIA_SESSION_BYTES)?;
     }
     let localpart = match &body.username {
         Some(username) => validate_localpart(username, &node)?,
@@ -116,10 +127,10 @@ pub async fn register(
         .password
         .as_deref()
         .ok_or_else(|| ApiError::missing_param("a password is required"))?;
-    if password.is_empty() || password.len() > 512 {
+    if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
         return Err(ApiError::new(
             ErrCode::InvalidParam,
-            "the password must be 1 to 512 characters",
+            format!("the password must be 1 to {MAX_PASSWORD_BYTES} bytes"),
         ));
     }
     let password_hash = node
@@ -244,31 +255,38 @@ pub async fn login(
     let password = body
         .password
         .ok_or_else(|| ApiError::missing_param("a password is required"))?;
+    check_bytes("the password", &password, MAX_PASSWORD_BYTES)?;
+    check_new_device(
+        body.device_id.as_deref(),
+        body.initial_device_display_name.as_deref(),
+    )?;
     let user_id = if user.starts_with('@') {
         user.to_lowercase()
     } else {
         self::user_id(&user.to_lowercase(), &node)
     };
+    // No account has a longer id; refused before it keys a rate-limit bucket.
+    check_bytes("the user id", &user_id, MAX_USER_ID_BYTES)?;
+    // After too many failures, the account is closed to every attempt for a
+    // while, whoever makes it and whatever the password (Synapse's order).
+    node.login_failures.check_unused(&user_id)?;
     let record = accounts::password_record(&node.pool, &user_id).await?;
-    let Some(record) = record else {
-        return Err(ApiError::forbidden("invalid username or password"));
-    };
-    if record.deactivated {
+    let deactivated = record.as_ref().is_some_and(|r| r.deactivated);
+    // Unknown accounts cost the same hash work as known ones.
+    let valid = node
+        .passwords
+        .verify_or_dummy(password, record.and_then(|r| r.password_hash))
+        .await
+        .map_err(ApiError::internal)?;
+    if !valid {
+        node.login_failures.use_one(&user_id);
+        return Err(ApiError::forbidden(INVALID_LOGIN));
+    }
+    if deactivated {
         return Err(ApiError::new(
             ErrCode::UserDeactivated,
             "this account has been deactivated",
         ));
-    }
-    let Some(hash) = record.password_hash else {
-        return Err(ApiError::forbidden("invalid username or password"));
-    };
-    if !node
-        .passwords
-        .verify(password, hash)
-        .await
-        .map_err(ApiError::internal)?
-    {
-        return Err(ApiError::forbidden("invalid username or password"));
     }
     let device_id = body.device_id.unwrap_or_else(random_device_id);
     let access_token = new_access_token();
@@ -315,6 +333,26 @@ pub async fn logout_all(node: web::Data<Node>, requester: Requester) -> ApiResul
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
+/// The one answer to a login with an unknown user, a user without a
+/// password, or a wrong password.
+const INVALID_LOGIN: &str = "invalid username or password";
+
+/// The device a client names at login or registration, before anything is stored.
+fn check_new_device(device_id: Option<&str>, display_name: Option<&str>) -> ApiResult<()> {
+    if let Some(device_id) = device_id {
+        check_device_id(device_id)?;
+    }
+    if let Some(name) = display_name {
+        check_chars(
+            "initial_device_display_name",
+            name,
+            MAX_DEVICE_DISPLAY_NAME_CHARS,
+        )?;
+        check_no_nul("initial_device_display_name", name)?;
+    }
+    Ok(())
+}
+
 fn user_id(localpart: &str, node: &Node) -> String {
     format!("@{}:{}", localpart, node.config.server_name)
 }
@@ -341,8 +379,8 @@ fn validate_localpart(username: &str, node: &Node) -> ApiResult<String> {
     if localpart.chars().all(|c| c.is_ascii_digit()) {
         return Err(invalid("numeric usernames are reserved"));
     }
-    if user_id(localpart, node).len() > 255 {
-        return Err(invalid("the user id would be longer than 255 characters"));
+    if user_id(localpart, node).len() > MAX_USER_ID_BYTES {
+        return Err(invalid("the user id would be longer than 255 bytes"));
     }
     Ok(localpart.to_owned())
 }

@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::client::membership::{check_room_id, require_joined};
+use crate::api::limits::{check_bytes, MAX_PUBLIC_ROOMS_PAGE, MAX_SEARCH_TERM_BYTES};
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
@@ -194,6 +195,9 @@ pub async fn search_public_rooms(
         .filter
         .and_then(|f| f.generic_search_term)
         .filter(|t| !t.is_empty());
+    if let Some(term) = &term {
+        check_bytes("generic_search_term", term, MAX_SEARCH_TERM_BYTES)?;
+    }
     list(&node, body.limit, body.since.as_deref(), term.as_deref()).await
 }
 
@@ -255,10 +259,11 @@ async fn list(
         })
         .collect();
     let total = all.len();
-    let limit = limit.unwrap_or(usize::MAX).min(500);
+    let limit = limit.unwrap_or(usize::MAX).min(MAX_PUBLIC_ROOMS_PAGE);
     let chunk: Vec<Value> = all.into_iter().skip(offset).take(limit).collect();
     let mut body = json!({ "chunk": chunk, "total_room_count_estimate": total });
-    if offset + limit < total {
+    // `since` is the client's: a huge offset must not overflow.
+    if offset.saturating_add(limit) < total {
         body["next_batch"] = json!(format!("o{}", offset + limit));
     }
     if offset > 0 {

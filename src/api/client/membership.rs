@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::client::events::client_events;
+use crate::api::limits::check_reason;
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
@@ -61,7 +62,12 @@ pub async fn history_access(
     }))
 }
 
-/// [`history_access`], or 403.
+/// The one answer to a user who may not see into a room, whether the room
+/// exists or not, and whoever else is in it (Synapse's text): an answer that
+/// named the room or a user would tell a non-member more than this.
+pub const NOT_A_MEMBER: &str = "You aren't a member of the room";
+
+/// [`history_access`], or 403 [`NOT_A_MEMBER`].
 pub async fn require_history_access(
     node: &Node,
     room_id: &str,
@@ -69,7 +75,7 @@ pub async fn require_history_access(
 ) -> ApiResult<HistoryAccess> {
     history_access(node, room_id, user_id)
         .await?
-        .ok_or_else(|| ApiError::forbidden(format!("{user_id} is not in room {room_id}")))
+        .ok_or_else(|| ApiError::forbidden(NOT_A_MEMBER))
 }
 
 /// The events of one room that `user_id` may see, by the room's history
@@ -110,13 +116,11 @@ pub async fn visible_events(
         .collect())
 }
 
-/// 403 unless the user is joined to the room.
+/// 403 [`NOT_A_MEMBER`] unless the user is joined to the room.
 pub async fn require_joined(node: &Node, room_id: &str, user_id: &str) -> ApiResult<()> {
     match rooms::membership(&node.pool, room_id, user_id).await? {
         Some(m) if m.membership == "join" => Ok(()),
-        _ => Err(ApiError::forbidden(format!(
-            "{user_id} is not in room {room_id}"
-        ))),
+        _ => Err(ApiError::forbidden(NOT_A_MEMBER)),
     }
 }
 
@@ -178,6 +182,7 @@ async fn join(
     reason: Option<String>,
 ) -> ApiResult<HttpResponse> {
     check_room_id(room_id)?;
+    check_reason(reason.as_deref())?;
     let mut content = json!({ "membership": "join" });
     if let Some(profile) = accounts::profile(&node.pool, &requester.user_id).await? {
         if let Some(name) = profile.displayname {
@@ -211,18 +216,19 @@ pub async fn invite(
     let room_id = path.into_inner();
     check_room_id(&room_id)?;
     let target = check_user_id(&body.user_id)?;
+    check_reason(body.reason.as_deref())?;
     if target.server_name() != node.config.server_name.as_str() {
         return Err(ApiError::forbidden(
             "inviting users of other servers needs federation, which this server does not do yet",
         ));
     }
+    require_joined(&node, &room_id, &requester.user_id).await?;
     if !accounts::user_exists(&node.pool, &body.user_id).await? {
         return Err(ApiError::not_found(format!(
             "user {} does not exist",
             body.user_id
         )));
     }
-    require_joined(&node, &room_id, &requester.user_id).await?;
     let mut content = json!({ "membership": "invite" });
     if let Some(profile) = accounts::profile(&node.pool, &body.user_id).await? {
         if let Some(name) = profile.displayname {
@@ -252,16 +258,12 @@ pub async fn leave(
 ) -> ApiResult<HttpResponse> {
     let room_id = path.into_inner();
     check_room_id(&room_id)?;
+    check_reason(body.reason.as_deref())?;
     match rooms::membership(&node.pool, &room_id, &requester.user_id).await? {
         Some(m) if m.membership == "join" || m.membership == "invite" => {}
         // Leaving a room one is not in is a no-op, as in Synapse.
         Some(m) if m.membership == "leave" => return Ok(HttpResponse::Ok().json(json!({}))),
-        _ => {
-            return Err(ApiError::forbidden(format!(
-                "{} is not in room {room_id}",
-                requester.user_id
-            )))
-        }
+        _ => return Err(ApiError::forbidden(NOT_A_MEMBER)),
     }
     let mut content = json!({ "membership": "leave" });
     if let Some(reason) = body.reason {
@@ -278,16 +280,28 @@ pub async fn leave(
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
+/// Kick, ban or unban. `target_must_be` names the target's memberships the
+/// change applies to, and what to answer otherwise; it is looked at only once
+/// the requester is known to be in the room, so that a non-member learns
+/// nothing of anyone's membership.
 async fn set_membership_of_other(
     node: &Node,
     requester: &Requester,
     room_id: &str,
     body: TargetBody,
     membership: &str,
+    target_must_be: Option<(&[&str], &str)>,
 ) -> ApiResult<HttpResponse> {
     check_room_id(room_id)?;
     check_user_id(&body.user_id)?;
+    check_reason(body.reason.as_deref())?;
     require_joined(node, room_id, &requester.user_id).await?;
+    if let Some((memberships, otherwise)) = target_must_be {
+        let current = rooms::membership(&node.pool, room_id, &body.user_id).await?;
+        if !current.is_some_and(|m| memberships.contains(&m.membership.as_str())) {
+            return Err(ApiError::forbidden(format!("{} {otherwise}", body.user_id)));
+        }
+    }
     let mut content = json!({ "membership": membership });
     if let Some(reason) = body.reason {
         content["reason"] = json!(reason);
@@ -311,17 +325,8 @@ pub async fn kick(
     JsonBody(body): JsonBody<TargetBody>,
 ) -> ApiResult<HttpResponse> {
     let room_id = path.into_inner();
-    match rooms::membership(&node.pool, &room_id, &body.user_id).await? {
-        Some(m)
-            if m.membership == "join" || m.membership == "invite" || m.membership == "knock" => {}
-        _ => {
-            return Err(ApiError::forbidden(format!(
-                "{} is not in the room",
-                body.user_id
-            )))
-        }
-    }
-    set_membership_of_other(&node, &requester, &room_id, body, "leave").await
+    let kickable = Some((&["join", "invite", "knock"][..], "is not in the room"));
+    set_membership_of_other(&node, &requester, &room_id, body, "leave", kickable).await
 }
 
 /// POST /_matrix/client/v3/rooms/{roomId}/ban
@@ -331,7 +336,7 @@ pub async fn ban(
     path: web::Path<String>,
     JsonBody(body): JsonBody<TargetBody>,
 ) -> ApiResult<HttpResponse> {
-    set_membership_of_other(&node, &requester, &path.into_inner(), body, "ban").await
+    set_membership_of_other(&node, &requester, &path.into_inner(), body, "ban", None).await
 }
 
 /// POST /_matrix/client/v3/rooms/{roomId}/unban
@@ -342,16 +347,8 @@ pub async fn unban(
     JsonBody(body): JsonBody<TargetBody>,
 ) -> ApiResult<HttpResponse> {
     let room_id = path.into_inner();
-    match rooms::membership(&node.pool, &room_id, &body.user_id).await? {
-        Some(m) if m.membership == "ban" => {}
-        _ => {
-            return Err(ApiError::forbidden(format!(
-                "{} is not banned",
-                body.user_id
-            )))
-        }
-    }
-    set_membership_of_other(&node, &requester, &room_id, body, "leave").await
+    let banned = Some((&["ban"][..], "is not banned"));
+    set_membership_of_other(&node, &requester, &room_id, body, "leave", banned).await
 }
 
 /// POST /_matrix/client/v3/rooms/{roomId}/forget

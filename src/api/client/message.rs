@@ -10,6 +10,7 @@ use crate::api::client::membership::{
     check_room_id, history_access, require_history_access, require_joined, visible_events,
     HistoryAccess,
 };
+use crate::api::limits::{check_reason, check_txn_id};
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
@@ -29,6 +30,7 @@ pub async fn send_message_event(
 ) -> ApiResult<HttpResponse> {
     let (room_id, kind, txn_id) = path.into_inner();
     check_room_id(&room_id)?;
+    check_txn_id(&txn_id)?;
     let persisted = node
         .send_event(SendEvent {
             room_id,
@@ -60,6 +62,8 @@ pub async fn redact_event(
 ) -> ApiResult<HttpResponse> {
     let (room_id, event_id, txn_id) = path.into_inner();
     check_room_id(&room_id)?;
+    check_txn_id(&txn_id)?;
+    check_reason(body.reason.as_deref())?;
     ruma::EventId::parse(&event_id).map_err(|_| ApiError::invalid_param("malformed event id"))?;
     require_joined(&node, &room_id, &requester.user_id).await?;
     let target = rooms::event(&node.pool, &event_id)

@@ -3,6 +3,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
+use crate::api::limits::{check_avatar_url, check_chars, MAX_DISPLAYNAME_CHARS};
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
@@ -68,8 +69,11 @@ pub async fn set_profile_field(
         Some(Value::String(value)) => Some(value.clone()),
         Some(_) => return Err(ApiError::bad_json(format!("`{field}` must be a string"))),
     };
-    if value.as_ref().is_some_and(|v| v.len() > 256) {
-        return Err(ApiError::bad_json(format!("`{field}` is too long")));
+    match (&value, field.as_str()) {
+        (Some(name), "displayname") => check_chars("displayname", name, MAX_DISPLAYNAME_CHARS)?,
+        // An empty string clears the avatar, as several clients send.
+        (Some(url), _) if !url.is_empty() => check_avatar_url(url)?,
+        _ => {}
     }
     if field == "displayname" {
         accounts::set_displayname(&node.pool, &user_id, value.as_deref()).await?;

@@ -5,6 +5,9 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::api::limits::{
+    check_bytes, check_count, MAX_ALIAS_BYTES, MAX_CREATE_ROOM_INVITES, MAX_INITIAL_STATE_EVENTS,
+};
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
@@ -60,6 +63,12 @@ pub async fn create_room(
     requester: Requester,
     JsonBody(body): JsonBody<CreateRoomRequest>,
 ) -> ApiResult<HttpResponse> {
+    check_count(
+        "initial_state",
+        body.initial_state.len(),
+        MAX_INITIAL_STATE_EVENTS,
+    )?;
+    check_count("invite", body.invite.len(), MAX_CREATE_ROOM_INVITES)?;
     let version_text = body
         .room_version
         .clone()
@@ -80,6 +89,7 @@ pub async fn create_room(
     let alias = match &body.room_alias_name {
         Some(name) => {
             let alias = format!("#{}:{}", name, node.config.server_name);
+            check_bytes("the room alias", &alias, MAX_ALIAS_BYTES)?;
             if name.is_empty()
                 || name.contains(':')
                 || name.contains(char::is_whitespace)
