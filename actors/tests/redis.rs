@@ -861,11 +861,11 @@ async fn a_request_pushed_onto_a_reply_list_is_not_taken_for_the_reply() {
     // The signed request has the id the caller waits for. Pushed onto the
     // caller's reply list it does not verify there (signed for the stream)...
     let client = redis::Client::open(h.url.as_str()).expect("url");
-    let mut conn = client
+    let conn = client
         .get_multiplexed_async_connection()
         .await
         .expect("connects");
-    let mut push = |text: String| {
+    let push = |text: String| {
         let mut rpush = redis::cmd("RPUSH");
         rpush.arg(caller.reply_key()).arg(text);
         let mut conn = conn.clone();
