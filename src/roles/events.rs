@@ -4,6 +4,7 @@
 //! one room are strictly ordered without locks. Events will be sharded by room
 //! over several persisters; the messages below are what crosses the mailbox.
 
+mod authorization;
 mod persister;
 
 use serde::{Deserialize, Serialize};

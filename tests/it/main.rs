@@ -13,6 +13,7 @@ mod cluster;
 mod spec;
 
 mod accounts;
+mod authorization;
 mod admin;
 mod directory;
 mod discovery;

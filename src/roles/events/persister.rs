@@ -15,12 +15,13 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
+use super::authorization::{self, Redaction, ROOM_REDACTION};
 use super::{CreateRoom, Persisted, SendEvent, WriteError};
 use crate::caches::RecentEventsCache;
 use crate::error::ErrCode;
 use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
 use crate::rooms::version::parse_supported;
-use crate::storage::rooms::StoredEvent;
+use crate::storage::rooms::{self as stored_rooms, StoredEvent};
 use crate::storage::{self, StorageError, StorageResult};
 use crate::streams::id_gen::StreamPositions;
 use crate::streams::replication::{Command, Publisher};
@@ -53,6 +54,20 @@ impl RoomHead {
         self.state
             .get(&(kind.to_string(), state_key.to_owned()))
             .map(|pdu| (**pdu).clone())
+    }
+
+    /// Whether `user`'s power level reaches the room's `redact` level.
+    fn may_redact_others(&self, user: &ruma::UserId) -> Result<bool, WriteError> {
+        let state = |kind: &str| self.state.get(&(kind.to_owned(), String::new()));
+        let create = state("m.room.create")
+            .ok_or_else(|| WriteError::new(ErrCode::Internal, "room without create event"))?;
+        let levels = pdu::room_power_levels(
+            &self.version,
+            create,
+            state("m.room.power_levels").map(|p| &**p),
+        )
+        .map_err(|e| WriteError::new(ErrCode::Internal, e.to_string()))?;
+        Ok(levels.user_can_redact_event_of_other(user))
     }
 }
 
@@ -218,6 +233,9 @@ impl EventPersister {
 
     async fn build_send(&mut self, request: SendEvent) -> Result<NewEvent, WriteError> {
         self.load_room(&request.room_id).await?;
+        let redaction = self
+            .redaction(&request.kind, request.redacts.as_deref(), &request.content)
+            .await?;
         let txn = request.txn.map(|t| (t.device_id, t.txn_id));
         self.build(
             &request.room_id,
@@ -226,12 +244,38 @@ impl EventPersister {
             request.kind,
             request.state_key,
             request.content,
-            request.redacts,
+            redaction,
             txn,
         )
     }
 
+    /// For a redaction, the event it names as this server knows it (the
+    /// one database read an event may need before it is built; ordinary
+    /// events need none).
+    async fn redaction(
+        &self,
+        kind: &str,
+        redacts: Option<&str>,
+        content: &Value,
+    ) -> Result<Option<Redaction>, WriteError> {
+        if kind != ROOM_REDACTION {
+            if redacts.is_some() {
+                return Err(WriteError::new(
+                    ErrCode::BadJson,
+                    "`redacts` is only valid on m.room.redaction",
+                ));
+            }
+            return Ok(None);
+        }
+        let target_id = authorization::redacted_event_id(redacts, content)?;
+        let target = stored_rooms::event_origin(&self.pool, target_id.as_str())
+            .await
+            .map_err(storage_error)?;
+        Ok(Some(Redaction { target_id, target }))
+    }
+
     async fn create_room(&mut self, request: CreateRoom) -> Result<Persisted, WriteError> {
+        let mut redactions = Vec::with_capacity(request.initial_events.len());
         for event in &request.initial_events {
             validate_send(&SendEvent {
                 room_id: String::new(),
@@ -242,6 +286,7 @@ impl EventPersister {
                 redacts: None,
                 txn: None,
             })?;
+            redactions.push(self.redaction(&event.kind, None, &event.content).await?);
         }
         if json_contains_nul(&Value::Object(request.create_content.clone())) {
             return Err(WriteError::new(
@@ -315,7 +360,7 @@ impl EventPersister {
             },
             txn: None,
         }];
-        for initial in request.initial_events {
+        for (initial, redaction) in request.initial_events.into_iter().zip(redactions) {
             let built = self.build(
                 &room_id,
                 Some(parse_room_id(&room_id)?),
@@ -323,7 +368,7 @@ impl EventPersister {
                 initial.kind,
                 initial.state_key,
                 initial.content,
-                None,
+                redaction,
                 None,
             );
             match built {
@@ -463,7 +508,9 @@ impl EventPersister {
     }
 
     /// Builds, signs and authorises an event on top of the room's head, and
-    /// advances the head in memory.
+    /// advances the head in memory. Every event passes here, whichever
+    /// endpoint it came through, so every check of what a sender may do is
+    /// here too: the room version's auth rules, then [`authorization`].
     #[allow(clippy::too_many_arguments)]
     fn build(
         &mut self,
@@ -473,7 +520,7 @@ impl EventPersister {
         kind: String,
         state_key: Option<String>,
         content: Value,
-        redacts: Option<String>,
+        redaction: Option<Redaction>,
         txn: Option<(String, String)>,
     ) -> Result<NewEvent, WriteError> {
         let sender = parse_user_id(sender)?;
@@ -483,13 +530,7 @@ impl EventPersister {
                 "event content must be a JSON object",
             ));
         }
-        let redacts = match redacts {
-            Some(id) => Some(
-                OwnedEventId::try_from(id)
-                    .map_err(|_| WriteError::new(ErrCode::InvalidParam, "malformed event id"))?,
-            ),
-            None => None,
-        };
+        let redacts = redaction.as_ref().map(|r| r.target_id.clone());
         let head = self
             .rooms
             .get_mut(room_id)
@@ -528,6 +569,10 @@ impl EventPersister {
             return Err(WriteError::new(ErrCode::TooLarge, "event too large"));
         }
         pdu::check_auth(&head.version, &pdu, |t, k| head.state_event(t, k)).map_err(pdu_error)?;
+        if let Some(redaction) = &redaction {
+            let may_redact_others = head.may_redact_others(&pdu.sender)?;
+            authorization::check_redaction(room_id, &pdu.sender, redaction, may_redact_others)?;
+        }
 
         let pdu = Arc::new(pdu);
         head.latest_event_id = pdu.event_id.clone();
