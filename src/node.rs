@@ -22,7 +22,9 @@ use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::keys::SigningKey;
 use crate::passwords::PasswordHasher;
-use crate::roles::events::{CreateRoom, EventPersister, Persisted, SendEvent, EVENTS_STREAM};
+use crate::roles::events::{
+    CreateRoom, EventPersister, Persisted, SendEvent, Transaction, EVENTS_STREAM,
+};
 use crate::roles::Role;
 use crate::storage;
 use crate::streams::caches::{CachesWriter, Invalidation};
@@ -542,7 +544,9 @@ impl Node {
             state_key: Some(state_key.to_owned()),
             content,
             redacts: None,
-            txn: None,
+            // Made here, where the request enters the server: a mailbox
+            // message delivered twice then writes once.
+            txn: Some(Transaction::request()),
         })
         .await
     }

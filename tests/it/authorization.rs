@@ -54,7 +54,10 @@ async fn room_with_a_moderator(version: &str) -> (TestCluster, User, User, User,
         .await;
     power_levels["users"][&carol.user_id] = json!(50);
     let (status, body) = alice
-        .put(&room_path(&room_id, "state/m.room.power_levels/"), power_levels)
+        .put(
+            &room_path(&room_id, "state/m.room.power_levels/"),
+            power_levels,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     (cluster, alice, bob, carol, room_id)

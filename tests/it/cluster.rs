@@ -73,6 +73,8 @@ struct TestNode {
     roles: Vec<Role>,
     config: Figment,
     addr: SocketAddr,
+    /// The running node, for tests that call its mailboxes directly.
+    node: Node,
     /// `true` stops gracefully, `false` kills (as a crash would).
     stop: Option<tokio::sync::oneshot::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
@@ -171,6 +173,26 @@ impl TestCluster {
             .unwrap_or_else(|| panic!("no node {instance} in this cluster"));
         let base = format!("http://{}", node.addr);
         Client::new(base.clone(), base)
+    }
+
+    /// Runs `call` with the node `instance` on that node's runtime, as its
+    /// own request handlers would (for tests that call a mailbox directly,
+    /// e.g. to deliver one message twice).
+    pub async fn on_node<F, T>(&self, instance: &str, call: impl FnOnce(Node) -> F) -> T
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let node = &self
+            .nodes
+            .iter()
+            .find(|n| n.instance == instance)
+            .unwrap_or_else(|| panic!("no node {instance} in this cluster"))
+            .node;
+        node.runtime
+            .spawn(call(node.clone()))
+            .await
+            .expect("the call ran to completion")
     }
 
     /// Whether the nodes are separate instances talking through Redis.
@@ -306,7 +328,7 @@ impl TestNode {
                 runtime.block_on(async move {
                     match Node::start_with_roles(config, &instance, &roles, listener, 1).await {
                         Ok(running) => {
-                            let _ = started_tx.send(Ok(running.addr));
+                            let _ = started_tx.send(Ok((running.addr, running.node.clone())));
                             match stop_rx.await {
                                 Ok(false) => running.kill().await,
                                 _ => running.stop().await,
@@ -320,8 +342,8 @@ impl TestNode {
                 runtime.shutdown_timeout(Duration::from_secs(5));
             })
             .expect("spawn node thread");
-        let addr = match started_rx.await {
-            Ok(Ok(addr)) => addr,
+        let (addr, node) = match started_rx.await {
+            Ok(Ok(started)) => started,
             Ok(Err(error)) => panic!("node failed to start: {error}"),
             Err(_) => panic!("node thread died while starting"),
         };
@@ -330,6 +352,7 @@ impl TestNode {
             roles: node_roles,
             config: figment,
             addr,
+            node,
             stop: Some(stop_tx),
             thread: Some(thread),
         }

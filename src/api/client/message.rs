@@ -13,7 +13,7 @@ use crate::api::client::membership::{
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
-use crate::roles::events::{SendEvent, Transaction};
+use crate::roles::events::{SendEvent, Transaction, TxnEndpoint};
 use crate::rooms::filter::{Filter, RoomEventFilter};
 use crate::storage::rooms::{self, StoredEvent};
 use crate::streams::token::{parse_pagination, RoomStreamToken};
@@ -35,10 +35,11 @@ pub async fn send_message_event(
             state_key: None,
             content: Value::Object(body),
             redacts: None,
-            txn: Some(Transaction {
-                device_id: requester.device_id.clone(),
+            txn: Some(Transaction::client(
+                requester.device_id.clone(),
                 txn_id,
-            }),
+                TxnEndpoint::Send,
+            )),
         })
         .await?;
     Ok(HttpResponse::Ok().json(json!({ "event_id": persisted.event_id })))

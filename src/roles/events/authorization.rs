@@ -134,8 +134,9 @@ mod tests {
     fn some_events_are_never_redacted_here() {
         let alice = user_id!("@alice:x");
         for kind in ["m.room.create", "m.room.server_acl"] {
-            let error = check_redaction("!r:x", alice, &redaction_of("!r:x", "@alice:x", kind), true)
-                .expect_err("refused");
+            let error =
+                check_redaction("!r:x", alice, &redaction_of("!r:x", "@alice:x", kind), true)
+                    .expect_err("refused");
             assert_eq!(error.errcode, "M_FORBIDDEN", "{kind}");
         }
         let elsewhere = redaction_of("!other:x", "@alice:x", "m.room.message");
@@ -157,11 +158,15 @@ mod tests {
         let from_content = redacted_event_id(None, &json!({ "redacts": "$b" })).expect("id");
         assert_eq!(from_content.as_str(), "$b");
         assert_eq!(
-            redacted_event_id(None, &json!({})).expect_err("none").errcode,
+            redacted_event_id(None, &json!({}))
+                .expect_err("none")
+                .errcode,
             "M_BAD_JSON"
         );
         assert_eq!(
-            redacted_event_id(None, &json!({ "redacts": 1 })).expect_err("not a string").errcode,
+            redacted_event_id(None, &json!({ "redacts": 1 }))
+                .expect_err("not a string")
+                .errcode,
             "M_BAD_JSON"
         );
     }

@@ -16,7 +16,7 @@ use ruma::{
 use serde_json::{json, Value};
 
 use super::authorization::{self, Redaction, ROOM_REDACTION};
-use super::{CreateRoom, Persisted, SendEvent, WriteError};
+use super::{CreateRoom, Persisted, SendEvent, Transaction, WriteError};
 use crate::caches::RecentEventsCache;
 use crate::error::ErrCode;
 use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
@@ -75,7 +75,42 @@ impl RoomHead {
 struct NewEvent {
     pdu: Arc<Pdu>,
     state_group: StateGroupChange,
-    txn: Option<(String, String)>,
+    /// Stored with the event, so that the request is answered from storage
+    /// when it comes again.
+    txn: Option<Transaction>,
+}
+
+impl NewEvent {
+    /// The request this event was built from, to build it again on a new
+    /// head (when the group commit it was in failed and is retried).
+    fn into_request(self) -> SendEvent {
+        let pdu = Arc::unwrap_or_clone(self.pdu);
+        SendEvent {
+            room_id: pdu.room_id.to_string(),
+            sender: pdu.sender.to_string(),
+            kind: pdu.kind,
+            state_key: pdu.state_key,
+            content: pdu.content,
+            redacts: pdu.redacts.map(|id| id.to_string()),
+            txn: self.txn,
+        }
+    }
+}
+
+/// A transaction id in its full scope: (user, device, endpoint, room, id).
+/// Request ids made by the server are unique alone: their room is empty,
+/// as for `createRoom`, whose room is not known before it is created.
+type TxnKey = (String, String, &'static str, String, String);
+
+fn txn_key(sender: &str, room_id: &str, txn: &Transaction) -> TxnKey {
+    let room_id = if txn.is_client() { room_id } else { "" };
+    (
+        sender.to_owned(),
+        txn.device_id.clone(),
+        txn.endpoint.as_str(),
+        room_id.to_owned(),
+        txn.txn_id.clone(),
+    )
 }
 
 enum StateGroupChange {
@@ -107,6 +142,8 @@ pub struct EventPersister {
     recent_events: Arc<RecentEventsCache>,
     events_persisted: u64,
     writes_failed: u64,
+    /// Group commits the database refused and that were committed apart.
+    groups_split: u64,
 }
 
 impl EventPersister {
@@ -133,12 +170,13 @@ impl EventPersister {
             recent_events,
             events_persisted: 0,
             writes_failed: 0,
+            groups_split: 0,
         }
     }
 
     /// Persists a batch of sends in one transaction (group commit). Each
-    /// request gets its own answer: one refused by the auth rules does not
-    /// hold back the others.
+    /// request gets its own answer: one refused by the auth rules, or one
+    /// the database refuses, does not hold back the others.
     async fn send_events(
         &mut self,
         requests: Vec<SendEvent>,
@@ -157,12 +195,13 @@ impl EventPersister {
                 }
             })
             .collect();
-        let sent_before = match self.already_sent(requests.iter().map(|(_, r)| r)).await {
+        let keys: Vec<Option<TxnKey>> = requests
+            .iter()
+            .map(|(_, r)| r.txn.as_ref().map(|t| txn_key(&r.sender, &r.room_id, t)))
+            .collect();
+        let sent_before = match self.already_sent(keys.iter().flatten()).await {
             Ok(sent) => sent,
             Err(error) => {
-                for (index, _) in &requests {
-                    answers[*index] = Some(Err(error.clone()));
-                }
                 return answers
                     .into_iter()
                     .map(|a| a.unwrap_or_else(|| Err(error.clone())))
@@ -170,17 +209,11 @@ impl EventPersister {
             }
         };
         // A transaction id seen earlier in this batch: answer as the first.
-        let mut first_with_txn: HashMap<(String, String, String), usize> = HashMap::new();
+        let mut first_with_txn: HashMap<TxnKey, usize> = HashMap::new();
         let mut duplicates: Vec<(usize, usize)> = Vec::new();
-        let mut events = Vec::new();
-        let mut event_requests = Vec::new();
-        for (index, request) in requests {
-            if let Some(txn) = &request.txn {
-                let key = (
-                    request.sender.clone(),
-                    txn.device_id.clone(),
-                    txn.txn_id.clone(),
-                );
+        let mut to_write = Vec::with_capacity(requests.len());
+        for ((index, request), key) in requests.into_iter().zip(keys) {
+            if let Some(key) = key {
                 if let Some(persisted) = sent_before.get(&key) {
                     answers[index] = Some(Ok(persisted.clone()));
                     continue;
@@ -191,30 +224,9 @@ impl EventPersister {
                 }
                 first_with_txn.insert(key, index);
             }
-            match self.build_send(request).await {
-                Ok(event) => {
-                    events.push(event);
-                    event_requests.push(index);
-                }
-                Err(error) => answers[index] = Some(Err(error)),
-            }
+            to_write.push((index, request));
         }
-        if !events.is_empty() {
-            let rooms: Vec<String> = events.iter().map(|e| e.pdu.room_id.to_string()).collect();
-            match self.write(None, events).await {
-                Ok(persisted) => {
-                    for (index, persisted) in event_requests.into_iter().zip(persisted) {
-                        answers[index] = Some(Ok(persisted));
-                    }
-                }
-                Err(error) => {
-                    let error = self.write_failed(&rooms, error);
-                    for index in event_requests {
-                        answers[index] = Some(Err(error.clone()));
-                    }
-                }
-            }
-        }
+        self.persist_apart_on_failure(to_write, &mut answers).await;
         for (index, first) in duplicates {
             answers[index] = answers[first].clone();
         }
@@ -231,12 +243,71 @@ impl EventPersister {
             .collect()
     }
 
+    /// Builds and commits `requests` in one transaction. When the database
+    /// refuses that transaction, the heads it advanced are forgotten and its
+    /// requests are built again and committed in two halves, and so on down
+    /// to the one at fault: only that request gets the error, the others
+    /// are answered as if it had not been there. An error that is not the
+    /// database refusing what it was given (the pool, the connection) fails
+    /// the whole group: retrying cannot help.
+    async fn persist_apart_on_failure(
+        &mut self,
+        requests: Vec<(usize, SendEvent)>,
+        answers: &mut [Option<Result<Persisted, WriteError>>],
+    ) {
+        // Groups still to commit, the next one last: halves keep their order,
+        // so the events of one room are still built in the order sent.
+        let mut groups = vec![requests];
+        while let Some(group) = groups.pop() {
+            let mut events = Vec::with_capacity(group.len());
+            let mut indexes = Vec::with_capacity(group.len());
+            for (index, request) in group {
+                match self.build_send(request).await {
+                    Ok(event) => {
+                        events.push(event);
+                        indexes.push(index);
+                    }
+                    Err(error) => answers[index] = Some(Err(error)),
+                }
+            }
+            if events.is_empty() {
+                continue;
+            }
+            let rooms: Vec<String> = events.iter().map(|e| e.pdu.room_id.to_string()).collect();
+            match self.write(None, &events).await {
+                Ok(persisted) => {
+                    for (index, persisted) in indexes.into_iter().zip(persisted) {
+                        answers[index] = Some(Ok(persisted));
+                    }
+                }
+                Err(error) if events.len() > 1 && refused_by_database(&error) => {
+                    self.groups_split += 1;
+                    tracing::warn!(error = %error, events = events.len(), "group commit refused; committing its requests apart");
+                    self.forget_heads(&rooms);
+                    let mut first: Vec<(usize, SendEvent)> = indexes
+                        .into_iter()
+                        .zip(events)
+                        .map(|(index, event)| (index, event.into_request()))
+                        .collect();
+                    let second = first.split_off(first.len() / 2);
+                    groups.push(second);
+                    groups.push(first);
+                }
+                Err(error) => {
+                    let error = self.write_failed(&rooms, error);
+                    for index in indexes {
+                        answers[index] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
     async fn build_send(&mut self, request: SendEvent) -> Result<NewEvent, WriteError> {
         self.load_room(&request.room_id).await?;
         let redaction = self
             .redaction(&request.kind, request.redacts.as_deref(), &request.content)
             .await?;
-        let txn = request.txn.map(|t| (t.device_id, t.txn_id));
         self.build(
             &request.room_id,
             Some(parse_room_id(&request.room_id)?),
@@ -245,7 +316,7 @@ impl EventPersister {
             request.state_key,
             request.content,
             redaction,
-            txn,
+            request.txn,
         )
     }
 
@@ -275,6 +346,18 @@ impl EventPersister {
     }
 
     async fn create_room(&mut self, request: CreateRoom) -> Result<Persisted, WriteError> {
+        // A redelivered request is answered with the room it created.
+        let txn = (!request.request_id.is_empty()).then(|| Transaction {
+            device_id: String::new(),
+            txn_id: request.request_id.clone(),
+            endpoint: super::TxnEndpoint::Request,
+        });
+        if let Some(txn) = &txn {
+            let key = txn_key(&request.creator, "", txn);
+            if let Some(persisted) = self.already_sent(std::iter::once(&key)).await?.remove(&key) {
+                return Ok(persisted);
+            }
+        }
         let mut redactions = Vec::with_capacity(request.initial_events.len());
         for event in &request.initial_events {
             validate_send(&SendEvent {
@@ -385,7 +468,11 @@ impl EventPersister {
             creator: request.creator,
             is_public: request.is_public,
         };
-        match self.write(Some(room_row), events).await {
+        // The last event answers the request: it carries its id.
+        if let Some(last) = events.last_mut() {
+            last.txn = txn;
+        }
+        match self.write(Some(room_row), &events).await {
             Ok(mut persisted) => persisted
                 .pop()
                 .ok_or_else(|| WriteError::new(ErrCode::Internal, "nothing persisted")),
@@ -397,55 +484,63 @@ impl EventPersister {
     /// database) and turns the storage error into the client's answer.
     fn write_failed(&mut self, rooms: &[String], error: StorageError) -> WriteError {
         self.writes_failed += 1;
-        for room_id in rooms {
-            self.rooms.remove(room_id);
-        }
+        self.forget_heads(rooms);
         tracing::error!(error = %error, "persisting events failed");
         WriteError::new(ErrCode::Internal, "could not persist the event")
     }
 
-    /// The events already sent with the requests' transaction ids.
+    /// Forgets the heads of `rooms`, which ran ahead of the database in
+    /// memory: they are loaded again when next written.
+    fn forget_heads(&mut self, rooms: &[String]) {
+        for room_id in rooms {
+            self.rooms.remove(room_id);
+        }
+    }
+
+    /// The events already written with these transaction ids.
     async fn already_sent(
         &self,
-        requests: impl Iterator<Item = &SendEvent>,
-    ) -> Result<HashMap<(String, String, String), Persisted>, WriteError> {
-        let mut senders = Vec::new();
-        let mut devices = Vec::new();
-        let mut txn_ids = Vec::new();
-        for request in requests {
-            if let Some(txn) = &request.txn {
-                senders.push(request.sender.as_str());
-                devices.push(txn.device_id.as_str());
-                txn_ids.push(txn.txn_id.as_str());
-            }
-        }
-        if senders.is_empty() {
+        keys: impl Iterator<Item = &TxnKey>,
+    ) -> Result<HashMap<TxnKey, Persisted>, WriteError> {
+        let keys: Vec<&TxnKey> = keys.collect();
+        if keys.is_empty() {
             return Ok(HashMap::new());
         }
+        let column =
+            |pick: fn(&TxnKey) -> &str| keys.iter().map(|k| pick(k)).collect::<Vec<&str>>();
         let client = self.pool.get().await.map_err(storage_error)?;
         let rows = client
             .query(
-                "SELECT t.user_id, t.device_id, t.txn_id, e.event_id, e.room_id, e.stream_ordering, e.instance_name
-                 FROM unnest($1::text[], $2::text[], $3::text[]) AS q (user_id, device_id, txn_id)
-                 JOIN event_txn_ids t USING (user_id, device_id, txn_id)
+                "SELECT q.i, e.event_id, e.room_id, e.stream_ordering, e.instance_name
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                   WITH ORDINALITY AS q (user_id, device_id, endpoint, room_id, txn_id, i)
+                 JOIN event_txn_ids t USING (user_id, device_id, endpoint, room_id, txn_id)
                  JOIN events e ON e.event_id = t.event_id",
-                &[&senders, &devices, &txn_ids],
+                &[
+                    &column(|k| &k.0),
+                    &column(|k| &k.1),
+                    &column(|k| k.2),
+                    &column(|k| &k.3),
+                    &column(|k| &k.4),
+                ],
             )
             .await
             .map_err(|e| storage_error(StorageError::Postgres(e)))?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let key = (row.get(0), row.get(1), row.get(2));
-                let persisted = Persisted {
-                    event_id: row.get(3),
-                    room_id: row.get(4),
-                    stream_ordering: row.get(5),
-                    instance: row.get(6),
-                };
-                (key, persisted)
-            })
-            .collect())
+        let mut sent = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let ordinal: i64 = row.get(0);
+            let Some(key) = usize::try_from(ordinal - 1).ok().and_then(|i| keys.get(i)) else {
+                continue;
+            };
+            let persisted = Persisted {
+                event_id: row.get(1),
+                room_id: row.get(2),
+                stream_ordering: row.get(3),
+                instance: row.get(4),
+            };
+            sent.insert((*key).clone(), persisted);
+        }
+        Ok(sent)
     }
 
     /// Loads the head of a room from the database unless it is cached.
@@ -521,7 +616,7 @@ impl EventPersister {
         state_key: Option<String>,
         content: Value,
         redaction: Option<Redaction>,
-        txn: Option<(String, String)>,
+        txn: Option<Transaction>,
     ) -> Result<NewEvent, WriteError> {
         let sender = parse_user_id(sender)?;
         if !content.is_object() {
@@ -619,7 +714,7 @@ impl EventPersister {
     async fn write(
         &mut self,
         room: Option<RoomRow>,
-        events: Vec<NewEvent>,
+        events: &[NewEvent],
     ) -> StorageResult<Vec<Persisted>> {
         let mut client = self.pool.get().await?;
         let fetch = self
@@ -641,7 +736,7 @@ impl EventPersister {
             }
         };
         self.stream.update(|p| p.end_fetch(fetch, &positions));
-        let result = self.commit(&mut client, room, &events, &positions).await;
+        let result = self.commit(&mut client, room, events, &positions).await;
         if result.is_err() {
             // Rolled-back positions count as finished: they are gaps, never rows.
             self.stream.update(|p| p.mark_finished(&positions));
@@ -654,7 +749,7 @@ impl EventPersister {
         }
         self.events_persisted += events.len() as u64;
         let mut keys: Vec<String> = Vec::new();
-        for event in &events {
+        for event in events {
             keys.push(event.pdu.room_id.to_string());
             if event.pdu.kind == "m.room.member" {
                 if let Some(state_key) = &event.pdu.state_key {
@@ -765,14 +860,14 @@ impl EventPersister {
                 ],
             )
             .await?;
-        let (txn_senders, txn_devices, txn_ids, txn_events) = rows.transactions();
-        if !txn_ids.is_empty() {
+        let txns = TxnRows::of(events);
+        if !txns.txn_id.is_empty() {
             transaction
                 .execute(
-                    "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id)
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
+                    "INSERT INTO event_txn_ids (user_id, device_id, endpoint, room_id, txn_id, event_id)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
                      ON CONFLICT DO NOTHING",
-                    &[&txn_senders, &txn_devices, &txn_ids, &txn_events],
+                    &[&txns.user_id, &txns.device_id, &txns.endpoint, &txns.room_id, &txns.txn_id, &txns.event_id],
                 )
                 .await?;
         }
@@ -900,8 +995,8 @@ pub fn stored_event_of_row(position: i64, row: &Value) -> Option<StoredEvent> {
 fn stored_event(event: &NewEvent, position: i64) -> StoredEvent {
     let pdu = &event.pdu;
     let (txn_device_id, txn_id) = match &event.txn {
-        Some((device, txn)) => (Some(device.clone()), Some(txn.clone())),
-        None => (None, None),
+        Some(txn) if txn.is_client() => (Some(txn.device_id.clone()), Some(txn.txn_id.clone())),
+        _ => (None, None),
     };
     StoredEvent {
         stream_ordering: position,
@@ -950,27 +1045,47 @@ impl<'a> EventRows<'a> {
         self.state_group.push(state_group);
         self.pdu
             .push(Value::from(CanonicalJsonValue::Object(pdu.json.clone())));
+        // Only a client's own transaction id is shown back to it (`/sync`'s
+        // `unsigned.transaction_id`), not a request id the server made.
         let (device, txn) = match &event.txn {
-            Some((device, txn)) => (Some(device.as_str()), Some(txn.as_str())),
-            None => (None, None),
+            Some(txn) if txn.is_client() => {
+                (Some(txn.device_id.as_str()), Some(txn.txn_id.as_str()))
+            }
+            _ => (None, None),
         };
         self.txn_device_id.push(device);
         self.txn_id.push(txn);
     }
+}
 
-    /// (sender, device, txn id, event id) of the events sent with a transaction id.
-    #[allow(clippy::type_complexity)]
-    fn transactions(&self) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
-        let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for i in 0..self.event_id.len() {
-            if let (Some(device), Some(txn)) = (self.txn_device_id[i], self.txn_id[i]) {
-                columns.0.push(self.sender[i]);
-                columns.1.push(device);
-                columns.2.push(txn);
-                columns.3.push(self.event_id[i]);
-            }
+/// The `event_txn_ids` rows of a batch, as arrays for one `unnest` insert.
+#[derive(Default)]
+struct TxnRows<'a> {
+    user_id: Vec<&'a str>,
+    device_id: Vec<&'a str>,
+    endpoint: Vec<&'static str>,
+    room_id: Vec<&'a str>,
+    txn_id: Vec<&'a str>,
+    event_id: Vec<&'a str>,
+}
+
+impl<'a> TxnRows<'a> {
+    fn of(events: &'a [NewEvent]) -> TxnRows<'a> {
+        let mut rows = TxnRows::default();
+        for event in events {
+            let Some(txn) = &event.txn else { continue };
+            rows.user_id.push(event.pdu.sender.as_str());
+            rows.device_id.push(&txn.device_id);
+            rows.endpoint.push(txn.endpoint.as_str());
+            rows.room_id.push(if txn.is_client() {
+                event.pdu.room_id.as_str()
+            } else {
+                ""
+            });
+            rows.txn_id.push(&txn.txn_id);
+            rows.event_id.push(event.pdu.event_id.as_str());
         }
-        columns
+        rows
     }
 }
 
@@ -1062,6 +1177,13 @@ fn pdu_error(error: PduError) -> WriteError {
     }
 }
 
+/// Whether the database refused what it was given (a constraint, a value
+/// out of range, an index row too large): the fault of some request in the
+/// transaction, not of the connection or the pool.
+fn refused_by_database(error: &StorageError) -> bool {
+    matches!(error, StorageError::Postgres(postgres) if postgres.as_db_error().is_some())
+}
+
 fn storage_error(error: impl Into<StorageError>) -> WriteError {
     let error = error.into();
     if let StorageError::Postgres(postgres) = &error {
@@ -1101,6 +1223,7 @@ impl Actor for EventPersister {
             "writer_position": self.stream.read(|p| p.current_token_for_writer(&self.instance_name)),
             "events_persisted": self.events_persisted,
             "writes_failed": self.writes_failed,
+            "groups_split": self.groups_split,
             "rooms_cached": self.rooms.len(),
         })
     }
