@@ -290,6 +290,7 @@ impl Node {
             let writers = event_writers.clone();
             let publisher = replication.as_ref().map(|r| r.publisher.clone());
             let recent_events = recent_events.clone();
+            let cached_rooms = config.event_writer_cached_rooms;
             let addr = supervisor.start("event_persister", move || {
                 EventPersister::new(
                     pool.clone(),
@@ -300,6 +301,7 @@ impl Node {
                     writers.clone(),
                     publisher.clone(),
                     recent_events.clone(),
+                    cached_rooms,
                 )
             })?;
             if let Some(transport) = &transport {

@@ -5,6 +5,7 @@
 //! over several persisters; the messages below are what crosses the mailbox.
 
 mod authorization;
+mod heads;
 mod persister;
 
 use serde::{Deserialize, Serialize};

@@ -46,6 +46,8 @@ pub struct Options {
     pub write_timeout_ms: Option<u64>,
     /// A Redis of the test's own (for tests that restart it).
     pub redis_url: Option<String>,
+    /// `event_writer_cached_rooms`, for tests of the writer's bounded memory.
+    pub event_writer_cached_rooms: Option<usize>,
 }
 
 impl Default for Options {
@@ -56,6 +58,7 @@ impl Default for Options {
             topology: None,
             write_timeout_ms: None,
             redis_url: None,
+            event_writer_cached_rooms: None,
         }
     }
 }
@@ -272,7 +275,11 @@ fn base_config(database_url: &str, options: &Options) -> Figment {
         Some((per_second, burst)) => (true, per_second, burst),
         None => (false, 20.0, 100),
     };
-    Figment::from(Yaml::string(&sample))
+    let mut figment = Figment::from(Yaml::string(&sample));
+    if let Some(rooms) = options.event_writer_cached_rooms {
+        figment = figment.merge(Serialized::default("event_writer_cached_rooms", rooms));
+    }
+    figment
         .merge(Serialized::default("database.url", database_url))
         .merge(Serialized::default("database.pool_size", 8))
         .merge(Serialized::default(

@@ -5,7 +5,7 @@
 use awc::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::cluster::{enc, TestCluster, User};
+use crate::cluster::{enc, Options, TestCluster, User};
 
 fn room_path(room_id: &str, rest: &str) -> String {
     format!("/_matrix/client/v3/rooms/{}/{rest}", enc(room_id))
@@ -123,4 +123,115 @@ async fn a_request_the_database_refuses_fails_alone() {
         );
     }
     assert_eq!(bodies.len(), sent.len(), "each message once: {bodies:?}");
+}
+
+#[actix_web::test]
+async fn the_writer_remembers_a_bounded_number_of_rooms() {
+    let cluster = TestCluster::start_with(Options {
+        event_writer_cached_rooms: Some(2),
+        ..Options::default()
+    })
+    .await;
+    let alice = cluster.client().register("alice").await;
+    let mut rooms = Vec::new();
+    for n in 0..5 {
+        let room_id = alice
+            .create_room(json!({ "name": format!("room {n}") }))
+            .await;
+        alice
+            .send_text(&room_id, &format!("first in room {n}"))
+            .await;
+        rooms.push(room_id);
+    }
+    let snapshot = persister_snapshot(&cluster).await;
+    let cached = find_key(&snapshot, "rooms_cached").and_then(Value::as_u64);
+    assert_eq!(cached, Some(2), "{snapshot}");
+
+    // The first rooms were forgotten; writing them again reads them back.
+    for (n, room_id) in rooms.iter().enumerate() {
+        alice
+            .send_text(room_id, &format!("second in room {n}"))
+            .await;
+        let (status, body) = alice
+            .put(
+                &room_path(room_id, "state/m.room.topic/"),
+                json!({ "topic": format!("topic {n}") }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        alice
+            .send_text(room_id, &format!("third in room {n}"))
+            .await;
+    }
+    for (n, room_id) in rooms.iter().enumerate() {
+        let page = alice.messages(room_id, "dir=f&limit=100").await;
+        let bodies: Vec<&str> = page["chunk"]
+            .as_array()
+            .expect("chunk")
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str())
+            .collect();
+        let expected = [
+            format!("first in room {n}"),
+            format!("second in room {n}"),
+            format!("third in room {n}"),
+        ];
+        assert_eq!(bodies, expected, "room {n} in order");
+        let topic = alice.state_content(room_id, "m.room.topic", "").await;
+        assert_eq!(topic["topic"], format!("topic {n}"));
+        let name = alice.state_content(room_id, "m.room.name", "").await;
+        assert_eq!(name["name"], format!("room {n}"), "earlier state kept");
+    }
+    let snapshot = persister_snapshot(&cluster).await;
+    let cached = find_key(&snapshot, "rooms_cached").and_then(Value::as_u64);
+    assert_eq!(cached, Some(2), "{snapshot}");
+}
+
+#[actix_web::test]
+async fn a_large_initial_state_is_written_in_linear_space() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+    let items = 1000;
+    let initial_state: Vec<Value> = (0..items)
+        .map(|i| json!({ "type": "org.example.item", "state_key": format!("{i}"), "content": { "n": i } }))
+        .collect();
+    let room_id = alice
+        .create_room(json!({ "initial_state": initial_state }))
+        .await;
+
+    let state = alice.room_state(&room_id).await;
+    let stored_items = state
+        .iter()
+        .filter(|e| e["type"] == "org.example.item")
+        .count();
+    assert_eq!(stored_items, items, "every item is in the state");
+    // State groups hold deltas and, now and then, a full snapshot: a
+    // snapshot every 64 state events wrote ~N²/128 entries (~8,000 here).
+    let entries: i64 = cluster
+        .database()
+        .await
+        .query_one(
+            "SELECT COALESCE(sum(jsonb_array_length(delta)), 0)::BIGINT FROM state_groups WHERE room_id = $1",
+            &[&room_id],
+        )
+        .await
+        .expect("count state group entries")
+        .get(0);
+    let events = (items + 10) as i64;
+    assert!(
+        entries <= 2 * events,
+        "{entries} state group entries for about {events} state events"
+    );
+    // The state at an event is still read back right, after more events.
+    let (status, body) = alice
+        .put(
+            &room_path(&room_id, "state/org.example.item/7"),
+            json!({ "n": "changed" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let changed = alice.state_content(&room_id, "org.example.item", "7").await;
+    assert_eq!(changed["n"], "changed");
+    let unchanged = alice.state_content(&room_id, "org.example.item", "8").await;
+    assert_eq!(unchanged["n"], 8);
 }

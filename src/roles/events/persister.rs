@@ -10,12 +10,13 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use lattice_actors::{Actor, Context, Handler};
 use ruma::{
-    events::StateEventType, signatures::Ed25519KeyPair, CanonicalJsonValue, OwnedEventId,
-    OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId,
+    signatures::Ed25519KeyPair, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName,
+    OwnedUserId, RoomVersionId,
 };
 use serde_json::{json, Value};
 
 use super::authorization::{self, Redaction, ROOM_REDACTION};
+use super::heads::{snapshot_due, RoomHead, RoomHeads};
 use super::{CreateRoom, Persisted, SendEvent, Transaction, WriteError};
 use crate::caches::RecentEventsCache;
 use crate::error::ErrCode;
@@ -31,45 +32,8 @@ use crate::util::{now_ms, random_string};
 /// The events stream's name in `stream_positions`.
 pub const EVENTS_STREAM: &str = "events";
 
-/// Full state snapshots are stored once a state group's delta chain is this long.
-const MAX_STATE_CHAIN: i32 = 64;
-
 /// The largest PDU the spec allows, in bytes of canonical JSON.
 const MAX_PDU_BYTES: usize = 65_536;
-
-type StateKey = (String, String);
-
-/// What the persister knows of a room it writes: enough to build the next event.
-struct RoomHead {
-    version: RoomVersionId,
-    latest_event_id: OwnedEventId,
-    depth: u64,
-    state_group: i64,
-    chain_length: i32,
-    state: HashMap<StateKey, Arc<Pdu>>,
-}
-
-impl RoomHead {
-    fn state_event(&self, kind: &StateEventType, state_key: &str) -> Option<Pdu> {
-        self.state
-            .get(&(kind.to_string(), state_key.to_owned()))
-            .map(|pdu| (**pdu).clone())
-    }
-
-    /// Whether `user`'s power level reaches the room's `redact` level.
-    fn may_redact_others(&self, user: &ruma::UserId) -> Result<bool, WriteError> {
-        let state = |kind: &str| self.state.get(&(kind.to_owned(), String::new()));
-        let create = state("m.room.create")
-            .ok_or_else(|| WriteError::new(ErrCode::Internal, "room without create event"))?;
-        let levels = pdu::room_power_levels(
-            &self.version,
-            create,
-            state("m.room.power_levels").map(|p| &**p),
-        )
-        .map_err(|e| WriteError::new(ErrCode::Internal, e.to_string()))?;
-        Ok(levels.user_can_redact_event_of_other(user))
-    }
-}
 
 /// One event ready to be written.
 struct NewEvent {
@@ -129,7 +93,7 @@ pub struct EventPersister {
     instance_name: String,
     server_name: OwnedServerName,
     key_pair: Ed25519KeyPair,
-    rooms: HashMap<String, RoomHead>,
+    rooms: RoomHeads,
     /// This process's view of the events stream (DESIGN §3), shared with the
     /// replication reader; reloaded when an incarnation starts.
     stream: SharedStream,
@@ -157,13 +121,14 @@ impl EventPersister {
         writers: Vec<String>,
         publisher: Option<Publisher>,
         recent_events: Arc<RecentEventsCache>,
+        cached_rooms: usize,
     ) -> EventPersister {
         EventPersister {
             pool,
             instance_name,
             server_name,
             key_pair,
-            rooms: HashMap::new(),
+            rooms: RoomHeads::new(cached_rooms),
             stream,
             writers,
             publisher,
@@ -420,14 +385,7 @@ impl EventPersister {
         state.insert(("m.room.create".to_owned(), String::new()), create.clone());
         self.rooms.insert(
             room_id.clone(),
-            RoomHead {
-                version: version.clone(),
-                latest_event_id: create.event_id.clone(),
-                depth: 1,
-                state_group: 0,
-                chain_length: 0,
-                state,
-            },
+            RoomHead::new(version.clone(), create.event_id.clone(), 1, 0, 0, state),
         );
         let create_delta = vec![(
             "m.room.create".to_owned(),
@@ -545,7 +503,7 @@ impl EventPersister {
 
     /// Loads the head of a room from the database unless it is cached.
     async fn load_room(&mut self, room_id: &str) -> Result<(), WriteError> {
-        if self.rooms.contains_key(room_id) {
+        if self.rooms.contains(room_id) {
             return Ok(());
         }
         let client = self.pool.get().await.map_err(storage_error)?;
@@ -589,15 +547,15 @@ impl EventPersister {
                 state.insert((pdu.kind.clone(), state_key.clone()), Arc::new(pdu));
             }
         }
-        let head = RoomHead {
+        let head = RoomHead::new(
             version,
-            latest_event_id: OwnedEventId::try_from(latest_event_id)
+            OwnedEventId::try_from(latest_event_id)
                 .map_err(|e| storage_error(StorageError::Corrupt(e.to_string())))?,
-            depth: latest.get::<_, i64>(1) as u64,
-            state_group: latest.get(2),
-            chain_length: latest.get(3),
+            latest.get::<_, i64>(1) as u64,
+            latest.get(2),
+            latest.get(3),
             state,
-        };
+        );
         self.rooms.insert(room_id.to_owned(), head);
         Ok(())
     }
@@ -677,7 +635,7 @@ impl EventPersister {
             Some(state_key) => {
                 head.state
                     .insert((pdu.kind.clone(), state_key.clone()), pdu.clone());
-                if head.chain_length + 1 >= MAX_STATE_CHAIN {
+                if snapshot_due(head.chain_length, head.state.len()) {
                     head.chain_length = 0;
                     let delta = head
                         .state
@@ -1239,6 +1197,7 @@ impl Handler<SendEvent> for EventPersister {
         _ctx: &mut Context,
     ) -> Result<Result<Persisted, WriteError>, String> {
         let mut answers = self.send_events(vec![msg]).await;
+        self.rooms.evict_beyond_capacity();
         Ok(answers.pop().unwrap_or_else(|| {
             Err(WriteError::new(
                 ErrCode::Internal,
@@ -1252,7 +1211,9 @@ impl Handler<SendEvent> for EventPersister {
         msgs: Vec<SendEvent>,
         _ctx: &mut Context,
     ) -> Vec<Result<Result<Persisted, WriteError>, String>> {
-        self.send_events(msgs).await.into_iter().map(Ok).collect()
+        let answers = self.send_events(msgs).await;
+        self.rooms.evict_beyond_capacity();
+        answers.into_iter().map(Ok).collect()
     }
 }
 
@@ -1262,7 +1223,9 @@ impl Handler<CreateRoom> for EventPersister {
         msg: CreateRoom,
         _ctx: &mut Context,
     ) -> Result<Result<Persisted, WriteError>, String> {
-        Ok(self.create_room(msg).await)
+        let answer = self.create_room(msg).await;
+        self.rooms.evict_beyond_capacity();
+        Ok(answer)
     }
 }
 
