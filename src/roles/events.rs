@@ -7,6 +7,7 @@
 mod authorization;
 mod heads;
 mod persister;
+mod rows;
 
 use serde::{Deserialize, Serialize};
 
