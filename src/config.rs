@@ -67,6 +67,11 @@ pub struct Config {
     /// before it fails with `503 M_UNAVAILABLE`.
     #[serde(default = "default_write_timeout_ms")]
     pub write_timeout_ms: u64,
+    /// Rooms whose head (latest event and current state) each events
+    /// writer keeps in memory; the least recently written are forgotten and
+    /// read again from the database when next written.
+    #[serde(default = "default_event_writer_cached_rooms")]
+    pub event_writer_cached_rooms: usize,
     /// Threads answering HTTP requests; default: one per core. Instances
     /// sharing a machine can take fewer each.
     #[serde(default)]
@@ -75,6 +80,10 @@ pub struct Config {
 
 fn default_write_timeout_ms() -> u64 {
     30_000
+}
+
+fn default_event_writer_cached_rooms() -> usize {
+    10_000
 }
 
 /// An `instance_map` entry.
@@ -578,6 +587,10 @@ rate_limits:
 # Threads answering HTTP requests (default: one per core). Several instances
 # on one machine can each take fewer, so they do not outnumber its cores.
 # http_workers: 2
+
+# Rooms whose latest event and current state each events writer keeps in
+# memory; the least recently written are read again when next written.
+# event_writer_cached_rooms: 10000
 
 # Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
 log: "info"

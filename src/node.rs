@@ -22,7 +22,9 @@ use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::keys::SigningKey;
 use crate::passwords::PasswordHasher;
-use crate::roles::events::{CreateRoom, EventPersister, Persisted, SendEvent, EVENTS_STREAM};
+use crate::roles::events::{
+    CreateRoom, EventPersister, Persisted, SendEvent, Transaction, EVENTS_STREAM,
+};
 use crate::roles::Role;
 use crate::storage;
 use crate::streams::caches::{CachesWriter, Invalidation};
@@ -316,6 +318,7 @@ impl Node {
             let writers = event_writers.clone();
             let publisher = replication.as_ref().map(|r| r.publisher.clone());
             let recent_events = recent_events.clone();
+            let cached_rooms = config.event_writer_cached_rooms;
             let addr = supervisor.start("event_persister", move || {
                 EventPersister::new(
                     pool.clone(),
@@ -326,6 +329,7 @@ impl Node {
                     writers.clone(),
                     publisher.clone(),
                     recent_events.clone(),
+                    cached_rooms,
                 )
             })?;
             if let Some(transport) = &transport {
@@ -571,7 +575,9 @@ impl Node {
             state_key: Some(state_key.to_owned()),
             content,
             redacts: None,
-            txn: None,
+            // Made here, where the request enters the server: a mailbox
+            // message delivered twice then writes once.
+            txn: Some(Transaction::request()),
         })
         .await
     }

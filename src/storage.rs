@@ -42,6 +42,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0004_instances_caches",
         include_str!("storage/migrations/0004_instances_caches.sql"),
     ),
+    (
+        "0005_scoped_transactions",
+        include_str!("storage/migrations/0005_scoped_transactions.sql"),
+    ),
 ];
 
 pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {

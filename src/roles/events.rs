@@ -4,7 +4,10 @@
 //! one room are strictly ordered without locks. Events will be sharded by room
 //! over several persisters; the messages below are what crosses the mailbox.
 
+mod authorization;
+mod heads;
 mod persister;
+mod rows;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,14 +27,74 @@ pub struct SendEvent {
     pub content: serde_json::Value,
     /// For `m.room.redaction`.
     pub redacts: Option<String>,
-    /// The sender's device and transaction id, making the send idempotent.
+    /// What makes the send idempotent: the client's transaction id, or a
+    /// request id made where the request entered the server.
     pub txn: Option<Transaction>,
 }
 
+/// What makes a write idempotent, so that a client's retry, or a mailbox
+/// message delivered twice, writes once and is answered from storage.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Transaction {
+    /// The client's device (empty for [`TxnEndpoint::Request`]).
     pub device_id: String,
     pub txn_id: String,
+    /// Transaction ids are scoped per device and endpoint (and room, for
+    /// the endpoints under `/rooms/{roomId}`), as the spec says.
+    #[serde(default)]
+    pub endpoint: TxnEndpoint,
+}
+
+impl Transaction {
+    /// A client's transaction id given to `endpoint`.
+    pub fn client(device_id: String, txn_id: String, endpoint: TxnEndpoint) -> Transaction {
+        Transaction {
+            device_id,
+            txn_id,
+            endpoint,
+        }
+    }
+
+    /// A request id for a request without a client transaction id (state
+    /// events, membership, createRoom), made once where it entered the
+    /// server, so that a redelivered mailbox message writes once.
+    pub fn request() -> Transaction {
+        Transaction {
+            device_id: String::new(),
+            txn_id: crate::util::random_string(24),
+            endpoint: TxnEndpoint::Request,
+        }
+    }
+
+    /// Whether the client gave this id (then `/sync` shows it to the
+    /// sending device as `unsigned.transaction_id`).
+    pub fn is_client(&self) -> bool {
+        self.endpoint != TxnEndpoint::Request
+    }
+}
+
+/// The endpoint a transaction id was given to: part of its scope.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxnEndpoint {
+    /// `PUT /rooms/{roomId}/send/{eventType}/{txnId}`.
+    #[default]
+    Send,
+    /// `PUT /rooms/{roomId}/redact/{eventId}/{txnId}`.
+    Redact,
+    /// No client transaction id: a request id made by the server.
+    Request,
+}
+
+impl TxnEndpoint {
+    /// The name stored in `event_txn_ids.endpoint`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxnEndpoint::Send => "send",
+            TxnEndpoint::Redact => "redact",
+            TxnEndpoint::Request => "request",
+        }
+    }
 }
 
 /// Create a room: its create event and initial state, in one transaction.
@@ -45,6 +108,11 @@ pub struct CreateRoom {
     /// The events after the create event, in order.
     pub initial_events: Vec<InitialEvent>,
     pub is_public: bool,
+    /// Made where the request entered the server, so that a redelivered
+    /// message answers the room it created instead of creating another
+    /// (empty: not idempotent, as from an older sender).
+    #[serde(default)]
+    pub request_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -228,6 +228,28 @@ pub async fn event(pool: &Pool, event_id: &str) -> StorageResult<Option<StoredEv
     Ok(row.as_ref().map(StoredEvent::from_row))
 }
 
+/// Who sent an event, where and of what type: what a redaction of it is
+/// checked against.
+#[derive(Debug, Clone)]
+pub struct EventOrigin {
+    pub room_id: String,
+    pub sender: String,
+    pub kind: String,
+}
+
+pub async fn event_origin(pool: &Pool, event_id: &str) -> StorageResult<Option<EventOrigin>> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached("SELECT room_id, sender, type FROM events WHERE event_id = $1")
+        .await?;
+    let row = client.query_opt(&statement, &[&event_id]).await?;
+    Ok(row.map(|row| EventOrigin {
+        room_id: row.get(0),
+        sender: row.get(1),
+        kind: row.get(2),
+    }))
+}
+
 pub async fn events_by_ids(pool: &Pool, event_ids: &[String]) -> StorageResult<Vec<StoredEvent>> {
     if event_ids.is_empty() {
         return Ok(Vec::new());

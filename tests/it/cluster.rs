@@ -48,6 +48,8 @@ pub struct Options {
     pub redis_url: Option<String>,
     /// `redis.tls_ca_file`, for a `rediss://` `redis_url`.
     pub redis_tls_ca_file: Option<std::path::PathBuf>,
+    /// `event_writer_cached_rooms`, for tests of the writer's bounded memory.
+    pub event_writer_cached_rooms: Option<usize>,
 }
 
 impl Default for Options {
@@ -59,6 +61,7 @@ impl Default for Options {
             write_timeout_ms: None,
             redis_url: None,
             redis_tls_ca_file: None,
+            event_writer_cached_rooms: None,
         }
     }
 }
@@ -76,6 +79,8 @@ struct TestNode {
     roles: Vec<Role>,
     config: Figment,
     addr: SocketAddr,
+    /// The running node, for tests that call its mailboxes directly.
+    node: Node,
     /// `true` stops gracefully, `false` kills (as a crash would).
     stop: Option<tokio::sync::oneshot::Sender<bool>>,
     thread: Option<JoinHandle<()>>,
@@ -180,6 +185,26 @@ impl TestCluster {
         Client::new(base.clone(), base)
     }
 
+    /// Runs `call` with the node `instance` on that node's runtime, as its
+    /// own request handlers would (for tests that call a mailbox directly,
+    /// e.g. to deliver one message twice).
+    pub async fn on_node<F, T>(&self, instance: &str, call: impl FnOnce(Node) -> F) -> T
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let node = &self
+            .nodes
+            .iter()
+            .find(|n| n.instance == instance)
+            .unwrap_or_else(|| panic!("no node {instance} in this cluster"))
+            .node;
+        node.runtime
+            .spawn(call(node.clone()))
+            .await
+            .expect("the call ran to completion")
+    }
+
     /// Whether the nodes are separate instances talking through Redis.
     pub fn is_split(&self) -> bool {
         self.nodes.len() > 1
@@ -257,7 +282,11 @@ fn base_config(database_url: &str, options: &Options) -> Figment {
         Some((per_second, burst)) => (true, per_second, burst),
         None => (false, 20.0, 100),
     };
-    Figment::from(Yaml::string(&sample))
+    let mut figment = Figment::from(Yaml::string(&sample));
+    if let Some(rooms) = options.event_writer_cached_rooms {
+        figment = figment.merge(Serialized::default("event_writer_cached_rooms", rooms));
+    }
+    figment
         .merge(Serialized::default("database.url", database_url))
         .merge(Serialized::default("database.pool_size", 8))
         .merge(Serialized::default(
@@ -313,7 +342,7 @@ impl TestNode {
                 runtime.block_on(async move {
                     match Node::start_with_roles(config, &instance, &roles, listener, 1).await {
                         Ok(running) => {
-                            let _ = started_tx.send(Ok(running.addr));
+                            let _ = started_tx.send(Ok((running.addr, running.node.clone())));
                             match stop_rx.await {
                                 Ok(false) => running.kill().await,
                                 _ => running.stop().await,
@@ -327,8 +356,8 @@ impl TestNode {
                 runtime.shutdown_timeout(Duration::from_secs(5));
             })
             .expect("spawn node thread");
-        let addr = match started_rx.await {
-            Ok(Ok(addr)) => addr,
+        let (addr, node) = match started_rx.await {
+            Ok(Ok(started)) => started,
             Ok(Err(error)) => panic!("node failed to start: {error}"),
             Err(_) => panic!("node thread died while starting"),
         };
@@ -337,6 +366,7 @@ impl TestNode {
             roles: node_roles,
             config: figment,
             addr,
+            node,
             stop: Some(stop_tx),
             thread: Some(thread),
         }

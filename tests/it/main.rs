@@ -14,15 +14,18 @@ mod spec;
 
 mod accounts;
 mod admin;
+mod authorization;
 mod directory;
 mod discovery;
 mod errors;
 mod filter;
 mod fuzz;
+mod idempotency;
 mod limits;
 mod membership;
 mod messages;
 mod metrics;
+mod persister;
 mod profile;
 mod replication;
 mod rooms;

@@ -9,7 +9,11 @@ use crate::api::limits::{check_bytes, MAX_PUBLIC_ROOMS_PAGE, MAX_SEARCH_TERM_BYT
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
+use crate::roles::events::parse_stored_pdu;
+use crate::rooms::pdu;
+use crate::rooms::version::parse_supported;
 use crate::storage::rooms;
+use ruma::events::StateEventType;
 
 fn check_alias(alias: &str, node: &Node) -> ApiResult<()> {
     let parsed = ruma::RoomAliasId::parse(alias)
@@ -138,8 +142,41 @@ pub async fn set_visibility(
         return Err(ApiError::not_found("unknown room"));
     }
     require_joined(&node, &room_id, &requester.user_id).await?;
+    if !may_edit_room_list(&node, &room_id, &requester.user_id).await? {
+        return Err(ApiError::forbidden(
+            "publishing a room in the directory needs the power to set its canonical alias",
+        ));
+    }
     rooms::set_room_public(&node.pool, &room_id, is_public).await?;
     Ok(HttpResponse::Ok().json(json!({})))
+}
+
+/// Whether `user_id` may send the room's `m.room.canonical_alias`: the
+/// power Synapse asks of whoever publishes a room in the directory or takes
+/// it out.
+async fn may_edit_room_list(node: &Node, room_id: &str, user_id: &str) -> ApiResult<bool> {
+    let info = rooms::room_info(&node.pool, room_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown room"))?;
+    let version = parse_supported(&info.room_version)
+        .ok_or_else(|| ApiError::internal("unsupported stored room version"))?;
+    let parse = |event: rooms::StoredEvent| {
+        parse_stored_pdu(&version, std::sync::Arc::unwrap_or_clone(event.pdu))
+            .map_err(ApiError::internal)
+    };
+    let create = rooms::current_state_event(&node.pool, room_id, "m.room.create", "")
+        .await?
+        .map(parse)
+        .transpose()?
+        .ok_or_else(|| ApiError::internal("room without create event"))?;
+    let power_levels = rooms::current_state_event(&node.pool, room_id, "m.room.power_levels", "")
+        .await?
+        .map(parse)
+        .transpose()?;
+    let user = ruma::UserId::parse(user_id).map_err(ApiError::internal)?;
+    let levels = pdu::room_power_levels(&version, &create, power_levels.as_ref())
+        .map_err(ApiError::internal)?;
+    Ok(levels.user_can_send_state(&user, StateEventType::RoomCanonicalAlias))
 }
 
 #[derive(Deserialize)]

@@ -14,10 +14,8 @@ use crate::api::limits::{check_reason, check_txn_id};
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
-use crate::roles::events::{SendEvent, Transaction};
+use crate::roles::events::{SendEvent, Transaction, TxnEndpoint};
 use crate::rooms::filter::{Filter, RoomEventFilter};
-use crate::rooms::pdu;
-use crate::rooms::version::parse_supported;
 use crate::storage::rooms::{self, StoredEvent};
 use crate::streams::token::{parse_pagination, RoomStreamToken};
 
@@ -39,10 +37,11 @@ pub async fn send_message_event(
             state_key: None,
             content: Value::Object(body),
             redacts: None,
-            txn: Some(Transaction {
-                device_id: requester.device_id.clone(),
+            txn: Some(Transaction::client(
+                requester.device_id.clone(),
                 txn_id,
-            }),
+                TxnEndpoint::Send,
+            )),
         })
         .await?;
     Ok(HttpResponse::Ok().json(json!({ "event_id": persisted.event_id })))
@@ -66,17 +65,12 @@ pub async fn redact_event(
     check_reason(body.reason.as_deref())?;
     ruma::EventId::parse(&event_id).map_err(|_| ApiError::invalid_param("malformed event id"))?;
     require_joined(&node, &room_id, &requester.user_id).await?;
-    let target = rooms::event(&node.pool, &event_id)
+    // Who may redact what is decided where the redaction is built (the
+    // event persister), as for a redaction sent through `/send`.
+    rooms::event_origin(&node.pool, &event_id)
         .await?
         .filter(|e| e.room_id == room_id)
         .ok_or_else(|| ApiError::not_found("event not found"))?;
-    if target.sender != requester.user_id
-        && !can_redact_others(&node, &room_id, &requester.user_id).await?
-    {
-        return Err(ApiError::forbidden(
-            "you may not redact other users' events",
-        ));
-    }
     let mut content = json!({});
     if let Some(reason) = body.reason {
         content["reason"] = json!(reason);
@@ -89,37 +83,14 @@ pub async fn redact_event(
             state_key: None,
             content,
             redacts: Some(event_id),
-            txn: Some(Transaction {
-                device_id: requester.device_id.clone(),
+            txn: Some(Transaction::client(
+                requester.device_id.clone(),
                 txn_id,
-            }),
+                TxnEndpoint::Redact,
+            )),
         })
         .await?;
     Ok(HttpResponse::Ok().json(json!({ "event_id": persisted.event_id })))
-}
-
-/// Whether the user's power level reaches the room's `redact` level.
-async fn can_redact_others(node: &Node, room_id: &str, user_id: &str) -> ApiResult<bool> {
-    let info = rooms::room_info(&node.pool, room_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("unknown room"))?;
-    let version = parse_supported(&info.room_version)
-        .ok_or_else(|| ApiError::internal("unsupported stored room version"))?;
-    let create = rooms::current_state_event(&node.pool, room_id, "m.room.create", "").await?;
-    let power = rooms::current_state_event(&node.pool, room_id, "m.room.power_levels", "").await?;
-    let parse = |event: StoredEvent| {
-        crate::roles::events::parse_stored_pdu(&version, std::sync::Arc::unwrap_or_clone(event.pdu))
-    };
-    let create = create
-        .map(parse)
-        .transpose()
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::internal("room without create event"))?;
-    let power = power.map(parse).transpose().map_err(ApiError::internal)?;
-    let user = ruma::UserId::parse(user_id).map_err(ApiError::internal)?;
-    let levels =
-        pdu::room_power_levels(&version, &create, power.as_ref()).map_err(ApiError::internal)?;
-    Ok(levels.user_can_redact_event_of_other(&user))
 }
 
 #[derive(Deserialize)]

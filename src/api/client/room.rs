@@ -287,6 +287,9 @@ pub async fn create_room(
             create_content,
             initial_events: events,
             is_public: visibility == Visibility::Public,
+            // Made here, where the request enters the server: a mailbox
+            // message delivered twice then creates one room.
+            request_id: crate::util::random_string(24),
         })
         .await?;
     if let Some(alias) = &alias {

@@ -1,8 +1,8 @@
-//! The event persister: builds each event on top of its room's head, signs it,
-//! checks the auth rules against the room's current state, and commits it
-//! with its state group, current-state rows, membership history and
-//! transaction id in one PostgreSQL transaction. Then it advances the events
-//! stream and wakes the long-polls that care.
+//! The event persister: builds each event on top of its room's head
+//! (`heads`), signs it, checks the auth rules against the room's current
+//! state and what else a sender may do (`authorization`), and commits a
+//! batch of events in one PostgreSQL transaction (`rows`). Then it advances
+//! the events stream and wakes the long-polls that care.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,17 +10,20 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use lattice_actors::{Actor, Context, Handler};
 use ruma::{
-    events::StateEventType, signatures::Ed25519KeyPair, CanonicalJsonValue, OwnedEventId,
-    OwnedRoomId, OwnedServerName, OwnedUserId, RoomVersionId,
+    signatures::Ed25519KeyPair, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName,
+    OwnedUserId, RoomVersionId,
 };
 use serde_json::{json, Value};
 
-use super::{CreateRoom, Persisted, SendEvent, WriteError};
+use super::authorization::{self, Redaction, ROOM_REDACTION};
+use super::heads::{snapshot_due, RoomHead, RoomHeads};
+use super::rows::{self, stored_event, NewEvent, RoomRow, StateGroupChange};
+use super::{CreateRoom, Persisted, SendEvent, Transaction, WriteError};
 use crate::caches::RecentEventsCache;
 use crate::error::ErrCode;
 use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
 use crate::rooms::version::parse_supported;
-use crate::storage::rooms::StoredEvent;
+use crate::storage::rooms::{self as stored_rooms, StoredEvent};
 use crate::storage::{self, StorageError, StorageResult};
 use crate::streams::id_gen::StreamPositions;
 use crate::streams::replication::{Command, Publisher};
@@ -30,48 +33,23 @@ use crate::util::{now_ms, random_string};
 /// The events stream's name in `stream_positions`.
 pub const EVENTS_STREAM: &str = "events";
 
-/// Full state snapshots are stored once a state group's delta chain is this long.
-const MAX_STATE_CHAIN: i32 = 64;
-
 /// The largest PDU the spec allows, in bytes of canonical JSON.
 const MAX_PDU_BYTES: usize = 65_536;
 
-type StateKey = (String, String);
+/// A transaction id in its full scope: (user, device, endpoint, room, id).
+/// Request ids made by the server are unique alone: their room is empty,
+/// as for `createRoom`, whose room is not known before it is created.
+type TxnKey = (String, String, &'static str, String, String);
 
-/// What the persister knows of a room it writes: enough to build the next event.
-struct RoomHead {
-    version: RoomVersionId,
-    latest_event_id: OwnedEventId,
-    depth: u64,
-    state_group: i64,
-    chain_length: i32,
-    state: HashMap<StateKey, Arc<Pdu>>,
-}
-
-impl RoomHead {
-    fn state_event(&self, kind: &StateEventType, state_key: &str) -> Option<Pdu> {
-        self.state
-            .get(&(kind.to_string(), state_key.to_owned()))
-            .map(|pdu| (**pdu).clone())
-    }
-}
-
-/// One event ready to be written.
-struct NewEvent {
-    pdu: Arc<Pdu>,
-    state_group: StateGroupChange,
-    txn: Option<(String, String)>,
-}
-
-enum StateGroupChange {
-    /// A message: the state after it is the state before it.
-    Unchanged(i64),
-    /// A state event: a new group (its id is the event's stream ordering).
-    New {
-        prev_group: Option<i64>,
-        chain_length: i32,
-        delta: Vec<(String, String, String)>,
-    },
+fn txn_key(sender: &str, room_id: &str, txn: &Transaction) -> TxnKey {
+    let room_id = if txn.is_client() { room_id } else { "" };
+    (
+        sender.to_owned(),
+        txn.device_id.clone(),
+        txn.endpoint.as_str(),
+        room_id.to_owned(),
+        txn.txn_id.clone(),
+    )
 }
 
 pub struct EventPersister {
@@ -79,7 +57,7 @@ pub struct EventPersister {
     instance_name: String,
     server_name: OwnedServerName,
     key_pair: Ed25519KeyPair,
-    rooms: HashMap<String, RoomHead>,
+    rooms: RoomHeads,
     /// This process's view of the events stream (DESIGN §3), shared with the
     /// replication reader; reloaded when an incarnation starts.
     stream: SharedStream,
@@ -92,6 +70,8 @@ pub struct EventPersister {
     recent_events: Arc<RecentEventsCache>,
     events_persisted: u64,
     writes_failed: u64,
+    /// Group commits the database refused and that were committed apart.
+    groups_split: u64,
 }
 
 impl EventPersister {
@@ -105,25 +85,27 @@ impl EventPersister {
         writers: Vec<String>,
         publisher: Option<Publisher>,
         recent_events: Arc<RecentEventsCache>,
+        cached_rooms: usize,
     ) -> EventPersister {
         EventPersister {
             pool,
             instance_name,
             server_name,
             key_pair,
-            rooms: HashMap::new(),
+            rooms: RoomHeads::new(cached_rooms),
             stream,
             writers,
             publisher,
             recent_events,
             events_persisted: 0,
             writes_failed: 0,
+            groups_split: 0,
         }
     }
 
     /// Persists a batch of sends in one transaction (group commit). Each
-    /// request gets its own answer: one refused by the auth rules does not
-    /// hold back the others.
+    /// request gets its own answer: one refused by the auth rules, or one
+    /// the database refuses, does not hold back the others.
     async fn send_events(
         &mut self,
         requests: Vec<SendEvent>,
@@ -142,12 +124,13 @@ impl EventPersister {
                 }
             })
             .collect();
-        let sent_before = match self.already_sent(requests.iter().map(|(_, r)| r)).await {
+        let keys: Vec<Option<TxnKey>> = requests
+            .iter()
+            .map(|(_, r)| r.txn.as_ref().map(|t| txn_key(&r.sender, &r.room_id, t)))
+            .collect();
+        let sent_before = match self.already_sent(keys.iter().flatten()).await {
             Ok(sent) => sent,
             Err(error) => {
-                for (index, _) in &requests {
-                    answers[*index] = Some(Err(error.clone()));
-                }
                 return answers
                     .into_iter()
                     .map(|a| a.unwrap_or_else(|| Err(error.clone())))
@@ -155,17 +138,11 @@ impl EventPersister {
             }
         };
         // A transaction id seen earlier in this batch: answer as the first.
-        let mut first_with_txn: HashMap<(String, String, String), usize> = HashMap::new();
+        let mut first_with_txn: HashMap<TxnKey, usize> = HashMap::new();
         let mut duplicates: Vec<(usize, usize)> = Vec::new();
-        let mut events = Vec::new();
-        let mut event_requests = Vec::new();
-        for (index, request) in requests {
-            if let Some(txn) = &request.txn {
-                let key = (
-                    request.sender.clone(),
-                    txn.device_id.clone(),
-                    txn.txn_id.clone(),
-                );
+        let mut to_write = Vec::with_capacity(requests.len());
+        for ((index, request), key) in requests.into_iter().zip(keys) {
+            if let Some(key) = key {
                 if let Some(persisted) = sent_before.get(&key) {
                     answers[index] = Some(Ok(persisted.clone()));
                     continue;
@@ -176,30 +153,9 @@ impl EventPersister {
                 }
                 first_with_txn.insert(key, index);
             }
-            match self.build_send(request).await {
-                Ok(event) => {
-                    events.push(event);
-                    event_requests.push(index);
-                }
-                Err(error) => answers[index] = Some(Err(error)),
-            }
+            to_write.push((index, request));
         }
-        if !events.is_empty() {
-            let rooms: Vec<String> = events.iter().map(|e| e.pdu.room_id.to_string()).collect();
-            match self.write(None, events).await {
-                Ok(persisted) => {
-                    for (index, persisted) in event_requests.into_iter().zip(persisted) {
-                        answers[index] = Some(Ok(persisted));
-                    }
-                }
-                Err(error) => {
-                    let error = self.write_failed(&rooms, error);
-                    for index in event_requests {
-                        answers[index] = Some(Err(error.clone()));
-                    }
-                }
-            }
-        }
+        self.persist_apart_on_failure(to_write, &mut answers).await;
         for (index, first) in duplicates {
             answers[index] = answers[first].clone();
         }
@@ -216,9 +172,71 @@ impl EventPersister {
             .collect()
     }
 
+    /// Builds and commits `requests` in one transaction. When the database
+    /// refuses that transaction, the heads it advanced are forgotten and its
+    /// requests are built again and committed in two halves, and so on down
+    /// to the one at fault: only that request gets the error, the others
+    /// are answered as if it had not been there. An error that is not the
+    /// database refusing what it was given (the pool, the connection) fails
+    /// the whole group: retrying cannot help.
+    async fn persist_apart_on_failure(
+        &mut self,
+        requests: Vec<(usize, SendEvent)>,
+        answers: &mut [Option<Result<Persisted, WriteError>>],
+    ) {
+        // Groups still to commit, the next one last: halves keep their order,
+        // so the events of one room are still built in the order sent.
+        let mut groups = vec![requests];
+        while let Some(group) = groups.pop() {
+            let mut events = Vec::with_capacity(group.len());
+            let mut indexes = Vec::with_capacity(group.len());
+            for (index, request) in group {
+                match self.build_send(request).await {
+                    Ok(event) => {
+                        events.push(event);
+                        indexes.push(index);
+                    }
+                    Err(error) => answers[index] = Some(Err(error)),
+                }
+            }
+            if events.is_empty() {
+                continue;
+            }
+            let rooms: Vec<String> = events.iter().map(|e| e.pdu.room_id.to_string()).collect();
+            match self.write(None, &events).await {
+                Ok(persisted) => {
+                    for (index, persisted) in indexes.into_iter().zip(persisted) {
+                        answers[index] = Some(Ok(persisted));
+                    }
+                }
+                Err(error) if events.len() > 1 && refused_by_database(&error) => {
+                    self.groups_split += 1;
+                    tracing::warn!(error = %error, events = events.len(), "group commit refused; committing its requests apart");
+                    self.forget_heads(&rooms);
+                    let mut first: Vec<(usize, SendEvent)> = indexes
+                        .into_iter()
+                        .zip(events)
+                        .map(|(index, event)| (index, event.into_request()))
+                        .collect();
+                    let second = first.split_off(first.len() / 2);
+                    groups.push(second);
+                    groups.push(first);
+                }
+                Err(error) => {
+                    let error = self.write_failed(&rooms, error);
+                    for index in indexes {
+                        answers[index] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
     async fn build_send(&mut self, request: SendEvent) -> Result<NewEvent, WriteError> {
         self.load_room(&request.room_id).await?;
-        let txn = request.txn.map(|t| (t.device_id, t.txn_id));
+        let redaction = self
+            .redaction(&request.kind, request.redacts.as_deref(), &request.content)
+            .await?;
         self.build(
             &request.room_id,
             Some(parse_room_id(&request.room_id)?),
@@ -226,12 +244,50 @@ impl EventPersister {
             request.kind,
             request.state_key,
             request.content,
-            request.redacts,
-            txn,
+            redaction,
+            request.txn,
         )
     }
 
+    /// For a redaction, the event it names as this server knows it (the
+    /// one database read an event may need before it is built; ordinary
+    /// events need none).
+    async fn redaction(
+        &self,
+        kind: &str,
+        redacts: Option<&str>,
+        content: &Value,
+    ) -> Result<Option<Redaction>, WriteError> {
+        if kind != ROOM_REDACTION {
+            if redacts.is_some() {
+                return Err(WriteError::new(
+                    ErrCode::BadJson,
+                    "`redacts` is only valid on m.room.redaction",
+                ));
+            }
+            return Ok(None);
+        }
+        let target_id = authorization::redacted_event_id(redacts, content)?;
+        let target = stored_rooms::event_origin(&self.pool, target_id.as_str())
+            .await
+            .map_err(storage_error)?;
+        Ok(Some(Redaction { target_id, target }))
+    }
+
     async fn create_room(&mut self, request: CreateRoom) -> Result<Persisted, WriteError> {
+        // A redelivered request is answered with the room it created.
+        let txn = (!request.request_id.is_empty()).then(|| Transaction {
+            device_id: String::new(),
+            txn_id: request.request_id.clone(),
+            endpoint: super::TxnEndpoint::Request,
+        });
+        if let Some(txn) = &txn {
+            let key = txn_key(&request.creator, "", txn);
+            if let Some(persisted) = self.already_sent(std::iter::once(&key)).await?.remove(&key) {
+                return Ok(persisted);
+            }
+        }
+        let mut redactions = Vec::with_capacity(request.initial_events.len());
         for event in &request.initial_events {
             validate_send(&SendEvent {
                 room_id: String::new(),
@@ -242,6 +298,7 @@ impl EventPersister {
                 redacts: None,
                 txn: None,
             })?;
+            redactions.push(self.redaction(&event.kind, None, &event.content).await?);
         }
         if json_contains_nul(&Value::Object(request.create_content.clone())) {
             return Err(WriteError::new(
@@ -292,14 +349,7 @@ impl EventPersister {
         state.insert(("m.room.create".to_owned(), String::new()), create.clone());
         self.rooms.insert(
             room_id.clone(),
-            RoomHead {
-                version: version.clone(),
-                latest_event_id: create.event_id.clone(),
-                depth: 1,
-                state_group: 0,
-                chain_length: 0,
-                state,
-            },
+            RoomHead::new(version.clone(), create.event_id.clone(), 1, 0, 0, state),
         );
         let create_delta = vec![(
             "m.room.create".to_owned(),
@@ -315,7 +365,7 @@ impl EventPersister {
             },
             txn: None,
         }];
-        for initial in request.initial_events {
+        for (initial, redaction) in request.initial_events.into_iter().zip(redactions) {
             let built = self.build(
                 &room_id,
                 Some(parse_room_id(&room_id)?),
@@ -323,7 +373,7 @@ impl EventPersister {
                 initial.kind,
                 initial.state_key,
                 initial.content,
-                None,
+                redaction,
                 None,
             );
             match built {
@@ -340,7 +390,11 @@ impl EventPersister {
             creator: request.creator,
             is_public: request.is_public,
         };
-        match self.write(Some(room_row), events).await {
+        // The last event answers the request: it carries its id.
+        if let Some(last) = events.last_mut() {
+            last.txn = txn;
+        }
+        match self.write(Some(room_row), &events).await {
             Ok(mut persisted) => persisted
                 .pop()
                 .ok_or_else(|| WriteError::new(ErrCode::Internal, "nothing persisted")),
@@ -352,60 +406,68 @@ impl EventPersister {
     /// database) and turns the storage error into the client's answer.
     fn write_failed(&mut self, rooms: &[String], error: StorageError) -> WriteError {
         self.writes_failed += 1;
-        for room_id in rooms {
-            self.rooms.remove(room_id);
-        }
+        self.forget_heads(rooms);
         tracing::error!(error = %error, "persisting events failed");
         WriteError::new(ErrCode::Internal, "could not persist the event")
     }
 
-    /// The events already sent with the requests' transaction ids.
+    /// Forgets the heads of `rooms`, which ran ahead of the database in
+    /// memory: they are loaded again when next written.
+    fn forget_heads(&mut self, rooms: &[String]) {
+        for room_id in rooms {
+            self.rooms.remove(room_id);
+        }
+    }
+
+    /// The events already written with these transaction ids.
     async fn already_sent(
         &self,
-        requests: impl Iterator<Item = &SendEvent>,
-    ) -> Result<HashMap<(String, String, String), Persisted>, WriteError> {
-        let mut senders = Vec::new();
-        let mut devices = Vec::new();
-        let mut txn_ids = Vec::new();
-        for request in requests {
-            if let Some(txn) = &request.txn {
-                senders.push(request.sender.as_str());
-                devices.push(txn.device_id.as_str());
-                txn_ids.push(txn.txn_id.as_str());
-            }
-        }
-        if senders.is_empty() {
+        keys: impl Iterator<Item = &TxnKey>,
+    ) -> Result<HashMap<TxnKey, Persisted>, WriteError> {
+        let keys: Vec<&TxnKey> = keys.collect();
+        if keys.is_empty() {
             return Ok(HashMap::new());
         }
+        let column =
+            |pick: fn(&TxnKey) -> &str| keys.iter().map(|k| pick(k)).collect::<Vec<&str>>();
         let client = self.pool.get().await.map_err(storage_error)?;
         let rows = client
             .query(
-                "SELECT t.user_id, t.device_id, t.txn_id, e.event_id, e.room_id, e.stream_ordering, e.instance_name
-                 FROM unnest($1::text[], $2::text[], $3::text[]) AS q (user_id, device_id, txn_id)
-                 JOIN event_txn_ids t USING (user_id, device_id, txn_id)
+                "SELECT q.i, e.event_id, e.room_id, e.stream_ordering, e.instance_name
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                   WITH ORDINALITY AS q (user_id, device_id, endpoint, room_id, txn_id, i)
+                 JOIN event_txn_ids t USING (user_id, device_id, endpoint, room_id, txn_id)
                  JOIN events e ON e.event_id = t.event_id",
-                &[&senders, &devices, &txn_ids],
+                &[
+                    &column(|k| &k.0),
+                    &column(|k| &k.1),
+                    &column(|k| k.2),
+                    &column(|k| &k.3),
+                    &column(|k| &k.4),
+                ],
             )
             .await
             .map_err(|e| storage_error(StorageError::Postgres(e)))?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                let key = (row.get(0), row.get(1), row.get(2));
-                let persisted = Persisted {
-                    event_id: row.get(3),
-                    room_id: row.get(4),
-                    stream_ordering: row.get(5),
-                    instance: row.get(6),
-                };
-                (key, persisted)
-            })
-            .collect())
+        let mut sent = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let ordinal: i64 = row.get(0);
+            let Some(key) = usize::try_from(ordinal - 1).ok().and_then(|i| keys.get(i)) else {
+                continue;
+            };
+            let persisted = Persisted {
+                event_id: row.get(1),
+                room_id: row.get(2),
+                stream_ordering: row.get(3),
+                instance: row.get(4),
+            };
+            sent.insert((*key).clone(), persisted);
+        }
+        Ok(sent)
     }
 
     /// Loads the head of a room from the database unless it is cached.
     async fn load_room(&mut self, room_id: &str) -> Result<(), WriteError> {
-        if self.rooms.contains_key(room_id) {
+        if self.rooms.contains(room_id) {
             return Ok(());
         }
         let client = self.pool.get().await.map_err(storage_error)?;
@@ -449,21 +511,23 @@ impl EventPersister {
                 state.insert((pdu.kind.clone(), state_key.clone()), Arc::new(pdu));
             }
         }
-        let head = RoomHead {
+        let head = RoomHead::new(
             version,
-            latest_event_id: OwnedEventId::try_from(latest_event_id)
+            OwnedEventId::try_from(latest_event_id)
                 .map_err(|e| storage_error(StorageError::Corrupt(e.to_string())))?,
-            depth: latest.get::<_, i64>(1) as u64,
-            state_group: latest.get(2),
-            chain_length: latest.get(3),
+            latest.get::<_, i64>(1) as u64,
+            latest.get(2),
+            latest.get(3),
             state,
-        };
+        );
         self.rooms.insert(room_id.to_owned(), head);
         Ok(())
     }
 
     /// Builds, signs and authorises an event on top of the room's head, and
-    /// advances the head in memory.
+    /// advances the head in memory. Every event passes here, whichever
+    /// endpoint it came through, so every check of what a sender may do is
+    /// here too: the room version's auth rules, then [`authorization`].
     #[allow(clippy::too_many_arguments)]
     fn build(
         &mut self,
@@ -473,8 +537,8 @@ impl EventPersister {
         kind: String,
         state_key: Option<String>,
         content: Value,
-        redacts: Option<String>,
-        txn: Option<(String, String)>,
+        redaction: Option<Redaction>,
+        txn: Option<Transaction>,
     ) -> Result<NewEvent, WriteError> {
         let sender = parse_user_id(sender)?;
         if !content.is_object() {
@@ -483,13 +547,7 @@ impl EventPersister {
                 "event content must be a JSON object",
             ));
         }
-        let redacts = match redacts {
-            Some(id) => Some(
-                OwnedEventId::try_from(id)
-                    .map_err(|_| WriteError::new(ErrCode::InvalidParam, "malformed event id"))?,
-            ),
-            None => None,
-        };
+        let redacts = redaction.as_ref().map(|r| r.target_id.clone());
         let head = self
             .rooms
             .get_mut(room_id)
@@ -528,6 +586,10 @@ impl EventPersister {
             return Err(WriteError::new(ErrCode::TooLarge, "event too large"));
         }
         pdu::check_auth(&head.version, &pdu, |t, k| head.state_event(t, k)).map_err(pdu_error)?;
+        if let Some(redaction) = &redaction {
+            let may_redact_others = head.may_redact_others(&pdu.sender)?;
+            authorization::check_redaction(room_id, &pdu.sender, redaction, may_redact_others)?;
+        }
 
         let pdu = Arc::new(pdu);
         head.latest_event_id = pdu.event_id.clone();
@@ -537,7 +599,7 @@ impl EventPersister {
             Some(state_key) => {
                 head.state
                     .insert((pdu.kind.clone(), state_key.clone()), pdu.clone());
-                if head.chain_length + 1 >= MAX_STATE_CHAIN {
+                if snapshot_due(head.chain_length, head.state.len()) {
                     head.chain_length = 0;
                     let delta = head
                         .state
@@ -574,7 +636,7 @@ impl EventPersister {
     async fn write(
         &mut self,
         room: Option<RoomRow>,
-        events: Vec<NewEvent>,
+        events: &[NewEvent],
     ) -> StorageResult<Vec<Persisted>> {
         let mut client = self.pool.get().await?;
         let fetch = self
@@ -596,7 +658,7 @@ impl EventPersister {
             }
         };
         self.stream.update(|p| p.end_fetch(fetch, &positions));
-        let result = self.commit(&mut client, room, &events, &positions).await;
+        let result = rows::commit(&mut client, &self.instance_name, room, events, &positions).await;
         if result.is_err() {
             // Rolled-back positions count as finished: they are gaps, never rows.
             self.stream.update(|p| p.mark_finished(&positions));
@@ -609,7 +671,7 @@ impl EventPersister {
         }
         self.events_persisted += events.len() as u64;
         let mut keys: Vec<String> = Vec::new();
-        for event in &events {
+        for event in events {
             keys.push(event.pdu.room_id.to_string());
             if event.pdu.kind == "m.room.member" {
                 if let Some(state_key) = &event.pdu.state_key {
@@ -639,165 +701,6 @@ impl EventPersister {
             }
         }
         Ok(persisted)
-    }
-
-    /// The transaction of [`Self::write`]: every row of every event, then this
-    /// writer's position.
-    async fn commit(
-        &self,
-        client: &mut deadpool_postgres::Object,
-        room: Option<RoomRow>,
-        events: &[NewEvent],
-        positions: &[i64],
-    ) -> StorageResult<(Vec<Persisted>, HashMap<String, i64>)> {
-        let transaction = client.transaction().await?;
-        if let Some(room) = &room {
-            transaction
-                .execute(
-                    "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1, $2, $3, $4, $5)",
-                    &[&room.room_id, &room.version, &room.creator, &room.is_public, &now_ms()],
-                )
-                .await?;
-        }
-        // The batch's events go in with one statement each for `events` and
-        // `event_txn_ids`: a round trip per event was most of a batch's time.
-        let mut rows = EventRows::default();
-        // The newest state group of each room, as the batch advances it.
-        let mut current_groups: HashMap<String, i64> = HashMap::new();
-        for (event, position) in events.iter().zip(positions) {
-            let pdu = &event.pdu;
-            let room_id = pdu.room_id.as_str();
-            let state_group = match &event.state_group {
-                StateGroupChange::Unchanged(group) => {
-                    current_groups.get(room_id).copied().unwrap_or(*group)
-                }
-                StateGroupChange::New {
-                    prev_group,
-                    chain_length,
-                    delta,
-                } => {
-                    let prev_group =
-                        prev_group.map(|p| current_groups.get(room_id).copied().unwrap_or(p));
-                    let delta: Vec<Value> =
-                        delta.iter().map(|(t, k, e)| json!([t, k, e])).collect();
-                    transaction
-                        .execute(
-                            "INSERT INTO state_groups (state_group, room_id, prev_group, chain_length, delta)
-                             VALUES ($1, $2, $3, $4, $5)",
-                            &[position, &room_id, &prev_group, chain_length, &Value::Array(delta)],
-                        )
-                        .await?;
-                    *position
-                }
-            };
-            current_groups.insert(room_id.to_owned(), state_group);
-            rows.push(event, *position, state_group);
-        }
-        transaction
-            .execute(
-                "INSERT INTO events (stream_ordering, event_id, room_id, instance_name, depth, sender, type,
-                    state_key, origin_server_ts, state_group, pdu, txn_device_id, txn_id)
-                 SELECT r.stream_ordering, r.event_id, r.room_id, $4, r.depth, r.sender, r.type,
-                    r.state_key, r.origin_server_ts, r.state_group, r.pdu, r.txn_device_id, r.txn_id
-                 FROM unnest($1::bigint[], $2::text[], $3::text[], $5::bigint[], $6::text[], $7::text[],
-                    $8::text[], $9::bigint[], $10::bigint[], $11::jsonb[], $12::text[], $13::text[])
-                   AS r (stream_ordering, event_id, room_id, depth, sender, type,
-                    state_key, origin_server_ts, state_group, pdu, txn_device_id, txn_id)",
-                &[
-                    &rows.stream_ordering,
-                    &rows.event_id,
-                    &rows.room_id,
-                    &self.instance_name,
-                    &rows.depth,
-                    &rows.sender,
-                    &rows.kind,
-                    &rows.state_key,
-                    &rows.origin_server_ts,
-                    &rows.state_group,
-                    &rows.pdu,
-                    &rows.txn_device_id,
-                    &rows.txn_id,
-                ],
-            )
-            .await?;
-        let (txn_senders, txn_devices, txn_ids, txn_events) = rows.transactions();
-        if !txn_ids.is_empty() {
-            transaction
-                .execute(
-                    "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id)
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
-                     ON CONFLICT DO NOTHING",
-                    &[&txn_senders, &txn_devices, &txn_ids, &txn_events],
-                )
-                .await?;
-        }
-        let mut persisted = Vec::with_capacity(events.len());
-        for (event, position) in events.iter().zip(positions) {
-            let pdu = &event.pdu;
-            let room_id = pdu.room_id.as_str();
-            if let Some(state_key) = &pdu.state_key {
-                let membership = (pdu.kind == "m.room.member")
-                    .then(|| {
-                        pdu.content
-                            .get("membership")
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                    })
-                    .flatten();
-                transaction
-                    .execute(
-                        "INSERT INTO current_state (room_id, type, state_key, event_id, stream_ordering, membership)
-                         VALUES ($1, $2, $3, $4, $5, $6)
-                         ON CONFLICT (room_id, type, state_key) DO UPDATE SET
-                           event_id = EXCLUDED.event_id, stream_ordering = EXCLUDED.stream_ordering,
-                           membership = EXCLUDED.membership",
-                        &[&room_id, &pdu.kind, state_key, &pdu.event_id.as_str(), position, &membership],
-                    )
-                    .await?;
-                if let Some(membership) = &membership {
-                    transaction
-                        .execute(
-                            "INSERT INTO membership_history (stream_ordering, room_id, user_id, membership, event_id)
-                             VALUES ($1, $2, $3, $4, $5)",
-                            &[position, &room_id, state_key, membership, &pdu.event_id.as_str()],
-                        )
-                        .await?;
-                    // A new membership un-forgets the room (as in Synapse),
-                    // in the same transaction so no reader sees one without the other.
-                    transaction
-                        .execute(
-                            "DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2",
-                            &[state_key, &room_id],
-                        )
-                        .await?;
-                }
-            }
-            if let Some(redacts) = &pdu.redacts {
-                transaction
-                    .execute(
-                        "UPDATE events SET redacted_by = $1 WHERE event_id = $2 AND room_id = $3 AND redacted_by IS NULL",
-                        &[&pdu.event_id.as_str(), &redacts.as_str(), &room_id],
-                    )
-                    .await?;
-            }
-            persisted.push(Persisted {
-                event_id: pdu.event_id.to_string(),
-                room_id: room_id.to_owned(),
-                instance: self.instance_name.clone(),
-                stream_ordering: *position,
-            });
-        }
-        let new_position = positions.iter().copied().max().unwrap_or(0);
-        transaction
-            .execute(
-                "INSERT INTO stream_positions (stream_name, instance_name, stream_id) VALUES ($1, $2, $3)
-                 ON CONFLICT (stream_name, instance_name) DO UPDATE SET stream_id = EXCLUDED.stream_id
-                 WHERE stream_positions.stream_id < EXCLUDED.stream_id",
-                &[&EVENTS_STREAM, &self.instance_name, &new_position],
-            )
-            .await?;
-        transaction.commit().await?;
-        Ok((persisted, current_groups))
     }
 }
 
@@ -848,92 +751,6 @@ pub fn stored_event_of_row(position: i64, row: &Value) -> Option<StoredEvent> {
         txn_device_id: optional_text(event.get("txn_device_id")?)?,
         txn_id: optional_text(event.get("txn_id")?)?,
     })
-}
-
-/// A just-committed event as the database now holds it (not redacted: a
-/// redaction only ever applies to events already stored).
-fn stored_event(event: &NewEvent, position: i64) -> StoredEvent {
-    let pdu = &event.pdu;
-    let (txn_device_id, txn_id) = match &event.txn {
-        Some((device, txn)) => (Some(device.clone()), Some(txn.clone())),
-        None => (None, None),
-    };
-    StoredEvent {
-        stream_ordering: position,
-        event_id: pdu.event_id.to_string(),
-        room_id: pdu.room_id.to_string(),
-        depth: pdu.depth as i64,
-        sender: pdu.sender.to_string(),
-        kind: pdu.kind.clone(),
-        state_key: pdu.state_key.clone(),
-        origin_server_ts: pdu.origin_server_ts as i64,
-        pdu: Arc::new(Value::from(CanonicalJsonValue::Object(pdu.json.clone()))),
-        redacted_by: None,
-        txn_device_id,
-        txn_id,
-    }
-}
-
-/// The columns of a batch's `events` rows, as arrays for one `unnest` insert.
-#[derive(Default)]
-struct EventRows<'a> {
-    stream_ordering: Vec<i64>,
-    event_id: Vec<&'a str>,
-    room_id: Vec<&'a str>,
-    depth: Vec<i64>,
-    sender: Vec<&'a str>,
-    kind: Vec<&'a str>,
-    state_key: Vec<Option<&'a str>>,
-    origin_server_ts: Vec<i64>,
-    state_group: Vec<i64>,
-    pdu: Vec<Value>,
-    txn_device_id: Vec<Option<&'a str>>,
-    txn_id: Vec<Option<&'a str>>,
-}
-
-impl<'a> EventRows<'a> {
-    fn push(&mut self, event: &'a NewEvent, position: i64, state_group: i64) {
-        let pdu = &event.pdu;
-        self.stream_ordering.push(position);
-        self.event_id.push(pdu.event_id.as_str());
-        self.room_id.push(pdu.room_id.as_str());
-        self.depth.push(pdu.depth as i64);
-        self.sender.push(pdu.sender.as_str());
-        self.kind.push(&pdu.kind);
-        self.state_key.push(pdu.state_key.as_deref());
-        self.origin_server_ts.push(pdu.origin_server_ts as i64);
-        self.state_group.push(state_group);
-        self.pdu
-            .push(Value::from(CanonicalJsonValue::Object(pdu.json.clone())));
-        let (device, txn) = match &event.txn {
-            Some((device, txn)) => (Some(device.as_str()), Some(txn.as_str())),
-            None => (None, None),
-        };
-        self.txn_device_id.push(device);
-        self.txn_id.push(txn);
-    }
-
-    /// (sender, device, txn id, event id) of the events sent with a transaction id.
-    #[allow(clippy::type_complexity)]
-    fn transactions(&self) -> (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<&'a str>) {
-        let mut columns = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for i in 0..self.event_id.len() {
-            if let (Some(device), Some(txn)) = (self.txn_device_id[i], self.txn_id[i]) {
-                columns.0.push(self.sender[i]);
-                columns.1.push(device);
-                columns.2.push(txn);
-                columns.3.push(self.event_id[i]);
-            }
-        }
-        columns
-    }
-}
-
-struct RoomRow {
-    room_id: String,
-    version: String,
-    creator: String,
-    is_public: bool,
 }
 
 /// Parses a PDU as stored (its federation JSON).
@@ -1017,6 +834,13 @@ fn pdu_error(error: PduError) -> WriteError {
     }
 }
 
+/// Whether the database refused what it was given (a constraint, a value
+/// out of range, an index row too large): the fault of some request in the
+/// transaction, not of the connection or the pool.
+fn refused_by_database(error: &StorageError) -> bool {
+    matches!(error, StorageError::Postgres(postgres) if postgres.as_db_error().is_some())
+}
+
 fn storage_error(error: impl Into<StorageError>) -> WriteError {
     let error = error.into();
     if let StorageError::Postgres(postgres) = &error {
@@ -1056,6 +880,7 @@ impl Actor for EventPersister {
             "writer_position": self.stream.read(|p| p.current_token_for_writer(&self.instance_name)),
             "events_persisted": self.events_persisted,
             "writes_failed": self.writes_failed,
+            "groups_split": self.groups_split,
             "rooms_cached": self.rooms.len(),
         })
     }
@@ -1071,6 +896,7 @@ impl Handler<SendEvent> for EventPersister {
         _ctx: &mut Context,
     ) -> Result<Result<Persisted, WriteError>, String> {
         let mut answers = self.send_events(vec![msg]).await;
+        self.rooms.evict_beyond_capacity();
         Ok(answers.pop().unwrap_or_else(|| {
             Err(WriteError::new(
                 ErrCode::Internal,
@@ -1084,7 +910,9 @@ impl Handler<SendEvent> for EventPersister {
         msgs: Vec<SendEvent>,
         _ctx: &mut Context,
     ) -> Vec<Result<Result<Persisted, WriteError>, String>> {
-        self.send_events(msgs).await.into_iter().map(Ok).collect()
+        let answers = self.send_events(msgs).await;
+        self.rooms.evict_beyond_capacity();
+        answers.into_iter().map(Ok).collect()
     }
 }
 
@@ -1094,7 +922,9 @@ impl Handler<CreateRoom> for EventPersister {
         msg: CreateRoom,
         _ctx: &mut Context,
     ) -> Result<Result<Persisted, WriteError>, String> {
-        Ok(self.create_room(msg).await)
+        let answer = self.create_room(msg).await;
+        self.rooms.evict_beyond_capacity();
+        Ok(answer)
     }
 }
 

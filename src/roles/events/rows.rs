@@ -1,0 +1,319 @@
+//! The rows a batch of new events writes, in one PostgreSQL transaction:
+//! `events`, `state_groups`, `current_state`, `membership_history`,
+//! `event_txn_ids`, redactions and the writer's stream position. What the
+//! events are (built and authorised) is the persister's business; how they
+//! are stored is this module's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ruma::CanonicalJsonValue;
+use serde_json::{json, Value};
+
+use super::persister::EVENTS_STREAM;
+use super::{Persisted, SendEvent, Transaction};
+use crate::rooms::pdu::Pdu;
+use crate::storage::rooms::StoredEvent;
+use crate::storage::StorageResult;
+use crate::util::now_ms;
+
+/// One event ready to be written.
+pub struct NewEvent {
+    pub pdu: Arc<Pdu>,
+    pub state_group: StateGroupChange,
+    /// Stored with the event, so that the request is answered from storage
+    /// when it comes again.
+    pub txn: Option<Transaction>,
+}
+
+impl NewEvent {
+    /// The request this event was built from, to build it again on a new
+    /// head (when the group commit it was in failed and is retried).
+    pub fn into_request(self) -> SendEvent {
+        let pdu = Arc::unwrap_or_clone(self.pdu);
+        SendEvent {
+            room_id: pdu.room_id.to_string(),
+            sender: pdu.sender.to_string(),
+            kind: pdu.kind,
+            state_key: pdu.state_key,
+            content: pdu.content,
+            redacts: pdu.redacts.map(|id| id.to_string()),
+            txn: self.txn,
+        }
+    }
+}
+
+pub enum StateGroupChange {
+    /// A message: the state after it is the state before it.
+    Unchanged(i64),
+    /// A state event: a new group (its id is the event's stream ordering).
+    New {
+        prev_group: Option<i64>,
+        chain_length: i32,
+        delta: Vec<(String, String, String)>,
+    },
+}
+
+/// The transaction of a batch: every row of every event, then the
+/// writer's position in the events stream.
+pub async fn commit(
+    client: &mut deadpool_postgres::Object,
+    instance_name: &str,
+    room: Option<RoomRow>,
+    events: &[NewEvent],
+    positions: &[i64],
+) -> StorageResult<(Vec<Persisted>, HashMap<String, i64>)> {
+    let transaction = client.transaction().await?;
+    if let Some(room) = &room {
+        transaction
+            .execute(
+                "INSERT INTO rooms (room_id, room_version, creator, is_public, created_ts) VALUES ($1, $2, $3, $4, $5)",
+                &[&room.room_id, &room.version, &room.creator, &room.is_public, &now_ms()],
+            )
+            .await?;
+    }
+    // The batch's events go in with one statement each for `events` and
+    // `event_txn_ids`: a round trip per event was most of a batch's time.
+    let mut rows = EventRows::default();
+    // The newest state group of each room, as the batch advances it.
+    let mut current_groups: HashMap<String, i64> = HashMap::new();
+    for (event, position) in events.iter().zip(positions) {
+        let pdu = &event.pdu;
+        let room_id = pdu.room_id.as_str();
+        let state_group = match &event.state_group {
+            StateGroupChange::Unchanged(group) => {
+                current_groups.get(room_id).copied().unwrap_or(*group)
+            }
+            StateGroupChange::New {
+                prev_group,
+                chain_length,
+                delta,
+            } => {
+                let prev_group =
+                    prev_group.map(|p| current_groups.get(room_id).copied().unwrap_or(p));
+                let delta: Vec<Value> = delta.iter().map(|(t, k, e)| json!([t, k, e])).collect();
+                transaction
+                    .execute(
+                        "INSERT INTO state_groups (state_group, room_id, prev_group, chain_length, delta)
+                         VALUES ($1, $2, $3, $4, $5)",
+                        &[position, &room_id, &prev_group, chain_length, &Value::Array(delta)],
+                    )
+                    .await?;
+                *position
+            }
+        };
+        current_groups.insert(room_id.to_owned(), state_group);
+        rows.push(event, *position, state_group);
+    }
+    transaction
+        .execute(
+            "INSERT INTO events (stream_ordering, event_id, room_id, instance_name, depth, sender, type,
+                state_key, origin_server_ts, state_group, pdu, txn_device_id, txn_id)
+             SELECT r.stream_ordering, r.event_id, r.room_id, $4, r.depth, r.sender, r.type,
+                r.state_key, r.origin_server_ts, r.state_group, r.pdu, r.txn_device_id, r.txn_id
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $5::bigint[], $6::text[], $7::text[],
+                $8::text[], $9::bigint[], $10::bigint[], $11::jsonb[], $12::text[], $13::text[])
+               AS r (stream_ordering, event_id, room_id, depth, sender, type,
+                state_key, origin_server_ts, state_group, pdu, txn_device_id, txn_id)",
+            &[
+                &rows.stream_ordering,
+                &rows.event_id,
+                &rows.room_id,
+                &instance_name,
+                &rows.depth,
+                &rows.sender,
+                &rows.kind,
+                &rows.state_key,
+                &rows.origin_server_ts,
+                &rows.state_group,
+                &rows.pdu,
+                &rows.txn_device_id,
+                &rows.txn_id,
+            ],
+        )
+        .await?;
+    let txns = TxnRows::of(events);
+    if !txns.txn_id.is_empty() {
+        transaction
+            .execute(
+                "INSERT INTO event_txn_ids (user_id, device_id, endpoint, room_id, txn_id, event_id)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                 ON CONFLICT DO NOTHING",
+                &[&txns.user_id, &txns.device_id, &txns.endpoint, &txns.room_id, &txns.txn_id, &txns.event_id],
+            )
+            .await?;
+    }
+    let mut persisted = Vec::with_capacity(events.len());
+    for (event, position) in events.iter().zip(positions) {
+        let pdu = &event.pdu;
+        let room_id = pdu.room_id.as_str();
+        if let Some(state_key) = &pdu.state_key {
+            let membership = (pdu.kind == "m.room.member")
+                .then(|| {
+                    pdu.content
+                        .get("membership")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .flatten();
+            transaction
+                .execute(
+                    "INSERT INTO current_state (room_id, type, state_key, event_id, stream_ordering, membership)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (room_id, type, state_key) DO UPDATE SET
+                       event_id = EXCLUDED.event_id, stream_ordering = EXCLUDED.stream_ordering,
+                       membership = EXCLUDED.membership",
+                    &[&room_id, &pdu.kind, state_key, &pdu.event_id.as_str(), position, &membership],
+                )
+                .await?;
+            if let Some(membership) = &membership {
+                transaction
+                    .execute(
+                        "INSERT INTO membership_history (stream_ordering, room_id, user_id, membership, event_id)
+                         VALUES ($1, $2, $3, $4, $5)",
+                        &[position, &room_id, state_key, membership, &pdu.event_id.as_str()],
+                    )
+                    .await?;
+                // A new membership un-forgets the room (as in Synapse),
+                // in the same transaction so no reader sees one without the other.
+                transaction
+                    .execute(
+                        "DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2",
+                        &[state_key, &room_id],
+                    )
+                    .await?;
+            }
+        }
+        if let Some(redacts) = &pdu.redacts {
+            transaction
+                .execute(
+                    "UPDATE events SET redacted_by = $1 WHERE event_id = $2 AND room_id = $3 AND redacted_by IS NULL",
+                    &[&pdu.event_id.as_str(), &redacts.as_str(), &room_id],
+                )
+                .await?;
+        }
+        persisted.push(Persisted {
+            event_id: pdu.event_id.to_string(),
+            room_id: room_id.to_owned(),
+            instance: instance_name.to_owned(),
+            stream_ordering: *position,
+        });
+    }
+    let new_position = positions.iter().copied().max().unwrap_or(0);
+    transaction
+        .execute(
+            "INSERT INTO stream_positions (stream_name, instance_name, stream_id) VALUES ($1, $2, $3)
+             ON CONFLICT (stream_name, instance_name) DO UPDATE SET stream_id = EXCLUDED.stream_id
+             WHERE stream_positions.stream_id < EXCLUDED.stream_id",
+            &[&EVENTS_STREAM, &instance_name, &new_position],
+        )
+        .await?;
+    transaction.commit().await?;
+    Ok((persisted, current_groups))
+}
+
+/// A just-committed event as the database now holds it (not redacted: a
+/// redaction only ever applies to events already stored).
+pub fn stored_event(event: &NewEvent, position: i64) -> StoredEvent {
+    let pdu = &event.pdu;
+    let (txn_device_id, txn_id) = match &event.txn {
+        Some(txn) if txn.is_client() => (Some(txn.device_id.clone()), Some(txn.txn_id.clone())),
+        _ => (None, None),
+    };
+    StoredEvent {
+        stream_ordering: position,
+        event_id: pdu.event_id.to_string(),
+        room_id: pdu.room_id.to_string(),
+        depth: pdu.depth as i64,
+        sender: pdu.sender.to_string(),
+        kind: pdu.kind.clone(),
+        state_key: pdu.state_key.clone(),
+        origin_server_ts: pdu.origin_server_ts as i64,
+        pdu: Arc::new(Value::from(CanonicalJsonValue::Object(pdu.json.clone()))),
+        redacted_by: None,
+        txn_device_id,
+        txn_id,
+    }
+}
+
+/// The columns of a batch's `events` rows, as arrays for one `unnest` insert.
+#[derive(Default)]
+struct EventRows<'a> {
+    stream_ordering: Vec<i64>,
+    event_id: Vec<&'a str>,
+    room_id: Vec<&'a str>,
+    depth: Vec<i64>,
+    sender: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    state_key: Vec<Option<&'a str>>,
+    origin_server_ts: Vec<i64>,
+    state_group: Vec<i64>,
+    pdu: Vec<Value>,
+    txn_device_id: Vec<Option<&'a str>>,
+    txn_id: Vec<Option<&'a str>>,
+}
+
+impl<'a> EventRows<'a> {
+    fn push(&mut self, event: &'a NewEvent, position: i64, state_group: i64) {
+        let pdu = &event.pdu;
+        self.stream_ordering.push(position);
+        self.event_id.push(pdu.event_id.as_str());
+        self.room_id.push(pdu.room_id.as_str());
+        self.depth.push(pdu.depth as i64);
+        self.sender.push(pdu.sender.as_str());
+        self.kind.push(&pdu.kind);
+        self.state_key.push(pdu.state_key.as_deref());
+        self.origin_server_ts.push(pdu.origin_server_ts as i64);
+        self.state_group.push(state_group);
+        self.pdu
+            .push(Value::from(CanonicalJsonValue::Object(pdu.json.clone())));
+        // Only a client's own transaction id is shown back to it (`/sync`'s
+        // `unsigned.transaction_id`), not a request id the server made.
+        let (device, txn) = match &event.txn {
+            Some(txn) if txn.is_client() => {
+                (Some(txn.device_id.as_str()), Some(txn.txn_id.as_str()))
+            }
+            _ => (None, None),
+        };
+        self.txn_device_id.push(device);
+        self.txn_id.push(txn);
+    }
+}
+
+/// The `event_txn_ids` rows of a batch, as arrays for one `unnest` insert.
+#[derive(Default)]
+struct TxnRows<'a> {
+    user_id: Vec<&'a str>,
+    device_id: Vec<&'a str>,
+    endpoint: Vec<&'static str>,
+    room_id: Vec<&'a str>,
+    txn_id: Vec<&'a str>,
+    event_id: Vec<&'a str>,
+}
+
+impl<'a> TxnRows<'a> {
+    fn of(events: &'a [NewEvent]) -> TxnRows<'a> {
+        let mut rows = TxnRows::default();
+        for event in events {
+            let Some(txn) = &event.txn else { continue };
+            rows.user_id.push(event.pdu.sender.as_str());
+            rows.device_id.push(&txn.device_id);
+            rows.endpoint.push(txn.endpoint.as_str());
+            rows.room_id.push(if txn.is_client() {
+                event.pdu.room_id.as_str()
+            } else {
+                ""
+            });
+            rows.txn_id.push(&txn.txn_id);
+            rows.event_id.push(event.pdu.event_id.as_str());
+        }
+        rows
+    }
+}
+
+pub struct RoomRow {
+    pub room_id: String,
+    pub version: String,
+    pub creator: String,
+    pub is_public: bool,
+}
