@@ -5,6 +5,8 @@
 use awc::http::StatusCode;
 use serde_json::{json, Value};
 
+use lattice::roles::events::{CreateRoom, InitialEvent};
+
 use crate::cluster::{enc, Options, TestCluster, User};
 
 fn room_path(room_id: &str, rest: &str) -> String {
@@ -191,13 +193,34 @@ async fn the_writer_remembers_a_bounded_number_of_rooms() {
 async fn a_large_initial_state_is_written_in_linear_space() {
     let cluster = TestCluster::start().await;
     let alice = cluster.client().register("alice").await;
+    // More than createRoom takes from a client (`initial_state` is bounded at
+    // the edge), straight to the events writer through its mailbox.
     let items = 1000;
-    let initial_state: Vec<Value> = (0..items)
-        .map(|i| json!({ "type": "org.example.item", "state_key": format!("{i}"), "content": { "n": i } }))
-        .collect();
-    let room_id = alice
-        .create_room(json!({ "initial_state": initial_state }))
-        .await;
+    let mut initial_events = vec![InitialEvent {
+        sender: alice.user_id.clone(),
+        kind: "m.room.member".into(),
+        state_key: Some(alice.user_id.clone()),
+        content: json!({ "membership": "join" }),
+    }];
+    initial_events.extend((0..items).map(|i| InitialEvent {
+        sender: alice.user_id.clone(),
+        kind: "org.example.item".into(),
+        state_key: Some(format!("{i}")),
+        content: json!({ "n": i }),
+    }));
+    let message = CreateRoom {
+        room_version: "12".into(),
+        creator: alice.user_id.clone(),
+        create_content: serde_json::Map::new(),
+        initial_events,
+        is_public: false,
+        request_id: "a-large-room".into(),
+    };
+    let room_id = cluster
+        .on_node("main", |node| async move { node.create_room(message).await })
+        .await
+        .expect("created")
+        .room_id;
 
     let state = alice.room_state(&room_id).await;
     let stored_items = state
