@@ -227,6 +227,7 @@ impl RecentEventsCache {
     /// `filter`, newest first, with one more than `limit` when there are
     /// more: the same as `rooms::recent_events_per_room`, from memory where
     /// it can be.
+    #[allow(clippy::too_many_arguments)]
     pub async fn recent_events_per_room(
         &self,
         pool: &Pool,

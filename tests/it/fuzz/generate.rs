@@ -97,8 +97,8 @@ impl Generator {
     /// A value of any type at some boundary.
     pub fn boundary(&mut self) -> Value {
         match self.index(12) {
-            0 | 1 | 2 => Value::String(self.boundary_string()),
-            3 | 4 => self.boundary_number(),
+            0..=2 => Value::String(self.boundary_string()),
+            3..=4 => self.boundary_number(),
             5 => Value::Null,
             6 => json!(self.chance(0.5)),
             7 => json!([]),
@@ -203,7 +203,7 @@ impl Generator {
             }
             "string" => {
                 let format = schema.get("format").and_then(Value::as_str);
-                let hinted = format.and_then(|f| hints(f)).or_else(|| hints(name));
+                let hinted = format.and_then(hints).or_else(|| hints(name));
                 match hinted {
                     Some(value) if self.chance(0.8) => Value::String(value),
                     _ => Value::String(self.boundary_string()),
