@@ -25,7 +25,9 @@ CLIENTS := tests/clients
 VENV_STAMP := $(VENV)/.lattice-installed
 NODE_STAMP := $(CLIENTS)/node_modules/.lattice-installed
 
-# make run: the dev server's settings (figment env overrides, `__` nests keys)
+# make run: the dev server's settings, written into $(RUN_CONFIG) when it is
+# created (so `lattice serve --config var/homeserver.yaml` by hand is the same
+# server); an existing file is used as it is.
 RUN_LISTEN ?= 127.0.0.1:8008
 RUN_CONFIG := var/homeserver.yaml
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
@@ -42,19 +44,21 @@ help:
 run:
 	.ci/postgres.sh start
 	cargo build --release
-	@mkdir -p var
-	@if [[ ! -s $(RUN_CONFIG) ]]; then \
-		echo "writing $(RUN_CONFIG)"; \
-		$(RELEASE_BIN) generate-config --server-name localhost > $(RUN_CONFIG).tmp; \
-		mv $(RUN_CONFIG).tmp $(RUN_CONFIG); \
-	fi
+	$(WRITE_RUN_CONFIG)
 	@echo "lattice: serving on http://$(RUN_LISTEN) (Ctrl-C stops it; 'make stop' stops PostgreSQL)"
-	exec env \
-		LATTICE__DATABASE__URL="$$(.ci/postgres.sh url)" \
-		LATTICE__ENABLE_REGISTRATION=true \
-		LATTICE__LISTEN=$(RUN_LISTEN) \
-		LATTICE__RATE_LIMITS__ENABLED=false \
-		$(RELEASE_BIN) serve --config $(RUN_CONFIG)
+	exec $(RELEASE_BIN) serve --config $(RUN_CONFIG)
+
+# Writes $(RUN_CONFIG) with the development settings unless it exists.
+define WRITE_RUN_CONFIG
+@mkdir -p var
+@if [[ ! -s $(RUN_CONFIG) ]]; then \
+	echo "writing $(RUN_CONFIG) (server_name localhost, registration open, rate limits off)"; \
+	$(RELEASE_BIN) generate-config --server-name localhost --listen $(RUN_LISTEN) \
+		--database-url "$$(.ci/postgres.sh url)" --enable-registration --disable-rate-limits \
+		> $(RUN_CONFIG).tmp; \
+	mv $(RUN_CONFIG).tmp $(RUN_CONFIG); \
+fi
+endef
 
 # Runs the Rust tests and the client tests even if the first fail, then fails if either did.
 # The client tests use the target/debug/lattice that cargo test built (integration tests
@@ -157,15 +161,6 @@ up:
 	.ci/postgres.sh start
 	.ci/redis.sh start
 	cargo build --release
-	@mkdir -p var
-	@if [[ ! -s $(RUN_CONFIG) ]]; then \
-		echo "writing $(RUN_CONFIG)"; \
-		$(RELEASE_BIN) generate-config --server-name localhost > $(RUN_CONFIG).tmp; \
-		mv $(RUN_CONFIG).tmp $(RUN_CONFIG); \
-	fi
-	exec env \
-		LATTICE__DATABASE__URL="$$(.ci/postgres.sh url)" \
-		LATTICE__REDIS__URL=redis://127.0.0.1:$(LATTICE_REDIS_PORT) \
-		LATTICE__ENABLE_REGISTRATION=true \
-		LATTICE__RATE_LIMITS__ENABLED=false \
+	$(WRITE_RUN_CONFIG)
+	exec env LATTICE__REDIS__URL=redis://127.0.0.1:$(LATTICE_REDIS_PORT) \
 		$(RELEASE_BIN) up --topology $(TOPOLOGY)

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{dev::Payload, web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use futures::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
 
@@ -52,39 +52,106 @@ pub fn node(request: &HttpRequest) -> ApiResult<Node> {
         .ok_or_else(|| ApiError::internal("node missing from app data"))
 }
 
-/// A JSON body: `M_NOT_JSON` when it is not JSON, `M_BAD_JSON` when it has the
-/// wrong shape, `M_TOO_LARGE` past the size limit. An empty body reads as `{}`,
-/// as several clients send one for requests without parameters.
+/// A JSON body the endpoint requires: `M_NOT_JSON` when it is missing or
+/// not JSON, `M_BAD_JSON` when it has the wrong shape, `M_TOO_LARGE` past
+/// the size limit. Whether an endpoint may be called without a body is
+/// decided by its handler's extractor: this one, or [`OptionalJsonBody`].
 pub struct JsonBody<T>(pub T);
+
+/// A JSON body that may be left out, read as `{}` when it is: for the
+/// endpoints the spec or Synapse let clients call without one (joining,
+/// leaving and the other membership changes). An empty body only: one of
+/// whitespace is not JSON, as anywhere else.
+pub struct OptionalJsonBody<T>(pub T);
+
+/// Whether a request without a body is refused or read as `{}`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EmptyBody {
+    Refused,
+    ReadAsEmptyObject,
+}
 
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
-    fn from_request(_request: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let mut payload = payload.take();
+    fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let payload = payload.take();
+        let authentication = AuthenticationPending::take(request);
         Box::pin(async move {
-            use futures::StreamExt;
-            let mut bytes = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|e| {
-                    ApiError::new(ErrCode::NotJson, format!("could not read body: {e}"))
-                })?;
-                if bytes.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Err(ApiError::new(ErrCode::TooLarge, "request body too large"));
-                }
-                bytes.extend_from_slice(&chunk);
+            let body = read_json(payload, EmptyBody::Refused).await;
+            if body.is_err() {
+                AuthenticationPending::settled(authentication).await;
             }
-            let value: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-                serde_json::Value::Object(Default::default())
-            } else {
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    ApiError::new(ErrCode::NotJson, format!("content not JSON: {e}"))
-                })?
-            };
-            parse_json(value).map(JsonBody)
+            body.map(JsonBody)
         })
     }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for OptionalJsonBody<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let payload = payload.take();
+        let authentication = AuthenticationPending::take(request);
+        Box::pin(async move {
+            let body = read_json(payload, EmptyBody::ReadAsEmptyObject).await;
+            if body.is_err() {
+                AuthenticationPending::settled(authentication).await;
+            }
+            body.map(OptionalJsonBody)
+        })
+    }
+}
+
+/// Left in the request by [`Requester`]'s extractor until it has
+/// authenticated the request (or failed to). actix-web answers with the
+/// first extractor that fails, and a bad body is known at once while a
+/// token may need a database read: a body's error waits for this, so that an
+/// unauthenticated request is answered `401` whatever its body, as Synapse
+/// does.
+struct AuthenticationPending(futures::channel::oneshot::Receiver<()>);
+
+impl AuthenticationPending {
+    /// What [`Requester`] left, if the handler authenticates.
+    fn take(request: &HttpRequest) -> Option<AuthenticationPending> {
+        request.extensions_mut().remove::<AuthenticationPending>()
+    }
+
+    /// Waits until the request's authentication, if any, has settled.
+    async fn settled(pending: Option<AuthenticationPending>) {
+        if let Some(AuthenticationPending(settled)) = pending {
+            // The sender is dropped, never sent on: either way it settled.
+            let _ = settled.await;
+        }
+    }
+}
+
+/// Reads the whole body (up to the size limit) and parses it into `T`.
+async fn read_json<T: DeserializeOwned>(mut payload: Payload, empty: EmptyBody) -> ApiResult<T> {
+    use futures::StreamExt;
+    let mut bytes = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::new(ErrCode::NotJson, format!("could not read body: {e}")))?;
+        if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ApiError::new(ErrCode::TooLarge, "request body too large"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let value: serde_json::Value = match (bytes.is_empty(), empty) {
+        (true, EmptyBody::ReadAsEmptyObject) => serde_json::Value::Object(Default::default()),
+        (true, EmptyBody::Refused) => {
+            return Err(ApiError::new(
+                ErrCode::NotJson,
+                "this endpoint needs a JSON body",
+            ))
+        }
+        (false, _) => serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::new(ErrCode::NotJson, format!("content not JSON: {e}")))?,
+    };
+    parse_json(value)
 }
 
 /// Reads a JSON value into `T`, answering `M_BAD_JSON` with the reason.
@@ -126,8 +193,14 @@ impl FromRequest for Requester {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let (settled, pending) = futures::channel::oneshot::channel::<()>();
+        request
+            .extensions_mut()
+            .insert(AuthenticationPending(pending));
         let request = request.clone();
         Box::pin(async move {
+            // Dropped when this future ends, however it ends.
+            let _settled = settled;
             let node = node(&request)?;
             let token = access_token(&request)?
                 .ok_or_else(|| ApiError::new(ErrCode::MissingToken, "missing access token"))?;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use deadpool_postgres::Pool;
 
 use crate::error::ApiError;
-use crate::rooms::filter::Filter;
+use crate::rooms::filter::{Filter, RoomEventFilter};
 use crate::storage::accounts;
 use crate::storage::rooms::{self, Membership, StoredEvent};
 use crate::storage::StorageResult;
@@ -190,15 +190,23 @@ struct RoomTimeline {
 }
 
 impl RoomTimeline {
-    /// The latest `limit` events in `(after, upto]`, newest first, with one
-    /// more than `limit` when there are more; None when the entry cannot tell.
-    fn answer(&self, after: i64, upto: i64, limit: usize) -> Option<Vec<StoredEvent>> {
+    /// The latest `limit` events in `(after, upto]` that pass `filter`,
+    /// newest first, with one more than `limit` when there are more; None
+    /// when the entry cannot tell.
+    fn answer(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: usize,
+        filter: &RoomEventFilter,
+    ) -> Option<Vec<StoredEvent>> {
         let wanted = limit.saturating_add(1);
         let events: Vec<StoredEvent> = self
             .events
             .iter()
             .rev()
             .filter(|e| e.stream_ordering > after && e.stream_ordering <= upto)
+            .filter(|e| filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
             .take(wanted)
             .cloned()
             .collect();
@@ -215,9 +223,11 @@ impl RoomTimeline {
 }
 
 impl RecentEventsCache {
-    /// The latest `limit` events of each room in `(after, upto]`, newest
-    /// first, with one more than `limit` when there are more: the same as
-    /// `rooms::recent_events_per_room`, from memory where it can be.
+    /// The latest `limit` events of each room in `(after, upto]` that pass
+    /// `filter`, newest first, with one more than `limit` when there are
+    /// more: the same as `rooms::recent_events_per_room`, from memory where
+    /// it can be.
+    #[allow(clippy::too_many_arguments)]
     pub async fn recent_events_per_room(
         &self,
         pool: &Pool,
@@ -226,6 +236,7 @@ impl RecentEventsCache {
         after: i64,
         upto: i64,
         limit: i64,
+        filter: &RoomEventFilter,
     ) -> StorageResult<HashMap<String, Vec<StoredEvent>>> {
         let limit = limit.max(0) as usize;
         let mut by_room = HashMap::new();
@@ -245,7 +256,8 @@ impl RecentEventsCache {
         // the long-polls that follow).
         if stale.len() > MAX_REFRESHES_PER_SYNC {
             by_room =
-                rooms::recent_events_per_room(pool, &stale, after, upto, limit as i64).await?;
+                rooms::recent_events_per_room(pool, &stale, after, upto, limit as i64, filter)
+                    .await?;
             timelines.retain(|(_, timeline)| timeline.is_some());
         }
         for (room_id, timeline) in timelines {
@@ -253,7 +265,7 @@ impl RecentEventsCache {
                 Some(timeline) => timeline,
                 None => self.refresh(pool, notifier, room_id).await?,
             };
-            let events = match timeline.answer(after, upto, limit) {
+            let events = match timeline.answer(after, upto, limit, filter) {
                 Some(events) => events,
                 // Further back than the cache keeps.
                 None => rooms::recent_events_per_room(
@@ -262,6 +274,7 @@ impl RecentEventsCache {
                     after,
                     upto,
                     limit as i64,
+                    filter,
                 )
                 .await?
                 .remove(room_id)
@@ -424,6 +437,7 @@ async fn read(pool: &Pool, room_id: &str, after: i64, upto: i64) -> StorageResul
         after,
         upto,
         RECENT_EVENTS_PER_ROOM as i64,
+        &RoomEventFilter::default(),
     )
     .await?
     .remove(room_id)
@@ -471,6 +485,12 @@ mod tests {
         }
     }
 
+    impl RoomTimeline {
+        fn answer_all(&self, after: i64, upto: i64, limit: usize) -> Option<Vec<StoredEvent>> {
+            self.answer(after, upto, limit, &RoomEventFilter::default())
+        }
+    }
+
     fn positions(events: Option<Vec<StoredEvent>>) -> Option<Vec<i64>> {
         events.map(|events| events.iter().map(|e| e.stream_ordering).collect())
     }
@@ -478,19 +498,42 @@ mod tests {
     #[test]
     fn answers_newest_first_within_the_range() {
         let t = timeline(&[3, 5, 8, 9], 2, 10);
-        assert_eq!(positions(t.answer(4, 10, 10)), Some(vec![9, 8, 5]));
-        assert_eq!(positions(t.answer(4, 8, 10)), Some(vec![8, 5]));
-        assert_eq!(positions(t.answer(9, 10, 10)), Some(vec![]));
+        assert_eq!(positions(t.answer_all(4, 10, 10)), Some(vec![9, 8, 5]));
+        assert_eq!(positions(t.answer_all(4, 8, 10)), Some(vec![8, 5]));
+        assert_eq!(positions(t.answer_all(9, 10, 10)), Some(vec![]));
         // One more than the limit tells the caller there is a gap.
-        assert_eq!(positions(t.answer(2, 10, 2)), Some(vec![9, 8, 5]));
+        assert_eq!(positions(t.answer_all(2, 10, 2)), Some(vec![9, 8, 5]));
     }
 
     #[test]
     fn cannot_answer_further_back_than_it_is_complete() {
         let t = timeline(&[5, 8, 9], 4, 10);
-        assert_eq!(positions(t.answer(1, 10, 10)), None, "3 may exist");
+        assert_eq!(positions(t.answer_all(1, 10, 10)), None, "3 may exist");
         // Enough events to fill the limit plus one: the gap is all it needs.
-        assert_eq!(positions(t.answer(1, 10, 1)), Some(vec![9, 8]));
+        assert_eq!(positions(t.answer_all(1, 10, 1)), Some(vec![9, 8]));
+    }
+
+    #[test]
+    fn a_filter_applies_before_the_limit() {
+        let mut t = timeline(&[3, 5, 8, 9, 10], 2, 10);
+        for event in t.events.iter_mut().filter(|e| e.stream_ordering % 2 == 0) {
+            event.kind = "m.room.member".into();
+        }
+        let messages = RoomEventFilter {
+            types: Some(vec!["m.room.message".into()]),
+            ..RoomEventFilter::default()
+        };
+        // The two newest messages, and the one before that to tell a gap.
+        assert_eq!(
+            positions(t.answer(2, 10, 2, &messages)),
+            Some(vec![9, 5, 3])
+        );
+        assert_eq!(
+            positions(t.answer(2, 10, 3, &messages)),
+            Some(vec![9, 5, 3])
+        );
+        // Not enough matching events, and the entry is not complete that far back.
+        assert_eq!(positions(t.answer(1, 10, 3, &messages)), None);
     }
 
     fn cache_with(room: &RoomTimeline) -> RecentEventsCache {
@@ -514,7 +557,10 @@ mod tests {
         notifier.record_changes(&["!r:x".to_owned()], 14);
         assert_eq!(cached(&cache, &notifier), Some(vec![3, 5, 12, 13]));
         let timeline = cache.fresh_entry(&notifier, "!r:x").expect("entry");
-        assert_eq!(positions(timeline.answer(5, 14, 10)), Some(vec![13, 12]));
+        assert_eq!(
+            positions(timeline.answer_all(5, 14, 10)),
+            Some(vec![13, 12])
+        );
     }
 
     #[test]
@@ -545,9 +591,9 @@ mod tests {
         assert_eq!(t.events.len(), RECENT_EVENTS_PER_ROOM);
         assert_eq!(t.complete_after, 40 - RECENT_EVENTS_PER_ROOM as i64);
         assert_eq!(
-            positions(t.answer(0, 40, 5)),
+            positions(t.answer_all(0, 40, 5)),
             Some(vec![40, 39, 38, 37, 36, 35])
         );
-        assert_eq!(positions(t.answer(0, 40, 40)), None);
+        assert_eq!(positions(t.answer_all(0, 40, 40)), None);
     }
 }

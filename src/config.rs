@@ -617,6 +617,86 @@ replication_secret: "{replication_secret}"
     )
 }
 
+/// What `lattice generate-config`'s flags write into the sample in place of
+/// its defaults: `make run` asks for its development server this way, so the
+/// file it writes is the server it runs.
+#[derive(Debug, Clone, Default)]
+pub struct SampleSettings {
+    pub listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub enable_registration: bool,
+    pub disable_rate_limits: bool,
+}
+
+/// The `sample` text with `settings` written over the values of their keys
+/// (comments kept). A key the sample no longer has is an error, not a
+/// setting silently left out.
+pub fn sample_with_settings(
+    sample: &str,
+    settings: &SampleSettings,
+) -> Result<String, ConfigError> {
+    let mut text = sample.to_owned();
+    if let Some(listen) = settings.listen {
+        text = set_sample_value(&text, None, "listen", &format!("\"{listen}\""))?;
+    }
+    if let Some(url) = &settings.database_url {
+        let quoted = serde_json::to_string(url).map_err(|e| ConfigError::Invalid {
+            key: "database.url",
+            message: e.to_string(),
+        })?;
+        text = set_sample_value(&text, Some("database"), "url", &quoted)?;
+    }
+    if settings.enable_registration {
+        text = set_sample_value(&text, None, "enable_registration", "true")?;
+    }
+    if settings.disable_rate_limits {
+        text = set_sample_value(&text, Some("rate_limits"), "enabled", "false")?;
+    }
+    Ok(text)
+}
+
+/// Replaces the value of `key:` at the top level of `text`, or in the
+/// top-level mapping `section:`.
+fn set_sample_value(
+    text: &str,
+    section: Option<&str>,
+    key: &'static str,
+    value: &str,
+) -> Result<String, ConfigError> {
+    let mut current_section: Option<&str> = None;
+    let mut replaced = false;
+    let mut lines = Vec::new();
+    for line in text.lines() {
+        let indented = line.starts_with(' ');
+        if !indented && !line.starts_with('#') && !line.trim().is_empty() {
+            current_section = line.strip_suffix(':');
+        }
+        let (indent, rest) = line.split_at(line.len() - line.trim_start().len());
+        let wanted = match section {
+            None => !indented,
+            Some(section) => indented && current_section == Some(section),
+        };
+        match rest.strip_prefix(key).and_then(|r| r.strip_prefix(':')) {
+            Some(_) if wanted && !replaced => {
+                lines.push(format!("{indent}{key}: {value}"));
+                replaced = true;
+            }
+            _ => lines.push(line.to_owned()),
+        }
+    }
+    if !replaced {
+        return Err(ConfigError::Invalid {
+            key,
+            message: "is missing from the sample configuration".into(),
+        });
+    }
+    let mut out = lines.join("\n");
+    if text.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -630,6 +710,32 @@ mod tests {
             "example.org",
             &crate::keys::SigningKey::generate().to_config_string(),
         )
+    }
+
+    #[test]
+    fn generate_config_settings_are_what_the_file_says() {
+        let settings = SampleSettings {
+            listen: Some("127.0.0.1:8123".parse().expect("address")),
+            database_url: Some("postgresql://lattice@127.0.0.1:5433/dev".into()),
+            enable_registration: true,
+            disable_rate_limits: true,
+        };
+        let sample = base();
+        let text = sample_with_settings(&sample, &settings).expect("every key is in the sample");
+        let config = Config::from_figment(figment(&text)).expect("loads");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8123");
+        assert_eq!(
+            config.database.url,
+            "postgresql://lattice@127.0.0.1:5433/dev"
+        );
+        assert!(config.enable_registration);
+        assert!(!config.rate_limits.enabled);
+        // Without settings, the sample's own values.
+        let plain = sample_with_settings(&sample, &SampleSettings::default()).expect("sample");
+        assert_eq!(plain, sample);
+        let config = Config::from_figment(figment(&plain)).expect("loads");
+        assert!(!config.enable_registration);
+        assert!(config.rate_limits.enabled);
     }
 
     #[test]

@@ -42,6 +42,18 @@ enum Command {
     GenerateConfig {
         #[arg(long)]
         server_name: String,
+        /// Write this `listen` address instead of 127.0.0.1:8008.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Write this `database.url`.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Write `enable_registration: true` (anyone may create an account).
+        #[arg(long)]
+        enable_registration: bool,
+        /// Write `rate_limits.enabled: false`.
+        #[arg(long)]
+        disable_rate_limits: bool,
     },
     /// Create a user account directly in the database.
     RegisterUser {
@@ -66,7 +78,21 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::GenerateConfig { server_name } => generate_config(&server_name),
+        Command::GenerateConfig {
+            server_name,
+            listen,
+            database_url,
+            enable_registration,
+            disable_rate_limits,
+        } => generate_config(
+            &server_name,
+            &lattice::config::SampleSettings {
+                listen,
+                database_url,
+                enable_registration,
+                disable_rate_limits,
+            },
+        ),
         Command::Serve {
             config,
             instance,
@@ -95,14 +121,18 @@ fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> a
         .block_on(future)
 }
 
-fn generate_config(server_name: &str) -> anyhow::Result<()> {
+fn generate_config(
+    server_name: &str,
+    settings: &lattice::config::SampleSettings,
+) -> anyhow::Result<()> {
     if ruma::ServerName::parse(server_name).is_err() {
         anyhow::bail!("`{server_name}` is not a valid server name");
     }
     let key = lattice::keys::SigningKey::generate();
+    let sample = lattice::config::sample(server_name, &key.to_config_string());
     print!(
         "{}",
-        lattice::config::sample(server_name, &key.to_config_string())
+        lattice::config::sample_with_settings(&sample, settings)?
     );
     Ok(())
 }

@@ -1,4 +1,9 @@
 //! Event filters (`/user/{userId}/filter`, `/sync?filter=`, `/messages?filter=`).
+//!
+//! A room event filter is applied before any limit: the timeline queries
+//! take it into their SQL (`storage::rooms`), and the recent-events cache
+//! filters what it holds before counting, so `limit` events that match come
+//! back whenever there are that many.
 
 use serde::Deserialize;
 
@@ -119,12 +124,34 @@ impl RoomEventFilter {
     }
 }
 
-/// Type patterns may end in `*`, matching any suffix.
-fn type_matches(pattern: &str, kind: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => kind.starts_with(prefix),
-        None => pattern == kind,
+/// An entry of a filter's `types` or `not_types`: an event type, or a prefix
+/// when it ends in `*` (the one wildcard Synapse honours). Both the check in
+/// memory ([`RoomEventFilter::matches`]) and the one in SQL
+/// (`storage::rooms`) read patterns through this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypePattern<'a> {
+    Exact(&'a str),
+    Prefix(&'a str),
+}
+
+impl<'a> TypePattern<'a> {
+    pub fn parse(pattern: &'a str) -> TypePattern<'a> {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => TypePattern::Prefix(prefix),
+            None => TypePattern::Exact(pattern),
+        }
     }
+
+    fn matches(self, kind: &str) -> bool {
+        match self {
+            TypePattern::Exact(exact) => exact == kind,
+            TypePattern::Prefix(prefix) => kind.starts_with(prefix),
+        }
+    }
+}
+
+fn type_matches(pattern: &str, kind: &str) -> bool {
+    TypePattern::parse(pattern).matches(kind)
 }
 
 #[cfg(test)]

@@ -5,9 +5,11 @@ use std::collections::HashMap;
 
 use deadpool_postgres::Pool;
 use serde_json::Value;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::{StorageError, StorageResult};
+use crate::rooms::filter::{RoomEventFilter, TypePattern};
 
 /// An event as stored, with what the client views need beyond the PDU.
 #[derive(Debug, Clone)]
@@ -391,33 +393,38 @@ pub async fn state_group_events(pool: &Pool, state_group: i64) -> StorageResult<
     events_by_ids(pool, &ids).await
 }
 
-/// The latest `limit` events of each room in `(after, upto]`, newest first
-/// within each room, with one more than `limit` so the caller can tell a gap.
+/// The latest `limit` events of each room in `(after, upto]` that pass
+/// `filter`, newest first within each room, with one more than `limit` so the
+/// caller can tell a gap.
 pub async fn recent_events_per_room(
     pool: &Pool,
     room_ids: &[String],
     after: i64,
     upto: i64,
     limit: i64,
+    filter: &RoomEventFilter,
 ) -> StorageResult<HashMap<String, Vec<StoredEvent>>> {
     let mut by_room: HashMap<String, Vec<StoredEvent>> = HashMap::new();
     if room_ids.is_empty() {
         return Ok(by_room);
     }
+    let wanted = limit.saturating_add(1);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&room_ids, &after, &upto, &wanted];
+    let filtered = FilterClause::new(filter, "x", params.len());
+    params.extend(filtered.params());
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(&format!(
             "SELECT {EVENT_COLUMNS} FROM unnest($1::text[]) AS r (room_id)
              CROSS JOIN LATERAL (
                  SELECT * FROM events x WHERE x.room_id = r.room_id
-                   AND x.stream_ordering > $2 AND x.stream_ordering <= $3
+                   AND x.stream_ordering > $2 AND x.stream_ordering <= $3{}
                  ORDER BY x.stream_ordering DESC LIMIT $4
-             ) e"
+             ) e",
+            filtered.sql
         ))
         .await?;
-    let rows = client
-        .query(&statement, &[&room_ids, &after, &upto, &(limit + 1)])
-        .await?;
+    let rows = client.query(&statement, &params).await?;
     for row in &rows {
         let event = StoredEvent::from_row(row);
         by_room
@@ -429,6 +436,131 @@ pub async fn recent_events_per_room(
         events.sort_by_key(|e| std::cmp::Reverse(e.stream_ordering));
     }
     Ok(by_room)
+}
+
+/// A [`RoomEventFilter`] as SQL conditions on the events table, so that a
+/// query's `LIMIT` counts only the events the client asked for (Synapse's
+/// `filter_to_clause`). It keeps exactly the events
+/// [`RoomEventFilter::matches`] keeps; a filter that keeps everything adds
+/// nothing, so an unfiltered query is the same statement as before.
+struct FilterClause {
+    /// `AND ...` conditions on the table alias, or empty.
+    sql: String,
+    rooms: Option<Vec<String>>,
+    not_rooms: Vec<String>,
+    senders: Option<Vec<String>>,
+    not_senders: Vec<String>,
+    /// (exact types, `LIKE` patterns) a type must be one of.
+    types: Option<(Vec<String>, Vec<String>)>,
+    not_types: Option<(Vec<String>, Vec<String>)>,
+    contains_url: Option<bool>,
+}
+
+impl FilterClause {
+    /// The conditions on `alias`, their parameters numbered after the
+    /// query's own `params_before`.
+    fn new(filter: &RoomEventFilter, alias: &str, params_before: usize) -> FilterClause {
+        let mut clause = FilterClause {
+            sql: String::new(),
+            rooms: filter.rooms.clone(),
+            not_rooms: filter.not_rooms.clone(),
+            senders: filter.senders.clone(),
+            not_senders: filter.not_senders.clone(),
+            types: filter.types.as_deref().map(split_type_patterns),
+            not_types: (!filter.not_types.is_empty())
+                .then(|| split_type_patterns(&filter.not_types)),
+            contains_url: filter.contains_url,
+        };
+        let mut next = params_before;
+        let mut param = || {
+            next += 1;
+            next
+        };
+        let mut conditions = Vec::new();
+        if clause.rooms.is_some() {
+            conditions.push(format!("{alias}.room_id = ANY(${})", param()));
+        }
+        if !clause.not_rooms.is_empty() {
+            conditions.push(format!("NOT ({alias}.room_id = ANY(${}))", param()));
+        }
+        if clause.senders.is_some() {
+            conditions.push(format!("{alias}.sender = ANY(${})", param()));
+        }
+        if !clause.not_senders.is_empty() {
+            conditions.push(format!("NOT ({alias}.sender = ANY(${}))", param()));
+        }
+        if clause.types.is_some() {
+            let (exact, like) = (param(), param());
+            conditions.push(format!(
+                "({alias}.type = ANY(${exact}) OR {alias}.type LIKE ANY(${like}))"
+            ));
+        }
+        if clause.not_types.is_some() {
+            let (exact, like) = (param(), param());
+            conditions.push(format!(
+                "NOT ({alias}.type = ANY(${exact}) OR {alias}.type LIKE ANY(${like}))"
+            ));
+        }
+        if clause.contains_url.is_some() {
+            conditions.push(format!(
+                "(jsonb_typeof({alias}.pdu->'content'->'url') IS NOT DISTINCT FROM 'string') = ${}",
+                param()
+            ));
+        }
+        for condition in conditions {
+            clause.sql.push_str(" AND ");
+            clause.sql.push_str(&condition);
+        }
+        clause
+    }
+
+    /// The parameters, in the order the conditions number them.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        if let Some(rooms) = &self.rooms {
+            params.push(rooms);
+        }
+        if !self.not_rooms.is_empty() {
+            params.push(&self.not_rooms);
+        }
+        if let Some(senders) = &self.senders {
+            params.push(senders);
+        }
+        if !self.not_senders.is_empty() {
+            params.push(&self.not_senders);
+        }
+        for (exact, like) in [&self.types, &self.not_types].into_iter().flatten() {
+            params.push(exact);
+            params.push(like);
+        }
+        if let Some(contains_url) = &self.contains_url {
+            params.push(contains_url);
+        }
+        params
+    }
+}
+
+/// Type patterns as (exact types, `LIKE` patterns for the prefixes).
+fn split_type_patterns(patterns: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut exact = Vec::new();
+    let mut like = Vec::new();
+    for pattern in patterns {
+        match TypePattern::parse(pattern) {
+            TypePattern::Exact(kind) => exact.push(kind.to_owned()),
+            TypePattern::Prefix(prefix) => {
+                let mut escaped = String::with_capacity(prefix.len() + 1);
+                for c in prefix.chars() {
+                    if matches!(c, '\\' | '%' | '_') {
+                        escaped.push('\\');
+                    }
+                    escaped.push(c);
+                }
+                escaped.push('%');
+                like.push(escaped);
+            }
+        }
+    }
+    (exact, like)
 }
 
 /// The latest state event per (type, state_key) of a room in `(after, upto]`.
@@ -455,8 +587,9 @@ pub async fn state_changes_between(
     Ok(rows.iter().map(StoredEvent::from_row).collect())
 }
 
-/// A page of a room's timeline for `/messages`: events strictly after
-/// (`forward`) or at-or-before (`backward`) `from`, bounded by `to`.
+/// A page of a room's timeline for `/messages` and `/context`: the events
+/// that pass `filter` strictly after (`forward`) or at-or-before
+/// (`backward`) `from`, bounded by `to`.
 pub async fn paginate(
     pool: &Pool,
     room_id: &str,
@@ -464,29 +597,27 @@ pub async fn paginate(
     to: Option<i64>,
     forward: bool,
     limit: i64,
+    filter: &RoomEventFilter,
 ) -> StorageResult<Vec<StoredEvent>> {
-    let client = pool.get().await?;
-    let rows = if forward {
-        client
-            .query(
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.stream_ordering > $2
-                     AND e.stream_ordering <= $3 ORDER BY e.stream_ordering ASC LIMIT $4"
-                ),
-                &[&room_id, &from, &to.unwrap_or(i64::MAX), &limit],
-            )
-            .await?
+    let (bound, range, order) = if forward {
+        let range = "e.stream_ordering > $2 AND e.stream_ordering <= $3";
+        (to.unwrap_or(i64::MAX), range, "ASC")
     } else {
-        client
-            .query(
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.stream_ordering <= $2
-                     AND e.stream_ordering > $3 ORDER BY e.stream_ordering DESC LIMIT $4"
-                ),
-                &[&room_id, &from, &to.unwrap_or(0), &limit],
-            )
-            .await?
+        let range = "e.stream_ordering <= $2 AND e.stream_ordering > $3";
+        (to.unwrap_or(0), range, "DESC")
     };
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&room_id, &from, &bound, &limit];
+    let filtered = FilterClause::new(filter, "e", params.len());
+    params.extend(filtered.params());
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND {range}{}
+             ORDER BY e.stream_ordering {order} LIMIT $4",
+            filtered.sql
+        ))
+        .await?;
+    let rows = client.query(&statement, &params).await?;
     Ok(rows.iter().map(StoredEvent::from_row).collect())
 }
 

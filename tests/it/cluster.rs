@@ -725,6 +725,20 @@ impl Client {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> (StatusCode, HeaderMap, Vec<u8>) {
+        self.try_request_bytes(method, path, token, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Client::request_bytes`], with a failure to get an answer (a
+    /// connection the server dropped) as an error rather than a panic.
+    pub async fn try_request_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, HeaderMap, Vec<u8>), String> {
         let is_sync = path.split('?').next().is_some_and(|p| p.ends_with("/sync"));
         let base = if is_sync { &self.sync_base } else { &self.base };
         let url = format!("{base}{path}");
@@ -741,17 +755,17 @@ impl Client {
             }
             None => request.send().await,
         };
-        let mut response = sent.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let mut response = sent.map_err(|e| format!("{method} {url}: {e}"))?;
         let bytes = response
             .body()
             .limit(64 * 1024 * 1024)
             .await
-            .unwrap_or_else(|e| panic!("{method} {url}: reading the body: {e}"));
-        (
+            .map_err(|e| format!("{method} {url}: reading the body: {e}"))?;
+        Ok((
             response.status(),
             response.headers().clone(),
             bytes.to_vec(),
-        )
+        ))
     }
 
     /// Registers `localpart` through the `m.login.dummy` flow: a first request

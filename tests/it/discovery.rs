@@ -89,3 +89,28 @@ async fn every_user_has_the_default_push_rules() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["errcode"], "M_NOT_FOUND");
 }
+
+#[actix_web::test]
+async fn push_rules_have_every_kind_and_unknown_rules_are_not_found() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+    let kinds = ["override", "content", "room", "sender", "underride"];
+    let (status, body) = alice.get("/_matrix/client/v3/pushrules/").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, global) = alice.get("/_matrix/client/v3/pushrules/global/").await;
+    assert_eq!(status, StatusCode::OK, "{global}");
+    for ruleset in [&body["global"], &global] {
+        for kind in kinds {
+            assert!(ruleset[kind].is_array(), "`{kind}` is a list: {ruleset}");
+        }
+    }
+    for kind in kinds {
+        let (status, body) = alice
+            .get(&format!(
+                "/_matrix/client/v3/pushrules/global/{kind}/no.such.rule"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{kind}: {body}");
+        assert_eq!(body["errcode"], "M_NOT_FOUND", "{kind}");
+    }
+}

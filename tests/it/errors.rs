@@ -102,20 +102,88 @@ async fn json_of_the_wrong_shape() {
 }
 
 #[actix_web::test]
-async fn an_empty_body_reads_as_an_empty_object() {
+async fn a_missing_body_is_not_json_where_the_endpoint_needs_one() {
     let cluster = TestCluster::start().await;
     let client = cluster.client();
     let alice = client.register("alice").await;
-    let (status, body) = client
-        .request(
+    let bob = client.register("bob").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let room = enc(&room_id);
+    let token = Some(alice.access_token.as_str());
+    let before = alice.messages(&room_id, "dir=b&limit=100").await;
+
+    let needs_a_body = [
+        (
+            Method::PUT,
+            format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/bodiless"),
+        ),
+        (
+            Method::PUT,
+            format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic"),
+        ),
+        (Method::POST, "/_matrix/client/v3/createRoom".to_owned()),
+        (Method::POST, "/_matrix/client/v3/login".to_owned()),
+        (Method::POST, "/_matrix/client/v3/register".to_owned()),
+        (
             Method::POST,
-            "/_matrix/client/v3/createRoom",
-            Some(&alice.access_token),
-            None,
-        )
+            format!("/_matrix/client/v3/user/{}/filter", enc(&alice.user_id)),
+        ),
+        (
+            Method::POST,
+            format!("/_matrix/client/v3/rooms/{room}/invite"),
+        ),
+        (
+            Method::PUT,
+            format!(
+                "/_matrix/client/v3/profile/{}/displayname",
+                enc(&alice.user_id)
+            ),
+        ),
+    ];
+    for (method, path) in &needs_a_body {
+        let (status, body) = client.request(method.clone(), path, token, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {body}");
+        assert_eq!(body["errcode"], "M_NOT_JSON", "{method} {path}: {body}");
+        // Authentication is answered first, whatever the body.
+        if !path.ends_with("/login") && !path.ends_with("/register") {
+            for bad_body in [None, Some(b"not json".to_vec())] {
+                let (status, body) = client
+                    .request(method.clone(), path, Some("lat_forged"), bad_body)
+                    .await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+                assert_eq!(body["errcode"], "M_UNKNOWN_TOKEN", "{method} {path}");
+            }
+        }
+    }
+    let after = alice.messages(&room_id, "dir=b&limit=100").await;
+    let ids = |page: &Value| -> Vec<Value> {
+        let chunk = page["chunk"].as_array().expect("chunk");
+        chunk.iter().map(|e| e["event_id"].clone()).collect()
+    };
+    assert_eq!(ids(&after), ids(&before), "nothing was sent: {after}");
+
+    // Joining and leaving need nothing from a body: it may be left out
+    // (an empty one only: whitespace is not JSON).
+    let bob_token = Some(bob.access_token.as_str());
+    let join = format!("/_matrix/client/v3/join/{room}");
+    let (status, body) = client
+        .raw(Method::POST, &join, bob_token, b" ".to_vec())
         .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body["room_id"].is_string());
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_JSON", "{body}");
+    for path in [
+        join.clone(),
+        format!("/_matrix/client/v3/rooms/{room}/leave"),
+        format!("/_matrix/client/v3/rooms/{room}/join"),
+    ] {
+        let (status, body) = client.request(Method::POST, &path, bob_token, None).await;
+        assert_eq!(status, StatusCode::OK, "POST {path}: {body}");
+    }
+    let (status, members) = alice
+        .get(&format!("/_matrix/client/v3/rooms/{room}/joined_members"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{members}");
+    assert!(members["joined"].get(&bob.user_id).is_some(), "{members}");
 }
 
 #[actix_web::test]

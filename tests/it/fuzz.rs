@@ -3,6 +3,17 @@
 //! 5xx, and every error must be Matrix JSON (the client checks that on every
 //! answer). The routes are read from `src/api/client.rs` itself, so a new
 //! route is fuzzed without anyone remembering to add it here.
+//!
+//! Two tests: a fixed sweep of known-bad inputs over every route, and a
+//! seeded random one (`generate`) whose bodies, path parameters and query
+//! strings follow the spec's schemas with boundary values mixed in. The
+//! random one runs alone in a process of its own (`watch`) and also fails on
+//! any panic or ERROR the servers log, and on any answer (2xx or error) that
+//! does not match the spec's schema for it. `LATTICE_FUZZ_SEED` and
+//! `LATTICE_FUZZ_CASES` choose its seed and number of requests.
+
+mod generate;
+mod watch;
 
 use awc::http::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -373,5 +384,296 @@ async fn no_input_produces_a_server_error() {
             .cloned()
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// The seed when `LATTICE_FUZZ_SEED` does not give one: `make test` runs the
+/// same requests every time; exploring is a matter of another seed.
+const DEFAULT_SEED: u64 = 0x1a77_1ce5;
+/// Requests per run when `LATTICE_FUZZ_CASES` does not say: about twenty per
+/// route, well under a minute on a small machine.
+const DEFAULT_CASES: usize = 1200;
+/// Cases between two fresh rooms, so that a random power-level change or a
+/// leave does not lock the rest of the run out.
+const CASES_PER_ROOM: usize = 100;
+
+/// A value cut to a length a URL can carry: the test client cannot send a
+/// URL over 64 KiB (`http::Uri`), which says nothing of the server.
+fn url_part(value: String) -> String {
+    value.chars().take(4000).collect()
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, not {text:?}")),
+        Err(_) => default,
+    }
+}
+
+/// A room to act in, with an event in it and a second member.
+async fn fresh_room(alice: &User, bob: &User, n: usize) -> (String, String, String) {
+    let alias_name = format!("fuzz{n}");
+    let room_id = alice
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": alias_name }))
+        .await;
+    bob.join(&room_id).await;
+    let event_id = alice.send_text(&room_id, "fuzz me").await;
+    (room_id, event_id, format!("#{alias_name}:lattice.test"))
+}
+
+#[actix_web::test]
+async fn random_requests_to_every_endpoint() {
+    if !watch::is_child() {
+        watch::run_in_child("fuzz::random_requests_to_every_endpoint");
+        return;
+    }
+    let watch = watch::Watch::install();
+    let seed = env_number("LATTICE_FUZZ_SEED", DEFAULT_SEED);
+    let cases = env_number("LATTICE_FUZZ_CASES", DEFAULT_CASES);
+    let topology = std::env::var("LATTICE_TEST_TOPOLOGY").unwrap_or_else(|_| "monolith".into());
+    println!(
+        "fuzz: seed {seed}, {cases} cases on the {topology} \
+         (LATTICE_FUZZ_SEED={seed} LATTICE_FUZZ_CASES={cases} repeats this run)"
+    );
+    let mut generator = generate::Generator::new(seed);
+
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    client.register("carol").await;
+    let (status, body) = alice
+        .post(
+            &format!("/_matrix/client/v3/user/{}/filter", enc(&alice.user_id)),
+            json!({ "room": { "timeline": { "limit": 3 } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let filter_id = body["filter_id"].as_str().unwrap_or_default().to_owned();
+    let (mut room_id, mut event_id, mut alias) = fresh_room(&alice, &bob, 0).await;
+    let next_batch = alice.sync("").await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    let routes: Vec<Route> = route_table()
+        .into_iter()
+        .filter(|r| !r.pattern.starts_with("/_matrix/client/r0"))
+        .collect();
+    let mut problems: Vec<String> = Vec::new();
+    // Answers by status class, to show how many requests got past parsing.
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let started = std::time::Instant::now();
+    for case in 0..cases {
+        if case > 0 && case % CASES_PER_ROOM == 0 {
+            (room_id, event_id, alias) = fresh_room(&alice, &bob, case).await;
+        }
+        let route = &routes[generator.index(routes.len())];
+        let user_ids = [
+            alice.user_id.clone(),
+            bob.user_id.clone(),
+            "@carol:lattice.test".into(),
+        ];
+        let hint = |name: &str| -> Option<String> {
+            Some(match name {
+                "mx-user-id" | "user_id" | "userId" => user_ids[case % 3].clone(),
+                "mx-room-id" | "room_id" | "roomId" => room_id.clone(),
+                "mx-event-id" | "event_id" | "eventId" => event_id.clone(),
+                "mx-room-alias" | "room_alias" | "roomAlias" | "alias" => alias.clone(),
+                "room_id_or_alias" | "roomIdOrAlias" => alias.clone(),
+                "room_alias_name" => format!("a{case}"),
+                "event_type" | "eventType" => "m.room.message".into(),
+                "state_key" | "stateKey" => alice.user_id.clone(),
+                "txn_id" | "txnId" => format!("fuzz{case}"),
+                "field" | "keyName" => "displayname".into(),
+                "filter_id" | "filterId" => filter_id.clone(),
+                "kind" => "override".into(),
+                "rule_id" | "ruleId" => ".m.rule.master".into(),
+                "from" | "to" | "since" => next_batch.clone(),
+                "password" => crate::cluster::PASSWORD.into(),
+                "username" | "user" => format!("user{case}"),
+                "msgtype" => "m.text".into(),
+                "mx-mxc-uri" | "avatar_url" => "mxc://lattice.test/avatar".into(),
+                _ => return None,
+            })
+        };
+
+        // Path parameters: mostly ones that exist.
+        let values: Vec<(String, String)> = parameters(&route.pattern)
+            .into_iter()
+            .map(|name| {
+                let value = match hint(&name) {
+                    Some(valid) if generator.chance(0.75) => enc(&valid),
+                    _ if generator.chance(0.5) => generator.pick(&garbage_segments()),
+                    _ => enc(&url_part(generator.boundary_string())),
+                };
+                (name, value)
+            })
+            .collect();
+        let mut path = fill(&route.pattern, &values);
+        let valid_path = fill(
+            &route.pattern,
+            &parameters(&route.pattern)
+                .into_iter()
+                .map(|n| {
+                    let v = hint(&n).unwrap_or_default();
+                    (n, enc(&v))
+                })
+                .collect::<Vec<_>>(),
+        );
+        let operation = spec::template_for(route.method.as_str(), &valid_path)
+            .and_then(|template| spec::operation(route.method.as_str(), &template));
+
+        // Query parameters the spec documents for the route, and sometimes others.
+        let mut query = Vec::new();
+        let documented: Vec<Value> = operation
+            .as_ref()
+            .and_then(|op| op.get("parameters"))
+            .and_then(Value::as_array)
+            .map(|p| p.iter().filter(|p| p["in"] == "query").cloned().collect())
+            .unwrap_or_default();
+        for parameter in &documented {
+            if !generator.chance(0.5) {
+                continue;
+            }
+            let name = parameter["name"].as_str().unwrap_or_default();
+            let value = if generator.chance(0.6) {
+                match generator.value(&parameter["schema"], name, &hint, 0.0, 0) {
+                    Value::String(text) => text,
+                    other => other.to_string(),
+                }
+            } else if name == "filter" && generator.chance(0.5) {
+                let filter_schema = json!({ "type": "object", "properties": {
+                    "limit": { "type": "integer" }, "types": { "type": "array", "items": { "type": "string" } },
+                    "not_types": { "type": "array", "items": { "type": "string" } },
+                    "senders": { "type": "array", "items": { "type": "string", "format": "mx-user-id" } },
+                    "contains_url": { "type": "boolean" }, "lazy_load_members": { "type": "boolean" },
+                    "room": { "type": "object" } } });
+                generator
+                    .value(&filter_schema, "filter", &hint, 0.2, 0)
+                    .to_string()
+            } else {
+                generator.boundary_string()
+            };
+            query.push(format!("{name}={}", enc(&url_part(value))));
+        }
+        if generator.chance(0.1) {
+            query.push(
+                generator
+                    .pick(&garbage_queries())
+                    .trim_start_matches('?')
+                    .to_owned(),
+            );
+        }
+        if !query.is_empty() {
+            path = format!("{path}?{}", query.join("&"));
+        }
+
+        // The body: from the spec's schema, mutated or not, or raw bytes.
+        let has_body = route.method == Method::POST || route.method == Method::PUT;
+        let schema = operation
+            .as_ref()
+            .and_then(|op| op.pointer("/requestBody/content/application~1json/schema"))
+            .cloned();
+        let body = match (&schema, has_body) {
+            (_, false) if !generator.chance(0.1) => None,
+            (Some(schema), true) if generator.chance(0.8) => {
+                let mutate = if generator.chance(0.4) { 0.0 } else { 0.15 };
+                Some(
+                    generator
+                        .value(schema, "", &hint, mutate, 0)
+                        .to_string()
+                        .into_bytes(),
+                )
+            }
+            _ => Some(generator.raw_body()),
+        };
+
+        // Logging out is done with a session of its own.
+        let logs_out = route.pattern.contains("/logout");
+        let session_token = if logs_out {
+            Some(client.login("carol").await.access_token)
+        } else {
+            None
+        };
+        let token = match generator.index(20) {
+            0 => None,
+            1 => Some("lat_forged".to_owned()),
+            _ => session_token.or_else(|| Some(alice.access_token.clone())),
+        };
+        let request = format!(
+            "case {case}: {} {} (token {}, body {:?})",
+            route.method,
+            &path[..path.len().min(300)],
+            match token.as_deref() {
+                None => "none",
+                Some("lat_forged") => "forged",
+                Some(_) => "valid",
+            },
+            body.as_deref()
+                .map(|b| String::from_utf8_lossy(&b[..b.len().min(300)]).into_owned())
+        );
+        let answer = client
+            .try_request_bytes(route.method.clone(), &path, token.as_deref(), body)
+            .await;
+        let (status, _, bytes) = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                problems.push(format!("{request}: no answer: {error}"));
+                continue;
+            }
+        };
+        *statuses.entry(status.as_u16()).or_default() += 1;
+        let shown = || String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned();
+        if status.is_server_error() {
+            problems.push(format!("{request}: answered {status}: {}", shown()));
+            continue;
+        }
+        let value: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            match serde_json::from_slice(&bytes) {
+                Ok(value) => value,
+                Err(_) => {
+                    problems.push(format!(
+                        "{request}: answered {status}, not JSON: {}",
+                        shown()
+                    ));
+                    continue;
+                }
+            }
+        };
+        for problem in
+            spec::response_problems(route.method.as_str(), &path, status.as_u16(), &value)
+        {
+            problems.push(format!("{request}: {problem}"));
+        }
+    }
+    println!(
+        "fuzz: {cases} cases in {:.1}s, answers by status: {statuses:?}",
+        started.elapsed().as_secs_f64()
+    );
+    let logged = watch.records();
+    assert!(
+        problems.is_empty() && logged.is_empty(),
+        "seed {seed}: {} bad answers, {} panics or errors logged \
+         (LATTICE_FUZZ_SEED={seed} LATTICE_FUZZ_CASES={cases} repeats this run)\n{}\n{}",
+        problems.len(),
+        logged.len(),
+        problems
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n"),
+        logged
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n"),
     );
 }

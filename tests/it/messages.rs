@@ -792,3 +792,141 @@ async fn a_world_readable_room_is_readable_without_joining() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN");
 }
+
+/// Sends `m.room.topic` with `topic`, asserting success.
+async fn set_topic(user: &User, room_id: &str, topic: &str) {
+    let (status, body) = user
+        .put(
+            &room_path(room_id, "state/m.room.topic"),
+            json!({ "topic": topic }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+fn event_ids(events: &Value) -> Vec<String> {
+    events
+        .as_array()
+        .expect("an array of events")
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[actix_web::test]
+async fn start_is_the_from_token_as_sent() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    for n in 0..4 {
+        alice.send_text(&room_id, &format!("m{n}")).await;
+    }
+    let page = alice.messages(&room_id, "dir=b&limit=2").await;
+    let end = page["end"].as_str().expect("a page with more has `end`");
+    // A /sync `next_batch` (every stream's position) and an `end` token, each
+    // in both directions: `start` is the very token the client sent.
+    let next_batch = alice.sync("").await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    for from in [next_batch.as_str(), end] {
+        for dir in ["b", "f"] {
+            let page = alice
+                .messages(&room_id, &format!("dir={dir}&limit=1&from={}", enc(from)))
+                .await;
+            assert_eq!(page["start"], from, "dir={dir}: {page}");
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_types_filter_fills_the_page_before_the_limit() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    // m0 topic m1 topic m2 topic m3 topic: the newest two events are a
+    // message and a state event.
+    for n in 0..4 {
+        alice.send_text(&room_id, &format!("m{n}")).await;
+        set_topic(&alice, &room_id, &format!("t{n}")).await;
+    }
+    let filter = enc(&json!({ "types": ["m.room.message"] }).to_string());
+
+    let page = alice
+        .messages(&room_id, &format!("dir=b&limit=2&filter={filter}"))
+        .await;
+    assert_eq!(bodies(&page["chunk"]), vec!["m3", "m2"], "{page}");
+    assert_eq!(page["chunk"].as_array().map(Vec::len), Some(2), "{page}");
+    // From `end`, the rest: no gap and nothing twice.
+    let end = page["end"].as_str().expect("more to come: `end`");
+    let rest = alice
+        .messages(
+            &room_id,
+            &format!("dir=b&limit=10&filter={filter}&from={}", enc(end)),
+        )
+        .await;
+    assert_eq!(bodies(&rest["chunk"]), vec!["m1", "m0"], "{rest}");
+    assert!(rest.get("end").is_none(), "nothing older matches: {rest}");
+
+    // Forwards, and with the other kinds of condition.
+    let page = alice
+        .messages(&room_id, &format!("dir=f&limit=3&filter={filter}"))
+        .await;
+    assert_eq!(bodies(&page["chunk"]), vec!["m0", "m1", "m2"], "{page}");
+    for condition in [
+        json!({ "not_types": ["m.room.topic"] }),
+        json!({ "types": ["m.room.mess*"] }),
+        json!({ "types": ["m.room.message"], "senders": [alice.user_id], "rooms": [room_id] }),
+        json!({ "types": ["m.*"], "not_types": ["m.room.t*"] }),
+        json!({ "types": ["m.room.message"], "contains_url": false }),
+    ] {
+        let filter = enc(&condition.to_string());
+        let page = alice
+            .messages(&room_id, &format!("dir=b&limit=2&filter={filter}"))
+            .await;
+        assert_eq!(event_ids(&page["chunk"]).len(), 2, "{condition}: {page}");
+        assert_eq!(
+            bodies(&page["chunk"]),
+            vec!["m3", "m2"],
+            "{condition}: {page}"
+        );
+    }
+    for nothing in [
+        json!({ "types": ["m.room.message"], "not_senders": [alice.user_id] }),
+        json!({ "types": ["m.room.message"], "contains_url": true }),
+        json!({ "not_rooms": [room_id] }),
+        json!({ "types": [] }),
+    ] {
+        let filter = enc(&nothing.to_string());
+        let page = alice
+            .messages(&room_id, &format!("dir=b&limit=2&filter={filter}"))
+            .await;
+        assert_eq!(page["chunk"], json!([]), "{nothing}: {page}");
+        assert!(page.get("end").is_none(), "{nothing}: {page}");
+    }
+}
+
+#[actix_web::test]
+async fn context_applies_its_filter_before_the_limit() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let mut middle = String::new();
+    for n in 0..5 {
+        let event_id = alice.send_text(&room_id, &format!("m{n}")).await;
+        if n == 2 {
+            middle = event_id;
+        }
+        set_topic(&alice, &room_id, &format!("t{n}")).await;
+    }
+    let filter = enc(&json!({ "types": ["m.room.message"] }).to_string());
+    let (status, body) = alice
+        .get(&room_path(
+            &room_id,
+            &format!("context/{}?limit=4&filter={filter}", enc(&middle)),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(bodies(&body["events_before"]), vec!["m1", "m0"], "{body}");
+    assert_eq!(bodies(&body["events_after"]), vec!["m3", "m4"], "{body}");
+}

@@ -76,6 +76,16 @@ pub fn template_for(method: &str, path: &str) -> Option<String> {
     find(&path).or_else(|| find(&format!("{path}/")))
 }
 
+/// The spec's description of `method template` (parameters, request body,
+/// responses), if it documents one.
+pub fn operation(method: &str, template: &str) -> Option<Value> {
+    spec()
+        .paths
+        .get(template)?
+        .get(method.to_lowercase())
+        .cloned()
+}
+
 /// The JSON schema of the response to `method template` with `status`, if the
 /// spec documents one.
 pub fn response_schema(method: &str, template: &str, status: u16) -> Option<Value> {

@@ -721,3 +721,103 @@ async fn a_room_with_joined_history_visibility_syncs_only_what_came_after_the_jo
         ["before bob", "after bob joined"]
     );
 }
+
+#[actix_web::test]
+async fn a_types_filter_applies_before_the_timeline_limit() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let set_topic = |topic: String| {
+        let alice = alice.clone();
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.topic",
+            enc(&room_id)
+        );
+        async move {
+            let (status, body) = alice.put(&path, json!({ "topic": topic })).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    let filter_json = json!({ "types": ["m.room.message"] });
+    let filter = enc(
+        &json!({ "room": { "timeline": { "limit": 2, "types": ["m.room.message"] } } }).to_string(),
+    );
+    // Each message is followed by a state event, so the newest two events
+    // hold one message only.
+    for n in 0..3 {
+        alice.send_text(&room_id, &format!("m{n}")).await;
+        set_topic(format!("t{n}")).await;
+    }
+
+    // Initial sync (read from the database).
+    let sync = alice.sync(&format!("filter={filter}")).await;
+    let room = &sync["rooms"]["join"][&room_id];
+    assert_eq!(timeline_bodies(&sync, &room_id), vec!["m1", "m2"], "{room}");
+    assert_eq!(
+        room["timeline"]["events"].as_array().map(Vec::len),
+        Some(2),
+        "{room}"
+    );
+    assert_eq!(room["timeline"]["limited"], true, "m0 matches too: {room}");
+    // The client pages back from `prev_batch` with the same filter: the rest,
+    // without a gap or a repeat.
+    let prev_batch = room["timeline"]["prev_batch"].as_str().expect("prev_batch");
+    let page = alice
+        .messages(
+            &room_id,
+            &format!(
+                "dir=b&limit=10&from={}&filter={}",
+                enc(prev_batch),
+                enc(&filter_json.to_string())
+            ),
+        )
+        .await;
+    let earlier: Vec<&str> = page["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    assert_eq!(earlier, vec!["m0"], "{page}");
+
+    // Incremental syncs (the recent-events cache, then the same again).
+    let mut since = next_batch(&sync);
+    for round in 0..2 {
+        for n in 0..3 {
+            alice.send_text(&room_id, &format!("r{round}m{n}")).await;
+            set_topic(format!("r{round}t{n}")).await;
+        }
+        let sync = alice
+            .sync(&format!("since={}&filter={filter}", enc(&since)))
+            .await;
+        let room = &sync["rooms"]["join"][&room_id];
+        assert_eq!(
+            timeline_bodies(&sync, &room_id),
+            vec![format!("r{round}m1"), format!("r{round}m2")],
+            "{room}"
+        );
+        assert_eq!(
+            room["timeline"]["events"].as_array().map(Vec::len),
+            Some(2),
+            "{room}"
+        );
+        assert_eq!(room["timeline"]["limited"], true, "{room}");
+        since = next_batch(&sync);
+    }
+
+    // Exactly as many as the limit since the token: not limited.
+    alice.send_text(&room_id, "last0").await;
+    set_topic("last topic".into()).await;
+    alice.send_text(&room_id, "last1").await;
+    set_topic("last topic again".into()).await;
+    let sync = alice
+        .sync(&format!("since={}&filter={filter}", enc(&since)))
+        .await;
+    let room = &sync["rooms"]["join"][&room_id];
+    assert_eq!(
+        timeline_bodies(&sync, &room_id),
+        vec!["last0", "last1"],
+        "{room}"
+    );
+    assert_eq!(room["timeline"]["limited"], false, "{room}");
+}

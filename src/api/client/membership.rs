@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::api::client::events::client_events;
 use crate::api::limits::check_reason;
-use crate::api::{JsonBody, Requester};
+use crate::api::{JsonBody, OptionalJsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
 use crate::rooms::visibility::{HistoryVisibility, VisibilityWalk, HISTORY_VISIBILITY};
@@ -146,7 +146,7 @@ pub async fn join_by_id_or_alias(
     node: web::Data<Node>,
     requester: Requester,
     path: web::Path<String>,
-    JsonBody(body): JsonBody<ReasonBody>,
+    OptionalJsonBody(body): OptionalJsonBody<ReasonBody>,
 ) -> ApiResult<HttpResponse> {
     let target = path.into_inner();
     let room_id = if target.starts_with('#') {
@@ -170,7 +170,7 @@ pub async fn join_room(
     node: web::Data<Node>,
     requester: Requester,
     path: web::Path<String>,
-    JsonBody(body): JsonBody<ReasonBody>,
+    OptionalJsonBody(body): OptionalJsonBody<ReasonBody>,
 ) -> ApiResult<HttpResponse> {
     join(&node, &requester, &path.into_inner(), body.reason).await
 }
@@ -254,7 +254,7 @@ pub async fn leave(
     node: web::Data<Node>,
     requester: Requester,
     path: web::Path<String>,
-    JsonBody(body): JsonBody<ReasonBody>,
+    OptionalJsonBody(body): OptionalJsonBody<ReasonBody>,
 ) -> ApiResult<HttpResponse> {
     let room_id = path.into_inner();
     check_room_id(&room_id)?;

@@ -166,7 +166,7 @@ pub async fn messages(
     } else {
         (from.min(visible_upto), to)
     };
-    let page = rooms::paginate(&node.pool, &room_id, from, to, forward, limit).await?;
+    let page = rooms::paginate(&node.pool, &room_id, from, to, forward, limit, &filter).await?;
     let end = match page.last() {
         Some(last) if page.len() as i64 == limit => Some(if forward {
             last.stream_ordering
@@ -176,13 +176,14 @@ pub async fn messages(
         _ => None,
     };
     let page = visible_events(&node, &room_id, &requester.user_id, access.is_peeking, page).await?;
-    let page: Vec<StoredEvent> = page
-        .into_iter()
-        .filter(|e| filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
-        .collect();
     let chunk = client_events(&node, &page, Some(&requester)).await?;
+    // Clients stitch pages together by `start`: it is the token they sent.
+    let start = match &query.from {
+        Some(token) => token.clone(),
+        None => RoomStreamToken::live(from).to_string(),
+    };
     let mut body = json!({
-        "start": RoomStreamToken::live(from).to_string(),
+        "start": start,
         "chunk": chunk,
     });
     if let Some(end) = end {
@@ -243,6 +244,7 @@ pub async fn context(
         None,
         false,
         before_count,
+        &filter,
     )
     .await?;
     let after = rooms::paginate(
@@ -252,6 +254,7 @@ pub async fn context(
         Some(visible_upto),
         true,
         after_count,
+        &filter,
     )
     .await?;
     let start = before
@@ -266,15 +269,9 @@ pub async fn context(
         .last()
         .map(|e| e.event_id.clone())
         .unwrap_or_else(|| event.event_id.clone());
-    let keep = |events: Vec<StoredEvent>| -> Vec<StoredEvent> {
-        events
-            .into_iter()
-            .filter(|e| filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
-            .collect()
-    };
     let (user_id, peeking) = (&requester.user_id, access.is_peeking);
-    let before = keep(visible_events(&node, &room_id, user_id, peeking, before).await?);
-    let after = keep(visible_events(&node, &room_id, user_id, peeking, after).await?);
+    let before = visible_events(&node, &room_id, user_id, peeking, before).await?;
+    let after = visible_events(&node, &room_id, user_id, peeking, after).await?;
     let state = match rooms::state_group_of_event(&node.pool, &last_event_id).await? {
         Some(group) => rooms::state_group_events(&node.pool, group).await?,
         None => Vec::new(),

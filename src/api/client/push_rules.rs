@@ -10,9 +10,22 @@ use serde_json::{json, Value};
 use crate::api::Requester;
 use crate::error::{ApiError, ApiResult};
 
+/// The kinds of rule a ruleset has, in the order they are evaluated.
+const RULE_KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
+
+/// The user's ruleset with every kind present: ruma leaves out the kinds that
+/// have no rules, but the spec's `Ruleset` lists all five, as Synapse sends
+/// them (clients index into them without checking).
 fn ruleset(requester: &Requester) -> ApiResult<Value> {
     let user_id = ruma::UserId::parse(&requester.user_id).map_err(ApiError::internal)?;
-    serde_json::to_value(Ruleset::server_default(&user_id)).map_err(ApiError::internal)
+    let mut ruleset =
+        serde_json::to_value(Ruleset::server_default(&user_id)).map_err(ApiError::internal)?;
+    if let Some(kinds) = ruleset.as_object_mut() {
+        for kind in RULE_KINDS {
+            kinds.entry(kind).or_insert_with(|| json!([]));
+        }
+    }
+    Ok(ruleset)
 }
 
 /// GET /_matrix/client/v3/pushrules/
@@ -31,11 +44,17 @@ pub async fn get_push_rule(
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
     let (kind, rule_id) = path.into_inner();
+    if !RULE_KINDS.contains(&kind.as_str()) {
+        return Err(ApiError::invalid_param(format!(
+            "unknown push rule kind `{kind}`"
+        )));
+    }
     let ruleset = ruleset(&requester)?;
     let rules = ruleset
         .get(&kind)
         .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::invalid_param(format!("unknown push rule kind `{kind}`")))?;
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let rule = rules
         .iter()
         .find(|rule| rule.get("rule_id").and_then(Value::as_str) == Some(rule_id.as_str()))

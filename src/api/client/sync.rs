@@ -269,6 +269,8 @@ async fn compute(
         .map(|m| m.room_id.clone())
         .collect();
     let after = since.unwrap_or(0);
+    // The filter is applied before the limit, by the reads themselves.
+    let timeline_filter = &filter.room.timeline;
     // Incremental syncs mostly want the event that woke them, which another
     // member's sync has usually just read: the recent-events cache has it.
     let mut recent = if since.is_some() && !full_state {
@@ -280,10 +282,19 @@ async fn compute(
                 after,
                 upto,
                 timeline_limit,
+                timeline_filter,
             )
             .await?
     } else {
-        rooms::recent_events_per_room(&node.pool, &changed_ids, after, upto, timeline_limit).await?
+        rooms::recent_events_per_room(
+            &node.pool,
+            &changed_ids,
+            after,
+            upto,
+            timeline_limit,
+            timeline_filter,
+        )
+        .await?
     };
 
     for membership in &joined {
@@ -352,6 +363,7 @@ async fn compute(
             after,
             leave_pos,
             timeline_limit,
+            timeline_filter,
         )
         .await?
         .remove(&membership.room_id)
@@ -373,8 +385,9 @@ async fn compute(
     Ok(response)
 }
 
-/// One room of the `join` or `leave` section. `events` are newest first, with
-/// one more than the limit when there are more; `end` is the position the
+/// One room of the `join` or `leave` section. `events` are those that pass
+/// the timeline filter, newest first, with one more than the limit when there
+/// are more; `end` is the position the
 /// section describes the room at (the sync's end for a joined room, the
 /// leave for a left one), which is where an empty timeline starts.
 #[allow(clippy::too_many_arguments)]
@@ -411,8 +424,12 @@ async fn room_section(
     if events.is_empty() && is_peeking {
         // Nothing of the room is theirs to see (a rejected invite, a ban
         // before joining): their membership event is what there is to show.
-        events =
-            rooms::events_by_ids(&node.pool, std::slice::from_ref(&membership.event_id)).await?;
+        let timeline_filter = &filter.room.timeline;
+        events = rooms::events_by_ids(&node.pool, std::slice::from_ref(&membership.event_id))
+            .await?
+            .into_iter()
+            .filter(|e| timeline_filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
+            .collect();
     }
     events.reverse();
     let timeline_start = events.first().map(|e| e.stream_ordering);
@@ -441,11 +458,6 @@ async fn room_section(
     let state_events: Vec<StoredEvent> = state_events
         .into_iter()
         .filter(|e| state_filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
-        .collect();
-    let timeline_filter = &filter.room.timeline;
-    let events: Vec<StoredEvent> = events
-        .into_iter()
-        .filter(|e| timeline_filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
         .collect();
 
     let mut section = json!({
