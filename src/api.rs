@@ -76,15 +76,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let payload = payload.take();
-        let authentication = AuthenticationPending::take(request);
-        Box::pin(async move {
-            let body = read_json(payload, EmptyBody::Refused).await;
-            if body.is_err() {
-                AuthenticationPending::settled(authentication).await;
-            }
-            body.map(JsonBody)
-        })
+        extract_json(request, payload, EmptyBody::Refused, JsonBody)
     }
 }
 
@@ -93,16 +85,32 @@ impl<T: DeserializeOwned + 'static> FromRequest for OptionalJsonBody<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let payload = payload.take();
-        let authentication = AuthenticationPending::take(request);
-        Box::pin(async move {
-            let body = read_json(payload, EmptyBody::ReadAsEmptyObject).await;
-            if body.is_err() {
-                AuthenticationPending::settled(authentication).await;
-            }
-            body.map(OptionalJsonBody)
-        })
+        extract_json(
+            request,
+            payload,
+            EmptyBody::ReadAsEmptyObject,
+            OptionalJsonBody,
+        )
     }
+}
+
+/// The body extractors' common part: read the body, and let an error wait
+/// for the request's authentication ([`AuthenticationPending`]).
+fn extract_json<T: DeserializeOwned + 'static, Body: 'static>(
+    request: &HttpRequest,
+    payload: &mut Payload,
+    empty: EmptyBody,
+    wrap: fn(T) -> Body,
+) -> LocalBoxFuture<'static, Result<Body, ApiError>> {
+    let payload = payload.take();
+    let authentication = AuthenticationPending::take(request);
+    Box::pin(async move {
+        let body = read_json(payload, empty).await;
+        if body.is_err() {
+            AuthenticationPending::settled(authentication).await;
+        }
+        body.map(wrap)
+    })
 }
 
 /// Left in the request by [`Requester`]'s extractor until it has

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use awc::http::StatusCode;
 use serde_json::{json, Value};
 
+use lattice::api::limits::{MAX_CREATE_ROOM_INVITES, MAX_INITIAL_STATE_EVENTS};
+
 use crate::cluster::{enc, TestCluster, User, PASSWORD};
 
 const REGISTER: &str = "/_matrix/client/v3/register";
@@ -253,14 +255,16 @@ async fn create_room_bounds_its_lists_and_alias() {
         "refused at once, took {:?}",
         started.elapsed()
     );
-    let invites: Vec<String> = (0..257).map(|i| format!("@u{i}:lattice.test")).collect();
+    let invites: Vec<String> = (0..=MAX_CREATE_ROOM_INVITES)
+        .map(|i| format!("@u{i}:lattice.test"))
+        .collect();
     let (status, body) = alice
         .post(
             "/_matrix/client/v3/createRoom",
             json!({ "invite": invites }),
         )
         .await;
-    assert_invalid_param(status, &body, "257 invites");
+    assert_invalid_param(status, &body, "one invite past the bound");
     let (status, body) = alice
         .post(
             "/_matrix/client/v3/createRoom",
@@ -270,7 +274,7 @@ async fn create_room_bounds_its_lists_and_alias() {
     assert_invalid_param(status, &body, "a 300-character alias");
 
     // At the bound, the room is made with every event.
-    let initial_state: Vec<Value> = (0..256)
+    let initial_state: Vec<Value> = (0..MAX_INITIAL_STATE_EVENTS)
         .map(|i| json!({ "type": "org.example.bulk", "state_key": format!("k{i}"), "content": {} }))
         .collect();
     let room_id = alice
@@ -282,7 +286,7 @@ async fn create_room_bounds_its_lists_and_alias() {
         .into_iter()
         .filter(|e| e["type"] == "org.example.bulk")
         .count();
-    assert_eq!(bulk, 256);
+    assert_eq!(bulk, MAX_INITIAL_STATE_EVENTS);
 }
 
 #[actix_web::test]

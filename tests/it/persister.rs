@@ -217,7 +217,10 @@ async fn a_large_initial_state_is_written_in_linear_space() {
         request_id: "a-large-room".into(),
     };
     let room_id = cluster
-        .on_node("main", |node| async move { node.create_room(message).await })
+        .on_node(
+            "main",
+            |node| async move { node.create_room(message).await },
+        )
         .await
         .expect("created")
         .room_id;
