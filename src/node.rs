@@ -147,20 +147,32 @@ async fn heartbeat(node: Node, addr: SocketAddr) {
     }
 }
 
-/// How often the background instance deletes old cache invalidations.
-const CACHE_INVALIDATIONS_CLEAN_UP_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often the background instance deletes what is past its retention.
+const CLEAN_UP_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// Deletes `caches` stream rows past their retention, hourly: readers catch
-/// up only over what they missed while disconnected, never over a week.
-async fn delete_old_cache_invalidations(pool: Pool) {
-    let mut ticker = tokio::time::interval(CACHE_INVALIDATIONS_CLEAN_UP_INTERVAL);
+/// How long a request id is kept with the event it wrote: far beyond any
+/// mailbox deadline (minutes), so a redelivered message still finds it.
+const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Deletes, hourly, what is past its retention: `caches` stream rows
+/// (readers catch up only over what they missed while disconnected, never
+/// over a week) and the request ids that made mailbox messages idempotent.
+async fn clean_up(pool: Pool) {
+    let mut ticker = tokio::time::interval(CLEAN_UP_INTERVAL);
     loop {
         ticker.tick().await;
-        let before = crate::util::now_ms() - crate::streams::caches::RETENTION.as_millis() as i64;
+        let now = crate::util::now_ms();
+        let before = now - crate::streams::caches::RETENTION.as_millis() as i64;
         match storage::caches::delete_older_than(&pool, before).await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "deleted old cache invalidations"),
             Err(error) => tracing::warn!(error = %error, "deleting old cache invalidations failed"),
+        }
+        let before = now - REQUEST_ID_RETENTION.as_millis() as i64;
+        match storage::rooms::delete_request_ids_older_than(&pool, before).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted old request ids"),
+            Err(error) => tracing::warn!(error = %error, "deleting old request ids failed"),
         }
     }
 }
@@ -412,9 +424,7 @@ impl Node {
         let addr = listener.local_addr()?;
         let mut tasks = vec![tokio::spawn(heartbeat(node.clone(), addr))];
         if node.has_role(Role::Background) {
-            tasks.push(tokio::spawn(delete_old_cache_invalidations(
-                node.pool.clone(),
-            )));
+            tasks.push(tokio::spawn(clean_up(node.pool.clone())));
         }
         let app_node = node.clone();
         let server = HttpServer::new(move || {

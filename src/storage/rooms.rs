@@ -621,6 +621,22 @@ pub async fn paginate(
     Ok(rows.iter().map(StoredEvent::from_row).collect())
 }
 
+/// Deletes the request ids (`event_txn_ids` rows of endpoint `request`) of
+/// events written before `before_ts`; how many went. A request id only
+/// answers a mailbox message delivered again before its deadline, minutes
+/// at most, while a client's own transaction ids are kept (a client may
+/// retry a send for as long as it likes).
+pub async fn delete_request_ids_older_than(pool: &Pool, before_ts: i64) -> StorageResult<u64> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM event_txn_ids t USING events e
+             WHERE t.endpoint = 'request' AND e.event_id = t.event_id AND e.origin_server_ts < $1",
+            &[&before_ts],
+        )
+        .await?)
+}
+
 /// The events of a txn id sent by this user's device, if any.
 pub async fn event_for_txn(
     pool: &Pool,

@@ -165,3 +165,63 @@ async fn a_create_room_delivered_twice_creates_one_room() {
     assert_eq!(status, StatusCode::OK, "{joined}");
     assert_eq!(joined["joined_rooms"], json!([rooms[0]]), "one room");
 }
+
+#[actix_web::test]
+async fn old_request_ids_are_deleted_and_client_transaction_ids_kept() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let sent = send(&alice, &room_id, "t1", "kept").await;
+    let (status, body) = alice
+        .put(
+            &room_path(&room_id, "state/m.room.topic/"),
+            json!({ "topic": "a state event, with a request id" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let database = cluster.database().await;
+    let count = |endpoint: &'static str| {
+        let (database, room_id) = (&database, &room_id);
+        async move {
+            let row = database
+                .query_one(
+                    "SELECT count(*) FROM event_txn_ids t JOIN events e ON e.event_id = t.event_id
+                     WHERE e.room_id = $1 AND t.endpoint = $2",
+                    &[room_id, &endpoint],
+                )
+                .await
+                .expect("count");
+            row.get::<_, i64>(0)
+        }
+    };
+    assert!(count("request").await >= 2, "createRoom and the topic");
+    assert_eq!(count("send").await, 1);
+
+    // Nothing is deleted before its time...
+    let deleted = cluster
+        .on_node("main", |node| async move {
+            lattice::storage::rooms::delete_request_ids_older_than(&node.pool, 1).await
+        })
+        .await
+        .expect("deleted");
+    assert_eq!(deleted, 0);
+    // ...and once the events are old, only the request ids go.
+    database
+        .execute(
+            "UPDATE events SET origin_server_ts = 0 WHERE room_id = $1",
+            &[&room_id],
+        )
+        .await
+        .expect("age the room's events");
+    let deleted = cluster
+        .on_node("main", |node| async move {
+            lattice::storage::rooms::delete_request_ids_older_than(&node.pool, 1).await
+        })
+        .await
+        .expect("deleted");
+    assert!(deleted >= 2, "{deleted} request ids deleted");
+    assert_eq!(count("request").await, 0);
+    assert_eq!(count("send").await, 1);
+    // The client's retry is still answered with the event it sent.
+    assert_eq!(send(&alice, &room_id, "t1", "kept").await, sent);
+}
