@@ -4,7 +4,9 @@
 //! [`Mailboxes`], local or remote by shard (`lattice_actors::Placement`).
 //! A new role adds a module and a row, not fields and methods on `Node`.
 
+pub mod account_data;
 pub mod events;
+pub mod receipts;
 
 mod mailboxes;
 
@@ -20,11 +22,23 @@ pub struct ActorRow {
 }
 
 /// Every actor kind a role hosts.
-pub const ACTORS: &[ActorRow] = &[ActorRow {
-    role: Role::Events,
-    kind: events::EVENTS_STREAM,
-    start: events::start,
-}];
+pub const ACTORS: &[ActorRow] = &[
+    ActorRow {
+        role: Role::Events,
+        kind: events::EVENTS_STREAM,
+        start: events::start,
+    },
+    ActorRow {
+        role: Role::Receipts,
+        kind: receipts::RECEIPTS_STREAM,
+        start: receipts::start,
+    },
+    ActorRow {
+        role: Role::AccountData,
+        kind: account_data::ACCOUNT_DATA_STREAM,
+        start: account_data::start,
+    },
+];
 
 /// The roles of DESIGN §1: kinds of work an instance can host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,9 +1,11 @@
 //! PostgreSQL storage: the connection pool, the embedded migrations, and one
 //! module per area of the schema. Queries live here, not in handlers.
 
+pub mod account_data;
 pub mod accounts;
 pub mod caches;
 pub mod instances;
+pub mod receipts;
 pub mod rooms;
 pub mod streams;
 
@@ -45,6 +47,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0005_scoped_transactions",
         include_str!("storage/migrations/0005_scoped_transactions.sql"),
+    ),
+    (
+        "0006_receipts",
+        include_str!("storage/migrations/0006_receipts.sql"),
     ),
 ];
 

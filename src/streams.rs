@@ -4,11 +4,13 @@
 //! hold; the notifier that wakes long-polls when a stream advances; and
 //! replication, which carries rows and positions between instances.
 
+pub mod account_data;
 pub mod caches;
 pub mod change_cache;
 pub mod events;
 pub mod id_gen;
 pub mod notifier;
+pub mod receipts;
 pub mod registry;
 pub mod replication;
 pub mod shared;

@@ -10,6 +10,8 @@ pub mod membership;
 pub mod message;
 pub mod profile;
 pub mod push_rules;
+pub mod read_markers;
+pub mod receipts;
 pub mod room;
 pub mod state;
 pub mod sync;
@@ -116,6 +118,14 @@ fn routes(scope: Scope) -> Scope {
                 .route(web::put().to(message::redact_event)),
         )
         .service(resource("/rooms/{room_id}/messages").route(web::get().to(message::messages)))
+        .service(
+            resource("/rooms/{room_id}/receipt/{receipt_type}/{event_id}")
+                .route(web::post().to(receipts::post_receipt)),
+        )
+        .service(
+            resource("/rooms/{room_id}/read_markers")
+                .route(web::post().to(read_markers::set_read_markers)),
+        )
         .service(
             resource("/rooms/{room_id}/context/{event_id}").route(web::get().to(message::context)),
         )

@@ -111,7 +111,12 @@ impl StreamSpec {
 }
 
 /// Every stream, in the order metrics and the cluster view list them.
-pub const SPECS: &[&StreamSpec] = &[&super::events::SPEC, &super::caches::SPEC];
+pub const SPECS: &[&StreamSpec] = &[
+    &super::events::SPEC,
+    &super::receipts::SPEC,
+    &super::account_data::SPEC,
+    &super::caches::SPEC,
+];
 
 /// The spec of the stream named `name`.
 pub fn spec(name: &str) -> Option<&'static StreamSpec> {
@@ -266,9 +271,13 @@ pub struct NodeParts {
 /// The behaviour of every stream whose writers `stream_writers` places,
 /// made for one node: one line per stream.
 pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
-    vec![Arc::new(super::events::EventsRows::new(
-        parts.pool.clone(),
-        parts.notifier.clone(),
-        parts.recent_events.clone(),
-    ))]
+    vec![
+        Arc::new(super::events::EventsRows::new(
+            parts.pool.clone(),
+            parts.notifier.clone(),
+            parts.recent_events.clone(),
+        )),
+        Arc::new(super::receipts::ReceiptsRows::new(parts.pool.clone())),
+        Arc::new(super::account_data::AccountDataRows::new(parts.pool.clone())),
+    ]
 }
