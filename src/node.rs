@@ -127,6 +127,7 @@ async fn heartbeat(node: Node, addr: SocketAddr) {
             pid: std::process::id() as i32,
             started_ts,
             events_position: node.notifier.events_position(),
+            stream_positions: serde_json::json!(node.notifier.positions_by_stream()),
             caches_positions: node
                 .replication
                 .as_ref()
