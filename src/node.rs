@@ -418,7 +418,8 @@ impl Node {
             }
         }
 
-        let mut metrics = crate::api::metrics::Metrics::new(instance_name, Arc::clone(&supervisor));
+        let mut metrics = crate::api::metrics::Metrics::new(instance_name, Arc::clone(&supervisor))
+            .with_streams(notifier.clone());
         if let Some(transport) = transport {
             let served = endpoints
                 .iter()
