@@ -4,6 +4,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod caches;
+pub mod followers;
 pub mod instances;
 pub mod receipts;
 pub mod rooms;
@@ -51,6 +52,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0006_receipts",
         include_str!("storage/migrations/0006_receipts.sql"),
+    ),
+    (
+        "0008_followers_and_positions",
+        include_str!("storage/migrations/0008_followers_and_positions.sql"),
     ),
 ];
 
