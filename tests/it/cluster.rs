@@ -138,16 +138,32 @@ impl TestCluster {
                     .merge(Serialized::default(
                         "instance_map.events1",
                         json!({ "host": "127.0.0.1", "port": 1 }),
+                    ))
+                    // Receipts and read markers have two writers, neither where
+                    // requests arrive.
+                    .merge(Serialized::default(
+                        "stream_writers.receipts",
+                        vec!["sync2", "events1"],
+                    ))
+                    .merge(Serialized::default(
+                        "stream_writers.account_data",
+                        vec!["events1", "sync2"],
+                    ))
+                    .merge(Serialized::default(
+                        "instance_map.sync2",
+                        json!({ "host": "127.0.0.1", "port": 1 }),
                     ));
-                cluster
-                    .nodes
-                    .push(TestNode::start(config.clone(), "events1", &[Role::Events]).await);
+                let writers = [Role::Receipts, Role::AccountData];
+                cluster.nodes.push(
+                    TestNode::start(config.clone(), "events1", &[&[Role::Events][..], &writers].concat())
+                        .await,
+                );
                 cluster.nodes.push(
                     TestNode::start(config.clone(), "main", &[Role::Client, Role::Sync]).await,
                 );
                 cluster
                     .nodes
-                    .push(TestNode::start(config, "sync2", &[Role::Sync]).await);
+                    .push(TestNode::start(config, "sync2", &[&[Role::Sync][..], &writers].concat()).await);
                 cluster.sync_node = 2;
                 // The `main` node is the one clients talk to by default.
                 cluster.nodes.swap(0, 1);

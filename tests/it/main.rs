@@ -28,6 +28,7 @@ mod messages;
 mod metrics;
 mod persister;
 mod profile;
+mod receipts;
 mod replication;
 mod rooms;
 mod state;
