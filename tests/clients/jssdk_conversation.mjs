@@ -6,7 +6,7 @@
 // alice and bob register (m.login.dummy user-interactive flow), log in with their
 // password and run the SDK's sync loop (startClient). alice creates a room and invites
 // bob, bob sees the invite (RoomMember.membership) and joins, they exchange a message
-// each way (Room.timeline), alice sets the topic and bob sees the m.room.topic state
+// each way (Room.timeline), bob sends a read receipt and alice sees it (Room.receipt), alice sets the topic and bob sees the m.room.topic state
 // (RoomState.events), bob leaves and alice sees the leave. Exits 0 on success, 1 with a
 // message on failure.
 
@@ -371,6 +371,22 @@ async function conversation(baseUrl) {
         expect(mine.length === 1, `alice: her own message is ${mine.length} times in her live timeline, expected once`);
         expect(mine[0].getId() === sent1.event_id, `alice: her message has id ${mine[0].getId()} (status ${mine[0].status}), expected ${sent1.event_id}`);
         step("alice: received bob's reply");
+
+        // bob sends a read receipt for alice's message, alice sees it (Room.receipt)
+        let receiptSeen = false;
+        alice.on(RoomEvent.Receipt, (event, room) => {
+            if (room.roomId === roomId && event.getContent()[sent1.event_id]?.["m.read"]?.[bobId]) receiptSeen = true;
+        });
+        await call(`bob: POST /rooms/${roomId}/receipt/m.read`, bob.sendReadReceipt(got1));
+        await waitFor(
+            alice,
+            "alice",
+            `bob's read receipt on ${sent1.event_id}`,
+            () => alice.getRoom(roomId)?.getReadReceiptForUserId(bobId, true)?.eventId === sent1.event_id,
+            [RoomEvent.Receipt],
+        );
+        expect(receiptSeen, "alice: no Room.receipt event for bob's read receipt");
+        step("alice: sees bob's read receipt");
 
         // alice sets the topic, bob sees the m.room.topic state
         const topic = `js-sdk topic ${hex(3)}`;

@@ -5,7 +5,8 @@
 
 alice and bob register (m.login.dummy user-interactive flow), log in with their
 password, alice creates a room and invites bob, bob sees the invite through /sync
-and joins, they exchange a message each way, alice sets the topic and bob sees it,
+and joins, they exchange a message each way, alice sends a read receipt and bob
+sees it, alice sets the topic and bob sees it,
 bob leaves and alice sees the leave. Every step asserts what the user sees through
 nio's own API and state. Exits 0 on success, 1 with a message on failure.
 """
@@ -267,6 +268,24 @@ async def conversation(base_url):
         mine = events(alice, room_id, RoomMessageText, lambda e: e.body == text1)
         expect(len(mine) == 1, f"alice: her own message appears {len(mine)} times in her timeline, expected once")
         step("alice: received bob's reply")
+
+        # alice reads bob's reply (read marker and read receipt), bob sees her receipt
+        from nio import ReceiptEvent, RoomReadMarkersResponse
+
+        receipts_seen = []
+        bob.add_ephemeral_callback(lambda room, event: receipts_seen.extend((room.room_id, r) for r in event.receipts), ReceiptEvent)
+        reply_id = got[0].event_id
+        resp = await alice.room_read_markers(room_id, fully_read_event=reply_id, read_event=reply_id)
+        ok_response(resp, RoomReadMarkersResponse, f"alice: POST /rooms/{room_id}/read_markers")
+        got = await sync_until(
+            bob,
+            lambda: [r for rid, r in receipts_seen if rid == room_id and r.user_id == alice.user_id and r.event_id == reply_id],
+            f"alice's read receipt on {reply_id}",
+        )
+        expect(got[0].receipt_type == "m.read", f"bob: alice's receipt has type {got[0].receipt_type!r}, expected 'm.read'")
+        marker = bob.rooms[room_id].read_receipts.get(alice.user_id)
+        expect(marker is not None and marker.event_id == reply_id, f"bob: nio's read receipt of alice is {marker!r}, expected one on {reply_id}")
+        step("bob: sees alice's read receipt")
 
         # alice sets the topic, bob sees the m.room.topic state
         topic = f"nio topic {secrets.token_hex(3)}"
