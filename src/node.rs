@@ -20,12 +20,12 @@ use crate::api::{RateLimiter, TokenCache, TOKEN_CACHE};
 use crate::caches::{FilterCache, MembershipCache, RecentEventsCache, MEMBERSHIP_CACHE};
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
-use crate::keys::SigningKey;
 use crate::passwords::PasswordHasher;
 use crate::roles::events::{
     CreateRoom, EventPersister, Persisted, SendEvent, Transaction, EVENTS_STREAM,
 };
 use crate::roles::Role;
+use crate::signing_key::SigningKey;
 use crate::storage;
 use crate::streams::caches::{CachesWriter, Invalidation};
 use crate::streams::notifier::Notifier;
