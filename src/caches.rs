@@ -20,6 +20,7 @@ use crate::storage::accounts;
 use crate::storage::rooms::{self, Membership, StoredEvent};
 use crate::storage::StorageResult;
 use crate::streams::caches::Invalidation;
+use crate::streams::events::EVENTS_STREAM;
 use crate::streams::notifier::Notifier;
 
 /// The name of the membership cache in `caches` stream rows: `["memberships", user_id]`.
@@ -79,7 +80,7 @@ impl MembershipCache {
     fn lookup(&self, notifier: &Notifier, user_id: &str) -> Option<Arc<Vec<Membership>>> {
         let entries = self.entries.lock().ok()?;
         let cached = entries.get(user_id)?;
-        if notifier.has_changed_since(user_id, cached.read_at) {
+        if notifier.has_changed_since(EVENTS_STREAM, user_id, cached.read_at) {
             return None;
         }
         Some(Arc::clone(&cached.memberships))
@@ -291,7 +292,7 @@ impl RecentEventsCache {
     fn fresh_entry(&self, notifier: &Notifier, room_id: &str) -> Option<Arc<RoomTimeline>> {
         let rooms = self.rooms.lock().ok()?;
         let timeline = rooms.by_room.get(room_id)?;
-        if notifier.has_changed_since(room_id, timeline.read_at) {
+        if notifier.has_changed_since(EVENTS_STREAM, room_id, timeline.read_at) {
             return None;
         }
         Some(Arc::clone(timeline))
@@ -366,7 +367,7 @@ impl RecentEventsCache {
             }
             // Something of the room after the entry's read is missing from it.
             if event.stream_ordering <= current.read_at
-                || notifier.has_changed_since(&event.room_id, current.read_at)
+                || notifier.has_changed_since(EVENTS_STREAM, &event.room_id, current.read_at)
             {
                 continue;
             }
@@ -542,6 +543,14 @@ mod tests {
         cache
     }
 
+    /// A notifier whose events stream is at `position`, knowing no change before.
+    fn notifier_at(position: i64) -> Notifier {
+        let notifier = Notifier::new();
+        notifier.forget_changes_until(EVENTS_STREAM, position);
+        notifier.on_new_rows(EVENTS_STREAM, position, Vec::<String>::new());
+        notifier
+    }
+
     fn cached(cache: &RecentEventsCache, notifier: &Notifier) -> Option<Vec<i64>> {
         cache
             .fresh_entry(notifier, "!r:x")
@@ -550,11 +559,11 @@ mod tests {
 
     #[test]
     fn new_events_extend_an_entry_that_holds_everything_before_them() {
-        let notifier = Notifier::new(10);
+        let notifier = notifier_at(10);
         let cache = cache_with(&timeline(&[3, 5], 0, 10));
         // A batch announced at 14 whose events of this room are 12 and 13.
         cache.extend(&notifier, &[event(12), event(13)], 14);
-        notifier.record_changes(&["!r:x".to_owned()], 14);
+        notifier.record_changes(EVENTS_STREAM, &["!r:x".to_owned()], 14);
         assert_eq!(cached(&cache, &notifier), Some(vec![3, 5, 12, 13]));
         let timeline = cache.fresh_entry(&notifier, "!r:x").expect("entry");
         assert_eq!(
@@ -565,18 +574,18 @@ mod tests {
 
     #[test]
     fn an_entry_that_missed_a_change_is_not_extended() {
-        let notifier = Notifier::new(10);
+        let notifier = notifier_at(10);
         let cache = cache_with(&timeline(&[3, 5], 0, 10));
         // 11 was announced without the cache seeing it (a catch-up).
-        notifier.record_changes(&["!r:x".to_owned()], 11);
+        notifier.record_changes(EVENTS_STREAM, &["!r:x".to_owned()], 11);
         cache.extend(&notifier, &[event(12)], 12);
-        notifier.record_changes(&["!r:x".to_owned()], 12);
+        notifier.record_changes(EVENTS_STREAM, &["!r:x".to_owned()], 12);
         assert_eq!(cached(&cache, &notifier), None, "stale: read afresh");
     }
 
     #[test]
     fn a_redaction_drops_the_entry() {
-        let notifier = Notifier::new(10);
+        let notifier = notifier_at(10);
         let cache = cache_with(&timeline(&[3, 5], 0, 10));
         let mut redaction = event(12);
         redaction.kind = "m.room.redaction".into();

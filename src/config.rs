@@ -389,32 +389,23 @@ impl Config {
         let known =
             |instance: &str| instance == MAIN_INSTANCE || self.instance_map.contains_key(instance);
         for (stream, writers) in &self.stream_writers {
-            let Some((_, multi_writer)) = Role::STREAM_WRITERS
-                .iter()
-                .find(|(role, _)| role.name() == stream)
-            else {
+            if !crate::streams::registry::configured_streams().any(|spec| spec.name == stream) {
                 return Err(ConfigError::Invalid {
                     key: "stream_writers",
                     message: format!(
                         "unknown stream `{stream}` (known: {})",
-                        Role::STREAM_WRITERS.map(|(role, _)| role.name()).join(", ")
+                        crate::streams::registry::configured_streams()
+                            .map(|spec| spec.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 });
-            };
+            }
             let writers = writers.to_vec();
             if writers.is_empty() {
                 return Err(ConfigError::Invalid {
                     key: "stream_writers",
                     message: format!("stream `{stream}` has no writer"),
-                });
-            }
-            if !multi_writer && writers.len() > 1 {
-                return Err(ConfigError::Invalid {
-                    key: "stream_writers",
-                    message: format!(
-                        "stream `{stream}` can have only one writer, not {}",
-                        writers.len()
-                    ),
                 });
             }
             if let Some(unknown) = writers.iter().find(|w| !known(w)) {
@@ -457,12 +448,12 @@ impl Config {
     /// (mailboxes, replication), authenticated with `replication_secret`;
     /// the monolith needs neither.
     pub fn is_split(&self, instance: &str, roles: &[Role]) -> bool {
-        let event_writers = self.stream_writers(crate::roles::events::EVENTS_STREAM);
         let runs_every_role = Role::ALL.iter().all(|role| roles.contains(role));
-        let writes_every_event = roles.contains(&Role::Events)
-            && event_writers.len() == 1
-            && event_writers.iter().any(|writer| writer == instance);
-        !(runs_every_role && writes_every_event)
+        let writes_every_stream = crate::streams::registry::configured_streams().all(|spec| {
+            let writers = self.stream_writers(spec.name);
+            writers.len() == 1 && writers.iter().any(|writer| writer == instance)
+        });
+        !(runs_every_role && writes_every_stream)
     }
 
     /// What a split instance needs ([`Config::is_split`]): Redis, and a
@@ -760,10 +751,6 @@ mod tests {
     fn topology_mistakes_are_named() {
         let cases = [
             ("stream_writers: { events: [] }", "has no writer"),
-            (
-                "stream_writers: { typing: [main, main2] }",
-                "only one writer",
-            ),
             ("stream_writers: { events: [ghost] }", "`ghost`"),
             ("stream_writers: { nonsense: main }", "unknown stream"),
             ("pusher_instances: [ghost]", "pusher_instances"),
@@ -775,7 +762,7 @@ mod tests {
                 .to_string();
             assert!(error.contains(expected), "{yaml}: {error}");
         }
-        let good = "instance_map: { events1: { host: 127.0.0.1, port: 8010 } }\nstream_writers: { events: [main, events1], typing: events1 }\n";
+        let good = "instance_map: { events1: { host: 127.0.0.1, port: 8010 } }\nstream_writers: { events: [main, events1] }\n";
         let config =
             Config::from_figment(figment(&format!("{}\n{good}", base()))).expect("valid topology");
         assert_eq!(config.stream_writers("events"), vec!["main", "events1"]);

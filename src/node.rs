@@ -10,8 +10,8 @@ use std::time::Duration;
 use actix_web::{middleware, web, App, HttpServer};
 use deadpool_postgres::Pool;
 use lattice_actors::{
-    shard_index, Endpoint, HmacKey, Mailbox, Placement, RedisTransport, RedisTransportConfig,
-    ServeHandle, Supervisor, SupervisorError, Transport,
+    Endpoint, HmacKey, Placement, RedisTransport, RedisTransportConfig, ServeHandle, Supervisor,
+    SupervisorError, Transport,
 };
 use ruma::OwnedServerName;
 use serde_json::Value;
@@ -19,28 +19,25 @@ use serde_json::Value;
 use crate::api::{RateLimiter, TokenCache, TOKEN_CACHE};
 use crate::caches::{FilterCache, MembershipCache, RecentEventsCache, MEMBERSHIP_CACHE};
 use crate::config::Config;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::passwords::PasswordHasher;
-use crate::roles::events::{
-    CreateRoom, EventPersister, Persisted, SendEvent, Transaction, EVENTS_STREAM,
-};
-use crate::roles::Role;
+use crate::roles::events::{CreateRoom, Persisted, SendEvent, Transaction, EVENTS_STREAM};
+use crate::roles::{ActorStart, Mailboxes, Role, ACTORS};
 use crate::signing_key::SigningKey;
 use crate::storage;
-use crate::streams::caches::{CachesWriter, Invalidation};
+use crate::streams::caches::{CachesStream, CachesWriter, Invalidation};
 use crate::streams::notifier::Notifier;
-use crate::streams::replication::{Replication, ReplicationConfig};
-use crate::streams::shared::SharedStream;
+use crate::streams::registry::{self, RegisteredStream, Streams};
+use crate::streams::replication::{
+    PositionedStream, Publisher, ReplicatedStream, Replication, ReplicationConfig, ReplicationStats,
+};
+use crate::streams::writer::StreamWriter;
 
 /// How long a request waits to see its own write replicated back.
 const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a sync request waits for replication to catch up with what is committed.
 const CATCH_UP_WAIT: Duration = Duration::from_millis(500);
-
-/// Deliveries of the event persister's mailbox endpoint handled at once: enough to
-/// fill its batches (100 sends a transaction).
-const REMOTE_PERSISTER_CONCURRENCY: usize = 256;
 
 /// How far ahead a mailbox request's deadline may be (the Redis transport
 /// remembers request ids until then, to refuse replays): the default, or
@@ -57,8 +54,10 @@ pub struct Node {
     pub instance_name: String,
     pub pool: Pool,
     pub notifier: Notifier,
-    /// This instance's view of the events stream.
-    pub stream: SharedStream,
+    /// This instance's view of every stream.
+    pub streams: Streams,
+    /// The actors of every role, local or remote.
+    pub mailboxes: Arc<Mailboxes>,
     pub roles: Arc<Vec<Role>>,
     pub rate_limiter: Arc<RateLimiter>,
     /// Failed logins per account (`rate_limits.login_failed_attempts`).
@@ -71,12 +70,11 @@ pub struct Node {
     pub recent_events: Arc<RecentEventsCache>,
     /// Stored filters, which never change.
     pub filters: Arc<FilterCache>,
-    /// The writers of the events stream, in config order (the sharding rule indexes it).
-    event_writers: Arc<Vec<EventWriter>>,
     pub supervisor: Arc<Supervisor>,
     /// Request counters and the /metrics exposition of this instance.
     pub metrics: Arc<crate::api::metrics::Metrics>,
-    replication: Option<Arc<Replication>>,
+    /// Replication and the `caches` stream it reads (none in the monolith).
+    replication: Option<(Arc<Replication>, Arc<CachesStream>)>,
     /// Where this instance writes cache invalidations for the others (none
     /// in the monolith, which has no others).
     caches_writer: Option<Arc<CachesWriter>>,
@@ -85,12 +83,6 @@ pub struct Node {
     pub runtime: tokio::runtime::Handle,
     /// The mailbox endpoints serving this instance's actors to the others.
     endpoints: Arc<tokio::sync::Mutex<Vec<ServeHandle>>>,
-}
-
-/// The mailboxes of one events writer.
-struct EventWriter {
-    send: Mailbox<SendEvent>,
-    create: Mailbox<CreateRoom>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +130,7 @@ async fn heartbeat(node: Node, addr: SocketAddr) {
             caches_positions: node
                 .replication
                 .as_ref()
-                .map(|replication| replication.stats.caches_positions())
+                .map(|(_, caches)| caches.positions_json())
                 .unwrap_or_else(|| serde_json::json!({})),
         };
         if let Err(error) = storage::instances::beat(&node.pool, &beat).await {
@@ -175,6 +167,42 @@ async fn clean_up(pool: Pool) {
             Err(error) => tracing::warn!(error = %error, "deleting old request ids failed"),
         }
     }
+}
+
+/// The Redis client replication uses and the mailbox transport, both with
+/// the configured URL, credentials and TLS.
+async fn connect_redis(
+    config: &Config,
+    instance_name: &str,
+    hmac_key: Option<HmacKey>,
+) -> Result<(redis::Client, RedisTransport), NodeError> {
+    let url = config.redis.url.clone().ok_or(NodeError::Topology(
+        "redis.url is required when roles or stream writers are spread over several instances"
+            .into(),
+    ))?;
+    let mut redis_config = RedisTransportConfig::new(url, config.redis_prefix(), instance_name)
+        .maybe_hmac_key(hmac_key)
+        .replay_window(replay_window(config.write_timeout_ms));
+    if let Some(path) = &config.redis.tls_ca_file {
+        redis_config = redis_config
+            .tls_root_certificates(crate::config::read_file("redis.tls_ca_file", path)?);
+    }
+    if let (Some(certificate), Some(key)) = (
+        &config.redis.tls_client_certificate_file,
+        &config.redis.tls_client_key_file,
+    ) {
+        redis_config = redis_config.tls_client_identity(
+            crate::config::read_file("redis.tls_client_certificate_file", certificate)?,
+            crate::config::read_file("redis.tls_client_key_file", key)?,
+        );
+    }
+    let redis = redis_config
+        .client()
+        .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
+    let transport = RedisTransport::connect(redis_config)
+        .await
+        .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
+    Ok((redis, transport))
 }
 
 impl Node {
@@ -230,65 +258,85 @@ impl Node {
             None => None,
         };
 
-        let event_writers = config.stream_writers(EVENTS_STREAM);
-        let writes_events =
-            roles.contains(&Role::Events) && event_writers.iter().any(|w| w == instance_name);
-        let notifier = Notifier::new(1);
-        let positions = storage::streams::load_positions(
-            &pool,
-            &storage::streams::EVENTS,
-            instance_name,
-            &event_writers,
-        )
-        .await?;
-        let stream = SharedStream::new(positions, notifier.clone());
-
+        let config = Arc::new(config);
         let tokens = Arc::new(TokenCache::default());
         let memberships = Arc::new(MembershipCache::default());
         let recent_events = Arc::new(RecentEventsCache::default());
-        let (redis_transport, replication, caches_writer) = if single_process {
-            (None, None, None)
+        let notifier = Notifier::new();
+        let (redis, transport) = if single_process {
+            (None, None)
         } else {
-            let url = config.redis.url.clone().ok_or(NodeError::Topology(
-                "redis.url is required when roles or stream writers are spread over several instances".into(),
-            ))?;
-            let mut redis_config =
-                RedisTransportConfig::new(url, config.redis_prefix(), instance_name)
-                    .maybe_hmac_key(hmac_key.clone())
-                    .replay_window(replay_window(config.write_timeout_ms));
-            if let Some(path) = &config.redis.tls_ca_file {
-                redis_config = redis_config
-                    .tls_root_certificates(crate::config::read_file("redis.tls_ca_file", path)?);
+            let (redis, transport) =
+                connect_redis(&config, instance_name, hmac_key.clone()).await?;
+            (Some(redis), Some(transport))
+        };
+        let (publisher, publish_queue) = match &redis {
+            Some(_) => {
+                let (publisher, queue) = Publisher::new();
+                (Some(publisher), Some(queue))
             }
-            if let (Some(certificate), Some(key)) = (
-                &config.redis.tls_client_certificate_file,
-                &config.redis.tls_client_key_file,
-            ) {
-                redis_config = redis_config.tls_client_identity(
-                    crate::config::read_file("redis.tls_client_certificate_file", certificate)?,
-                    crate::config::read_file("redis.tls_client_key_file", key)?,
-                );
-            }
-            let redis = redis_config
-                .client()
-                .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
-            let transport = RedisTransport::connect(redis_config)
-                .await
-                .map_err(|e| NodeError::Topology(format!("redis: {e}")))?;
-            // Read before anything is cached: rows up to here concern
-            // changes this instance can only have read after they were made.
-            let caches_floor = storage::caches::last_allocated(&pool).await?;
-            let caches_position = Arc::new(AtomicI64::new(
-                storage::caches::last_written_by(&pool, instance_name).await?,
-            ));
-            let replication = Replication::start(
-                ReplicationConfig {
-                    redis,
-                    channel: config.redis_prefix(),
-                    instance: instance_name.to_owned(),
-                    key: hmac_key,
-                    events_writer: writes_events,
-                    invalidate: {
+            None => (None, None),
+        };
+
+        // Every sharded actor kind is placed by the `stream_writers` of its stream.
+        let placement = Placement::new(
+            instance_name,
+            registry::configured_streams()
+                .map(|spec| (spec.name, config.stream_writers(spec.name))),
+        )
+        .map_err(|e| NodeError::Topology(e.to_string()))?;
+        let mailboxes = Arc::new(Mailboxes::new(
+            placement,
+            transport
+                .clone()
+                .map(|transport| Arc::new(transport) as Arc<dyn Transport>),
+        ));
+
+        let parts = registry::NodeParts {
+            pool: pool.clone(),
+            notifier: notifier.clone(),
+            recent_events: recent_events.clone(),
+            mailboxes: mailboxes.clone(),
+        };
+        let mut registered = Vec::new();
+        for rows in registry::stream_rows(&parts) {
+            let spec = rows.spec();
+            let writers = config.stream_writers(spec.name);
+            let writes = writers.iter().any(|w| w == instance_name)
+                && Role::writing(spec.name).is_some_and(|role| roles.contains(&role));
+            let positions =
+                storage::streams::load_positions(&pool, spec, instance_name, &writers).await?;
+            let positions = registry::shared(spec, positions, &notifier);
+            let writer = writes.then(|| {
+                StreamWriter::new(
+                    rows.clone(),
+                    instance_name,
+                    positions.clone(),
+                    publisher.clone(),
+                )
+            });
+            registered.push(RegisteredStream {
+                rows,
+                positions,
+                writer,
+            });
+        }
+        let streams = Streams::new(notifier.clone(), registered);
+
+        let (replication, caches_writer) = match (redis, publisher, publish_queue) {
+            (Some(redis), Some(publisher), Some(queue)) => {
+                let stats = Arc::new(ReplicationStats::default());
+                // Read before anything is cached: rows up to here concern
+                // changes this instance can only have read after they were made.
+                let caches_floor = storage::caches::last_allocated(&pool).await?;
+                let caches_position = Arc::new(AtomicI64::new(
+                    storage::caches::last_written_by(&pool, instance_name).await?,
+                ));
+                let caches = Arc::new(CachesStream::new(
+                    instance_name,
+                    pool.clone(),
+                    caches_floor,
+                    {
                         let tokens = tokens.clone();
                         let memberships = memberships.clone();
                         Arc::new(move |invalidation| {
@@ -296,107 +344,89 @@ impl Node {
                             memberships.invalidate(invalidation);
                         })
                     },
-                    caches_position: Arc::clone(&caches_position),
-                    caches_floor,
-                    new_events: {
-                        let recent_events = recent_events.clone();
-                        let notifier = notifier.clone();
-                        Arc::new(move |events, position| {
-                            recent_events.extend(&notifier, events, position)
-                        })
+                    Arc::clone(&caches_position),
+                    stats.clone(),
+                ));
+                let mut replicated: Vec<Arc<dyn ReplicatedStream>> = streams
+                    .iter()
+                    .map(|stream| {
+                        Arc::new(PositionedStream::new(
+                            stream.clone(),
+                            instance_name,
+                            stats.clone(),
+                        )) as Arc<dyn ReplicatedStream>
+                    })
+                    .collect();
+                replicated.push(caches.clone());
+                let replication = Replication::start(
+                    ReplicationConfig {
+                        redis,
+                        channel: config.redis_prefix(),
+                        instance: instance_name.to_owned(),
+                        key: hmac_key,
                     },
-                },
-                stream.clone(),
-                pool.clone(),
-            );
-            let caches_writer = CachesWriter::new(
-                instance_name,
-                pool.clone(),
-                replication.publisher.clone(),
-                caches_position,
-            );
-            (Some(transport), Some(replication), Some(caches_writer))
-        };
-        let transport = redis_transport
-            .clone()
-            .map(|transport| Arc::new(transport) as Arc<dyn Transport>);
-
-        let supervisor = Arc::new(Supervisor::new());
-        let mut endpoints = Vec::new();
-        let local_persister = if writes_events {
-            let pool = pool.clone();
-            let instance = instance_name.to_owned();
-            let stream = stream.clone();
-            let writers = event_writers.clone();
-            let publisher = replication.as_ref().map(|r| r.publisher.clone());
-            let recent_events = recent_events.clone();
-            let cached_rooms = config.event_writer_cached_rooms;
-            let addr = supervisor.start("event_persister", move || {
-                EventPersister::new(
-                    pool.clone(),
-                    instance.clone(),
-                    server_name.clone(),
-                    signing_key.key_pair(),
-                    stream.clone(),
-                    writers.clone(),
                     publisher.clone(),
-                    recent_events.clone(),
-                    cached_rooms,
+                    queue,
+                    replicated,
+                    stats,
+                );
+                let caches_writer =
+                    CachesWriter::new(instance_name, pool.clone(), publisher, caches_position);
+                (
+                    Some((Arc::new(replication), caches)),
+                    Some(Arc::new(caches_writer)),
                 )
+            }
+            _ => (None, None),
+        };
+
+        // The actors of this instance's roles, from the role table.
+        let supervisor = Arc::new(Supervisor::new());
+        let start = ActorStart {
+            instance: instance_name.to_owned(),
+            config: config.clone(),
+            pool: pool.clone(),
+            server_name,
+            signing_key,
+            streams: streams.clone(),
+            recent_events: recent_events.clone(),
+            supervisor: supervisor.clone(),
+            mailboxes: mailboxes.clone(),
+        };
+        let mut endpoints = Vec::new();
+        for row in ACTORS {
+            let placed_here = mailboxes
+                .instances(row.kind)
+                .iter()
+                .any(|instance| instance == instance_name);
+            if !roles.contains(&row.role) || !placed_here {
+                continue;
+            }
+            let started = (row.start)(&start).map_err(|e| {
+                NodeError::Topology(format!("starting the {} actor: {e}", row.kind))
             })?;
-            if let Some(transport) = &transport {
-                let endpoint = Endpoint::new(
+            if let Some(transport) = mailboxes.transport() {
+                let endpoint = (started.serve)(Endpoint::new(
                     transport.clone(),
-                    Placement::destination(EVENTS_STREAM, instance_name),
-                )
-                .route_mailbox(addr.mailbox::<SendEvent>())
-                .route_mailbox(addr.mailbox::<CreateRoom>())
-                // Many deliveries in flight, so that the persister's inbox fills and
-                // it commits them in batches as it does for local callers; one at a
-                // time, every remote send paid a transaction of its own.
-                .concurrency(REMOTE_PERSISTER_CONCURRENCY)
+                    Placement::destination(row.kind, instance_name),
+                ))
                 .start()
                 .await
-                .map_err(|e| NodeError::Topology(format!("serving the event persister: {e}")))?;
+                .map_err(|e| NodeError::Topology(format!("serving the {} actor: {e}", row.kind)))?;
                 endpoints.push(endpoint);
             }
-            Some(addr)
-        } else {
-            None
-        };
-        let mut event_writer_mailboxes = Vec::new();
-        for writer in &event_writers {
-            let mailboxes = match (&local_persister, &transport) {
-                (Some(addr), _) if writer == instance_name => (addr.mailbox(), addr.mailbox()),
-                (_, Some(transport)) => {
-                    let destination = Placement::destination(EVENTS_STREAM, writer);
-                    (
-                        Mailbox::remote(transport.clone(), destination.clone()),
-                        Mailbox::remote(transport.clone(), destination),
-                    )
-                }
-                _ => {
-                    return Err(NodeError::Topology(format!(
-                        "no way to reach events writer `{writer}`"
-                    )))
-                }
-            };
-            event_writer_mailboxes.push(EventWriter {
-                send: mailboxes.0,
-                create: mailboxes.1,
-            });
         }
 
         let mut metrics = crate::api::metrics::Metrics::new(instance_name, Arc::clone(&supervisor));
-        if let Some(transport) = redis_transport {
+        if let Some(transport) = transport {
             let served = endpoints
                 .iter()
                 .map(|endpoint| endpoint.destination().to_owned())
                 .collect();
             metrics = metrics.with_mailboxes(transport, served);
         }
-        if let Some(replication) = &replication {
-            metrics = metrics.with_replication(Arc::clone(&replication.stats), stream.clone());
+        if let Some((replication, _)) = &replication {
+            metrics = metrics.with_replication(Arc::clone(replication));
         }
 
         let node = Node {
@@ -407,17 +437,17 @@ impl Node {
             memberships,
             recent_events,
             filters: Arc::new(FilterCache::default()),
-            config: Arc::new(config),
+            config,
             instance_name: instance_name.to_owned(),
             roles: Arc::new(roles.to_vec()),
             pool,
             notifier,
-            stream,
-            event_writers: Arc::new(event_writer_mailboxes),
+            streams,
+            mailboxes,
             supervisor,
             metrics: Arc::new(metrics),
-            replication: replication.map(Arc::new),
-            caches_writer: caches_writer.map(Arc::new),
+            replication,
+            caches_writer,
             runtime: tokio::runtime::Handle::current(),
             endpoints: Arc::new(tokio::sync::Mutex::new(endpoints)),
         };
@@ -474,21 +504,13 @@ impl Node {
         if self.replication.is_none() {
             return Ok(());
         }
-        let client = self.pool.get().await.map_err(ApiError::internal)?;
-        let rows = client
-            .query(
-                "SELECT instance_name, stream_id FROM stream_positions WHERE stream_name = $1",
-                &[&EVENTS_STREAM],
-            )
-            .await
-            .map_err(ApiError::internal)?;
-        drop(client);
-        for row in rows {
-            let writer: String = row.get(0);
-            let position: i64 = row.get(1);
-            self.stream
-                .wait_for_writer(&writer, position, CATCH_UP_WAIT)
-                .await;
+        let recorded = storage::streams::recorded_positions(&self.pool).await?;
+        for (stream, writer, position) in recorded {
+            if let Some(stream) = self.streams.get(&stream) {
+                stream
+                    .wait_for_writer(&writer, position, CATCH_UP_WAIT)
+                    .await;
+            }
         }
         Ok(())
     }
@@ -519,7 +541,7 @@ impl Node {
     }
 
     /// How long a request waits for a writer (`write_timeout_ms`).
-    fn write_deadline(&self) -> Duration {
+    pub fn write_deadline(&self) -> Duration {
         Duration::from_millis(self.config.write_timeout_ms)
     }
 
@@ -533,40 +555,44 @@ impl Node {
         self.roles.contains(&role)
     }
 
-    /// The writer of a room's events: Synapse's sharding rule over the
-    /// configured writers.
-    fn event_writer(&self, room_id: Option<&str>) -> ApiResult<&EventWriter> {
-        let index = match room_id {
-            Some(room_id) => shard_index(room_id, self.event_writers.len()).unwrap_or(0),
-            None => 0,
-        };
-        self.event_writers
-            .get(index)
-            .ok_or_else(|| ApiError::unavailable("no events writer is configured"))
-    }
-
     /// Read-your-writes: waits (bounded) until this instance has seen the
     /// writer's position reach what it persisted, so what the client does
     /// next here sees its own write.
     async fn seen(&self, persisted: Persisted) -> Persisted {
-        if !self
-            .stream
-            .wait_for_writer(
-                &persisted.instance,
-                persisted.stream_ordering,
-                READ_YOUR_WRITES_WAIT,
-            )
-            .await
-        {
-            tracing::warn!(writer = %persisted.instance, position = persisted.stream_ordering, "replication lags: answering before seeing our own write");
-        }
+        self.wait_for_write(
+            EVENTS_STREAM,
+            &persisted.instance,
+            persisted.stream_ordering,
+        )
+        .await;
         persisted
     }
 
-    /// Persists an event through the events writer.
+    /// Read-your-writes for any stream: waits (bounded) until this
+    /// instance has seen `writer` reach `position` on `stream`.
+    pub async fn wait_for_write(&self, stream: &str, writer: &str, position: i64) {
+        let Some(shared) = self.streams.get(stream) else {
+            return;
+        };
+        if !shared
+            .wait_for_writer(writer, position, READ_YOUR_WRITES_WAIT)
+            .await
+        {
+            tracing::warn!(
+                stream,
+                writer,
+                position,
+                "replication lags: answering before seeing our own write"
+            );
+        }
+    }
+
+    /// Persists an event through the events writer of its room.
     pub async fn send_event(&self, request: SendEvent) -> ApiResult<Persisted> {
-        let writer = self.event_writer(Some(&request.room_id))?;
-        let persisted = writer.send.call(request, self.write_deadline()).await??;
+        let writer = self
+            .mailboxes
+            .for_shard::<SendEvent>(EVENTS_STREAM, &request.room_id)?;
+        let persisted = writer.call(request, self.write_deadline()).await??;
         Ok(self.seen(persisted).await)
     }
 
@@ -595,8 +621,8 @@ impl Node {
     pub async fn create_room(&self, request: CreateRoom) -> ApiResult<Persisted> {
         // A room's id is not known before its create event exists (room
         // version 12), so new rooms go to the first writer.
-        let writer = self.event_writer(None)?;
-        let persisted = writer.create.call(request, self.write_deadline()).await??;
+        let writer = self.mailboxes.first::<CreateRoom>(EVENTS_STREAM)?;
+        let persisted = writer.call(request, self.write_deadline()).await??;
         Ok(self.seen(persisted).await)
     }
 
@@ -604,7 +630,9 @@ impl Node {
     pub async fn observe(&self) -> Value {
         let mut snapshot =
             serde_json::to_value(self.supervisor.observe_all().await).unwrap_or(Value::Null);
-        if let (Some(replication), Some(object)) = (&self.replication, snapshot.as_object_mut()) {
+        if let (Some((replication, _)), Some(object)) =
+            (&self.replication, snapshot.as_object_mut())
+        {
             object.insert("replication".into(), replication.stats.snapshot());
         }
         snapshot

@@ -1,8 +1,30 @@
-//! The actors of each role (DESIGN §1). Each role is a module; the node's
-//! supervisor starts the actors of the roles an instance runs, and every other
-//! part of the code reaches them through mailboxes.
+//! The actors of each role (DESIGN §1). Each role is a module; the node
+//! starts the actors of the roles an instance runs from one table,
+//! [`ACTORS`], and every other part of the code reaches them through
+//! [`Mailboxes`], local or remote by shard (`lattice_actors::Placement`).
+//! A new role adds a module and a row, not fields and methods on `Node`.
 
 pub mod events;
+
+mod mailboxes;
+
+pub use mailboxes::{ActorStart, Mailboxes, StartedActor};
+
+/// A sharded actor kind: the role that hosts it, the stream whose
+/// `stream_writers` places it (its placement kind), and how to start it.
+pub struct ActorRow {
+    pub role: Role,
+    /// The placement kind: the stream it writes.
+    pub kind: &'static str,
+    pub start: for<'a> fn(&'a ActorStart) -> Result<StartedActor, String>,
+}
+
+/// Every actor kind a role hosts.
+pub const ACTORS: &[ActorRow] = &[ActorRow {
+    role: Role::Events,
+    kind: events::EVENTS_STREAM,
+    start: events::start,
+}];
 
 /// The roles of DESIGN §1: kinds of work an instance can host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,18 +65,11 @@ impl Role {
         Role::Background,
     ];
 
-    /// The roles that write a stream of their own name (`stream_writers`
-    /// keys), and whether several instances may share that stream.
-    pub const STREAM_WRITERS: [(Role, bool); 8] = [
-        (Role::Events, true),
-        (Role::Typing, false),
-        (Role::ToDevice, false),
-        (Role::AccountData, false),
-        (Role::Receipts, true),
-        (Role::Presence, false),
-        (Role::PushRules, false),
-        (Role::DeviceLists, true),
-    ];
+    /// The role that writes the stream `stream` (a role writes the stream
+    /// of its own name), if any.
+    pub fn writing(stream: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.name() == stream)
+    }
 
     pub fn name(self) -> &'static str {
         match self {

@@ -1,10 +1,16 @@
-//! Streams (DESIGN §3): positions and their id generator, the tokens clients
-//! hold, and the notifier that wakes long-polls when a stream advances.
+//! Streams (DESIGN §3-4): the [`registry`] of every stream, each in a module
+//! of its own (its row, shard key and catch-up); positions and their id
+//! generator; the [`writer`] every stream's writer uses; the tokens clients
+//! hold; the notifier that wakes long-polls when a stream advances; and
+//! replication, which carries rows and positions between instances.
 
 pub mod caches;
 pub mod change_cache;
+pub mod events;
 pub mod id_gen;
 pub mod notifier;
+pub mod registry;
 pub mod replication;
 pub mod shared;
 pub mod token;
+pub mod writer;

@@ -31,8 +31,7 @@ use lattice_actors::{
     SupervisorSnapshot, Transport,
 };
 
-use crate::streams::replication::{ReplicationStats, WriterLag};
-use crate::streams::shared::SharedStream;
+use crate::streams::replication::{Replication, WriterLag};
 
 /// Upper bounds (seconds) of the latency histogram's buckets: from a cached
 /// read to a `/sync` long-poll that waited its whole timeout.
@@ -64,7 +63,7 @@ pub struct Metrics {
     served: Vec<String>,
     /// Replication of a split instance: announced positions, and this
     /// instance's view of the events stream they are compared with.
-    replication: Option<(Arc<ReplicationStats>, SharedStream)>,
+    replication: Option<Arc<Replication>>,
     started: Instant,
     in_flight: AtomicI64,
     endpoints: Mutex<BTreeMap<EndpointKey, EndpointStats>>,
@@ -109,14 +108,10 @@ impl Metrics {
         self
     }
 
-    /// Reports replication lag: what writers announced (`stats`) against
-    /// what this instance has processed (`stream`).
-    pub fn with_replication(
-        mut self,
-        stats: Arc<ReplicationStats>,
-        stream: SharedStream,
-    ) -> Metrics {
-        self.replication = Some((stats, stream));
+    /// Reports replication lag of every stream: what writers announced
+    /// against what this instance has processed.
+    pub fn with_replication(mut self, replication: Arc<Replication>) -> Metrics {
+        self.replication = Some(replication);
         self
     }
 
@@ -178,10 +173,9 @@ impl Metrics {
             }
             scrape.transport = Some(transport.redis_stats());
         }
-        if let Some((stats, stream)) = &self.replication {
-            let mut lags = stats.events_lag(stream);
-            lags.extend(stats.caches_lag());
-            scrape.lags = Some(lags);
+        if let Some(replication) = &self.replication {
+            let stats = &replication.stats;
+            scrape.lags = Some(replication.lags());
             scrape.replication_rejected = stats.rejected.load(Ordering::Relaxed);
             scrape.replication_reconnects = stats.reconnects.load(Ordering::Relaxed);
         }

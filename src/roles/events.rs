@@ -11,9 +11,58 @@ mod rows;
 
 use serde::{Deserialize, Serialize};
 
-pub use persister::{
-    event_row, parse_stored_pdu, stored_event_of_row, EventPersister, EVENTS_STREAM,
-};
+pub use crate::streams::events::EVENTS_STREAM;
+pub use persister::{parse_stored_pdu, EventPersister};
+
+use super::{ActorStart, StartedActor};
+
+/// Deliveries of the persister's mailbox endpoint handled at once: enough to
+/// fill its batches (100 sends a transaction).
+const REMOTE_PERSISTER_CONCURRENCY: usize = 256;
+
+/// Starts this instance's event persister (a row of the role table).
+pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
+    let writer = start
+        .streams
+        .writer(EVENTS_STREAM)
+        .cloned()
+        .ok_or("the events stream has no writer here")?;
+    let pool = start.pool.clone();
+    let instance = start.instance.clone();
+    let server_name = start.server_name.clone();
+    let signing_key = start.signing_key.clone();
+    let writers = start.mailboxes.instances(EVENTS_STREAM);
+    let recent_events = start.recent_events.clone();
+    let cached_rooms = start.config.event_writer_cached_rooms;
+    let addr = start
+        .supervisor
+        .start("event_persister", move || {
+            EventPersister::new(
+                pool.clone(),
+                instance.clone(),
+                server_name.clone(),
+                signing_key.key_pair(),
+                writer.clone(),
+                writers.clone(),
+                recent_events.clone(),
+                cached_rooms,
+            )
+        })
+        .map_err(|e| e.to_string())?;
+    start.mailboxes.register(addr.mailbox::<SendEvent>());
+    start.mailboxes.register(addr.mailbox::<CreateRoom>());
+    Ok(StartedActor {
+        serve: Box::new(move |endpoint| {
+            endpoint
+                .route_mailbox(addr.mailbox::<SendEvent>())
+                .route_mailbox(addr.mailbox::<CreateRoom>())
+                // Many deliveries in flight, so that the persister's inbox fills and
+                // it commits them in batches as it does for local callers; one at a
+                // time, every remote send paid a transaction of its own.
+                .concurrency(REMOTE_PERSISTER_CONCURRENCY)
+        }),
+    })
+}
 
 use crate::error::{ApiError, ErrCode};
 

@@ -1,33 +1,60 @@
-//! Loading a stream's positions at start-up (Synapse's `_load_current_ids`,
-//! `reference/synapse-workers.md` §5.5): the `stream_positions` rows, the
-//! sequence, and the rows written since the lowest known position.
+//! Stream positions in PostgreSQL: loading a stream's positions at start-up
+//! (Synapse's `_load_current_ids`, `reference/synapse-workers.md` §5.5: the
+//! `stream_positions` rows, the sequence, and the rows written since the
+//! lowest known position) and recording a writer's position.
 
 use deadpool_postgres::Pool;
+use tokio_postgres::GenericClient;
 
 use super::StorageResult;
 use crate::streams::id_gen::{LoadedPositions, StreamPositions};
+use crate::streams::registry::{Storage, StreamSpec};
 
-/// Where a stream's rows live, so the loader can scan them.
+/// Where a stored stream's rows live, so the loader can scan them.
+#[derive(Debug)]
 pub struct StreamTable {
-    /// The name in `stream_positions`.
-    pub stream_name: &'static str,
     pub table: &'static str,
     pub instance_column: &'static str,
     pub id_column: &'static str,
-    pub sequence: &'static str,
 }
 
-pub const EVENTS: StreamTable = StreamTable {
-    stream_name: "events",
-    table: "events",
-    instance_column: "instance_name",
-    id_column: "stream_ordering",
-    sequence: "events_stream_seq",
-};
+/// Records that `instance` has written `stream` up to `position` (never
+/// moving it back); run it in the transaction that wrote the rows.
+pub async fn store_position(
+    client: &impl GenericClient,
+    stream: &str,
+    instance: &str,
+    position: i64,
+) -> StorageResult<()> {
+    client
+        .execute(
+            "INSERT INTO stream_positions (stream_name, instance_name, stream_id) VALUES ($1, $2, $3)
+             ON CONFLICT (stream_name, instance_name) DO UPDATE SET stream_id = EXCLUDED.stream_id
+             WHERE stream_positions.stream_id < EXCLUDED.stream_id",
+            &[&stream, &instance, &position],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Every writer's recorded position, as `(stream, instance, position)`.
+pub async fn recorded_positions(pool: &Pool) -> StorageResult<Vec<(String, String, i64)>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT stream_name, instance_name, stream_id FROM stream_positions",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect())
+}
 
 pub async fn load_positions(
     pool: &Pool,
-    stream: &StreamTable,
+    spec: &StreamSpec,
     local_instance: &str,
     writers: &[String],
 ) -> StorageResult<StreamPositions> {
@@ -37,14 +64,14 @@ pub async fn load_positions(
         client
             .execute(
                 "DELETE FROM stream_positions WHERE stream_name = $1 AND NOT (instance_name = ANY($2))",
-                &[&stream.stream_name, &writers],
+                &[&spec.name, &writers],
             )
             .await?;
     }
     let stream_positions: Vec<(String, i64)> = client
         .query(
             "SELECT instance_name, stream_id FROM stream_positions WHERE stream_name = $1",
-            &[&stream.stream_name],
+            &[&spec.name],
         )
         .await?
         .iter()
@@ -53,7 +80,7 @@ pub async fn load_positions(
     let is_writer = writers.iter().any(|w| w == local_instance);
     let sequence_last_value: Option<i64> = if is_writer {
         let row = client
-            .query_one(&format!("SELECT last_value FROM {}", stream.sequence), &[])
+            .query_one(&format!("SELECT last_value FROM {}", spec.sequence), &[])
             .await?;
         Some(row.get(0))
     } else {
@@ -63,6 +90,11 @@ pub async fn load_positions(
         stream_positions,
         sequence_last_value,
         ..Default::default()
+    };
+    let table = match spec.storage {
+        Storage::Postgres(table) => table,
+        // Rows in writers' memory: positions are all there is to load.
+        Storage::Memory => return Ok(StreamPositions::new(local_instance, writers, loaded)),
     };
     match StreamPositions::startup_scan_from(
         local_instance,
@@ -75,11 +107,11 @@ pub async fn load_positions(
                 .query(
                     &format!(
                         "SELECT {}, {} FROM {} WHERE {} >= $1 ORDER BY {}",
-                        stream.instance_column,
-                        stream.id_column,
-                        stream.table,
-                        stream.id_column,
-                        stream.id_column
+                        table.instance_column,
+                        table.id_column,
+                        table.table,
+                        table.id_column,
+                        table.id_column
                     ),
                     &[&min],
                 )
@@ -91,7 +123,7 @@ pub async fn load_positions(
         None => {
             let row = client
                 .query_one(
-                    &format!("SELECT MAX({}) FROM {}", stream.id_column, stream.table),
+                    &format!("SELECT MAX({}) FROM {}", table.id_column, table.table),
                     &[],
                 )
                 .await?;

@@ -16,17 +16,32 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
-use super::replication::{Command, Publisher};
+use super::registry::{ShardBy, Storage, StreamError, StreamSpec};
+use super::replication::{Command, Publisher, ReplicatedStream, ReplicationStats};
+use crate::storage::streams::StreamTable;
 use crate::storage::{self, StorageResult};
 
 /// The stream's name on the wire and in `stream_positions`-like places.
 pub const CACHES_STREAM: &str = "caches";
+
+pub const SPEC: StreamSpec = StreamSpec {
+    name: CACHES_STREAM,
+    shard_by: ShardBy::Instance,
+    storage: Storage::Postgres(&StreamTable {
+        table: "cache_invalidation_stream_by_instance",
+        instance_column: "instance_name",
+        id_column: "stream_id",
+    }),
+    sequence: "cache_invalidation_stream_seq",
+    token: None,
+};
 
 /// How long invalidations are kept for readers catching up (Synapse keeps
 /// them a week, `RETENTION_PERIOD_OF_CACHE_INVALIDATIONS_MS`).
@@ -234,6 +249,135 @@ impl CachesReader {
             self.positions.insert(writer.to_owned(), new);
         }
         self.connected.insert(writer.to_owned());
+    }
+}
+
+/// The `caches` stream as replication drives it on one instance.
+pub struct CachesStream {
+    instance: String,
+    pool: Pool,
+    reader: Mutex<CachesReader>,
+    invalidate: Invalidate,
+    /// This instance's last row (the [`CachesWriter`] moves it).
+    position: Arc<AtomicI64>,
+    stats: Arc<ReplicationStats>,
+}
+
+impl CachesStream {
+    /// `floor`: see [`CachesReader::new`]; `position`: shared with this
+    /// instance's [`CachesWriter`].
+    pub fn new(
+        instance: &str,
+        pool: Pool,
+        floor: i64,
+        invalidate: Invalidate,
+        position: Arc<AtomicI64>,
+        stats: Arc<ReplicationStats>,
+    ) -> CachesStream {
+        CachesStream {
+            instance: instance.to_owned(),
+            pool,
+            reader: Mutex::new(CachesReader::new(instance, floor)),
+            invalidate,
+            position,
+            stats,
+        }
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, CachesReader> {
+        self.reader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How far this instance applied each writer's rows, as JSON
+    /// (`{"writer": position}`), for the cluster view.
+    pub fn positions_json(&self) -> Value {
+        json!(self.reader().positions())
+    }
+
+    fn apply_stored(&self, rows: Vec<(i64, String, Invalidation)>) {
+        for (id, writer, invalidation) in rows {
+            let take = self.reader().take_stored(&writer, id);
+            if take {
+                (self.invalidate)(&invalidation);
+                self.stats
+                    .caches_caught_up_rows
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl ReplicatedStream for CachesStream {
+    fn name(&self) -> &'static str {
+        CACHES_STREAM
+    }
+
+    /// Applies every invalidation stored since the previous subscription
+    /// began, whoever wrote it: rows published while this instance was not
+    /// subscribed are lost on Redis, and their writer may never announce
+    /// itself again.
+    fn subscribed(&self) -> BoxFuture<'_, Result<(), StreamError>> {
+        Box::pin(async move {
+            let last = storage::caches::last_allocated(&self.pool).await?;
+            let after = self.reader().read_back_after();
+            let rows = storage::caches::written_between(&self.pool, None, after, i64::MAX).await?;
+            self.reader().subscribed(last);
+            self.apply_stored(rows);
+            Ok(())
+        })
+    }
+
+    fn local_position(&self) -> Option<i64> {
+        Some(self.position.load(Ordering::Acquire))
+    }
+
+    /// Rows are written one at a time, each at its own id: nothing to claim.
+    fn idle_claim(&self) -> Option<i64> {
+        None
+    }
+
+    fn on_row(&self, writer: &str, token: i64, row: &Value) {
+        if !self.reader().take_published(writer, token) {
+            return;
+        }
+        match Invalidation::from_row(row) {
+            Some(invalidation) => (self.invalidate)(&invalidation),
+            None => {
+                tracing::warn!(writer = %writer, token, "replication: a caches row that is not an invalidation")
+            }
+        }
+        self.stats.applied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_position<'a>(
+        &'a self,
+        writer: &'a str,
+        new: i64,
+    ) -> BoxFuture<'a, Result<(), StreamError>> {
+        Box::pin(async move {
+            if writer == self.instance {
+                return Ok(());
+            }
+            let missing = self.reader().missing(writer, new);
+            if let Some((after, upto)) = missing {
+                let rows =
+                    storage::caches::written_between(&self.pool, Some(writer), after, upto).await?;
+                self.apply_stored(rows);
+            }
+            self.reader().caught_up(writer, new);
+            Ok(())
+        })
+    }
+
+    fn processed(&self) -> Vec<(String, i64)> {
+        let mut positions: Vec<(String, i64)> = self
+            .reader()
+            .positions()
+            .iter()
+            .map(|(writer, position)| (writer.clone(), *position))
+            .collect();
+        positions.sort();
+        positions
     }
 }
 

@@ -13,20 +13,18 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use lattice_actors::HmacKey;
+use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::caches::{CachesReader, Invalidate, Invalidation, CACHES_STREAM};
+use super::registry::{RegisteredStream, StreamError};
 use super::shared::SharedStream;
-use crate::roles::events::{stored_event_of_row, EVENTS_STREAM};
-use crate::storage;
-use crate::storage::rooms::StoredEvent;
 
 /// One replication command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,11 +230,19 @@ mod tests {
                 ..LoadedPositions::default()
             },
         );
-        let stream = SharedStream::new(positions, Notifier::new(1));
+        let stream = SharedStream::new("events", positions, Notifier::new());
         let stats = ReplicationStats::default();
+        let processed = |stream: &SharedStream| {
+            stream.read(|p| {
+                p.writers()
+                    .iter()
+                    .map(|w| (w.clone(), p.current_token_for_writer(w)))
+                    .collect::<Vec<_>>()
+            })
+        };
         let lags = |stats: &ReplicationStats| {
             stats
-                .events_lag(&stream)
+                .lag("events", processed(&stream))
                 .iter()
                 .map(|l| (l.writer.clone(), l.announced, l.processed, l.lag()))
                 .collect::<Vec<_>>()
@@ -247,8 +253,8 @@ mod tests {
             vec![("events1".into(), 5, 5, 0), ("events2".into(), 5, 5, 0)]
         );
 
-        stats.announce(EVENTS_STREAM, "events1", 9);
-        stats.announce(EVENTS_STREAM, "events1", 7);
+        stats.announce("events", "events1", 9);
+        stats.announce("events", "events1", 7);
         assert_eq!(lags(&stats)[0], ("events1".into(), 9, 5, 4));
 
         stream.update(|p| p.advance("events1", 8));
@@ -258,7 +264,7 @@ mod tests {
         // Caught up from PostgreSQL beyond the last announcement: not negative.
         stream.update(|p| p.advance("events2", 12));
         assert_eq!(lags(&stats)[1], ("events2".into(), 12, 12, 0));
-        stats.announce(EVENTS_STREAM, "events2", 10);
+        stats.announce("events", "events2", 10);
         assert_eq!(lags(&stats)[1], ("events2".into(), 10, 12, 0));
     }
 
@@ -323,9 +329,6 @@ pub struct ReplicationStats {
     /// instance has processed it yet: what replication lag is measured
     /// against.
     announced: Mutex<BTreeMap<String, BTreeMap<String, i64>>>,
-    /// The `caches` stream as the reader sees it: how far each writer's
-    /// rows are applied (the events stream's are in its `SharedStream`).
-    caches: Mutex<CachesReader>,
 }
 
 /// How far this instance's view of one writer of one stream is behind what
@@ -376,64 +379,166 @@ impl ReplicationStats {
         *latest = (*latest).max(position);
     }
 
-    fn caches(&self) -> std::sync::MutexGuard<'_, CachesReader> {
-        self.caches.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// How far this instance applied each writer's `caches` rows, as JSON
-    /// (`{"writer": position}`).
-    pub fn caches_positions(&self) -> serde_json::Value {
-        serde_json::json!(self.caches().positions())
-    }
-
-    /// The lag of every writer of the `caches` stream this instance heard
-    /// of (any instance may write it, so the writers are those heard).
-    pub fn caches_lag(&self) -> Vec<WriterLag> {
+    /// The lag of each writer of `stream`, from how far this instance
+    /// processed each (`processed`, in the order given).
+    pub fn lag(&self, stream: &str, processed: Vec<(String, i64)>) -> Vec<WriterLag> {
         let announced = self
             .announced
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let heard = announced.get(CACHES_STREAM);
-        self.caches()
-            .positions()
-            .iter()
+        let heard = announced.get(stream);
+        processed
+            .into_iter()
             .map(|(writer, processed)| WriterLag {
-                stream: CACHES_STREAM.to_owned(),
-                writer: writer.clone(),
+                stream: stream.to_owned(),
                 announced: heard
-                    .and_then(|writers| writers.get(writer))
+                    .and_then(|writers| writers.get(&writer))
                     .copied()
-                    .unwrap_or(*processed),
-                processed: *processed,
+                    .unwrap_or(processed),
+                writer,
+                processed,
             })
             .collect()
     }
+}
 
-    /// The lag of every writer of the events stream, as this instance sees
-    /// it through `stream` (in writer order).
-    pub fn events_lag(&self, stream: &SharedStream) -> Vec<WriterLag> {
-        let announced = self
-            .announced
+/// What replication needs of one stream on one instance, whatever its
+/// bookkeeping: [`PositionedStream`] for the streams of the registry, the
+/// `caches` stream's own for it. Replication never names a stream.
+pub trait ReplicatedStream: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// A subscription began (before `REPLICATE` is sent): rows of every
+    /// writer are dropped until its `POSITION` on this subscription.
+    fn subscribed(&self) -> BoxFuture<'_, Result<(), StreamError>>;
+
+    /// The position to announce when asked (`REPLICATE`), when this
+    /// instance writes the stream.
+    fn local_position(&self) -> Option<i64>;
+
+    /// A position this writer may claim without writing (idle claim).
+    fn idle_claim(&self) -> Option<i64>;
+
+    /// An `RDATA` row from another instance.
+    fn on_row(&self, writer: &str, token: i64, row: &Value);
+
+    /// A `POSITION` from another instance: catch up the gap, then advance.
+    fn on_position<'a>(
+        &'a self,
+        writer: &'a str,
+        new: i64,
+    ) -> BoxFuture<'a, Result<(), StreamError>>;
+
+    /// How far this instance processed each writer, for the lag.
+    fn processed(&self) -> Vec<(String, i64)>;
+}
+
+/// A stream of the registry as replication drives it: rows of a writer are
+/// applied in order once its first `POSITION` on the current subscription
+/// was caught up (from PostgreSQL, or by asking the writer), exactly as
+/// Synapse's `ReplicationCommandHandler` does (reference §2.5).
+pub struct PositionedStream {
+    stream: RegisteredStream,
+    instance: String,
+    stats: Arc<ReplicationStats>,
+    /// The writers whose POSITION this subscription has caught up.
+    connected: Mutex<HashSet<String>>,
+}
+
+impl PositionedStream {
+    pub fn new(
+        stream: RegisteredStream,
+        instance: &str,
+        stats: Arc<ReplicationStats>,
+    ) -> PositionedStream {
+        PositionedStream {
+            stream,
+            instance: instance.to_owned(),
+            stats,
+            connected: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn connected(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.connected
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let heard = announced.get(EVENTS_STREAM);
-        stream.read(|positions| {
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn positions(&self) -> &SharedStream {
+        &self.stream.positions
+    }
+}
+
+impl ReplicatedStream for PositionedStream {
+    fn name(&self) -> &'static str {
+        self.stream.spec().name
+    }
+
+    fn subscribed(&self) -> BoxFuture<'_, Result<(), StreamError>> {
+        self.connected().clear();
+        Box::pin(async { Ok(()) })
+    }
+
+    fn local_position(&self) -> Option<i64> {
+        self.stream
+            .writer
+            .as_ref()
+            .map(|_| self.positions().writer_position(&self.instance))
+    }
+
+    fn idle_claim(&self) -> Option<i64> {
+        self.stream.writer.as_ref()?;
+        self.positions().read(|p| p.idle_claim())
+    }
+
+    fn on_row(&self, writer: &str, token: i64, row: &Value) {
+        if writer == self.instance || !self.connected().contains(writer) {
+            return;
+        }
+        if token <= self.positions().writer_position(writer) {
+            return;
+        }
+        self.stream.rows.apply(writer, token, row);
+        self.positions()
+            .record(self.stream.rows.keys(row), token, |p| {
+                p.advance(writer, token)
+            });
+        self.stats.applied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_position<'a>(
+        &'a self,
+        writer: &'a str,
+        new: i64,
+    ) -> BoxFuture<'a, Result<(), StreamError>> {
+        Box::pin(async move {
+            if writer == self.instance {
+                return Ok(());
+            }
+            let current = self.positions().writer_position(writer);
+            if new > current {
+                for (position, row) in self.stream.rows.read_rows(writer, current, new).await? {
+                    self.stream.rows.apply(writer, position, &row);
+                    self.positions()
+                        .record(self.stream.rows.keys(&row), position, |p| {
+                            p.advance(writer, position)
+                        });
+                    self.stats.caught_up_rows.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.positions().update(|p| p.advance(writer, new));
+            self.connected().insert(writer.to_owned());
+            Ok(())
+        })
+    }
+
+    fn processed(&self) -> Vec<(String, i64)> {
+        self.positions().read(|positions| {
             positions
                 .writers()
                 .iter()
-                .map(|writer| {
-                    let processed = positions.current_token_for_writer(writer);
-                    let announced = heard
-                        .and_then(|writers| writers.get(writer))
-                        .copied()
-                        .unwrap_or(processed);
-                    WriterLag {
-                        stream: EVENTS_STREAM.to_owned(),
-                        writer: writer.clone(),
-                        announced,
-                        processed,
-                    }
-                })
+                .map(|writer| (writer.clone(), positions.current_token_for_writer(writer)))
                 .collect()
         })
     }
@@ -447,11 +552,21 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// A publisher whose commands wait in `queue` until
+    /// [`Replication::start`] publishes them.
+    pub fn new() -> (Publisher, PublishQueue) {
+        let (commands, queue) = mpsc::unbounded_channel();
+        (Publisher { commands }, PublishQueue(queue))
+    }
+
     pub fn publish(&self, command: Command) {
         // The task ends only with the node; then nobody needs the command.
         let _ = self.commands.send(command);
     }
 }
+
+/// The commands a [`Publisher`] queued, for the publishing task.
+pub struct PublishQueue(mpsc::UnboundedReceiver<Command>);
 
 /// Where and as whom an instance replicates.
 pub struct ReplicationConfig {
@@ -461,29 +576,12 @@ pub struct ReplicationConfig {
     pub channel: String,
     pub instance: String,
     pub key: Option<HmacKey>,
-    /// Whether this instance writes the events stream (answers REPLICATE and
-    /// announces idle positions).
-    pub events_writer: bool,
-    /// Applies an invalidation another instance wrote on the `caches` stream.
-    pub invalidate: Invalidate,
-    /// This instance's position on the `caches` stream (its last row),
-    /// announced when asked; the [`super::caches::CachesWriter`] moves it.
-    pub caches_position: Arc<AtomicI64>,
-    /// The `caches` sequence's value before this instance cached anything.
-    pub caches_floor: i64,
-    /// Takes the events that an events row carries, before the row is
-    /// announced to this instance's long-polls.
-    pub new_events: NewEvents,
 }
-
-/// Takes events another instance persisted, in stream order, and the
-/// position they are announced at.
-pub type NewEvents = Arc<dyn Fn(&[StoredEvent], i64) + Send + Sync>;
 
 /// The running replication of one instance; dropping it stops its tasks.
 pub struct Replication {
-    pub publisher: Publisher,
     pub stats: Arc<ReplicationStats>,
+    streams: Vec<Arc<dyn ReplicatedStream>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -496,42 +594,47 @@ impl Drop for Replication {
 }
 
 impl Replication {
-    /// Starts publishing and reading; an unreachable Redis is retried in the
-    /// background.
-    pub fn start(config: ReplicationConfig, stream: SharedStream, pool: Pool) -> Replication {
+    /// Starts publishing what `publisher` queues and reading every stream
+    /// of `streams`; an unreachable Redis is retried in the background.
+    pub fn start(
+        config: ReplicationConfig,
+        publisher: Publisher,
+        queue: PublishQueue,
+        streams: Vec<Arc<dyn ReplicatedStream>>,
+        stats: Arc<ReplicationStats>,
+    ) -> Replication {
         let client = config.redis.clone();
-        let (commands, queue) = mpsc::unbounded_channel();
-        let publisher = Publisher { commands };
-        let stats = Arc::new(ReplicationStats {
-            caches: Mutex::new(CachesReader::new(&config.instance, config.caches_floor)),
-            ..ReplicationStats::default()
-        });
         let config = Arc::new(config);
-        let mut tasks = vec![tokio::spawn(publish_loop(
-            client.clone(),
-            config.clone(),
-            queue,
-        ))];
-        tasks.push(tokio::spawn(read_loop(
-            client,
-            config.clone(),
-            stream.clone(),
-            pool,
-            publisher.clone(),
-            stats.clone(),
-        )));
-        if config.events_writer {
-            tasks.push(tokio::spawn(announce_idle_positions(
-                config,
-                stream,
+        let streams_by_name: Arc<BTreeMap<&'static str, Arc<dyn ReplicatedStream>>> = Arc::new(
+            streams
+                .iter()
+                .map(|stream| (stream.name(), Arc::clone(stream)))
+                .collect(),
+        );
+        let tasks = vec![
+            tokio::spawn(publish_loop(client.clone(), config.clone(), queue.0)),
+            tokio::spawn(read_loop(
+                client,
+                config.clone(),
+                streams_by_name.clone(),
                 publisher.clone(),
-            )));
-        }
+                stats.clone(),
+            )),
+            tokio::spawn(announce_idle_positions(config, streams_by_name, publisher)),
+        ];
         Replication {
-            publisher,
             stats,
+            streams,
             tasks,
         }
+    }
+
+    /// The lag of every writer of every stream, as this instance sees it.
+    pub fn lags(&self) -> Vec<WriterLag> {
+        self.streams
+            .iter()
+            .flat_map(|stream| self.stats.lag(stream.name(), stream.processed()))
+            .collect()
     }
 }
 
@@ -596,29 +699,37 @@ async fn publish_loop(
     }
 }
 
+type StreamsByName = Arc<BTreeMap<&'static str, Arc<dyn ReplicatedStream>>>;
+
 /// Writers announce their position when it moved without a write of their
 /// own (an idle writer claims what others allocated), so one quiet writer
 /// never holds back everyone's persisted-up-to position.
 async fn announce_idle_positions(
     config: Arc<ReplicationConfig>,
-    stream: SharedStream,
+    streams: StreamsByName,
     publisher: Publisher,
 ) {
-    let mut announced = stream.read(|p| p.current_token_for_writer(&config.instance));
+    let mut announced: BTreeMap<&'static str, i64> = streams
+        .values()
+        .filter_map(|stream| Some((stream.name(), stream.local_position()?)))
+        .collect();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
-        let Some(claim) = stream.read(|p| p.idle_claim()) else {
-            continue;
-        };
-        if claim > announced {
-            publisher.publish(Command::Position {
-                stream: EVENTS_STREAM.to_owned(),
-                instance: config.instance.clone(),
-                prev: announced,
-                new: claim,
-            });
-            announced = claim;
+        for stream in streams.values() {
+            let Some(claim) = stream.idle_claim() else {
+                continue;
+            };
+            let last = announced.entry(stream.name()).or_insert(0);
+            if claim > *last {
+                publisher.publish(Command::Position {
+                    stream: stream.name().to_owned(),
+                    instance: config.instance.clone(),
+                    prev: *last,
+                    new: claim,
+                });
+                *last = claim;
+            }
         }
     }
 }
@@ -626,13 +737,12 @@ async fn announce_idle_positions(
 async fn read_loop(
     client: redis::Client,
     config: Arc<ReplicationConfig>,
-    stream: SharedStream,
-    pool: Pool,
+    streams: StreamsByName,
     publisher: Publisher,
     stats: Arc<ReplicationStats>,
 ) {
     loop {
-        match read_connection(&client, &config, &stream, &pool, &publisher, &stats).await {
+        match read_connection(&client, &config, &streams, &publisher, &stats).await {
             Ok(()) => tracing::warn!("replication: subscription ended, reconnecting"),
             Err(error) => {
                 tracing::warn!(error = %error, "replication: subscription failed, reconnecting")
@@ -643,27 +753,37 @@ async fn read_loop(
     }
 }
 
+/// Answers `REPLICATE`: the position of every stream this instance writes.
+fn announce_positions(config: &ReplicationConfig, streams: &StreamsByName, publisher: &Publisher) {
+    for stream in streams.values() {
+        if let Some(position) = stream.local_position() {
+            publisher.publish(Command::Position {
+                stream: stream.name().to_owned(),
+                instance: config.instance.clone(),
+                prev: position,
+                new: position,
+            });
+        }
+    }
+}
+
 /// One subscription: subscribe, ask every writer for its position, then apply
 /// what arrives in order. Rows of a writer are applied only after its first
-/// POSITION on this subscription, which catches up what was missed from
-/// PostgreSQL.
+/// POSITION on this subscription, which catches up what was missed.
 async fn read_connection(
     client: &redis::Client,
     config: &ReplicationConfig,
-    stream: &SharedStream,
-    pool: &Pool,
+    streams: &StreamsByName,
     publisher: &Publisher,
     stats: &ReplicationStats,
 ) -> Result<(), ReplicationError> {
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(&config.channel).await?;
-    read_back_caches(config, pool, stats).await?;
-    publisher.publish(Command::Replicate);
-    if config.events_writer {
-        announce_position(config, stream, publisher);
+    for stream in streams.values() {
+        stream.subscribed().await?;
     }
-    announce_caches_position(config, publisher);
-    let mut connected: HashSet<String> = HashSet::new();
+    publisher.publish(Command::Replicate);
+    announce_positions(config, streams, publisher);
     let mut messages = pubsub.on_message();
     while let Some(message) = messages.next().await {
         let Ok(line) = message.get_payload::<String>() else {
@@ -680,196 +800,44 @@ async fn read_connection(
             }
         };
         match command {
-            Command::Replicate => {
-                if config.events_writer {
-                    announce_position(config, stream, publisher);
-                }
-                announce_caches_position(config, publisher);
-            }
+            Command::Replicate => announce_positions(config, streams, publisher),
             Command::Rdata {
-                stream: name,
-                instance,
-                token: Some(token),
-                row,
-            } if name == CACHES_STREAM => {
-                if instance != config.instance {
-                    stats.announce(&name, &instance, token);
-                }
-                if stats.caches().take_published(&instance, token) {
-                    match Invalidation::from_row(&row) {
-                        Some(invalidation) => (config.invalidate)(&invalidation),
-                        None => {
-                            tracing::warn!(writer = %instance, token, "replication: a caches row that is not an invalidation")
-                        }
-                    }
-                    stats.applied.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Command::Position {
-                stream: name,
-                instance,
-                new,
-                ..
-            } if name == CACHES_STREAM => {
-                if instance == config.instance {
-                    continue;
-                }
-                stats.announce(&name, &instance, new);
-                let missing = stats.caches().missing(&instance, new);
-                if let Some((after, upto)) = missing {
-                    let rows = storage::caches::written_between(pool, Some(&instance), after, upto)
-                        .await?;
-                    apply_stored_invalidations(config, stats, rows);
-                }
-                stats.caches().caught_up(&instance, new);
-            }
-            Command::Rdata {
-                stream: name,
+                stream,
                 instance,
                 token,
                 row,
             } => {
-                if name != EVENTS_STREAM || instance == config.instance {
+                // Rows of a batch come with the token of its last row; no
+                // writer here sends batches.
+                let (Some(token), Some(replicated)) = (token, streams.get(stream.as_str())) else {
+                    continue;
+                };
+                if instance == config.instance {
                     continue;
                 }
-                let Some(token) = token else { continue };
                 // Announced even while its rows are still dropped (before
                 // the writer's first POSITION): that is lag too.
-                stats.announce(&name, &instance, token);
-                if !connected.contains(&instance) {
-                    continue;
-                }
-                if token <= stream.read(|p| p.current_token_for_writer(&instance)) {
-                    continue;
-                }
-                if let Some(event) = stored_event_of_row(token, &row) {
-                    (config.new_events)(std::slice::from_ref(&event), token);
-                }
-                stream.record(row_keys(&row), token, |p| p.advance(&instance, token));
-                stats.applied.fetch_add(1, Ordering::Relaxed);
+                stats.announce(&stream, &instance, token);
+                replicated.on_row(&instance, token, &row);
             }
             Command::Position {
-                stream: name,
+                stream,
                 instance,
                 new,
                 ..
             } => {
-                if name != EVENTS_STREAM || instance == config.instance {
+                let Some(replicated) = streams.get(stream.as_str()) else {
+                    continue;
+                };
+                if instance == config.instance {
                     continue;
                 }
-                stats.announce(&name, &instance, new);
-                catch_up(pool, stream, &instance, new, stats).await?;
-                connected.insert(instance);
+                stats.announce(&stream, &instance, new);
+                replicated.on_position(&instance, new).await?;
             }
         }
     }
     Ok(())
-}
-
-fn announce_caches_position(config: &ReplicationConfig, publisher: &Publisher) {
-    let position = config.caches_position.load(Ordering::Acquire);
-    publisher.publish(Command::Position {
-        stream: CACHES_STREAM.to_owned(),
-        instance: config.instance.clone(),
-        prev: position,
-        new: position,
-    });
-}
-
-/// On a new subscription, applies every invalidation stored since the
-/// previous one began, whoever wrote it: rows published while this instance
-/// was not subscribed are lost on Redis, and their writer may never announce
-/// itself again.
-async fn read_back_caches(
-    config: &ReplicationConfig,
-    pool: &Pool,
-    stats: &ReplicationStats,
-) -> Result<(), ReplicationError> {
-    let last = storage::caches::last_allocated(pool).await?;
-    let after = stats.caches().read_back_after();
-    let rows = storage::caches::written_between(pool, None, after, i64::MAX).await?;
-    stats.caches().subscribed(last);
-    apply_stored_invalidations(config, stats, rows);
-    Ok(())
-}
-
-fn apply_stored_invalidations(
-    config: &ReplicationConfig,
-    stats: &ReplicationStats,
-    rows: Vec<(i64, String, Invalidation)>,
-) {
-    for (id, writer, invalidation) in rows {
-        let take = stats.caches().take_stored(&writer, id);
-        if take {
-            (config.invalidate)(&invalidation);
-            stats.caches_caught_up_rows.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-fn announce_position(config: &ReplicationConfig, stream: &SharedStream, publisher: &Publisher) {
-    let position = stream.read(|p| p.current_token_for_writer(&config.instance));
-    publisher.publish(Command::Position {
-        stream: EVENTS_STREAM.to_owned(),
-        instance: config.instance.clone(),
-        prev: position,
-        new: position,
-    });
-}
-
-/// Reads the rows `writer` persisted after our view of it, up to `new`, from
-/// PostgreSQL, and applies them in order.
-async fn catch_up(
-    pool: &Pool,
-    stream: &SharedStream,
-    writer: &str,
-    new: i64,
-    stats: &ReplicationStats,
-) -> Result<(), ReplicationError> {
-    let current = stream.read(|p| p.current_token_for_writer(writer));
-    if new > current {
-        let client = pool.get().await?;
-        let rows = client
-            .query(
-                "SELECT stream_ordering, event_id, room_id, type, state_key, pdu -> 'content' -> 'membership'
-                 FROM events WHERE instance_name = $1 AND stream_ordering > $2 AND stream_ordering <= $3
-                 ORDER BY stream_ordering",
-                &[&writer, &current, &new],
-            )
-            .await?;
-        for row in &rows {
-            let position: i64 = row.get(0);
-            let membership: Option<serde_json::Value> = row.get(5);
-            let event_row = serde_json::json!([
-                row.get::<_, String>(1),
-                row.get::<_, String>(2),
-                row.get::<_, String>(3),
-                row.get::<_, Option<String>>(4),
-                membership,
-            ]);
-            stream.record(row_keys(&event_row), position, |p| {
-                p.advance(writer, position)
-            });
-            stats.caught_up_rows.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    stream.update(|p| p.advance(writer, new));
-    Ok(())
-}
-
-/// The notifier keys an events row concerns: its room, and for member
-/// events the member (so invitees wake).
-fn row_keys(row: &serde_json::Value) -> Vec<String> {
-    let mut keys = Vec::new();
-    if let Some(room_id) = row.get(1).and_then(serde_json::Value::as_str) {
-        keys.push(room_id.to_owned());
-    }
-    if row.get(2).and_then(serde_json::Value::as_str) == Some("m.room.member") {
-        if let Some(user_id) = row.get(3).and_then(serde_json::Value::as_str) {
-            keys.push(user_id.to_owned());
-        }
-    }
-    keys
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -877,9 +845,5 @@ enum ReplicationError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
-    Storage(#[from] crate::storage::StorageError),
-    #[error("database: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
-    #[error("database pool: {0}")]
-    Pool(#[from] deadpool_postgres::PoolError),
+    Stream(#[from] StreamError),
 }

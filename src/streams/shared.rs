@@ -1,7 +1,8 @@
-//! One process's view of the events stream, shared by the local writer (if
-//! this instance persists events) and the replication reader (which hears of
-//! every other writer). Every change re-derives the notifier's position from
-//! it, so long-polls wake at the persisted-up-to position of all writers.
+//! One process's view of one stream, shared by the local writer (if this
+//! instance writes the stream) and the replication reader (which hears of
+//! every other writer). Every change re-derives the notifier's position of
+//! the stream from it, so long-polls wake at the persisted-up-to position of
+//! all writers.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use super::notifier::Notifier;
 
 #[derive(Clone)]
 pub struct SharedStream {
+    name: &'static str,
     positions: Arc<Mutex<StreamPositions>>,
     notifier: Notifier,
     /// Bumped on every change, for callers waiting on one writer's position.
@@ -20,10 +22,11 @@ pub struct SharedStream {
 }
 
 impl SharedStream {
-    pub fn new(positions: StreamPositions, notifier: Notifier) -> SharedStream {
-        notifier.forget_changes_until(positions.persisted_upto());
-        notifier.on_new_events(positions.persisted_upto(), Vec::<String>::new());
+    pub fn new(name: &'static str, positions: StreamPositions, notifier: Notifier) -> SharedStream {
+        notifier.forget_changes_until(name, positions.persisted_upto());
+        notifier.on_new_rows(name, positions.persisted_upto(), Vec::<String>::new());
         SharedStream {
+            name,
             positions: Arc::new(Mutex::new(positions)),
             notifier,
             changes: Arc::new(watch::channel(0).0),
@@ -56,12 +59,12 @@ impl SharedStream {
         let (result, upto) = {
             let mut positions = self.lock();
             if !keys.is_empty() {
-                self.notifier.record_changes(&keys, position);
+                self.notifier.record_changes(self.name, &keys, position);
             }
             let result = f(&mut positions);
             (result, positions.persisted_upto())
         };
-        self.notifier.on_new_events(upto, keys);
+        self.notifier.on_new_rows(self.name, upto, keys);
         self.changes
             .send_modify(|version| *version = version.wrapping_add(1));
         result
@@ -92,8 +95,23 @@ impl SharedStream {
     /// Replaces the whole view (a writer restarting reloads it from the database).
     pub fn replace(&self, positions: StreamPositions) {
         self.notifier
-            .forget_changes_until(positions.persisted_upto());
+            .forget_changes_until(self.name, positions.persisted_upto());
         self.update(|current| *current = positions);
+    }
+
+    /// The stream's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The position up to which every writer has persisted.
+    pub fn persisted_upto(&self) -> i64 {
+        self.read(StreamPositions::persisted_upto)
+    }
+
+    /// How far this instance has seen `writer` go.
+    pub fn writer_position(&self, writer: &str) -> i64 {
+        self.read(|p| p.current_token_for_writer(writer))
     }
 
     pub fn notifier(&self) -> &Notifier {

@@ -325,8 +325,11 @@ impl Topology {
     /// Redis and a `replication_secret`.
     pub fn check_against(&self, config: &Config) -> Vec<Mistake> {
         let mut mistakes = Vec::new();
-        for (role, _) in Role::STREAM_WRITERS {
-            let stream = role.name();
+        for spec in crate::streams::registry::configured_streams() {
+            let stream = spec.name;
+            let Some(role) = Role::writing(stream) else {
+                continue;
+            };
             self.check_duty(
                 &mut mistakes,
                 &format!("stream_writers.{stream}"),
@@ -812,10 +815,6 @@ instances:
             (
                 writers("events", &["main"]),
                 "homeserver config: key `stream_writers.events`: `events1` has the `events` role in the topology but is not listed",
-            ),
-            (
-                writers("typing", &["events1"]),
-                "homeserver config: key `stream_writers.typing`: `events1` does not have the `typing` role in the topology",
             ),
             (
                 pushers,

@@ -22,6 +22,7 @@ use crate::node::Node;
 use crate::rooms::filter::Filter;
 use crate::storage::rooms;
 use crate::storage::rooms::{Membership, StoredEvent};
+use crate::streams::events::EVENTS_STREAM;
 use crate::streams::token::{RoomStreamToken, StreamToken};
 
 /// The longest a client may ask to wait.
@@ -262,7 +263,10 @@ async fn compute(
         .iter()
         .filter(|m| match since {
             Some(s) if !full_state => {
-                m.stream_ordering > s || node.notifier.has_changed_since(&m.room_id, s)
+                m.stream_ordering > s
+                    || node
+                        .notifier
+                        .has_changed_since(EVENTS_STREAM, &m.room_id, s)
             }
             _ => true,
         })

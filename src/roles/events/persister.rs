@@ -25,13 +25,9 @@ use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
 use crate::rooms::version::parse_supported;
 use crate::storage::rooms::{self as stored_rooms, StoredEvent};
 use crate::storage::{self, StorageError, StorageResult};
-use crate::streams::id_gen::StreamPositions;
-use crate::streams::replication::{Command, Publisher};
-use crate::streams::shared::SharedStream;
+use crate::streams::events::{event_row, EVENTS_STREAM, SPEC as EVENTS_SPEC};
+use crate::streams::writer::StreamWriter;
 use crate::util::{now_ms, random_string};
-
-/// The events stream's name in `stream_positions`.
-pub const EVENTS_STREAM: &str = "events";
 
 /// The largest PDU the spec allows, in bytes of canonical JSON.
 const MAX_PDU_BYTES: usize = 65_536;
@@ -60,11 +56,10 @@ pub struct EventPersister {
     rooms: RoomHeads,
     /// This process's view of the events stream (DESIGN §3), shared with the
     /// replication reader; reloaded when an incarnation starts.
-    stream: SharedStream,
+    /// The events stream's writing end: positions, wake-ups, replication.
+    writer: StreamWriter,
     /// Every writer of the events stream, in config order.
     writers: Vec<String>,
-    /// Announces committed rows to the other instances (split deployments).
-    publisher: Option<Publisher>,
     /// This instance's recent events of each room, given each committed
     /// event before it is announced.
     recent_events: Arc<RecentEventsCache>,
@@ -81,9 +76,8 @@ impl EventPersister {
         instance_name: String,
         server_name: OwnedServerName,
         key_pair: Ed25519KeyPair,
-        stream: SharedStream,
+        writer: StreamWriter,
         writers: Vec<String>,
-        publisher: Option<Publisher>,
         recent_events: Arc<RecentEventsCache>,
         cached_rooms: usize,
     ) -> EventPersister {
@@ -93,9 +87,8 @@ impl EventPersister {
             server_name,
             key_pair,
             rooms: RoomHeads::new(cached_rooms),
-            stream,
+            writer,
             writers,
-            publisher,
             recent_events,
             events_persisted: 0,
             writes_failed: 0,
@@ -639,29 +632,10 @@ impl EventPersister {
         events: &[NewEvent],
     ) -> StorageResult<Vec<Persisted>> {
         let mut client = self.pool.get().await?;
-        let fetch = self
-            .stream
-            .update(|p| p.begin_fetch())
-            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        let count = events.len() as i64;
-        let allocated = client
-            .query(
-                "SELECT nextval('events_stream_seq') FROM generate_series(1::bigint, $1::bigint)",
-                &[&count],
-            )
-            .await;
-        let positions: Vec<i64> = match allocated {
-            Ok(rows) => rows.iter().map(|row| row.get(0)).collect(),
-            Err(error) => {
-                self.stream.update(|p| p.end_fetch(fetch, &[]));
-                return Err(error.into());
-            }
-        };
-        self.stream.update(|p| p.end_fetch(fetch, &positions));
-        let result = rows::commit(&mut client, &self.instance_name, room, events, &positions).await;
+        let positions = self.writer.allocate(&**client, events.len()).await?;
+        let result = rows::commit(&mut client, &self.writer, room, events, &positions).await;
         if result.is_err() {
-            // Rolled-back positions count as finished: they are gaps, never rows.
-            self.stream.update(|p| p.mark_finished(&positions));
+            self.writer.abandon(&positions);
         }
         let (persisted, state_groups) = result?;
         for (room_id, group) in state_groups {
@@ -679,7 +653,6 @@ impl EventPersister {
                 }
             }
         }
-        keys.dedup();
         let last = positions.iter().copied().max().unwrap_or(0);
         let stored: Vec<StoredEvent> = events
             .iter()
@@ -687,70 +660,15 @@ impl EventPersister {
             .map(|(event, &position)| stored_event(event, position))
             .collect();
         self.recent_events
-            .extend(self.stream.notifier(), &stored, last);
-        self.stream
-            .record(keys, last, |p| p.mark_finished(&positions));
-        if let Some(publisher) = &self.publisher {
-            for event in &stored {
-                publisher.publish(Command::Rdata {
-                    stream: EVENTS_STREAM.to_owned(),
-                    instance: self.instance_name.clone(),
-                    token: Some(event.stream_ordering),
-                    row: event_row(event),
-                });
-            }
-        }
+            .extend(self.writer.stream().notifier(), &stored, last);
+        self.writer.finish_with_keys(&positions, keys, || {
+            stored
+                .iter()
+                .map(|event| (event.stream_ordering, event_row(event)))
+                .collect()
+        });
         Ok(persisted)
     }
-}
-
-/// An events stream row as replication carries it: what readers need to
-/// wake the right long-polls without reading the event (Synapse's columns),
-/// then the stored event itself, so that readers can serve it from memory.
-pub fn event_row(event: &StoredEvent) -> Value {
-    let membership = (event.kind == "m.room.member")
-        .then(|| event.content().get("membership").cloned())
-        .flatten();
-    json!([
-        event.event_id,
-        event.room_id,
-        event.kind,
-        event.state_key,
-        membership,
-        {
-            "depth": event.depth,
-            "sender": event.sender,
-            "origin_server_ts": event.origin_server_ts,
-            "pdu": *event.pdu,
-            "txn_device_id": event.txn_device_id,
-            "txn_id": event.txn_id,
-        },
-    ])
-}
-
-/// The stored event an events row carries (None for rows without one: read
-/// from the database by a catch-up, or from an older writer).
-pub fn stored_event_of_row(position: i64, row: &Value) -> Option<StoredEvent> {
-    let text = |value: &Value| value.as_str().map(str::to_owned);
-    let optional_text = |value: &Value| match value {
-        Value::Null => Some(None),
-        value => text(value).map(Some),
-    };
-    let event = row.get(5)?;
-    Some(StoredEvent {
-        stream_ordering: position,
-        event_id: text(row.get(0)?)?,
-        room_id: text(row.get(1)?)?,
-        kind: text(row.get(2)?)?,
-        state_key: optional_text(row.get(3)?)?,
-        depth: event.get("depth")?.as_i64()?,
-        sender: text(event.get("sender")?)?,
-        origin_server_ts: event.get("origin_server_ts")?.as_i64()?,
-        pdu: Arc::new(event.get("pdu")?.clone()),
-        redacted_by: None,
-        txn_device_id: optional_text(event.get("txn_device_id")?)?,
-        txn_id: optional_text(event.get("txn_id")?)?,
-    })
 }
 
 /// Parses a PDU as stored (its federation JSON).
@@ -862,13 +780,13 @@ impl Actor for EventPersister {
         self.rooms.clear();
         let positions = storage::streams::load_positions(
             &self.pool,
-            &storage::streams::EVENTS,
+            &EVENTS_SPEC,
             &self.instance_name,
             &self.writers,
         )
         .await
         .map_err(|e| e.to_string())?;
-        self.stream.replace(positions);
+        self.writer.stream().replace(positions);
         Ok(())
     }
 
@@ -876,8 +794,8 @@ impl Actor for EventPersister {
         json!({
             "instance": self.instance_name,
             "stream": EVENTS_STREAM,
-            "stream_position": self.stream.read(StreamPositions::persisted_upto),
-            "writer_position": self.stream.read(|p| p.current_token_for_writer(&self.instance_name)),
+            "stream_position": self.writer.stream().persisted_upto(),
+            "writer_position": self.writer.stream().writer_position(&self.instance_name),
             "events_persisted": self.events_persisted,
             "writes_failed": self.writes_failed,
             "groups_split": self.groups_split,
@@ -925,38 +843,5 @@ impl Handler<CreateRoom> for EventPersister {
         let answer = self.create_room(msg).await;
         self.rooms.evict_beyond_capacity();
         Ok(answer)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_events_row_carries_the_stored_event() {
-        let event = StoredEvent {
-            stream_ordering: 42,
-            event_id: "$e".into(),
-            room_id: "!r:x".into(),
-            depth: 7,
-            sender: "@a:x".into(),
-            kind: "m.room.member".into(),
-            state_key: Some("@a:x".into()),
-            origin_server_ts: 1_700_000_000_000,
-            pdu: Arc::new(json!({ "content": { "membership": "join" }, "depth": 7 })),
-            redacted_by: None,
-            txn_device_id: Some("DEV".into()),
-            txn_id: None,
-        };
-        let row = event_row(&event);
-        // Synapse's columns first: what wakes the right long-polls.
-        assert_eq!(row[0], "$e");
-        assert_eq!(row[4], "join");
-        let read = stored_event_of_row(42, &row).expect("a stored event");
-        assert_eq!(format!("{read:?}"), format!("{event:?}"));
-        // A catch-up row (read from the database) carries none.
-        assert!(
-            stored_event_of_row(42, &json!(["$e", "!r:x", "m.room.message", null, null])).is_none()
-        );
     }
 }

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use ruma::CanonicalJsonValue;
 use serde_json::{json, Value};
 
-use super::persister::EVENTS_STREAM;
 use super::{Persisted, SendEvent, Transaction};
 use crate::rooms::pdu::Pdu;
 use crate::storage::rooms::StoredEvent;
 use crate::storage::StorageResult;
+use crate::streams::writer::StreamWriter;
 use crate::util::now_ms;
 
 /// One event ready to be written.
@@ -58,11 +58,12 @@ pub enum StateGroupChange {
 /// writer's position in the events stream.
 pub async fn commit(
     client: &mut deadpool_postgres::Object,
-    instance_name: &str,
+    writer: &StreamWriter,
     room: Option<RoomRow>,
     events: &[NewEvent],
     positions: &[i64],
 ) -> StorageResult<(Vec<Persisted>, HashMap<String, i64>)> {
+    let instance_name = writer.instance();
     let transaction = client.transaction().await?;
     if let Some(room) = &room {
         transaction
@@ -199,15 +200,7 @@ pub async fn commit(
             stream_ordering: *position,
         });
     }
-    let new_position = positions.iter().copied().max().unwrap_or(0);
-    transaction
-        .execute(
-            "INSERT INTO stream_positions (stream_name, instance_name, stream_id) VALUES ($1, $2, $3)
-             ON CONFLICT (stream_name, instance_name) DO UPDATE SET stream_id = EXCLUDED.stream_id
-             WHERE stream_positions.stream_id < EXCLUDED.stream_id",
-            &[&EVENTS_STREAM, &instance_name, &new_position],
-        )
-        .await?;
+    writer.store_position(&*transaction, positions).await?;
     transaction.commit().await?;
     Ok((persisted, current_groups))
 }

@@ -1,0 +1,274 @@
+//! The stream registry (DESIGN §3-4): every stream Lattice has, listed once.
+//!
+//! A stream is described twice over. Its static facts are a [`StreamSpec`]
+//! (its name, how its rows are sharded over writers, where they live, its
+//! place in the `/sync` token), a `const SPEC` in the stream's own module,
+//! listed in [`SPECS`]. Its behaviour on a running instance is a value
+//! implementing [`StreamRows`] (which keys a row wakes, how a reader catches
+//! up a gap, what a row from another instance changes here), made for each
+//! node by [`stream_rows`]. Replication, the notifier, metrics, the cluster
+//! view and the `/sync` token iterate over these; they never name a stream.
+//!
+//! Adding a stream: write `streams/<name>.rs` with its `SPEC` and its
+//! `StreamRows`, add the spec to [`SPECS`] and one line to [`stream_rows`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use super::id_gen::StreamPositions;
+use super::notifier::Notifier;
+use super::shared::SharedStream;
+use super::token::{MultiWriterStreamToken, RoomStreamToken, StreamKey, StreamToken};
+use super::writer::StreamWriter;
+use crate::storage::streams::StreamTable;
+
+/// What a stream's rows are sharded by over its writers (the key given to
+/// Synapse's sharding rule, `lattice_actors::shard_index`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardBy {
+    Room,
+    User,
+    /// Every instance writes rows of its own (the `caches` stream).
+    Instance,
+}
+
+/// Where a stream's rows live, which says how a reader catches up a gap.
+#[derive(Debug, Clone, Copy)]
+pub enum Storage {
+    /// Rows are stored: a reader reads the gap back from this table.
+    Postgres(&'static StreamTable),
+    /// Rows live in their writer's memory: a reader asks the writer.
+    Memory,
+}
+
+/// The component of the `/sync` token that holds a stream's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSlot {
+    Room,
+    Presence,
+    Typing,
+    Receipts,
+    AccountData,
+    PushRules,
+    ToDevice,
+    DeviceLists,
+}
+
+impl TokenSlot {
+    /// The component with `position` in it.
+    pub fn key(self, position: i64) -> StreamKey {
+        match self {
+            TokenSlot::Room => StreamKey::Room(RoomStreamToken::live(position)),
+            TokenSlot::Presence => StreamKey::Presence(position),
+            TokenSlot::Typing => StreamKey::Typing(position),
+            TokenSlot::Receipts => StreamKey::Receipts(MultiWriterStreamToken::new(position)),
+            TokenSlot::AccountData => StreamKey::AccountData(position),
+            TokenSlot::PushRules => StreamKey::PushRules(position),
+            TokenSlot::ToDevice => StreamKey::ToDevice(position),
+            TokenSlot::DeviceLists => StreamKey::DeviceLists(MultiWriterStreamToken::new(position)),
+        }
+    }
+
+    /// The position `token` holds in this component (its minimum, for a
+    /// vector clock: every writer has reached it).
+    pub fn position(self, token: &StreamToken) -> i64 {
+        match self {
+            TokenSlot::Room => token.room.stream(),
+            TokenSlot::Presence => token.presence,
+            TokenSlot::Typing => token.typing,
+            TokenSlot::Receipts => token.receipts.stream(),
+            TokenSlot::AccountData => token.account_data,
+            TokenSlot::PushRules => token.push_rules,
+            TokenSlot::ToDevice => token.to_device,
+            TokenSlot::DeviceLists => token.device_lists.stream(),
+        }
+    }
+}
+
+/// The static facts of one stream.
+#[derive(Debug)]
+pub struct StreamSpec {
+    /// The name on the wire (`RDATA <name> ...`), in `stream_positions`,
+    /// and the `stream_writers` key.
+    pub name: &'static str,
+    pub shard_by: ShardBy,
+    pub storage: Storage,
+    /// The PostgreSQL sequence its positions come from.
+    pub sequence: &'static str,
+    /// Its component of the `/sync` token (none: clients never wait on it).
+    pub token: Option<TokenSlot>,
+}
+
+impl StreamSpec {
+    /// Whether its writers are the instances `stream_writers` lists (every
+    /// stream but `caches`, which each instance writes for itself).
+    pub fn has_configured_writers(&self) -> bool {
+        self.shard_by != ShardBy::Instance
+    }
+}
+
+/// Every stream, in the order metrics and the cluster view list them.
+pub const SPECS: &[&StreamSpec] = &[&super::events::SPEC, &super::caches::SPEC];
+
+/// The spec of the stream named `name`.
+pub fn spec(name: &str) -> Option<&'static StreamSpec> {
+    SPECS.iter().copied().find(|spec| spec.name == name)
+}
+
+/// The streams whose writers `stream_writers` configures.
+pub fn configured_streams() -> impl Iterator<Item = &'static StreamSpec> {
+    SPECS
+        .iter()
+        .copied()
+        .filter(|spec| spec.has_configured_writers())
+}
+
+/// Why rows could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("database: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("asking writer `{writer}`: {message}")]
+    Writer { writer: String, message: String },
+}
+
+/// A stream's behaviour on a running instance.
+pub trait StreamRows: Send + Sync + 'static {
+    fn spec(&self) -> &'static StreamSpec;
+
+    /// The notifier keys (room ids, user ids) a row wakes.
+    fn keys(&self, row: &Value) -> Vec<String>;
+
+    /// The rows `writer` wrote with `after < position <= upto`, in order:
+    /// read back from PostgreSQL, or asked of the writer (memory streams).
+    fn read_rows<'a>(
+        &'a self,
+        writer: &'a str,
+        after: i64,
+        upto: i64,
+    ) -> BoxFuture<'a, Result<Vec<(i64, Value)>, StreamError>>;
+
+    /// Applies a row another instance wrote, before long-polls hear of it
+    /// (replicas, caches). A local writer updates local state itself.
+    fn apply(&self, _writer: &str, _position: i64, _row: &Value) {}
+}
+
+/// One stream on one instance: its facts, its behaviour, its positions, and
+/// its writing end when this instance writes it.
+#[derive(Clone)]
+pub struct RegisteredStream {
+    pub rows: Arc<dyn StreamRows>,
+    pub positions: SharedStream,
+    pub writer: Option<StreamWriter>,
+}
+
+impl RegisteredStream {
+    pub fn spec(&self) -> &'static StreamSpec {
+        self.rows.spec()
+    }
+}
+
+/// Every positioned stream of one instance (all but `caches`, whose
+/// bookkeeping is its own), by name. Cheap to clone.
+#[derive(Clone)]
+pub struct Streams {
+    notifier: Notifier,
+    streams: Arc<BTreeMap<&'static str, RegisteredStream>>,
+}
+
+impl Streams {
+    pub fn new(notifier: Notifier, streams: Vec<RegisteredStream>) -> Streams {
+        Streams {
+            notifier,
+            streams: Arc::new(
+                streams
+                    .into_iter()
+                    .map(|stream| (stream.spec().name, stream))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// This instance's view of the stream `name`.
+    pub fn get(&self, name: &str) -> Option<&SharedStream> {
+        self.streams.get(name).map(|stream| &stream.positions)
+    }
+
+    /// The stream `name` with its behaviour and writer.
+    pub fn registered(&self, name: &str) -> Option<&RegisteredStream> {
+        self.streams.get(name)
+    }
+
+    /// The writing end of `name`, when this instance writes it.
+    pub fn writer(&self, name: &str) -> Option<&StreamWriter> {
+        self.streams.get(name).and_then(|s| s.writer.as_ref())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &RegisteredStream> {
+        self.streams.values()
+    }
+
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
+    }
+
+    /// The `/sync` token of everything this instance has seen persisted
+    /// on every stream.
+    pub fn current_token(&self) -> StreamToken {
+        let mut token = StreamToken::START;
+        for stream in self.streams.values() {
+            if let Some(slot) = stream.spec().token {
+                token = token.copy_and_replace(slot.key(stream.positions.persisted_upto()));
+            }
+        }
+        token
+    }
+
+    /// `token` with every component no further than this instance has seen
+    /// (a token from the future, forged or from before a restore, is clamped).
+    pub fn clamp(&self, token: &StreamToken) -> StreamToken {
+        let mut clamped = token.clone();
+        for stream in self.streams.values() {
+            if let Some(slot) = stream.spec().token {
+                let position = slot.position(token).min(stream.positions.persisted_upto());
+                clamped = clamped.copy_and_replace(slot.key(position));
+            }
+        }
+        clamped
+    }
+}
+
+/// A stream's positions as loaded for `local_instance`, wrapped for sharing.
+pub fn shared(
+    spec: &'static StreamSpec,
+    positions: StreamPositions,
+    notifier: &Notifier,
+) -> SharedStream {
+    SharedStream::new(spec.name, positions, notifier.clone())
+}
+
+/// What a stream's behaviour may need of its node.
+pub struct NodeParts {
+    pub pool: deadpool_postgres::Pool,
+    pub notifier: Notifier,
+    pub recent_events: Arc<crate::caches::RecentEventsCache>,
+    /// To ask a memory stream's writers for rows.
+    pub mailboxes: Arc<crate::roles::Mailboxes>,
+}
+
+/// The behaviour of every stream whose writers `stream_writers` places,
+/// made for one node: one line per stream.
+pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
+    vec![Arc::new(super::events::EventsRows::new(
+        parts.pool.clone(),
+        parts.notifier.clone(),
+        parts.recent_events.clone(),
+    ))]
+}

@@ -1,0 +1,156 @@
+//! The writing end of a stream: the position bookkeeping of the multi-writer
+//! algorithm (`reference/synapse-workers.md` §5.3-5.4) that every writer
+//! needs, so that no writer copies it. A writer
+//! 1. [`allocates`](StreamWriter::allocate) positions from the stream's
+//!    sequence (the positions are unfinished until step 3),
+//! 2. writes its rows, with [`store_position`](StreamWriter::store_position)
+//!    in the same transaction (the `stream_positions` row readers catch up
+//!    to and a restarted writer resumes from),
+//! 3. [`finishes`](StreamWriter::finish) them once committed: the positions
+//!    are marked finished, the rows' keys are recorded and woken, and each row
+//!    is published as `RDATA`; or [`abandons`](StreamWriter::abandon) them
+//!    when the transaction rolled back (gaps, never rows).
+//!
+//! The idle claim (a writer with nothing in flight claims the highest
+//! position anyone allocated) and the answers to `REPLICATE` are made by
+//! replication for every stream this instance writes.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio_postgres::GenericClient;
+
+use super::registry::{StreamRows, StreamSpec};
+use super::replication::{Command, Publisher};
+use super::shared::SharedStream;
+use crate::storage::{StorageError, StorageResult};
+
+/// One instance's writing end of one stream. Cheap to clone.
+#[derive(Clone)]
+pub struct StreamWriter {
+    rows: Arc<dyn StreamRows>,
+    instance: String,
+    stream: SharedStream,
+    /// None in a single process: nobody else to tell.
+    publisher: Option<Publisher>,
+}
+
+impl StreamWriter {
+    pub fn new(
+        rows: Arc<dyn StreamRows>,
+        instance: &str,
+        stream: SharedStream,
+        publisher: Option<Publisher>,
+    ) -> StreamWriter {
+        StreamWriter {
+            rows,
+            instance: instance.to_owned(),
+            stream,
+            publisher,
+        }
+    }
+
+    pub fn spec(&self) -> &'static StreamSpec {
+        self.rows.spec()
+    }
+
+    /// This instance's name: the writer named in its rows and positions.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The stream as this instance sees it.
+    pub fn stream(&self) -> &SharedStream {
+        &self.stream
+    }
+
+    /// Allocates `count` positions from the stream's sequence. They hold back
+    /// this instance's position until finished or abandoned.
+    pub async fn allocate(
+        &self,
+        client: &impl GenericClient,
+        count: usize,
+    ) -> StorageResult<Vec<i64>> {
+        let fetch = self
+            .stream
+            .update(|p| p.begin_fetch())
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let allocated = client
+            .query(
+                &format!(
+                    "SELECT nextval('{}') FROM generate_series(1::bigint, $1::bigint)",
+                    self.spec().sequence
+                ),
+                &[&(count as i64)],
+            )
+            .await;
+        match allocated {
+            Ok(rows) => {
+                let positions: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+                self.stream.update(|p| p.end_fetch(fetch, &positions));
+                Ok(positions)
+            }
+            Err(error) => {
+                self.stream.update(|p| p.end_fetch(fetch, &[]));
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Records, inside the writer's transaction, that this instance has
+    /// written up to the largest of `positions`.
+    pub async fn store_position(
+        &self,
+        client: &impl GenericClient,
+        positions: &[i64],
+    ) -> StorageResult<()> {
+        let Some(position) = positions.iter().copied().max() else {
+            return Ok(());
+        };
+        crate::storage::streams::store_position(client, self.spec().name, &self.instance, position)
+            .await
+    }
+
+    /// Positions whose transaction rolled back: they count as finished, as
+    /// gaps that never hold a row.
+    pub fn abandon(&self, positions: &[i64]) {
+        self.stream.update(|p| p.mark_finished(positions));
+    }
+
+    /// After commit: marks `rows`' positions finished, records and wakes the
+    /// keys they concern, and publishes each row.
+    pub fn finish(&self, rows: Vec<(i64, Value)>) {
+        let keys = rows
+            .iter()
+            .flat_map(|(_, row)| self.rows.keys(row))
+            .collect();
+        let positions: Vec<i64> = rows.iter().map(|(position, _)| *position).collect();
+        self.finish_with_keys(&positions, keys, move || rows);
+    }
+
+    /// Like [`finish`](Self::finish) for a writer that knows the keys
+    /// without the rows: `rows` is called only when there is someone to
+    /// publish them to (never in a single process).
+    pub fn finish_with_keys(
+        &self,
+        positions: &[i64],
+        mut keys: Vec<String>,
+        rows: impl FnOnce() -> Vec<(i64, Value)>,
+    ) {
+        keys.sort_unstable();
+        keys.dedup();
+        let last = positions.iter().copied().max().unwrap_or(0);
+        self.stream
+            .record(keys, last, |p| p.mark_finished(positions));
+        if let Some(publisher) = &self.publisher {
+            for (position, row) in rows() {
+                publisher.publish(Command::Rdata {
+                    stream: self.spec().name.to_owned(),
+                    instance: self.instance.clone(),
+                    token: Some(position),
+                    row,
+                });
+            }
+        }
+    }
+}
