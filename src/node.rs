@@ -127,6 +127,7 @@ async fn heartbeat(node: Node, addr: SocketAddr) {
             pid: std::process::id() as i32,
             started_ts,
             events_position: node.notifier.events_position(),
+            stream_positions: serde_json::json!(node.notifier.positions_by_stream()),
             caches_positions: node
                 .replication
                 .as_ref()
@@ -417,7 +418,8 @@ impl Node {
             }
         }
 
-        let mut metrics = crate::api::metrics::Metrics::new(instance_name, Arc::clone(&supervisor));
+        let mut metrics = crate::api::metrics::Metrics::new(instance_name, Arc::clone(&supervisor))
+            .with_streams(notifier.clone());
         if let Some(transport) = transport {
             let served = endpoints
                 .iter()

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod caches;
+pub mod followers;
 pub mod instances;
 pub mod rooms;
 pub mod streams;
@@ -45,6 +46,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0005_scoped_transactions",
         include_str!("storage/migrations/0005_scoped_transactions.sql"),
+    ),
+    (
+        "0008_followers_and_positions",
+        include_str!("storage/migrations/0008_followers_and_positions.sql"),
     ),
 ];
 

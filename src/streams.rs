@@ -1,12 +1,14 @@
 //! Streams (DESIGN §3-4): the [`registry`] of every stream, each in a module
 //! of its own (its row, shard key and catch-up); positions and their id
-//! generator; the [`writer`] every stream's writer uses; the tokens clients
+//! generator; the [`writer`] every stream's writer uses; the [`follower`]
+//! that processes a stream in order from a stored checkpoint; the tokens clients
 //! hold; the notifier that wakes long-polls when a stream advances; and
 //! replication, which carries rows and positions between instances.
 
 pub mod caches;
 pub mod change_cache;
 pub mod events;
+pub mod follower;
 pub mod id_gen;
 pub mod notifier;
 pub mod registry;

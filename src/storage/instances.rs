@@ -13,6 +13,8 @@ pub struct Heartbeat<'a> {
     pub pid: i32,
     pub started_ts: i64,
     pub events_position: i64,
+    /// How far this instance has seen each stream persisted.
+    pub stream_positions: Value,
     /// How far this instance applied each writer's `caches` rows.
     pub caches_positions: Value,
 }
@@ -21,36 +23,61 @@ pub async fn beat(pool: &Pool, beat: &Heartbeat<'_>) -> StorageResult<()> {
     let client = pool.get().await?;
     client
         .execute(
-            "INSERT INTO instances (instance_name, roles, host, pid, started_ts, heartbeat_ts, events_position, caches_positions)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO instances (instance_name, roles, host, pid, started_ts, heartbeat_ts, events_position, caches_positions, stream_positions)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (instance_name) DO UPDATE SET roles = EXCLUDED.roles, host = EXCLUDED.host,
                pid = EXCLUDED.pid, started_ts = EXCLUDED.started_ts, heartbeat_ts = EXCLUDED.heartbeat_ts,
-               events_position = EXCLUDED.events_position, caches_positions = EXCLUDED.caches_positions",
-            &[&beat.instance, &beat.roles, &beat.host, &beat.pid, &beat.started_ts, &now_ms(), &beat.events_position, &beat.caches_positions],
+               events_position = EXCLUDED.events_position, caches_positions = EXCLUDED.caches_positions,
+               stream_positions = EXCLUDED.stream_positions",
+            &[&beat.instance, &beat.roles, &beat.host, &beat.pid, &beat.started_ts, &now_ms(), &beat.events_position, &beat.caches_positions, &beat.stream_positions],
         )
         .await?;
     Ok(())
 }
 
-/// Every instance seen, and the writers of the events and caches streams
-/// with each reader's lag.
+/// Every instance seen, and for every stream its writers' positions and
+/// each instance's view of it with its lag.
 pub async fn cluster(pool: &Pool) -> StorageResult<Value> {
     let client = pool.get().await?;
     let instances = client
         .query(
-            "SELECT instance_name, roles, host, pid, started_ts, heartbeat_ts, events_position
+            "SELECT instance_name, roles, host, pid, started_ts, heartbeat_ts, stream_positions
              FROM instances ORDER BY instance_name",
             &[],
         )
         .await?;
     let writers = client
-        .query("SELECT instance_name, stream_id FROM stream_positions WHERE stream_name = 'events' ORDER BY instance_name", &[])
+        .query(
+            "SELECT stream_name, instance_name, stream_id FROM stream_positions ORDER BY stream_name, instance_name",
+            &[],
+        )
         .await?;
-    let newest: i64 = writers
-        .iter()
-        .map(|w| w.get::<_, i64>(1))
-        .max()
-        .unwrap_or(0);
+    let mut streams = serde_json::Map::new();
+    for spec in crate::streams::registry::configured_streams() {
+        let stream_writers: Vec<(String, i64)> = writers
+            .iter()
+            .filter(|row| row.get::<_, String>(0) == spec.name)
+            .map(|row| (row.get(1), row.get(2)))
+            .collect();
+        let newest = stream_writers.iter().map(|(_, p)| *p).max().unwrap_or(0);
+        let readers: Vec<Value> = instances
+            .iter()
+            .map(|row| {
+                let positions: Value = row.get(6);
+                let position = positions.get(spec.name).and_then(Value::as_i64).unwrap_or(0);
+                json!({ "instance": row.get::<_, String>(0), "position": position, "lag": (newest - position).max(0) })
+            })
+            .collect();
+        let stream_writers: Vec<Value> = stream_writers
+            .iter()
+            .map(|(instance, position)| json!({ "instance": instance, "position": position }))
+            .collect();
+        streams.insert(
+            spec.name.to_owned(),
+            json!({ "writers": stream_writers, "readers": readers }),
+        );
+    }
+    streams.insert("caches".to_owned(), caches_stream(&client).await?);
     let instances: Vec<Value> = instances
         .iter()
         .map(|row| {
@@ -64,27 +91,7 @@ pub async fn cluster(pool: &Pool) -> StorageResult<Value> {
             })
         })
         .collect();
-    let readers: Vec<Value> = client
-        .query("SELECT instance_name, events_position FROM instances ORDER BY instance_name", &[])
-        .await?
-        .iter()
-        .map(|row| {
-            let position: i64 = row.get(1);
-            json!({ "instance": row.get::<_, String>(0), "position": position, "lag": (newest - position).max(0) })
-        })
-        .collect();
-    let writers: Vec<Value> = writers
-        .iter()
-        .map(|row| json!({ "instance": row.get::<_, String>(0), "position": row.get::<_, i64>(1) }))
-        .collect();
-    let caches = caches_stream(&client).await?;
-    Ok(json!({
-        "instances": instances,
-        "streams": {
-            "events": { "writers": writers, "readers": readers },
-            "caches": caches,
-        },
-    }))
+    Ok(json!({ "instances": instances, "streams": streams }))
 }
 
 /// The `caches` stream: every instance that wrote a row, at its last one,

@@ -272,3 +272,60 @@ pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
         parts.recent_events.clone(),
     ))]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::streams::id_gen::LoadedPositions;
+
+    #[test]
+    fn every_stream_is_listed_once_under_its_own_name() {
+        let mut names: Vec<&str> = SPECS.iter().map(|spec| spec.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), SPECS.len());
+        assert_eq!(spec("events").map(|s| s.name), Some("events"));
+        assert!(spec("nonsense").is_none());
+        // caches has no configured writers: every instance writes its own.
+        assert!(configured_streams().all(|spec| spec.name != "caches"));
+    }
+
+    /// A reader of `name` whose writer `w` is at `position`.
+    fn stream_at(name: &'static str, position: i64, notifier: &Notifier) -> SharedStream {
+        let positions = StreamPositions::new(
+            "reader",
+            &["w".to_owned()],
+            LoadedPositions {
+                stream_positions: vec![("w".to_owned(), position)],
+                ..LoadedPositions::default()
+            },
+        );
+        SharedStream::new(name, positions, notifier.clone())
+    }
+
+    #[test]
+    fn the_sync_token_holds_each_streams_position_in_its_slot() {
+        let notifier = Notifier::new();
+        let events = stream_at("events", 7, &notifier);
+        let rows: Arc<dyn StreamRows> = Arc::new(super::super::events::EventsRows::new(
+            crate::storage::connect("postgresql://nobody@127.0.0.1:1/none", 1).expect("pool"),
+            notifier.clone(),
+            Arc::new(crate::caches::RecentEventsCache::default()),
+        ));
+        let streams = Streams::new(
+            notifier,
+            vec![RegisteredStream {
+                rows,
+                positions: events,
+                writer: None,
+            }],
+        );
+        let token = streams.current_token();
+        assert_eq!(token.to_string(), "s7_0_0_0_0_0_0_0");
+        // A token from the future is clamped, component by component.
+        let future: StreamToken = "s90_3_4_5_6_7_8_9".parse().expect("token");
+        assert_eq!(streams.clamp(&future).to_string(), "s7_3_4_5_6_7_8_9");
+        assert_eq!(TokenSlot::Room.position(&future), 90);
+        assert_eq!(TokenSlot::Typing.position(&future), 4);
+    }
+}

@@ -566,7 +566,7 @@ impl Publisher {
 }
 
 /// The commands a [`Publisher`] queued, for the publishing task.
-pub struct PublishQueue(mpsc::UnboundedReceiver<Command>);
+pub struct PublishQueue(pub(crate) mpsc::UnboundedReceiver<Command>);
 
 /// Where and as whom an instance replicates.
 pub struct ReplicationConfig {

@@ -154,3 +154,118 @@ impl StreamWriter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::future::BoxFuture;
+    use serde_json::json;
+
+    use super::*;
+    use crate::streams::id_gen::{LoadedPositions, StreamPositions};
+    use crate::streams::notifier::Notifier;
+    use crate::streams::registry::{ShardBy, Storage, StreamError, TokenSlot};
+
+    static SPEC: StreamSpec = StreamSpec {
+        name: "test",
+        shard_by: ShardBy::Room,
+        storage: Storage::Memory,
+        sequence: "test_stream_seq",
+        token: Some(TokenSlot::Typing),
+    };
+
+    /// Rows `{"room": ...}` that wake their room.
+    struct RoomRows;
+
+    impl StreamRows for RoomRows {
+        fn spec(&self) -> &'static StreamSpec {
+            &SPEC
+        }
+
+        fn keys(&self, row: &Value) -> Vec<String> {
+            row["room"]
+                .as_str()
+                .map(str::to_owned)
+                .into_iter()
+                .collect()
+        }
+
+        fn read_rows<'a>(
+            &'a self,
+            _writer: &'a str,
+            _after: i64,
+            _upto: i64,
+        ) -> BoxFuture<'a, Result<Vec<(i64, Value)>, StreamError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    /// The writer `w` of a fresh stream, with a publisher, and what it publishes.
+    fn writer() -> (StreamWriter, crate::streams::replication::PublishQueue) {
+        let positions = StreamPositions::new(
+            "w",
+            &["w".to_owned()],
+            LoadedPositions {
+                sequence_last_value: Some(1),
+                ..LoadedPositions::default()
+            },
+        );
+        let stream = SharedStream::new("test", positions, Notifier::new());
+        let (publisher, queue) = Publisher::new();
+        (
+            StreamWriter::new(Arc::new(RoomRows), "w", stream, Some(publisher)),
+            queue,
+        )
+    }
+
+    /// Allocates `positions` as the sequence would have.
+    fn allocated(writer: &StreamWriter, positions: &[i64]) {
+        let fetch = writer
+            .stream()
+            .update(|p| p.begin_fetch())
+            .expect("a writer");
+        writer.stream().update(|p| p.end_fetch(fetch, positions));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finished_rows_advance_the_stream_wake_their_keys_and_are_published() {
+        let (writer, mut queue) = writer();
+        let notifier = writer.stream().notifier().clone();
+        let listener = notifier.listen(vec!["!a:x".to_owned()]);
+        allocated(&writer, &[2, 3]);
+        // Unfinished: nobody may read past 1 yet.
+        assert_eq!(notifier.position("test"), 1);
+        writer.finish(vec![
+            (2, json!({"room": "!a:x"})),
+            (3, json!({"room": "!b:x"})),
+        ]);
+        assert_eq!(notifier.position("test"), 3);
+        assert!(listener.wait(std::time::Duration::from_secs(1)).await);
+        // Keys are recorded at the batch's last position: never too early.
+        assert!(notifier.has_changed_since("test", "!a:x", 2));
+        assert!(!notifier.has_changed_since("test", "!a:x", 3));
+        let published: Vec<String> = std::iter::from_fn(|| queue.0.try_recv().ok())
+            .map(|command| command.to_string())
+            .collect();
+        assert_eq!(
+            published,
+            vec![
+                r#"RDATA test w 2 {"room":"!a:x"}"#,
+                r#"RDATA test w 3 {"room":"!b:x"}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn abandoned_positions_are_gaps_that_hold_nothing_back() {
+        let (writer, mut queue) = writer();
+        allocated(&writer, &[2, 3]);
+        writer.abandon(&[2]);
+        // 3 is still unfinished.
+        assert_eq!(writer.stream().persisted_upto(), 2);
+        writer.finish(vec![(3, json!({"room": "!a:x"}))]);
+        assert_eq!(writer.stream().persisted_upto(), 3);
+        assert_eq!(writer.stream().notifier().position("test"), 3);
+        assert!(queue.0.try_recv().is_ok(), "the row is published");
+        assert!(queue.0.try_recv().is_err(), "nothing for the gap");
+    }
+}

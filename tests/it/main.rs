@@ -19,6 +19,7 @@ mod directory;
 mod discovery;
 mod errors;
 mod filter;
+mod follower;
 mod fuzz;
 mod idempotency;
 mod limits;

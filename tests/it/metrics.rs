@@ -53,6 +53,15 @@ async fn metrics_show_mailboxes_remote_calls_replication_lag_and_restarts() {
     alice.send_text(&room, "hello").await;
     let position = newest_position(&alice, &room).await;
 
+    // Every stream of the registry, at what this instance has seen (main
+    // answered the send once it had seen it, on either topology).
+    let text = scrape(&cluster.node_client("main")).await;
+    let seen = sample(&text, r#"lattice_stream_position{stream="events"}"#);
+    assert!(
+        seen.is_some_and(|seen| seen >= position as f64),
+        "events at {position}, /metrics says {seen:?}:\n{text}"
+    );
+
     if !cluster.is_split() {
         let text = scrape(&cluster.node_client("main")).await;
         for series in [
