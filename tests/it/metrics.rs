@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use actix_web::http::{Method, StatusCode};
+use lattice::roles::events::{CreateRoom, SendEvent};
+use lattice_actors::RemoteMessage;
 use serde_json::json;
 
 use crate::cluster::{Client, TestCluster};
@@ -87,7 +89,10 @@ async fn metrics_show_mailboxes_remote_calls_replication_lag_and_restarts() {
     // `main` (client + sync) sent both writes to the persister on events1
     // through its mailbox proxy, and timed them.
     let main = scrape(&cluster.node_client("main")).await;
-    for message in ["events.send.v1", "events.create_room.v1"] {
+    for message in [
+        <SendEvent as RemoteMessage>::WIRE_NAME,
+        <CreateRoom as RemoteMessage>::WIRE_NAME,
+    ] {
         let labels = format!(r#"message="{message}",destination="events@events1""#);
         let count = sample(
             &main,
