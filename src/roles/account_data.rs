@@ -15,9 +15,8 @@ use serde_json::{json, Value};
 
 pub use crate::streams::account_data::ACCOUNT_DATA_STREAM;
 
-use super::events::WriteError;
+use super::WriteError;
 use super::{ActorStart, StartedActor};
-use crate::error::ErrCode;
 use crate::storage::account_data::{self, RoomAccountData};
 use crate::storage::receipts::event_position_in_room;
 use crate::storage::{self, StorageError, StorageResult};
@@ -113,7 +112,7 @@ impl AccountDataWriter {
             Err(error) => {
                 self.writes_failed += 1;
                 tracing::error!(error = %error, markers = count, "account data writer storage error");
-                vec![Err(WriteError::new(ErrCode::Internal, "storage error")); count]
+                vec![Err(WriteError::Storage("the read markers could not be stored".into())); count]
             }
         }
     }
@@ -134,10 +133,7 @@ impl AccountDataWriter {
             let event_id = request.event_id.to_string();
             let Some(position) = event_position_in_room(&transaction, &room_id, &event_id).await?
             else {
-                answers.push(Some(Err(WriteError::new(
-                    ErrCode::NotFound,
-                    format!("event {event_id} not found in this room"),
-                ))));
+                answers.push(Some(Err(WriteError::NotFound(format!("event {event_id} not found in this room")))));
                 continue;
             };
             let key = (user_id.clone(), room_id.clone());
@@ -211,7 +207,7 @@ impl AccountDataWriter {
             .into_iter()
             .map(|answer| {
                 answer.unwrap_or_else(|| {
-                    Err(WriteError::new(ErrCode::Internal, "request was not answered"))
+                    Err(WriteError::Internal("request was not answered".into()))
                 })
             })
             .collect())
@@ -276,10 +272,7 @@ impl Handler<SetReadMarker> for AccountDataWriter {
         _ctx: &mut Context,
     ) -> Result<Result<AccountDataWritten, WriteError>, String> {
         Ok(self.set_read_markers(vec![msg]).await.pop().unwrap_or_else(|| {
-            Err(WriteError::new(
-                ErrCode::Internal,
-                "request was not answered",
-            ))
+            Err(WriteError::Internal("request was not answered".into()))
         }))
     }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::streams::receipts::RECEIPTS_STREAM;
 pub use writer::ReceiptsWriter;
 
-use super::events::WriteError;
+use super::WriteError;
 use super::{ActorStart, StartedActor};
 
 /// Deliveries of the writer's mailbox endpoint handled at once, so that

@@ -8,8 +8,9 @@ use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 
 use super::receipts::{
-    parse_event_id, parse_room_id, put_receipt, require_joined, set_read_marker, Marker,
+    parse_event_id, put_receipt, require_joined, set_read_marker, Marker,
 };
+use crate::api::client::membership::check_room_id;
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
@@ -26,7 +27,7 @@ pub async fn set_read_markers(
     path: web::Path<String>,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> ApiResult<HttpResponse> {
-    let room_id = parse_room_id(&path.into_inner())?;
+    let room_id = check_room_id(&path.into_inner())?;
     let mut markers = Vec::new();
     for key in MARKERS {
         match body.get(key) {

@@ -12,9 +12,10 @@
 //! already receipted is accepted and changes nothing, as in Synapse.
 
 use actix_web::{web, HttpResponse};
-use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use ruma::{OwnedEventId, OwnedRoomId};
 use serde_json::{json, Map, Value};
 
+use crate::api::client::membership::check_room_id;
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
@@ -51,12 +52,6 @@ impl Marker {
     }
 }
 
-/// The room of a path, or 400.
-pub fn parse_room_id(room_id: &str) -> ApiResult<OwnedRoomId> {
-    OwnedRoomId::try_from(room_id)
-        .map_err(|_| ApiError::invalid_param(format!("`{room_id}` is not a valid room id")))
-}
-
 /// An event id of a path or body, or 400.
 pub fn parse_event_id(event_id: &str) -> ApiResult<OwnedEventId> {
     OwnedEventId::try_from(event_id)
@@ -90,11 +85,6 @@ pub fn parse_thread_id(marker: Marker, body: &Map<String, Value>) -> ApiResult<O
     Ok(Some(thread_id.to_owned()))
 }
 
-/// The requester as a user id.
-fn user_id(requester: &Requester) -> ApiResult<OwnedUserId> {
-    OwnedUserId::try_from(requester.user_id.as_str()).map_err(ApiError::internal)
-}
-
 /// 403 unless `user_id` is joined to `room_id`.
 pub async fn require_joined(node: &Node, room_id: &str, user_id: &str) -> ApiResult<()> {
     match rooms::membership(&node.pool, room_id, user_id).await? {
@@ -113,7 +103,7 @@ pub async fn post_receipt(
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> ApiResult<HttpResponse> {
     let (room_id, receipt_type, event_id) = path.into_inner();
-    let room_id = parse_room_id(&room_id)?;
+    let room_id = check_room_id(&room_id)?;
     let event_id = parse_event_id(&event_id)?;
     let marker = Marker::parse(&receipt_type)?;
     let thread_id = parse_thread_id(marker, &body)?;
@@ -145,7 +135,7 @@ pub async fn put_receipt(
         .for_shard::<PutReceipt>(RECEIPTS_STREAM, room_id.as_str())?;
     let request = PutReceipt {
         room_id,
-        user_id: user_id(requester)?,
+        user_id: requester.user()?,
         receipt_type,
         thread_id,
         event_id,
@@ -171,7 +161,7 @@ pub async fn set_read_marker(
         .mailboxes
         .for_shard::<SetReadMarker>(ACCOUNT_DATA_STREAM, &requester.user_id)?;
     let request = SetReadMarker {
-        user_id: user_id(requester)?,
+        user_id: requester.user()?,
         room_id,
         event_id,
     };

@@ -12,8 +12,7 @@ use lattice_actors::{Actor, Context, Handler};
 use serde_json::{json, Value};
 
 use super::{PutReceipt, ReceiptWritten, RECEIPTS_STREAM};
-use crate::error::ErrCode;
-use crate::roles::events::WriteError;
+use crate::roles::WriteError;
 use crate::storage::receipts::{self, Receipt};
 use crate::storage::{self, StorageError, StorageResult};
 use crate::streams::receipts::{receipt_row, SPEC as RECEIPTS_SPEC};
@@ -69,10 +68,7 @@ impl Decider {
         stored: Option<i64>,
     ) -> Decision {
         let Some(position) = event_position else {
-            return Decision::Refused(WriteError::new(
-                ErrCode::NotFound,
-                format!("event {} not found in this room", receipt.event_id),
-            ));
+            return Decision::Refused(WriteError::NotFound(format!("event {} not found in this room", receipt.event_id)));
         };
         let current = self.written_in_batch(receipt).or(stored);
         if current.is_some_and(|current| current >= position) {
@@ -119,7 +115,7 @@ impl ReceiptsWriter {
             Err(error) => {
                 self.writes_failed += 1;
                 tracing::error!(error = %error, receipts = count, "receipts writer storage error");
-                let error = WriteError::new(ErrCode::Internal, "storage error");
+                let error = WriteError::Storage("the receipts could not be stored".into());
                 vec![Err(error); count]
             }
         }
@@ -286,10 +282,7 @@ impl Handler<PutReceipt> for ReceiptsWriter {
         _ctx: &mut Context,
     ) -> Result<Result<ReceiptWritten, WriteError>, String> {
         Ok(self.put(vec![msg]).await.pop().unwrap_or_else(|| {
-            Err(WriteError::new(
-                ErrCode::Internal,
-                "request was not answered",
-            ))
+            Err(WriteError::Internal("request was not answered".into()))
         }))
     }
 
@@ -353,10 +346,10 @@ mod tests {
     #[test]
     fn an_event_of_another_room_is_refused() {
         let mut decider = Decider::new();
-        let Decision::Refused(error) = decider.decide(&receipt("@a:x", None), None, None) else {
-            panic!("refused");
-        };
-        assert_eq!(error.errcode, "M_NOT_FOUND");
+        assert!(matches!(
+            decider.decide(&receipt("@a:x", None), None, None),
+            Decision::Refused(WriteError::NotFound(_))
+        ));
         // And leaves nothing behind for the receipts after it.
         assert!(matches!(
             decider.decide(&receipt("@a:x", None), Some(1), None),
