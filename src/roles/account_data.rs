@@ -112,7 +112,12 @@ impl AccountDataWriter {
             Err(error) => {
                 self.writes_failed += 1;
                 tracing::error!(error = %error, markers = count, "account data writer storage error");
-                vec![Err(WriteError::Storage("the read markers could not be stored".into())); count]
+                vec![
+                    Err(WriteError::Storage(
+                        "the read markers could not be stored".into()
+                    ));
+                    count
+                ]
             }
         }
     }
@@ -133,13 +138,18 @@ impl AccountDataWriter {
             let event_id = request.event_id.to_string();
             let Some(position) = event_position_in_room(&transaction, &room_id, &event_id).await?
             else {
-                answers.push(Some(Err(WriteError::NotFound(format!("event {event_id} not found in this room")))));
+                answers.push(Some(Err(WriteError::NotFound(format!(
+                    "event {event_id} not found in this room"
+                )))));
                 continue;
             };
             let key = (user_id.clone(), room_id.clone());
             let current = match latest.get(&key) {
                 Some(current) => Some(*current),
-                None => self.marker_position(&transaction, &user_id, &room_id).await?,
+                None => {
+                    self.marker_position(&transaction, &user_id, &room_id)
+                        .await?
+                }
             };
             if current.is_some_and(|current| current >= position) {
                 self.markers_unchanged += 1;
@@ -160,7 +170,9 @@ impl AccountDataWriter {
         };
         let mut written = Vec::with_capacity(to_write.len());
         let result: StorageResult<()> = async {
-            for ((index, user_id, room_id, event_id), position) in to_write.into_iter().zip(&positions) {
+            for ((index, user_id, room_id, event_id), position) in
+                to_write.into_iter().zip(&positions)
+            {
                 let data = RoomAccountData {
                     stream_id: *position,
                     user_id,
@@ -171,7 +183,9 @@ impl AccountDataWriter {
                 account_data::put_room(&transaction, &instance, &data).await?;
                 written.push((index, data));
             }
-            self.writer.store_position(&*transaction, &positions).await?;
+            self.writer
+                .store_position(&*transaction, &positions)
+                .await?;
             Ok(())
         }
         .await;
@@ -193,7 +207,10 @@ impl AccountDataWriter {
                     )
                 })
                 .collect();
-            let keys = written.iter().map(|(_, data)| data.user_id.clone()).collect();
+            let keys = written
+                .iter()
+                .map(|(_, data)| data.user_id.clone())
+                .collect();
             self.writer.finish_with_keys(&positions, keys, || rows);
         }
         for (index, data) in written {
@@ -206,9 +223,8 @@ impl AccountDataWriter {
         Ok(answers
             .into_iter()
             .map(|answer| {
-                answer.unwrap_or_else(|| {
-                    Err(WriteError::Internal("request was not answered".into()))
-                })
+                answer
+                    .unwrap_or_else(|| Err(WriteError::Internal("request was not answered".into())))
             })
             .collect())
     }
@@ -271,9 +287,11 @@ impl Handler<SetReadMarker> for AccountDataWriter {
         msg: SetReadMarker,
         _ctx: &mut Context,
     ) -> Result<Result<AccountDataWritten, WriteError>, String> {
-        Ok(self.set_read_markers(vec![msg]).await.pop().unwrap_or_else(|| {
-            Err(WriteError::Internal("request was not answered".into()))
-        }))
+        Ok(self
+            .set_read_markers(vec![msg])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(WriteError::Internal("request was not answered".into()))))
     }
 
     async fn handle_batch(
@@ -281,6 +299,10 @@ impl Handler<SetReadMarker> for AccountDataWriter {
         msgs: Vec<SetReadMarker>,
         _ctx: &mut Context,
     ) -> Vec<Result<Result<AccountDataWritten, WriteError>, String>> {
-        self.set_read_markers(msgs).await.into_iter().map(Ok).collect()
+        self.set_read_markers(msgs)
+            .await
+            .into_iter()
+            .map(Ok)
+            .collect()
     }
 }

@@ -3,9 +3,9 @@
 //! as. One row per (user, room, type); a write replaces it and takes a new
 //! position in the `account_data` stream.
 
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::Pool;
 use serde_json::Value;
-use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::StorageResult;
@@ -81,11 +81,12 @@ pub async fn put_room(
     Ok(())
 }
 
-/// `user_id`'s room account data set at positions `after < stream_id <=
-/// upto` (all of it from 0), in stream order.
+/// `user_id`'s account data in `room_id` set at positions `after <
+/// stream_id <= upto` (all of it from 0), in stream order.
 pub async fn room_data_of_user(
     pool: &Pool,
     user_id: &str,
+    room_id: &str,
     after: i64,
     upto: i64,
 ) -> StorageResult<Vec<RoomAccountData>> {
@@ -96,10 +97,13 @@ pub async fn room_data_of_user(
     let statement = client
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM room_account_data
-             WHERE user_id = $1 AND stream_id > $2 AND stream_id <= $3 ORDER BY stream_id"
+             WHERE user_id = $1 AND room_id = $2 AND stream_id > $3 AND stream_id <= $4
+             ORDER BY stream_id"
         ))
         .await?;
-    let rows = client.query(&statement, &[&user_id, &after, &upto]).await?;
+    let rows = client
+        .query(&statement, &[&user_id, &room_id, &after, &upto])
+        .await?;
     Ok(rows.iter().map(room_account_data).collect())
 }
 
@@ -118,6 +122,8 @@ pub async fn written_by(
              WHERE instance_name = $1 AND stream_id > $2 AND stream_id <= $3 ORDER BY stream_id"
         ))
         .await?;
-    let rows = client.query(&statement, &[&instance, &after, &upto]).await?;
+    let rows = client
+        .query(&statement, &[&instance, &after, &upto])
+        .await?;
     Ok(rows.iter().map(room_account_data).collect())
 }

@@ -5,9 +5,9 @@
 //! the rows a room had set between two stream positions, or the rows one
 //! writer wrote (replication's catch-up).
 
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::Pool;
 use serde_json::Value;
-use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::StorageResult;
@@ -32,7 +32,8 @@ pub struct StoredReceipt {
     pub receipt: Receipt,
 }
 
-const RECEIPT_COLUMNS: &str = "stream_id, room_id, receipt_type, user_id, thread_id, event_id, data";
+const RECEIPT_COLUMNS: &str =
+    "stream_id, room_id, receipt_type, user_id, thread_id, event_id, data";
 
 fn stored_receipt(row: &Row) -> StoredReceipt {
     StoredReceipt {
@@ -172,6 +173,8 @@ pub async fn written_by(
              ORDER BY stream_id"
         ))
         .await?;
-    let rows = client.query(&statement, &[&instance, &after, &upto]).await?;
+    let rows = client
+        .query(&statement, &[&instance, &after, &upto])
+        .await?;
     Ok(rows.iter().map(stored_receipt).collect())
 }

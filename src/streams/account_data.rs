@@ -9,6 +9,7 @@ use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 
+use super::notifier::Notifier;
 use super::registry::{ShardBy, Storage, StreamError, StreamRows, StreamSpec, TokenSlot};
 use crate::storage::account_data;
 use crate::storage::streams::StreamTable;
@@ -71,6 +72,31 @@ impl StreamRows for AccountDataRows {
                 .collect())
         })
     }
+}
+
+/// `user_id`'s account data events of `room_id` set at positions `since <
+/// position <= upto` (all of them without `since`: an initial sync), as
+/// `/sync` shows them (`{"type", "content"}`). A user whose account data
+/// did not change since `since` costs no read.
+pub async fn room_account_data_events(
+    pool: &Pool,
+    notifier: &Notifier,
+    user_id: &str,
+    room_id: &str,
+    since: Option<i64>,
+    upto: i64,
+) -> Result<Vec<Value>, crate::storage::StorageError> {
+    if let Some(since) = since {
+        if since >= upto || !notifier.has_changed_since(ACCOUNT_DATA_STREAM, user_id, since) {
+            return Ok(Vec::new());
+        }
+    }
+    let data =
+        account_data::room_data_of_user(pool, user_id, room_id, since.unwrap_or(0), upto).await?;
+    Ok(data
+        .into_iter()
+        .map(|data| json!({ "type": data.kind, "content": data.content }))
+        .collect())
 }
 
 /// An account data stream row: `[user_id, room_id, type]` (no room for

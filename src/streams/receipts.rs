@@ -12,6 +12,7 @@ use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
 
+use super::notifier::Notifier;
 use super::registry::{ShardBy, Storage, StreamError, StreamRows, StreamSpec, TokenSlot};
 use crate::storage::receipts::{self, Receipt, StoredReceipt};
 use crate::storage::streams::StreamTable;
@@ -106,22 +107,30 @@ pub fn receipt_of_row(row: &Value) -> Option<Receipt> {
     })
 }
 
-/// The `m.receipt` ephemeral event of each of `room_ids` that had receipts
-/// set at positions `after < position <= upto` which `viewer` may see
-/// (another user's `m.read.private` is never shown). From 0: every room's
-/// current receipts.
-pub async fn receipt_events(
+/// The `m.receipt` ephemeral event of `room_id` for `viewer`, with the
+/// receipts set at positions `since < position <= upto` (every current one
+/// without `since`: an initial sync); None when there is none to show (a
+/// room whose receipts did not change since `since` is not read at all).
+/// Another user's `m.read.private` is never shown.
+pub async fn room_receipt_event(
     pool: &Pool,
-    room_ids: &[String],
-    after: i64,
+    notifier: &Notifier,
+    room_id: &str,
+    since: Option<i64>,
     upto: i64,
     viewer: &str,
-) -> Result<BTreeMap<String, Value>, crate::storage::StorageError> {
-    let stored = receipts::receipts_in_rooms(pool, room_ids, after, upto).await?;
-    Ok(receipt_events_of(&stored, viewer))
+) -> Result<Option<Value>, crate::storage::StorageError> {
+    if let Some(since) = since {
+        if since >= upto || !notifier.has_changed_since(RECEIPTS_STREAM, room_id, since) {
+            return Ok(None);
+        }
+    }
+    let rooms = [room_id.to_owned()];
+    let stored = receipts::receipts_in_rooms(pool, &rooms, since.unwrap_or(0), upto).await?;
+    Ok(receipt_events_of(&stored, viewer).remove(room_id))
 }
 
-/// [`receipt_events`] from rows already read: per room, `{"type":
+/// The receipts of `stored` as clients see them: per room, `{"type":
 /// "m.receipt", "content": {event_id: {receipt_type: {user_id: {"ts",
 /// "thread_id"?}}}}}`.
 pub fn receipt_events_of(stored: &[StoredReceipt], viewer: &str) -> BTreeMap<String, Value> {
@@ -172,7 +181,10 @@ mod tests {
     fn a_row_carries_the_whole_receipt_and_wakes_its_room() {
         let stored = receipt("@a:x", "m.read", "$e", Some("main"));
         let row = receipt_row(&stored.receipt);
-        assert_eq!(row, json!(["!r:x", "m.read", "@a:x", "main", "$e", { "ts": 1000 }]));
+        assert_eq!(
+            row,
+            json!(["!r:x", "m.read", "@a:x", "main", "$e", { "ts": 1000 }])
+        );
         assert_eq!(receipt_of_row(&row), Some(stored.receipt));
         let unthreaded = receipt("@a:x", "m.read", "$e", None).receipt;
         assert_eq!(receipt_of_row(&receipt_row(&unthreaded)), Some(unthreaded));

@@ -278,7 +278,9 @@ pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
             parts.recent_events.clone(),
         )),
         Arc::new(super::receipts::ReceiptsRows::new(parts.pool.clone())),
-        Arc::new(super::account_data::AccountDataRows::new(parts.pool.clone())),
+        Arc::new(super::account_data::AccountDataRows::new(
+            parts.pool.clone(),
+        )),
     ]
 }
 

@@ -155,15 +155,19 @@ impl TestCluster {
                     ));
                 let writers = [Role::Receipts, Role::AccountData];
                 cluster.nodes.push(
-                    TestNode::start(config.clone(), "events1", &[&[Role::Events][..], &writers].concat())
-                        .await,
+                    TestNode::start(
+                        config.clone(),
+                        "events1",
+                        &[&[Role::Events][..], &writers].concat(),
+                    )
+                    .await,
                 );
                 cluster.nodes.push(
                     TestNode::start(config.clone(), "main", &[Role::Client, Role::Sync]).await,
                 );
-                cluster
-                    .nodes
-                    .push(TestNode::start(config, "sync2", &[&[Role::Sync][..], &writers].concat()).await);
+                cluster.nodes.push(
+                    TestNode::start(config, "sync2", &[&[Role::Sync][..], &writers].concat()).await,
+                );
                 cluster.sync_node = 2;
                 // The `main` node is the one clients talk to by default.
                 cluster.nodes.swap(0, 1);

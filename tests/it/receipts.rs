@@ -63,7 +63,11 @@ async fn post_receipt(
 
 async fn read(user: &User, room_id: &str, receipt_type: &str, event_id: &str) {
     let (status, body) = post_receipt(user, room_id, receipt_type, event_id, json!({})).await;
-    assert_eq!(status, StatusCode::OK, "{receipt_type} on {event_id}: {body}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{receipt_type} on {event_id}: {body}"
+    );
     assert_eq!(body, json!({}));
 }
 
@@ -94,9 +98,7 @@ async fn a_receipt_appears_in_the_other_members_sync() {
     let since = next_batch(&bob.sync("timeout=0").await);
 
     read(&alice, &room_id, "m.read", &event_id).await;
-    let sync = bob
-        .sync(&format!("since={}&timeout=0", enc(&since)))
-        .await;
+    let sync = bob.sync(&format!("since={}&timeout=0", enc(&since))).await;
     let content = receipts(&sync, &room_id);
     let receipt = &content[&event_id]["m.read"][&alice.user_id];
     assert!(receipt["ts"].as_i64().is_some_and(|ts| ts > 0), "{sync}");
@@ -157,7 +159,10 @@ async fn a_receipt_for_an_earlier_event_does_not_move_back() {
         .await;
     assert_eq!(receipts(&sync, &room_id), Value::Null, "{sync}");
     let content = receipts(&alice.sync("timeout=0").await, &room_id);
-    assert!(content[&second]["m.read"][&bob.user_id].is_object(), "{content}");
+    assert!(
+        content[&second]["m.read"][&bob.user_id].is_object(),
+        "{content}"
+    );
     assert!(content.get(&first).is_none(), "{content}");
 }
 
@@ -252,7 +257,10 @@ async fn read_markers_set_fully_read_as_room_account_data() {
         .sync(&format!("since={}&timeout=0", enc(&alice_since)))
         .await;
     assert!(receipts(&other, &room_id)[&first]["m.read"][&bob.user_id].is_object());
-    assert_eq!(room_account_data(&other, &room_id, "m.fully_read"), Value::Null);
+    assert_eq!(
+        room_account_data(&other, &room_id, "m.fully_read"),
+        Value::Null
+    );
 
     // The receipt endpoint moves it too; never back.
     let since = next_batch(&sync);
@@ -279,12 +287,16 @@ async fn a_long_poll_wakes_on_a_receipt() {
     let (alice, bob, room_id, event_id) = room_with_bob(&cluster).await;
     let since = next_batch(&bob.sync("timeout=0").await);
 
-    let waiting = bob.sync(&format!("since={}&timeout=20000", enc(&since)));
+    let query = format!("since={}&timeout=20000", enc(&since));
+    let waiting = bob.sync(&query);
     let reading = async {
         // Once bob's long-poll waits on the sync instance, alice reads.
         let instance = sync_instance(&cluster);
         while cluster
-            .on_node(instance, |node| async move { node.notifier.listener_count() })
+            .on_node(
+                instance,
+                |node| async move { node.notifier.listener_count() },
+            )
             .await
             == 0
         {
@@ -352,15 +364,78 @@ async fn bad_receipts_get_the_specs_errors_and_change_nothing() {
     let since = next_batch(&bob.sync("timeout=0").await);
 
     let cases: Vec<(&User, &str, &str, Value, StatusCode, &str)> = vec![
-        (&alice, "m.unread", &event_id, json!({}), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
-        (&alice, "m.read", &foreign_event, json!({}), StatusCode::NOT_FOUND, "M_NOT_FOUND"),
-        (&alice, "m.read", "$missing", json!({}), StatusCode::NOT_FOUND, "M_NOT_FOUND"),
-        (&alice, "m.read", "not-an-event", json!({}), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
-        (&carol, "m.read", &event_id, json!({}), StatusCode::FORBIDDEN, "M_FORBIDDEN"),
-        (&alice, "m.fully_read", &event_id, json!({ "thread_id": "main" }), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
-        (&alice, "m.read", &event_id, json!({ "thread_id": "" }), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
-        (&alice, "m.read", &event_id, json!({ "thread_id": 7 }), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
-        (&alice, "m.read", &event_id, json!({ "thread_id": "not-a-thread" }), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+        (
+            &alice,
+            "m.unread",
+            &event_id,
+            json!({}),
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        ),
+        (
+            &alice,
+            "m.read",
+            &foreign_event,
+            json!({}),
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+        ),
+        (
+            &alice,
+            "m.read",
+            "$missing",
+            json!({}),
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+        ),
+        (
+            &alice,
+            "m.read",
+            "not-an-event",
+            json!({}),
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        ),
+        (
+            &carol,
+            "m.read",
+            &event_id,
+            json!({}),
+            StatusCode::FORBIDDEN,
+            "M_FORBIDDEN",
+        ),
+        (
+            &alice,
+            "m.fully_read",
+            &event_id,
+            json!({ "thread_id": "main" }),
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        ),
+        (
+            &alice,
+            "m.read",
+            &event_id,
+            json!({ "thread_id": "" }),
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        ),
+        (
+            &alice,
+            "m.read",
+            &event_id,
+            json!({ "thread_id": 7 }),
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        ),
+        (
+            &alice,
+            "m.read",
+            &event_id,
+            json!({ "thread_id": "not-a-thread" }),
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        ),
     ];
     for (user, receipt_type, event, body, status, errcode) in cases {
         let (got, answer) = post_receipt(user, &room_id, receipt_type, event, body.clone()).await;
@@ -371,10 +446,22 @@ async fn bad_receipts_get_the_specs_errors_and_change_nothing() {
         );
     }
     for (body, status, errcode) in [
-        (json!({ "m.read": foreign_event }), StatusCode::NOT_FOUND, "M_NOT_FOUND"),
+        (
+            json!({ "m.read": foreign_event }),
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+        ),
         // A bad marker refuses the good receipt beside it.
-        (json!({ "m.read": event_id, "m.fully_read": foreign_event }), StatusCode::NOT_FOUND, "M_NOT_FOUND"),
-        (json!({ "m.read": 5 }), StatusCode::BAD_REQUEST, "M_INVALID_PARAM"),
+        (
+            json!({ "m.read": event_id, "m.fully_read": foreign_event }),
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+        ),
+        (
+            json!({ "m.read": 5 }),
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        ),
     ] {
         let (got, answer) = alice
             .post(
@@ -382,7 +469,11 @@ async fn bad_receipts_get_the_specs_errors_and_change_nothing() {
                 body.clone(),
             )
             .await;
-        assert_eq!((got, answer["errcode"].as_str()), (status, Some(errcode)), "{body}: {answer}");
+        assert_eq!(
+            (got, answer["errcode"].as_str()),
+            (status, Some(errcode)),
+            "{body}: {answer}"
+        );
     }
     let (got, answer) = carol
         .post(
@@ -390,14 +481,18 @@ async fn bad_receipts_get_the_specs_errors_and_change_nothing() {
             json!({ "m.read": event_id }),
         )
         .await;
-    assert_eq!((got, answer["errcode"].as_str()), (StatusCode::FORBIDDEN, Some("M_FORBIDDEN")));
+    assert_eq!(
+        (got, answer["errcode"].as_str()),
+        (StatusCode::FORBIDDEN, Some("M_FORBIDDEN"))
+    );
 
     // Nothing changed: no receipt, no marker.
-    let sync = bob
-        .sync(&format!("since={}&timeout=0", enc(&since)))
-        .await;
+    let sync = bob.sync(&format!("since={}&timeout=0", enc(&since))).await;
     assert_eq!(receipts(&sync, &room_id), Value::Null, "{sync}");
     let initial = alice.sync("timeout=0").await;
     assert_eq!(receipts(&initial, &room_id), Value::Null, "{initial}");
-    assert_eq!(room_account_data(&initial, &room_id, "m.fully_read"), Value::Null);
+    assert_eq!(
+        room_account_data(&initial, &room_id, "m.fully_read"),
+        Value::Null
+    );
 }

@@ -7,9 +7,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 
-use super::receipts::{
-    parse_event_id, put_receipt, require_joined, set_read_marker, Marker,
-};
+use super::receipts::{parse_event_id, put_receipt, require_joined, set_read_marker, Marker};
 use crate::api::client::membership::check_room_id;
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult};
@@ -43,7 +41,11 @@ pub async fn set_read_markers(
         }
     }
     require_joined(&node, room_id.as_str(), &requester.user_id).await?;
-    let client = node.pool.get().await.map_err(crate::storage::StorageError::from)?;
+    let client = node
+        .pool
+        .get()
+        .await
+        .map_err(crate::storage::StorageError::from)?;
     for (_, event_id) in &markers {
         if event_position_in_room(&client, room_id.as_str(), event_id.as_str())
             .await?

@@ -113,7 +113,15 @@ pub async fn post_receipt(
     }
     match marker {
         Marker::Receipt(receipt_type) => {
-            put_receipt(&node, &requester, room_id, receipt_type, event_id, thread_id).await?
+            put_receipt(
+                &node,
+                &requester,
+                room_id,
+                receipt_type,
+                event_id,
+                thread_id,
+            )
+            .await?
         }
         Marker::FullyRead => set_read_marker(&node, &requester, room_id, event_id).await?,
     }
@@ -207,7 +215,12 @@ async fn check_event_in_thread(
             .and_then(|r| r.get("event_id"))
             .and_then(Value::as_str)
             .map(str::to_owned);
-        match (relation.and_then(|r| r.get("rel_type")).and_then(Value::as_str), parent) {
+        match (
+            relation
+                .and_then(|r| r.get("rel_type"))
+                .and_then(Value::as_str),
+            parent,
+        ) {
             (Some("m.thread"), Some(root)) => break Some(root),
             (_, Some(parent)) if chain.len() <= MAX_RELATION_HOPS => current = parent,
             _ => break None,
@@ -265,7 +278,11 @@ mod tests {
         );
         for bad in [json!(""), json!(5), json!(null), json!("thread")] {
             let error = parse_thread_id(read, &body(bad.clone())).err();
-            assert_eq!(error.map(|e| e.errcode), Some(ErrCode::InvalidParam), "{bad}");
+            assert_eq!(
+                error.map(|e| e.errcode),
+                Some(ErrCode::InvalidParam),
+                "{bad}"
+            );
         }
         let error = parse_thread_id(Marker::FullyRead, &body(json!("main"))).err();
         assert_eq!(error.map(|e| e.errcode), Some(ErrCode::InvalidParam));

@@ -87,6 +87,7 @@ impl<T> std::future::Future for AbortOnDrop<T> {
 /// The answer to a /sync: at once when there is something new (or no
 /// `since`), else when something happens or the timeout passes.
 async fn long_poll(node: &Node, requester: &Requester, query: &SyncQuery) -> ApiResult<Value> {
+    let mut since_ephemeral = None;
     let since = match &query.since {
         Some(token) => {
             let token: StreamToken =
@@ -95,6 +96,7 @@ async fn long_poll(node: &Node, requester: &Requester, query: &SyncQuery) -> Api
                     .map_err(|e: crate::streams::token::TokenError| {
                         ApiError::invalid_param(e.to_string())
                     })?;
+            since_ephemeral = Some(Ephemeral::at(node).min(&Ephemeral::of(&token)));
             // A token from the future (forged, or from before a restore) is clamped.
             Some(
                 token
@@ -154,6 +156,7 @@ async fn long_poll(node: &Node, requester: &Requester, query: &SyncQuery) -> Api
         keys.push(requester.user_id.clone());
         let listener = node.notifier.listen(keys);
         let upto = node.notifier.events_position();
+        let ephemeral = Ephemeral::at(node);
         let response = Box::pin(compute(
             node,
             requester,
@@ -162,16 +165,17 @@ async fn long_poll(node: &Node, requester: &Requester, query: &SyncQuery) -> Api
             since,
             upto,
             full_state,
+            (since_ephemeral, ephemeral),
         ))
         .await?;
         let now = tokio::time::Instant::now();
         if !response.is_empty() || since.is_none() || full_state || now >= deadline {
-            return Ok(response.into_json(upto));
+            return Ok(response.into_json(upto, ephemeral));
         }
         if !listener.wait(deadline - now).await {
             // Timed out: nothing happened that concerns this user.
             let upto = node.notifier.events_position().max(upto);
-            return Ok(SyncResponse::default().into_json(upto));
+            return Ok(SyncResponse::default().into_json(upto, ephemeral));
         }
     }
 }
@@ -200,6 +204,40 @@ async fn load_filter(
     }
 }
 
+/// The receipts and account data positions of a token.
+#[derive(Debug, Clone, Copy)]
+struct Ephemeral {
+    receipts: i64,
+    account_data: i64,
+}
+
+impl Ephemeral {
+    fn at(node: &Node) -> Ephemeral {
+        Ephemeral {
+            receipts: node
+                .notifier
+                .position(crate::streams::receipts::RECEIPTS_STREAM),
+            account_data: node
+                .notifier
+                .position(crate::streams::account_data::ACCOUNT_DATA_STREAM),
+        }
+    }
+
+    fn of(token: &StreamToken) -> Ephemeral {
+        Ephemeral {
+            receipts: token.receipts.stream(),
+            account_data: token.account_data,
+        }
+    }
+
+    fn min(&self, other: &Ephemeral) -> Ephemeral {
+        Ephemeral {
+            receipts: self.receipts.min(other.receipts),
+            account_data: self.account_data.min(other.account_data),
+        }
+    }
+}
+
 #[derive(Default)]
 struct SyncResponse {
     join: Map<String, Value>,
@@ -212,9 +250,11 @@ impl SyncResponse {
         self.join.is_empty() && self.invite.is_empty() && self.leave.is_empty()
     }
 
-    fn into_json(self, upto: i64) -> Value {
+    fn into_json(self, upto: i64, ephemeral: Ephemeral) -> Value {
         let next_batch = StreamToken {
             room: RoomStreamToken::live(upto),
+            receipts: crate::streams::token::MultiWriterStreamToken::new(ephemeral.receipts),
+            account_data: ephemeral.account_data,
             ..StreamToken::START
         };
         json!({
@@ -237,6 +277,7 @@ async fn compute(
     since: Option<i64>,
     upto: i64,
     full_state: bool,
+    (since_ephemeral, upto_ephemeral): (Option<Ephemeral>, Ephemeral),
 ) -> ApiResult<SyncResponse> {
     let mut response = SyncResponse::default();
     let timeline_limit = filter
@@ -304,10 +345,33 @@ async fn compute(
     for membership in &joined {
         let newly_joined = since.is_none_or(|s| membership.stream_ordering > s);
         let events = recent.remove(&membership.room_id).unwrap_or_default();
-        if events.is_empty() && !newly_joined && !full_state {
+        let receipts = crate::streams::receipts::room_receipt_event(
+            &node.pool,
+            &node.notifier,
+            &membership.room_id,
+            since_ephemeral.map(|s| s.receipts),
+            upto_ephemeral.receipts,
+            &requester.user_id,
+        )
+        .await?;
+        let account_data = crate::streams::account_data::room_account_data_events(
+            &node.pool,
+            &node.notifier,
+            &requester.user_id,
+            &membership.room_id,
+            since_ephemeral.map(|s| s.account_data),
+            upto_ephemeral.account_data,
+        )
+        .await?;
+        if events.is_empty()
+            && receipts.is_none()
+            && account_data.is_empty()
+            && !newly_joined
+            && !full_state
+        {
             continue;
         }
-        let room = room_section(
+        let mut room = room_section(
             node,
             requester,
             filter,
@@ -319,6 +383,8 @@ async fn compute(
             upto,
         )
         .await?;
+        room["ephemeral"]["events"] = json!(receipts.into_iter().collect::<Vec<_>>());
+        room["account_data"]["events"] = json!(account_data);
         response.join.insert(membership.room_id.clone(), room);
     }
 

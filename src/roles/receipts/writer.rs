@@ -68,7 +68,10 @@ impl Decider {
         stored: Option<i64>,
     ) -> Decision {
         let Some(position) = event_position else {
-            return Decision::Refused(WriteError::NotFound(format!("event {} not found in this room", receipt.event_id)));
+            return Decision::Refused(WriteError::NotFound(format!(
+                "event {} not found in this room",
+                receipt.event_id
+            )));
         };
         let current = self.written_in_batch(receipt).or(stored);
         if current.is_some_and(|current| current >= position) {
@@ -281,9 +284,11 @@ impl Handler<PutReceipt> for ReceiptsWriter {
         msg: PutReceipt,
         _ctx: &mut Context,
     ) -> Result<Result<ReceiptWritten, WriteError>, String> {
-        Ok(self.put(vec![msg]).await.pop().unwrap_or_else(|| {
-            Err(WriteError::Internal("request was not answered".into()))
-        }))
+        Ok(self
+            .put(vec![msg])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(WriteError::Internal("request was not answered".into()))))
     }
 
     async fn handle_batch(
