@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use awc::http::StatusCode;
+use lattice::roles::receipts::{PutReceipt, ReceiptType, RECEIPTS_STREAM};
 use serde_json::{json, Value};
 
 use crate::cluster::{enc, TestCluster, User};
@@ -494,5 +495,47 @@ async fn bad_receipts_get_the_specs_errors_and_change_nothing() {
     assert_eq!(
         room_account_data(&initial, &room_id, "m.fully_read"),
         Value::Null
+    );
+}
+
+#[actix_web::test]
+async fn a_receipt_delivered_twice_is_written_once() {
+    let cluster = TestCluster::start().await;
+    let (alice, bob, room_id, event_id) = room_with_bob(&cluster).await;
+    let since = next_batch(&bob.sync("timeout=0").await);
+    let message = PutReceipt {
+        room_id: room_id.parse().expect("a room id"),
+        user_id: alice.user_id.parse().expect("a user id"),
+        receipt_type: ReceiptType::Read,
+        thread_id: None,
+        event_id: event_id.parse().expect("an event id"),
+        ts: 1_700_000_000_000,
+    };
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let message = message.clone();
+        let written = cluster
+            .on_node("main", |node| async move {
+                let writer = node
+                    .mailboxes
+                    .for_shard::<PutReceipt>(RECEIPTS_STREAM, message.room_id.as_str())
+                    .expect("a receipts writer");
+                writer.call(message, Duration::from_secs(10)).await
+            })
+            .await
+            .expect("delivered")
+            .expect("written");
+        answers.push(written.position);
+    }
+    assert!(
+        answers[0].is_some(),
+        "the first delivery writes: {answers:?}"
+    );
+    assert_eq!(answers[1], None, "the second changes nothing");
+    let sync = bob.sync(&format!("since={}&timeout=0", enc(&since))).await;
+    assert_eq!(
+        receipts(&sync, &room_id)[&event_id]["m.read"][&alice.user_id],
+        json!({ "ts": 1_700_000_000_000i64 }),
+        "{sync}"
     );
 }
