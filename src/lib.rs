@@ -11,7 +11,9 @@
 //!   wakes long-polling `/sync` requests.
 //! - [`caches`] keeps hot database reads in memory, each kept true by the
 //!   stream it follows or by explicit invalidation.
-//! - [`rooms`] is the Matrix room model (PDUs, auth rules via ruma, filters).
+//! - [`rooms`] is the Matrix room model (PDUs, auth rules via ruma, filters,
+//!   history visibility and who may read a room).
+//! - [`sync`] computes a `/sync` answer, one module per section of it.
 //! - [`bench`] is `lattice bench`, the load generator that measures Lattice
 //!   and any other homeserver through the Client-Server API.
 //! - [`up`] is `lattice up`, which runs a whole topology on one machine as
@@ -30,5 +32,6 @@ pub mod roles;
 pub mod rooms;
 pub mod storage;
 pub mod streams;
+pub mod sync;
 pub mod up;
 pub mod util;
