@@ -7,12 +7,13 @@
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 
-use super::receipts::{parse_event_id, put_receipt, require_joined, set_read_marker, Marker};
+use super::receipts::{parse_event_id, put_receipt, set_read_marker, Marker};
 use crate::api::client::membership::check_room_id;
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
 use crate::roles::account_data::FULLY_READ;
+use crate::rooms::access::require_joined;
 use crate::storage::receipts::event_position_in_room;
 
 /// The keys of the body this endpoint sets, in the order it sets them.

@@ -21,6 +21,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
 use crate::roles::account_data::{SetReadMarker, ACCOUNT_DATA_STREAM, FULLY_READ};
 use crate::roles::receipts::{PutReceipt, ReceiptType, RECEIPTS_STREAM};
+use crate::rooms::access::require_joined;
 use crate::storage::rooms;
 
 /// The thread id of receipts on the main timeline (not in any thread).
@@ -83,16 +84,6 @@ pub fn parse_thread_id(marker: Marker, body: &Map<String, Value>) -> ApiResult<O
         })?;
     }
     Ok(Some(thread_id.to_owned()))
-}
-
-/// 403 unless `user_id` is joined to `room_id`.
-pub async fn require_joined(node: &Node, room_id: &str, user_id: &str) -> ApiResult<()> {
-    match rooms::membership(&node.pool, room_id, user_id).await? {
-        Some(membership) if membership.membership == "join" => Ok(()),
-        _ => Err(ApiError::forbidden(
-            crate::api::client::membership::NOT_A_MEMBER,
-        )),
-    }
 }
 
 /// POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}
