@@ -127,6 +127,7 @@ impl World {
             "filter_id" => self.filter_id.clone(),
             "kind" => "underride".into(),
             "rule_id" => ".m.rule.message".into(),
+            "receipt_type" => "m.read".into(),
             other => panic!("the fuzzer does not know the parameter `{other}`: add it"),
         }
     }
@@ -181,6 +182,7 @@ fn garbage_bodies() -> Vec<Vec<u8>> {
             "room_version": 12, "power_level_content_override": [],
             "creation_content": "x", "is_direct": "yes", "inhibit_login": "no",
             "device_id": 7, "name": {}, "topic": [], "room": [], "presence": 1,
+            "thread_id": 5, "m.fully_read": [], "m.read": {}, "m.read.private": 1,
         })
         .to_string()
         .into_bytes(),
@@ -393,6 +395,8 @@ const DEFAULT_SEED: u64 = 0x1a77_1ce5;
 /// Requests per run when `LATTICE_FUZZ_CASES` does not say: about twenty per
 /// route, well under a minute on a small machine.
 const DEFAULT_CASES: usize = 1200;
+/// The longest `timeout` a case gives a long-poll, in milliseconds.
+const MAX_LONG_POLL_MS: u64 = 2000;
 /// Cases between two fresh rooms, so that a random power-level change or a
 /// leave does not lock the rest of the run out.
 const CASES_PER_ROOM: usize = 100;
@@ -557,6 +561,12 @@ async fn random_requests_to_every_endpoint() {
                     .to_string()
             } else {
                 generator.boundary_string()
+            };
+            // A long-poll with nothing new waits for its whole timeout (up to
+            // five minutes), longer than the test client waits for an answer.
+            let value = match (name, value.parse::<u64>()) {
+                ("timeout", Ok(ms)) if ms > MAX_LONG_POLL_MS => MAX_LONG_POLL_MS.to_string(),
+                _ => value,
             };
             query.push(format!("{name}={}", enc(&url_part(value))));
         }
