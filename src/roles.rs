@@ -5,6 +5,7 @@
 //! A new role adds a module and a row, not fields and methods on `Node`.
 
 pub mod events;
+pub mod typing;
 
 mod mailboxes;
 
@@ -20,11 +21,18 @@ pub struct ActorRow {
 }
 
 /// Every actor kind a role hosts.
-pub const ACTORS: &[ActorRow] = &[ActorRow {
-    role: Role::Events,
-    kind: events::EVENTS_STREAM,
-    start: events::start,
-}];
+pub const ACTORS: &[ActorRow] = &[
+    ActorRow {
+        role: Role::Events,
+        kind: events::EVENTS_STREAM,
+        start: events::start,
+    },
+    ActorRow {
+        role: Role::Typing,
+        kind: typing::TYPING_STREAM,
+        start: typing::start,
+    },
+];
 
 /// The roles of DESIGN §1: kinds of work an instance can host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -48,6 +48,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("storage/migrations/0005_scoped_transactions.sql"),
     ),
     (
+        "0007_typing",
+        include_str!("storage/migrations/0007_typing.sql"),
+    ),
+    (
         "0008_followers_and_positions",
         include_str!("storage/migrations/0008_followers_and_positions.sql"),
     ),

@@ -111,7 +111,11 @@ impl StreamSpec {
 }
 
 /// Every stream, in the order metrics and the cluster view list them.
-pub const SPECS: &[&StreamSpec] = &[&super::events::SPEC, &super::caches::SPEC];
+pub const SPECS: &[&StreamSpec] = &[
+    &super::events::SPEC,
+    &super::typing::SPEC,
+    &super::caches::SPEC,
+];
 
 /// The spec of the stream named `name`.
 pub fn spec(name: &str) -> Option<&'static StreamSpec> {
@@ -140,7 +144,7 @@ pub enum StreamError {
 }
 
 /// A stream's behaviour on a running instance.
-pub trait StreamRows: Send + Sync + 'static {
+pub trait StreamRows: std::any::Any + Send + Sync {
     fn spec(&self) -> &'static StreamSpec;
 
     /// The notifier keys (room ids, user ids) a row wakes.
@@ -206,6 +210,13 @@ impl Streams {
         self.streams.get(name)
     }
 
+    /// The behaviour of `name` as its own type, for the code that reads
+    /// what it holds (a replica, a cache).
+    pub fn rows<T: StreamRows>(&self, name: &str) -> Option<&T> {
+        let rows: &dyn std::any::Any = self.streams.get(name)?.rows.as_ref();
+        rows.downcast_ref::<T>()
+    }
+
     /// The writing end of `name`, when this instance writes it.
     pub fn writer(&self, name: &str) -> Option<&StreamWriter> {
         self.streams.get(name).and_then(|s| s.writer.as_ref())
@@ -266,11 +277,14 @@ pub struct NodeParts {
 /// The behaviour of every stream whose writers `stream_writers` places,
 /// made for one node: one line per stream.
 pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
-    vec![Arc::new(super::events::EventsRows::new(
-        parts.pool.clone(),
-        parts.notifier.clone(),
-        parts.recent_events.clone(),
-    ))]
+    vec![
+        Arc::new(super::events::EventsRows::new(
+            parts.pool.clone(),
+            parts.notifier.clone(),
+            parts.recent_events.clone(),
+        )),
+        Arc::new(super::typing::TypingRows::new(parts.mailboxes.clone())),
+    ]
 }
 
 #[cfg(test)]

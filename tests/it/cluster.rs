@@ -50,6 +50,8 @@ pub struct Options {
     pub redis_tls_ca_file: Option<std::path::PathBuf>,
     /// `event_writer_cached_rooms`, for tests of the writer's bounded memory.
     pub event_writer_cached_rooms: Option<usize>,
+    /// `typing.max_timeout_ms`, for tests of typing that expires.
+    pub typing_max_timeout_ms: Option<u64>,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             redis_url: None,
             redis_tls_ca_file: None,
             event_writer_cached_rooms: None,
+            typing_max_timeout_ms: None,
         }
     }
 }
@@ -138,16 +141,26 @@ impl TestCluster {
                     .merge(Serialized::default(
                         "instance_map.events1",
                         json!({ "host": "127.0.0.1", "port": 1 }),
+                    ))
+                    // Typing has two writers, neither where requests arrive.
+                    .merge(Serialized::default(
+                        "stream_writers.typing",
+                        vec!["events1", "sync2"],
+                    ))
+                    .merge(Serialized::default(
+                        "instance_map.sync2",
+                        json!({ "host": "127.0.0.1", "port": 1 }),
                     ));
-                cluster
-                    .nodes
-                    .push(TestNode::start(config.clone(), "events1", &[Role::Events]).await);
+                cluster.nodes.push(
+                    TestNode::start(config.clone(), "events1", &[Role::Events, Role::Typing])
+                        .await,
+                );
                 cluster.nodes.push(
                     TestNode::start(config.clone(), "main", &[Role::Client, Role::Sync]).await,
                 );
                 cluster
                     .nodes
-                    .push(TestNode::start(config, "sync2", &[Role::Sync]).await);
+                    .push(TestNode::start(config, "sync2", &[Role::Sync, Role::Typing]).await);
                 cluster.sync_node = 2;
                 // The `main` node is the one clients talk to by default.
                 cluster.nodes.swap(0, 1);
@@ -285,6 +298,9 @@ fn base_config(database_url: &str, options: &Options) -> Figment {
     let mut figment = Figment::from(Yaml::string(&sample));
     if let Some(rooms) = options.event_writer_cached_rooms {
         figment = figment.merge(Serialized::default("event_writer_cached_rooms", rooms));
+    }
+    if let Some(ms) = options.typing_max_timeout_ms {
+        figment = figment.merge(Serialized::default("typing.max_timeout_ms", ms));
     }
     figment
         .merge(Serialized::default("database.url", database_url))
