@@ -231,7 +231,8 @@ mod tests {
             r#"{"room_id":"!r:x","typing":[["@a:x",1000],["@b:x",2000]]}"#
         );
         assert_eq!(TypingRow::from_value(&value), Some(typing));
-        assert_eq!(TypingRow::from_value(&json!(["!r:x", []])), None);
+        assert_eq!(TypingRow::from_value(&json!({ "room_id": 5 })), None);
+        assert_eq!(TypingRow::from_value(&json!({ "room_id": "!r:x" })), None);
         let rows = TypingRows::new(Arc::new(Mailboxes::new(
             lattice_actors::Placement::single_process("main"),
             None,
