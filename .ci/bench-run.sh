@@ -26,7 +26,7 @@
 # and their ratios lattice / baseline.
 #
 # Environment:
-#   BENCH_WORKLOADS       runs to do, in order (default: chat chat-paced big-room idle join-storm;
+#   BENCH_WORKLOADS       runs to do, in order (default: chat chat-paced chat-ephemeral big-room idle join-storm;
 #                         with --split: chat-paced)
 #   BENCH_ARGS            extra arguments for every `lattice bench` (e.g. "--users 100")
 #   BENCH_SPLIT_SYNC      --split: where /sync goes: `routes` (default; hashed by user over
@@ -62,7 +62,7 @@ if [[ "$WITH_SPLIT" == 1 ]]; then
 elif [[ -n "$BASELINE_BIN" ]]; then
     WORKLOADS=(${BENCH_WORKLOADS:-chat chat-paced})
 else
-    WORKLOADS=(${BENCH_WORKLOADS:-chat chat-paced big-room idle join-storm})
+    WORKLOADS=(${BENCH_WORKLOADS:-chat chat-paced chat-ephemeral big-room idle join-storm})
 fi
 EXTRA=(${BENCH_ARGS:-})
 SPLIT_SYNC="${BENCH_SPLIT_SYNC:-routes}"
@@ -167,10 +167,11 @@ run_workloads() {
                 # Ten messages each, unless BENCH_ARGS says how many.
                 [[ " ${EXTRA[*]} " == *" --messages "* ]] || args+=(--messages 10)
                 ;;
+            chat-ephemeral) args=(chat-ephemeral) ;;
             big-room) args=(big-room) ;;
             idle) args=(idle) ;;
             join-storm) args=(join-storm) ;;
-            *) die "unknown workload $name (chat chat-paced big-room idle join-storm)" ;;
+            *) die "unknown workload $name (chat chat-paced chat-ephemeral big-room idle join-storm)" ;;
         esac
         log "$label: $name"
         # stdout as is; stderr (progress, and why a run failed) also kept in a file.

@@ -176,6 +176,15 @@ pub struct Requester {
     pub is_admin: bool,
 }
 
+impl Requester {
+    /// The user as ruma's id, for messages to writers. Token owners are ids
+    /// this server registered, so this fails only on a corrupt row.
+    pub fn user(&self) -> ApiResult<ruma::OwnedUserId> {
+        ruma::OwnedUserId::try_from(self.user_id.as_str())
+            .map_err(|e| ApiError::internal(format!("token owner `{}`: {e}", self.user_id)))
+    }
+}
+
 /// The access token of a request: the `Authorization: Bearer` header, or the
 /// deprecated `access_token` query parameter.
 pub fn access_token(request: &HttpRequest) -> ApiResult<Option<String>> {

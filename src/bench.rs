@@ -639,12 +639,18 @@ async fn set_up(shared: &Arc<Shared>, pool: &ClientPool) -> Result<World, BenchE
         Workload::JoinStorm => "m.room.member",
         _ => "m.room.message",
     };
-    // Only what the bench reads: its own event type, no state, nothing else.
+    // Only what the bench reads: its own event type, no state, nothing else
+    // (and with chat-ephemeral, the typing and receipts it makes, as a
+    // client would get them).
+    let ephemeral_types = match shared.options.workload {
+        Workload::ChatEphemeral => json!(["m.typing", "m.receipt"]),
+        _ => json!([]),
+    };
     let filter = json!({
         "room": {
             "timeline": { "limit": 1000, "types": [message_type] },
             "state": { "types": [] },
-            "ephemeral": { "types": [] },
+            "ephemeral": { "types": ephemeral_types },
             "account_data": { "types": [] },
         },
         "presence": { "types": [] },
@@ -883,6 +889,9 @@ impl SyncLoop {
     }
 }
 
+/// How long a `chat-ephemeral` sender says it types before each message.
+const TYPING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Performs operation `op`: latencies count from `start`.
 async fn perform(shared: &Shared, world: &World, client: &MatrixClient, op: usize, start: Instant) {
     if let Ok(mut tracker) = shared.tracker.lock() {
@@ -898,12 +907,36 @@ async fn perform(shared: &Shared, world: &World, client: &MatrixClient, op: usiz
                 "body": format!("bench message {op}"),
                 "lattice.bench": { "run": shared.run_id, "id": op },
             });
-            shared
-                .retrying("send", || {
-                    client.send_message(session, room_id, &txn_id, &content)
-                })
-                .await
-                .map(drop)
+            let ephemeral = shared.options.workload == Workload::ChatEphemeral;
+            let typed = if ephemeral {
+                shared
+                    .retrying("typing", || {
+                        client.send_typing(session, room_id, TYPING_TIMEOUT)
+                    })
+                    .await
+            } else {
+                Ok(())
+            };
+            let sent = match typed {
+                Ok(()) => {
+                    shared
+                        .retrying("send", || {
+                            client.send_message(session, room_id, &txn_id, &content)
+                        })
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            match sent {
+                Ok(event_id) if ephemeral => {
+                    shared
+                        .retrying("receipt", || {
+                            client.send_read_receipt(session, room_id, &event_id)
+                        })
+                        .await
+                }
+                sent => sent.map(drop),
+            }
         }
         Operation::Join { user, room } => {
             let session = &world.sessions[user as usize];

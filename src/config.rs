@@ -305,7 +305,7 @@ impl Config {
                 message: format!("`{}` is not a valid server name", self.server_name),
             });
         }
-        crate::keys::SigningKey::parse(&self.signing_key).map_err(|message| {
+        crate::signing_key::SigningKey::parse(&self.signing_key).map_err(|message| {
             ConfigError::Invalid {
                 key: "signing_key",
                 message,
@@ -728,7 +728,7 @@ mod tests {
     fn base() -> String {
         sample(
             "example.org",
-            &crate::keys::SigningKey::generate().to_config_string(),
+            &crate::signing_key::SigningKey::generate().to_config_string(),
         )
     }
 

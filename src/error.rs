@@ -200,9 +200,106 @@ impl From<crate::storage::StorageError> for ApiError {
     }
 }
 
+/// A writer's refusal as the client sees it: the one place a
+/// [`WriteError`](crate::roles::WriteError) becomes a Matrix error.
+impl From<crate::roles::WriteError> for ApiError {
+    fn from(error: crate::roles::WriteError) -> Self {
+        use crate::roles::WriteError;
+        match error {
+            WriteError::Forbidden(message) => ApiError::forbidden(message),
+            WriteError::NotFound(message) => ApiError::not_found(message),
+            WriteError::BadJson(message) => ApiError::bad_json(message),
+            WriteError::InvalidParam(message) => ApiError::invalid_param(message),
+            WriteError::UnsupportedRoomVersion(version) => ApiError::new(
+                ErrCode::UnsupportedRoomVersion,
+                format!("unsupported room version {version}"),
+            ),
+            WriteError::TooLarge => ApiError::new(ErrCode::TooLarge, "event too large"),
+            WriteError::Storage(_) | WriteError::Internal(_) => ApiError::internal(error),
+        }
+    }
+}
+
 impl From<lattice_actors::MailboxError> for ApiError {
     fn from(error: lattice_actors::MailboxError) -> Self {
         tracing::warn!(error = %error, "mailbox call failed");
         ApiError::unavailable(format!("a writer could not be reached: {error}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::roles::WriteError;
+
+    /// What a client sees for an error: status, errcode and message.
+    fn seen(error: ApiError) -> (u16, String, String) {
+        let response = error.error_response();
+        let body = actix_web::body::to_bytes(response.into_body());
+        let body = futures::executor::block_on(body).expect("a body");
+        let body: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        (
+            error.status_code().as_u16(),
+            body["errcode"].as_str().unwrap_or_default().to_owned(),
+            body["error"].as_str().unwrap_or_default().to_owned(),
+        )
+    }
+
+    #[test]
+    fn each_write_error_is_one_matrix_error() {
+        let cases = [
+            (
+                WriteError::Forbidden("no power".into()),
+                403,
+                "M_FORBIDDEN",
+                "no power",
+            ),
+            (
+                WriteError::NotFound("unknown room".into()),
+                404,
+                "M_NOT_FOUND",
+                "unknown room",
+            ),
+            (
+                WriteError::BadJson("not an object".into()),
+                400,
+                "M_BAD_JSON",
+                "not an object",
+            ),
+            (
+                WriteError::InvalidParam("NUL".into()),
+                400,
+                "M_INVALID_PARAM",
+                "NUL",
+            ),
+            (
+                WriteError::UnsupportedRoomVersion("99".into()),
+                400,
+                "M_UNSUPPORTED_ROOM_VERSION",
+                "unsupported room version 99",
+            ),
+            (WriteError::TooLarge, 413, "M_TOO_LARGE", "event too large"),
+            // The server's faults: no internals shown to the client.
+            (
+                WriteError::Storage("connection reset".into()),
+                500,
+                "M_UNKNOWN",
+                "internal server error",
+            ),
+            (
+                WriteError::Internal("room without create event".into()),
+                500,
+                "M_UNKNOWN",
+                "internal server error",
+            ),
+        ];
+        for (error, status, errcode, message) in cases {
+            let shown = seen(ApiError::from(error.clone()));
+            assert_eq!(
+                shown,
+                (status, errcode.to_owned(), message.to_owned()),
+                "{error:?}"
+            );
+        }
     }
 }

@@ -12,6 +12,8 @@
 //! - [`caches`] keeps hot database reads in memory, each kept true by the
 //!   stream it follows or by explicit invalidation.
 //! - [`rooms`] is the Matrix room model (PDUs, auth rules via ruma, filters).
+//! - [`signing_key`] is this server's ed25519 key, which signs its events
+//!   (not the end-to-end encryption `keys` of the spec).
 //! - [`bench`] is `lattice bench`, the load generator that measures Lattice
 //!   and any other homeserver through the Client-Server API.
 //! - [`up`] is `lattice up`, which runs a whole topology on one machine as
@@ -23,11 +25,11 @@ pub mod bench;
 pub mod caches;
 pub mod config;
 pub mod error;
-pub mod keys;
 pub mod node;
 pub mod passwords;
 pub mod roles;
 pub mod rooms;
+pub mod signing_key;
 pub mod storage;
 pub mod streams;
 pub mod up;

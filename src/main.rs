@@ -128,7 +128,7 @@ fn generate_config(
     if ruma::ServerName::parse(server_name).is_err() {
         anyhow::bail!("`{server_name}` is not a valid server name");
     }
-    let key = lattice::keys::SigningKey::generate();
+    let key = lattice::signing_key::SigningKey::generate();
     let sample = lattice::config::sample(server_name, &key.to_config_string());
     print!(
         "{}",

@@ -13,17 +13,17 @@ use lattice_actors::{
     Endpoint, HmacKey, Placement, RedisTransport, RedisTransportConfig, ServeHandle, Supervisor,
     SupervisorError, Transport,
 };
-use ruma::OwnedServerName;
+use ruma::{OwnedServerName, RoomId, UserId};
 use serde_json::Value;
 
 use crate::api::{RateLimiter, TokenCache, TOKEN_CACHE};
 use crate::caches::{FilterCache, MembershipCache, RecentEventsCache, MEMBERSHIP_CACHE};
 use crate::config::Config;
 use crate::error::ApiResult;
-use crate::keys::SigningKey;
 use crate::passwords::PasswordHasher;
 use crate::roles::events::{CreateRoom, Persisted, SendEvent, Transaction, EVENTS_STREAM};
 use crate::roles::{ActorStart, Mailboxes, Role, ACTORS};
+use crate::signing_key::SigningKey;
 use crate::storage;
 use crate::streams::caches::{CachesStream, CachesWriter, Invalidation};
 use crate::streams::notifier::Notifier;
@@ -418,7 +418,8 @@ impl Node {
             }
         }
 
-        let mut metrics = crate::api::metrics::Metrics::new(instance_name, Arc::clone(&supervisor));
+        let mut metrics = crate::api::metrics::Metrics::new(instance_name, Arc::clone(&supervisor))
+            .with_streams(notifier.clone());
         if let Some(transport) = transport {
             let served = endpoints
                 .iter()
@@ -592,15 +593,15 @@ impl Node {
     pub async fn send_event(&self, request: SendEvent) -> ApiResult<Persisted> {
         let writer = self
             .mailboxes
-            .for_shard::<SendEvent>(EVENTS_STREAM, &request.room_id)?;
+            .for_shard::<SendEvent>(EVENTS_STREAM, request.room_id.as_str())?;
         let persisted = writer.call(request, self.write_deadline()).await??;
         Ok(self.seen(persisted).await)
     }
 
     pub async fn send_state_event(
         &self,
-        room_id: &str,
-        sender: &str,
+        room_id: &RoomId,
+        sender: &UserId,
         kind: &str,
         state_key: &str,
         content: Value,

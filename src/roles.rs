@@ -123,3 +123,39 @@ pub enum RoleError {
     #[error("--roles: unknown role `{0}` (known: client, sync, events, typing, to_device, account_data, receipts, presence, device_lists, push_rules, pusher, federation_sender, federation_reader, media, background)")]
     Unknown(String),
 }
+
+/// Why a writer refused or failed a write (the events writer's sends and
+/// createRoom; the typing and receipts writers to come). It crosses the
+/// mailbox as the error of a writer's reply, so it is serialisable; it
+/// becomes a Matrix error in one place, `From<WriteError> for ApiError` in
+/// `src/error.rs`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteError {
+    /// The sender may not do this: the auth rules, or what else a writer
+    /// checks (who may redact what).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The room or event the write names is not known here.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The content is not what the write needs.
+    #[error("bad json: {0}")]
+    BadJson(String),
+    /// A value the writer cannot take: NUL characters, over-long event
+    /// types or state keys, an event of another room.
+    #[error("invalid parameter: {0}")]
+    InvalidParam(String),
+    /// A room version this server does not support (the version).
+    #[error("unsupported room version {0}")]
+    UnsupportedRoomVersion(String),
+    /// The event is larger than the spec allows.
+    #[error("event too large")]
+    TooLarge,
+    /// Storage failed: the server's fault, not the request's.
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// Any other failure that is the server's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}

@@ -41,9 +41,10 @@
 //!
 //! # Why tokio tasks and not actix actors
 //!
-//! The workspace depends on actix, but an actor here is a tokio task reading
-//! an unbounded mpsc inbox of type-erased jobs. That choice makes the three
-//! hard requirements simple:
+//! An actor here is a tokio task reading an unbounded mpsc inbox of
+//! type-erased jobs (the workspace does not depend on the `actix` actor
+//! crate; actix-web serves HTTP only). That choice makes the three hard
+//! requirements simple:
 //!
 //! * **Handles survive restarts.** The supervisor's per-actor task owns the
 //!   inbox *receiver* for the actor's whole life and lends it (`&mut`) to

@@ -31,6 +31,7 @@ use lattice_actors::{
     SupervisorSnapshot, Transport,
 };
 
+use crate::streams::notifier::Notifier;
 use crate::streams::replication::{Replication, WriterLag};
 
 /// Upper bounds (seconds) of the latency histogram's buckets: from a cached
@@ -64,6 +65,8 @@ pub struct Metrics {
     /// Replication of a split instance: announced positions, and this
     /// instance's view of the events stream they are compared with.
     replication: Option<Arc<Replication>>,
+    /// Every stream's position as this instance has seen it persisted.
+    streams: Option<Notifier>,
     started: Instant,
     in_flight: AtomicI64,
     endpoints: Mutex<BTreeMap<EndpointKey, EndpointStats>>,
@@ -94,6 +97,7 @@ impl Metrics {
             transport: None,
             served: Vec::new(),
             replication: None,
+            streams: None,
             started: Instant::now(),
             in_flight: AtomicI64::new(0),
             endpoints: Mutex::new(BTreeMap::new()),
@@ -105,6 +109,12 @@ impl Metrics {
     pub fn with_mailboxes(mut self, transport: RedisTransport, served: Vec<String>) -> Metrics {
         self.transport = Some(transport);
         self.served = served;
+        self
+    }
+
+    /// Reports the position of every stream of the registry.
+    pub fn with_streams(mut self, notifier: Notifier) -> Metrics {
+        self.streams = Some(notifier);
         self
     }
 
@@ -173,6 +183,9 @@ impl Metrics {
             }
             scrape.transport = Some(transport.redis_stats());
         }
+        if let Some(notifier) = &self.streams {
+            scrape.stream_positions = notifier.positions_by_stream();
+        }
         if let Some(replication) = &self.replication {
             let stats = &replication.stats;
             scrape.lags = Some(replication.lags());
@@ -222,6 +235,7 @@ impl Metrics {
         render_mailboxes(&mut out, scrape);
         render_calls(&mut out, &scrape.calls);
         render_replication(&mut out, scrape);
+        render_streams(&mut out, scrape);
         out.finish()
     }
 
@@ -297,6 +311,8 @@ struct Scrape {
     lags: Option<Vec<WriterLag>>,
     replication_rejected: u64,
     replication_reconnects: u64,
+    /// Each stream's persisted-up-to position here.
+    stream_positions: std::collections::BTreeMap<&'static str, i64>,
 }
 
 /// A metric family read from every actor's snapshot: name, type, help, value.
@@ -451,6 +467,24 @@ fn render_calls(out: &mut Exposition, calls: &[(CallKey, CallStats)]) {
 
 /// A gauge read from every writer's lag: name, help, value.
 type LagFamily = (&'static str, &'static str, fn(&WriterLag) -> i64);
+
+fn render_streams(out: &mut Exposition, scrape: &Scrape) {
+    if scrape.stream_positions.is_empty() {
+        return;
+    }
+    out.family(
+        "lattice_stream_position",
+        "gauge",
+        "The position up to which every writer of each stream has persisted, as this instance has seen it.",
+    );
+    for (stream, position) in &scrape.stream_positions {
+        out.sample(
+            "lattice_stream_position",
+            &[("stream", stream)],
+            *position as f64,
+        );
+    }
+}
 
 fn render_replication(out: &mut Exposition, scrape: &Scrape) {
     let Some(lags) = &scrape.lags else {

@@ -399,6 +399,55 @@ impl MatrixClient {
             .ok_or_else(|| ClientError::Protocol("send: no event_id".into()))
     }
 
+    /// PUT /rooms/{roomId}/typing/{userId}: typing for `timeout`.
+    pub async fn send_typing(
+        &self,
+        session: &Session,
+        room_id: &str,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        let url = format!(
+            "{}/_matrix/client/v3/rooms/{}/typing/{}",
+            self.endpoints.send,
+            path_segment(room_id),
+            path_segment(&session.user_id)
+        );
+        let body = json!({ "typing": true, "timeout": timeout.as_millis() as u64 });
+        self.call::<Value>(
+            Method::PUT,
+            url,
+            Some(&session.access_token),
+            Some(&body),
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// POST /rooms/{roomId}/receipt/m.read/{eventId}.
+    pub async fn send_read_receipt(
+        &self,
+        session: &Session,
+        room_id: &str,
+        event_id: &str,
+    ) -> Result<(), ClientError> {
+        let url = format!(
+            "{}/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+            self.endpoints.send,
+            path_segment(room_id),
+            path_segment(event_id)
+        );
+        self.call::<Value>(
+            Method::POST,
+            url,
+            Some(&session.access_token),
+            Some(&json!({})),
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
+    }
+
     /// GET /sync, long-polling up to `timeout` when `since` is given.
     pub async fn sync(
         &self,

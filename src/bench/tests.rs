@@ -47,7 +47,7 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr");
         let sample = crate::config::sample(
             "localhost",
-            &crate::keys::SigningKey::generate().to_config_string(),
+            &crate::signing_key::SigningKey::generate().to_config_string(),
         );
         let config = Config::from_figment(
             Figment::from(Yaml::string(&sample))

@@ -9,12 +9,13 @@ mod heads;
 mod persister;
 mod rows;
 
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomVersionId};
 use serde::{Deserialize, Serialize};
 
 pub use crate::streams::events::EVENTS_STREAM;
 pub use persister::{parse_stored_pdu, EventPersister};
 
-use super::{ActorStart, StartedActor};
+use super::{ActorStart, StartedActor, WriteError};
 
 /// Deliveries of the persister's mailbox endpoint handled at once: enough to
 /// fill its batches (100 sends a transaction).
@@ -64,18 +65,18 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
     })
 }
 
-use crate::error::{ApiError, ErrCode};
-
-/// Build, authorise and persist one event in an existing room.
+/// Build, authorise and persist one event in an existing room. Ids are
+/// ruma's types, parsed where the request entered the server; on the wire
+/// they are the same JSON strings as before.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SendEvent {
-    pub room_id: String,
-    pub sender: String,
+    pub room_id: OwnedRoomId,
+    pub sender: OwnedUserId,
     pub kind: String,
     pub state_key: Option<String>,
     pub content: serde_json::Value,
     /// For `m.room.redaction`.
-    pub redacts: Option<String>,
+    pub redacts: Option<OwnedEventId>,
     /// What makes the send idempotent: the client's transaction id, or a
     /// request id made where the request entered the server.
     pub txn: Option<Transaction>,
@@ -149,8 +150,10 @@ impl TxnEndpoint {
 /// Create a room: its create event and initial state, in one transaction.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateRoom {
-    pub room_version: String,
-    pub creator: String,
+    /// Any version a client names: the persister refuses the ones this
+    /// server does not support.
+    pub room_version: RoomVersionId,
+    pub creator: OwnedUserId,
     /// Content of the `m.room.create` event (without `creator` and
     /// `room_version`, which the persister sets as the version requires).
     pub create_content: serde_json::Map<String, serde_json::Value>,
@@ -166,7 +169,7 @@ pub struct CreateRoom {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InitialEvent {
-    pub sender: String,
+    pub sender: OwnedUserId,
     pub kind: String,
     pub state_key: Option<String>,
     pub content: serde_json::Value,
@@ -175,8 +178,8 @@ pub struct InitialEvent {
 /// Where an event landed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Persisted {
-    pub event_id: String,
-    pub room_id: String,
+    pub event_id: OwnedEventId,
+    pub room_id: OwnedRoomId,
     /// The writer that persisted it (its position is what to wait for).
     pub instance: String,
     /// The position of the event in the events stream; the caller waits until
@@ -184,45 +187,121 @@ pub struct Persisted {
     pub stream_ordering: i64,
 }
 
-/// Why a write was refused: a Matrix error the client should see.
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
-#[error("{errcode}: {message}")]
-pub struct WriteError {
-    pub errcode: String,
-    pub message: String,
-}
-
-impl WriteError {
-    pub fn new(errcode: ErrCode, message: impl Into<String>) -> WriteError {
-        WriteError {
-            errcode: errcode.as_str().to_owned(),
-            message: message.into(),
-        }
-    }
-}
-
-impl From<WriteError> for ApiError {
-    fn from(error: WriteError) -> ApiError {
-        let errcode = match error.errcode.as_str() {
-            "M_FORBIDDEN" => ErrCode::Forbidden,
-            "M_NOT_FOUND" => ErrCode::NotFound,
-            "M_BAD_JSON" => ErrCode::BadJson,
-            "M_INVALID_PARAM" => ErrCode::InvalidParam,
-            "M_UNSUPPORTED_ROOM_VERSION" => ErrCode::UnsupportedRoomVersion,
-            "M_TOO_LARGE" => ErrCode::TooLarge,
-            "M_LIMIT_EXCEEDED" => ErrCode::LimitExceeded,
-            _ => return ApiError::internal(error),
-        };
-        ApiError::new(errcode, error.message)
-    }
-}
-
+// v2: the reply's error is the `WriteError` enum, no longer an errcode string.
 impl lattice_actors::RemoteMessage for SendEvent {
     type Reply = Result<Persisted, WriteError>;
-    const WIRE_NAME: &'static str = "events.send.v1";
+    const WIRE_NAME: &'static str = "events.send.v2";
 }
 
 impl lattice_actors::RemoteMessage for CreateRoom {
     type Reply = Result<Persisted, WriteError>;
-    const WIRE_NAME: &'static str = "events.create_room.v1";
+    const WIRE_NAME: &'static str = "events.create_room.v2";
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{owned_event_id, owned_room_id, owned_user_id};
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn ids_cross_the_mailbox_as_the_strings_they_were() {
+        let send = SendEvent {
+            room_id: owned_room_id!("!room:example.org"),
+            sender: owned_user_id!("@alice:example.org"),
+            kind: "m.room.redaction".into(),
+            state_key: None,
+            content: json!({}),
+            redacts: Some(owned_event_id!("$target")),
+            txn: None,
+        };
+        let wire = serde_json::to_value(&send).expect("encodes");
+        assert_eq!(wire["room_id"], "!room:example.org");
+        assert_eq!(wire["sender"], "@alice:example.org");
+        assert_eq!(wire["redacts"], "$target");
+        let read: SendEvent = serde_json::from_value(wire).expect("decodes");
+        assert_eq!(read.room_id, send.room_id);
+        assert_eq!(read.sender, send.sender);
+        assert_eq!(read.redacts, send.redacts);
+
+        let create = CreateRoom {
+            room_version: RoomVersionId::V12,
+            creator: owned_user_id!("@alice:example.org"),
+            create_content: serde_json::Map::new(),
+            initial_events: vec![InitialEvent {
+                sender: owned_user_id!("@alice:example.org"),
+                kind: "m.room.member".into(),
+                state_key: Some("@alice:example.org".into()),
+                content: json!({ "membership": "join" }),
+            }],
+            is_public: false,
+            request_id: "r".into(),
+        };
+        let wire = serde_json::to_value(&create).expect("encodes");
+        assert_eq!(wire["room_version"], "12");
+        assert_eq!(wire["creator"], "@alice:example.org");
+        assert_eq!(wire["initial_events"][0]["sender"], "@alice:example.org");
+        let read: CreateRoom = serde_json::from_value(wire).expect("decodes");
+        assert_eq!(read.room_version, RoomVersionId::V12);
+        assert_eq!(
+            read.initial_events[0].sender,
+            create.initial_events[0].sender
+        );
+
+        // A version this server does not support still decodes: the
+        // persister answers M_UNSUPPORTED_ROOM_VERSION, not a decode error.
+        let mut wire = serde_json::to_value(&create).expect("encodes");
+        wire["room_version"] = json!("future-version");
+        let read: CreateRoom = serde_json::from_value(wire).expect("decodes");
+        assert_eq!(read.room_version.as_str(), "future-version");
+    }
+
+    #[test]
+    fn a_malformed_id_does_not_decode() {
+        let wire = json!({
+            "room_id": "no sigil",
+            "sender": "@alice:example.org",
+            "kind": "m.room.message",
+            "state_key": null,
+            "content": {},
+            "redacts": null,
+            "txn": null,
+        });
+        assert!(serde_json::from_value::<SendEvent>(wire).is_err());
+    }
+
+    #[test]
+    fn a_writers_answer_crosses_the_mailbox() {
+        type Reply = <SendEvent as lattice_actors::RemoteMessage>::Reply;
+        let persisted: Reply = Ok(Persisted {
+            event_id: owned_event_id!("$event"),
+            room_id: owned_room_id!("!room:example.org"),
+            instance: "events1".into(),
+            stream_ordering: 42,
+        });
+        let wire = serde_json::to_value(&persisted).expect("encodes");
+        assert_eq!(wire["Ok"]["event_id"], "$event");
+        assert_eq!(wire["Ok"]["room_id"], "!room:example.org");
+        let read: Reply = serde_json::from_value(wire).expect("decodes");
+        let read = read.expect("persisted");
+        assert_eq!(read.event_id, owned_event_id!("$event"));
+        assert_eq!(read.stream_ordering, 42);
+
+        for error in [
+            WriteError::Forbidden("no power".into()),
+            WriteError::NotFound("unknown room".into()),
+            WriteError::BadJson("not an object".into()),
+            WriteError::InvalidParam("NUL".into()),
+            WriteError::UnsupportedRoomVersion("99".into()),
+            WriteError::TooLarge,
+            WriteError::Storage("connection reset".into()),
+            WriteError::Internal("no answer".into()),
+        ] {
+            let refused: Reply = Err(error.clone());
+            let wire = serde_json::to_string(&refused).expect("encodes");
+            let read: Reply = serde_json::from_str(&wire).expect("decodes");
+            assert_eq!(read.expect_err("refused"), error, "{wire}");
+        }
+    }
 }

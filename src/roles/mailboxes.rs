@@ -19,7 +19,7 @@ use ruma::OwnedServerName;
 use crate::caches::RecentEventsCache;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
-use crate::keys::SigningKey;
+use crate::signing_key::SigningKey;
 use crate::streams::registry::Streams;
 
 /// Every actor kind's mailboxes, local or remote. Shared by the node.

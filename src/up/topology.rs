@@ -651,7 +651,7 @@ instances:
     fn base_yaml() -> String {
         crate::config::sample(
             "example.org",
-            &crate::keys::SigningKey::generate().to_config_string(),
+            &crate::signing_key::SigningKey::generate().to_config_string(),
         )
     }
 

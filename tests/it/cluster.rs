@@ -18,9 +18,9 @@ use awc::http::{Method, StatusCode};
 use figment::providers::{Format, Serialized, Yaml};
 use figment::Figment;
 use lattice::config::Config;
-use lattice::keys::SigningKey;
 use lattice::node::Node;
 use lattice::roles::Role;
+use lattice::signing_key::SigningKey;
 use rand::Rng;
 use serde_json::{json, Value};
 

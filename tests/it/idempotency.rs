@@ -5,6 +5,7 @@
 
 use awc::http::StatusCode;
 use lattice::roles::events::{CreateRoom, InitialEvent, SendEvent, Transaction};
+use ruma::{OwnedUserId, RoomVersionId};
 use serde_json::{json, Value};
 
 use crate::cluster::{enc, TestCluster, User};
@@ -104,8 +105,8 @@ async fn a_state_event_delivered_twice_writes_once() {
     let alice = cluster.client().register("alice").await;
     let room_id = alice.create_room(json!({})).await;
     let message = SendEvent {
-        room_id: room_id.clone(),
-        sender: alice.user_id.clone(),
+        room_id: room_id.parse().expect("a room id"),
+        sender: alice.user_id.parse().expect("a user id"),
         kind: "m.room.topic".into(),
         state_key: Some(String::new()),
         content: json!({ "topic": "once" }),
@@ -134,12 +135,13 @@ async fn a_state_event_delivered_twice_writes_once() {
 async fn a_create_room_delivered_twice_creates_one_room() {
     let cluster = TestCluster::start().await;
     let alice = cluster.client().register("alice").await;
+    let alice_id: OwnedUserId = alice.user_id.parse().expect("a user id");
     let message = CreateRoom {
-        room_version: "12".into(),
-        creator: alice.user_id.clone(),
+        room_version: RoomVersionId::V12,
+        creator: alice_id.clone(),
         create_content: serde_json::Map::new(),
         initial_events: vec![InitialEvent {
-            sender: alice.user_id.clone(),
+            sender: alice_id,
             kind: "m.room.member".into(),
             state_key: Some(alice.user_id.clone()),
             content: json!({ "membership": "join" }),

@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use actix_web::http::{Method, StatusCode};
+use lattice::roles::events::{CreateRoom, SendEvent};
+use lattice_actors::RemoteMessage;
 use serde_json::json;
 
 use crate::cluster::{Client, TestCluster};
@@ -51,6 +53,15 @@ async fn metrics_show_mailboxes_remote_calls_replication_lag_and_restarts() {
     alice.send_text(&room, "hello").await;
     let position = newest_position(&alice, &room).await;
 
+    // Every stream of the registry, at what this instance has seen (main
+    // answered the send once it had seen it, on either topology).
+    let text = scrape(&cluster.node_client("main")).await;
+    let seen = sample(&text, r#"lattice_stream_position{stream="events"}"#);
+    assert!(
+        seen.is_some_and(|seen| seen >= position as f64),
+        "events at {position}, /metrics says {seen:?}:\n{text}"
+    );
+
     if !cluster.is_split() {
         let text = scrape(&cluster.node_client("main")).await;
         for series in [
@@ -78,7 +89,10 @@ async fn metrics_show_mailboxes_remote_calls_replication_lag_and_restarts() {
     // `main` (client + sync) sent both writes to the persister on events1
     // through its mailbox proxy, and timed them.
     let main = scrape(&cluster.node_client("main")).await;
-    for message in ["events.send.v1", "events.create_room.v1"] {
+    for message in [
+        <SendEvent as RemoteMessage>::WIRE_NAME,
+        <CreateRoom as RemoteMessage>::WIRE_NAME,
+    ] {
         let labels = format!(r#"message="{message}",destination="events@events1""#);
         let count = sample(
             &main,

@@ -3,6 +3,7 @@
 //! bounded, and a large room's state is written in linear space.
 
 use awc::http::StatusCode;
+use ruma::{OwnedUserId, RoomVersionId};
 use serde_json::{json, Value};
 
 use lattice::roles::events::{CreateRoom, InitialEvent};
@@ -196,21 +197,22 @@ async fn a_large_initial_state_is_written_in_linear_space() {
     // More than createRoom takes from a client (`initial_state` is bounded at
     // the edge), straight to the events writer through its mailbox.
     let items = 1000;
+    let alice_id: OwnedUserId = alice.user_id.parse().expect("a user id");
     let mut initial_events = vec![InitialEvent {
-        sender: alice.user_id.clone(),
+        sender: alice_id.clone(),
         kind: "m.room.member".into(),
         state_key: Some(alice.user_id.clone()),
         content: json!({ "membership": "join" }),
     }];
     initial_events.extend((0..items).map(|i| InitialEvent {
-        sender: alice.user_id.clone(),
+        sender: alice_id.clone(),
         kind: "org.example.item".into(),
         state_key: Some(format!("{i}")),
         content: json!({ "n": i }),
     }));
     let message = CreateRoom {
-        room_version: "12".into(),
-        creator: alice.user_id.clone(),
+        room_version: RoomVersionId::V12,
+        creator: alice_id,
         create_content: serde_json::Map::new(),
         initial_events,
         is_public: false,
@@ -223,7 +225,8 @@ async fn a_large_initial_state_is_written_in_linear_space() {
         )
         .await
         .expect("created")
-        .room_id;
+        .room_id
+        .to_string();
 
     let state = alice.room_state(&room_id).await;
     let stored_items = state

@@ -181,7 +181,7 @@ async fn join(
     room_id: &str,
     reason: Option<String>,
 ) -> ApiResult<HttpResponse> {
-    check_room_id(room_id)?;
+    let room_id = check_room_id(room_id)?;
     check_reason(reason.as_deref())?;
     let mut content = json!({ "membership": "join" });
     if let Some(profile) = accounts::profile(&node.pool, &requester.user_id).await? {
@@ -196,8 +196,8 @@ async fn join(
         content["reason"] = json!(reason);
     }
     node.send_state_event(
-        room_id,
-        &requester.user_id,
+        &room_id,
+        &requester.user()?,
         "m.room.member",
         &requester.user_id,
         content,
@@ -213,8 +213,7 @@ pub async fn invite(
     path: web::Path<String>,
     JsonBody(body): JsonBody<TargetBody>,
 ) -> ApiResult<HttpResponse> {
-    let room_id = path.into_inner();
-    check_room_id(&room_id)?;
+    let room_id = check_room_id(&path.into_inner())?;
     let target = check_user_id(&body.user_id)?;
     check_reason(body.reason.as_deref())?;
     if target.server_name() != node.config.server_name.as_str() {
@@ -222,7 +221,7 @@ pub async fn invite(
             "inviting users of other servers needs federation, which this server does not do yet",
         ));
     }
-    require_joined(&node, &room_id, &requester.user_id).await?;
+    require_joined(&node, room_id.as_str(), &requester.user_id).await?;
     if !accounts::user_exists(&node.pool, &body.user_id).await? {
         return Err(ApiError::not_found(format!(
             "user {} does not exist",
@@ -240,9 +239,9 @@ pub async fn invite(
     }
     node.send_state_event(
         &room_id,
-        &requester.user_id,
+        &requester.user()?,
         "m.room.member",
-        &body.user_id,
+        target.as_str(),
         content,
     )
     .await?;
@@ -256,10 +255,9 @@ pub async fn leave(
     path: web::Path<String>,
     OptionalJsonBody(body): OptionalJsonBody<ReasonBody>,
 ) -> ApiResult<HttpResponse> {
-    let room_id = path.into_inner();
-    check_room_id(&room_id)?;
+    let room_id = check_room_id(&path.into_inner())?;
     check_reason(body.reason.as_deref())?;
-    match rooms::membership(&node.pool, &room_id, &requester.user_id).await? {
+    match rooms::membership(&node.pool, room_id.as_str(), &requester.user_id).await? {
         Some(m) if m.membership == "join" || m.membership == "invite" => {}
         // Leaving a room one is not in is a no-op, as in Synapse.
         Some(m) if m.membership == "leave" => return Ok(HttpResponse::Ok().json(json!({}))),
@@ -271,7 +269,7 @@ pub async fn leave(
     }
     node.send_state_event(
         &room_id,
-        &requester.user_id,
+        &requester.user()?,
         "m.room.member",
         &requester.user_id,
         content,
@@ -292,12 +290,12 @@ async fn set_membership_of_other(
     membership: &str,
     target_must_be: Option<(&[&str], &str)>,
 ) -> ApiResult<HttpResponse> {
-    check_room_id(room_id)?;
-    check_user_id(&body.user_id)?;
+    let room_id = check_room_id(room_id)?;
+    let target = check_user_id(&body.user_id)?;
     check_reason(body.reason.as_deref())?;
-    require_joined(node, room_id, &requester.user_id).await?;
+    require_joined(node, room_id.as_str(), &requester.user_id).await?;
     if let Some((memberships, otherwise)) = target_must_be {
-        let current = rooms::membership(&node.pool, room_id, &body.user_id).await?;
+        let current = rooms::membership(&node.pool, room_id.as_str(), target.as_str()).await?;
         if !current.is_some_and(|m| memberships.contains(&m.membership.as_str())) {
             return Err(ApiError::forbidden(format!("{} {otherwise}", body.user_id)));
         }
@@ -307,10 +305,10 @@ async fn set_membership_of_other(
         content["reason"] = json!(reason);
     }
     node.send_state_event(
-        room_id,
-        &requester.user_id,
+        &room_id,
+        &requester.user()?,
         "m.room.member",
-        &body.user_id,
+        target.as_str(),
         content,
     )
     .await?;
@@ -451,9 +449,8 @@ pub async fn members(
     Ok(HttpResponse::Ok().json(json!({ "chunk": chunk })))
 }
 
-pub fn check_room_id(room_id: &str) -> ApiResult<()> {
+pub fn check_room_id(room_id: &str) -> ApiResult<ruma::OwnedRoomId> {
     ruma::RoomId::parse(room_id)
-        .map(|_| ())
         .map_err(|_| ApiError::invalid_param(format!("`{room_id}` is not a valid room id")))
 }
 

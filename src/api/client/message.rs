@@ -27,12 +27,12 @@ pub async fn send_message_event(
     JsonBody(body): JsonBody<serde_json::Map<String, Value>>,
 ) -> ApiResult<HttpResponse> {
     let (room_id, kind, txn_id) = path.into_inner();
-    check_room_id(&room_id)?;
+    let room_id = check_room_id(&room_id)?;
     check_txn_id(&txn_id)?;
     let persisted = node
         .send_event(SendEvent {
             room_id,
-            sender: requester.user_id.clone(),
+            sender: requester.user()?,
             kind,
             state_key: None,
             content: Value::Object(body),
@@ -60,16 +60,17 @@ pub async fn redact_event(
     JsonBody(body): JsonBody<RedactBody>,
 ) -> ApiResult<HttpResponse> {
     let (room_id, event_id, txn_id) = path.into_inner();
-    check_room_id(&room_id)?;
+    let room_id = check_room_id(&room_id)?;
     check_txn_id(&txn_id)?;
     check_reason(body.reason.as_deref())?;
-    ruma::EventId::parse(&event_id).map_err(|_| ApiError::invalid_param("malformed event id"))?;
-    require_joined(&node, &room_id, &requester.user_id).await?;
+    let event_id = ruma::EventId::parse(&event_id)
+        .map_err(|_| ApiError::invalid_param("malformed event id"))?;
+    require_joined(&node, room_id.as_str(), &requester.user_id).await?;
     // Who may redact what is decided where the redaction is built (the
     // event persister), as for a redaction sent through `/send`.
-    rooms::event_origin(&node.pool, &event_id)
+    rooms::event_origin(&node.pool, event_id.as_str())
         .await?
-        .filter(|e| e.room_id == room_id)
+        .filter(|e| e.room_id == room_id.as_str())
         .ok_or_else(|| ApiError::not_found("event not found"))?;
     let mut content = json!({});
     if let Some(reason) = body.reason {
@@ -78,7 +79,7 @@ pub async fn redact_event(
     let persisted = node
         .send_event(SendEvent {
             room_id,
-            sender: requester.user_id.clone(),
+            sender: requester.user()?,
             kind: "m.room.redaction".into(),
             state_key: None,
             content,

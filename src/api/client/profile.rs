@@ -81,6 +81,7 @@ pub async fn set_profile_field(
         accounts::set_avatar_url(&node.pool, &user_id, value.as_deref()).await?;
     }
     // Propagate to the member event of every joined room, as Synapse does.
+    let sender = requester.user()?;
     for room_id in rooms::joined_rooms(&node.pool, &user_id).await? {
         let Some(mut content) =
             rooms::current_member_content(&node.pool, &room_id, &user_id).await?
@@ -91,15 +92,20 @@ pub async fn set_profile_field(
             Some(v) => content.insert(field.clone(), json!(v)),
             None => content.remove(&field),
         };
-        let result = node
-            .send_state_event(
-                &room_id,
-                &user_id,
-                "m.room.member",
-                &user_id,
-                Value::Object(content),
-            )
-            .await;
+        // Stored room ids were parsed when the rooms were created.
+        let result = match ruma::RoomId::parse(&room_id).map_err(ApiError::internal) {
+            Ok(parsed_room_id) => {
+                node.send_state_event(
+                    &parsed_room_id,
+                    &sender,
+                    "m.room.member",
+                    &user_id,
+                    Value::Object(content),
+                )
+                .await
+            }
+            Err(error) => Err(error),
+        };
         if let Err(error) = result {
             tracing::warn!(room_id = %room_id, error = %error, "could not update member event with new profile");
         }

@@ -137,7 +137,7 @@ pub async fn create_room(
         create_content.insert("additional_creators".into(), Value::Array(creators));
     }
 
-    let creator = requester.user_id.clone();
+    let creator = requester.user()?;
     let state_event = |kind: &str, state_key: &str, content: Value| InitialEvent {
         sender: creator.clone(),
         kind: kind.to_owned(),
@@ -146,7 +146,7 @@ pub async fn create_room(
     };
     let mut events = Vec::new();
 
-    let profile = accounts::profile(&node.pool, &creator).await?;
+    let profile = accounts::profile(&node.pool, creator.as_str()).await?;
     let mut join = json!({ "membership": "join" });
     if let Some(profile) = &profile {
         if let Some(name) = &profile.displayname {
@@ -156,12 +156,12 @@ pub async fn create_room(
             join["avatar_url"] = json!(url);
         }
     }
-    events.push(state_event("m.room.member", &creator, join));
+    events.push(state_event("m.room.member", creator.as_str(), join));
 
     // Power levels: the spec's defaults, creators and trusted invitees, then the override.
     let mut users = Map::new();
     if !is_v12 {
-        users.insert(creator.clone(), json!(100));
+        users.insert(creator.to_string(), json!(100));
         if preset == Preset::TrustedPrivateChat {
             for invitee in &body.invite {
                 users.insert(invitee.clone(), json!(100));
@@ -282,7 +282,7 @@ pub async fn create_room(
 
     let persisted = node
         .create_room(CreateRoom {
-            room_version: version_text,
+            room_version: version,
             creator: creator.clone(),
             create_content,
             initial_events: events,
@@ -293,7 +293,14 @@ pub async fn create_room(
         })
         .await?;
     if let Some(alias) = &alias {
-        if !rooms::create_alias(&node.pool, alias, &persisted.room_id, &creator).await? {
+        if !rooms::create_alias(
+            &node.pool,
+            alias,
+            persisted.room_id.as_str(),
+            creator.as_str(),
+        )
+        .await?
+        {
             tracing::warn!(alias, "alias was taken while the room was being created");
         }
     }

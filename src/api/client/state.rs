@@ -144,9 +144,9 @@ async fn set_state(
     state_key: String,
     content: serde_json::Map<String, Value>,
 ) -> ApiResult<HttpResponse> {
-    check_room_id(&room_id)?;
+    let room_id = check_room_id(&room_id)?;
     if kind == "m.room.canonical_alias" {
-        check_canonical_alias(node, &room_id, &content).await?;
+        check_canonical_alias(node, room_id.as_str(), &content).await?;
     }
     if kind == "m.room.member" && content.get("membership").and_then(Value::as_str).is_none() {
         return Err(ApiError::bad_json(
@@ -156,7 +156,7 @@ async fn set_state(
     let persisted = node
         .send_state_event(
             &room_id,
-            &requester.user_id,
+            &requester.user()?,
             &kind,
             &state_key,
             Value::Object(content),

@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use ruma::{events::StateEventType, OwnedEventId, RoomVersionId, UserId};
 
-use super::WriteError;
-use crate::error::ErrCode;
+use crate::roles::WriteError;
 use crate::rooms::pdu::{self, Pdu};
 
 /// A state group is a delta over the previous group of its room until the
@@ -76,13 +75,13 @@ impl RoomHead {
     pub fn may_redact_others(&self, user: &UserId) -> Result<bool, WriteError> {
         let state = |kind: &str| self.state.get(&(kind.to_owned(), String::new()));
         let create = state("m.room.create")
-            .ok_or_else(|| WriteError::new(ErrCode::Internal, "room without create event"))?;
+            .ok_or_else(|| WriteError::Internal("room without create event".into()))?;
         let levels = pdu::room_power_levels(
             &self.version,
             create,
             state("m.room.power_levels").map(|p| &**p),
         )
-        .map_err(|e| WriteError::new(ErrCode::Internal, e.to_string()))?;
+        .map_err(|e| WriteError::Internal(e.to_string()))?;
         Ok(levels.user_can_redact_event_of_other(user))
     }
 }

@@ -11,16 +11,16 @@ use deadpool_postgres::Pool;
 use lattice_actors::{Actor, Context, Handler};
 use ruma::{
     signatures::Ed25519KeyPair, CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedServerName,
-    OwnedUserId, RoomVersionId,
+    OwnedUserId, RoomId, RoomVersionId,
 };
 use serde_json::{json, Value};
 
 use super::authorization::{self, Redaction, ROOM_REDACTION};
 use super::heads::{snapshot_due, RoomHead, RoomHeads};
 use super::rows::{self, stored_event, NewEvent, RoomRow, StateGroupChange};
-use super::{CreateRoom, Persisted, SendEvent, Transaction, WriteError};
+use super::{CreateRoom, Persisted, SendEvent, Transaction};
 use crate::caches::RecentEventsCache;
-use crate::error::ErrCode;
+use crate::roles::WriteError;
 use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
 use crate::rooms::version::parse_supported;
 use crate::storage::rooms::{self as stored_rooms, StoredEvent};
@@ -119,7 +119,11 @@ impl EventPersister {
             .collect();
         let keys: Vec<Option<TxnKey>> = requests
             .iter()
-            .map(|(_, r)| r.txn.as_ref().map(|t| txn_key(&r.sender, &r.room_id, t)))
+            .map(|(_, r)| {
+                r.txn
+                    .as_ref()
+                    .map(|t| txn_key(r.sender.as_str(), r.room_id.as_str(), t))
+            })
             .collect();
         let sent_before = match self.already_sent(keys.iter().flatten()).await {
             Ok(sent) => sent,
@@ -154,14 +158,7 @@ impl EventPersister {
         }
         answers
             .into_iter()
-            .map(|a| {
-                a.unwrap_or_else(|| {
-                    Err(WriteError::new(
-                        ErrCode::Internal,
-                        "request was not answered",
-                    ))
-                })
-            })
+            .map(|a| a.unwrap_or_else(|| Err(not_answered())))
             .collect()
     }
 
@@ -228,12 +225,11 @@ impl EventPersister {
     async fn build_send(&mut self, request: SendEvent) -> Result<NewEvent, WriteError> {
         self.load_room(&request.room_id).await?;
         let redaction = self
-            .redaction(&request.kind, request.redacts.as_deref(), &request.content)
+            .redaction(&request.kind, request.redacts, &request.content)
             .await?;
         self.build(
             &request.room_id,
-            Some(parse_room_id(&request.room_id)?),
-            &request.sender,
+            request.sender,
             request.kind,
             request.state_key,
             request.content,
@@ -248,14 +244,13 @@ impl EventPersister {
     async fn redaction(
         &self,
         kind: &str,
-        redacts: Option<&str>,
+        redacts: Option<OwnedEventId>,
         content: &Value,
     ) -> Result<Option<Redaction>, WriteError> {
         if kind != ROOM_REDACTION {
             if redacts.is_some() {
-                return Err(WriteError::new(
-                    ErrCode::BadJson,
-                    "`redacts` is only valid on m.room.redaction",
+                return Err(WriteError::BadJson(
+                    "`redacts` is only valid on m.room.redaction".into(),
                 ));
             }
             return Ok(None);
@@ -275,36 +270,26 @@ impl EventPersister {
             endpoint: super::TxnEndpoint::Request,
         });
         if let Some(txn) = &txn {
-            let key = txn_key(&request.creator, "", txn);
+            let key = txn_key(request.creator.as_str(), "", txn);
             if let Some(persisted) = self.already_sent(std::iter::once(&key)).await?.remove(&key) {
                 return Ok(persisted);
             }
         }
         let mut redactions = Vec::with_capacity(request.initial_events.len());
         for event in &request.initial_events {
-            validate_send(&SendEvent {
-                room_id: String::new(),
-                sender: event.sender.clone(),
-                kind: event.kind.clone(),
-                state_key: event.state_key.clone(),
-                content: event.content.clone(),
-                redacts: None,
-                txn: None,
-            })?;
+            validate_event(
+                &[event.sender.as_str()],
+                &event.kind,
+                event.state_key.as_deref(),
+                &event.content,
+            )?;
             redactions.push(self.redaction(&event.kind, None, &event.content).await?);
         }
         if json_contains_nul(&Value::Object(request.create_content.clone())) {
-            return Err(WriteError::new(
-                ErrCode::InvalidParam,
-                "text may not contain NUL characters",
-            ));
+            return Err(nul_characters());
         }
-        let version = parse_supported(&request.room_version).ok_or_else(|| {
-            WriteError::new(
-                ErrCode::UnsupportedRoomVersion,
-                format!("unsupported room version {}", request.room_version),
-            )
-        })?;
+        let version = parse_supported(request.room_version.as_str())
+            .ok_or_else(|| WriteError::UnsupportedRoomVersion(request.room_version.to_string()))?;
         let mut create_content = request.create_content;
         create_content.insert("room_version".into(), json!(request.room_version));
         if version == RoomVersionId::V10 {
@@ -312,17 +297,15 @@ impl EventPersister {
         }
         // Before v12 the room id is random; in v12 it is derived from the create event.
         let room_id = match version {
-            RoomVersionId::V10 | RoomVersionId::V11 => Some(parse_room_id(&format!(
-                "!{}:{}",
-                random_string(18),
-                self.server_name
-            ))?),
+            RoomVersionId::V10 | RoomVersionId::V11 => Some(
+                RoomId::parse(format!("!{}:{}", random_string(18), self.server_name))
+                    .map_err(|e| WriteError::Internal(format!("made a malformed room id: {e}")))?,
+            ),
             _ => None,
         };
-        let sender = parse_user_id(&request.creator)?;
         let proto = ProtoEvent {
-            room_id: room_id.clone(),
-            sender,
+            room_id,
+            sender: request.creator.clone(),
             kind: "m.room.create".into(),
             state_key: Some(String::new()),
             content: Value::Object(create_content),
@@ -337,11 +320,11 @@ impl EventPersister {
                 .map_err(pdu_error)?,
         );
         pdu::check_auth(&version, &create, |_, _| None).map_err(pdu_error)?;
-        let room_id = create.room_id.to_string();
+        let room_id = create.room_id.clone();
         let mut state = HashMap::new();
         state.insert(("m.room.create".to_owned(), String::new()), create.clone());
         self.rooms.insert(
-            room_id.clone(),
+            room_id.to_string(),
             RoomHead::new(version.clone(), create.event_id.clone(), 1, 0, 0, state),
         );
         let create_delta = vec![(
@@ -361,8 +344,7 @@ impl EventPersister {
         for (initial, redaction) in request.initial_events.into_iter().zip(redactions) {
             let built = self.build(
                 &room_id,
-                Some(parse_room_id(&room_id)?),
-                &initial.sender,
+                initial.sender,
                 initial.kind,
                 initial.state_key,
                 initial.content,
@@ -372,15 +354,15 @@ impl EventPersister {
             match built {
                 Ok(event) => events.push(event),
                 Err(error) => {
-                    self.rooms.remove(&room_id);
+                    self.rooms.remove(room_id.as_str());
                     return Err(error);
                 }
             }
         }
         let room_row = RoomRow {
-            room_id: room_id.clone(),
-            version: request.room_version,
-            creator: request.creator,
+            room_id: room_id.to_string(),
+            version: request.room_version.to_string(),
+            creator: request.creator.to_string(),
             is_public: request.is_public,
         };
         // The last event answers the request: it carries its id.
@@ -390,8 +372,8 @@ impl EventPersister {
         match self.write(Some(room_row), &events).await {
             Ok(mut persisted) => persisted
                 .pop()
-                .ok_or_else(|| WriteError::new(ErrCode::Internal, "nothing persisted")),
-            Err(error) => Err(self.write_failed(&[room_id], error)),
+                .ok_or_else(|| WriteError::Internal("nothing persisted".into())),
+            Err(error) => Err(self.write_failed(&[room_id.to_string()], error)),
         }
     }
 
@@ -401,7 +383,7 @@ impl EventPersister {
         self.writes_failed += 1;
         self.forget_heads(rooms);
         tracing::error!(error = %error, "persisting events failed");
-        WriteError::new(ErrCode::Internal, "could not persist the event")
+        WriteError::Storage(format!("could not persist the event: {error}"))
     }
 
     /// Forgets the heads of `rooms`, which ran ahead of the database in
@@ -447,9 +429,17 @@ impl EventPersister {
             let Some(key) = usize::try_from(ordinal - 1).ok().and_then(|i| keys.get(i)) else {
                 continue;
             };
+            let (Ok(event_id), Ok(room_id)) = (
+                OwnedEventId::try_from(row.get::<_, String>(1)),
+                OwnedRoomId::try_from(row.get::<_, String>(2)),
+            ) else {
+                return Err(storage_error(StorageError::Corrupt(
+                    "a stored event with a malformed event or room id".into(),
+                )));
+            };
             let persisted = Persisted {
-                event_id: row.get(1),
-                room_id: row.get(2),
+                event_id,
+                room_id,
                 stream_ordering: row.get(3),
                 instance: row.get(4),
             };
@@ -459,31 +449,30 @@ impl EventPersister {
     }
 
     /// Loads the head of a room from the database unless it is cached.
-    async fn load_room(&mut self, room_id: &str) -> Result<(), WriteError> {
-        if self.rooms.contains(room_id) {
+    async fn load_room(&mut self, room_id: &RoomId) -> Result<(), WriteError> {
+        if self.rooms.contains(room_id.as_str()) {
             return Ok(());
         }
         let client = self.pool.get().await.map_err(storage_error)?;
         let Some(room) = client
             .query_opt(
                 "SELECT room_version FROM rooms WHERE room_id = $1",
-                &[&room_id],
+                &[&room_id.as_str()],
             )
             .await
             .map_err(|e| storage_error(StorageError::Postgres(e)))?
         else {
-            return Err(WriteError::new(ErrCode::NotFound, "unknown room"));
+            return Err(unknown_room());
         };
         let version_text: String = room.get(0);
-        let version = parse_supported(&version_text).ok_or_else(|| {
-            WriteError::new(ErrCode::UnsupportedRoomVersion, "unsupported room version")
-        })?;
+        let version = parse_supported(&version_text)
+            .ok_or(WriteError::UnsupportedRoomVersion(version_text))?;
         let latest = client
             .query_one(
                 "SELECT e.event_id, e.depth, e.state_group, g.chain_length FROM events e
                  JOIN state_groups g ON g.state_group = e.state_group
                  WHERE e.room_id = $1 ORDER BY e.stream_ordering DESC LIMIT 1",
-                &[&room_id],
+                &[&room_id.as_str()],
             )
             .await
             .map_err(|e| storage_error(StorageError::Postgres(e)))?;
@@ -491,7 +480,7 @@ impl EventPersister {
         let rows = client
             .query(
                 "SELECT e.pdu FROM current_state c JOIN events e ON e.event_id = c.event_id WHERE c.room_id = $1",
-                &[&room_id],
+                &[&room_id.as_str()],
             )
             .await
             .map_err(|e| storage_error(StorageError::Postgres(e)))?;
@@ -513,7 +502,7 @@ impl EventPersister {
             latest.get(3),
             state,
         );
-        self.rooms.insert(room_id.to_owned(), head);
+        self.rooms.insert(room_id.to_string(), head);
         Ok(())
     }
 
@@ -524,27 +513,24 @@ impl EventPersister {
     #[allow(clippy::too_many_arguments)]
     fn build(
         &mut self,
-        room_id: &str,
-        room_id_parsed: Option<OwnedRoomId>,
-        sender: &str,
+        room_id: &RoomId,
+        sender: OwnedUserId,
         kind: String,
         state_key: Option<String>,
         content: Value,
         redaction: Option<Redaction>,
         txn: Option<Transaction>,
     ) -> Result<NewEvent, WriteError> {
-        let sender = parse_user_id(sender)?;
         if !content.is_object() {
-            return Err(WriteError::new(
-                ErrCode::BadJson,
-                "event content must be a JSON object",
+            return Err(WriteError::BadJson(
+                "event content must be a JSON object".into(),
             ));
         }
         let redacts = redaction.as_ref().map(|r| r.target_id.clone());
         let head = self
             .rooms
-            .get_mut(room_id)
-            .ok_or_else(|| WriteError::new(ErrCode::NotFound, "unknown room"))?;
+            .get_mut(room_id.as_str())
+            .ok_or_else(unknown_room)?;
         let auth_events = pdu::select_auth_events(
             &head.version,
             &kind,
@@ -559,7 +545,7 @@ impl EventPersister {
         )
         .map_err(pdu_error)?;
         let proto = ProtoEvent {
-            room_id: room_id_parsed,
+            room_id: Some(room_id.to_owned()),
             sender,
             kind,
             state_key,
@@ -576,7 +562,7 @@ impl EventPersister {
             .map(|v| v.to_string().len())
             .unwrap_or(usize::MAX);
         if size > MAX_PDU_BYTES {
-            return Err(WriteError::new(ErrCode::TooLarge, "event too large"));
+            return Err(WriteError::TooLarge);
         }
         pdu::check_auth(&head.version, &pdu, |t, k| head.state_event(t, k)).map_err(pdu_error)?;
         if let Some(redaction) = &redaction {
@@ -679,52 +665,60 @@ pub fn parse_stored_pdu(version: &RoomVersionId, json: Value) -> Result<Pdu, Pdu
     Pdu::from_federation_json(version, object)
 }
 
-fn parse_user_id(user_id: &str) -> Result<OwnedUserId, WriteError> {
-    OwnedUserId::try_from(user_id).map_err(|_| {
-        WriteError::new(
-            ErrCode::InvalidParam,
-            format!("malformed user id {user_id}"),
-        )
-    })
-}
-
-fn parse_room_id(room_id: &str) -> Result<OwnedRoomId, WriteError> {
-    OwnedRoomId::try_from(room_id).map_err(|_| {
-        WriteError::new(
-            ErrCode::InvalidParam,
-            format!("malformed room id {room_id}"),
-        )
-    })
-}
-
 /// Refuses what the spec or PostgreSQL would not take: NUL characters
 /// anywhere, and event types or state keys over 255 bytes.
 fn validate_send(request: &SendEvent) -> Result<(), WriteError> {
-    let nul = |text: &str| text.contains('\0');
-    let mut texts = vec![
-        request.room_id.as_str(),
-        request.kind.as_str(),
-        request.sender.as_str(),
-    ];
-    texts.extend(request.state_key.as_deref());
-    texts.extend(request.redacts.as_deref());
+    let mut texts = vec![request.room_id.as_str(), request.sender.as_str()];
+    texts.extend(request.redacts.as_ref().map(|id| id.as_str()));
     if let Some(txn) = &request.txn {
         texts.push(&txn.device_id);
         texts.push(&txn.txn_id);
     }
-    if texts.into_iter().any(nul) || json_contains_nul(&request.content) {
-        return Err(WriteError::new(
-            ErrCode::InvalidParam,
-            "text may not contain NUL characters",
-        ));
+    validate_event(
+        &texts,
+        &request.kind,
+        request.state_key.as_deref(),
+        &request.content,
+    )
+}
+
+/// [`validate_send`] for what every event has, and `texts`, the other
+/// strings it arrived with.
+fn validate_event(
+    texts: &[&str],
+    kind: &str,
+    state_key: Option<&str>,
+    content: &Value,
+) -> Result<(), WriteError> {
+    let nul = |text: &str| text.contains('\0');
+    if texts
+        .iter()
+        .copied()
+        .chain([kind])
+        .chain(state_key)
+        .any(nul)
+        || json_contains_nul(content)
+    {
+        return Err(nul_characters());
     }
-    if request.kind.len() > 255 || request.state_key.as_ref().is_some_and(|k| k.len() > 255) {
-        return Err(WriteError::new(
-            ErrCode::InvalidParam,
-            "event types and state keys are at most 255 bytes",
+    if kind.len() > 255 || state_key.is_some_and(|k| k.len() > 255) {
+        return Err(WriteError::InvalidParam(
+            "event types and state keys are at most 255 bytes".into(),
         ));
     }
     Ok(())
+}
+
+fn nul_characters() -> WriteError {
+    WriteError::InvalidParam("text may not contain NUL characters".into())
+}
+
+fn unknown_room() -> WriteError {
+    WriteError::NotFound("unknown room".into())
+}
+
+fn not_answered() -> WriteError {
+    WriteError::Internal("request was not answered".into())
 }
 
 fn json_contains_nul(value: &Value) -> bool {
@@ -740,15 +734,12 @@ fn json_contains_nul(value: &Value) -> bool {
 
 fn pdu_error(error: PduError) -> WriteError {
     match error {
-        PduError::Signing(ruma::signatures::JsonError::PduTooLarge) => {
-            WriteError::new(ErrCode::TooLarge, "event too large")
+        PduError::Signing(ruma::signatures::JsonError::PduTooLarge) => WriteError::TooLarge,
+        PduError::Auth(message) => WriteError::Forbidden(message),
+        PduError::UnsupportedRoomVersion(version) => {
+            WriteError::UnsupportedRoomVersion(version.to_string())
         }
-        PduError::Auth(message) => WriteError::new(ErrCode::Forbidden, message),
-        PduError::UnsupportedRoomVersion(version) => WriteError::new(
-            ErrCode::UnsupportedRoomVersion,
-            format!("unsupported room version {version}"),
-        ),
-        other => WriteError::new(ErrCode::BadJson, other.to_string()),
+        other => WriteError::BadJson(other.to_string()),
     }
 }
 
@@ -766,11 +757,11 @@ fn storage_error(error: impl Into<StorageError>) -> WriteError {
         if postgres.code() == Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE)
             || postgres.code() == Some(&SqlState::UNTRANSLATABLE_CHARACTER)
         {
-            return WriteError::new(ErrCode::InvalidParam, "text may not contain NUL characters");
+            return nul_characters();
         }
     }
     tracing::error!(error = %error, "event persister storage error");
-    WriteError::new(ErrCode::Internal, "storage error")
+    WriteError::Storage(error.to_string())
 }
 
 impl Actor for EventPersister {
@@ -815,12 +806,7 @@ impl Handler<SendEvent> for EventPersister {
     ) -> Result<Result<Persisted, WriteError>, String> {
         let mut answers = self.send_events(vec![msg]).await;
         self.rooms.evict_beyond_capacity();
-        Ok(answers.pop().unwrap_or_else(|| {
-            Err(WriteError::new(
-                ErrCode::Internal,
-                "request was not answered",
-            ))
-        }))
+        Ok(answers.pop().unwrap_or_else(|| Err(not_answered())))
     }
 
     async fn handle_batch(

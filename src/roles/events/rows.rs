@@ -32,12 +32,12 @@ impl NewEvent {
     pub fn into_request(self) -> SendEvent {
         let pdu = Arc::unwrap_or_clone(self.pdu);
         SendEvent {
-            room_id: pdu.room_id.to_string(),
-            sender: pdu.sender.to_string(),
+            room_id: pdu.room_id,
+            sender: pdu.sender,
             kind: pdu.kind,
             state_key: pdu.state_key,
             content: pdu.content,
-            redacts: pdu.redacts.map(|id| id.to_string()),
+            redacts: pdu.redacts,
             txn: self.txn,
         }
     }
@@ -194,8 +194,8 @@ pub async fn commit(
                 .await?;
         }
         persisted.push(Persisted {
-            event_id: pdu.event_id.to_string(),
-            room_id: room_id.to_owned(),
+            event_id: pdu.event_id.clone(),
+            room_id: pdu.room_id.clone(),
             instance: instance_name.to_owned(),
             stream_ordering: *position,
         });
