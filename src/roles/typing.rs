@@ -18,6 +18,7 @@ mod writer;
 use std::sync::Arc;
 
 use lattice_actors::RemoteMessage;
+use ruma::{OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -25,7 +26,7 @@ pub use crate::streams::typing::TYPING_STREAM;
 use crate::streams::typing::{TypingRow, TypingRows};
 pub use writer::TypingWriter;
 
-use super::{ActorStart, StartedActor};
+use super::{ActorStart, StartedActor, WriteError};
 
 /// Starts this instance's typing writer and its expiry timer (a row of the
 /// role table).
@@ -76,8 +77,8 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
 /// caller has checked that they may; `timeout_ms` is already capped.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetTyping {
-    pub room_id: String,
-    pub user_id: String,
+    pub room_id: OwnedRoomId,
+    pub user_id: OwnedUserId,
     pub typing: bool,
     pub timeout_ms: u64,
 }
@@ -93,7 +94,8 @@ pub struct TypingWritten {
 }
 
 impl RemoteMessage for SetTyping {
-    type Reply = TypingWritten;
+    /// Refused only when its position could not be allocated.
+    type Reply = Result<TypingWritten, WriteError>;
     const WIRE_NAME: &'static str = "typing.set.v1";
 }
 

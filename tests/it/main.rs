@@ -32,3 +32,4 @@ mod replication;
 mod rooms;
 mod state;
 mod sync;
+mod typing;

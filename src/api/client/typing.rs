@@ -67,16 +67,16 @@ pub async fn set_typing(
     JsonBody(body): JsonBody<Value>,
 ) -> ApiResult<HttpResponse> {
     let (room_id, user_id) = path.into_inner();
-    check_room_id(&room_id)?;
-    check_user_id(&user_id)?;
-    if user_id != requester.user_id {
+    let room_id = check_room_id(&room_id)?;
+    let user_id = check_user_id(&user_id)?;
+    if user_id != requester.user()? {
         return Err(ApiError::forbidden("cannot set another user's typing state"));
     }
     let request = parse_body(&body)?;
-    require_joined(&node, &room_id, &requester.user_id).await?;
+    require_joined(&node, room_id.as_str(), &requester.user_id).await?;
     let writer = node
         .mailboxes
-        .for_shard::<SetTyping>(TYPING_STREAM, &room_id)?;
+        .for_shard::<SetTyping>(TYPING_STREAM, room_id.as_str())?;
     let written = writer
         .call(
             SetTyping {
@@ -87,7 +87,7 @@ pub async fn set_typing(
             },
             node.write_deadline(),
         )
-        .await?;
+        .await??;
     if let Some(position) = written.position {
         node.wait_for_write(TYPING_STREAM, &written.instance, position)
             .await;

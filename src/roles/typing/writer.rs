@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::rooms::TypingRooms;
 use super::timer::Clock;
-use super::{ExpireTyping, GetTypingRows, SetTyping, TypingWritten};
+use super::{ExpireTyping, GetTypingRows, SetTyping, TypingWritten, WriteError};
 use crate::streams::typing::{TypingReplica, TypingRow};
 use crate::streams::writer::StreamWriter;
 
@@ -135,22 +135,29 @@ impl Actor for TypingWriter {
 }
 
 impl Handler<SetTyping> for TypingWriter {
-    async fn handle(&mut self, msg: SetTyping, _ctx: &mut Context) -> Result<TypingWritten, String> {
+    async fn handle(
+        &mut self,
+        msg: SetTyping,
+        _ctx: &mut Context,
+    ) -> Result<Result<TypingWritten, WriteError>, String> {
         let now = self.clock.now_ms();
+        let (room_id, user_id) = (msg.room_id.as_str(), msg.user_id.as_str());
         let changed = if msg.typing {
             let timeout = i64::try_from(msg.timeout_ms).unwrap_or(i64::MAX);
             self.rooms
-                .start(&msg.room_id, &msg.user_id, now.saturating_add(timeout), now)
+                .start(room_id, user_id, now.saturating_add(timeout), now)
         } else {
-            self.rooms.stop(&msg.room_id, &msg.user_id)
+            self.rooms.stop(room_id, user_id)
         };
         if !changed {
             // A renewal may have moved the next expiry.
             self.schedule();
-            return Ok(self.written(None));
+            return Ok(Ok(self.written(None)));
         }
-        let position = self.write(vec![msg.room_id]).await?;
-        Ok(self.written(position))
+        Ok(match self.write(vec![room_id.to_owned()]).await {
+            Ok(position) => Ok(self.written(position)),
+            Err(error) => Err(WriteError::Storage(error)),
+        })
     }
 }
 
