@@ -160,7 +160,8 @@ async fn a_long_poll_wakes_when_someone_types() {
     let instance = sync_instance(&cluster);
 
     let started = Instant::now();
-    let waiting = bob.sync(&format!("since={}&timeout=20000", enc(&since)));
+    let query = format!("since={}&timeout=20000", enc(&since));
+    let waiting = bob.sync(&query);
     let typing = async {
         // Once bob's long-poll waits on the sync node.
         let deadline = Instant::now() + Duration::from_secs(10);
