@@ -11,7 +11,9 @@
 //!   wakes long-polling `/sync` requests.
 //! - [`caches`] keeps hot database reads in memory, each kept true by the
 //!   stream it follows or by explicit invalidation.
-//! - [`rooms`] is the Matrix room model (PDUs, auth rules via ruma, filters).
+//! - [`rooms`] is the Matrix room model (PDUs, auth rules via ruma, filters,
+//!   history visibility and who may read a room).
+//! - [`sync`] computes a `/sync` answer, one module per section of it.
 //! - [`signing_key`] is this server's ed25519 key, which signs its events
 //!   (not the end-to-end encryption `keys` of the spec).
 //! - [`bench`] is `lattice bench`, the load generator that measures Lattice
@@ -32,5 +34,6 @@ pub mod rooms;
 pub mod signing_key;
 pub mod storage;
 pub mod streams;
+pub mod sync;
 pub mod up;
 pub mod util;

@@ -4,12 +4,13 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::client::membership::{check_room_id, require_joined};
+use crate::api::client::membership::check_room_id;
 use crate::api::limits::{check_bytes, MAX_PUBLIC_ROOMS_PAGE, MAX_SEARCH_TERM_BYTES};
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
 use crate::roles::events::parse_stored_pdu;
+use crate::rooms::access::require_joined;
 use crate::rooms::pdu;
 use crate::rooms::version::parse_supported;
 use crate::storage::rooms;

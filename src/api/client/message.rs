@@ -6,15 +6,15 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::client::events::client_events;
-use crate::api::client::membership::{
-    check_room_id, history_access, require_history_access, require_joined, visible_events,
-    HistoryAccess,
-};
+use crate::api::client::membership::check_room_id;
 use crate::api::limits::{check_reason, check_txn_id};
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
 use crate::roles::events::{SendEvent, Transaction, TxnEndpoint};
+use crate::rooms::access::{
+    history_access, require_history_access, require_joined, visible_events, HistoryAccess,
+};
 use crate::rooms::filter::{Filter, RoomEventFilter};
 use crate::storage::rooms::{self, StoredEvent};
 use crate::streams::token::{parse_pagination, RoomStreamToken};

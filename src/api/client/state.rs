@@ -5,10 +5,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::client::events::client_events;
-use crate::api::client::membership::{check_room_id, require_history_access};
+use crate::api::client::membership::check_room_id;
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
+use crate::rooms::access::require_history_access;
 use crate::storage::rooms::{self, StoredEvent};
 
 /// The state a user may see: the current state when joined (or peeking

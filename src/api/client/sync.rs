@@ -1,10 +1,12 @@
-//! `/sync`: initial and incremental, long-polling with `timeout`, filters by id
-//! or inline JSON, `full_state`, and the join / invite / leave sections.
+//! `GET /sync` over HTTP: parses the query (`since`, `filter` by id or inline
+//! JSON, `full_state`, `timeout`, `set_presence`), long-polls, and encodes the
+//! answer. The answer itself is computed section by section in
+//! [`crate::sync`].
 //!
-//! The `since` token's room component is a position in the events stream. A
-//! request first registers with the notifier on the user's id and joined
-//! rooms, then computes its answer; if the answer is empty it sleeps until
-//! one of those keys is notified or the timeout passes, then computes again.
+//! A request first registers with the notifier on the user's id and joined
+//! rooms, then computes its answer between `since` and the instance's current
+//! token; if every section is empty it sleeps until one of those keys is
+//! notified or the timeout passes, then computes again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,23 +14,17 @@ use std::time::Duration;
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
-use crate::api::client::events::{client_events, stripped_state, STRIPPED_STATE_TYPES};
-use crate::api::client::membership::visible_events;
 use crate::api::Requester;
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
 use crate::rooms::filter::Filter;
-use crate::storage::rooms;
-use crate::storage::rooms::{Membership, StoredEvent};
-use crate::streams::events::EVENTS_STREAM;
-use crate::streams::token::{RoomStreamToken, StreamToken};
+use crate::streams::token::{StreamToken, TokenError};
+use crate::sync::{self, SyncContext, SyncResponse};
 
 /// The longest a client may ask to wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
-/// Timeline events per room when the filter sets no limit.
-const DEFAULT_TIMELINE_LIMIT: i64 = 10;
 
 #[derive(Deserialize)]
 pub struct SyncQuery {
@@ -89,19 +85,13 @@ impl<T> std::future::Future for AbortOnDrop<T> {
 async fn long_poll(node: &Node, requester: &Requester, query: &SyncQuery) -> ApiResult<Value> {
     let since = match &query.since {
         Some(token) => {
-            let token: StreamToken =
-                token
-                    .parse()
-                    .map_err(|e: crate::streams::token::TokenError| {
-                        ApiError::invalid_param(e.to_string())
-                    })?;
-            // A token from the future (forged, or from before a restore) is clamped.
-            Some(
-                token
-                    .room
-                    .max_stream_pos()
-                    .min(node.notifier.events_position()),
-            )
+            let token: StreamToken = token
+                .parse()
+                .map_err(|e: TokenError| ApiError::invalid_param(e.to_string()))?;
+            Some(sync::clamp(
+                &token,
+                &sync::current_token(node, Some(&token)),
+            ))
         }
         None => None,
     };
@@ -146,32 +136,29 @@ async fn long_poll(node: &Node, requester: &Requester, query: &SyncQuery) -> Api
             &requester.user_id,
         ))
         .await?;
-        let mut keys: Vec<String> = memberships
-            .iter()
-            .filter(|m| m.membership == "join")
-            .map(|m| m.room_id.clone())
-            .collect();
-        keys.push(requester.user_id.clone());
-        let listener = node.notifier.listen(keys);
-        let upto = node.notifier.events_position();
-        let response = Box::pin(compute(
+        let listener = node
+            .notifier
+            .listen(sync::listen_keys(&requester.user_id, &memberships));
+        // Read after registering: whatever moves later wakes the listener.
+        let upto = sync::current_token(node, since.as_ref());
+        let ctx = SyncContext {
             node,
             requester,
-            &filter,
-            &memberships,
-            since,
+            filter: &filter,
+            since: since.clone(),
             upto,
             full_state,
-        ))
-        .await?;
+            memberships: &memberships,
+        };
+        let response = Box::pin(sync::sync(&ctx)).await?;
         let now = tokio::time::Instant::now();
         if !response.is_empty() || since.is_none() || full_state || now >= deadline {
-            return Ok(response.into_json(upto));
+            return Ok(response.into_json(&ctx.upto));
         }
         if !listener.wait(deadline - now).await {
             // Timed out: nothing happened that concerns this user.
-            let upto = node.notifier.events_position().max(upto);
-            return Ok(SyncResponse::default().into_json(upto));
+            let upto = sync::current_token(node, since.as_ref());
+            return Ok(SyncResponse::default().into_json(&upto));
         }
     }
 }
@@ -198,303 +185,4 @@ async fn load_filter(
                 .ok_or_else(|| ApiError::not_found("no such filter"))
         }
     }
-}
-
-#[derive(Default)]
-struct SyncResponse {
-    join: Map<String, Value>,
-    invite: Map<String, Value>,
-    leave: Map<String, Value>,
-}
-
-impl SyncResponse {
-    fn is_empty(&self) -> bool {
-        self.join.is_empty() && self.invite.is_empty() && self.leave.is_empty()
-    }
-
-    fn into_json(self, upto: i64) -> Value {
-        let next_batch = StreamToken {
-            room: RoomStreamToken::live(upto),
-            ..StreamToken::START
-        };
-        json!({
-            "next_batch": next_batch.to_string(),
-            "rooms": { "join": self.join, "invite": self.invite, "leave": self.leave, "knock": {} },
-            "presence": { "events": [] },
-            "account_data": { "events": [] },
-            "to_device": { "events": [] },
-            "device_lists": { "changed": [], "left": [] },
-            "device_one_time_keys_count": {},
-        })
-    }
-}
-
-async fn compute(
-    node: &Node,
-    requester: &Requester,
-    filter: &Filter,
-    memberships: &[Membership],
-    since: Option<i64>,
-    upto: i64,
-    full_state: bool,
-) -> ApiResult<SyncResponse> {
-    let mut response = SyncResponse::default();
-    let timeline_limit = filter
-        .room
-        .timeline
-        .limit
-        .map(|l| l as i64)
-        .unwrap_or(DEFAULT_TIMELINE_LIMIT)
-        .clamp(0, 1000);
-
-    // Memberships that changed after `upto` are left for the next sync.
-    let memberships: Vec<&Membership> = memberships
-        .iter()
-        .filter(|m| m.stream_ordering <= upto && filter.wants_room(&m.room_id) && !m.forgotten)
-        .collect();
-    let joined: Vec<&Membership> = memberships
-        .iter()
-        .copied()
-        .filter(|m| m.membership == "join")
-        .collect();
-    // Only rooms that moved since the token need reading; the notifier's
-    // change cache knows which did not.
-    let changed_ids: Vec<String> = joined
-        .iter()
-        .filter(|m| match since {
-            Some(s) if !full_state => {
-                m.stream_ordering > s
-                    || node
-                        .notifier
-                        .has_changed_since(EVENTS_STREAM, &m.room_id, s)
-            }
-            _ => true,
-        })
-        .map(|m| m.room_id.clone())
-        .collect();
-    let after = since.unwrap_or(0);
-    // The filter is applied before the limit, by the reads themselves.
-    let timeline_filter = &filter.room.timeline;
-    // Incremental syncs mostly want the event that woke them, which another
-    // member's sync has usually just read: the recent-events cache has it.
-    let mut recent = if since.is_some() && !full_state {
-        node.recent_events
-            .recent_events_per_room(
-                &node.pool,
-                &node.notifier,
-                &changed_ids,
-                after,
-                upto,
-                timeline_limit,
-                timeline_filter,
-            )
-            .await?
-    } else {
-        rooms::recent_events_per_room(
-            &node.pool,
-            &changed_ids,
-            after,
-            upto,
-            timeline_limit,
-            timeline_filter,
-        )
-        .await?
-    };
-
-    for membership in &joined {
-        let newly_joined = since.is_none_or(|s| membership.stream_ordering > s);
-        let events = recent.remove(&membership.room_id).unwrap_or_default();
-        if events.is_empty() && !newly_joined && !full_state {
-            continue;
-        }
-        let room = room_section(
-            node,
-            requester,
-            filter,
-            membership,
-            events,
-            since,
-            timeline_limit,
-            newly_joined || full_state,
-            upto,
-        )
-        .await?;
-        response.join.insert(membership.room_id.clone(), room);
-    }
-
-    for membership in memberships.iter().filter(|m| m.membership == "invite") {
-        if since.is_some_and(|s| membership.stream_ordering <= s) {
-            continue;
-        }
-        let mut state = Vec::new();
-        for event in rooms::current_state(&node.pool, &membership.room_id).await? {
-            if STRIPPED_STATE_TYPES.contains(&event.kind.as_str()) {
-                state.push(stripped_state(&event));
-            }
-        }
-        if let Some(invite) =
-            rooms::events_by_ids(&node.pool, std::slice::from_ref(&membership.event_id))
-                .await?
-                .pop()
-        {
-            let mut formatted = client_events(node, &[invite], Some(requester)).await?;
-            if let Some(event) = formatted.pop() {
-                state.push(event);
-            }
-        }
-        response.invite.insert(
-            membership.room_id.clone(),
-            json!({ "invite_state": { "events": state } }),
-        );
-    }
-
-    for membership in memberships
-        .iter()
-        .copied()
-        .filter(|m| m.membership == "leave" || m.membership == "ban")
-    {
-        let include = match since {
-            Some(s) => membership.stream_ordering > s,
-            None => filter.room.include_leave,
-        };
-        if !include {
-            continue;
-        }
-        let leave_pos = membership.stream_ordering;
-        let events = rooms::recent_events_per_room(
-            &node.pool,
-            std::slice::from_ref(&membership.room_id),
-            after,
-            leave_pos,
-            timeline_limit,
-            timeline_filter,
-        )
-        .await?
-        .remove(&membership.room_id)
-        .unwrap_or_default();
-        let room = room_section(
-            node,
-            requester,
-            filter,
-            membership,
-            events,
-            since,
-            timeline_limit,
-            false,
-            leave_pos,
-        )
-        .await?;
-        response.leave.insert(membership.room_id.clone(), room);
-    }
-    Ok(response)
-}
-
-/// One room of the `join` or `leave` section. `events` are those that pass
-/// the timeline filter, newest first, with one more than the limit when there
-/// are more; `end` is the position the
-/// section describes the room at (the sync's end for a joined room, the
-/// leave for a left one), which is where an empty timeline starts.
-#[allow(clippy::too_many_arguments)]
-async fn room_section(
-    node: &Node,
-    requester: &Requester,
-    filter: &Filter,
-    membership: &Membership,
-    mut events: Vec<StoredEvent>,
-    since: Option<i64>,
-    limit: i64,
-    full_state: bool,
-    end: i64,
-) -> ApiResult<Value> {
-    let limited = events.len() as i64 > limit;
-    events.truncate(limit.max(0) as usize);
-    // What came before the user's current membership is shown by the room's
-    // history visibility; what came after their join is theirs to see.
-    let is_peeking = membership.membership != "join";
-    if is_peeking
-        || events
-            .iter()
-            .any(|e| e.stream_ordering < membership.stream_ordering)
-    {
-        events = visible_events(
-            node,
-            &membership.room_id,
-            &requester.user_id,
-            is_peeking,
-            events,
-        )
-        .await?;
-    }
-    if events.is_empty() && is_peeking {
-        // Nothing of the room is theirs to see (a rejected invite, a ban
-        // before joining): their membership event is what there is to show.
-        let timeline_filter = &filter.room.timeline;
-        events = rooms::events_by_ids(&node.pool, std::slice::from_ref(&membership.event_id))
-            .await?
-            .into_iter()
-            .filter(|e| timeline_filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
-            .collect();
-    }
-    events.reverse();
-    let timeline_start = events.first().map(|e| e.stream_ordering);
-    let prev_batch = timeline_start.map(|s| s - 1).unwrap_or(end);
-
-    // State: everything before the timeline for a new room (or full_state), the
-    // changes between `since` and the timeline's start when there is a gap.
-    let state_before = timeline_start.map(|s| s - 1).unwrap_or(end);
-    let state_events: Vec<StoredEvent> = if full_state {
-        match rooms::state_group_at(&node.pool, &membership.room_id, state_before).await? {
-            Some(group) => rooms::state_group_events(&node.pool, group).await?,
-            None => Vec::new(),
-        }
-    } else if limited {
-        rooms::state_changes_between(
-            &node.pool,
-            &membership.room_id,
-            since.unwrap_or(0),
-            state_before,
-        )
-        .await?
-    } else {
-        Vec::new()
-    };
-    let state_filter = &filter.room.state;
-    let state_events: Vec<StoredEvent> = state_events
-        .into_iter()
-        .filter(|e| state_filter.matches(&e.room_id, &e.sender, &e.kind, e.content()))
-        .collect();
-
-    let mut section = json!({
-        "timeline": {
-            "events": client_events(node, &events, Some(requester)).await?,
-            "limited": limited,
-            "prev_batch": RoomStreamToken::live(prev_batch.max(0)).to_string(),
-        },
-        "state": { "events": client_events(node, &state_events, Some(requester)).await? },
-        "account_data": { "events": [] },
-    });
-    if membership.membership == "join" {
-        section["ephemeral"] = json!({ "events": [] });
-        section["unread_notifications"] = json!({ "highlight_count": 0, "notification_count": 0 });
-        // The summary changes only with membership: send it when the client
-        // has none yet or a member event is in this batch.
-        let members_changed = events
-            .iter()
-            .chain(&state_events)
-            .any(|e| e.kind == "m.room.member");
-        if full_state || members_changed {
-            section["summary"] = summary(node, &membership.room_id, &requester.user_id).await?;
-        }
-    }
-    Ok(section)
-}
-
-/// The room summary: heroes and member counts, for clients to name the room.
-async fn summary(node: &Node, room_id: &str, viewer: &str) -> ApiResult<Value> {
-    let summary = rooms::member_summary(&node.pool, room_id, viewer).await?;
-    Ok(json!({
-        "m.heroes": summary.heroes,
-        "m.joined_member_count": summary.joined,
-        "m.invited_member_count": summary.invited,
-    }))
 }
