@@ -23,7 +23,8 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::registry::{ShardBy, Storage, StreamError, StreamRows, StreamSpec, TokenSlot};
+use super::registry::{ShardBy, Storage, StreamError, StreamRows, StreamSpec, Streams, TokenSlot};
+use super::token::StreamToken;
 use crate::roles::typing::GetTypingRows;
 use crate::roles::Mailboxes;
 
@@ -131,6 +132,26 @@ impl TypingReplica {
             .get(room_id)
             .map(|(position, _)| *position)
     }
+}
+
+/// The `m.typing` event of `room_id` for a `/sync` answer from `since`
+/// (none: an initial sync) to `upto`, as this instance's replica has it:
+/// [`TypingReplica::event_since`] between the tokens' typing components.
+pub fn sync_event(
+    streams: &Streams,
+    room_id: &str,
+    since: Option<&StreamToken>,
+    upto: &StreamToken,
+) -> Option<Value> {
+    streams
+        .rows::<TypingRows>(TYPING_STREAM)?
+        .replica
+        .event_since(
+            room_id,
+            since.map(|since| since.typing),
+            upto.typing,
+            crate::util::now_ms(),
+        )
 }
 
 /// The typing stream on one instance.

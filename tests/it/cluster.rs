@@ -152,8 +152,7 @@ impl TestCluster {
                         json!({ "host": "127.0.0.1", "port": 1 }),
                     ));
                 cluster.nodes.push(
-                    TestNode::start(config.clone(), "events1", &[Role::Events, Role::Typing])
-                        .await,
+                    TestNode::start(config.clone(), "events1", &[Role::Events, Role::Typing]).await,
                 );
                 cluster.nodes.push(
                     TestNode::start(config.clone(), "main", &[Role::Client, Role::Sync]).await,

@@ -28,7 +28,8 @@ async fn set_typing(user: &User, room_id: &str, body: Value) -> (StatusCode, Val
 }
 
 async fn start_typing(user: &User, room_id: &str) {
-    let (status, body) = set_typing(user, room_id, json!({ "typing": true, "timeout": 30000 })).await;
+    let (status, body) =
+        set_typing(user, room_id, json!({ "typing": true, "timeout": 30000 })).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({}));
 }
@@ -166,7 +167,10 @@ async fn a_long_poll_wakes_when_someone_types() {
         // Once bob's long-poll waits on the sync node.
         let deadline = Instant::now() + Duration::from_secs(10);
         while cluster
-            .on_node(instance, |node| async move { node.notifier.listener_count() })
+            .on_node(
+                instance,
+                |node| async move { node.notifier.listener_count() },
+            )
             .await
             == 0
         {
@@ -284,4 +288,136 @@ async fn bad_typing_requests_are_refused_and_change_nothing() {
     start_typing(&alice, &room_id).await;
     let (users, _) = next_typing(&bob, &room_id, &since).await;
     assert_eq!(users, vec![alice.user_id.clone()]);
+}
+
+/// Rooms of alice's that bob joined, at least one sharded to each typing
+/// writer (one room on the monolith), with the writer of each.
+async fn rooms_on_every_writer(
+    cluster: &TestCluster,
+    alice: &User,
+    bob: &User,
+) -> Vec<(String, String)> {
+    let writers = cluster
+        .on_node(
+            "main",
+            |node| async move { node.mailboxes.instances("typing") },
+        )
+        .await;
+    let mut rooms: Vec<(String, String)> = Vec::new();
+    for _ in 0..40 {
+        if writers
+            .iter()
+            .all(|w| rooms.iter().any(|(_, owner)| owner == w))
+        {
+            return rooms;
+        }
+        let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+        let key = room_id.clone();
+        let owner = cluster
+            .on_node("main", move |node| async move {
+                node.mailboxes
+                    .placement()
+                    .instance_for("typing", &key)
+                    .to_owned()
+            })
+            .await;
+        if !rooms.iter().any(|(_, o)| *o == owner) {
+            bob.join(&room_id).await;
+            rooms.push((room_id, owner));
+        }
+    }
+    panic!("40 rooms, and not every typing writer of {writers:?} has one: {rooms:?}");
+}
+
+/// Long-polls as `user` from `since` until every room of `rooms` has shown
+/// `expected` as its typing users (failing after 20 s); the token after.
+async fn until_typing_in(
+    user: &User,
+    rooms: &[(String, String)],
+    since: &str,
+    expected: &[String],
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut since = since.to_owned();
+    let mut pending: Vec<&str> = rooms.iter().map(|(room_id, _)| room_id.as_str()).collect();
+    while !pending.is_empty() {
+        let sync = user
+            .sync(&format!("since={}&timeout=5000", enc(&since)))
+            .await;
+        pending.retain(|room_id| typing_users(&sync, room_id).as_deref() != Some(expected));
+        assert!(
+            Instant::now() < deadline,
+            "typing never became {expected:?} in {pending:?}"
+        );
+        since = next_batch(&sync);
+    }
+    since
+}
+
+#[actix_web::test]
+async fn typing_in_rooms_of_every_writer_reaches_the_same_sync() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let rooms = rooms_on_every_writer(&cluster, &alice, &bob).await;
+    if cluster.is_split() {
+        assert_eq!(rooms.len(), 2, "events1 and sync2 write typing: {rooms:?}");
+    }
+    let since = next_batch(&bob.sync("").await);
+
+    for (room_id, _) in &rooms {
+        start_typing(&alice, room_id).await;
+    }
+    let since = until_typing_in(&bob, &rooms, &since, &[alice.user_id.clone()]).await;
+    for (room_id, _) in &rooms {
+        stop_typing(&alice, room_id).await;
+    }
+    until_typing_in(&bob, &rooms, &since, &[]).await;
+}
+
+#[actix_web::test]
+async fn a_restarted_instance_catches_up_typing_by_asking_the_writers() {
+    let mut cluster = TestCluster::start_with(Options {
+        topology: Some("split".into()),
+        ..Options::default()
+    })
+    .await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let rooms = rooms_on_every_writer(&cluster, &alice, &bob).await;
+    let since = next_batch(&bob.sync("").await);
+    for (room_id, _) in &rooms {
+        start_typing(&alice, room_id).await;
+    }
+    until_typing_in(&bob, &rooms, &since, &[alice.user_id.clone()]).await;
+
+    // main (client and sync) restarts knowing nothing of typing: the rows
+    // were written before, so only asking their writers brings them back.
+    cluster.kill("main");
+    cluster.restart("main").await;
+    let on_main = User {
+        client: cluster.node_client("main"),
+        ..bob.clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let initial = on_main.sync("").await;
+        let typing: Vec<Option<Vec<String>>> = rooms
+            .iter()
+            .map(|(room_id, _)| typing_users(&initial, room_id))
+            .collect();
+        if typing
+            .iter()
+            .all(|t| t.as_deref() == Some(&[alice.user_id.clone()][..]))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "main's initial sync shows typing {typing:?} in {rooms:?}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -6,11 +6,12 @@
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
-use crate::api::client::membership::{check_room_id, check_user_id, require_joined};
+use crate::api::client::membership::{check_room_id, check_user_id};
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
 use crate::roles::typing::{SetTyping, TYPING_STREAM};
+use crate::rooms::access::require_joined;
 
 /// A typing request without `timeout` lasts this long (Synapse's default).
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
@@ -70,7 +71,9 @@ pub async fn set_typing(
     let room_id = check_room_id(&room_id)?;
     let user_id = check_user_id(&user_id)?;
     if user_id != requester.user()? {
-        return Err(ApiError::forbidden("cannot set another user's typing state"));
+        return Err(ApiError::forbidden(
+            "cannot set another user's typing state",
+        ));
     }
     let request = parse_body(&body)?;
     require_joined(&node, room_id.as_str(), &requester.user_id).await?;
@@ -121,12 +124,18 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_body(&json!({ "typing": false })).map(|r| r.typing).ok(),
+            parse_body(&json!({ "typing": false }))
+                .map(|r| r.typing)
+                .ok(),
             Some(false)
         );
         assert!(parse_body(&json!({ "typing": true, "timeout": 0 })).is_ok());
         assert!(parse_body(&json!({ "typing": true, "timeout": LARGEST_TIMEOUT_MS })).is_ok());
-        for out_of_range in [json!(-1), json!(LARGEST_TIMEOUT_MS + 1), json!(1_000_000_000_000u64)] {
+        for out_of_range in [
+            json!(-1),
+            json!(LARGEST_TIMEOUT_MS + 1),
+            json!(1_000_000_000_000u64),
+        ] {
             assert_eq!(
                 errcode(json!({ "typing": true, "timeout": out_of_range })),
                 ErrCode::InvalidParam

@@ -229,7 +229,10 @@ mod tests {
             positions(rooms.rows_between(1, 6)),
             vec![(4, "!s:x".to_owned()), (6, "!r:x".to_owned())]
         );
-        assert_eq!(positions(rooms.rows_between(1, 5)), vec![(4, "!s:x".to_owned())]);
+        assert_eq!(
+            positions(rooms.rows_between(1, 5)),
+            vec![(4, "!s:x".to_owned())]
+        );
         assert!(rooms.rows_between(6, 9).is_empty());
         assert_eq!(rooms.rows_kept(), 2);
     }

@@ -47,7 +47,11 @@ impl Clock {
 /// Runs until `fire` fails or `deadlines` is closed: sleeps until the time
 /// `deadlines` holds (none: until it changes), then calls `fire` and waits
 /// for the writer to set its next deadline.
-pub async fn run(clock: Clock, mut deadlines: watch::Receiver<Option<i64>>, fire: impl Fn() -> bool) {
+pub async fn run(
+    clock: Clock,
+    mut deadlines: watch::Receiver<Option<i64>>,
+    fire: impl Fn() -> bool,
+) {
     loop {
         let next = *deadlines.borrow_and_update();
         let Some(deadline) = next else {
