@@ -622,7 +622,7 @@ log: "info"
 #   main: {{ host: "127.0.0.1", port: 8008 }}
 #   events1: {{ host: "127.0.0.1", port: 8010 }}
 # stream_writers:          # which instances write each stream (default: main)
-#   events: [events1]      # events, receipts and device_lists may have several
+#   events: [events1]      # events, typing, receipts and device_lists may have several
 #   typing: main
 # pusher_instances: [main]
 # federation_sender_instances: [main]
