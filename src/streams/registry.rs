@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -234,6 +235,38 @@ impl Streams {
     /// on every stream.
     pub fn current_token(&self) -> StreamToken {
         self.advance(&StreamToken::START)
+    }
+
+    /// Whether this instance has seen every registered stream persisted at
+    /// least as far as `token` says.
+    pub fn has_reached(&self, token: &StreamToken) -> bool {
+        self.streams.values().all(|stream| {
+            stream
+                .spec()
+                .token
+                .is_none_or(|slot| stream.positions.persisted_upto() >= slot.position(token))
+        })
+    }
+
+    /// Waits (at most `timeout`) until this instance has seen as far as
+    /// `token`, a token another instance gave: Synapse's
+    /// `wait_for_stream_token`. An answer from an instance that lags would
+    /// otherwise start from its own, earlier, position and repeat what the
+    /// client already has. True when reached.
+    pub async fn wait_for_token(&self, token: &StreamToken, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.has_reached(token) {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            // Bounded: a move between the check and the subscription is
+            // seen at the next check.
+            self.notifier
+                .changed((deadline - now).min(Duration::from_millis(20)))
+                .await;
+        }
+        true
     }
 
     /// `base` with the component of every registered stream replaced by
