@@ -369,7 +369,7 @@ async fn typing_in_rooms_of_every_writer_reaches_the_same_sync() {
     for (room_id, _) in &rooms {
         start_typing(&alice, room_id).await;
     }
-    let since = until_typing_in(&bob, &rooms, &since, &[alice.user_id.clone()]).await;
+    let since = until_typing_in(&bob, &rooms, &since, std::slice::from_ref(&alice.user_id)).await;
     for (room_id, _) in &rooms {
         stop_typing(&alice, room_id).await;
     }
@@ -391,7 +391,7 @@ async fn a_restarted_instance_catches_up_typing_by_asking_the_writers() {
     for (room_id, _) in &rooms {
         start_typing(&alice, room_id).await;
     }
-    until_typing_in(&bob, &rooms, &since, &[alice.user_id.clone()]).await;
+    until_typing_in(&bob, &rooms, &since, std::slice::from_ref(&alice.user_id)).await;
 
     // main (client and sync) restarts knowing nothing of typing: the rows
     // were written before, so only asking their writers brings them back.
