@@ -271,12 +271,14 @@ impl Streams {
 
     /// `base` with the component of every registered stream replaced by
     /// the position this instance has seen persisted (components of streams
-    /// that do not exist yet are kept as they are).
+    /// that do not exist yet are kept as they are). The notifier's position,
+    /// which moves just after the stream's own: caches read at it.
     pub fn advance(&self, base: &StreamToken) -> StreamToken {
         let mut token = base.clone();
         for stream in self.streams.values() {
-            if let Some(slot) = stream.spec().token {
-                token = token.copy_and_replace(slot.key(stream.positions.persisted_upto()));
+            let spec = stream.spec();
+            if let Some(slot) = spec.token {
+                token = token.copy_and_replace(slot.key(self.notifier.position(spec.name)));
             }
         }
         token
