@@ -237,14 +237,13 @@ impl Streams {
         self.advance(&StreamToken::START)
     }
 
-    /// Whether this instance has seen every registered stream persisted at
-    /// least as far as `token` says.
+    /// Whether this instance's token ([`advance`](Self::advance)) is at
+    /// least as far as `token` in every registered stream's component.
     pub fn has_reached(&self, token: &StreamToken) -> bool {
         self.streams.values().all(|stream| {
-            stream
-                .spec()
-                .token
-                .is_none_or(|slot| stream.positions.persisted_upto() >= slot.position(token))
+            let spec = stream.spec();
+            spec.token
+                .is_none_or(|slot| self.notifier.position(spec.name) >= slot.position(token))
         })
     }
 
