@@ -76,6 +76,30 @@ pub struct Config {
     /// sharing a machine can take fewer each.
     #[serde(default)]
     pub http_workers: Option<usize>,
+    #[serde(default)]
+    pub typing: TypingConfig,
+}
+
+/// Typing notifications (`PUT /rooms/{roomId}/typing/{userId}`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypingConfig {
+    /// The longest one request may show a user typing: a longer `timeout` is
+    /// cut to it (Synapse's servlet cuts at 120 s).
+    #[serde(default = "default_typing_max_timeout_ms")]
+    pub max_timeout_ms: u64,
+}
+
+impl Default for TypingConfig {
+    fn default() -> Self {
+        TypingConfig {
+            max_timeout_ms: default_typing_max_timeout_ms(),
+        }
+    }
+}
+
+fn default_typing_max_timeout_ms() -> u64 {
+    120_000
 }
 
 fn default_write_timeout_ms() -> u64 {
@@ -583,6 +607,11 @@ rate_limits:
 # memory; the least recently written are read again when next written.
 # event_writer_cached_rooms: 10000
 
+typing:
+  # The longest one typing request shows its user typing (a client's `timeout`
+  # beyond it is cut to it; without one, 30 s). Synapse's limit.
+  max_timeout_ms: 120000
+
 # Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
 log: "info"
 
@@ -593,7 +622,7 @@ log: "info"
 #   main: {{ host: "127.0.0.1", port: 8008 }}
 #   events1: {{ host: "127.0.0.1", port: 8010 }}
 # stream_writers:          # which instances write each stream (default: main)
-#   events: [events1]      # events, receipts and device_lists may have several
+#   events: [events1]      # events, typing, receipts and device_lists may have several
 #   typing: main
 # pusher_instances: [main]
 # federation_sender_instances: [main]

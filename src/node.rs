@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::api::{RateLimiter, TokenCache, TOKEN_CACHE};
 use crate::caches::{FilterCache, MembershipCache, RecentEventsCache, MEMBERSHIP_CACHE};
 use crate::config::Config;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::passwords::PasswordHasher;
 use crate::roles::events::{CreateRoom, Persisted, SendEvent, Transaction, EVENTS_STREAM};
 use crate::roles::{ActorStart, Mailboxes, Role, ACTORS};
@@ -505,6 +505,12 @@ impl Node {
     pub async fn catch_up_with_writers(&self) -> ApiResult<()> {
         if self.replication.is_none() {
             return Ok(());
+        }
+        if let Some((_, caches)) = &self.replication {
+            caches
+                .catch_up(CATCH_UP_WAIT)
+                .await
+                .map_err(ApiError::internal)?;
         }
         let recorded = storage::streams::recorded_positions(&self.pool).await?;
         for (stream, writer, position) in recorded {

@@ -7,6 +7,7 @@
 pub mod account_data;
 pub mod events;
 pub mod receipts;
+pub mod typing;
 
 mod mailboxes;
 
@@ -37,6 +38,11 @@ pub const ACTORS: &[ActorRow] = &[
         role: Role::AccountData,
         kind: account_data::ACCOUNT_DATA_STREAM,
         start: account_data::start,
+    },
+    ActorRow {
+        role: Role::Typing,
+        kind: typing::TYPING_STREAM,
+        start: typing::start,
     },
 ];
 

@@ -54,6 +54,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("storage/migrations/0006_receipts.sql"),
     ),
     (
+        "0007_typing",
+        include_str!("storage/migrations/0007_typing.sql"),
+    ),
+    (
         "0008_followers_and_positions",
         include_str!("storage/migrations/0008_followers_and_positions.sql"),
     ),

@@ -17,4 +17,5 @@ pub mod registry;
 pub mod replication;
 pub mod shared;
 pub mod token;
+pub mod typing;
 pub mod writer;

@@ -15,6 +15,7 @@ pub mod receipts;
 pub mod room;
 pub mod state;
 pub mod sync;
+pub mod typing;
 pub mod versions;
 
 use actix_web::{web, HttpRequest, HttpResponse, Resource, Scope};
@@ -116,6 +117,9 @@ fn routes(scope: Scope) -> Scope {
         .service(
             resource("/rooms/{room_id}/redact/{event_id}/{txn_id}")
                 .route(web::put().to(message::redact_event)),
+        )
+        .service(
+            resource("/rooms/{room_id}/typing/{user_id}").route(web::put().to(typing::set_typing)),
         )
         .service(resource("/rooms/{room_id}/messages").route(web::get().to(message::messages)))
         .service(

@@ -51,6 +51,19 @@ pub async fn last_written_by(pool: &Pool, instance: &str) -> StorageResult<i64> 
     Ok(row.get(0))
 }
 
+/// Each writer's newest row after `after`, as `(writer, stream_id)`.
+pub async fn newest_by_writer_after(pool: &Pool, after: i64) -> StorageResult<Vec<(String, i64)>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT instance_name, MAX(stream_id) FROM cache_invalidation_stream_by_instance
+             WHERE stream_id > $1 GROUP BY instance_name",
+            &[&after],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
 /// Rows with `after < stream_id <= upto` (any writer when `writer` is
 /// `None`), in stream order, as `(stream_id, writer, invalidation)`.
 pub async fn written_between(

@@ -261,6 +261,8 @@ pub struct CachesStream {
     /// This instance's last row (the [`CachesWriter`] moves it).
     position: Arc<AtomicI64>,
     stats: Arc<ReplicationStats>,
+    /// Bumped whenever a writer's position moves here.
+    moved: tokio::sync::watch::Sender<u64>,
 }
 
 impl CachesStream {
@@ -281,7 +283,39 @@ impl CachesStream {
             invalidate,
             position,
             stats,
+            moved: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    fn moved(&self) {
+        self.moved
+            .send_modify(|version| *version = version.wrapping_add(1));
+    }
+
+    /// Read-your-writes for invalidations: waits (at most `timeout`) until
+    /// this instance has applied every row the others have stored, so that
+    /// a client who logged out or forgot a room through another instance is
+    /// answered without the stale cache entry.
+    pub async fn catch_up(&self, timeout: Duration) -> Result<(), StreamError> {
+        let after = self.reader().read_back_after();
+        let newest = storage::caches::newest_by_writer_after(&self.pool, after).await?;
+        let mut moved = self.moved.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let behind = |stream: &CachesStream| {
+            let reader = stream.reader();
+            newest
+                .iter()
+                .any(|(writer, id)| *writer != stream.instance && reader.position(writer) < *id)
+        };
+        while behind(self) {
+            if tokio::time::timeout_at(deadline, moved.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn reader(&self) -> std::sync::MutexGuard<'_, CachesReader> {
@@ -304,6 +338,7 @@ impl CachesStream {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+        self.moved();
     }
 }
 
@@ -347,6 +382,7 @@ impl ReplicatedStream for CachesStream {
             }
         }
         self.stats.applied.fetch_add(1, Ordering::Relaxed);
+        self.moved();
     }
 
     fn on_position<'a>(
@@ -365,6 +401,7 @@ impl ReplicatedStream for CachesStream {
                 self.apply_stored(rows);
             }
             self.reader().caught_up(writer, new);
+            self.moved();
             Ok(())
         })
     }

@@ -378,6 +378,18 @@ impl StreamPositions {
             .max(self.persisted_upto)
     }
 
+    /// How far this process has heard `instance` itself go (its rows and
+    /// `POSITION`s, or what was loaded at start-up), without the floor of
+    /// [`persisted_upto`](Self::persisted_upto): where a reader catches up
+    /// that writer's rows from. Another writer's claim can move the floor
+    /// past rows of this one the reader has not processed yet.
+    pub fn heard_from(&self, instance: &str) -> i64 {
+        self.current_positions
+            .get(instance)
+            .copied()
+            .unwrap_or(self.persisted_upto)
+    }
+
     /// The last position the local instance *actually finished* writing, else
     /// `persisted_upto` (for HTTP-replication stream positions and the caches
     /// POSITION suppression).

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
@@ -115,6 +116,7 @@ pub const SPECS: &[&StreamSpec] = &[
     &super::events::SPEC,
     &super::receipts::SPEC,
     &super::account_data::SPEC,
+    &super::typing::SPEC,
     &super::caches::SPEC,
 ];
 
@@ -145,7 +147,7 @@ pub enum StreamError {
 }
 
 /// A stream's behaviour on a running instance.
-pub trait StreamRows: Send + Sync + 'static {
+pub trait StreamRows: std::any::Any + Send + Sync {
     fn spec(&self) -> &'static StreamSpec;
 
     /// The notifier keys (room ids, user ids) a row wakes.
@@ -211,6 +213,13 @@ impl Streams {
         self.streams.get(name)
     }
 
+    /// The behaviour of `name` as its own type, for the code that reads
+    /// what it holds (a replica, a cache).
+    pub fn rows<T: StreamRows>(&self, name: &str) -> Option<&T> {
+        let rows: &dyn std::any::Any = self.streams.get(name)?.rows.as_ref();
+        rows.downcast_ref::<T>()
+    }
+
     /// The writing end of `name`, when this instance writes it.
     pub fn writer(&self, name: &str) -> Option<&StreamWriter> {
         self.streams.get(name).and_then(|s| s.writer.as_ref())
@@ -230,14 +239,47 @@ impl Streams {
         self.advance(&StreamToken::START)
     }
 
+    /// Whether this instance's token ([`advance`](Self::advance)) is at
+    /// least as far as `token` in every registered stream's component.
+    pub fn has_reached(&self, token: &StreamToken) -> bool {
+        self.streams.values().all(|stream| {
+            let spec = stream.spec();
+            spec.token
+                .is_none_or(|slot| self.notifier.position(spec.name) >= slot.position(token))
+        })
+    }
+
+    /// Waits (at most `timeout`) until this instance has seen as far as
+    /// `token`, a token another instance gave: Synapse's
+    /// `wait_for_stream_token`. An answer from an instance that lags would
+    /// otherwise start from its own, earlier, position and repeat what the
+    /// client already has. True when reached.
+    pub async fn wait_for_token(&self, token: &StreamToken, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.has_reached(token) {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            // Bounded: a move between the check and the subscription is
+            // seen at the next check.
+            self.notifier
+                .changed((deadline - now).min(Duration::from_millis(20)))
+                .await;
+        }
+        true
+    }
+
     /// `base` with the component of every registered stream replaced by
     /// the position this instance has seen persisted (components of streams
-    /// that do not exist yet are kept as they are).
+    /// that do not exist yet are kept as they are). The notifier's position,
+    /// which moves just after the stream's own: caches read at it.
     pub fn advance(&self, base: &StreamToken) -> StreamToken {
         let mut token = base.clone();
         for stream in self.streams.values() {
-            if let Some(slot) = stream.spec().token {
-                token = token.copy_and_replace(slot.key(stream.positions.persisted_upto()));
+            let spec = stream.spec();
+            if let Some(slot) = spec.token {
+                token = token.copy_and_replace(slot.key(self.notifier.position(spec.name)));
             }
         }
         token
@@ -275,6 +317,7 @@ pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
         Arc::new(super::account_data::AccountDataRows::new(
             parts.pool.clone(),
         )),
+        Arc::new(super::typing::TypingRows::new(parts.mailboxes.clone())),
     ]
 }
 

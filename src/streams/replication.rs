@@ -268,6 +268,89 @@ mod tests {
         assert_eq!(lags(&stats)[1], ("events2".into(), 10, 12, 0));
     }
 
+    /// Rows two writers wrote, as a memory stream's writers would answer a
+    /// catch-up, recording what they were asked.
+    struct WrittenRows {
+        rows: Vec<(&'static str, i64, &'static str)>,
+        asked: Mutex<Vec<(String, i64, i64)>>,
+    }
+
+    static WRITTEN: crate::streams::registry::StreamSpec = crate::streams::registry::StreamSpec {
+        name: "written",
+        shard_by: crate::streams::registry::ShardBy::Room,
+        storage: crate::streams::registry::Storage::Memory,
+        sequence: "written_seq",
+        token: None,
+    };
+
+    impl crate::streams::registry::StreamRows for WrittenRows {
+        fn spec(&self) -> &'static crate::streams::registry::StreamSpec {
+            &WRITTEN
+        }
+
+        fn keys(&self, row: &Value) -> Vec<String> {
+            row.as_str().map(str::to_owned).into_iter().collect()
+        }
+
+        fn read_rows<'a>(
+            &'a self,
+            writer: &'a str,
+            after: i64,
+            upto: i64,
+        ) -> BoxFuture<'a, Result<Vec<(i64, Value)>, StreamError>> {
+            self.asked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((writer.to_owned(), after, upto));
+            let rows = self
+                .rows
+                .iter()
+                .filter(|(w, p, _)| *w == writer && after < *p && *p <= upto)
+                .map(|(_, p, room)| (*p, json!(room)))
+                .collect();
+            Box::pin(async move { Ok(rows) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writers_rows_are_caught_up_after_another_writers_claim_moved_the_floor() {
+        use crate::streams::id_gen::{LoadedPositions, StreamPositions};
+        use crate::streams::notifier::Notifier;
+        use crate::streams::registry::RegisteredStream;
+
+        let writers = vec!["w1".to_owned(), "w2".to_owned()];
+        let positions = StreamPositions::new("reader", &writers, LoadedPositions::default());
+        let notifier = Notifier::new();
+        let stream = SharedStream::new("written", positions, notifier.clone());
+        // w2 wrote 2 and, idle, claimed 3, which w1 wrote.
+        let rows = Arc::new(WrittenRows {
+            rows: vec![("w2", 2, "!b:x"), ("w1", 3, "!a:x")],
+            asked: Mutex::new(Vec::new()),
+        });
+        let replicated = PositionedStream::new(
+            RegisteredStream {
+                rows: rows.clone(),
+                positions: stream.clone(),
+                writer: None,
+            },
+            "reader",
+            Arc::new(ReplicationStats::default()),
+        );
+        // A (re)subscribing reader hears w2's POSITION first.
+        replicated.on_position("w2", 3).await.expect("caught up");
+        assert_eq!(stream.persisted_upto(), 3, "w2's claim moves the floor");
+        replicated.on_position("w1", 3).await.expect("caught up");
+        assert_eq!(
+            *rows.asked.lock().unwrap_or_else(PoisonError::into_inner),
+            vec![("w2".to_owned(), 1, 3), ("w1".to_owned(), 1, 3)],
+            "w1's row is asked for although the floor passed it"
+        );
+        assert!(notifier.has_changed_since("written", "!a:x", 2));
+        // Its RDATA, had it come after the claim, would not be dropped either.
+        replicated.on_row("w1", 4, &json!("!c:x"));
+        assert!(notifier.has_changed_since("written", "!c:x", 3));
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert_eq!(Command::parse("   "), Ok(None));
@@ -496,7 +579,7 @@ impl ReplicatedStream for PositionedStream {
         if writer == self.instance || !self.connected().contains(writer) {
             return;
         }
-        if token <= self.positions().writer_position(writer) {
+        if token <= self.positions().read(|p| p.heard_from(writer)) {
             return;
         }
         self.stream.rows.apply(writer, token, row);
@@ -516,7 +599,9 @@ impl ReplicatedStream for PositionedStream {
             if writer == self.instance {
                 return Ok(());
             }
-            let current = self.positions().writer_position(writer);
+            // Not `writer_position`: the floor another writer's idle claim
+            // moved would skip this writer's rows.
+            let current = self.positions().read(|p| p.heard_from(writer));
             if new > current {
                 for (position, row) in self.stream.rows.read_rows(writer, current, new).await? {
                     self.stream.rows.apply(writer, position, &row);

@@ -20,10 +20,15 @@ pub async fn ephemeral(ctx: &SyncContext<'_>, room_id: &str) -> ApiResult<Vec<Va
 }
 
 /// The room's `m.typing` event, when its typing users changed since
-/// `since` (or on an initial sync, when someone is typing). There is no
-/// typing stream yet: nothing.
-async fn typing(_ctx: &SyncContext<'_>, _room_id: &str) -> ApiResult<Vec<Value>> {
-    Ok(Vec::new())
+/// `since` (or on an initial sync, when someone is typing).
+async fn typing(ctx: &SyncContext<'_>, room_id: &str) -> ApiResult<Vec<Value>> {
+    let event = crate::streams::typing::sync_event(
+        &ctx.node.streams,
+        room_id,
+        ctx.since.as_ref(),
+        &ctx.upto,
+    );
+    Ok(event.into_iter().collect())
 }
 
 /// The room's `m.receipt` event with the receipts since `since` (all of

@@ -372,6 +372,24 @@ async function conversation(baseUrl) {
         expect(mine[0].getId() === sent1.event_id, `alice: her message has id ${mine[0].getId()} (status ${mine[0].status}), expected ${sent1.event_id}`);
         step("alice: received bob's reply");
 
+        // typing: alice types (sendTyping), bob sees RoomMember.typing, then alice stops
+        const typingSeen = [];
+        bob.on(RoomMemberEvent.Typing, (event, member) => {
+            if (member.roomId === roomId && member.userId === aliceId) typingSeen.push(member.typing);
+        });
+        await call(`alice: PUT /rooms/${roomId}/typing (true)`, alice.sendTyping(roomId, true, 30_000));
+        await waitFor(bob, "bob", "alice typing (RoomMember.typing)", () => bob.getRoom(roomId)?.getMember(aliceId)?.typing === true, [
+            RoomMemberEvent.Typing,
+        ]);
+        expect(typingSeen.includes(true), "bob: no RoomMember.typing event with alice typing");
+        step("bob: sees alice typing");
+        await call(`alice: PUT /rooms/${roomId}/typing (false)`, alice.sendTyping(roomId, false));
+        await waitFor(bob, "bob", "alice stop typing (RoomMember.typing)", () => bob.getRoom(roomId)?.getMember(aliceId)?.typing === false, [
+            RoomMemberEvent.Typing,
+        ]);
+        expect(typingSeen[typingSeen.length - 1] === false, `bob: RoomMember.typing events for alice were ${JSON.stringify(typingSeen)}`);
+        step("bob: sees alice stop typing");
+
         // bob sends a read receipt for alice's message, alice sees it (Room.receipt)
         let receiptSeen = false;
         alice.on(RoomEvent.Receipt, (event, room) => {

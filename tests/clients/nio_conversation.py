@@ -269,6 +269,27 @@ async def conversation(base_url):
         expect(len(mine) == 1, f"alice: her own message appears {len(mine)} times in her timeline, expected once")
         step("alice: received bob's reply")
 
+        # typing: alice types (room_typing), bob sees the TypingNoticeEvent and room.typing_users, then alice stops
+        from nio import RoomTypingResponse, TypingNoticeEvent
+
+        typing_seen = []
+
+        async def on_typing(room, event):
+            if room.room_id == room_id:
+                typing_seen.append(list(event.users))
+
+        bob.add_ephemeral_callback(on_typing, TypingNoticeEvent)
+        resp = await alice.room_typing(room_id, typing_state=True, timeout=30000)
+        ok_response(resp, RoomTypingResponse, f"alice: PUT /rooms/{room_id}/typing (true)")
+        await sync_until(bob, lambda: alice.user_id in bob.rooms[room_id].typing_users, "alice typing (room.typing_users)")
+        expect([alice.user_id] in typing_seen, f"bob: TypingNoticeEvents were {typing_seen}, none with just alice")
+        step("bob: sees alice typing")
+        resp = await alice.room_typing(room_id, typing_state=False)
+        ok_response(resp, RoomTypingResponse, f"alice: PUT /rooms/{room_id}/typing (false)")
+        await sync_until(bob, lambda: not bob.rooms[room_id].typing_users, "alice stop typing (room.typing_users empty)")
+        expect(typing_seen and typing_seen[-1] == [], f"bob: TypingNoticeEvents were {typing_seen}, the last not empty")
+        step("bob: sees alice stop typing")
+
         # alice reads bob's reply (read marker and read receipt), bob sees her receipt
         from nio import ReceiptEvent, RoomReadMarkersResponse
 

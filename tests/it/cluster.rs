@@ -50,6 +50,8 @@ pub struct Options {
     pub redis_tls_ca_file: Option<std::path::PathBuf>,
     /// `event_writer_cached_rooms`, for tests of the writer's bounded memory.
     pub event_writer_cached_rooms: Option<usize>,
+    /// `typing.max_timeout_ms`, for tests of typing that expires.
+    pub typing_max_timeout_ms: Option<u64>,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             redis_url: None,
             redis_tls_ca_file: None,
             event_writer_cached_rooms: None,
+            typing_max_timeout_ms: None,
         }
     }
 }
@@ -139,8 +142,12 @@ impl TestCluster {
                         "instance_map.events1",
                         json!({ "host": "127.0.0.1", "port": 1 }),
                     ))
-                    // Receipts and read markers have two writers, neither where
-                    // requests arrive.
+                    // Typing, receipts and read markers have two writers each,
+                    // neither where requests arrive.
+                    .merge(Serialized::default(
+                        "stream_writers.typing",
+                        vec!["events1", "sync2"],
+                    ))
                     .merge(Serialized::default(
                         "stream_writers.receipts",
                         vec!["sync2", "events1"],
@@ -153,7 +160,7 @@ impl TestCluster {
                         "instance_map.sync2",
                         json!({ "host": "127.0.0.1", "port": 1 }),
                     ));
-                let writers = [Role::Receipts, Role::AccountData];
+                let writers = [Role::Typing, Role::Receipts, Role::AccountData];
                 cluster.nodes.push(
                     TestNode::start(
                         config.clone(),
@@ -305,6 +312,9 @@ fn base_config(database_url: &str, options: &Options) -> Figment {
     let mut figment = Figment::from(Yaml::string(&sample));
     if let Some(rooms) = options.event_writer_cached_rooms {
         figment = figment.merge(Serialized::default("event_writer_cached_rooms", rooms));
+    }
+    if let Some(ms) = options.typing_max_timeout_ms {
+        figment = figment.merge(Serialized::default("typing.max_timeout_ms", ms));
     }
     figment
         .merge(Serialized::default("database.url", database_url))

@@ -33,3 +33,4 @@ mod replication;
 mod rooms;
 mod state;
 mod sync;
+mod typing;

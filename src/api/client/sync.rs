@@ -80,6 +80,9 @@ impl<T> std::future::Future for AbortOnDrop<T> {
     }
 }
 
+/// How long a `/sync` waits for this instance to reach its `since` token.
+const SINCE_WAIT: Duration = Duration::from_secs(5);
+
 /// The answer to a /sync: at once when there is something new (or no
 /// `since`), else when something happens or the timeout passes.
 async fn long_poll(node: &Node, requester: &Requester, query: &SyncQuery) -> ApiResult<Value> {
@@ -88,6 +91,10 @@ async fn long_poll(node: &Node, requester: &Requester, query: &SyncQuery) -> Api
             let token: StreamToken = token
                 .parse()
                 .map_err(|e: TokenError| ApiError::invalid_param(e.to_string()))?;
+            // A token from an instance further ahead (a client moved between
+            // sync instances): start from it, not from this one's position.
+            // A token from the future waits this long, then is clamped.
+            node.streams.wait_for_token(&token, SINCE_WAIT).await;
             Some(sync::clamp(
                 &token,
                 &sync::current_token(node, Some(&token)),
