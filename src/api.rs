@@ -159,6 +159,7 @@ async fn read_json<T: DeserializeOwned>(mut payload: Payload, empty: EmptyBody) 
         (false, _) => serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::new(ErrCode::NotJson, format!("content not JSON: {e}")))?,
     };
+    crate::api::limits::check_json_depth(&value)?;
     parse_json(value)
 }
 

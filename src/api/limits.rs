@@ -20,6 +20,36 @@ use crate::error::{ApiError, ApiResult, ErrCode};
 /// in bytes. Stored in the `(user, device, txn id)` key that makes sends idempotent.
 pub const MAX_TXN_ID_BYTES: usize = 255;
 
+/// How deeply a request body's JSON may nest. Parsing stops at 128 levels;
+/// a body that deep parsed here could not be decoded again once wrapped in
+/// a mailbox message to a writer on another instance (a few levels more),
+/// so a split answered it late with 503. No Matrix content nests this deep.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Refuses a body nested deeper than [`MAX_JSON_DEPTH`] (`400 M_BAD_JSON`).
+pub fn check_json_depth(value: &serde_json::Value) -> ApiResult<()> {
+    use serde_json::Value;
+    fn containers(value: &Value) -> Box<dyn Iterator<Item = &Value> + '_> {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(fields) => Box::new(fields.values()),
+            _ => Box::new(std::iter::empty()),
+        };
+        Box::new(children.filter(|child| child.is_array() || child.is_object()))
+    }
+    // The arrays and objects at each depth, the body itself at depth 1.
+    let mut level: Vec<&Value> = vec![value];
+    for _ in 0..MAX_JSON_DEPTH {
+        level = level.into_iter().flat_map(containers).collect();
+        if level.is_empty() {
+            return Ok(());
+        }
+    }
+    Err(ApiError::bad_json(format!(
+        "JSON may nest at most {MAX_JSON_DEPTH} levels"
+    )))
+}
+
 /// A device id chosen by the client at `/login` or `/register`, in bytes
 /// (Synapse: 512 characters). Part of the devices' and transaction ids' keys.
 pub const MAX_DEVICE_ID_BYTES: usize = 512;
@@ -146,6 +176,22 @@ pub fn check_reason(reason: Option<&str>) -> ApiResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `{"a":{"a":...1...}}` with `levels` objects.
+    fn nested(levels: usize) -> serde_json::Value {
+        (0..levels).fold(
+            serde_json::json!(1),
+            |inner, _| serde_json::json!({ "a": inner }),
+        )
+    }
+
+    #[test]
+    fn json_may_nest_to_its_limit_and_not_one_level_more() {
+        assert!(check_json_depth(&nested(MAX_JSON_DEPTH)).is_ok());
+        let error = check_json_depth(&nested(MAX_JSON_DEPTH + 1)).expect_err("too deep");
+        assert_eq!(error.errcode, ErrCode::BadJson);
+        assert!(check_json_depth(&serde_json::json!([[], {}, "x"])).is_ok());
+    }
 
     #[test]
     fn bounds_allow_their_limit_and_refuse_one_more() {
