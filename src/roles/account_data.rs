@@ -19,8 +19,8 @@ use super::WriteError;
 use super::{ActorStart, StartedActor};
 use crate::storage::account_data::{self, RoomAccountData};
 use crate::storage::receipts::event_position_in_room;
-use crate::storage::{self, StorageError, StorageResult};
-use crate::streams::account_data::{account_data_row, SPEC as ACCOUNT_DATA_SPEC};
+use crate::storage::{StorageError, StorageResult};
+use crate::streams::account_data::account_data_row;
 use crate::streams::writer::StreamWriter;
 
 /// The room account data type of the read marker.
@@ -37,11 +37,10 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
         .cloned()
         .ok_or("the account_data stream has no writer here")?;
     let pool = start.pool.clone();
-    let writers = start.mailboxes.instances(ACCOUNT_DATA_STREAM);
     let addr = start
         .supervisor
         .start("account_data_writer", move || {
-            AccountDataWriter::new(pool.clone(), writer.clone(), writers.clone())
+            AccountDataWriter::new(pool.clone(), writer.clone())
         })
         .map_err(|e| e.to_string())?;
     start.mailboxes.register(addr.mailbox::<SetReadMarker>());
@@ -82,19 +81,16 @@ pub struct AccountDataWriter {
     pool: Pool,
     /// The account data stream's writing end.
     writer: StreamWriter,
-    /// Every writer of the account data stream, in config order.
-    writers: Vec<String>,
     markers_stored: u64,
     markers_unchanged: u64,
     writes_failed: u64,
 }
 
 impl AccountDataWriter {
-    pub fn new(pool: Pool, writer: StreamWriter, writers: Vec<String>) -> AccountDataWriter {
+    pub fn new(pool: Pool, writer: StreamWriter) -> AccountDataWriter {
         AccountDataWriter {
             pool,
             writer,
-            writers,
             markers_stored: 0,
             markers_unchanged: 0,
             writes_failed: 0,
@@ -253,28 +249,19 @@ impl Actor for AccountDataWriter {
     async fn started(&mut self, _ctx: &mut Context) -> Result<(), String> {
         // A restarted incarnation may have lost track of positions the one
         // before it allocated: reload them.
-        let positions = storage::streams::load_positions(
-            &self.pool,
-            &ACCOUNT_DATA_SPEC,
-            self.writer.instance(),
-            &self.writers,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        self.writer.stream().replace(positions);
+        self.writer
+            .reload(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 
     fn observe(&self) -> Value {
-        json!({
-            "instance": self.writer.instance(),
-            "stream": ACCOUNT_DATA_STREAM,
-            "stream_position": self.writer.stream().persisted_upto(),
-            "writer_position": self.writer.stream().writer_position(self.writer.instance()),
-            "markers_stored": self.markers_stored,
-            "markers_unchanged": self.markers_unchanged,
-            "writes_failed": self.writes_failed,
-        })
+        let mut snapshot = self.writer.observe();
+        snapshot.insert("markers_stored".into(), json!(self.markers_stored));
+        snapshot.insert("markers_unchanged".into(), json!(self.markers_unchanged));
+        snapshot.insert("writes_failed".into(), json!(self.writes_failed));
+        Value::Object(snapshot)
     }
 }
 

@@ -29,10 +29,8 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
         .cloned()
         .ok_or("the events stream has no writer here")?;
     let pool = start.pool.clone();
-    let instance = start.instance.clone();
     let server_name = start.server_name.clone();
     let signing_key = start.signing_key.clone();
-    let writers = start.mailboxes.instances(EVENTS_STREAM);
     let recent_events = start.recent_events.clone();
     let cached_rooms = start.config.event_writer_cached_rooms;
     let addr = start
@@ -40,11 +38,9 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
         .start("event_persister", move || {
             EventPersister::new(
                 pool.clone(),
-                instance.clone(),
                 server_name.clone(),
                 signing_key.key_pair(),
                 writer.clone(),
-                writers.clone(),
                 recent_events.clone(),
                 cached_rooms,
             )

@@ -28,11 +28,10 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
         .cloned()
         .ok_or("the receipts stream has no writer here")?;
     let pool = start.pool.clone();
-    let writers = start.mailboxes.instances(RECEIPTS_STREAM);
     let addr = start
         .supervisor
         .start("receipts_writer", move || {
-            ReceiptsWriter::new(pool.clone(), writer.clone(), writers.clone())
+            ReceiptsWriter::new(pool.clone(), writer.clone())
         })
         .map_err(|e| e.to_string())?;
     start.mailboxes.register(addr.mailbox::<PutReceipt>());

@@ -111,6 +111,35 @@ impl StreamWriter {
             .await
     }
 
+    /// Reloads this stream's positions from PostgreSQL, as at start-up: a
+    /// restarted writer actor may have lost track of positions the
+    /// incarnation before it allocated.
+    pub async fn reload(&self, pool: &deadpool_postgres::Pool) -> StorageResult<()> {
+        let writers = self.stream.read(|p| p.writers().to_vec());
+        let positions =
+            crate::storage::streams::load_positions(pool, self.spec(), &self.instance, &writers)
+                .await?;
+        self.stream.replace(positions);
+        Ok(())
+    }
+
+    /// The writer's part of its actor's `Observe` snapshot: the stream, and
+    /// how far it and this writer have come.
+    pub fn observe(&self) -> serde_json::Map<String, Value> {
+        let mut snapshot = serde_json::Map::new();
+        snapshot.insert("instance".into(), self.instance.clone().into());
+        snapshot.insert("stream".into(), self.spec().name.into());
+        snapshot.insert(
+            "stream_position".into(),
+            self.stream.persisted_upto().into(),
+        );
+        snapshot.insert(
+            "writer_position".into(),
+            self.stream.writer_position(&self.instance).into(),
+        );
+        snapshot
+    }
+
     /// Positions whose transaction rolled back: they count as finished, as
     /// gaps that never hold a row.
     pub fn abandon(&self, positions: &[i64]) {

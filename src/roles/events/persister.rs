@@ -24,8 +24,8 @@ use crate::roles::WriteError;
 use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
 use crate::rooms::version::parse_supported;
 use crate::storage::rooms::{self as stored_rooms, StoredEvent};
-use crate::storage::{self, StorageError, StorageResult};
-use crate::streams::events::{event_row, EVENTS_STREAM, SPEC as EVENTS_SPEC};
+use crate::storage::{StorageError, StorageResult};
+use crate::streams::events::event_row;
 use crate::streams::writer::StreamWriter;
 use crate::util::{now_ms, random_string};
 
@@ -50,7 +50,6 @@ fn txn_key(sender: &str, room_id: &str, txn: &Transaction) -> TxnKey {
 
 pub struct EventPersister {
     pool: Pool,
-    instance_name: String,
     server_name: OwnedServerName,
     key_pair: Ed25519KeyPair,
     rooms: RoomHeads,
@@ -58,8 +57,6 @@ pub struct EventPersister {
     /// replication reader; reloaded when an incarnation starts.
     /// The events stream's writing end: positions, wake-ups, replication.
     writer: StreamWriter,
-    /// Every writer of the events stream, in config order.
-    writers: Vec<String>,
     /// This instance's recent events of each room, given each committed
     /// event before it is announced.
     recent_events: Arc<RecentEventsCache>,
@@ -73,22 +70,18 @@ impl EventPersister {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: Pool,
-        instance_name: String,
         server_name: OwnedServerName,
         key_pair: Ed25519KeyPair,
         writer: StreamWriter,
-        writers: Vec<String>,
         recent_events: Arc<RecentEventsCache>,
         cached_rooms: usize,
     ) -> EventPersister {
         EventPersister {
             pool,
-            instance_name,
             server_name,
             key_pair,
             rooms: RoomHeads::new(cached_rooms),
             writer,
-            writers,
             recent_events,
             events_persisted: 0,
             writes_failed: 0,
@@ -769,29 +762,20 @@ impl Actor for EventPersister {
         // A restarted incarnation may have lost track of rows written by
         // the one before it: reload heads lazily, and the position now.
         self.rooms.clear();
-        let positions = storage::streams::load_positions(
-            &self.pool,
-            &EVENTS_SPEC,
-            &self.instance_name,
-            &self.writers,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        self.writer.stream().replace(positions);
+        self.writer
+            .reload(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 
     fn observe(&self) -> Value {
-        json!({
-            "instance": self.instance_name,
-            "stream": EVENTS_STREAM,
-            "stream_position": self.writer.stream().persisted_upto(),
-            "writer_position": self.writer.stream().writer_position(&self.instance_name),
-            "events_persisted": self.events_persisted,
-            "writes_failed": self.writes_failed,
-            "groups_split": self.groups_split,
-            "rooms_cached": self.rooms.len(),
-        })
+        let mut snapshot = self.writer.observe();
+        snapshot.insert("events_persisted".into(), json!(self.events_persisted));
+        snapshot.insert("writes_failed".into(), json!(self.writes_failed));
+        snapshot.insert("groups_split".into(), json!(self.groups_split));
+        snapshot.insert("rooms_cached".into(), json!(self.rooms.len()));
+        Value::Object(snapshot)
     }
 }
 

@@ -11,11 +11,11 @@ use deadpool_postgres::Pool;
 use lattice_actors::{Actor, Context, Handler};
 use serde_json::{json, Value};
 
-use super::{PutReceipt, ReceiptWritten, RECEIPTS_STREAM};
+use super::{PutReceipt, ReceiptWritten};
 use crate::roles::WriteError;
 use crate::storage::receipts::{self, Receipt};
-use crate::storage::{self, StorageError, StorageResult};
-use crate::streams::receipts::{receipt_row, SPEC as RECEIPTS_SPEC};
+use crate::storage::{StorageError, StorageResult};
+use crate::streams::receipts::receipt_row;
 use crate::streams::writer::StreamWriter;
 
 /// Receipts of one user, type and thread in one room replace each other.
@@ -86,8 +86,6 @@ pub struct ReceiptsWriter {
     pool: Pool,
     /// The receipts stream's writing end: positions, wake-ups, replication.
     writer: StreamWriter,
-    /// Every writer of the receipts stream, in config order.
-    writers: Vec<String>,
     receipts_stored: u64,
     receipts_unchanged: u64,
     receipts_refused: u64,
@@ -96,11 +94,10 @@ pub struct ReceiptsWriter {
 }
 
 impl ReceiptsWriter {
-    pub fn new(pool: Pool, writer: StreamWriter, writers: Vec<String>) -> ReceiptsWriter {
+    pub fn new(pool: Pool, writer: StreamWriter) -> ReceiptsWriter {
         ReceiptsWriter {
             pool,
             writer,
-            writers,
             receipts_stored: 0,
             receipts_unchanged: 0,
             receipts_refused: 0,
@@ -248,30 +245,21 @@ impl Actor for ReceiptsWriter {
     async fn started(&mut self, _ctx: &mut Context) -> Result<(), String> {
         // A restarted incarnation may have lost track of positions the one
         // before it allocated: reload them.
-        let positions = storage::streams::load_positions(
-            &self.pool,
-            &RECEIPTS_SPEC,
-            self.writer.instance(),
-            &self.writers,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        self.writer.stream().replace(positions);
+        self.writer
+            .reload(&self.pool)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(())
     }
 
     fn observe(&self) -> Value {
-        json!({
-            "instance": self.writer.instance(),
-            "stream": RECEIPTS_STREAM,
-            "stream_position": self.writer.stream().persisted_upto(),
-            "writer_position": self.writer.stream().writer_position(self.writer.instance()),
-            "receipts_stored": self.receipts_stored,
-            "receipts_unchanged": self.receipts_unchanged,
-            "receipts_refused": self.receipts_refused,
-            "batches": self.batches,
-            "writes_failed": self.writes_failed,
-        })
+        let mut snapshot = self.writer.observe();
+        snapshot.insert("receipts_stored".into(), json!(self.receipts_stored));
+        snapshot.insert("receipts_unchanged".into(), json!(self.receipts_unchanged));
+        snapshot.insert("receipts_refused".into(), json!(self.receipts_refused));
+        snapshot.insert("batches".into(), json!(self.batches));
+        snapshot.insert("writes_failed".into(), json!(self.writes_failed));
+        Value::Object(snapshot)
     }
 }
 
