@@ -232,6 +232,26 @@ impl TestCluster {
             .expect("the call ran to completion")
     }
 
+    /// Waits (at most 10 s) until a long-poll waits on the notifier of
+    /// `instance`: what a test makes happen next must wake it.
+    pub async fn wait_for_long_poll(&self, instance: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self
+            .on_node(
+                instance,
+                |node| async move { node.notifier.listener_count() },
+            )
+            .await
+            == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no long-poll ever waited on {instance}"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Whether the nodes are separate instances talking through Redis.
     pub fn is_split(&self) -> bool {
         self.nodes.len() > 1

@@ -292,17 +292,7 @@ async fn a_long_poll_wakes_on_a_receipt() {
     let waiting = bob.sync(&query);
     let reading = async {
         // Once bob's long-poll waits on the sync instance, alice reads.
-        let instance = sync_instance(&cluster);
-        while cluster
-            .on_node(
-                instance,
-                |node| async move { node.notifier.listener_count() },
-            )
-            .await
-            == 0
-        {
-            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
-        }
+        cluster.wait_for_long_poll(sync_instance(&cluster)).await;
         read(&alice, &room_id, "m.read", &event_id).await;
         std::time::Instant::now()
     };

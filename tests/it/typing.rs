@@ -165,18 +165,7 @@ async fn a_long_poll_wakes_when_someone_types() {
     let waiting = bob.sync(&query);
     let typing = async {
         // Once bob's long-poll waits on the sync node.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cluster
-            .on_node(
-                instance,
-                |node| async move { node.notifier.listener_count() },
-            )
-            .await
-            == 0
-        {
-            assert!(Instant::now() < deadline, "bob's long-poll never waited");
-            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
-        }
+        cluster.wait_for_long_poll(instance).await;
         start_typing(&alice, &room_id).await;
     };
     let (sync, ()) = futures::join!(waiting, typing);
