@@ -53,6 +53,9 @@ pub enum ErrCode {
     AliasInUse,
     /// `M_UNKNOWN` for failures that are the server's fault (500).
     Internal,
+    /// `M_BAD_JSON` with 405: account data only the server sets
+    /// (`m.fully_read`, `m.push_rules`), as the spec answers.
+    ServerControlled,
 }
 
 impl ErrCode {
@@ -83,6 +86,7 @@ impl ErrCode {
             ErrCode::BadAlias => "M_BAD_ALIAS",
             ErrCode::AliasInUse => "M_UNKNOWN",
             ErrCode::Internal => "M_UNKNOWN",
+            ErrCode::ServerControlled => "M_BAD_JSON",
         }
     }
 
@@ -96,7 +100,7 @@ impl ErrCode {
             }
             ErrCode::NotFound | ErrCode::Unrecognized => StatusCode::NOT_FOUND,
             ErrCode::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
-            ErrCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrCode::MethodNotAllowed | ErrCode::ServerControlled => StatusCode::METHOD_NOT_ALLOWED,
             ErrCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrCode::AliasInUse => StatusCode::CONFLICT,

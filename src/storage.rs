@@ -9,6 +9,7 @@ pub mod instances;
 pub mod receipts;
 pub mod rooms;
 pub mod streams;
+pub mod user_directory;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
@@ -60,6 +61,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0008_followers_and_positions",
         include_str!("storage/migrations/0008_followers_and_positions.sql"),
+    ),
+    (
+        "0009_account_data",
+        include_str!("storage/migrations/0009_account_data.sql"),
+    ),
+    (
+        "0013_user_directory",
+        include_str!("storage/migrations/0013_user_directory.sql"),
     ),
 ];
 

@@ -3,6 +3,7 @@
 //! it, the legacy `/r0` prefix.
 
 pub mod account;
+pub mod account_data;
 pub mod directory;
 pub mod events;
 pub mod filter;
@@ -16,6 +17,7 @@ pub mod room;
 pub mod state;
 pub mod sync;
 pub mod typing;
+pub mod user_directory;
 pub mod versions;
 
 use actix_web::{web, HttpRequest, HttpResponse, Resource, Scope};
@@ -85,6 +87,25 @@ fn routes(scope: Scope) -> Scope {
         .service(
             resource("/user/{user_id}/filter/{filter_id}").route(web::get().to(filter::get_filter)),
         )
+        .service(
+            resource("/user/{user_id}/account_data/{type}")
+                .route(web::get().to(account_data::get_account_data))
+                .route(web::put().to(account_data::put_account_data)),
+        )
+        .service(
+            resource("/user/{user_id}/rooms/{room_id}/account_data/{type}")
+                .route(web::get().to(account_data::get_room_account_data))
+                .route(web::put().to(account_data::put_room_account_data)),
+        )
+        .service(
+            resource("/user/{user_id}/rooms/{room_id}/tags")
+                .route(web::get().to(account_data::get_tags)),
+        )
+        .service(
+            resource("/user/{user_id}/rooms/{room_id}/tags/{tag}")
+                .route(web::put().to(account_data::put_tag))
+                .route(web::delete().to(account_data::delete_tag)),
+        )
         .service(resource("/createRoom").route(web::post().to(room::create_room)))
         .service(resource("/joined_rooms").route(web::get().to(membership::joined_rooms)))
         .service(
@@ -147,6 +168,10 @@ fn routes(scope: Scope) -> Scope {
             resource("/directory/list/room/{room_id}")
                 .route(web::get().to(directory::get_visibility))
                 .route(web::put().to(directory::set_visibility)),
+        )
+        .service(
+            resource("/user_directory/search")
+                .route(web::post().to(user_directory::search_user_directory)),
         )
         .service(
             resource("/publicRooms")

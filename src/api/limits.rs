@@ -160,6 +160,28 @@ pub fn check_no_nul(what: &str, value: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// `M_INVALID_PARAM` for JSON PostgreSQL cannot store in `jsonb`: a NUL
+/// character in a string or a key.
+pub fn check_json_no_nul(what: &str, value: &serde_json::Value) -> ApiResult<()> {
+    use serde_json::Value;
+    fn contains_nul(value: &Value) -> bool {
+        match value {
+            Value::String(text) => text.contains('\0'),
+            Value::Array(items) => items.iter().any(contains_nul),
+            Value::Object(fields) => fields
+                .iter()
+                .any(|(key, value)| key.contains('\0') || contains_nul(value)),
+            _ => false,
+        }
+    }
+    if contains_nul(value) {
+        return Err(ApiError::invalid_param(format!(
+            "{what} may not contain NUL characters"
+        )));
+    }
+    Ok(())
+}
+
 /// An avatar URL: an `mxc://` URI of at most [`MAX_AVATAR_URL_BYTES`].
 pub fn check_avatar_url(url: &str) -> ApiResult<()> {
     check_bytes("avatar_url", url, MAX_AVATAR_URL_BYTES)?;

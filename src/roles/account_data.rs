@@ -1,9 +1,12 @@
 //! The `account_data` role: the writers of the account data stream, one per
-//! instance `stream_writers.account_data` lists, sharded by user. For now
-//! an [`AccountDataWriter`] sets read markers (`m.fully_read` room account
-//! data, which never moves back to an earlier event, as in Synapse's read
-//! marker handler); the account data endpoints come with issue 13. It
-//! commits what queued in its inbox in one transaction.
+//! instance `stream_writers.account_data` lists, sharded by user. An
+//! [`AccountDataWriter`] sets read markers ([`SetReadMarker`]:
+//! `m.fully_read` room account data, which never moves back to an earlier
+//! event, as in Synapse's read marker handler) and what clients store
+//! ([`ChangeAccountData`]: global and room account data, and room tags,
+//! which it reads, changes and writes back as the room's `m.tag` in its
+//! own transaction: one writer owns a user, so no two change one user's
+//! tags at once). It commits what queued in its inbox in one transaction.
 
 use std::collections::HashMap;
 
@@ -11,13 +14,13 @@ use deadpool_postgres::Pool;
 use lattice_actors::{Actor, Context, Handler};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 pub use crate::streams::account_data::ACCOUNT_DATA_STREAM;
 
 use super::WriteError;
 use super::{ActorStart, StartedActor};
-use crate::storage::account_data::{self, RoomAccountData};
+use crate::storage::account_data::{self, AccountData};
 use crate::storage::receipts::event_position_in_room;
 use crate::storage::{StorageError, StorageResult};
 use crate::streams::account_data::account_data_row;
@@ -25,6 +28,9 @@ use crate::streams::writer::StreamWriter;
 
 /// The room account data type of the read marker.
 pub const FULLY_READ: &str = "m.fully_read";
+
+/// The room account data type room tags are shown as (`{"tags": {...}}`).
+pub const TAGS: &str = "m.tag";
 
 /// Deliveries of the writer's mailbox endpoint handled at once.
 const REMOTE_WRITER_CONCURRENCY: usize = 64;
@@ -44,10 +50,14 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
         })
         .map_err(|e| e.to_string())?;
     start.mailboxes.register(addr.mailbox::<SetReadMarker>());
+    start
+        .mailboxes
+        .register(addr.mailbox::<ChangeAccountData>());
     Ok(StartedActor {
         serve: Box::new(move |endpoint| {
             endpoint
                 .route_mailbox(addr.mailbox::<SetReadMarker>())
+                .route_mailbox(addr.mailbox::<ChangeAccountData>())
                 .concurrency(REMOTE_WRITER_CONCURRENCY)
         }),
     })
@@ -77,13 +87,87 @@ impl lattice_actors::RemoteMessage for SetReadMarker {
     const WIRE_NAME: &'static str = "account_data.set_read_marker.v1";
 }
 
+/// Change `user_id`'s account data as a client asked. The request was
+/// checked where it entered the server (the user's own, a type clients
+/// may set, an object). Delivered twice, it leaves the same data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeAccountData {
+    pub user_id: OwnedUserId,
+    pub change: AccountDataChange,
+}
+
+/// What a [`ChangeAccountData`] does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AccountDataChange {
+    /// Set the account data `kind` (of `room_id`, or global) to `content`.
+    Put {
+        room_id: Option<OwnedRoomId>,
+        kind: String,
+        content: Map<String, Value>,
+    },
+    /// Tag `room_id` with `tag`, `content` its metadata (`order`).
+    PutTag {
+        room_id: OwnedRoomId,
+        tag: String,
+        content: Map<String, Value>,
+    },
+    /// Remove `tag` from `room_id` (nothing changes if it has no such tag).
+    DeleteTag { room_id: OwnedRoomId, tag: String },
+}
+
+impl lattice_actors::RemoteMessage for ChangeAccountData {
+    type Reply = Result<AccountDataWritten, WriteError>;
+    const WIRE_NAME: &'static str = "account_data.change.v1";
+}
+
+/// The `m.tag` content `current` becomes after `change` (a tag change), or
+/// `None` when it stays as it is (removing a tag the room does not have).
+/// Keys of `m.tag` other than `tags` are kept.
+fn changed_tags(current: Option<&Value>, change: &AccountDataChange) -> Option<Value> {
+    let mut content = match current {
+        Some(Value::Object(content)) => content.clone(),
+        _ => Map::new(),
+    };
+    let mut tags = match content.remove("tags") {
+        Some(Value::Object(tags)) => tags,
+        _ => Map::new(),
+    };
+    match change {
+        AccountDataChange::PutTag { tag, content, .. } => {
+            tags.insert(tag.clone(), Value::Object(content.clone()));
+        }
+        AccountDataChange::DeleteTag { tag, .. } => {
+            tags.remove(tag)?;
+        }
+        AccountDataChange::Put { .. } => return None,
+    }
+    content.insert("tags".into(), Value::Object(tags));
+    Some(Value::Object(content))
+}
+
 pub struct AccountDataWriter {
     pool: Pool,
     /// The account data stream's writing end.
     writer: StreamWriter,
     markers_stored: u64,
     markers_unchanged: u64,
+    data_stored: u64,
+    data_unchanged: u64,
     writes_failed: u64,
+}
+
+/// An answer per request of a batch; `None` until it is known.
+type Answers = Vec<Option<Result<AccountDataWritten, WriteError>>>;
+
+/// Account data a batch writes: the request it answers and what it sets
+/// (its position is allocated when the batch stores it).
+struct ToWrite {
+    answer: usize,
+    user_id: String,
+    room_id: Option<String>,
+    kind: String,
+    content: Value,
 }
 
 impl AccountDataWriter {
@@ -93,6 +177,8 @@ impl AccountDataWriter {
             writer,
             markers_stored: 0,
             markers_unchanged: 0,
+            data_stored: 0,
+            data_unchanged: 0,
             writes_failed: 0,
         }
     }
@@ -103,26 +189,49 @@ impl AccountDataWriter {
         requests: Vec<SetReadMarker>,
     ) -> Vec<Result<AccountDataWritten, WriteError>> {
         let count = requests.len();
-        match self.set_in_transaction(requests).await {
-            Ok(answers) => answers,
+        let result = self.set_markers_in_transaction(requests).await;
+        self.answered(result, count, "the read markers could not be stored")
+    }
+
+    /// Commits `requests` in one transaction; each gets its own answer.
+    async fn change_account_data(
+        &mut self,
+        requests: Vec<ChangeAccountData>,
+    ) -> Vec<Result<AccountDataWritten, WriteError>> {
+        let count = requests.len();
+        let result = self.change_in_transaction(requests).await;
+        self.answered(result, count, "the account data could not be stored")
+    }
+
+    /// The answers of a batch of `count` requests, each the same error when
+    /// the batch could not be stored.
+    fn answered(
+        &mut self,
+        result: StorageResult<Answers>,
+        count: usize,
+        failure: &str,
+    ) -> Vec<Result<AccountDataWritten, WriteError>> {
+        match result {
+            Ok(answers) => answers
+                .into_iter()
+                .map(|answer| {
+                    answer.unwrap_or_else(|| {
+                        Err(WriteError::Internal("request was not answered".into()))
+                    })
+                })
+                .collect(),
             Err(error) => {
                 self.writes_failed += 1;
-                tracing::error!(error = %error, markers = count, "account data writer storage error");
-                vec![
-                    Err(WriteError::Storage(
-                        "the read markers could not be stored".into()
-                    ));
-                    count
-                ]
+                tracing::error!(error = %error, requests = count, "account data writer storage error");
+                vec![Err(WriteError::Storage(failure.into())); count]
             }
         }
     }
 
-    async fn set_in_transaction(
+    async fn set_markers_in_transaction(
         &mut self,
         requests: Vec<SetReadMarker>,
-    ) -> StorageResult<Vec<Result<AccountDataWritten, WriteError>>> {
-        let instance = self.writer.instance().to_owned();
+    ) -> StorageResult<Answers> {
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
         // Where each (user, room)'s marker is, once this batch moved it.
@@ -149,35 +258,114 @@ impl AccountDataWriter {
             };
             if current.is_some_and(|current| current >= position) {
                 self.markers_unchanged += 1;
-                answers.push(Some(Ok(AccountDataWritten {
-                    instance: instance.clone(),
-                    position: None,
-                })));
+                answers.push(Some(Ok(self.unchanged())));
                 continue;
             }
             latest.insert(key, position);
-            to_write.push((answers.len(), user_id, room_id, event_id));
+            to_write.push(ToWrite {
+                answer: answers.len(),
+                user_id,
+                room_id: Some(room_id),
+                kind: FULLY_READ.to_owned(),
+                content: json!({ "event_id": event_id }),
+            });
             answers.push(None);
         }
-        let positions = if to_write.is_empty() {
-            Vec::new()
-        } else {
-            self.writer.allocate(&*transaction, to_write.len()).await?
-        };
+        self.markers_stored += to_write.len() as u64;
+        self.store(transaction, to_write, &mut answers).await?;
+        Ok(answers)
+    }
+
+    async fn change_in_transaction(
+        &mut self,
+        requests: Vec<ChangeAccountData>,
+    ) -> StorageResult<Answers> {
+        let mut client = self.pool.get().await?;
+        let transaction = client.transaction().await?;
+        // The `m.tag` contents this batch wrote, by (user, room): a tag
+        // change reads the one before it.
+        let mut tags: HashMap<(String, String), Value> = HashMap::new();
+        let mut answers = Vec::with_capacity(requests.len());
+        let mut to_write = Vec::new();
+        for request in requests {
+            let user_id = request.user_id.to_string();
+            let (room_id, kind, content) = match request.change {
+                AccountDataChange::Put {
+                    room_id,
+                    kind,
+                    content,
+                } => (
+                    room_id.map(|room_id| room_id.to_string()),
+                    kind,
+                    Value::Object(content),
+                ),
+                AccountDataChange::PutTag { ref room_id, .. }
+                | AccountDataChange::DeleteTag { ref room_id, .. } => {
+                    let key = (user_id.clone(), room_id.to_string());
+                    let current = match tags.get(&key) {
+                        Some(current) => Some(current.clone()),
+                        None => {
+                            account_data::room_content(&transaction, &user_id, &key.1, TAGS).await?
+                        }
+                    };
+                    let Some(changed) = changed_tags(current.as_ref(), &request.change) else {
+                        self.data_unchanged += 1;
+                        answers.push(Some(Ok(self.unchanged())));
+                        continue;
+                    };
+                    (Some(key.1), TAGS.to_owned(), changed)
+                }
+            };
+            if let (Some(room_id), TAGS) = (&room_id, kind.as_str()) {
+                tags.insert((user_id.clone(), room_id.clone()), content.clone());
+            }
+            to_write.push(ToWrite {
+                answer: answers.len(),
+                user_id,
+                room_id,
+                kind,
+                content,
+            });
+            answers.push(None);
+        }
+        self.data_stored += to_write.len() as u64;
+        self.store(transaction, to_write, &mut answers).await?;
+        Ok(answers)
+    }
+
+    /// The answer to a request that changed nothing.
+    fn unchanged(&self) -> AccountDataWritten {
+        AccountDataWritten {
+            instance: self.writer.instance().to_owned(),
+            position: None,
+        }
+    }
+
+    /// Gives each of `to_write` a position, stores them and commits
+    /// `transaction`, then announces the rows and answers their requests.
+    async fn store(
+        &mut self,
+        transaction: deadpool_postgres::Transaction<'_>,
+        to_write: Vec<ToWrite>,
+        answers: &mut Answers,
+    ) -> StorageResult<()> {
+        if to_write.is_empty() {
+            return Ok(transaction.commit().await?);
+        }
+        let instance = self.writer.instance().to_owned();
+        let positions = self.writer.allocate(&*transaction, to_write.len()).await?;
         let mut written = Vec::with_capacity(to_write.len());
         let result: StorageResult<()> = async {
-            for ((index, user_id, room_id, event_id), position) in
-                to_write.into_iter().zip(&positions)
-            {
-                let data = RoomAccountData {
+            for (write, position) in to_write.into_iter().zip(&positions) {
+                let data = AccountData {
                     stream_id: *position,
-                    user_id,
-                    room_id,
-                    kind: FULLY_READ.to_owned(),
-                    content: json!({ "event_id": event_id }),
+                    user_id: write.user_id,
+                    room_id: write.room_id,
+                    kind: write.kind,
+                    content: write.content,
                 };
-                account_data::put_room(&transaction, &instance, &data).await?;
-                written.push((index, data));
+                account_data::put(&transaction, &instance, &data).await?;
+                written.push((write.answer, data));
             }
             self.writer
                 .store_position(&*transaction, &positions)
@@ -193,36 +381,27 @@ impl AccountDataWriter {
             self.writer.abandon(&positions);
             return Err(error);
         }
-        if !positions.is_empty() {
-            let rows: Vec<(i64, Value)> = written
-                .iter()
-                .map(|(_, data)| {
-                    (
-                        data.stream_id,
-                        account_data_row(&data.user_id, Some(&data.room_id), &data.kind),
-                    )
-                })
-                .collect();
-            let keys = written
-                .iter()
-                .map(|(_, data)| data.user_id.clone())
-                .collect();
-            self.writer.finish_with_keys(&positions, keys, || rows);
-        }
+        let rows: Vec<(i64, Value)> = written
+            .iter()
+            .map(|(_, data)| {
+                (
+                    data.stream_id,
+                    account_data_row(&data.user_id, data.room_id.as_deref(), &data.kind),
+                )
+            })
+            .collect();
+        let keys = written
+            .iter()
+            .map(|(_, data)| data.user_id.clone())
+            .collect();
+        self.writer.finish_with_keys(&positions, keys, || rows);
         for (index, data) in written {
-            self.markers_stored += 1;
             answers[index] = Some(Ok(AccountDataWritten {
                 instance: instance.clone(),
                 position: Some(data.stream_id),
             }));
         }
-        Ok(answers
-            .into_iter()
-            .map(|answer| {
-                answer
-                    .unwrap_or_else(|| Err(WriteError::Internal("request was not answered".into())))
-            })
-            .collect())
+        Ok(())
     }
 
     /// The events-stream position of the event `user_id`'s read marker in
@@ -260,6 +439,8 @@ impl Actor for AccountDataWriter {
         let mut snapshot = self.writer.observe();
         snapshot.insert("markers_stored".into(), json!(self.markers_stored));
         snapshot.insert("markers_unchanged".into(), json!(self.markers_unchanged));
+        snapshot.insert("data_stored".into(), json!(self.data_stored));
+        snapshot.insert("data_unchanged".into(), json!(self.data_unchanged));
         snapshot.insert("writes_failed".into(), json!(self.writes_failed));
         Value::Object(snapshot)
     }
@@ -291,5 +472,80 @@ impl Handler<SetReadMarker> for AccountDataWriter {
             .into_iter()
             .map(Ok)
             .collect()
+    }
+}
+
+impl Handler<ChangeAccountData> for AccountDataWriter {
+    /// Changes that queue up while a transaction commits go into the next one.
+    const BATCH_LIMIT: usize = 100;
+
+    async fn handle(
+        &mut self,
+        msg: ChangeAccountData,
+        _ctx: &mut Context,
+    ) -> Result<Result<AccountDataWritten, WriteError>, String> {
+        Ok(self
+            .change_account_data(vec![msg])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(WriteError::Internal("request was not answered".into()))))
+    }
+
+    async fn handle_batch(
+        &mut self,
+        msgs: Vec<ChangeAccountData>,
+        _ctx: &mut Context,
+    ) -> Vec<Result<Result<AccountDataWritten, WriteError>, String>> {
+        self.change_account_data(msgs)
+            .await
+            .into_iter()
+            .map(Ok)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(value: Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_tag_change_rewrites_m_tag_and_keeps_the_other_tags() {
+        let room_id: OwnedRoomId = "!r:x".try_into().expect("room id");
+        let put = |tag: &str, content: Value| AccountDataChange::PutTag {
+            room_id: room_id.clone(),
+            tag: tag.into(),
+            content: object(content),
+        };
+        let delete = |tag: &str| AccountDataChange::DeleteTag {
+            room_id: room_id.clone(),
+            tag: tag.into(),
+        };
+        let first = changed_tags(None, &put("u.work", json!({ "order": 0.5 })));
+        assert_eq!(
+            first,
+            Some(json!({ "tags": { "u.work": { "order": 0.5 } } }))
+        );
+        let second = changed_tags(first.as_ref(), &put("m.favourite", json!({})));
+        assert_eq!(
+            second,
+            Some(json!({ "tags": { "u.work": { "order": 0.5 }, "m.favourite": {} } }))
+        );
+        let removed = changed_tags(second.as_ref(), &delete("u.work"));
+        assert_eq!(removed, Some(json!({ "tags": { "m.favourite": {} } })));
+        assert_eq!(changed_tags(removed.as_ref(), &delete("u.work")), None);
+        assert_eq!(changed_tags(None, &delete("u.work")), None);
+        // What a client stored as m.tag by hand is kept beside the tags.
+        let odd = json!({ "tags": "not an object", "x": 1 });
+        assert_eq!(
+            changed_tags(Some(&odd), &put("u.a", json!({}))),
+            Some(json!({ "tags": { "u.a": {} }, "x": 1 }))
+        );
     }
 }

@@ -150,7 +150,7 @@ impl<'a> TypePattern<'a> {
     }
 }
 
-fn type_matches(pattern: &str, kind: &str) -> bool {
+pub fn type_matches(pattern: &str, kind: &str) -> bool {
     TypePattern::parse(pattern).matches(kind)
 }
 

@@ -35,14 +35,19 @@ pub async fn create_user(
     password_hash: Option<&str>,
     is_admin: bool,
 ) -> StorageResult<bool> {
-    let client = pool.get().await?;
-    let inserted = client
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    let inserted = transaction
         .execute(
             "INSERT INTO users (user_id, localpart, password_hash, is_admin, displayname, created_ts)
              VALUES ($1, $2, $3, $4, $2, $5) ON CONFLICT DO NOTHING",
             &[&user_id, &localpart, &password_hash, &is_admin, &now_ms()],
         )
         .await?;
+    if inserted == 1 {
+        super::user_directory::set_terms(&transaction, user_id, Some(localpart)).await?;
+    }
+    transaction.commit().await?;
     Ok(inserted == 1)
 }
 
@@ -207,13 +212,16 @@ pub async fn set_displayname(
     user_id: &str,
     displayname: Option<&str>,
 ) -> StorageResult<()> {
-    let client = pool.get().await?;
-    client
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    transaction
         .execute(
             "UPDATE users SET displayname = $2 WHERE user_id = $1",
             &[&user_id, &displayname],
         )
         .await?;
+    super::user_directory::set_terms(&transaction, user_id, displayname).await?;
+    transaction.commit().await?;
     Ok(())
 }
 

@@ -1,9 +1,10 @@
 //! The `account_data` stream: users' account data, written by the account
 //! data writers (`roles/account_data`), sharded by user, stored in
-//! PostgreSQL (`storage/account_data`). For now only the room account data
-//! read markers are stored as (`m.fully_read`). A row is Synapse's
-//! `[user_id, room_id, type]` (the content is read from the table by the
-//! `/sync` that shows it); it wakes its user's long-polls.
+//! PostgreSQL (`storage/account_data`): global and per room, read markers
+//! (`m.fully_read`) and room tags (`m.tag`) included. A row is Synapse's
+//! `[user_id, room_id, type]` (`room_id` null for global account data; the
+//! content is read from the table by the `/sync` that shows it); it wakes
+//! its user's long-polls.
 
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
@@ -21,7 +22,7 @@ pub const SPEC: StreamSpec = StreamSpec {
     name: ACCOUNT_DATA_STREAM,
     shard_by: ShardBy::User,
     storage: Storage::Postgres(&StreamTable {
-        table: "room_account_data",
+        table: "account_data",
         instance_column: "instance_name",
         id_column: "stream_id",
     }),
@@ -66,7 +67,7 @@ impl StreamRows for AccountDataRows {
                 .map(|data| {
                     (
                         data.stream_id,
-                        account_data_row(&data.user_id, Some(&data.room_id), &data.kind),
+                        account_data_row(&data.user_id, data.room_id.as_deref(), &data.kind),
                     )
                 })
                 .collect())
@@ -74,15 +75,16 @@ impl StreamRows for AccountDataRows {
     }
 }
 
-/// `user_id`'s account data events of `room_id` set at positions `since <
-/// position <= upto` (all of them without `since`: an initial sync), as
-/// `/sync` shows them (`{"type", "content"}`). A user whose account data
-/// did not change since `since` costs no read.
-pub async fn room_account_data_events(
+/// `user_id`'s account data events of `room_id` (global ones without a
+/// room) set at positions `since < position <= upto` (all of them without
+/// `since`: an initial sync), as `/sync` shows them (`{"type",
+/// "content"}`). A user whose account data did not change since `since`
+/// costs no read.
+pub async fn account_data_events(
     pool: &Pool,
     notifier: &Notifier,
     user_id: &str,
-    room_id: &str,
+    room_id: Option<&str>,
     since: Option<i64>,
     upto: i64,
 ) -> Result<Vec<Value>, crate::storage::StorageError> {
@@ -91,8 +93,7 @@ pub async fn room_account_data_events(
             return Ok(Vec::new());
         }
     }
-    let data =
-        account_data::room_data_of_user(pool, user_id, room_id, since.unwrap_or(0), upto).await?;
+    let data = account_data::data_of_user(pool, user_id, room_id, since.unwrap_or(0), upto).await?;
     Ok(data
         .into_iter()
         .map(|data| json!({ "type": data.kind, "content": data.content }))

@@ -270,6 +270,41 @@ function membership(client, roomId, userId) {
     return client.getRoom(roomId)?.getMember(userId)?.membership;
 }
 
+/**
+ * Global account data and a room tag round-trip through the SDK's own calls and
+ * state (setAccountData / getAccountData and ClientEvent.AccountData,
+ * setRoomTag / deleteRoomTag and room.tags with RoomEvent.Tags), then alice
+ * finds bob with searchUserDirectory.
+ */
+async function accountDataTagsAndDirectory(alice, roomId, bobId) {
+    const settings = { theme: "dark", nonce: hex(4) };
+    await call("alice: PUT /user/.../account_data/org.lattice.test.settings", alice.setAccountData("org.lattice.test.settings", settings));
+    await waitFor(
+        alice,
+        "alice",
+        "her global account data (getAccountData)",
+        () => alice.getAccountData("org.lattice.test.settings")?.getContent().nonce === settings.nonce,
+        [ClientEvent.AccountData],
+    );
+    step("alice: sees her global account data");
+
+    await call(`alice: PUT /user/.../rooms/${roomId}/tags/u.jssdk`, alice.setRoomTag(roomId, "u.jssdk", { order: 0.5 }));
+    await waitFor(alice, "alice", "the tag u.jssdk in room.tags", () => alice.getRoom(roomId)?.tags?.["u.jssdk"]?.order === 0.5, [RoomEvent.Tags]);
+    await call(`alice: DELETE /user/.../rooms/${roomId}/tags/u.jssdk`, alice.deleteRoomTag(roomId, "u.jssdk"));
+    await waitFor(alice, "alice", "the tag u.jssdk gone from room.tags", () => !alice.getRoom(roomId)?.tags?.["u.jssdk"], [RoomEvent.Tags]);
+    step("alice: sees her room tag set and removed");
+
+    // bob shares the room with alice: she finds him by his user id, in capitals.
+    const term = bobId.slice(1).split(":")[0].toUpperCase();
+    const found = await call("alice: POST /user_directory/search", alice.searchUserDirectory({ term, limit: 5 }));
+    expect(
+        found.results.some((user) => user.user_id === bobId),
+        `alice: searching ${JSON.stringify(term)} found ${JSON.stringify(found)}, not ${bobId}`,
+    );
+    expect(found.limited === false, `alice: the search says limited: ${JSON.stringify(found)}`);
+    step("alice: finds bob in the user directory");
+}
+
 async function conversation(baseUrl) {
     const clients = [];
     try {
@@ -424,6 +459,8 @@ async function conversation(baseUrl) {
         expect(topicEvent.getSender() === aliceId, `bob: topic set by ${topicEvent.getSender()}, expected ${aliceId}`);
         expect(topicStateSeen, "bob: no RoomState.events emitted for the m.room.topic");
         step("bob: sees the new topic");
+
+        await accountDataTagsAndDirectory(alice, roomId, bobId);
 
         // bob leaves, alice sees it
         await call(`bob: POST /rooms/${roomId}/leave`, bob.leave(roomId));

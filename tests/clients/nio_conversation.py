@@ -197,6 +197,45 @@ def events(client, room_id, cls, pred=lambda e: True):
     return [e for rid, e in client.seen_events if rid == room_id and isinstance(e, cls) and pred(e)]
 
 
+async def account_data_and_tags(alice, room_id):
+    """Global account data and a room tag round-trip, seen through nio's sync.
+
+    matrix-nio 0.25 has no method to set account data or room tags, nor to
+    search the user directory: the writes go through its generic request
+    method (`AsyncClient._send` with `Api._build_path`), and what alice sees
+    is nio's own parsing of /sync (`UnknownAccountDataEvent` callbacks and
+    `MatrixRoom.tags` from `TagEvent`).
+    """
+    from nio import Api, TagEvent, UnknownAccountDataEvent
+    from nio.responses import EmptyResponse
+
+    async def put(path, content, what):
+        resp = await alice._send(EmptyResponse, "PUT", Api._build_path(path), Api.to_json(content))
+        ok_response(resp, EmptyResponse, f"alice: PUT {what}")
+
+    settings = {"theme": "dark", "nonce": secrets.token_hex(4)}
+    global_seen = []
+    alice.add_global_account_data_callback(
+        lambda event: global_seen.append(event.content) if event.type == "org.lattice.test.settings" else None,
+        UnknownAccountDataEvent,
+    )
+    await put(["user", alice.user_id, "account_data", "org.lattice.test.settings"], settings, "global account data")
+    await sync_until(alice, lambda: settings in global_seen, "her global account data in /sync account_data")
+    step("alice: sees her global account data")
+
+    tag_events = []
+    alice.add_room_account_data_callback(lambda room, event: tag_events.append((room.room_id, event.tags)), TagEvent)
+    await put(["user", alice.user_id, "rooms", room_id, "tags", "u.nio"], {"order": 0.5}, "a room tag")
+    await sync_until(alice, lambda: (alice.rooms[room_id].tags or {}).get("u.nio") == {"order": 0.5}, "the tag u.nio in MatrixRoom.tags")
+    expect(any(rid == room_id and "u.nio" in tags for rid, tags in tag_events), f"alice: no TagEvent with u.nio: {tag_events}")
+    resp = await alice._send(
+        EmptyResponse, "DELETE", Api._build_path(["user", alice.user_id, "rooms", room_id, "tags", "u.nio"])
+    )
+    ok_response(resp, EmptyResponse, "alice: DELETE the room tag")
+    await sync_until(alice, lambda: "u.nio" not in (alice.rooms[room_id].tags or {}), "the tag u.nio gone from MatrixRoom.tags")
+    step("alice: sees her room tag set and removed")
+
+
 async def conversation(base_url):
     alice = bob = None
     try:
@@ -320,6 +359,8 @@ async def conversation(base_url):
         expect(got[0].sender == alice.user_id, f"bob: topic set by {got[0].sender!r}, expected {alice.user_id!r}")
         expect(bob.rooms[room_id].topic == topic, f"bob: room topic in nio's room state is {bob.rooms[room_id].topic!r}, expected {topic!r}")
         step("bob: sees the new topic")
+
+        await account_data_and_tags(alice, room_id)
 
         # bob leaves, alice sees it
         resp = await bob.room_leave(room_id)

@@ -12,6 +12,7 @@
 mod cluster;
 mod spec;
 
+mod account_data;
 mod accounts;
 mod admin;
 mod authorization;
@@ -34,3 +35,4 @@ mod rooms;
 mod state;
 mod sync;
 mod typing;
+mod user_directory;
