@@ -5,7 +5,10 @@
 //! has two writers on instances other than the one requests arrive at, and
 //! `/sync` is served by a third.
 
+use std::time::Duration;
+
 use awc::http::{Method, StatusCode};
+use lattice::roles::account_data::{AccountDataChange, ChangeAccountData, ACCOUNT_DATA_STREAM};
 use serde_json::{json, Value};
 
 use crate::cluster::{enc, TestCluster, User};
@@ -607,4 +610,54 @@ async fn the_sync_filter_picks_account_data_types() {
         vec![json!("im.other.b")],
         "{sync}"
     );
+}
+
+/// Sends `change` of `user`'s to their account data writer through its
+/// mailbox (a remote one on the split), as a request handler does; the
+/// position it wrote, if any.
+async fn deliver(cluster: &TestCluster, user: &User, change: AccountDataChange) -> Option<i64> {
+    let message = ChangeAccountData {
+        user_id: user.user_id.parse().expect("a user id"),
+        change,
+    };
+    cluster
+        .on_node("main", |node| async move {
+            let writer = node
+                .mailboxes
+                .for_shard::<ChangeAccountData>(ACCOUNT_DATA_STREAM, message.user_id.as_str())
+                .expect("an account data writer");
+            writer.call(message, Duration::from_secs(10)).await
+        })
+        .await
+        .expect("delivered")
+        .expect("written")
+        .position
+}
+
+#[actix_web::test]
+async fn tag_changes_delivered_twice_leave_the_same_tags() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let put = AccountDataChange::PutTag {
+        room_id: room_id.parse().expect("a room id"),
+        tag: "u.twice".into(),
+        content: serde_json::Map::from_iter([("order".to_owned(), json!(0.5))]),
+    };
+    for _ in 0..2 {
+        assert!(deliver(&cluster, &alice, put.clone()).await.is_some());
+    }
+    let (_, body) = alice.get(&tags_path(&alice, &room_id)).await;
+    assert_eq!(body, json!({ "tags": { "u.twice": { "order": 0.5 } } }));
+
+    let delete = AccountDataChange::DeleteTag {
+        room_id: room_id.parse().expect("a room id"),
+        tag: "u.twice".into(),
+    };
+    let first = deliver(&cluster, &alice, delete.clone()).await;
+    let second = deliver(&cluster, &alice, delete).await;
+    assert!(first.is_some(), "the first removal writes");
+    assert_eq!(second, None, "the second changes nothing");
+    let (_, body) = alice.get(&tags_path(&alice, &room_id)).await;
+    assert_eq!(body, json!({ "tags": {} }));
 }
