@@ -128,6 +128,8 @@ impl World {
             "kind" => "underride".into(),
             "rule_id" => ".m.rule.message".into(),
             "receipt_type" => "m.read".into(),
+            "type" => "org.example.fuzz".into(),
+            "tag" => "u.fuzz".into(),
             other => panic!("the fuzzer does not know the parameter `{other}`: add it"),
         }
     }
