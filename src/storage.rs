@@ -7,6 +7,7 @@ pub mod caches;
 pub mod followers;
 pub mod instances;
 pub mod receipts;
+pub mod relations;
 pub mod rooms;
 pub mod streams;
 
@@ -60,6 +61,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0008_followers_and_positions",
         include_str!("storage/migrations/0008_followers_and_positions.sql"),
+    ),
+    (
+        "0012_relations",
+        include_str!("storage/migrations/0012_relations.sql"),
     ),
 ];
 
