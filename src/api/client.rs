@@ -169,9 +169,8 @@ fn v1_routes(scope: Scope) -> Scope {
                 .route(web::get().to(relations::get_relating_events_with_rel_type)),
         )
         .service(
-            resource("/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}").route(
-                web::get().to(relations::get_relating_events_with_rel_type_and_event_type),
-            ),
+            resource("/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}")
+                .route(web::get().to(relations::get_relating_events_with_rel_type_and_event_type)),
         )
         .service(
             resource("/rooms/{room_id}/threads").route(web::get().to(relations::get_thread_roots)),

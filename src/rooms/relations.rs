@@ -135,7 +135,8 @@ fn bundle<'a>(
             let Some(event_id) = event.get("event_id").and_then(Value::as_str) else {
                 continue;
             };
-            let relations = relations_of(&viewer.user_id, event_id, event, &aggregations, &children);
+            let relations =
+                relations_of(&viewer.user_id, event_id, event, &aggregations, &children);
             if relations.is_empty() {
                 continue;
             }
@@ -189,8 +190,8 @@ fn relations_of(
     if let Some(thread) = aggregations.threads.get(event_id) {
         if let Some(latest) = children.get(&thread.latest_event_id) {
             // Taking part is starting the thread or replying in it.
-            let participated = thread.replied
-                || event.get("sender").and_then(Value::as_str) == Some(viewer);
+            let participated =
+                thread.replied || event.get("sender").and_then(Value::as_str) == Some(viewer);
             relations.insert(
                 THREAD.into(),
                 json!({
@@ -259,9 +260,13 @@ mod tests {
         let parent = parent_of(&plain).expect("a message may have bundles");
         assert!(parent.thread && parent.edits);
         assert!(parent_of(&event(json!({ "state_key": "" }))).is_none());
-        let edit = event(json!({ "content": { "m.relates_to": { "rel_type": "m.replace", "event_id": "$o" } } }));
+        let edit = event(
+            json!({ "content": { "m.relates_to": { "rel_type": "m.replace", "event_id": "$o" } } }),
+        );
         assert!(parent_of(&edit).is_none());
-        let in_thread = event(json!({ "content": { "m.relates_to": { "rel_type": "m.thread", "event_id": "$o" } } }));
+        let in_thread = event(
+            json!({ "content": { "m.relates_to": { "rel_type": "m.thread", "event_id": "$o" } } }),
+        );
         let parent = parent_of(&in_thread).expect("a thread reply may be edited");
         assert!(!parent.thread && parent.edits);
         let redacted = event(json!({ "unsigned": { "redacted_because": {} } }));

@@ -241,7 +241,6 @@ async function registerAndLogin(baseUrl, who) {
         fetchFn: tracingFetch(who),
         logger: sdkLoggerFor(who),
         timelineSupport: true,
-        threadSupport: true,
     });
     client.who = who;
     client.seenTimeline = []; // {roomId, event} from Room.timeline
@@ -259,7 +258,7 @@ async function startSyncing(client) {
         () => ["PREPARED", "SYNCING"].includes(client.getSyncState()),
         [ClientEvent.Sync],
     );
-    await call(`${client.who}: startClient`, client.startClient({ initialSyncLimit: 20, pollTimeout: 5000 }));
+    await call(`${client.who}: startClient`, client.startClient({ initialSyncLimit: 20, pollTimeout: 5000, threadSupport: true }));
     await ready;
     step(`${client.who}: sync loop running`);
 }
@@ -519,9 +518,15 @@ async function relationSteps({ alice, bob, roomId, aliceId, bobId, mine, his }) 
             "m.relates_to": { rel_type: "m.thread", event_id: his, is_falling_back: true, "m.in_reply_to": { event_id: his } },
         }),
     );
+    let threadSeen = "no thread";
     const thread = await waitFor(alice, "alice", "bob's thread in room.getThread", () => {
         const thread = alice.getRoom(roomId)?.getThread(his);
+        threadSeen = thread
+            ? `length ${thread.length}, events ${thread.events.map((e) => e.getId())}, supports threads ${alice.supportsThreads()}`
+            : `no thread; supports threads ${alice.supportsThreads()}; threads ${alice.getRoom(roomId)?.getThreads().map((t) => t.id)}`;
         return thread && thread.length === 1 && thread.events.some((e) => e.getId() === threadReply.event_id) ? thread : null;
+    }).catch((e) => {
+        throw new Failure(`${e.message}; last seen: ${threadSeen}`);
     });
     expect(thread.replyToEvent?.getContent().body === threadBody, `alice: the thread's last reply reads ${thread.replyToEvent?.getContent().body}`);
     const list = await call("alice: GET /threads", alice.createThreadListMessagesRequest(roomId, null, 10));

@@ -45,7 +45,8 @@ async fn thread_reply(user: &User, room_id: &str, root: &str, body: &str) -> Str
 }
 
 async fn react(user: &User, room_id: &str, target: &str, key: &str) -> String {
-    let content = json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": target, "key": key } });
+    let content =
+        json!({ "m.relates_to": { "rel_type": "m.annotation", "event_id": target, "key": key } });
     send(user, room_id, "m.reaction", content).await
 }
 
@@ -97,7 +98,13 @@ async fn relations(
     .await
 }
 
-async fn relations_ok(user: &User, room_id: &str, event_id: &str, suffix: &str, query: &str) -> Value {
+async fn relations_ok(
+    user: &User,
+    room_id: &str,
+    event_id: &str,
+    suffix: &str,
+    query: &str,
+) -> Value {
     let (status, body) = relations(user, room_id, event_id, suffix, query).await;
     assert_eq!(status, StatusCode::OK, "relations{suffix}?{query}: {body}");
     body
@@ -156,7 +163,10 @@ async fn all_pages(user: &User, room_id: &str, parent: &str, query: &str) -> Vec
         };
         let next_query = format!("{query}&from={}", enc(&next));
         page = relations_ok(user, room_id, parent, "", &next_query).await;
-        assert_eq!(page["prev_batch"], next, "prev_batch is the from token: {page}");
+        assert_eq!(
+            page["prev_batch"], next,
+            "prev_batch is the from token: {page}"
+        );
     }
     panic!("pagination did not end: {seen:?}");
 }
@@ -183,15 +193,32 @@ async fn relations_are_paginated_both_ways_with_tokens() {
     assert!(first.get("recursion_depth").is_none(), "{first}");
     let mut newest_first = children.clone();
     newest_first.reverse();
-    assert_eq!(ids(&first["chunk"]), newest_first, "default limit 5, newest first: {first}");
+    assert_eq!(
+        ids(&first["chunk"]),
+        newest_first,
+        "default limit 5, newest first: {first}"
+    );
 
-    assert_eq!(all_pages(&bob, &room_id, &root, "limit=2").await, newest_first);
-    assert_eq!(all_pages(&bob, &room_id, &root, "limit=2&dir=f").await, children);
+    assert_eq!(
+        all_pages(&bob, &room_id, &root, "limit=2").await,
+        newest_first
+    );
+    assert_eq!(
+        all_pages(&bob, &room_id, &root, "limit=2&dir=f").await,
+        children
+    );
 
     // `to` bounds a page: from the first page's token back to the second's.
     let page1 = relations_ok(&bob, &room_id, &root, "", "limit=2").await;
     let next = page1["next_batch"].as_str().expect("more").to_owned();
-    let page2 = relations_ok(&bob, &room_id, &root, "", &format!("limit=2&from={}", enc(&next))).await;
+    let page2 = relations_ok(
+        &bob,
+        &room_id,
+        &root,
+        "",
+        &format!("limit=2&from={}", enc(&next)),
+    )
+    .await;
     let end = page2["next_batch"].as_str().expect("more still").to_owned();
     let bounded = relations_ok(
         &bob,
@@ -205,7 +232,8 @@ async fn relations_are_paginated_both_ways_with_tokens() {
     // A /messages token works as well: from the room's end.
     let messages = alice.messages(&room_id, "dir=b&limit=1").await;
     let start = messages["start"].as_str().expect("start");
-    let from_messages = relations_ok(&bob, &room_id, &root, "", &format!("from={}", enc(start))).await;
+    let from_messages =
+        relations_ok(&bob, &room_id, &root, "", &format!("from={}", enc(start))).await;
     assert_eq!(ids(&from_messages["chunk"]), newest_first);
 }
 
@@ -234,7 +262,12 @@ async fn relations_are_filtered_by_relation_and_event_type_and_recurse() {
     assert_eq!(all["recursion_depth"], 3, "{all}");
     assert_eq!(
         ids(&all["chunk"]),
-        vec![edit_of_reply.clone(), reaction_to_reply.clone(), reaction.clone(), reply.clone()]
+        vec![
+            edit_of_reply.clone(),
+            reaction_to_reply.clone(),
+            reaction.clone(),
+            reply.clone()
+        ]
     );
     let recursed_annotations =
         relations_ok(&alice, &room_id, &root, "/m.annotation", "recurse=true").await;
@@ -262,7 +295,10 @@ async fn threads_are_listed_by_latest_reply_and_by_participation() {
 
     let (status, all) = threads(&bob, &room_id, "").await;
     assert_eq!(status, StatusCode::OK, "{all}");
-    assert_eq!(ids(&all["chunk"]), vec![first.clone(), second.clone(), third.clone()]);
+    assert_eq!(
+        ids(&all["chunk"]),
+        vec![first.clone(), second.clone(), third.clone()]
+    );
     assert!(all.get("next_batch").is_none(), "{all}");
     let summary = &all["chunk"][0]["unsigned"]["m.relations"]["m.thread"];
     assert_eq!(summary["count"], 2, "{all}");
@@ -328,7 +364,11 @@ async fn events_carry_their_aggregations_everywhere() {
             "{event}"
         );
         // The whole latest edit; the original's content stays (spec v1.7+).
-        assert_eq!(relations["m.replace"]["event_id"], json!(last_edit), "{event}");
+        assert_eq!(
+            relations["m.replace"]["event_id"],
+            json!(last_edit),
+            "{event}"
+        );
         assert_eq!(
             relations["m.replace"]["content"]["m.new_content"]["body"],
             "second edit"
@@ -390,7 +430,10 @@ async fn events_carry_their_aggregations_everywhere() {
     let reply = in_sync(&sync, &room_id, &another);
     assert_eq!(bundle(reply), &Value::Null, "{sync}");
     let thread = event(&carol, &room_id, &plain).await;
-    assert_eq!(bundle(&thread)["m.thread"]["current_user_participated"], true);
+    assert_eq!(
+        bundle(&thread)["m.thread"]["current_user_participated"],
+        true
+    );
 }
 
 #[actix_web::test]
@@ -410,7 +453,11 @@ async fn redacting_an_edit_or_a_reply_updates_the_bundle() {
     redact(&alice, &room_id, &second_edit).await;
     redact(&bob, &room_id, &second_reply).await;
     let relations = bundle(&event(&bob, &room_id, &root).await).clone();
-    assert_eq!(relations["m.replace"]["event_id"], json!(first_edit), "{relations}");
+    assert_eq!(
+        relations["m.replace"]["event_id"],
+        json!(first_edit),
+        "{relations}"
+    );
     assert_eq!(relations["m.thread"]["count"], 1, "{relations}");
     assert_eq!(
         relations["m.thread"]["latest_event"]["event_id"],
@@ -433,7 +480,10 @@ async fn redacting_an_edit_or_a_reply_updates_the_bundle() {
     redact(&alice, &room_id, &edited).await;
     let redacted = event(&bob, &room_id, &edited).await;
     assert!(bundle(&redacted).get("m.replace").is_none(), "{redacted}");
-    assert_eq!(bundle(&redacted)["m.thread"]["latest_event"]["event_id"], json!(reply));
+    assert_eq!(
+        bundle(&redacted)["m.thread"]["latest_event"]["event_id"],
+        json!(reply)
+    );
     let page = relations_ok(&bob, &room_id, &edited, "/m.thread", "").await;
     assert_eq!(ids(&page["chunk"]), vec![reply]);
 }

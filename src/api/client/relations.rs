@@ -147,14 +147,7 @@ async fn relations(
         }),
         _ => None,
     };
-    let page = visible_events(
-        node,
-        room_id,
-        &requester.user_id,
-        access.is_peeking,
-        page,
-    )
-    .await?;
+    let page = visible_events(node, room_id, &requester.user_id, access.is_peeking, page).await?;
     let mut chunk = client_events(node, &page, Some(requester)).await?;
     bundle_aggregations(node, requester, chunk.iter_mut().collect()).await?;
     let mut body = json!({ "chunk": chunk });
