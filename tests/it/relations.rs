@@ -558,3 +558,38 @@ async fn bad_requests_get_the_spec_errors() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN");
 }
+
+#[actix_web::test]
+async fn only_the_children_the_user_may_see_are_returned() {
+    let cluster = TestCluster::start().await;
+    let (alice, bob, room_id) = room_with_bob(&cluster).await;
+    let (status, body) = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.history_visibility/",
+                enc(&room_id)
+            ),
+            json!({ "history_visibility": "joined" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let root = send(&alice, &room_id, "m.room.message", text("root")).await;
+    let (status, body) = bob
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    thread_reply(&alice, &room_id, &root, "while bob was away").await;
+    bob.join(&room_id).await;
+    let back = thread_reply(&alice, &room_id, &root, "bob is back").await;
+
+    // What came while bob was away stays hidden; what came after his
+    // return is his to see, though no event of the page is his join.
+    let page = relations_ok(&bob, &room_id, &root, "", "").await;
+    assert_eq!(ids(&page["chunk"]), vec![back], "{page}");
+    let (status, listed) = threads(&bob, &room_id, "").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(ids(&listed["chunk"]), vec![root], "{listed}");
+}

@@ -14,7 +14,7 @@ use crate::api::client::message::{parse_limit, token_position, visible_event};
 use crate::api::Requester;
 use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
-use crate::rooms::access::{require_history_access, visible_events};
+use crate::rooms::access::{require_history_access, visible_scattered_events};
 use crate::rooms::relations::bundle_aggregations;
 use crate::storage::relations::{self as stored, RelationsQuery, RECURSION_DEPTH};
 use crate::storage::rooms;
@@ -147,7 +147,8 @@ async fn relations(
         }),
         _ => None,
     };
-    let page = visible_events(node, room_id, &requester.user_id, access.is_peeking, page).await?;
+    let page = visible_scattered_events(node, room_id, &requester.user_id, access.is_peeking, page)
+        .await?;
     let mut chunk = client_events(node, &page, Some(requester)).await?;
     bundle_aggregations(node, requester, chunk.iter_mut().collect()).await?;
     let mut body = json!({ "chunk": chunk });
@@ -210,7 +211,7 @@ pub async fn get_thread_roots(
     let mut roots = rooms::events_by_ids(&node.pool, &ids).await?;
     // By latest reply, as the threads came.
     roots.sort_by_key(|root| ids.iter().position(|id| *id == root.event_id));
-    let roots = visible_events(
+    let roots = visible_scattered_events(
         &node,
         &room_id,
         &requester.user_id,

@@ -26,3 +26,8 @@ CREATE INDEX event_relations_parent_type ON event_relations (relates_to_id, rel_
 -- A room's threads by latest reply (`/threads`).
 CREATE INDEX event_relations_threads ON event_relations (room_id, relates_to_id, stream_ordering)
     WHERE rel_type = 'm.thread';
+
+-- A room's history visibility changes, which `/relations` and `/threads` walk
+-- with the scattered events they return (`rooms::visibility_changes_between`).
+CREATE INDEX events_history_visibility ON events (room_id, stream_ordering)
+    WHERE type = 'm.room.history_visibility';
