@@ -5,5 +5,6 @@
 pub mod access;
 pub mod filter;
 pub mod pdu;
+pub mod relations;
 pub mod version;
 pub mod visibility;

@@ -7,6 +7,7 @@ pub mod caches;
 pub mod followers;
 pub mod instances;
 pub mod receipts;
+pub mod relations;
 pub mod rooms;
 pub mod streams;
 pub mod user_directory;
@@ -65,6 +66,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0009_account_data",
         include_str!("storage/migrations/0009_account_data.sql"),
+    ),
+    (
+        "0012_relations",
+        include_str!("storage/migrations/0012_relations.sql"),
     ),
     (
         "0013_user_directory",

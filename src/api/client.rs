@@ -13,6 +13,7 @@ pub mod profile;
 pub mod push_rules;
 pub mod read_markers;
 pub mod receipts;
+pub mod relations;
 pub mod room;
 pub mod state;
 pub mod sync;
@@ -28,7 +29,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/.well-known/matrix/client").route(web::get().to(versions::well_known)))
         .service(resource("/_matrix/client/versions").route(web::get().to(versions::versions)))
         .service(routes(web::scope("/_matrix/client/v3")))
-        .service(routes(web::scope("/_matrix/client/r0")));
+        .service(routes(web::scope("/_matrix/client/r0")))
+        .service(v1_routes(web::scope("/_matrix/client/v1")));
 }
 
 /// A path of the API. Its methods are added with `.route`; any other method
@@ -177,5 +179,25 @@ fn routes(scope: Scope) -> Scope {
             resource("/publicRooms")
                 .route(web::get().to(directory::public_rooms))
                 .route(web::post().to(directory::search_public_rooms)),
+        )
+}
+
+/// The endpoints the spec added under `/v1` only.
+fn v1_routes(scope: Scope) -> Scope {
+    scope
+        .service(
+            resource("/rooms/{room_id}/relations/{event_id}")
+                .route(web::get().to(relations::get_relating_events)),
+        )
+        .service(
+            resource("/rooms/{room_id}/relations/{event_id}/{rel_type}")
+                .route(web::get().to(relations::get_relating_events_with_rel_type)),
+        )
+        .service(
+            resource("/rooms/{room_id}/relations/{event_id}/{rel_type}/{event_type}")
+                .route(web::get().to(relations::get_relating_events_with_rel_type_and_event_type)),
+        )
+        .service(
+            resource("/rooms/{room_id}/threads").route(web::get().to(relations::get_thread_roots)),
         )
 }

@@ -136,6 +136,45 @@ pub async fn visible_events(
         .collect())
 }
 
+/// [`visible_events`] for events scattered over a room's history (the
+/// children of an event, thread roots), not a run of it: the user's
+/// membership changes and the room's history visibility changes between
+/// them are read and walked with them, so that a join or a leave between two
+/// of them counts.
+pub async fn visible_scattered_events(
+    node: &Node,
+    room_id: &str,
+    user_id: &str,
+    is_peeking: bool,
+    events: Vec<StoredEvent>,
+) -> ApiResult<Vec<StoredEvent>> {
+    let (Some(first), Some(last)) = (
+        events.iter().map(|e| e.stream_ordering).min(),
+        events.iter().map(|e| e.stream_ordering).max(),
+    ) else {
+        return Ok(events);
+    };
+    let changes =
+        rooms::visibility_changes_between(&node.pool, room_id, user_id, first, last).await?;
+    let wanted: std::collections::HashSet<i64> = events.iter().map(|e| e.stream_ordering).collect();
+    let mut walked: Vec<StoredEvent> = changes
+        .into_iter()
+        .filter(|change| !wanted.contains(&change.stream_ordering))
+        .collect();
+    walked.extend(events.iter().cloned());
+    let visible: std::collections::HashSet<i64> =
+        visible_events(node, room_id, user_id, is_peeking, walked)
+            .await?
+            .into_iter()
+            .map(|e| e.stream_ordering)
+            .filter(|position| wanted.contains(position))
+            .collect();
+    Ok(events
+        .into_iter()
+        .filter(|e| visible.contains(&e.stream_ordering))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -587,6 +587,36 @@ pub async fn state_changes_between(
     Ok(rows.iter().map(StoredEvent::from_row).collect())
 }
 
+/// The events of a room strictly between `after` and `before` that change
+/// what `user_id` may see of it: their own member events and the room's
+/// history visibility changes, in stream order.
+pub async fn visibility_changes_between(
+    pool: &Pool,
+    room_id: &str,
+    user_id: &str,
+    after: i64,
+    before: i64,
+) -> StorageResult<Vec<StoredEvent>> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id IN (
+                 SELECT m.event_id FROM membership_history m
+                 WHERE m.user_id = $3 AND m.room_id = $1
+                   AND m.stream_ordering > $2 AND m.stream_ordering < $4
+                 UNION ALL
+                 SELECT v.event_id FROM events v
+                 WHERE v.room_id = $1 AND v.type = 'm.room.history_visibility' AND v.state_key = ''
+                   AND v.stream_ordering > $2 AND v.stream_ordering < $4
+             ) ORDER BY e.stream_ordering"
+        ))
+        .await?;
+    let rows = client
+        .query(&statement, &[&room_id, &after, &user_id, &before])
+        .await?;
+    Ok(rows.iter().map(StoredEvent::from_row).collect())
+}
+
 /// A page of a room's timeline for `/messages` and `/context`: the events
 /// that pass `filter` strictly after (`forward`) or at-or-before
 /// (`backward`) `from`, bounded by `to`.

@@ -45,11 +45,13 @@ fn described<'a>(ctx: &'a SyncContext<'_>) -> impl Iterator<Item = &'a Membershi
 
 /// The `rooms` section of `ctx`'s answer.
 pub async fn rooms(ctx: &SyncContext<'_>) -> ApiResult<Rooms> {
-    Ok(Rooms {
+    let mut rooms = Rooms {
         join: joined(ctx).await?,
         invite: invited(ctx).await?,
         leave: Box::pin(left(ctx)).await?,
-    })
+    };
+    timeline::bundle_aggregations(ctx, [&mut rooms.join, &mut rooms.leave]).await?;
+    Ok(rooms)
 }
 
 async fn joined(ctx: &SyncContext<'_>) -> ApiResult<Map<String, Value>> {

@@ -1,17 +1,19 @@
 //! A room's `timeline`: its events from the events stream between `since`
 //! and the room's end (the answer's `upto`, or the user's leave), newest
 //! `limit` of them, what the user may see of them, whether older ones were
-//! left out (`limited`), and the `prev_batch` token to paginate back from.
+//! left out (`limited`), and the `prev_batch` token to paginate back from;
+//! and the bundled aggregations of all rooms' timeline events at once.
 
 use std::collections::HashMap;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::SyncContext;
 use crate::api::client::events::client_events;
 use crate::error::ApiResult;
 use crate::rooms::access::visible_events;
 use crate::rooms::filter::Filter;
+use crate::rooms::relations;
 use crate::storage::rooms;
 use crate::storage::rooms::{Membership, StoredEvent};
 use crate::streams::events::EVENTS_STREAM;
@@ -123,6 +125,21 @@ impl Timeline {
             "prev_batch": RoomStreamToken::live(self.before.max(0)).to_string(),
         }))
     }
+}
+
+/// Bundles the aggregations of the timeline events of every room of
+/// `sections` (`join`, `leave`), with one query for the whole answer.
+pub async fn bundle_aggregations(
+    ctx: &SyncContext<'_>,
+    sections: [&mut Map<String, Value>; 2],
+) -> ApiResult<()> {
+    let events: Vec<&mut Value> = sections
+        .into_iter()
+        .flat_map(|section| section.values_mut())
+        .filter_map(|room| room.get_mut("timeline")?.get_mut("events")?.as_array_mut())
+        .flatten()
+        .collect();
+    relations::bundle_aggregations(ctx.node, ctx.requester, events).await
 }
 
 /// The timeline of `membership`'s room from `events` (newest first, one

@@ -6,7 +6,8 @@
 // alice and bob register (m.login.dummy user-interactive flow), log in with their
 // password and run the SDK's sync loop (startClient). alice creates a room and invites
 // bob, bob sees the invite (RoomMember.membership) and joins, they exchange a message
-// each way (Room.timeline), bob sends a read receipt and alice sees it (Room.receipt), alice sets the topic and bob sees the m.room.topic state
+// each way (Room.timeline), bob sends a read receipt and alice sees it (Room.receipt), alice sets the topic and bob sees the m.room.topic state,
+// a reply, a reaction, an edit and a thread (relationSteps)
 // (RoomState.events), bob leaves and alice sees the leave. Exits 0 on success, 1 with a
 // message on failure.
 
@@ -257,7 +258,7 @@ async function startSyncing(client) {
         () => ["PREPARED", "SYNCING"].includes(client.getSyncState()),
         [ClientEvent.Sync],
     );
-    await call(`${client.who}: startClient`, client.startClient({ initialSyncLimit: 20, pollTimeout: 5000 }));
+    await call(`${client.who}: startClient`, client.startClient({ initialSyncLimit: 20, pollTimeout: 5000, threadSupport: true }));
     await ready;
     step(`${client.who}: sync loop running`);
 }
@@ -461,6 +462,7 @@ async function conversation(baseUrl) {
         step("bob: sees the new topic");
 
         await accountDataTagsAndDirectory(alice, roomId, bobId);
+        await relationSteps({ alice, bob, roomId, aliceId, bobId, mine: sent1.event_id, his: sent2.event_id });
 
         // bob leaves, alice sees it
         await call(`bob: POST /rooms/${roomId}/leave`, bob.leave(roomId));
@@ -485,6 +487,93 @@ async function conversation(baseUrl) {
     } finally {
         for (const c of clients) c.stopClient();
     }
+}
+
+/**
+ * Relations, each sent by one user and seen by the other through the SDK: alice replies
+ * to bob's message (m.in_reply_to: `replyEventId`), bob reacts to alice's (m.annotation:
+ * `room.relations`), alice edits hers (m.replace: `replacingEvent()`, `getContent()`),
+ * bob replies in a thread on his (m.thread: `room.getThread(rootId)`, `thread.length`,
+ * and the server's `/threads` and `/relations` through `createThreadListMessagesRequest`
+ * and `relations`).
+ */
+async function relationSteps({ alice, bob, roomId, aliceId, bobId, mine, his }) {
+    const inTimeline = (client, pred) => () => timelineEvents(client, roomId, pred)[0];
+
+    const replyBody = `a reply to bob ${hex(3)}`;
+    const reply = await call(
+        "alice: send a reply",
+        alice.sendMessage(roomId, { msgtype: "m.text", body: replyBody, "m.relates_to": { "m.in_reply_to": { event_id: his } } }),
+    );
+    const seenReply = await waitFor(bob, "bob", "alice's reply", inTimeline(bob, (e) => e.getId() === reply.event_id), [RoomEvent.Timeline]);
+    expect(seenReply.replyEventId === his, `bob: alice's reply answers ${seenReply.replyEventId}, expected ${his}`);
+    step("bob: sees alice's reply to his message");
+
+    const reaction = await call(
+        "bob: send a reaction",
+        bob.sendEvent(roomId, "m.reaction", { "m.relates_to": { rel_type: "m.annotation", event_id: mine, key: "👍" } }),
+    );
+    const annotations = () =>
+        alice.getRoom(roomId)?.relations.getChildEventsForEvent(mine, "m.annotation", "m.reaction")?.getRelations() ?? [];
+    const seenReaction = await waitFor(alice, "alice", "bob's reaction in room.relations", () =>
+        annotations().find((e) => e.getId() === reaction.event_id),
+    );
+    expect(seenReaction.getSender() === bobId, `alice: the reaction is from ${seenReaction.getSender()}`);
+    expect(seenReaction.getRelation()?.key === "👍", `alice: the reaction's key is ${seenReaction.getRelation()?.key}`);
+    step("alice: sees bob's reaction");
+
+    const edited = `edited by alice ${hex(3)}`;
+    const edit = await call(
+        "alice: send an edit",
+        alice.sendMessage(roomId, {
+            msgtype: "m.text",
+            body: `* ${edited}`,
+            "m.new_content": { msgtype: "m.text", body: edited },
+            "m.relates_to": { rel_type: "m.replace", event_id: mine },
+        }),
+    );
+    const original = await waitFor(bob, "bob", "alice's edit applied to her message", () => {
+        const event = bob.getRoom(roomId)?.findEventById(mine);
+        return event?.replacingEvent()?.getId() === edit.event_id ? event : null;
+    });
+    expect(original.getContent().body === edited, `bob: the edited message reads ${JSON.stringify(original.getContent().body)}`);
+    // The server bundles the edit with the original (GET /event).
+    const fetched = await call("bob: GET /event", bob.fetchRoomEvent(roomId, mine));
+    expect(
+        fetched.unsigned?.["m.relations"]?.["m.replace"]?.event_id === edit.event_id,
+        `bob: the original's bundled m.replace is ${JSON.stringify(fetched.unsigned?.["m.relations"])}`,
+    );
+    step("bob: sees alice's edit");
+
+    const threadBody = `in a thread ${hex(3)}`;
+    const threadReply = await call(
+        "bob: send a thread reply",
+        bob.sendMessage(roomId, his, {
+            msgtype: "m.text",
+            body: threadBody,
+            "m.relates_to": { rel_type: "m.thread", event_id: his, is_falling_back: true, "m.in_reply_to": { event_id: his } },
+        }),
+    );
+    let threadSeen = "no thread";
+    const thread = await waitFor(alice, "alice", "bob's thread in room.getThread", () => {
+        const thread = alice.getRoom(roomId)?.getThread(his);
+        threadSeen = thread
+            ? `length ${thread.length}, events ${thread.events.map((e) => e.getId())}, supports threads ${alice.supportsThreads()}`
+            : `no thread; supports threads ${alice.supportsThreads()}; threads ${alice.getRoom(roomId)?.getThreads().map((t) => t.id)}`;
+        return thread && thread.length === 1 && thread.events.some((e) => e.getId() === threadReply.event_id) ? thread : null;
+    }).catch((e) => {
+        throw new Failure(`${e.message}; last seen: ${threadSeen}`);
+    });
+    expect(thread.replyToEvent?.getContent().body === threadBody, `alice: the thread's last reply reads ${thread.replyToEvent?.getContent().body}`);
+    const list = await call("alice: GET /threads", alice.createThreadListMessagesRequest(roomId, null, 10));
+    const root = list.chunk.find((e) => e.event_id === his);
+    expect(root?.unsigned?.["m.relations"]?.["m.thread"]?.count === 1, `alice: /threads lists ${JSON.stringify(list.chunk)}`);
+    const related = await call("alice: GET /relations", alice.relations(roomId, his, "m.thread"));
+    expect(
+        related.events.length === 1 && related.events[0].getId() === threadReply.event_id,
+        `alice: /relations of the root gave ${related.events.map((e) => e.getId())}`,
+    );
+    step("alice: sees bob's thread");
 }
 
 function printTrace(n = 25) {

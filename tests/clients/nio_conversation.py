@@ -6,8 +6,8 @@
 alice and bob register (m.login.dummy user-interactive flow), log in with their
 password, alice creates a room and invites bob, bob sees the invite through /sync
 and joins, they exchange a message each way, alice sends a read receipt and bob
-sees it, alice sets the topic and bob sees it,
-bob leaves and alice sees the leave. Every step asserts what the user sees through
+sees it, alice sets the topic and bob sees it, a reply, a reaction, an edit and a
+thread go each way (relation_steps), bob leaves and alice sees the leave. Every step asserts what the user sees through
 nio's own API and state. Exits 0 on success, 1 with a message on failure.
 """
 
@@ -361,6 +361,7 @@ async def conversation(base_url):
         step("bob: sees the new topic")
 
         await account_data_and_tags(alice, room_id)
+        await relation_steps(alice, bob, room_id, text1, text2)
 
         # bob leaves, alice sees it
         resp = await bob.room_leave(room_id)
@@ -378,6 +379,75 @@ async def conversation(base_url):
         for c in (alice, bob):
             if c is not None:
                 await c.close()
+
+
+async def relation_steps(alice, bob, room_id, text1, text2):
+    """A reply, a reaction, an edit and a thread, each sent by one user and seen by the
+    other: the reaction through nio's ReactionEvent callback; the reply, the edit and the
+    thread reply through the RoomMessageText callback and the event's raw `source` (nio
+    has no model of replies, edits or threads); the server's bundles through
+    `room_get_event` (`source["unsigned"]["m.relations"]`), the thread through
+    `room_get_threads` and `room_get_event_relations`."""
+    from nio import ReactionEvent, RoomGetEventResponse
+    from nio.api import RelationshipType
+
+    def message(client, body):
+        return events(client, room_id, RoomMessageText, lambda e: e.body == body)[0]
+
+    mine = message(alice, text1).event_id
+    his = message(alice, text2).event_id
+
+    reply_body = f"a reply to bob {secrets.token_hex(3)}"
+    content = {"msgtype": "m.text", "body": reply_body, "m.relates_to": {"m.in_reply_to": {"event_id": his}}}
+    ok_response(await alice.room_send(room_id, "m.room.message", content), RoomSendResponse, "alice: send a reply")
+    got = await sync_until(bob, lambda: events(bob, room_id, RoomMessageText, lambda e: e.body == reply_body), "alice's reply")
+    in_reply_to = got[0].source["content"].get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
+    expect(in_reply_to == his, f"bob: alice's reply answers {in_reply_to!r}, expected {his!r}")
+    step("bob: sees alice's reply to his message")
+
+    alice.add_event_callback(alice._record_event, (ReactionEvent,))
+    content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": mine, "key": "👍"}}
+    resp = ok_response(await bob.room_send(room_id, "m.reaction", content), RoomSendResponse, "bob: send a reaction")
+    got = await sync_until(alice, lambda: events(alice, room_id, ReactionEvent, lambda e: e.event_id == resp.event_id), "bob's reaction")
+    expect(got[0].reacts_to == mine and got[0].key == "👍", f"alice: the reaction is {got[0].key!r} on {got[0].reacts_to!r}")
+    expect(got[0].sender == bob.user_id, f"alice: the reaction is from {got[0].sender!r}")
+    step("alice: sees bob's reaction")
+
+    edited = f"edited by alice {secrets.token_hex(3)}"
+    content = {
+        "msgtype": "m.text",
+        "body": f"* {edited}",
+        "m.new_content": {"msgtype": "m.text", "body": edited},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": mine},
+    }
+    edit = ok_response(await alice.room_send(room_id, "m.room.message", content), RoomSendResponse, "alice: send an edit")
+    got = await sync_until(bob, lambda: events(bob, room_id, RoomMessageText, lambda e: e.event_id == edit.event_id), "alice's edit")
+    source = got[0].source["content"]
+    expect(source.get("m.relates_to", {}).get("event_id") == mine, f"bob: the edit relates to {source.get('m.relates_to')!r}")
+    expect(source.get("m.new_content", {}).get("body") == edited, f"bob: the edit's new content is {source.get('m.new_content')!r}")
+    original = ok_response(await bob.room_get_event(room_id, mine), RoomGetEventResponse, "bob: GET /event of the original")
+    bundled = original.event.source.get("unsigned", {}).get("m.relations", {})
+    expect(bundled.get("m.replace", {}).get("event_id") == edit.event_id, f"bob: the original's bundled relations are {bundled!r}")
+    step("bob: sees alice's edit")
+
+    thread_body = f"in a thread {secrets.token_hex(3)}"
+    content = {
+        "msgtype": "m.text",
+        "body": thread_body,
+        "m.relates_to": {"rel_type": "m.thread", "event_id": his, "is_falling_back": True, "m.in_reply_to": {"event_id": his}},
+    }
+    threaded = ok_response(await bob.room_send(room_id, "m.room.message", content), RoomSendResponse, "bob: send a thread reply")
+    got = await sync_until(alice, lambda: events(alice, room_id, RoomMessageText, lambda e: e.body == thread_body), "bob's thread reply")
+    relates_to = got[0].source["content"].get("m.relates_to", {})
+    expect(relates_to.get("rel_type") == "m.thread" and relates_to.get("event_id") == his, f"alice: the thread reply relates {relates_to!r}")
+    roots = [root async for root in alice.room_get_threads(room_id)]
+    expect([r.event_id for r in roots] == [his], f"alice: /threads lists {[r.event_id for r in roots]}, expected [{his}]")
+    summary = roots[0].source.get("unsigned", {}).get("m.relations", {}).get("m.thread", {})
+    expect(summary.get("count") == 1, f"alice: the thread summary is {summary!r}")
+    expect(summary.get("latest_event", {}).get("event_id") == threaded.event_id, f"alice: the thread's latest event is {summary!r}")
+    children = [e async for e in alice.room_get_event_relations(room_id, his, RelationshipType.thread)]
+    expect([e.event_id for e in children] == [threaded.event_id], f"alice: /relations of the root gave {[e.event_id for e in children]}")
+    step("alice: sees bob's thread")
 
 
 def print_trace(n=25):

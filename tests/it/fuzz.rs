@@ -32,13 +32,17 @@ struct Route {
 
 /// The routes of `src/api/client.rs` (`resource("path").route(web::get()...)`):
 /// those in `configure` are absolute, those in `fn routes` are under
-/// `/_matrix/client/v3` (and `r0`).
+/// `/_matrix/client/v3` (and `r0`), those in `fn v1_routes` under `/v1`.
 fn route_table() -> Vec<Route> {
     let (absolute, scoped) = ROUTE_TABLE
         .split_once("fn routes(")
         .expect("src/api/client.rs has `fn routes(`");
+    let (scoped, v1) = scoped
+        .split_once("fn v1_routes(")
+        .expect("src/api/client.rs has `fn v1_routes(`");
     let mut routes = parse_routes(absolute, "");
     routes.extend(parse_routes(scoped, "/_matrix/client/v3"));
+    routes.extend(parse_routes(v1, "/_matrix/client/v1"));
     routes
 }
 
@@ -130,6 +134,7 @@ impl World {
             "receipt_type" => "m.read".into(),
             "type" => "org.example.fuzz".into(),
             "tag" => "u.fuzz".into(),
+            "rel_type" => "m.thread".into(),
             other => panic!("the fuzzer does not know the parameter `{other}`: add it"),
         }
     }

@@ -30,6 +30,7 @@ mod metrics;
 mod persister;
 mod profile;
 mod receipts;
+mod relations;
 mod replication;
 mod rooms;
 mod state;

@@ -16,6 +16,7 @@ use crate::rooms::access::{
     history_access, require_history_access, require_joined, visible_events, HistoryAccess,
 };
 use crate::rooms::filter::{Filter, RoomEventFilter};
+use crate::rooms::relations::bundle_aggregations;
 use crate::storage::rooms::{self, StoredEvent};
 use crate::streams::token::{parse_pagination, RoomStreamToken};
 
@@ -106,7 +107,7 @@ pub struct MessagesQuery {
 /// The most events one page returns.
 const MAX_PAGE: i64 = 1000;
 
-fn parse_limit(limit: Option<&str>, default: i64) -> ApiResult<i64> {
+pub fn parse_limit(limit: Option<&str>, default: i64) -> ApiResult<i64> {
     match limit {
         None => Ok(default),
         Some(text) => text
@@ -130,7 +131,7 @@ fn parse_filter(filter: Option<&str>) -> ApiResult<RoomEventFilter> {
     }
 }
 
-fn token_position(token: &str) -> ApiResult<i64> {
+pub fn token_position(token: &str) -> ApiResult<i64> {
     parse_pagination(token)
         .map(|t| t.max_stream_pos())
         .map_err(|e| ApiError::invalid_param(e.to_string()))
@@ -177,7 +178,8 @@ pub async fn messages(
         _ => None,
     };
     let page = visible_events(&node, &room_id, &requester.user_id, access.is_peeking, page).await?;
-    let chunk = client_events(&node, &page, Some(&requester)).await?;
+    let mut chunk = client_events(&node, &page, Some(&requester)).await?;
+    bundle_aggregations(&node, &requester, chunk.iter_mut().collect()).await?;
     // Clients stitch pages together by `start`: it is the token they sent.
     let start = match &query.from {
         Some(token) => token.clone(),
@@ -279,10 +281,17 @@ pub async fn context(
     };
     let mut formatted =
         client_events(&node, std::slice::from_ref(&event), Some(&requester)).await?;
+    let mut events_before = client_events(&node, &before, Some(&requester)).await?;
+    let mut events_after = client_events(&node, &after, Some(&requester)).await?;
+    let all = formatted
+        .iter_mut()
+        .chain(&mut events_before)
+        .chain(&mut events_after);
+    bundle_aggregations(&node, &requester, all.collect()).await?;
     Ok(HttpResponse::Ok().json(json!({
         "event": formatted.pop().unwrap_or(Value::Null),
-        "events_before": client_events(&node, &before, Some(&requester)).await?,
-        "events_after": client_events(&node, &after, Some(&requester)).await?,
+        "events_before": events_before,
+        "events_after": events_after,
         "start": RoomStreamToken::live(start).to_string(),
         "end": RoomStreamToken::live(end).to_string(),
         "state": client_events(&node, &state, Some(&requester)).await?,
@@ -300,13 +309,14 @@ pub async fn get_event(
     let (event, _) = visible_event(&node, &requester, &room_id, &event_id).await?;
     let mut formatted =
         client_events(&node, std::slice::from_ref(&event), Some(&requester)).await?;
+    bundle_aggregations(&node, &requester, formatted.iter_mut().collect()).await?;
     Ok(HttpResponse::Ok().json(formatted.pop().unwrap_or(Value::Null)))
 }
 
 /// The event, if it is in the room and the user may see it (with how far
 /// they may read); 404 otherwise, so that events of rooms one may not read
 /// are not revealed.
-async fn visible_event(
+pub async fn visible_event(
     node: &Node,
     requester: &Requester,
     room_id: &str,

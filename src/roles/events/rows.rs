@@ -1,6 +1,6 @@
 //! The rows a batch of new events writes, in one PostgreSQL transaction:
 //! `events`, `state_groups`, `current_state`, `membership_history`,
-//! `event_txn_ids`, redactions and the writer's stream position. What the
+//! `event_txn_ids`, redactions, relations and the writer's stream position. What the
 //! events are (built and authorised) is the persister's business; how they
 //! are stored is this module's.
 
@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::{Persisted, SendEvent, Transaction};
 use crate::rooms::pdu::Pdu;
+use crate::storage::relations;
 use crate::storage::rooms::StoredEvent;
 use crate::storage::StorageResult;
 use crate::streams::writer::StreamWriter;
@@ -200,6 +201,8 @@ pub async fn commit(
             stream_ordering: *position,
         });
     }
+    let pdus = events.iter().map(|event| event.pdu.as_ref());
+    relations::store(&transaction, pdus.zip(positions.iter().copied())).await?;
     writer.store_position(&*transaction, positions).await?;
     transaction.commit().await?;
     Ok((persisted, current_groups))
