@@ -6,6 +6,8 @@ pub mod accounts;
 pub mod caches;
 pub mod followers;
 pub mod instances;
+pub mod push_actions;
+pub mod push_rules;
 pub mod receipts;
 pub mod rooms;
 pub mod streams;
@@ -60,6 +62,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0008_followers_and_positions",
         include_str!("storage/migrations/0008_followers_and_positions.sql"),
+    ),
+    (
+        "0011_push_rules",
+        include_str!("storage/migrations/0011_push_rules.sql"),
     ),
 ];
 

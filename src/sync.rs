@@ -19,6 +19,8 @@ pub mod account_data;
 pub mod device_lists;
 pub mod ephemeral;
 pub mod presence;
+pub mod notifications;
+pub mod push_rules;
 pub mod rooms;
 pub mod state;
 pub mod timeline;

@@ -10,8 +10,10 @@ use super::SyncContext;
 use crate::error::ApiResult;
 
 /// The user's global account data events for this answer.
-pub async fn global(_ctx: &SyncContext<'_>) -> ApiResult<Vec<Value>> {
-    Ok(Vec::new())
+pub async fn global(ctx: &SyncContext<'_>) -> ApiResult<Vec<Value>> {
+    let mut events = Vec::new();
+    events.extend(super::push_rules::push_rules(ctx).await?);
+    Ok(events)
 }
 
 /// The user's account data events for `room_id` for this answer (for now

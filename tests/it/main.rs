@@ -34,3 +34,4 @@ mod rooms;
 mod state;
 mod sync;
 mod typing;
+mod push_rules;
