@@ -78,10 +78,6 @@ fn routes(scope: Scope) -> Scope {
             resource("/pushrules/global/").route(web::get().to(push_rules::get_global_push_rules)),
         )
         .service(
-            resource("/pushrules/global/{kind}/")
-                .route(web::get().to(push_rules::get_push_rules_of_kind)),
-        )
-        .service(
             resource("/pushrules/global/{kind}/{rule_id}")
                 .route(web::get().to(push_rules::get_push_rule))
                 .route(web::put().to(push_rules::put_push_rule))

@@ -34,4 +34,5 @@ mod rooms;
 mod state;
 mod sync;
 mod typing;
+mod notifications;
 mod push_rules;

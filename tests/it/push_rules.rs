@@ -76,9 +76,6 @@ async fn every_user_starts_with_the_server_defaults() {
     assert_eq!(status, StatusCode::OK, "{rule}");
     assert_eq!(rule["enabled"], false);
     assert_eq!(rule["default"], true);
-    let (status, kind) = alice.get(&format!("{RULES}/underride/")).await;
-    assert_eq!(status, StatusCode::OK, "{kind}");
-    assert_eq!(kind, ruleset["underride"]);
 }
 
 #[actix_web::test]

@@ -39,19 +39,6 @@ pub async fn get_global_push_rules(
     Ok(HttpResponse::Ok().json(ruleset_json(&ruleset)))
 }
 
-/// GET /_matrix/client/v3/pushrules/global/{kind}/ (as Synapse: the rules
-/// of one kind).
-pub async fn get_push_rules_of_kind(
-    node: web::Data<Node>,
-    requester: Requester,
-    path: web::Path<String>,
-) -> ApiResult<HttpResponse> {
-    let kind = path.into_inner();
-    parse_kind(&kind)?;
-    let ruleset = ruleset(&node, &requester).await?;
-    Ok(HttpResponse::Ok().json(ruleset_json(&ruleset)[&kind].clone()))
-}
-
 /// The rule at `path` as the spec shows it, or 404.
 async fn rule(
     node: &Node,
