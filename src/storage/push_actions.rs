@@ -140,7 +140,10 @@ pub struct Counts {
 /// `user_id`'s unread counts in `room_ids` by room and thread, for the
 /// events up to `upto`: the actions after the user's latest `m.read` or
 /// `m.read.private` receipt that covers them (unthreaded receipts cover
-/// every thread, threaded ones their own). One query for all the rooms.
+/// every thread, threaded ones their own) and after the user's last
+/// membership that was not a join (an invite, a leave: what they were sent
+/// before this join does not count, nor does their invite). One query for
+/// all the rooms.
 pub async fn unread_counts(
     pool: &Pool,
     user_id: &str,
@@ -164,6 +167,10 @@ pub async fn unread_counts(
                COUNT(*) FILTER (WHERE a.notify), COUNT(*) FILTER (WHERE a.highlight)
              FROM event_push_actions a
              WHERE a.user_id = $1 AND a.room_id = ANY($2) AND a.stream_ordering <= $3
+               AND a.stream_ordering > COALESCE((
+                 SELECT MAX(h.stream_ordering) FROM membership_history h
+                 WHERE h.user_id = $1 AND h.room_id = a.room_id AND h.membership <> 'join'
+               ), 0)
                AND a.stream_ordering > COALESCE((
                  SELECT MAX(r.upto) FROM read r
                  WHERE r.room_id = a.room_id AND (r.thread_id IS NULL OR r.thread_id = a.thread_id)

@@ -101,6 +101,20 @@ async fn counts_rise_on_messages_and_a_receipt_clears_them() {
     // Only what came after it counts.
     send(&alice, &room_id, json!({ "msgtype": "m.text", "body": "three" })).await;
     assert_eq!(unread(&bob, &room_id).await, (1, 0));
+
+    // An invite notifies its invitee; once joined, only what came after counts.
+    let dave = cluster.client().register("dave").await;
+    let (status, answer) = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room_id)),
+            json!({ "user_id": dave.user_id }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    dave.join(&room_id).await;
+    assert_eq!(unread(&dave, &room_id).await, (0, 0));
+    send(&alice, &room_id, json!({ "msgtype": "m.text", "body": "four" })).await;
+    assert_eq!(unread(&dave, &room_id).await, (1, 0));
 }
 
 #[actix_web::test]
