@@ -441,7 +441,10 @@ impl Node {
             memberships,
             recent_events,
             filters: Arc::new(FilterCache::default()),
-            push: Arc::new(crate::push::evaluator::PushEvaluator::new(&config.server_name)),
+            push: Arc::new(crate::push::evaluator::PushEvaluator::new(
+                &config.server_name,
+                &notifier,
+            )),
             config,
             instance_name: instance_name.to_owned(),
             roles: Arc::new(roles.to_vec()),
@@ -602,7 +605,11 @@ impl Node {
     /// Every send passes here: its push actions are evaluated here, before
     /// it goes to the persister, which stores them with the event.
     pub async fn send_event(&self, mut request: SendEvent) -> ApiResult<Persisted> {
-        request.push = match self.push.evaluate(&self.pool, &self.notifier, &request).await {
+        request.push = match self
+            .push
+            .evaluate(&self.pool, &self.notifier, &request)
+            .await
+        {
             Ok(push) => push,
             Err(error) => {
                 tracing::error!(error = %error, "push rule evaluation failed: sending without");
@@ -655,6 +662,9 @@ impl Node {
             (&self.replication, snapshot.as_object_mut())
         {
             object.insert("replication".into(), replication.stats.snapshot());
+        }
+        if let Some(object) = snapshot.as_object_mut() {
+            object.insert("push_evaluator".into(), self.push.observe());
         }
         snapshot
     }

@@ -27,6 +27,7 @@ use crate::roles::events::SendEvent;
 use crate::storage::push_actions::{self, RoomPushContext};
 use crate::storage::StorageResult;
 use crate::streams::notifier::Notifier;
+use crate::streams::push_rules::PUSH_RULES_STREAM;
 
 /// The thread id of events in no thread (Synapse's `MAIN_TIMELINE`).
 pub const MAIN_TIMELINE: &str = "main";
@@ -55,8 +56,12 @@ pub struct UserActions {
 pub fn thread_id(content: &Value) -> String {
     let relation = content.get("m.relates_to");
     match (
-        relation.and_then(|r| r.get("rel_type")).and_then(Value::as_str),
-        relation.and_then(|r| r.get("event_id")).and_then(Value::as_str),
+        relation
+            .and_then(|r| r.get("rel_type"))
+            .and_then(Value::as_str),
+        relation
+            .and_then(|r| r.get("event_id"))
+            .and_then(Value::as_str),
     ) {
         (Some("m.thread"), Some(root)) => root.to_owned(),
         _ => MAIN_TIMELINE.to_owned(),
@@ -71,16 +76,23 @@ pub struct PushEvaluator {
     events_evaluated: AtomicU64,
     members_evaluated: AtomicU64,
     evaluation_micros: AtomicU64,
+    /// Of which reading the room (members, names, power levels).
+    room_read_micros: AtomicU64,
 }
 
 impl PushEvaluator {
-    pub fn new(server_name: &str) -> PushEvaluator {
+    pub fn new(server_name: &str, notifier: &Notifier) -> PushEvaluator {
+        // The ruleset cache asks the notifier whether a user's rules changed
+        // since an entry was read; a stream it has no record of counts as
+        // changed for everyone. From here on every change is recorded.
+        notifier.forget_changes_until(PUSH_RULES_STREAM, notifier.position(PUSH_RULES_STREAM));
         PushEvaluator {
             rules: RulesetCache::default(),
             server_name: server_name.to_owned(),
             events_evaluated: AtomicU64::new(0),
             members_evaluated: AtomicU64::new(0),
             evaluation_micros: AtomicU64::new(0),
+            room_read_micros: AtomicU64::new(0),
         }
     }
 
@@ -92,6 +104,7 @@ impl PushEvaluator {
             "events_evaluated": events,
             "members_evaluated": self.members_evaluated.load(Ordering::Relaxed),
             "evaluation_micros": micros,
+            "room_read_micros": self.room_read_micros.load(Ordering::Relaxed),
             "micros_per_event": micros.checked_div(events).unwrap_or(0),
         })
     }
@@ -109,6 +122,8 @@ impl PushEvaluator {
         else {
             return Ok(None);
         };
+        self.room_read_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let mut recipients: Vec<(OwnedUserId, String)> = room
             .members
             .iter()
@@ -255,7 +270,9 @@ fn power_levels_ctx(room: &RoomPushContext) -> Option<PushConditionPowerLevelsCt
                 .map(|users| {
                     users
                         .iter()
-                        .filter_map(|(u, l)| Some((OwnedUserId::try_from(u.as_str()).ok()?, level(l)?)))
+                        .filter_map(|(u, l)| {
+                            Some((OwnedUserId::try_from(u.as_str()).ok()?, level(l)?))
+                        })
                         .collect()
                 })
                 .unwrap_or_default();

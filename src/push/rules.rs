@@ -408,7 +408,11 @@ fn new_rule(kind: RuleKind, rule_id: String, body: &Value) -> Result<NewPushRule
     })
 }
 
-fn insert_error(error: InsertPushRuleError, before: Option<String>, after: Option<String>) -> RuleError {
+fn insert_error(
+    error: InsertPushRuleError,
+    before: Option<String>,
+    after: Option<String>,
+) -> RuleError {
     let named = before.or(after).unwrap_or_default();
     match error {
         InsertPushRuleError::ServerDefaultRuleId | InsertPushRuleError::InvalidRuleId => {
@@ -542,7 +546,13 @@ mod tests {
 
     use super::*;
 
-    fn put(rules: &mut UserRules, kind: &str, id: &str, before: Option<&str>, after: Option<&str>) -> Result<(), RuleError> {
+    fn put(
+        rules: &mut UserRules,
+        kind: &str,
+        id: &str,
+        before: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<(), RuleError> {
         rules.apply(
             user_id!("@a:x"),
             RuleChange::Put {
@@ -578,7 +588,9 @@ mod tests {
         assert_eq!(ids(&ruleset, "content")[0], "x");
         assert_eq!(
             put(&mut rules, "override", "d", None, Some("nope")),
-            Err(RuleError::Placement("before/after rule not found: nope".into()))
+            Err(RuleError::Placement(
+                "before/after rule not found: nope".into()
+            ))
         );
         assert!(put(&mut rules, "override", "a/b", None, None).is_err());
         assert!(put(&mut rules, "override", ".m.mine", None, None).is_err());

@@ -164,8 +164,11 @@ impl PushRulesWriter {
         } else {
             self.writer.allocate(&*transaction, users.len()).await?
         };
-        let position_of: HashMap<&OwnedUserId, i64> =
-            users.iter().copied().zip(positions.iter().copied()).collect();
+        let position_of: HashMap<&OwnedUserId, i64> = users
+            .iter()
+            .copied()
+            .zip(positions.iter().copied())
+            .collect();
         let result: StorageResult<()> = async {
             for (user_id, position) in &position_of {
                 if let Some(user_rules) = rules.get(*user_id) {
@@ -179,7 +182,9 @@ impl PushRulesWriter {
                     .await?;
                 }
             }
-            self.writer.store_position(&*transaction, &positions).await?;
+            self.writer
+                .store_position(&*transaction, &positions)
+                .await?;
             Ok(())
         }
         .await;
@@ -240,11 +245,7 @@ impl Handler<ChangePushRules> for PushRulesWriter {
     /// Changes that queue up while a transaction commits go into the next one.
     const BATCH_LIMIT: usize = 100;
 
-    async fn handle(
-        &mut self,
-        msg: ChangePushRules,
-        _ctx: &mut Context,
-    ) -> Result<Answer, String> {
+    async fn handle(&mut self, msg: ChangePushRules, _ctx: &mut Context) -> Result<Answer, String> {
         Ok(self.change(vec![msg]).await.pop().unwrap_or_else(|| {
             Err(PushRulesWriteError::Failed(super::WriteError::Internal(
                 "request was not answered".into(),

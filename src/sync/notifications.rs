@@ -34,7 +34,10 @@ pub async fn unread(
                     per_thread.insert(thread_id.clone(), counts_json(*counts));
                 }
             }
-            section.insert("unread_thread_notifications".into(), Value::Object(per_thread));
+            section.insert(
+                "unread_thread_notifications".into(),
+                Value::Object(per_thread),
+            );
             threads
                 .and_then(|t| t.get(MAIN_TIMELINE))
                 .copied()

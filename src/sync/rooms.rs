@@ -85,7 +85,10 @@ async fn joined(ctx: &SyncContext<'_>) -> ApiResult<Map<String, Value>> {
         };
         listed.push(parts);
     }
-    let room_ids: Vec<&str> = listed.iter().map(|p| p.membership.room_id.as_str()).collect();
+    let room_ids: Vec<&str> = listed
+        .iter()
+        .map(|p| p.membership.room_id.as_str())
+        .collect();
     let mut unread = notifications::unread(ctx, &room_ids).await?;
     let mut section = Map::new();
     for mut parts in listed {

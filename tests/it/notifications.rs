@@ -42,7 +42,10 @@ async fn send(user: &User, room_id: &str, content: Value) -> String {
     let txn_id = format!("t{}", rand::random::<u64>());
     let (status, answer) = user
         .put(
-            &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{txn_id}", enc(room_id)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn_id}",
+                enc(room_id)
+            ),
             content,
         )
         .await;
@@ -53,7 +56,11 @@ async fn send(user: &User, room_id: &str, content: Value) -> String {
 async fn read(user: &User, room_id: &str, event_id: &str, body: Value) {
     let (status, answer) = user
         .post(
-            &format!("/_matrix/client/v3/rooms/{}/receipt/m.read/{}", enc(room_id), enc(event_id)),
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(room_id),
+                enc(event_id)
+            ),
             body,
         )
         .await;
@@ -85,8 +92,18 @@ async fn counts_rise_on_messages_and_a_receipt_clears_them() {
     assert_eq!(unread(&bob, &room_id).await, (0, 0));
     let since = next_batch(&bob.sync("timeout=0").await);
 
-    send(&alice, &room_id, json!({ "msgtype": "m.text", "body": "one" })).await;
-    let last = send(&alice, &room_id, json!({ "msgtype": "m.text", "body": "two" })).await;
+    send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "one" }),
+    )
+    .await;
+    let last = send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "two" }),
+    )
+    .await;
     let sync = bob.sync(&format!("since={}&timeout=0", enc(&since))).await;
     assert_eq!(counts(&sync, &room_id), (2, 0));
     assert_eq!(unread(&bob, &room_id).await, (2, 0));
@@ -99,7 +116,12 @@ async fn counts_rise_on_messages_and_a_receipt_clears_them() {
     let sync = bob.sync(&format!("since={}&timeout=0", enc(&since))).await;
     assert_eq!(counts(&sync, &room_id), (0, 0));
     // Only what came after it counts.
-    send(&alice, &room_id, json!({ "msgtype": "m.text", "body": "three" })).await;
+    send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "three" }),
+    )
+    .await;
     assert_eq!(unread(&bob, &room_id).await, (1, 0));
 
     // An invite notifies its invitee; once joined, only what came after counts.
@@ -113,7 +135,12 @@ async fn counts_rise_on_messages_and_a_receipt_clears_them() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     dave.join(&room_id).await;
     assert_eq!(unread(&dave, &room_id).await, (0, 0));
-    send(&alice, &room_id, json!({ "msgtype": "m.text", "body": "four" })).await;
+    send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "four" }),
+    )
+    .await;
     assert_eq!(unread(&dave, &room_id).await, (1, 0));
 }
 
@@ -152,9 +179,19 @@ async fn a_mention_highlights() {
         }),
     )
     .await;
-    send(&alice, &room_id, json!({ "msgtype": "m.text", "body": "where is Bobby?" })).await;
+    send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "where is Bobby?" }),
+    )
+    .await;
     assert_eq!(unread(&bob, &room_id).await, (2, 2));
-    send(&alice, &room_id, json!({ "msgtype": "m.text", "body": "nobody here" })).await;
+    send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "nobody here" }),
+    )
+    .await;
     assert_eq!(unread(&bob, &room_id).await, (3, 2));
 }
 
@@ -163,16 +200,32 @@ async fn a_disabled_rule_or_a_dont_notify_rule_stops_counting() {
     let cluster = TestCluster::start().await;
     let (alice, bob, room_id) = room(&cluster).await;
     let (status, _) = bob
-        .put(&format!("{RULES}/underride/.m.rule.message/enabled"), json!({ "enabled": false }))
+        .put(
+            &format!("{RULES}/underride/.m.rule.message/enabled"),
+            json!({ "enabled": false }),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
-    send(&alice, &room_id, json!({ "msgtype": "m.text", "body": "quiet" })).await;
+    send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "quiet" }),
+    )
+    .await;
     assert_eq!(unread(&bob, &room_id).await, (0, 0));
     let (status, _) = bob
-        .put(&format!("{RULES}/underride/.m.rule.message/enabled"), json!({ "enabled": true }))
+        .put(
+            &format!("{RULES}/underride/.m.rule.message/enabled"),
+            json!({ "enabled": true }),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
-    send(&alice, &room_id, json!({ "msgtype": "m.text", "body": "loud" })).await;
+    send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "loud" }),
+    )
+    .await;
     assert_eq!(unread(&bob, &room_id).await, (1, 0));
 
     // An override that matches the room with no actions (`dont_notify`).
@@ -198,7 +251,12 @@ async fn a_disabled_rule_or_a_dont_notify_rule_stops_counting() {
 async fn threads_are_counted_apart_when_the_filter_asks() {
     let cluster = TestCluster::start().await;
     let (alice, bob, room_id) = room(&cluster).await;
-    let root = send(&alice, &room_id, json!({ "msgtype": "m.text", "body": "root" })).await;
+    let root = send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "root" }),
+    )
+    .await;
     let in_thread = |body: &str| {
         json!({
             "msgtype": "m.text",
@@ -208,10 +266,18 @@ async fn threads_are_counted_apart_when_the_filter_asks() {
     };
     send(&alice, &room_id, in_thread("first")).await;
     let reply = send(&alice, &room_id, in_thread("second")).await;
-    let main = send(&alice, &room_id, json!({ "msgtype": "m.text", "body": "main" })).await;
+    let main = send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "main" }),
+    )
+    .await;
 
-    let filter = enc(&json!({ "room": { "timeline": { "unread_thread_notifications": true } } }).to_string());
-    let threaded = |sync: &Value| sync["rooms"]["join"][&room_id]["unread_thread_notifications"].clone();
+    let filter = enc(
+        &json!({ "room": { "timeline": { "unread_thread_notifications": true } } }).to_string(),
+    );
+    let threaded =
+        |sync: &Value| sync["rooms"]["join"][&room_id]["unread_thread_notifications"].clone();
     let sync = bob.sync(&format!("filter={filter}&timeout=0")).await;
     assert_eq!(counts(&sync, &room_id), (2, 0), "the main timeline only");
     assert_eq!(
@@ -250,4 +316,44 @@ async fn counts_cover_every_room_of_an_answer() {
     assert_eq!(counts(&sync, &first), (1, 0));
     // Two members: `.m.rule.room_one_to_one` notifies.
     assert_eq!(counts(&sync, &second), (3, 0));
+}
+
+/// One evaluation per event over all the room's members (not one per
+/// member), on the instance the send arrived at; what it cost is in the
+/// evaluator's counters (printed: a rough per-send figure, not a bench).
+#[actix_web::test]
+async fn each_send_is_evaluated_once_for_all_members() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let mut members = Vec::new();
+    for i in 0..9 {
+        let member = client.register(&format!("member{i}")).await;
+        member.join(&room_id).await;
+        members.push(member);
+    }
+    let observe = || cluster.on_node("main", |node| async move { node.push.observe() });
+    let before = observe().await;
+    const SENDS: u64 = 20;
+    for i in 0..SENDS {
+        send(
+            &alice,
+            &room_id,
+            json!({ "msgtype": "m.text", "body": format!("m{i}") }),
+        )
+        .await;
+    }
+    let after = observe().await;
+    let delta = |key: &str| after[key].as_u64().unwrap_or(0) - before[key].as_u64().unwrap_or(0);
+    assert_eq!(delta("events_evaluated"), SENDS, "{after}");
+    assert_eq!(delta("members_evaluated"), SENDS * 9, "{after}");
+    eprintln!(
+        "push evaluation: {} µs per send over 9 recipients, of which {} µs reading the room (debug build)",
+        delta("evaluation_micros") / SENDS,
+        delta("room_read_micros") / SENDS
+    );
+    for member in &members {
+        assert_eq!(unread(member, &room_id).await, (SENDS as i64, 0));
+    }
 }

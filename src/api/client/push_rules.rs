@@ -15,7 +15,10 @@ use crate::push::rules::{parse_kind, rule_json, ruleset_json, RuleChange, RuleEr
 use crate::roles::push_rules::{ChangePushRules, PUSH_RULES_STREAM};
 
 /// The user's whole ruleset.
-async fn ruleset(node: &Node, requester: &Requester) -> ApiResult<std::sync::Arc<ruma::push::Ruleset>> {
+async fn ruleset(
+    node: &Node,
+    requester: &Requester,
+) -> ApiResult<std::sync::Arc<ruma::push::Ruleset>> {
     let user_id = requester.user()?;
     Ok(node
         .push
@@ -25,7 +28,10 @@ async fn ruleset(node: &Node, requester: &Requester) -> ApiResult<std::sync::Arc
 }
 
 /// GET /_matrix/client/v3/pushrules/
-pub async fn get_push_rules(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
+pub async fn get_push_rules(
+    node: web::Data<Node>,
+    requester: Requester,
+) -> ApiResult<HttpResponse> {
     let ruleset = ruleset(&node, &requester).await?;
     Ok(HttpResponse::Ok().json(json!({ "global": ruleset_json(&ruleset) })))
 }
@@ -40,11 +46,7 @@ pub async fn get_global_push_rules(
 }
 
 /// The rule at `path` as the spec shows it, or 404.
-async fn rule(
-    node: &Node,
-    requester: &Requester,
-    path: (String, String),
-) -> ApiResult<Value> {
+async fn rule(node: &Node, requester: &Requester, path: (String, String)) -> ApiResult<Value> {
     let (kind, rule_id) = path;
     let parsed = parse_kind(&kind)?;
     let ruleset = ruleset(node, requester).await?;
