@@ -224,6 +224,32 @@ impl From<crate::roles::WriteError> for ApiError {
     }
 }
 
+/// A refused change of push rules as the client sees it (the spec's and
+/// Synapse's answers: a misplaced rule is 400 `M_UNKNOWN`).
+impl From<crate::push::rules::RuleError> for ApiError {
+    fn from(error: crate::push::rules::RuleError) -> Self {
+        use crate::push::rules::RuleError;
+        match &error {
+            RuleError::UnknownKind(_) | RuleError::InvalidRuleId(_) | RuleError::ServerDefault => {
+                ApiError::invalid_param(error.to_string())
+            }
+            RuleError::NotFound(_) => ApiError::not_found(error.to_string()),
+            RuleError::Placement(_) => ApiError::new(ErrCode::Unknown, error.to_string()),
+            RuleError::BadJson(_) => ApiError::bad_json(error.to_string()),
+        }
+    }
+}
+
+impl From<crate::roles::push_rules::PushRulesWriteError> for ApiError {
+    fn from(error: crate::roles::push_rules::PushRulesWriteError) -> Self {
+        use crate::roles::push_rules::PushRulesWriteError;
+        match error {
+            PushRulesWriteError::Refused(error) => error.into(),
+            PushRulesWriteError::Failed(error) => error.into(),
+        }
+    }
+}
+
 impl From<lattice_actors::MailboxError> for ApiError {
     fn from(error: lattice_actors::MailboxError) -> Self {
         tracing::warn!(error = %error, "mailbox call failed");

@@ -29,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod node;
 pub mod passwords;
+pub mod push;
 pub mod roles;
 pub mod rooms;
 pub mod signing_key;

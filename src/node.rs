@@ -70,6 +70,8 @@ pub struct Node {
     pub recent_events: Arc<RecentEventsCache>,
     /// Stored filters, which never change.
     pub filters: Arc<FilterCache>,
+    /// Push rule evaluation of new events, and the rulesets it caches.
+    pub push: Arc<crate::push::evaluator::PushEvaluator>,
     pub supervisor: Arc<Supervisor>,
     /// Request counters and the /metrics exposition of this instance.
     pub metrics: Arc<crate::api::metrics::Metrics>,
@@ -439,6 +441,10 @@ impl Node {
             memberships,
             recent_events,
             filters: Arc::new(FilterCache::default()),
+            push: Arc::new(crate::push::evaluator::PushEvaluator::new(
+                &config.server_name,
+                &notifier,
+            )),
             config,
             instance_name: instance_name.to_owned(),
             roles: Arc::new(roles.to_vec()),
@@ -596,7 +602,20 @@ impl Node {
     }
 
     /// Persists an event through the events writer of its room.
-    pub async fn send_event(&self, request: SendEvent) -> ApiResult<Persisted> {
+    /// Every send passes here: its push actions are evaluated here, before
+    /// it goes to the persister, which stores them with the event.
+    pub async fn send_event(&self, mut request: SendEvent) -> ApiResult<Persisted> {
+        request.push = match self
+            .push
+            .evaluate(&self.pool, &self.notifier, &request)
+            .await
+        {
+            Ok(push) => push,
+            Err(error) => {
+                tracing::error!(error = %error, "push rule evaluation failed: sending without");
+                None
+            }
+        };
         let writer = self
             .mailboxes
             .for_shard::<SendEvent>(EVENTS_STREAM, request.room_id.as_str())?;
@@ -622,6 +641,7 @@ impl Node {
             // Made here, where the request enters the server: a mailbox
             // message delivered twice then writes once.
             txn: Some(Transaction::request()),
+            push: None,
         })
         .await
     }
@@ -642,6 +662,9 @@ impl Node {
             (&self.replication, snapshot.as_object_mut())
         {
             object.insert("replication".into(), replication.stats.snapshot());
+        }
+        if let Some(object) = snapshot.as_object_mut() {
+            object.insert("push_evaluator".into(), self.push.observe());
         }
         snapshot
     }

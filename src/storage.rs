@@ -6,6 +6,8 @@ pub mod accounts;
 pub mod caches;
 pub mod followers;
 pub mod instances;
+pub mod push_actions;
+pub mod push_rules;
 pub mod receipts;
 pub mod relations;
 pub mod rooms;
@@ -66,6 +68,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0009_account_data",
         include_str!("storage/migrations/0009_account_data.sql"),
+    ),
+    (
+        "0011_push_rules",
+        include_str!("storage/migrations/0011_push_rules.sql"),
     ),
     (
         "0012_relations",

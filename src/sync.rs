@@ -18,7 +18,9 @@
 pub mod account_data;
 pub mod device_lists;
 pub mod ephemeral;
+pub mod notifications;
 pub mod presence;
+pub mod push_rules;
 pub mod rooms;
 pub mod state;
 pub mod timeline;

@@ -83,7 +83,19 @@ fn routes(scope: Scope) -> Scope {
         )
         .service(
             resource("/pushrules/global/{kind}/{rule_id}")
-                .route(web::get().to(push_rules::get_push_rule)),
+                .route(web::get().to(push_rules::get_push_rule))
+                .route(web::put().to(push_rules::put_push_rule))
+                .route(web::delete().to(push_rules::delete_push_rule)),
+        )
+        .service(
+            resource("/pushrules/global/{kind}/{rule_id}/enabled")
+                .route(web::get().to(push_rules::get_push_rule_enabled))
+                .route(web::put().to(push_rules::put_push_rule_enabled)),
+        )
+        .service(
+            resource("/pushrules/global/{kind}/{rule_id}/actions")
+                .route(web::get().to(push_rules::get_push_rule_actions))
+                .route(web::put().to(push_rules::put_push_rule_actions)),
         )
         .service(resource("/user/{user_id}/filter").route(web::post().to(filter::create_filter)))
         .service(

@@ -76,6 +76,10 @@ pub struct SendEvent {
     /// What makes the send idempotent: the client's transaction id, or a
     /// request id made where the request entered the server.
     pub txn: Option<Transaction>,
+    /// What the event does for the members it notifies, evaluated where
+    /// the send entered the server (`push::evaluator`); stored with it.
+    #[serde(default)]
+    pub push: Option<crate::push::evaluator::PushActions>,
 }
 
 /// What makes a write idempotent, so that a client's retry, or a mailbox
@@ -184,9 +188,10 @@ pub struct Persisted {
 }
 
 // v2: the reply's error is the `WriteError` enum, no longer an errcode string.
+// v3: the push actions travel with the send.
 impl lattice_actors::RemoteMessage for SendEvent {
     type Reply = Result<Persisted, WriteError>;
-    const WIRE_NAME: &'static str = "events.send.v2";
+    const WIRE_NAME: &'static str = "events.send.v3";
 }
 
 impl lattice_actors::RemoteMessage for CreateRoom {
@@ -211,6 +216,7 @@ mod tests {
             content: json!({}),
             redacts: Some(owned_event_id!("$target")),
             txn: None,
+            push: None,
         };
         let wire = serde_json::to_value(&send).expect("encodes");
         assert_eq!(wire["room_id"], "!room:example.org");

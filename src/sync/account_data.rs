@@ -16,8 +16,8 @@ use crate::streams::account_data::account_data_events;
 /// The user's global account data events for this answer.
 pub async fn global(ctx: &SyncContext<'_>) -> ApiResult<Vec<Value>> {
     let mut events = stored(ctx, None).await?;
-    // Global account data the server keeps elsewhere (m.push_rules) is
-    // appended here, before the filter.
+    // Global account data the server keeps elsewhere, before the filter.
+    events.extend(super::push_rules::push_rules(ctx).await?);
     let filter = &ctx.filter.account_data;
     events.retain(|event| wanted(event, filter.types.as_deref(), &filter.not_types));
     Ok(events)

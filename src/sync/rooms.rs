@@ -9,7 +9,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::{account_data, ephemeral, state, timeline, SyncContext};
+use super::{account_data, ephemeral, notifications, state, timeline, SyncContext};
 use crate::api::client::events::{client_events, stripped_state, STRIPPED_STATE_TYPES};
 use crate::error::ApiResult;
 use crate::storage::rooms;
@@ -58,7 +58,7 @@ async fn joined(ctx: &SyncContext<'_>) -> ApiResult<Map<String, Value>> {
     let limit = timeline::limit(ctx.filter);
     let joined: Vec<&Membership> = described(ctx).filter(|m| m.membership == "join").collect();
     let mut recent = timeline::recent_per_room(ctx, &joined, limit).await?;
-    let mut section = Map::new();
+    let mut listed = Vec::new();
     for membership in joined {
         let room_id = &membership.room_id;
         let newly_joined = ctx
@@ -83,8 +83,20 @@ async fn joined(ctx: &SyncContext<'_>) -> ApiResult<Map<String, Value>> {
             end: ctx.upto_events(),
             ephemeral: Some(ephemeral),
             account_data,
+            unread: Map::new(),
         };
-        section.insert(room_id.clone(), room(ctx, parts).await?);
+        listed.push(parts);
+    }
+    let room_ids: Vec<&str> = listed
+        .iter()
+        .map(|p| p.membership.room_id.as_str())
+        .collect();
+    let mut unread = notifications::unread(ctx, &room_ids).await?;
+    let mut section = Map::new();
+    for mut parts in listed {
+        let room_id = parts.membership.room_id.clone();
+        parts.unread = unread.remove(&room_id).unwrap_or_default();
+        section.insert(room_id, room(ctx, parts).await?);
     }
     Ok(section)
 }
@@ -143,6 +155,7 @@ async fn left(ctx: &SyncContext<'_>) -> ApiResult<Map<String, Value>> {
             end: membership.stream_ordering,
             ephemeral: None,
             account_data: account_data::room(ctx, &membership.room_id).await?,
+            unread: Map::new(),
         };
         section.insert(membership.room_id.clone(), room(ctx, parts).await?);
     }
@@ -164,6 +177,9 @@ struct RoomParts<'a> {
     /// The room's ephemeral events (joined rooms only).
     ephemeral: Option<Vec<Value>>,
     account_data: Vec<Value>,
+    /// The unread counts (joined rooms only): `unread_notifications` and,
+    /// when asked for, `unread_thread_notifications`.
+    unread: Map<String, Value>,
 }
 
 /// One room of the `join` or `leave` section.
@@ -179,7 +195,9 @@ async fn room(ctx: &SyncContext<'_>, parts: RoomParts<'_>) -> ApiResult<Value> {
     });
     if let Some(ephemeral) = parts.ephemeral {
         section["ephemeral"] = json!({ "events": ephemeral });
-        section["unread_notifications"] = json!({ "highlight_count": 0, "notification_count": 0 });
+        for (key, counts) in parts.unread {
+            section[key] = counts;
+        }
         // The summary changes only with membership: send it when the client
         // has none yet or a member event is in this batch.
         let members_changed = timeline

@@ -18,6 +18,8 @@ import {
     EventType,
     MatrixError,
     MemoryStore,
+    NotificationCountType,
+    PushRuleKind,
     RoomEvent,
     RoomMemberEvent,
     RoomStateEvent,
@@ -461,8 +463,9 @@ async function conversation(baseUrl) {
         expect(topicStateSeen, "bob: no RoomState.events emitted for the m.room.topic");
         step("bob: sees the new topic");
 
-        await accountDataTagsAndDirectory(alice, roomId, bobId);
+        await pushRulesAndCounts(alice, bob, roomId);
         await relationSteps({ alice, bob, roomId, aliceId, bobId, mine: sent1.event_id, his: sent2.event_id });
+        await accountDataTagsAndDirectory(alice, roomId, bobId);
 
         // bob leaves, alice sees it
         await call(`bob: POST /rooms/${roomId}/leave`, bob.leave(roomId));
@@ -574,6 +577,63 @@ async function relationSteps({ alice, bob, roomId, aliceId, bobId, mine, his }) 
         `alice: /relations of the root gave ${related.events.map((e) => e.getId())}`,
     );
     step("alice: sees bob's thread");
+}
+
+// bob changes a push rule and sees it come back as m.push_rules; a mention of bob by
+// alice raises his unread and highlight counts, his read receipt clears them.
+async function pushRulesAndCounts(alice, bob, roomId) {
+    const bobId = bob.getUserId();
+    const ruleId = `jssdk-${hex(3)}`;
+    await call(
+        `bob: PUT /pushrules/global/content/${ruleId}`,
+        bob.addPushRule("global", PushRuleKind.ContentSpecific, ruleId, { pattern: "cake", actions: ["notify"] }),
+    );
+    const bobsRule = () => bob.pushRules?.global?.content?.find((r) => r.rule_id === ruleId);
+    await waitFor(bob, "bob", `his new push rule ${ruleId} in m.push_rules`, () => bobsRule()?.enabled === true, [ClientEvent.AccountData]);
+    await call(
+        `bob: PUT /pushrules/global/content/${ruleId}/enabled`,
+        bob.setPushRuleEnabled("global", PushRuleKind.ContentSpecific, ruleId, false),
+    );
+    await waitFor(bob, "bob", `his push rule ${ruleId} disabled`, () => bobsRule()?.enabled === false, [ClientEvent.AccountData]);
+    step("bob: sees his changed push rule");
+
+    const room = () => bob.getRoom(roomId);
+    const counts = () => [
+        room()?.getUnreadNotificationCount(NotificationCountType.Total),
+        room()?.getUnreadNotificationCount(NotificationCountType.Highlight),
+    ];
+    await waitFor(bob, "bob", `no unread counts before the mention (counts ${JSON.stringify(counts())})`, () => counts()[0] === 0 && counts()[1] === 0);
+    const sent = await call(
+        `alice: PUT /rooms/${roomId}/send/m.room.message (mention)`,
+        alice.sendMessage(roomId, { msgtype: "m.text", body: "bob, look", "m.mentions": { user_ids: [bobId] } }),
+    );
+    await waitFor(
+        bob,
+        "bob",
+        `unread and highlight counts 1 after alice's mention (counts ${JSON.stringify(counts())})`,
+        () => counts()[0] === 1 && counts()[1] === 1,
+        [RoomEvent.UnreadNotifications, ClientEvent.Sync],
+    );
+    step("bob: unread and highlight counts rose on alice's mention");
+    const mention = await waitFor(bob, "bob", "the mention in his timeline", () => room()?.findEventById(sent.event_id), [RoomEvent.Timeline]);
+    await call(`bob: POST /rooms/${roomId}/receipt/m.read (mention)`, bob.sendReadReceipt(mention));
+    await waitFor(
+        bob,
+        "bob",
+        `counts cleared by his receipt (counts ${JSON.stringify(counts())})`,
+        () => counts()[0] === 0 && counts()[1] === 0,
+        [RoomEvent.UnreadNotifications, ClientEvent.Sync],
+    );
+    // What the server counts from now on starts after the receipt.
+    await call(`alice: PUT /rooms/${roomId}/send/m.room.message`, alice.sendMessage(roomId, { msgtype: "m.text", body: "one more" }));
+    await waitFor(
+        bob,
+        "bob",
+        `an unread count of 1 after one more message (counts ${JSON.stringify(counts())})`,
+        () => counts()[0] === 1 && counts()[1] === 0,
+        [RoomEvent.UnreadNotifications, ClientEvent.Sync],
+    );
+    step("bob: his receipt cleared the counts");
 }
 
 function printTrace(n = 25) {

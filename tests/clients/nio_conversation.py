@@ -360,8 +360,9 @@ async def conversation(base_url):
         expect(bob.rooms[room_id].topic == topic, f"bob: room topic in nio's room state is {bob.rooms[room_id].topic!r}, expected {topic!r}")
         step("bob: sees the new topic")
 
-        await account_data_and_tags(alice, room_id)
+        await push_rules_and_counts(alice, bob, room_id)
         await relation_steps(alice, bob, room_id, text1, text2)
+        await account_data_and_tags(alice, room_id)
 
         # bob leaves, alice sees it
         resp = await bob.room_leave(room_id)
@@ -448,6 +449,49 @@ async def relation_steps(alice, bob, room_id, text1, text2):
     children = [e async for e in alice.room_get_event_relations(room_id, his, RelationshipType.thread)]
     expect([e.event_id for e in children] == [threaded.event_id], f"alice: /relations of the root gave {[e.event_id for e in children]}")
     step("alice: sees bob's thread")
+
+
+async def push_rules_and_counts(alice, bob, room_id):
+    """bob changes a push rule and sees it come back as m.push_rules; a mention of bob
+    by alice raises his unread and highlight counts, his read receipt clears them."""
+    from nio import PushNotify, PushRulesEvent
+    from nio.api import PushRuleKind
+    from nio.responses import EnablePushRuleResponse, RoomReadMarkersResponse, SetPushRuleResponse
+
+    rulesets = []
+    bob.add_global_account_data_callback(lambda event: rulesets.append(event.global_rules), PushRulesEvent)
+    rule_id = f"nio-{secrets.token_hex(3)}"
+
+    def bobs_rule():
+        rules = [r for rs in rulesets[-1:] for r in rs.content if r.id == rule_id]
+        return rules[0] if rules else None
+
+    resp = await bob.set_pushrule("global", PushRuleKind.content, rule_id, actions=[PushNotify()], pattern="cake")
+    ok_response(resp, SetPushRuleResponse, f"bob: PUT /pushrules/global/content/{rule_id}")
+    await sync_until(bob, lambda: bobs_rule() is not None and bobs_rule().enabled, f"his push rule {rule_id} in m.push_rules")
+    resp = await bob.enable_pushrule("global", PushRuleKind.content, rule_id, False)
+    ok_response(resp, EnablePushRuleResponse, f"bob: PUT /pushrules/global/content/{rule_id}/enabled")
+    await sync_until(bob, lambda: bobs_rule() is not None and not bobs_rule().enabled, f"his push rule {rule_id} disabled")
+    step("bob: sees his changed push rule")
+
+    room = bob.rooms[room_id]
+    counts = lambda: (room.unread_notifications, room.unread_highlights)  # noqa: E731
+    # alice's first message is still unread (alice's receipt was hers): it counts.
+    expect(counts() == (1, 0), f"bob: unread counts before the mention are {counts()}, expected (1, 0)")
+    resp = await alice.room_send(
+        room_id, "m.room.message", {"msgtype": "m.text", "body": "bob, look", "m.mentions": {"user_ids": [bob.user_id]}}
+    )
+    ok_response(resp, RoomSendResponse, f"alice: PUT /rooms/{room_id}/send/m.room.message (mention)")
+    mention_id = resp.event_id
+    await sync_until(bob, lambda: counts() == (2, 1), f"unread and highlight counts (2, 1) after alice's mention, not {counts()}")
+    step("bob: unread and highlight counts rose on alice's mention")
+    resp = await bob.room_read_markers(room_id, fully_read_event=mention_id, read_event=mention_id)
+    ok_response(resp, RoomReadMarkersResponse, f"bob: POST /rooms/{room_id}/read_markers")
+    await sync_until(bob, lambda: counts() == (0, 0), f"counts cleared by his receipt, not {counts()}")
+    resp = await alice.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "one more"})
+    ok_response(resp, RoomSendResponse, f"alice: PUT /rooms/{room_id}/send/m.room.message")
+    await sync_until(bob, lambda: counts() == (1, 0), f"an unread count of 1 after one more message, not {counts()}")
+    step("bob: his receipt cleared the counts")
 
 
 def print_trace(n=25):

@@ -157,10 +157,19 @@ impl TestCluster {
                         vec!["events1", "sync2"],
                     ))
                     .merge(Serialized::default(
+                        "stream_writers.push_rules",
+                        vec!["events1", "sync2"],
+                    ))
+                    .merge(Serialized::default(
                         "instance_map.sync2",
                         json!({ "host": "127.0.0.1", "port": 1 }),
                     ));
-                let writers = [Role::Typing, Role::Receipts, Role::AccountData];
+                let writers = [
+                    Role::Typing,
+                    Role::Receipts,
+                    Role::AccountData,
+                    Role::PushRules,
+                ];
                 cluster.nodes.push(
                     TestNode::start(
                         config.clone(),

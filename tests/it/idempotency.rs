@@ -112,6 +112,7 @@ async fn a_state_event_delivered_twice_writes_once() {
         content: json!({ "topic": "once" }),
         redacts: None,
         txn: Some(Transaction::request()),
+        push: None,
     };
 
     let mut answers = Vec::new();

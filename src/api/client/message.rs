@@ -43,6 +43,7 @@ pub async fn send_message_event(
                 txn_id,
                 TxnEndpoint::Send,
             )),
+            push: None,
         })
         .await?;
     Ok(HttpResponse::Ok().json(json!({ "event_id": persisted.event_id })))
@@ -90,6 +91,7 @@ pub async fn redact_event(
                 txn_id,
                 TxnEndpoint::Redact,
             )),
+            push: None,
         })
         .await?;
     Ok(HttpResponse::Ok().json(json!({ "event_id": persisted.event_id })))

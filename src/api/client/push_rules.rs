@@ -1,63 +1,188 @@
-//! Push rules: every user has the spec's server-default rule set (ruma's
-//! `Ruleset::server_default`). Changing rules needs the `push_rules` stream
-//! writer, which does not exist yet; reading them is what clients need to
-//! start (matrix-js-sdk will not sync without them).
+//! Push rules (`/pushrules/...`): every user's ruleset is the spec's server
+//! defaults (ruma's `Ruleset::server_default`) with their own changes
+//! (`push::rules`). Reads come from the ruleset cache of this instance;
+//! changes go to the `push_rules` writer of the user, and the answer waits
+//! until this instance has seen them (read-your-writes).
 
 use actix_web::{web, HttpResponse};
-use ruma::push::Ruleset;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::Requester;
+use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult};
+use crate::node::Node;
+use crate::push::rules::{parse_kind, rule_json, ruleset_json, RuleChange, RuleError};
+use crate::roles::push_rules::{ChangePushRules, PUSH_RULES_STREAM};
 
-/// The kinds of rule a ruleset has, in the order they are evaluated.
-const RULE_KINDS: [&str; 5] = ["override", "content", "room", "sender", "underride"];
-
-/// The user's ruleset with every kind present: ruma leaves out the kinds that
-/// have no rules, but the spec's `Ruleset` lists all five, as Synapse sends
-/// them (clients index into them without checking).
-fn ruleset(requester: &Requester) -> ApiResult<Value> {
-    let user_id = ruma::UserId::parse(&requester.user_id).map_err(ApiError::internal)?;
-    let mut ruleset =
-        serde_json::to_value(Ruleset::server_default(&user_id)).map_err(ApiError::internal)?;
-    if let Some(kinds) = ruleset.as_object_mut() {
-        for kind in RULE_KINDS {
-            kinds.entry(kind).or_insert_with(|| json!([]));
-        }
-    }
-    Ok(ruleset)
+/// The user's whole ruleset.
+async fn ruleset(
+    node: &Node,
+    requester: &Requester,
+) -> ApiResult<std::sync::Arc<ruma::push::Ruleset>> {
+    let user_id = requester.user()?;
+    Ok(node
+        .push
+        .rules
+        .ruleset(&node.pool, &node.notifier, &user_id)
+        .await?)
 }
 
 /// GET /_matrix/client/v3/pushrules/
-pub async fn get_push_rules(requester: Requester) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(json!({ "global": ruleset(&requester)? })))
+pub async fn get_push_rules(
+    node: web::Data<Node>,
+    requester: Requester,
+) -> ApiResult<HttpResponse> {
+    let ruleset = ruleset(&node, &requester).await?;
+    Ok(HttpResponse::Ok().json(json!({ "global": ruleset_json(&ruleset) })))
 }
 
 /// GET /_matrix/client/v3/pushrules/global/
-pub async fn get_global_push_rules(requester: Requester) -> ApiResult<HttpResponse> {
-    Ok(HttpResponse::Ok().json(ruleset(&requester)?))
+pub async fn get_global_push_rules(
+    node: web::Data<Node>,
+    requester: Requester,
+) -> ApiResult<HttpResponse> {
+    let ruleset = ruleset(&node, &requester).await?;
+    Ok(HttpResponse::Ok().json(ruleset_json(&ruleset)))
+}
+
+/// The rule at `path` as the spec shows it, or 404.
+async fn rule(node: &Node, requester: &Requester, path: (String, String)) -> ApiResult<Value> {
+    let (kind, rule_id) = path;
+    let parsed = parse_kind(&kind)?;
+    let ruleset = ruleset(node, requester).await?;
+    let rule = ruleset
+        .get(parsed, &rule_id)
+        .ok_or_else(|| ApiError::from(RuleError::NotFound(format!("{kind}/{rule_id}"))))?;
+    Ok(rule_json(rule))
 }
 
 /// GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}
 pub async fn get_push_rule(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(rule(&node, &requester, path.into_inner()).await?))
+}
+
+/// GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled
+pub async fn get_push_rule_enabled(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let rule = rule(&node, &requester, path.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "enabled": rule["enabled"] })))
+}
+
+/// GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions
+pub async fn get_push_rule_actions(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    let rule = rule(&node, &requester, path.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "actions": rule["actions"] })))
+}
+
+#[derive(Deserialize)]
+pub struct PlacementQuery {
+    before: Option<String>,
+    after: Option<String>,
+}
+
+/// Sends `change` to the user's push rules writer and waits until this
+/// instance has seen it.
+async fn change(node: &Node, requester: &Requester, change: RuleChange) -> ApiResult<HttpResponse> {
+    let writer = node
+        .mailboxes
+        .for_shard::<ChangePushRules>(PUSH_RULES_STREAM, &requester.user_id)?;
+    let request = ChangePushRules {
+        user_id: requester.user()?,
+        change,
+    };
+    let written = writer.call(request, node.write_deadline()).await??;
+    node.wait_for_write(PUSH_RULES_STREAM, &written.instance, written.position)
+        .await;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+/// PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}
+pub async fn put_push_rule(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<(String, String)>,
+    query: web::Query<PlacementQuery>,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult<HttpResponse> {
+    let (kind, rule_id) = path.into_inner();
+    let query = query.into_inner();
+    // What can be refused without the user's rules is refused here.
+    parse_kind(&kind)?;
+    crate::push::rules::check_rule_id(&rule_id)?;
+    if !body.is_object() {
+        return Err(ApiError::bad_json("the body must be a JSON object"));
+    }
+    let put = RuleChange::Put {
+        kind,
+        rule_id,
+        body,
+        before: query.before.filter(|b| !b.is_empty()),
+        after: query.after.filter(|a| !a.is_empty()),
+    };
+    change(&node, &requester, put).await
+}
+
+/// DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}
+pub async fn delete_push_rule(
+    node: web::Data<Node>,
     requester: Requester,
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
     let (kind, rule_id) = path.into_inner();
-    if !RULE_KINDS.contains(&kind.as_str()) {
-        return Err(ApiError::invalid_param(format!(
-            "unknown push rule kind `{kind}`"
-        )));
-    }
-    let ruleset = ruleset(&requester)?;
-    let rules = ruleset
-        .get(&kind)
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let rule = rules
-        .iter()
-        .find(|rule| rule.get("rule_id").and_then(Value::as_str) == Some(rule_id.as_str()))
-        .ok_or_else(|| ApiError::not_found(format!("no push rule {kind}/{rule_id}")))?;
-    Ok(HttpResponse::Ok().json(rule))
+    parse_kind(&kind)?;
+    change(&node, &requester, RuleChange::Delete { kind, rule_id }).await
+}
+
+/// PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled
+pub async fn put_push_rule_enabled(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<(String, String)>,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult<HttpResponse> {
+    let (kind, rule_id) = path.into_inner();
+    parse_kind(&kind)?;
+    let enabled = body
+        .get("enabled")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| ApiError::bad_json("`enabled` must be true or false"))?;
+    let set = RuleChange::SetEnabled {
+        kind,
+        rule_id,
+        enabled,
+    };
+    change(&node, &requester, set).await
+}
+
+/// PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions
+pub async fn put_push_rule_actions(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<(String, String)>,
+    JsonBody(body): JsonBody<Value>,
+) -> ApiResult<HttpResponse> {
+    let (kind, rule_id) = path.into_inner();
+    parse_kind(&kind)?;
+    let actions = body
+        .get("actions")
+        .cloned()
+        .ok_or_else(|| ApiError::bad_json("no `actions`"))?;
+    crate::push::rules::parse_actions(&actions)?;
+    let set = RuleChange::SetActions {
+        kind,
+        rule_id,
+        actions,
+    };
+    change(&node, &requester, set).await
 }

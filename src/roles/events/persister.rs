@@ -215,8 +215,9 @@ impl EventPersister {
         }
     }
 
-    async fn build_send(&mut self, request: SendEvent) -> Result<NewEvent, WriteError> {
+    async fn build_send(&mut self, mut request: SendEvent) -> Result<NewEvent, WriteError> {
         self.load_room(&request.room_id).await?;
+        let push = request.push.take();
         let redaction = self
             .redaction(&request.kind, request.redacts, &request.content)
             .await?;
@@ -229,6 +230,7 @@ impl EventPersister {
             redaction,
             request.txn,
         )
+        .map(|event| NewEvent { push, ..event })
     }
 
     /// For a redaction, the event it names as this server knows it (the
@@ -333,6 +335,7 @@ impl EventPersister {
                 delta: create_delta,
             },
             txn: None,
+            push: None,
         }];
         for (initial, redaction) in request.initial_events.into_iter().zip(redactions) {
             let built = self.build(
@@ -601,6 +604,7 @@ impl EventPersister {
             pdu,
             state_group,
             txn,
+            push: None,
         })
     }
 

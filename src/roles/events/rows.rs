@@ -25,6 +25,8 @@ pub struct NewEvent {
     /// Stored with the event, so that the request is answered from storage
     /// when it comes again.
     pub txn: Option<Transaction>,
+    /// The push actions evaluated for it, stored with it.
+    pub push: Option<crate::push::evaluator::PushActions>,
 }
 
 impl NewEvent {
@@ -40,6 +42,7 @@ impl NewEvent {
             content: pdu.content,
             redacts: pdu.redacts,
             txn: self.txn,
+            push: self.push,
         }
     }
 }
@@ -145,6 +148,15 @@ pub async fn commit(
             )
             .await?;
     }
+    let push: Vec<_> = events
+        .iter()
+        .zip(positions)
+        .filter_map(|(e, p)| {
+            let push = e.push.as_ref()?;
+            Some((e.pdu.room_id.as_str(), e.pdu.event_id.as_str(), *p, push))
+        })
+        .collect();
+    crate::storage::push_actions::insert(&transaction, &push).await?;
     let mut persisted = Vec::with_capacity(events.len());
     for (event, position) in events.iter().zip(positions) {
         let pdu = &event.pdu;

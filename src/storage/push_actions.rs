@@ -1,0 +1,196 @@
+//! Push actions in PostgreSQL (migration 0011, `event_push_actions`): what
+//! each new event does for each member it notifies or highlights, stored by
+//! the event persister with the event ([`insert`]), counted for `/sync`
+//! after each user's read receipts ([`unread_counts`]). Also the one read a
+//! push rule evaluation makes of its room ([`room_push_context`]).
+
+use std::collections::HashMap;
+
+use deadpool_postgres::{GenericClient, Pool};
+use serde_json::Value;
+
+use super::StorageResult;
+use crate::push::evaluator::PushActions;
+
+/// What evaluating an event needs of its room.
+#[derive(Debug, Clone, Default)]
+pub struct RoomPushContext {
+    pub room_version: String,
+    /// The joined members and their display names ("" without one).
+    pub members: Vec<(String, String)>,
+    /// The content of `m.room.power_levels`, if the room has one.
+    pub power_levels: Option<Value>,
+    pub create_sender: Option<String>,
+    pub create_content: Option<Value>,
+}
+
+/// The room's members, display names, power levels and creators, in one
+/// query; None for a room this server does not know.
+pub async fn room_push_context(
+    pool: &Pool,
+    room_id: &str,
+) -> StorageResult<Option<RoomPushContext>> {
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT r.room_version, c.type, c.state_key, e.sender, e.pdu -> 'content'
+             FROM rooms r
+             LEFT JOIN current_state c ON c.room_id = r.room_id
+               AND ((c.type = 'm.room.member' AND c.membership = 'join')
+                 OR (c.type IN ('m.room.power_levels', 'm.room.create') AND c.state_key = ''))
+             LEFT JOIN events e ON e.event_id = c.event_id
+             WHERE r.room_id = $1",
+        )
+        .await?;
+    let rows = client.query(&statement, &[&room_id]).await?;
+    let mut context: Option<RoomPushContext> = None;
+    for row in &rows {
+        let context = context.get_or_insert_with(|| RoomPushContext {
+            room_version: row.get(0),
+            ..RoomPushContext::default()
+        });
+        let kind: Option<String> = row.get(1);
+        let state_key: Option<String> = row.get(2);
+        let sender: Option<String> = row.get(3);
+        let content: Option<Value> = row.get(4);
+        match (kind.as_deref(), state_key) {
+            (Some("m.room.member"), Some(user_id)) => {
+                let name = content
+                    .as_ref()
+                    .and_then(|c| c.get("displayname"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                context.members.push((user_id, name));
+            }
+            (Some("m.room.power_levels"), _) => context.power_levels = content,
+            (Some("m.room.create"), _) => {
+                context.create_sender = sender;
+                context.create_content = content;
+            }
+            _ => {}
+        }
+    }
+    Ok(context)
+}
+
+/// Stores the push actions of a batch of new events, in the persister's
+/// transaction: each event's actions at its stream position, in one
+/// statement for the batch.
+pub async fn insert(
+    client: &impl GenericClient,
+    events: &[(&str, &str, i64, &PushActions)],
+) -> StorageResult<()> {
+    let mut room_ids = Vec::new();
+    let mut event_ids = Vec::new();
+    let mut orderings = Vec::new();
+    let mut user_ids = Vec::new();
+    let mut thread_ids = Vec::new();
+    let mut notifies = Vec::new();
+    let mut highlights = Vec::new();
+    let mut actions = Vec::new();
+    for (room_id, event_id, ordering, push) in events {
+        for user in &push.users {
+            room_ids.push(*room_id);
+            event_ids.push(*event_id);
+            orderings.push(*ordering);
+            user_ids.push(user.user_id.as_str());
+            thread_ids.push(push.thread_id.as_str());
+            notifies.push(user.notify);
+            highlights.push(user.highlight);
+            actions.push(&user.actions);
+        }
+    }
+    if user_ids.is_empty() {
+        return Ok(());
+    }
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO event_push_actions
+               (room_id, event_id, stream_ordering, user_id, thread_id, notify, highlight, actions)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+               $6::bool[], $7::bool[], $8::jsonb[])",
+        )
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &room_ids,
+                &event_ids,
+                &orderings,
+                &user_ids,
+                &thread_ids,
+                &notifies,
+                &highlights,
+                &actions,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Unread counts of one thread (or the main timeline) of one room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub notifications: i64,
+    pub highlights: i64,
+}
+
+/// `user_id`'s unread counts in `room_ids` by room and thread, for the
+/// events up to `upto`: the actions after the user's latest `m.read` or
+/// `m.read.private` receipt that covers them (unthreaded receipts cover
+/// every thread, threaded ones their own) and after the user's last
+/// membership that was not a join (an invite, a leave: what they were sent
+/// before this join does not count, nor does their invite). One query for
+/// all the rooms.
+pub async fn unread_counts(
+    pool: &Pool,
+    user_id: &str,
+    room_ids: &[&str],
+    upto: i64,
+) -> StorageResult<HashMap<String, HashMap<String, Counts>>> {
+    let mut counts: HashMap<String, HashMap<String, Counts>> = HashMap::new();
+    if room_ids.is_empty() {
+        return Ok(counts);
+    }
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "WITH read AS (
+               SELECT room_id, thread_id, MAX(event_stream_ordering) AS upto FROM receipts
+               WHERE user_id = $1 AND room_id = ANY($2)
+                 AND receipt_type IN ('m.read', 'm.read.private')
+               GROUP BY room_id, thread_id
+             )
+             SELECT a.room_id, a.thread_id,
+               COUNT(*) FILTER (WHERE a.notify), COUNT(*) FILTER (WHERE a.highlight)
+             FROM event_push_actions a
+             WHERE a.user_id = $1 AND a.room_id = ANY($2) AND a.stream_ordering <= $3
+               AND a.stream_ordering > COALESCE((
+                 SELECT MAX(h.stream_ordering) FROM membership_history h
+                 WHERE h.user_id = $1 AND h.room_id = a.room_id AND h.membership <> 'join'
+               ), 0)
+               AND a.stream_ordering > COALESCE((
+                 SELECT MAX(r.upto) FROM read r
+                 WHERE r.room_id = a.room_id AND (r.thread_id IS NULL OR r.thread_id = a.thread_id)
+               ), 0)
+             GROUP BY a.room_id, a.thread_id",
+        )
+        .await?;
+    let rows = client
+        .query(&statement, &[&user_id, &room_ids, &upto])
+        .await?;
+    for row in &rows {
+        let room_id: String = row.get(0);
+        let thread_id: String = row.get(1);
+        counts.entry(room_id).or_default().insert(
+            thread_id,
+            Counts {
+                notifications: row.get(2),
+                highlights: row.get(3),
+            },
+        );
+    }
+    Ok(counts)
+}
