@@ -6,6 +6,7 @@
 
 pub mod account_data;
 pub mod events;
+pub mod presence;
 pub mod receipts;
 pub mod typing;
 
@@ -43,6 +44,11 @@ pub const ACTORS: &[ActorRow] = &[
         role: Role::Typing,
         kind: typing::TYPING_STREAM,
         start: typing::start,
+    },
+    ActorRow {
+        role: Role::Presence,
+        kind: presence::PRESENCE_STREAM,
+        start: presence::start,
     },
 ];
 

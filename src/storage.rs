@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod caches;
 pub mod followers;
 pub mod instances;
+pub mod presence;
 pub mod receipts;
 pub mod rooms;
 pub mod streams;
@@ -60,6 +61,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0008_followers_and_positions",
         include_str!("storage/migrations/0008_followers_and_positions.sql"),
+    ),
+    (
+        "0010_presence",
+        include_str!("storage/migrations/0010_presence.sql"),
     ),
 ];
 

@@ -12,6 +12,7 @@ pub mod events;
 pub mod follower;
 pub mod id_gen;
 pub mod notifier;
+pub mod presence;
 pub mod receipts;
 pub mod registry;
 pub mod replication;

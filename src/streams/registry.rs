@@ -118,6 +118,7 @@ pub const SPECS: &[&StreamSpec] = &[
     &super::account_data::SPEC,
     &super::typing::SPEC,
     &super::caches::SPEC,
+    &super::presence::SPEC,
 ];
 
 /// The spec of the stream named `name`.
@@ -318,6 +319,10 @@ pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
             parts.pool.clone(),
         )),
         Arc::new(super::typing::TypingRows::new(parts.mailboxes.clone())),
+        Arc::new(super::presence::PresenceRows::new(
+            parts.pool.clone(),
+            parts.mailboxes.clone(),
+        )),
     ]
 }
 

@@ -197,6 +197,49 @@ def events(client, room_id, cls, pred=lambda e: True):
     return [e for rid, e in client.seen_events if rid == room_id and isinstance(e, cls) and pred(e)]
 
 
+async def presence_steps(alice, bob, room_id):
+    """alice sets her presence with a status message (set_presence), bob sees the
+    PresenceEvent and nio's room.users[...].presence; bob sets his, alice sees it and
+    reads it back (get_presence)."""
+    from nio import PresenceEvent, PresenceGetResponse, PresenceSetResponse
+
+    seen_by_bob = []
+
+    def on_presence(event):
+        if event.user_id == alice.user_id:
+            seen_by_bob.append((event.presence, event.status_msg))
+
+    bob.add_presence_callback(on_presence, PresenceEvent)
+    alice_status = f"nio away {secrets.token_hex(3)}"
+    resp = await alice.set_presence("unavailable", alice_status)
+    ok_response(resp, PresenceSetResponse, f"alice: PUT /presence/{alice.user_id}/status")
+    await sync_until(
+        bob,
+        lambda: ("unavailable", alice_status) in seen_by_bob,
+        "alice's PresenceEvent (unavailable, with her status)",
+    )
+    member = bob.rooms[room_id].users.get(alice.user_id)
+    expect(
+        member is not None and member.presence == "unavailable" and member.status_msg == alice_status,
+        f"bob: nio's room.users[alice] has presence {getattr(member, 'presence', None)!r}, status {getattr(member, 'status_msg', None)!r}",
+    )
+    step("bob: sees alice's presence")
+
+    bob_status = f"nio here {secrets.token_hex(3)}"
+    resp = await bob.set_presence("online", bob_status)
+    ok_response(resp, PresenceSetResponse, f"bob: PUT /presence/{bob.user_id}/status")
+
+    def bob_online():
+        member = alice.rooms[room_id].users.get(bob.user_id)
+        return member is not None and member.presence == "online" and member.status_msg == bob_status
+
+    await sync_until(alice, bob_online, "bob online with his status (room.users[bob])")
+    resp = await alice.get_presence(bob.user_id)
+    ok_response(resp, PresenceGetResponse, f"alice: GET /presence/{bob.user_id}/status")
+    expect(resp.presence == "online" and resp.status_msg == bob_status, f"alice: GET presence of bob is {resp.presence!r} {resp.status_msg!r}")
+    step("alice: sees bob's presence")
+
+
 async def conversation(base_url):
     alice = bob = None
     try:
@@ -320,6 +363,8 @@ async def conversation(base_url):
         expect(got[0].sender == alice.user_id, f"bob: topic set by {got[0].sender!r}, expected {alice.user_id!r}")
         expect(bob.rooms[room_id].topic == topic, f"bob: room topic in nio's room state is {bob.rooms[room_id].topic!r}, expected {topic!r}")
         step("bob: sees the new topic")
+
+        await presence_steps(alice, bob, room_id)
 
         # bob leaves, alice sees it
         resp = await bob.room_leave(room_id)

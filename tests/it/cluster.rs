@@ -52,6 +52,8 @@ pub struct Options {
     pub event_writer_cached_rooms: Option<usize>,
     /// `typing.max_timeout_ms`, for tests of typing that expires.
     pub typing_max_timeout_ms: Option<u64>,
+    /// `presence.enabled`, for tests of presence turned off.
+    pub presence_enabled: Option<bool>,
 }
 
 impl Default for Options {
@@ -65,6 +67,7 @@ impl Default for Options {
             redis_tls_ca_file: None,
             event_writer_cached_rooms: None,
             typing_max_timeout_ms: None,
+            presence_enabled: None,
         }
     }
 }
@@ -157,10 +160,19 @@ impl TestCluster {
                         vec!["events1", "sync2"],
                     ))
                     .merge(Serialized::default(
+                        "stream_writers.presence",
+                        vec!["sync2", "events1"],
+                    ))
+                    .merge(Serialized::default(
                         "instance_map.sync2",
                         json!({ "host": "127.0.0.1", "port": 1 }),
                     ));
-                let writers = [Role::Typing, Role::Receipts, Role::AccountData];
+                let writers = [
+                    Role::Typing,
+                    Role::Receipts,
+                    Role::AccountData,
+                    Role::Presence,
+                ];
                 cluster.nodes.push(
                     TestNode::start(
                         config.clone(),
@@ -335,6 +347,9 @@ fn base_config(database_url: &str, options: &Options) -> Figment {
     }
     if let Some(ms) = options.typing_max_timeout_ms {
         figment = figment.merge(Serialized::default("typing.max_timeout_ms", ms));
+    }
+    if let Some(enabled) = options.presence_enabled {
+        figment = figment.merge(Serialized::default("presence.enabled", enabled));
     }
     figment
         .merge(Serialized::default("database.url", database_url))

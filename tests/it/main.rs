@@ -27,6 +27,7 @@ mod membership;
 mod messages;
 mod metrics;
 mod persister;
+mod presence;
 mod profile;
 mod receipts;
 mod replication;
