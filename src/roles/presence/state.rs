@@ -327,7 +327,9 @@ mod tests {
         let changes = users.expire(START + LAST_ACTIVE_GRANULARITY_MS);
         assert_eq!(states(&changes), vec![("@a:x", "online")]);
         assert!(!changes[0].1.currently_active);
-        // Idle for the idle timer: unavailable.
+        // Idle for the idle timer: unavailable. (sync1 is heard from
+        // meanwhile: its full list every 10 s.)
+        users.syncs("sync1", &[], &[], None, START + IDLE_TIMER_MS - 10_000);
         assert!(users.expire(START + IDLE_TIMER_MS).is_empty());
         let changes = users.expire(START + IDLE_TIMER_MS + 1);
         assert_eq!(states(&changes), vec![("@a:x", "unavailable")]);
@@ -369,10 +371,12 @@ mod tests {
             START,
         );
         assert_eq!(states(&changes), vec![("@a:x", "unavailable")]);
-        // sync1 is never heard from again: its users stop.
-        let later = START + EXTERNAL_PROCESS_EXPIRY_MS + 1;
-        users.expire(later);
-        let changes = users.expire(later + SYNC_ONLINE_TIMEOUT_MS + 1);
+        // sync1 is heard from (its full list every 10 s) for a while: they stay.
+        users.syncs("sync1", &[], &[], None, START + EXTERNAL_PROCESS_EXPIRY_MS);
+        assert!(users.expire(START + EXTERNAL_PROCESS_EXPIRY_MS + 1).is_empty());
+        // Then never again: its users stopped when it was last heard from.
+        let later = START + 2 * EXTERNAL_PROCESS_EXPIRY_MS + 1;
+        let changes = users.expire(later);
         assert_eq!(states(&changes), vec![("@a:x", "offline")]);
     }
 

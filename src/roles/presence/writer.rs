@@ -308,6 +308,8 @@ mod tests {
         let mut changes = Vec::new();
         while clock.now_ms() < until {
             interval.tick().await;
+            // sync1 is heard from: its full list every 10 s.
+            users.syncs("sync1", &[], &[], None, clock.now_ms());
             changes.extend(users.expire(clock.now_ms()));
         }
         changes
