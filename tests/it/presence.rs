@@ -105,7 +105,11 @@ async fn presence_set_is_what_members_get_and_strangers_may_not() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({ "presence": "offline" }));
 
-    set_presence(&alice, json!({ "presence": "online", "status_msg": "here" })).await;
+    set_presence(
+        &alice,
+        json!({ "presence": "online", "status_msg": "here" }),
+    )
+    .await;
     for reader in [&alice, &bob] {
         let (status, body) = get_presence(reader, &alice.user_id).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -183,7 +187,11 @@ async fn a_member_sees_presence_in_sync_and_a_stranger_does_not() {
         })
     };
     cluster.wait_for_long_poll(sync_instance(&cluster)).await;
-    set_presence(&alice, json!({ "presence": "online", "status_msg": "hello" })).await;
+    set_presence(
+        &alice,
+        json!({ "presence": "online", "status_msg": "hello" }),
+    )
+    .await;
     let woken = poll.await.expect("the long-poll answers");
     let mut contents = presence_of(&woken, &alice.user_id);
     let (content, since) = match contents.pop() {
@@ -197,7 +205,10 @@ async fn a_member_sees_presence_in_sync_and_a_stranger_does_not() {
     assert!(content["last_active_ago"].is_i64(), "{content}");
     // Once, not in every later sync.
     let again = bob
-        .sync(&format!("since={}&timeout=0&set_presence=offline", enc(&since)))
+        .sync(&format!(
+            "since={}&timeout=0&set_presence=offline",
+            enc(&since)
+        ))
         .await;
     assert!(presence_of(&again, &alice.user_id).is_empty(), "{again}");
     // An initial sync has alice's current presence.
@@ -216,9 +227,15 @@ async fn a_member_sees_presence_in_sync_and_a_stranger_does_not() {
             enc(&carol_since)
         ))
         .await;
-    assert!(presence_of(&stranger, &alice.user_id).is_empty(), "{stranger}");
+    assert!(
+        presence_of(&stranger, &alice.user_id).is_empty(),
+        "{stranger}"
+    );
     let initial = carol.sync("set_presence=offline").await;
-    assert!(presence_of(&initial, &alice.user_id).is_empty(), "{initial}");
+    assert!(
+        presence_of(&initial, &alice.user_id).is_empty(),
+        "{initial}"
+    );
     // alice sees her own presence.
     let own = alice.sync("set_presence=offline").await;
     assert_eq!(presence_of(&own, &alice.user_id).len(), 1, "{own}");
@@ -280,7 +297,10 @@ async fn set_presence_offline_leaves_presence_alone() {
     let (_, body) = get_presence(&alice, &bob.user_id).await;
     assert_eq!(body, json!({ "presence": "offline" }));
     let sync = alice
-        .sync(&format!("since={}&timeout=0&set_presence=offline", enc(&since)))
+        .sync(&format!(
+            "since={}&timeout=0&set_presence=offline",
+            enc(&since)
+        ))
         .await;
     assert!(presence_of(&sync, &bob.user_id).is_empty(), "{sync}");
 }

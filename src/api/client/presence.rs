@@ -143,7 +143,10 @@ mod tests {
                 .ok(),
             Some(None)
         );
-        assert_eq!(errcode(json!({ "presence": "away" })), ErrCode::InvalidParam);
+        assert_eq!(
+            errcode(json!({ "presence": "away" })),
+            ErrCode::InvalidParam
+        );
         for wrong in [
             json!({ "presence": 1 }),
             json!({ "status_msg": "no presence" }),

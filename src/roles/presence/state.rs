@@ -149,11 +149,9 @@ impl Users {
         match state {
             // A sync brings an offline user online; it is not activity
             // otherwise, so a user who only syncs goes idle.
-            PresenceState::Online => {
-                if status.state == PresenceState::Offline {
-                    status.state = PresenceState::Online;
-                    status.last_active_ts = now;
-                }
+            PresenceState::Online if status.state == PresenceState::Offline => {
+                status.state = PresenceState::Online;
+                status.last_active_ts = now;
             }
             PresenceState::Unavailable => status.state = PresenceState::Unavailable,
             _ => {}
@@ -246,7 +244,9 @@ impl Users {
             }
         }
         if status.state != PresenceState::Offline {
-            at.push(status.last_user_sync_ts.max(status.last_active_ts) + SYNC_ONLINE_TIMEOUT_MS + 1);
+            at.push(
+                status.last_user_sync_ts.max(status.last_active_ts) + SYNC_ONLINE_TIMEOUT_MS + 1,
+            );
         }
         for at in at {
             self.deadlines.insert((at, user_id.to_owned()));
@@ -373,7 +373,9 @@ mod tests {
         assert_eq!(states(&changes), vec![("@a:x", "unavailable")]);
         // sync1 is heard from (its full list every 10 s) for a while: they stay.
         users.syncs("sync1", &[], &[], None, START + EXTERNAL_PROCESS_EXPIRY_MS);
-        assert!(users.expire(START + EXTERNAL_PROCESS_EXPIRY_MS + 1).is_empty());
+        assert!(users
+            .expire(START + EXTERNAL_PROCESS_EXPIRY_MS + 1)
+            .is_empty());
         // Then never again: its users stopped when it was last heard from.
         let later = START + 2 * EXTERNAL_PROCESS_EXPIRY_MS + 1;
         let changes = users.expire(later);
@@ -385,7 +387,13 @@ mod tests {
         let mut users = Users::default();
         users.set("@a:x", PresenceState::Offline, Some("away".into()), START);
         let (_, status) = users
-            .syncs("s", &[("@a:x".into(), PresenceState::Online)], &[], None, START)
+            .syncs(
+                "s",
+                &[("@a:x".into(), PresenceState::Online)],
+                &[],
+                None,
+                START,
+            )
             .pop()
             .expect("online");
         assert_eq!(status.status_msg.as_deref(), Some("away"));

@@ -99,9 +99,7 @@ impl PresenceWriter {
     /// Whether `user_id`'s presence is this writer's.
     fn owns(&self, user_id: &str) -> bool {
         matches!(
-            self.mailboxes
-                .placement()
-                .locate(PRESENCE_STREAM, user_id),
+            self.mailboxes.placement().locate(PRESENCE_STREAM, user_id),
             Location::Local
         )
     }
@@ -195,10 +193,7 @@ impl Actor for PresenceWriter {
             .map_err(|e| e.to_string())?;
         let now = self.clock.now_ms();
         let mut users = Users::default();
-        for stored in presence::all(&self.pool)
-            .await
-            .map_err(|e| e.to_string())?
-        {
+        for stored in presence::all(&self.pool).await.map_err(|e| e.to_string())? {
             if self.owns(&stored.user_id) {
                 users.load(&stored.user_id, stored.status, now);
             }
@@ -346,17 +341,35 @@ mod tests {
         assert!(changes.iter().all(|(_, state)| state == "online"));
         assert_eq!(users.status("@a:x").state, PresenceState::Online);
         // Past the idle timer: both unavailable.
-        let changes = run_for(&mut interval, clock, &mut users, IDLE_TIMER_MS - 4 * 60 * 1000 + TICK.as_millis() as i64).await;
+        let changes = run_for(
+            &mut interval,
+            clock,
+            &mut users,
+            IDLE_TIMER_MS - 4 * 60 * 1000 + TICK.as_millis() as i64,
+        )
+        .await;
         assert_eq!(users.status("@a:x").state, PresenceState::Unavailable);
         assert_eq!(users.status("@b:x").state, PresenceState::Unavailable);
         assert_eq!(changes.len(), 2);
         // @b stops syncing: offline once the sync timeout passes, @a stays.
         let stopped = clock.now_ms();
         users.syncs("sync1", &[], &[("@b:x".into(), stopped)], None, stopped);
-        let changes = run_for(&mut interval, clock, &mut users, SYNC_ONLINE_TIMEOUT_MS - TICK.as_millis() as i64).await;
+        let changes = run_for(
+            &mut interval,
+            clock,
+            &mut users,
+            SYNC_ONLINE_TIMEOUT_MS - TICK.as_millis() as i64,
+        )
+        .await;
         assert!(changes.is_empty());
         assert_eq!(users.status("@b:x").state, PresenceState::Unavailable);
-        let changes = run_for(&mut interval, clock, &mut users, 2 * TICK.as_millis() as i64).await;
+        let changes = run_for(
+            &mut interval,
+            clock,
+            &mut users,
+            2 * TICK.as_millis() as i64,
+        )
+        .await;
         assert_eq!(changes, vec![("@b:x".to_owned(), "offline".to_owned())]);
         assert_eq!(users.status("@a:x").state, PresenceState::Unavailable);
     }
