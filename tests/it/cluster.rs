@@ -672,8 +672,19 @@ impl User {
         response.as_array().cloned().expect("state is an array")
     }
 
-    /// `GET /sync` with `query` (without the `?`), asserting success.
+    /// `GET /sync` with `query` (without the `?`), asserting success. It
+    /// leaves the user's presence alone (`set_presence=offline`) unless
+    /// `query` says otherwise: a sync that makes its user online writes a
+    /// presence row a moment later, which would wake the tests' long-polls
+    /// before what they wait for (`presence.rs` asks for it explicitly).
     pub async fn sync(&self, query: &str) -> Value {
+        let query = if query.contains("set_presence=") {
+            query.to_owned()
+        } else if query.is_empty() {
+            "set_presence=offline".to_owned()
+        } else {
+            format!("{query}&set_presence=offline")
+        };
         let (status, response) = self.get(&format!("/_matrix/client/v3/sync?{query}")).await;
         assert_eq!(status, StatusCode::OK, "sync?{query}: {response}");
         response

@@ -20,6 +20,14 @@ fn next_batch(sync: &Value) -> String {
         .to_owned()
 }
 
+/// `GET /sync` with `query` as a client sends it (`User::sync` adds
+/// `set_presence=offline`): without `set_presence`, which means online.
+async fn sync_as_clients_do(user: &User, query: &str) -> Value {
+    let (status, response) = user.get(&format!("/_matrix/client/v3/sync?{query}")).await;
+    assert_eq!(status, StatusCode::OK, "{response}");
+    response
+}
+
 fn status_path(user_id: &str) -> String {
     format!("/_matrix/client/v3/presence/{}/status", enc(user_id))
 }
@@ -250,7 +258,7 @@ async fn syncing_makes_a_user_online_and_set_presence_chooses_how() {
     let since = next_batch(&alice.sync("set_presence=offline").await);
 
     // bob syncs without saying: online.
-    bob.sync("timeout=0").await;
+    sync_as_clients_do(&bob, "timeout=0").await;
     let (content, since) = next_presence(&alice, &bob.user_id, "online", &since).await;
     assert_eq!(content["currently_active"], true, "{content}");
     let (status, body) = get_presence(&alice, &bob.user_id).await;
@@ -290,7 +298,7 @@ async fn set_presence_offline_leaves_presence_alone() {
     // bob syncs, long and short, saying offline; then dave syncs online.
     bob.sync("timeout=0&set_presence=offline").await;
     bob.sync("timeout=10&set_presence=offline").await;
-    dave.sync("timeout=0").await;
+    sync_as_clients_do(&dave, "timeout=0").await;
     // Once alice hears dave is online, their writer has heard of bob's
     // syncs too, if it was told of them: it was not.
     let (_, since) = next_presence(&alice, &dave.user_id, "online", &since).await;
@@ -313,7 +321,7 @@ async fn presence_turned_off_answers_and_sends_nothing() {
     })
     .await;
     let (alice, bob, _, _) = alice_bob_and_carol(&cluster).await;
-    let since = next_batch(&bob.sync("").await);
+    let since = next_batch(&sync_as_clients_do(&bob, "").await);
     set_presence(&alice, json!({ "presence": "online", "status_msg": "hi" })).await;
     // Bad input is still refused.
     let (status, response) = alice
@@ -323,14 +331,17 @@ async fn presence_turned_off_answers_and_sends_nothing() {
     let (status, body) = get_presence(&bob, &alice.user_id).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({ "presence": "offline" }));
-    alice.sync("timeout=0").await;
+    sync_as_clients_do(&alice, "timeout=0").await;
     // bob's sync has alice's new room, and no presence.
     let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
     bob.join(&room_id).await;
-    let sync = bob.sync(&format!("since={}&timeout=0", enc(&since))).await;
+    let sync = sync_as_clients_do(&bob, &format!("since={}&timeout=0", enc(&since))).await;
     assert!(sync["rooms"]["join"].get(&room_id).is_some(), "{sync}");
     assert_eq!(sync["presence"], json!({ "events": [] }), "{sync}");
-    assert_eq!(bob.sync("").await["presence"], json!({ "events": [] }));
+    assert_eq!(
+        sync_as_clients_do(&bob, "").await["presence"],
+        json!({ "events": [] })
+    );
     let rows: i64 = cluster
         .database()
         .await
