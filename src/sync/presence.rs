@@ -5,7 +5,8 @@
 //!
 //! An incremental sync reads nothing unless the notifier says the presence
 //! stream moved for the user or one of their joined rooms since `since`
-//! (presence rows wake their user's rooms: `streams/presence`).
+//! (presence rows wake their user's rooms: `streams/presence`), or the user
+//! joined a room since: then its members' current presence comes too.
 //!
 //! [`syncing`] keeps the users syncing on this instance and tells their
 //! presence writers when one starts or stops: per transition, batched, not
@@ -38,16 +39,39 @@ pub async fn presence(ctx: &SyncContext<'_>) -> ApiResult<Vec<Value>> {
         .filter(|m| m.membership == "join")
         .map(|m| m.room_id.clone())
         .collect();
-    if let Some(since) = since {
-        if since >= upto {
-            return Ok(Vec::new());
+    let changed = match since {
+        None => true,
+        Some(since) => {
+            let changed = |key: &str| node.notifier.has_changed_since(PRESENCE_STREAM, key, since);
+            since < upto && (changed(ctx.user_id()) || rooms.iter().any(|room| changed(room)))
         }
-        let changed = |key: &str| node.notifier.has_changed_since(PRESENCE_STREAM, key, since);
-        if !changed(ctx.user_id()) && !rooms.iter().any(|room| changed(room)) {
-            return Ok(Vec::new());
+    };
+    let mut stored = if changed {
+        presence::visible_to(&node.pool, ctx.user_id(), &rooms, since, upto).await?
+    } else {
+        Vec::new()
+    };
+    // Rooms joined since `since`: their members' current presence, as
+    // Synapse sends it, since it may not have changed for a long time.
+    if let Some(since_events) = ctx.since_events() {
+        let joined: Vec<String> = ctx
+            .memberships
+            .iter()
+            .filter(|m| m.membership == "join" && m.stream_ordering > since_events)
+            .map(|m| m.room_id.clone())
+            .collect();
+        if !joined.is_empty() {
+            for current in
+                presence::visible_to(&node.pool, ctx.user_id(), &joined, None, upto).await?
+            {
+                if current.user_id != ctx.user_id()
+                    && !stored.iter().any(|s| s.user_id == current.user_id)
+                {
+                    stored.push(current);
+                }
+            }
         }
     }
-    let stored = presence::visible_to(&node.pool, ctx.user_id(), &rooms, since, upto).await?;
     let now = crate::util::now_ms();
     let limit = ctx
         .filter

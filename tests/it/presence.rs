@@ -179,7 +179,7 @@ async fn bad_presence_requests_change_nothing() {
 #[actix_web::test]
 async fn a_member_sees_presence_in_sync_and_a_stranger_does_not() {
     let cluster = TestCluster::start().await;
-    let (alice, bob, carol, _) = alice_bob_and_carol(&cluster).await;
+    let (alice, bob, carol, room_id) = alice_bob_and_carol(&cluster).await;
     let bob_since = next_batch(&bob.sync("set_presence=offline").await);
     let carol_since = next_batch(&carol.sync("set_presence=offline").await);
 
@@ -244,6 +244,17 @@ async fn a_member_sees_presence_in_sync_and_a_stranger_does_not() {
         presence_of(&initial, &alice.user_id).is_empty(),
         "{initial}"
     );
+    // carol joins a room of alice's: her next sync has alice's presence,
+    // which has not changed since carol's token.
+    let since = next_batch(&initial);
+    carol.join(&room_id).await;
+    let joined = carol
+        .sync(&format!("since={}&timeout=0", enc(&since)))
+        .await;
+    assert!(joined["rooms"]["join"].get(&room_id).is_some(), "{joined}");
+    let contents = presence_of(&joined, &alice.user_id);
+    assert_eq!(contents.len(), 1, "{joined}");
+    assert_eq!(contents[0]["presence"], "online", "{joined}");
     // alice sees her own presence.
     let own = alice.sync("set_presence=offline").await;
     assert_eq!(presence_of(&own, &alice.user_id).len(), 1, "{own}");
