@@ -78,6 +78,25 @@ pub struct Config {
     pub http_workers: Option<usize>,
     #[serde(default)]
     pub typing: TypingConfig,
+    #[serde(default)]
+    pub presence: PresenceConfig,
+}
+
+/// Presence (`/presence/{userId}/status`, `m.presence` in `/sync`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Off: the endpoints still answer (a `PUT` is accepted and ignored, a
+    /// `GET` says `offline`, as Synapse), `/sync` sends no presence and
+    /// nothing is written.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig { enabled: true }
+    }
 }
 
 /// Typing notifications (`PUT /rooms/{roomId}/typing/{userId}`).
@@ -612,6 +631,13 @@ typing:
   # beyond it is cut to it; without one, 30 s). Synapse's limit.
   max_timeout_ms: 120000
 
+presence:
+  # Whether users' presence is tracked and shared (`m.presence` in /sync). Off:
+  # the /presence endpoints still answer (PUT is accepted and ignored, GET says
+  # offline), /sync sends none and nothing is stored. Shard its writers by user
+  # with `stream_writers.presence` (any number of instances).
+  enabled: true
+
 # Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
 log: "info"
 
@@ -622,7 +648,7 @@ log: "info"
 #   main: {{ host: "127.0.0.1", port: 8008 }}
 #   events1: {{ host: "127.0.0.1", port: 8010 }}
 # stream_writers:          # which instances write each stream (default: main)
-#   events: [events1]      # events, typing, receipts and device_lists may have several
+#   events: [events1]      # events, typing, receipts, presence and device_lists may have several
 #   typing: main
 # pusher_instances: [main]
 # federation_sender_instances: [main]

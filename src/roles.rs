@@ -7,6 +7,7 @@
 pub mod account_data;
 pub mod events;
 pub mod push_rules;
+pub mod presence;
 pub mod receipts;
 pub mod typing;
 
@@ -49,6 +50,11 @@ pub const ACTORS: &[ActorRow] = &[
         role: Role::PushRules,
         kind: push_rules::PUSH_RULES_STREAM,
         start: push_rules::start,
+    },
+    ActorRow {
+        role: Role::Presence,
+        kind: presence::PRESENCE_STREAM,
+        start: presence::start,
     },
 ];
 

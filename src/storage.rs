@@ -8,6 +8,7 @@ pub mod followers;
 pub mod instances;
 pub mod push_actions;
 pub mod push_rules;
+pub mod presence;
 pub mod receipts;
 pub mod relations;
 pub mod rooms;
@@ -68,6 +69,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0009_account_data",
         include_str!("storage/migrations/0009_account_data.sql"),
+    ),
+    (
+        "0010_presence",
+        include_str!("storage/migrations/0010_presence.sql"),
     ),
     (
         "0011_push_rules",

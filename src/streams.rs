@@ -13,6 +13,7 @@ pub mod follower;
 pub mod id_gen;
 pub mod notifier;
 pub mod push_rules;
+pub mod presence;
 pub mod receipts;
 pub mod registry;
 pub mod replication;

@@ -9,6 +9,7 @@ pub mod events;
 pub mod filter;
 pub mod membership;
 pub mod message;
+pub mod presence;
 pub mod profile;
 pub mod push_rules;
 pub mod read_markers;
@@ -155,6 +156,11 @@ fn routes(scope: Scope) -> Scope {
         )
         .service(
             resource("/rooms/{room_id}/typing/{user_id}").route(web::put().to(typing::set_typing)),
+        )
+        .service(
+            resource("/presence/{user_id}/status")
+                .route(web::get().to(presence::get_presence))
+                .route(web::put().to(presence::set_presence)),
         )
         .service(resource("/rooms/{room_id}/messages").route(web::get().to(message::messages)))
         .service(

@@ -119,6 +119,7 @@ pub const SPECS: &[&StreamSpec] = &[
     &super::typing::SPEC,
     &super::caches::SPEC,
     &super::push_rules::SPEC,
+    &super::presence::SPEC,
 ];
 
 /// The spec of the stream named `name`.
@@ -320,6 +321,10 @@ pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
         )),
         Arc::new(super::typing::TypingRows::new(parts.mailboxes.clone())),
         Arc::new(super::push_rules::PushRulesRows::new(parts.pool.clone())),
+        Arc::new(super::presence::PresenceRows::new(
+            parts.pool.clone(),
+            parts.mailboxes.clone(),
+        )),
     ]
 }
 

@@ -23,6 +23,7 @@ import {
     RoomEvent,
     RoomMemberEvent,
     RoomStateEvent,
+    UserEvent,
 } from "matrix-js-sdk";
 import { logger as sdkLogger } from "matrix-js-sdk/lib/logger.js";
 
@@ -179,6 +180,50 @@ function waitFor(client, who, what, check, events = [], timeoutMs = STEP_TIMEOUT
         );
         tryCheck();
     });
+}
+
+// ---- presence ----------------------------------------------------------------------------
+
+/// alice sets her presence with a status message (setPresence), bob sees it through
+/// User.presence and the User object; bob sets his, alice sees it and reads it back (getPresence).
+async function presenceSteps(alice, bob, aliceId, bobId) {
+    const aliceStatus = `js-sdk away ${hex(3)}`;
+    const seenByBob = [];
+    bob.on(UserEvent.Presence, (event, user) => {
+        if (user.userId === aliceId) seenByBob.push([user.presence, user.presenceStatusMsg]);
+    });
+    await call(`alice: PUT /presence/${aliceId}/status`, alice.setPresence({ presence: "unavailable", status_msg: aliceStatus }));
+    await waitFor(
+        bob,
+        "bob",
+        "alice unavailable with her status (User.presence)",
+        () => {
+            const user = bob.getUser(aliceId);
+            return user?.presence === "unavailable" && user?.presenceStatusMsg === aliceStatus;
+        },
+        [UserEvent.Presence],
+    );
+    expect(
+        seenByBob.some(([presence, msg]) => presence === "unavailable" && msg === aliceStatus),
+        `bob: User.presence events for alice were ${JSON.stringify(seenByBob)}`,
+    );
+    step("bob: sees alice's presence");
+
+    const bobStatus = `js-sdk here ${hex(3)}`;
+    await call(`bob: PUT /presence/${bobId}/status`, bob.setPresence({ presence: "online", status_msg: bobStatus }));
+    await waitFor(
+        alice,
+        "alice",
+        "bob online with his status (User.presence)",
+        () => {
+            const user = alice.getUser(bobId);
+            return user?.presence === "online" && user?.presenceStatusMsg === bobStatus && user?.currentlyActive;
+        },
+        [UserEvent.Presence, UserEvent.CurrentlyActive],
+    );
+    const got = await call(`alice: GET /presence/${bobId}/status`, alice.getPresence(bobId));
+    expect(got.presence === "online" && got.status_msg === bobStatus, `alice: GET presence of bob is ${JSON.stringify(got)}`);
+    step("alice: sees bob's presence");
 }
 
 // ---- the users -------------------------------------------------------------------------
@@ -466,6 +511,7 @@ async function conversation(baseUrl) {
         await pushRulesAndCounts(alice, bob, roomId);
         await relationSteps({ alice, bob, roomId, aliceId, bobId, mine: sent1.event_id, his: sent2.event_id });
         await accountDataTagsAndDirectory(alice, roomId, bobId);
+        await presenceSteps(alice, bob, aliceId, bobId);
 
         // bob leaves, alice sees it
         await call(`bob: POST /rooms/${roomId}/leave`, bob.leave(roomId));

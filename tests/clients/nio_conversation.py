@@ -234,6 +234,47 @@ async def account_data_and_tags(alice, room_id):
     ok_response(resp, EmptyResponse, "alice: DELETE the room tag")
     await sync_until(alice, lambda: "u.nio" not in (alice.rooms[room_id].tags or {}), "the tag u.nio gone from MatrixRoom.tags")
     step("alice: sees her room tag set and removed")
+async def presence_steps(alice, bob, room_id):
+    """alice sets her presence with a status message (set_presence), bob sees the
+    PresenceEvent and nio's room.users[...].presence; bob sets his, alice sees it and
+    reads it back (get_presence)."""
+    from nio import PresenceEvent, PresenceGetResponse, PresenceSetResponse
+
+    seen_by_bob = []
+
+    def on_presence(event):
+        if event.user_id == alice.user_id:
+            seen_by_bob.append((event.presence, event.status_msg))
+
+    bob.add_presence_callback(on_presence, PresenceEvent)
+    alice_status = f"nio away {secrets.token_hex(3)}"
+    resp = await alice.set_presence("unavailable", alice_status)
+    ok_response(resp, PresenceSetResponse, f"alice: PUT /presence/{alice.user_id}/status")
+    await sync_until(
+        bob,
+        lambda: ("unavailable", alice_status) in seen_by_bob,
+        "alice's PresenceEvent (unavailable, with her status)",
+    )
+    member = bob.rooms[room_id].users.get(alice.user_id)
+    expect(
+        member is not None and member.presence == "unavailable" and member.status_msg == alice_status,
+        f"bob: nio's room.users[alice] has presence {getattr(member, 'presence', None)!r}, status {getattr(member, 'status_msg', None)!r}",
+    )
+    step("bob: sees alice's presence")
+
+    bob_status = f"nio here {secrets.token_hex(3)}"
+    resp = await bob.set_presence("online", bob_status)
+    ok_response(resp, PresenceSetResponse, f"bob: PUT /presence/{bob.user_id}/status")
+
+    def bob_online():
+        member = alice.rooms[room_id].users.get(bob.user_id)
+        return member is not None and member.presence == "online" and member.status_msg == bob_status
+
+    await sync_until(alice, bob_online, "bob online with his status (room.users[bob])")
+    resp = await alice.get_presence(bob.user_id)
+    ok_response(resp, PresenceGetResponse, f"alice: GET /presence/{bob.user_id}/status")
+    expect(resp.presence == "online" and resp.status_msg == bob_status, f"alice: GET presence of bob is {resp.presence!r} {resp.status_msg!r}")
+    step("alice: sees bob's presence")
 
 
 async def conversation(base_url):
@@ -363,6 +404,7 @@ async def conversation(base_url):
         await push_rules_and_counts(alice, bob, room_id)
         await relation_steps(alice, bob, room_id, text1, text2)
         await account_data_and_tags(alice, room_id)
+        await presence_steps(alice, bob, room_id)
 
         # bob leaves, alice sees it
         resp = await bob.room_leave(room_id)

@@ -52,6 +52,8 @@ pub struct Options {
     pub event_writer_cached_rooms: Option<usize>,
     /// `typing.max_timeout_ms`, for tests of typing that expires.
     pub typing_max_timeout_ms: Option<u64>,
+    /// `presence.enabled`, for tests of presence turned off.
+    pub presence_enabled: Option<bool>,
 }
 
 impl Default for Options {
@@ -65,6 +67,7 @@ impl Default for Options {
             redis_tls_ca_file: None,
             event_writer_cached_rooms: None,
             typing_max_timeout_ms: None,
+            presence_enabled: None,
         }
     }
 }
@@ -161,6 +164,10 @@ impl TestCluster {
                         vec!["events1", "sync2"],
                     ))
                     .merge(Serialized::default(
+                        "stream_writers.presence",
+                        vec!["sync2", "events1"],
+                    ))
+                    .merge(Serialized::default(
                         "instance_map.sync2",
                         json!({ "host": "127.0.0.1", "port": 1 }),
                     ));
@@ -169,6 +176,7 @@ impl TestCluster {
                     Role::Receipts,
                     Role::AccountData,
                     Role::PushRules,
+                    Role::Presence,
                 ];
                 cluster.nodes.push(
                     TestNode::start(
@@ -344,6 +352,9 @@ fn base_config(database_url: &str, options: &Options) -> Figment {
     }
     if let Some(ms) = options.typing_max_timeout_ms {
         figment = figment.merge(Serialized::default("typing.max_timeout_ms", ms));
+    }
+    if let Some(enabled) = options.presence_enabled {
+        figment = figment.merge(Serialized::default("presence.enabled", enabled));
     }
     figment
         .merge(Serialized::default("database.url", database_url))
@@ -666,8 +677,19 @@ impl User {
         response.as_array().cloned().expect("state is an array")
     }
 
-    /// `GET /sync` with `query` (without the `?`), asserting success.
+    /// `GET /sync` with `query` (without the `?`), asserting success. It
+    /// leaves the user's presence alone (`set_presence=offline`) unless
+    /// `query` says otherwise: a sync that makes its user online writes a
+    /// presence row a moment later, which would wake the tests' long-polls
+    /// before what they wait for (`presence.rs` asks for it explicitly).
     pub async fn sync(&self, query: &str) -> Value {
+        let query = if query.contains("set_presence=") {
+            query.to_owned()
+        } else if query.is_empty() {
+            "set_presence=offline".to_owned()
+        } else {
+            format!("{query}&set_presence=offline")
+        };
         let (status, response) = self.get(&format!("/_matrix/client/v3/sync?{query}")).await;
         assert_eq!(status, StatusCode::OK, "sync?{query}: {response}");
         response

@@ -29,6 +29,7 @@ mod messages;
 mod metrics;
 mod notifications;
 mod persister;
+mod presence;
 mod profile;
 mod push_rules;
 mod receipts;

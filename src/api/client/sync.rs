@@ -126,6 +126,8 @@ async fn long_poll(node: &Node, requester: &Requester, query: &SyncQuery) -> Api
         }
     }
 
+    // The user syncs (for their presence) while this request runs.
+    let _syncing = sync::presence::syncing(node, &requester.user_id, query.set_presence.as_deref());
     let deadline = tokio::time::Instant::now() + timeout;
     // Read-your-writes on an instance other than the writer's: an answer
     // that cannot wait must include what the client wrote before asking. A
