@@ -605,6 +605,7 @@ impl Node {
     /// Every send passes here: its push actions are evaluated here, before
     /// it goes to the persister, which stores them with the event.
     pub async fn send_event(&self, mut request: SendEvent) -> ApiResult<Persisted> {
+        crate::sync::presence::user_active(self, request.sender.as_str());
         request.push = match self
             .push
             .evaluate(&self.pool, &self.notifier, &request)

@@ -6,8 +6,8 @@
 
 pub mod account_data;
 pub mod events;
-pub mod push_rules;
 pub mod presence;
+pub mod push_rules;
 pub mod receipts;
 pub mod typing;
 

@@ -11,7 +11,7 @@
 //! - [`state`]: the state machine and its timers, as plain data.
 //! - [`writer`]: the actor, its clock and the tick that runs the timers.
 
-mod state;
+pub mod state;
 mod writer;
 
 use lattice_actors::RemoteMessage;
@@ -91,6 +91,10 @@ pub struct UserSyncs {
     pub started: Vec<(OwnedUserId, PresenceState)>,
     pub stopped: Vec<(OwnedUserId, i64)>,
     pub syncing: Option<Vec<(OwnedUserId, PresenceState)>>,
+    /// Users who did something here (sent an event, a receipt): Synapse's
+    /// `bump_presence_active_time`.
+    #[serde(default)]
+    pub active: Vec<OwnedUserId>,
 }
 
 impl RemoteMessage for UserSyncs {

@@ -109,6 +109,18 @@ fn wants_presence(filter: &EventFilter, sender: Option<&str>) -> bool {
     as_room_filter.matches("", sender.unwrap_or(""), "m.presence", &Value::Null)
 }
 
+/// `user_id` did something on this instance (sent an event, a receipt):
+/// their presence writer hears of it, at most once a minute (Synapse's
+/// `bump_presence_active_time`), so a chatting user does not go idle.
+pub fn user_active(node: &Node, user_id: &str) {
+    if !node.config.presence.enabled {
+        return;
+    }
+    if let Some(rows) = node.streams.rows::<PresenceRows>(PRESENCE_STREAM) {
+        rows.syncing().active(user_id, crate::util::now_ms());
+    }
+}
+
 /// Marks `user_id` as syncing on this instance while the guard lives, with
 /// the presence `set_presence` asks for (none for `offline`, which leaves
 /// presence alone, and when presence is off).

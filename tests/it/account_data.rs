@@ -141,7 +141,17 @@ async fn global_account_data_round_trips_and_reaches_sync() {
         json!({ "theme": "light" })
     );
     assert_eq!(content_of(&initial, "org.example.other"), json!({ "a": 1 }));
-    assert_eq!(events(&initial).len(), 2, "{initial}");
+    let mut kinds: Vec<String> = events(&initial)
+        .iter()
+        .filter_map(|event| event["type"].as_str().map(str::to_owned))
+        .collect();
+    kinds.sort();
+    // With the server's own m.push_rules.
+    assert_eq!(
+        kinds,
+        ["m.push_rules", "org.example.other", "org.example.settings"],
+        "{initial}"
+    );
 }
 
 #[actix_web::test]
@@ -514,8 +524,11 @@ async fn refused_requests_get_the_specs_errors_and_change_nothing() {
         .get(&room_path(&alice, &room_id, "m.fully_read"))
         .await;
     assert_eq!(body, json!({ "event_id": event_id }));
-    let (status, _) = alice.get(&global_path(&alice, "m.push_rules")).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "not stored as account data");
+    // The refused PUT stored nothing: the ruleset is still the server's.
+    let (status, body) = alice.get(&global_path(&alice, "m.push_rules")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, rules) = alice.get("/_matrix/client/v3/pushrules/").await;
+    assert_eq!(body, rules, "GET m.push_rules is the ruleset");
     let sync = alice
         .sync(&format!("since={}&timeout=0", enc(&since)))
         .await;

@@ -75,6 +75,23 @@ pub async fn get_account_data(
 ) -> ApiResult<HttpResponse> {
     let (user_id, kind) = path.into_inner();
     require_own(&requester, &user_id)?;
+    if kind == PUSH_RULES {
+        // Kept by the push rules writers, not stored here: the ruleset, as
+        // `/sync` shows it (and as Synapse answers).
+        let event = crate::streams::push_rules::push_rules_event(
+            &node.pool,
+            &node.notifier,
+            &node.push.rules,
+            &user_id,
+            None,
+            0,
+        )
+        .await?;
+        return match event.and_then(|mut event| event.get_mut("content").map(Value::take)) {
+            Some(content) => Ok(HttpResponse::Ok().json(content)),
+            None => Err(ApiError::not_found("account data not found")),
+        };
+    }
     stored_content(&node, &user_id, None, &kind).await
 }
 

@@ -42,6 +42,7 @@ pub async fn set_read_markers(
         }
     }
     require_joined(&node, room_id.as_str(), &requester.user_id).await?;
+    crate::sync::presence::user_active(&node, &requester.user_id);
     let client = node
         .pool
         .get()

@@ -99,6 +99,7 @@ pub async fn post_receipt(
     let marker = Marker::parse(&receipt_type)?;
     let thread_id = parse_thread_id(marker, &body)?;
     require_joined(&node, room_id.as_str(), &requester.user_id).await?;
+    crate::sync::presence::user_active(&node, &requester.user_id);
     if let Some(thread_id) = &thread_id {
         check_event_in_thread(&node, &room_id, &event_id, thread_id).await?;
     }

@@ -86,6 +86,21 @@ impl Users {
         self.update(user_id, status, now)
     }
 
+    /// The user did something (sent an event, a receipt): active now, and
+    /// back online if they were idle (Synapse's `bump_presence_active_time`).
+    /// An offline user stays offline: activity alone does not sign them in.
+    pub fn active(&mut self, user_id: &str, now: i64) -> Option<Change> {
+        let mut status = self.status(user_id);
+        if status.state == PresenceState::Offline {
+            return None;
+        }
+        status.last_active_ts = now;
+        if status.state == PresenceState::Unavailable {
+            status.state = PresenceState::Online;
+        }
+        self.update(user_id, status, now)
+    }
+
     /// What `instance` says of its syncing users: those that `started`
     /// (with the presence their `/sync` asked for), those that `stopped`
     /// (and when), and, from time to time, every user syncing there.
@@ -341,6 +356,33 @@ mod tests {
         assert!(users.expire(stop + SYNC_ONLINE_TIMEOUT_MS).is_empty());
         let changes = users.expire(stop + SYNC_ONLINE_TIMEOUT_MS + 1);
         assert_eq!(states(&changes), vec![("@a:x", "offline")]);
+    }
+
+    #[test]
+    fn activity_keeps_a_syncing_user_online_and_wakes_an_idle_one() {
+        let mut users = Users::default();
+        let a = || vec![("@a:x".to_owned(), PresenceState::Online)];
+        users.syncs("sync1", &a(), &[], None, START);
+        // Chatting every few minutes: never idle.
+        let mut now = START;
+        for _ in 0..4 {
+            now += IDLE_TIMER_MS - 1_000;
+            users.syncs("sync1", &[], &[], Some(&a()), now);
+            users.expire(now);
+            assert_eq!(users.status("@a:x").state, PresenceState::Online);
+            users.active("@a:x", now);
+        }
+        // Quiet for the idle time: unavailable; activity: online again.
+        now += IDLE_TIMER_MS + 1;
+        users.syncs("sync1", &[], &[], Some(&a()), now);
+        let changes = users.expire(now);
+        assert_eq!(states(&changes), vec![("@a:x", "unavailable")]);
+        let change = users.active("@a:x", now + 1).expect("a change");
+        assert_eq!(change.1.state, PresenceState::Online);
+        assert!(change.1.currently_active);
+        // Activity does not sign in someone offline.
+        assert!(users.active("@b:x", now).is_none());
+        assert_eq!(users.status("@b:x").state, PresenceState::Offline);
     }
 
     #[test]

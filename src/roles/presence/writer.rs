@@ -261,9 +261,12 @@ impl Handler<UserSyncs> for PresenceWriter {
                 .map(|(user, state)| (user.to_string(), state))
                 .collect()
         });
-        let changes = self
-            .users
-            .syncs(&msg.instance, &started, &stopped, syncing.as_deref(), now);
+        let mut changes =
+            self.users
+                .syncs(&msg.instance, &started, &stopped, syncing.as_deref(), now);
+        for user_id in msg.active {
+            changes.extend(self.users.active(user_id.as_str(), now));
+        }
         self.write(changes).await;
         Ok(())
     }

@@ -8,6 +8,11 @@
 //! each writer also gets the full list of its users syncing here, which
 //! repairs anything lost (a restarted writer, a message dropped).
 //!
+//! Activity (sending an event, a receipt: Synapse's
+//! `bump_presence_active_time`) is told the same way, at most once per
+//! user per [`LAST_ACTIVE_GRANULARITY_MS`], so a chatting user stays online
+//! instead of going idle while they sync.
+//!
 //! A `/sync` request costs a lock and a counter; messages follow
 //! transitions, never requests.
 
@@ -21,6 +26,7 @@ use ruma::presence::PresenceState;
 use ruma::OwnedUserId;
 use tokio::sync::Notify;
 
+use crate::roles::presence::state::LAST_ACTIVE_GRANULARITY_MS;
 use crate::roles::presence::{UserSyncs, PRESENCE_STREAM};
 use crate::roles::Mailboxes;
 
@@ -42,6 +48,11 @@ struct Inner {
     users: HashMap<String, Syncing>,
     /// Starts not told yet.
     started: Vec<(String, PresenceState)>,
+    /// Users active since the last report.
+    active: Vec<String>,
+    /// When each user's activity was last told: told again only after
+    /// [`LAST_ACTIVE_GRANULARITY_MS`].
+    active_told: HashMap<String, i64>,
 }
 
 struct Syncing {
@@ -60,6 +71,8 @@ pub struct Report {
     pub stopped: Vec<(String, i64)>,
     /// Everyone syncing here, when it is time for the full list.
     pub syncing: Option<Vec<(String, PresenceState)>>,
+    /// Users who were active (sent an event, a receipt).
+    pub active: Vec<String>,
 }
 
 impl SyncingUsers {
@@ -90,6 +103,33 @@ impl SyncingUsers {
             users: Arc::clone(self),
             user_id: user_id.to_owned(),
         }
+    }
+
+    /// `user_id` did something (sent an event, a receipt) at `now`: told
+    /// to their writer unless told less than [`LAST_ACTIVE_GRANULARITY_MS`]
+    /// ago.
+    pub fn active(self: &Arc<Self>, user_id: &str, now: i64) {
+        if !self.running.swap(true, Ordering::AcqRel) {
+            tokio::spawn(run(Arc::downgrade(self), self.wake.clone()));
+        }
+        if self.note_active(user_id, now) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Notes activity; true when it is to be told.
+    fn note_active(&self, user_id: &str, now: i64) -> bool {
+        let mut inner = self.lock();
+        if inner
+            .active_told
+            .get(user_id)
+            .is_some_and(|told| now - told < LAST_ACTIVE_GRANULARITY_MS)
+        {
+            return false;
+        }
+        inner.active_told.insert(user_id.to_owned(), now);
+        inner.active.push(user_id.to_owned());
+        true
     }
 
     /// Counts a request in; true when it is a start to tell.
@@ -137,6 +177,10 @@ impl SyncingUsers {
     pub fn report(&self, now: i64, full: bool) -> Report {
         let mut inner = self.lock();
         let started = std::mem::take(&mut inner.started);
+        let active = std::mem::take(&mut inner.active);
+        inner
+            .active_told
+            .retain(|_, told| now - *told < LAST_ACTIVE_GRANULARITY_MS);
         let debounce = UPDATE_SYNCING_USERS_MS as i64;
         let stopped: Vec<(String, i64)> = inner
             .users
@@ -162,6 +206,7 @@ impl SyncingUsers {
             started,
             stopped,
             syncing,
+            active,
         }
     }
 
@@ -181,6 +226,7 @@ impl SyncingUsers {
             started: Vec::new(),
             stopped: Vec::new(),
             syncing: full.then(Vec::new),
+            active: Vec::new(),
         };
         if full {
             for writer in self.mailboxes.instances(PRESENCE_STREAM) {
@@ -206,6 +252,16 @@ impl SyncingUsers {
                 .or_insert_with(blank)
                 .stopped
                 .push((user_id, ended));
+        }
+        for user in report.active {
+            let Ok(user_id) = OwnedUserId::try_from(user.as_str()) else {
+                continue;
+            };
+            messages
+                .entry(writer_of(&user))
+                .or_insert_with(blank)
+                .active
+                .push(user_id);
         }
         for (user, state) in report.syncing.unwrap_or_default() {
             let Ok(user_id) = OwnedUserId::try_from(user.as_str()) else {
@@ -301,6 +357,23 @@ mod tests {
         assert_eq!(
             users.report(20_000, true).syncing,
             Some(vec![("@a:x".to_owned(), PresenceState::Unavailable)])
+        );
+    }
+
+    #[test]
+    fn activity_is_told_once_per_granularity() {
+        let users = users();
+        assert!(users.note_active("@a:x", 1_000));
+        assert!(!users.note_active("@a:x", 1_000 + LAST_ACTIVE_GRANULARITY_MS - 1));
+        assert!(users.note_active("@b:x", 2_000));
+        assert_eq!(users.report(3_000, false).active, vec!["@a:x", "@b:x"]);
+        assert!(users.report(4_000, false).active.is_empty());
+        assert!(users.note_active("@a:x", 1_000 + LAST_ACTIVE_GRANULARITY_MS));
+        assert_eq!(
+            users
+                .report(1_000 + LAST_ACTIVE_GRANULARITY_MS, false)
+                .active,
+            vec!["@a:x"]
         );
     }
 }
