@@ -13,7 +13,6 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use lattice_actors::{Actor, Context, Handler, Location, Mailbox};
 use serde_json::{json, Value};
-use tokio::time::Instant;
 
 use super::state::{Change, Users};
 use super::{CheckTimers, PresenceWritten, SetPresence, UserSyncs, WriteError};
@@ -25,33 +24,7 @@ use crate::streams::writer::StreamWriter;
 /// How often the timers are checked.
 pub const TICK: Duration = Duration::from_secs(5);
 
-/// Milliseconds since the epoch, advancing with tokio's clock (so tests run
-/// the timers on paused time).
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    wall_ms: i64,
-    at: Instant,
-}
-
-impl Clock {
-    /// A clock reading the wall-clock time now.
-    pub fn start() -> Clock {
-        Clock::starting_at(crate::util::now_ms())
-    }
-
-    /// A clock reading `wall_ms` now.
-    pub fn starting_at(wall_ms: i64) -> Clock {
-        Clock {
-            wall_ms,
-            at: Instant::now(),
-        }
-    }
-
-    pub fn now_ms(&self) -> i64 {
-        self.wall_ms
-            .saturating_add(i64::try_from(self.at.elapsed().as_millis()).unwrap_or(i64::MAX))
-    }
-}
+pub use crate::util::Clock;
 
 /// Tells the writer to check its timers every [`TICK`], until it is gone.
 pub async fn tick(mailbox: Mailbox<CheckTimers>) {

@@ -6,43 +6,14 @@
 //! clock is tokio's (wall-clock time when the writer started, plus tokio's
 //! elapsed time), so that tests run it on paused time.
 
+#[cfg(test)]
 use std::time::Duration;
 
 use tokio::sync::watch;
+#[cfg(test)]
 use tokio::time::Instant;
 
-/// Milliseconds since the epoch, advancing with tokio's clock.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    wall_ms: i64,
-    at: Instant,
-}
-
-impl Clock {
-    /// A clock reading the wall-clock time now.
-    pub fn start() -> Clock {
-        Clock::starting_at(crate::util::now_ms())
-    }
-
-    /// A clock reading `wall_ms` now.
-    pub fn starting_at(wall_ms: i64) -> Clock {
-        Clock {
-            wall_ms,
-            at: Instant::now(),
-        }
-    }
-
-    pub fn now_ms(&self) -> i64 {
-        self.wall_ms
-            .saturating_add(i64::try_from(self.at.elapsed().as_millis()).unwrap_or(i64::MAX))
-    }
-
-    /// The instant this clock reads `ms` (now, for a time already past).
-    pub fn instant_at(&self, ms: i64) -> Instant {
-        let after_start = u64::try_from(ms.saturating_sub(self.wall_ms)).unwrap_or(0);
-        self.at + Duration::from_millis(after_start)
-    }
-}
+pub use crate::util::Clock;
 
 /// Runs until `fire` fails or `deadlines` is closed: sleeps until the time
 /// `deadlines` holds (none: until it changes), then calls `fire` and waits
