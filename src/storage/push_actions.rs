@@ -157,24 +157,35 @@ pub async fn unread_counts(
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
+            // Each room's floor (the last non-join membership, the
+            // unthreaded receipt) is found once, then the user's actions
+            // above it are one range of the primary key; a threaded
+            // receipt raises its own thread's floor.
             "WITH read AS (
                SELECT room_id, thread_id, MAX(event_stream_ordering) AS upto FROM receipts
                WHERE user_id = $1 AND room_id = ANY($2)
                  AND receipt_type IN ('m.read', 'm.read.private')
                GROUP BY room_id, thread_id
+             ),
+             floors AS (
+               SELECT q.room_id, GREATEST(
+                 COALESCE((
+                   SELECT MAX(h.stream_ordering) FROM membership_history h
+                   WHERE h.user_id = $1 AND h.room_id = q.room_id AND h.membership <> 'join'
+                 ), 0),
+                 COALESCE((
+                   SELECT r.upto FROM read r WHERE r.room_id = q.room_id AND r.thread_id IS NULL
+                 ), 0)
+               ) AS floor
+               FROM unnest($2::text[]) AS q (room_id)
              )
              SELECT a.room_id, a.thread_id,
                COUNT(*) FILTER (WHERE a.notify), COUNT(*) FILTER (WHERE a.highlight)
-             FROM event_push_actions a
-             WHERE a.user_id = $1 AND a.room_id = ANY($2) AND a.stream_ordering <= $3
-               AND a.stream_ordering > COALESCE((
-                 SELECT MAX(h.stream_ordering) FROM membership_history h
-                 WHERE h.user_id = $1 AND h.room_id = a.room_id AND h.membership <> 'join'
-               ), 0)
-               AND a.stream_ordering > COALESCE((
-                 SELECT MAX(r.upto) FROM read r
-                 WHERE r.room_id = a.room_id AND (r.thread_id IS NULL OR r.thread_id = a.thread_id)
-               ), 0)
+             FROM floors f
+             JOIN event_push_actions a ON a.user_id = $1 AND a.room_id = f.room_id
+               AND a.stream_ordering > f.floor AND a.stream_ordering <= $3
+             LEFT JOIN read t ON t.room_id = a.room_id AND t.thread_id = a.thread_id
+             WHERE a.stream_ordering > COALESCE(t.upto, 0)
              GROUP BY a.room_id, a.thread_id",
         )
         .await?;
