@@ -289,6 +289,26 @@ impl RecentEventsCache {
     }
 
     /// The room's entry when nothing happened in the room since it was read.
+    /// The stream positions of those of `events` (room id, event id) an
+    /// entry holds, None for the others.
+    pub fn positions_of(&self, events: &[(&str, &str)]) -> Vec<Option<i64>> {
+        let Ok(rooms) = self.rooms.lock() else {
+            return vec![None; events.len()];
+        };
+        events
+            .iter()
+            .map(|(room_id, event_id)| {
+                let timeline = rooms.by_room.get(*room_id)?;
+                let event = timeline
+                    .events
+                    .iter()
+                    .rev()
+                    .find(|e| e.event_id == *event_id)?;
+                Some(event.stream_ordering)
+            })
+            .collect()
+    }
+
     fn fresh_entry(&self, notifier: &Notifier, room_id: &str) -> Option<Arc<RoomTimeline>> {
         let rooms = self.rooms.lock().ok()?;
         let timeline = rooms.by_room.get(room_id)?;

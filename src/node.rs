@@ -70,6 +70,8 @@ pub struct Node {
     pub recent_events: Arc<RecentEventsCache>,
     /// Stored filters, which never change.
     pub filters: Arc<FilterCache>,
+    /// The unread counts each user was last given, for `/sync`.
+    pub unread: Arc<crate::sync::notifications::UnreadCache>,
     /// Push rule evaluation of new events, and the rulesets it caches.
     pub push: Arc<crate::push::evaluator::PushEvaluator>,
     pub supervisor: Arc<Supervisor>,
@@ -441,6 +443,7 @@ impl Node {
             memberships,
             recent_events,
             filters: Arc::new(FilterCache::default()),
+            unread: Arc::default(),
             push: Arc::new(crate::push::evaluator::PushEvaluator::new(
                 &config.server_name,
                 &notifier,

@@ -1,14 +1,16 @@
 //! Evaluates a new event against the push rules of its room's members, as
 //! Synapse's `BulkPushRuleEvaluator` does: once per event, for every local
 //! member but the sender at once, on the instance where the send entered
-//! the server, before the event goes to its persister. What it costs: one
-//! query for the room's members, display names, power levels and creators;
+//! the server, before the event goes to its persister. What it costs: the
+//! room's members, display names, power levels and creators (one query,
+//! kept until the notifier says the room's state changed);
 //! the members' rulesets from [`RulesetCache`] (one query for those not
 //! cached); the event flattened once; then ruma's rule matching per member.
 //! Only members the event notifies or highlights get a row.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use deadpool_postgres::Pool;
@@ -26,8 +28,12 @@ use super::rules::RulesetCache;
 use crate::roles::events::SendEvent;
 use crate::storage::push_actions::{self, RoomPushContext};
 use crate::storage::StorageResult;
+use crate::streams::events::{state_changes_key, EVENTS_STREAM};
 use crate::streams::notifier::Notifier;
 use crate::streams::push_rules::PUSH_RULES_STREAM;
+
+/// Rooms whose push context is kept before the cache starts over.
+const MAX_CACHED_ROOMS: usize = 10_000;
 
 /// The thread id of events in no thread (Synapse's `MAIN_TIMELINE`).
 pub const MAIN_TIMELINE: &str = "main";
@@ -72,12 +78,15 @@ pub fn thread_id(content: &Value) -> String {
 /// evaluations cost (in its `observe` counters).
 pub struct PushEvaluator {
     pub rules: RulesetCache,
+    /// Each room's push context, with the events position it was read at.
+    rooms: Mutex<HashMap<String, (i64, Arc<RoomPushContext>)>>,
     server_name: String,
     events_evaluated: AtomicU64,
     members_evaluated: AtomicU64,
     evaluation_micros: AtomicU64,
     /// Of which reading the room (members, names, power levels).
     room_read_micros: AtomicU64,
+    room_reads: AtomicU64,
 }
 
 impl PushEvaluator {
@@ -88,11 +97,13 @@ impl PushEvaluator {
         notifier.forget_changes_until(PUSH_RULES_STREAM, notifier.position(PUSH_RULES_STREAM));
         PushEvaluator {
             rules: RulesetCache::default(),
+            rooms: Mutex::default(),
             server_name: server_name.to_owned(),
             events_evaluated: AtomicU64::new(0),
             members_evaluated: AtomicU64::new(0),
             evaluation_micros: AtomicU64::new(0),
             room_read_micros: AtomicU64::new(0),
+            room_reads: AtomicU64::new(0),
         }
     }
 
@@ -105,6 +116,7 @@ impl PushEvaluator {
             "members_evaluated": self.members_evaluated.load(Ordering::Relaxed),
             "evaluation_micros": micros,
             "room_read_micros": self.room_read_micros.load(Ordering::Relaxed),
+            "room_reads": self.room_reads.load(Ordering::Relaxed),
             "micros_per_event": micros.checked_div(events).unwrap_or(0),
         })
     }
@@ -118,12 +130,12 @@ impl PushEvaluator {
         request: &SendEvent,
     ) -> StorageResult<Option<PushActions>> {
         let started = Instant::now();
-        let Some(room) = push_actions::room_push_context(pool, request.room_id.as_str()).await?
+        let Some(room) = self
+            .room_context(pool, notifier, request.room_id.as_str())
+            .await?
         else {
             return Ok(None);
         };
-        self.room_read_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         let mut recipients: Vec<(OwnedUserId, String)> = room
             .members
             .iter()
@@ -195,6 +207,50 @@ impl PushEvaluator {
             thread_id: thread_id(&request.content),
             users,
         }))
+    }
+}
+
+impl PushEvaluator {
+    /// `room_id`'s push context: from the cache while the notifier says
+    /// the room's state has not changed since it was read, else read (and
+    /// kept). The position is taken before the read, so a state event the
+    /// read missed is one the notifier reports as a change.
+    async fn room_context(
+        &self,
+        pool: &Pool,
+        notifier: &Notifier,
+        room_id: &str,
+    ) -> StorageResult<Option<Arc<RoomPushContext>>> {
+        let state_key = state_changes_key(room_id);
+        if let Ok(rooms) = self.rooms.lock() {
+            if let Some((read_at, context)) = rooms.get(room_id) {
+                if !notifier.has_changed_since(EVENTS_STREAM, &state_key, *read_at) {
+                    return Ok(Some(context.clone()));
+                }
+            }
+        }
+        let started = Instant::now();
+        let read_at = notifier.position(EVENTS_STREAM);
+        let Some(context) = push_actions::room_push_context(pool, room_id).await? else {
+            return Ok(None);
+        };
+        self.room_reads.fetch_add(1, Ordering::Relaxed);
+        self.room_read_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let context = Arc::new(context);
+        if let Ok(mut rooms) = self.rooms.lock() {
+            if rooms.len() >= MAX_CACHED_ROOMS {
+                rooms.clear();
+            }
+            match rooms.get(room_id) {
+                // A concurrent read that saw more is kept.
+                Some((other, _)) if *other > read_at => {}
+                _ => {
+                    rooms.insert(room_id.to_owned(), (read_at, context.clone()));
+                }
+            }
+        }
+        Ok(Some(context))
     }
 }
 

@@ -21,6 +21,7 @@ use crate::error::ApiResult;
 use crate::node::Node;
 use crate::storage::relations::{self as stored, Aggregations, Parent};
 use crate::storage::rooms;
+use crate::streams::events::EVENTS_STREAM;
 
 pub const THREAD: &str = "m.thread";
 pub const REPLACE: &str = "m.replace";
@@ -85,6 +86,23 @@ fn parent_of(event: &Value) -> Option<Parent<'_>> {
     })
 }
 
+/// Drops the parents known to have no children: those the recent events
+/// cache holds (so their stream position is known) whose event id no event
+/// has named as its relation's parent since (the events stream records a
+/// relation under its parent's id). A timeline of new messages, the usual
+/// `/sync` answer, then reads nothing.
+fn drop_childless(node: &Node, parents: &mut Vec<Parent<'_>>) {
+    let ids: Vec<(&str, &str)> = parents.iter().map(|p| (p.room_id, p.event_id)).collect();
+    let positions = node.recent_events.positions_of(&ids);
+    let mut positions = positions.into_iter();
+    parents.retain(|parent| match positions.next().flatten() {
+        Some(position) => node
+            .notifier
+            .has_changed_since(EVENTS_STREAM, parent.event_id, position),
+        None => true,
+    });
+}
+
 /// Adds `unsigned.m.relations` to each of `events` (client events, as
 /// `client_events` made them for `viewer`) that has aggregations. One query
 /// for all of them; none when there are no events. The events the bundles
@@ -107,11 +125,12 @@ fn bundle<'a>(
     Box::pin(async move {
         let aggregations = {
             let mut seen = HashSet::new();
-            let parents: Vec<Parent<'_>> = events
+            let mut parents: Vec<Parent<'_>> = events
                 .iter()
                 .filter_map(|event| parent_of(event))
                 .filter(|parent| seen.insert(parent.event_id))
                 .collect();
+            drop_childless(node, &mut parents);
             if parents.is_empty() {
                 return Ok(());
             }

@@ -137,8 +137,8 @@ pub struct Counts {
     pub highlights: i64,
 }
 
-/// `user_id`'s unread counts in `room_ids` by room and thread, for the
-/// events up to `upto`: the actions after the user's latest `m.read` or
+/// `user_id`'s unread counts in `rooms` by room and thread, for the
+/// events after each room's given position (0: all) up to `upto`: the actions after the user's latest `m.read` or
 /// `m.read.private` receipt that covers them (unthreaded receipts cover
 /// every thread, threaded ones their own) and after the user's last
 /// membership that was not a join (an invite, a leave: what they were sent
@@ -147,13 +147,14 @@ pub struct Counts {
 pub async fn unread_counts(
     pool: &Pool,
     user_id: &str,
-    room_ids: &[&str],
+    rooms: &[(&str, i64)],
     upto: i64,
 ) -> StorageResult<HashMap<String, HashMap<String, Counts>>> {
     let mut counts: HashMap<String, HashMap<String, Counts>> = HashMap::new();
-    if room_ids.is_empty() {
+    if rooms.is_empty() {
         return Ok(counts);
     }
+    let (room_ids, afters): (Vec<&str>, Vec<i64>) = rooms.iter().copied().unzip();
     let client = pool.get().await?;
     let statement = client
         .prepare_cached(
@@ -169,6 +170,7 @@ pub async fn unread_counts(
              ),
              floors AS (
                SELECT q.room_id, GREATEST(
+                 q.after,
                  COALESCE((
                    SELECT MAX(h.stream_ordering) FROM membership_history h
                    WHERE h.user_id = $1 AND h.room_id = q.room_id AND h.membership <> 'join'
@@ -177,7 +179,7 @@ pub async fn unread_counts(
                    SELECT r.upto FROM read r WHERE r.room_id = q.room_id AND r.thread_id IS NULL
                  ), 0)
                ) AS floor
-               FROM unnest($2::text[]) AS q (room_id)
+               FROM unnest($2::text[], $4::bigint[]) AS q (room_id, after)
              )
              SELECT a.room_id, a.thread_id,
                COUNT(*) FILTER (WHERE a.notify), COUNT(*) FILTER (WHERE a.highlight)
@@ -190,7 +192,7 @@ pub async fn unread_counts(
         )
         .await?;
     let rows = client
-        .query(&statement, &[&user_id, &room_ids, &upto])
+        .query(&statement, &[&user_id, &room_ids, &upto, &afters])
         .await?;
     for row in &rows {
         let room_id: String = row.get(0);

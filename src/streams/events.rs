@@ -3,8 +3,15 @@
 //! carries what readers need to wake the right long-polls without reading
 //! the event (Synapse's columns: event id, room, type, state key,
 //! membership), then the stored event itself, so that readers can serve it
-//! from memory. A row read back from PostgreSQL by a catch-up carries only
-//! the columns.
+//! from memory, then the event its relation points at. A row read back from
+//! PostgreSQL by a catch-up carries the columns and the relation, not the
+//! event.
+//!
+//! A row's keys ([`row_keys`]) are what its event changes, in the
+//! notifier's change cache: its room; a member event's member; a state
+//! event's [`state_changes_key`] (caches of a room's state check it); a
+//! relation's parent event id (a parent without that key since it was
+//! persisted has no children).
 
 use std::sync::Arc;
 
@@ -60,18 +67,17 @@ impl StreamRows for EventsRows {
         &SPEC
     }
 
-    /// Its room, and for member events the member (so invitees wake).
+    /// See [`row_keys`].
     fn keys(&self, row: &Value) -> Vec<String> {
-        let mut keys = Vec::new();
-        if let Some(room_id) = row.get(1).and_then(Value::as_str) {
-            keys.push(room_id.to_owned());
-        }
-        if row.get(2).and_then(Value::as_str) == Some("m.room.member") {
-            if let Some(user_id) = row.get(3).and_then(Value::as_str) {
-                keys.push(user_id.to_owned());
-            }
-        }
-        keys
+        let Some(room_id) = row.get(1).and_then(Value::as_str) else {
+            return Vec::new();
+        };
+        row_keys(
+            room_id,
+            row.get(2).and_then(Value::as_str).unwrap_or_default(),
+            row.get(3).and_then(Value::as_str),
+            row.get(6).and_then(Value::as_str),
+        )
     }
 
     fn read_rows<'a>(
@@ -84,7 +90,8 @@ impl StreamRows for EventsRows {
             let client = self.pool.get().await?;
             let rows = client
                 .query(
-                    "SELECT stream_ordering, event_id, room_id, type, state_key, pdu -> 'content' -> 'membership'
+                    "SELECT stream_ordering, event_id, room_id, type, state_key, pdu -> 'content' -> 'membership',
+                       pdu -> 'content' -> 'm.relates_to' ->> 'event_id'
                      FROM events WHERE instance_name = $1 AND stream_ordering > $2 AND stream_ordering <= $3
                      ORDER BY stream_ordering",
                     &[&writer, &after, &upto],
@@ -102,6 +109,8 @@ impl StreamRows for EventsRows {
                             row.get::<_, String>(3),
                             row.get::<_, Option<String>>(4),
                             membership,
+                            Value::Null,
+                            row.get::<_, Option<String>>(6),
                         ]),
                     )
                 })
@@ -117,12 +126,49 @@ impl StreamRows for EventsRows {
     }
 }
 
+/// The notifier keys of an event: its room (every member's long-poll
+/// wakes), a member event's member (so invitees wake), a state event's
+/// [`state_changes_key`], and the parent its relation points at.
+pub fn row_keys(
+    room_id: &str,
+    kind: &str,
+    state_key: Option<&str>,
+    parent: Option<&str>,
+) -> Vec<String> {
+    let mut keys = vec![room_id.to_owned()];
+    if let Some(state_key) = state_key {
+        if kind == "m.room.member" {
+            keys.push(state_key.to_owned());
+        }
+        keys.push(state_changes_key(room_id));
+    }
+    if let Some(parent) = parent {
+        keys.push(parent.to_owned());
+    }
+    keys
+}
+
+/// The key a room's state events change: a cache of the room's state is
+/// good while the notifier says it has not changed since the cache's read.
+pub fn state_changes_key(room_id: &str) -> String {
+    format!("{room_id}/state")
+}
+
+/// The event a relation in `content` points at (any `m.relates_to` with an
+/// `event_id`: a superset of what the relations table keeps, which only
+/// makes a parent look as if it may have children).
+pub fn relation_parent(content: &Value) -> Option<&str> {
+    content.get("m.relates_to")?.get("event_id")?.as_str()
+}
+
 /// An events stream row as replication carries it: what readers need to
 /// wake the right long-polls without reading the event (Synapse's columns),
-/// then the stored event itself, so that readers can serve it from memory.
+/// the stored event itself, so that readers can serve it from memory, and
+/// the event its relation points at.
 pub fn event_row(event: &StoredEvent) -> Value {
+    let content = event.content();
     let membership = (event.kind == "m.room.member")
-        .then(|| event.content().get("membership").cloned())
+        .then(|| content.get("membership").cloned())
         .flatten();
     json!([
         event.event_id,
@@ -138,6 +184,7 @@ pub fn event_row(event: &StoredEvent) -> Value {
             "txn_device_id": event.txn_device_id,
             "txn_id": event.txn_id,
         },
+        relation_parent(content),
     ])
 }
 
@@ -184,9 +231,13 @@ mod tests {
     fn a_member_event_wakes_its_room_and_the_member() {
         let rows = rows();
         let member = json!(["$e", "!r:x", "m.room.member", "@bob:x", "invite"]);
-        assert_eq!(rows.keys(&member), vec!["!r:x", "@bob:x"]);
+        assert_eq!(rows.keys(&member), vec!["!r:x", "@bob:x", "!r:x/state"]);
         let message = json!(["$e", "!r:x", "m.room.message", null, null]);
         assert_eq!(rows.keys(&message), vec!["!r:x"]);
+        // A reply in a thread changes its root; a catch-up row carries the
+        // relation without the event.
+        let reply = json!(["$e", "!r:x", "m.room.message", null, null, null, "$root"]);
+        assert_eq!(rows.keys(&reply), vec!["!r:x", "$root"]);
         // A row read back carries no event: nothing to serve from memory.
         assert!(stored_event_of_row(5, &message).is_none());
     }

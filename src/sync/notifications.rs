@@ -4,8 +4,15 @@
 //! by thread root (then `unread_notifications` counts the main timeline
 //! only). Counted from the push actions stored with each event after the
 //! user's read receipts, in one query for all the rooms of an answer.
+//!
+//! Each instance keeps the counts it last gave ([`UnreadCache`]): while the
+//! notifier says neither a receipt in the room nor a membership of the user
+//! changed since, a room with no new event keeps its counts without a read,
+//! and a room with new events only counts the actions after them. Only a
+//! receipt or a membership change counts a room again from its floor.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use serde_json::{json, Map, Value};
 
@@ -13,15 +20,121 @@ use super::SyncContext;
 use crate::error::ApiResult;
 use crate::push::evaluator::MAIN_TIMELINE;
 use crate::storage::push_actions::{self, Counts};
+use crate::streams::events::EVENTS_STREAM;
+use crate::streams::receipts::RECEIPTS_STREAM;
+
+/// (user, room) entries kept before the cache starts over.
+const MAX_CACHED_COUNTS: usize = 200_000;
+
+/// The unread counts this instance last gave each user in each room.
+#[derive(Default)]
+pub struct UnreadCache {
+    entries: Mutex<HashMap<(String, String), Entry>>,
+}
+
+/// A room's counts by thread for a user, counted up to `events` with the
+/// receipts up to `receipts`.
+#[derive(Clone)]
+struct Entry {
+    events: i64,
+    receipts: i64,
+    counts: HashMap<String, Counts>,
+}
+
+/// What to do for one room of an answer.
+enum Plan {
+    /// The counts are the entry's: nothing happened in the room.
+    Kept(HashMap<String, Counts>),
+    /// The entry's plus the actions after its position.
+    Added(HashMap<String, Counts>, i64),
+    /// Counted from the floor.
+    Counted,
+}
+
+impl UnreadCache {
+    fn plan(&self, ctx: &SyncContext<'_>, room_id: &str) -> Plan {
+        let notifier = &ctx.node.notifier;
+        let key = (ctx.user_id().to_owned(), room_id.to_owned());
+        let Some(entry) = self
+            .entries
+            .lock()
+            .ok()
+            .and_then(|entries| entries.get(&key).cloned())
+        else {
+            return Plan::Counted;
+        };
+        if entry.events > ctx.upto_events()
+            || notifier.has_changed_since(RECEIPTS_STREAM, room_id, entry.receipts)
+            || notifier.has_changed_since(EVENTS_STREAM, ctx.user_id(), entry.events)
+        {
+            return Plan::Counted;
+        }
+        if notifier.has_changed_since(EVENTS_STREAM, room_id, entry.events) {
+            Plan::Added(entry.counts, entry.events)
+        } else {
+            Plan::Kept(entry.counts)
+        }
+    }
+
+    fn store(&self, ctx: &SyncContext<'_>, room_id: &str, counts: &HashMap<String, Counts>) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        if entries.len() >= MAX_CACHED_COUNTS {
+            entries.clear();
+        }
+        let entry = Entry {
+            events: ctx.upto_events(),
+            receipts: ctx.upto.receipts.stream(),
+            counts: counts.clone(),
+        };
+        let key = (ctx.user_id().to_owned(), room_id.to_owned());
+        match entries.get(&key) {
+            // Another answer counted further.
+            Some(other) if other.events > entry.events => {}
+            _ => {
+                entries.insert(key, entry);
+            }
+        }
+    }
+}
 
 /// The counts of each of `room_ids`: what each room's section adds.
 pub async fn unread(
     ctx: &SyncContext<'_>,
     room_ids: &[&str],
 ) -> ApiResult<HashMap<String, Map<String, Value>>> {
-    let counts =
-        push_actions::unread_counts(&ctx.node.pool, ctx.user_id(), room_ids, ctx.upto_events())
-            .await?;
+    let cache = &ctx.node.unread;
+    let mut counts: HashMap<String, HashMap<String, Counts>> = HashMap::new();
+    let mut added: HashMap<&str, HashMap<String, Counts>> = HashMap::new();
+    let mut to_read: Vec<(&str, i64)> = Vec::new();
+    for room_id in room_ids {
+        match cache.plan(ctx, room_id) {
+            Plan::Kept(kept) => {
+                counts.insert((*room_id).to_owned(), kept);
+            }
+            Plan::Added(base, after) => {
+                added.insert(room_id, base);
+                to_read.push((room_id, after));
+            }
+            Plan::Counted => to_read.push((room_id, 0)),
+        }
+    }
+    if !to_read.is_empty() {
+        let mut read =
+            push_actions::unread_counts(&ctx.node.pool, ctx.user_id(), &to_read, ctx.upto_events())
+                .await?;
+        for (room_id, _) in &to_read {
+            let mut room_counts = added.remove(room_id).unwrap_or_default();
+            for (thread_id, more) in read.remove(*room_id).unwrap_or_default() {
+                let sum = room_counts.entry(thread_id).or_default();
+                sum.notifications += more.notifications;
+                sum.highlights += more.highlights;
+            }
+            cache.store(ctx, room_id, &room_counts);
+            counts.insert((*room_id).to_owned(), room_counts);
+        }
+    }
     let by_thread = ctx.filter.room.timeline.unread_thread_notifications;
     let mut sections = HashMap::with_capacity(room_ids.len());
     for room_id in room_ids {

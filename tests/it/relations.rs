@@ -593,3 +593,66 @@ async fn only_the_children_the_user_may_see_are_returned() {
     assert_eq!(status, StatusCode::OK, "{listed}");
     assert_eq!(ids(&listed["chunk"]), vec![root], "{listed}");
 }
+
+/// A parent that was served while it had no children (so a server may
+/// remember it as childless) gets its bundle as soon as a child exists, in
+/// `/sync`, `/event` and `/messages`, on whichever instance serves them.
+#[actix_web::test]
+async fn a_parent_served_before_its_children_gets_their_bundle() {
+    let cluster = TestCluster::start().await;
+    let (alice, bob, room_id) = room_with_bob(&cluster).await;
+    let first = bob.sync("").await;
+    let since = first["next_batch"].as_str().expect("next_batch").to_owned();
+    let root = send(&alice, &room_id, "m.room.message", text("root")).await;
+    // Bob sees the root with nothing bundled.
+    let answer = bob
+        .sync(&format!("since={}&timeout=10000", enc(&since)))
+        .await;
+    let timeline = &answer["rooms"]["join"][&room_id]["timeline"]["events"];
+    let served = timeline
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["event_id"] == root.as_str()))
+        .unwrap_or_else(|| panic!("the root in bob's sync: {answer}"));
+    assert!(served["unsigned"].get("m.relations").is_none(), "{served}");
+    assert!(event(&bob, &room_id, &root).await["unsigned"]
+        .get("m.relations")
+        .is_none());
+
+    let reply = thread_reply(&alice, &room_id, &root, "in thread").await;
+    let edited = edit(&alice, &room_id, &root, "root, edited").await;
+    let bundled = event(&bob, &room_id, &root).await;
+    assert_eq!(
+        bundled["unsigned"]["m.relations"]["m.thread"]["latest_event"]["event_id"], reply,
+        "{bundled}"
+    );
+    assert_eq!(
+        bundled["unsigned"]["m.relations"]["m.replace"]["event_id"], edited,
+        "{bundled}"
+    );
+    // An initial sync serves the root with the same bundle.
+    let answer = bob.sync("").await;
+    let timeline = &answer["rooms"]["join"][&room_id]["timeline"]["events"];
+    let served = timeline
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["event_id"] == root.as_str()))
+        .unwrap_or_else(|| panic!("the root in bob's initial sync: {answer}"));
+    assert_eq!(
+        served["unsigned"]["m.relations"]["m.thread"]["count"], 1,
+        "{served}"
+    );
+    let (status, page) = bob
+        .get(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10",
+            enc(&room_id)
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let served = page["chunk"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["event_id"] == root.as_str()))
+        .unwrap_or_else(|| panic!("the root in /messages: {page}"));
+    assert_eq!(
+        served["unsigned"]["m.relations"]["m.replace"]["event_id"], edited,
+        "{served}"
+    );
+}

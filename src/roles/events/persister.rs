@@ -25,7 +25,7 @@ use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
 use crate::rooms::version::parse_supported;
 use crate::storage::rooms::{self as stored_rooms, StoredEvent};
 use crate::storage::{StorageError, StorageResult};
-use crate::streams::events::event_row;
+use crate::streams::events::{event_row, relation_parent, row_keys};
 use crate::streams::writer::StreamWriter;
 use crate::util::{now_ms, random_string};
 
@@ -627,15 +627,17 @@ impl EventPersister {
             }
         }
         self.events_persisted += events.len() as u64;
-        let mut keys: Vec<String> = Vec::new();
-        for event in events {
-            keys.push(event.pdu.room_id.to_string());
-            if event.pdu.kind == "m.room.member" {
-                if let Some(state_key) = &event.pdu.state_key {
-                    keys.push(state_key.clone());
-                }
-            }
-        }
+        let keys: Vec<String> = events
+            .iter()
+            .flat_map(|event| {
+                row_keys(
+                    event.pdu.room_id.as_str(),
+                    &event.pdu.kind,
+                    event.pdu.state_key.as_deref(),
+                    relation_parent(&event.pdu.content),
+                )
+            })
+            .collect();
         let last = positions.iter().copied().max().unwrap_or(0);
         let stored: Vec<StoredEvent> = events
             .iter()
