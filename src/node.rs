@@ -70,6 +70,8 @@ pub struct Node {
     pub recent_events: Arc<RecentEventsCache>,
     /// Stored filters, which never change.
     pub filters: Arc<FilterCache>,
+    /// What the latest events of each room did for each member, for `/sync`.
+    pub recent_push: Arc<crate::push::recent::RecentPushActions>,
     /// The unread counts each user was last given, for `/sync`.
     pub unread: Arc<crate::sync::notifications::UnreadCache>,
     /// Push rule evaluation of new events, and the rulesets it caches.
@@ -267,6 +269,7 @@ impl Node {
         let tokens = Arc::new(TokenCache::default());
         let memberships = Arc::new(MembershipCache::default());
         let recent_events = Arc::new(RecentEventsCache::default());
+        let recent_push = Arc::new(crate::push::recent::RecentPushActions::default());
         let notifier = Notifier::new();
         let (redis, transport) = if single_process {
             (None, None)
@@ -301,6 +304,7 @@ impl Node {
             pool: pool.clone(),
             notifier: notifier.clone(),
             recent_events: recent_events.clone(),
+            recent_push: recent_push.clone(),
             mailboxes: mailboxes.clone(),
         };
         let mut registered = Vec::new();
@@ -395,6 +399,7 @@ impl Node {
             signing_key,
             streams: streams.clone(),
             recent_events: recent_events.clone(),
+            recent_push: recent_push.clone(),
             supervisor: supervisor.clone(),
             mailboxes: mailboxes.clone(),
         };
@@ -442,6 +447,7 @@ impl Node {
             tokens,
             memberships,
             recent_events,
+            recent_push,
             filters: Arc::new(FilterCache::default()),
             unread: Arc::default(),
             push: Arc::new(crate::push::evaluator::PushEvaluator::new(

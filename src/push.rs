@@ -15,4 +15,5 @@
 //! pushers will send them.
 
 pub mod evaluator;
+pub mod recent;
 pub mod rules;

@@ -32,6 +32,7 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
     let server_name = start.server_name.clone();
     let signing_key = start.signing_key.clone();
     let recent_events = start.recent_events.clone();
+    let recent_push = start.recent_push.clone();
     let cached_rooms = start.config.event_writer_cached_rooms;
     let addr = start
         .supervisor
@@ -42,6 +43,7 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
                 signing_key.key_pair(),
                 writer.clone(),
                 recent_events.clone(),
+                recent_push.clone(),
                 cached_rooms,
             )
         })

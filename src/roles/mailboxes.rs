@@ -129,6 +129,7 @@ pub struct ActorStart {
     pub signing_key: SigningKey,
     pub streams: Streams,
     pub recent_events: Arc<RecentEventsCache>,
+    pub recent_push: Arc<crate::push::recent::RecentPushActions>,
     pub supervisor: Arc<Supervisor>,
     pub mailboxes: Arc<Mailboxes>,
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::StorageResult;
 use crate::push::evaluator::PushActions;
+use crate::push::recent::Floors;
 
 /// What evaluating an event needs of its room.
 #[derive(Debug, Clone, Default)]
@@ -137,22 +138,31 @@ pub struct Counts {
     pub highlights: i64,
 }
 
+/// One room's unread counts by thread, and the floors they were counted
+/// above.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RoomUnread {
+    pub counts: HashMap<String, Counts>,
+    pub floors: Floors,
+}
+
 /// `user_id`'s unread counts in `rooms` by room and thread, for the
-/// events after each room's given position (0: all) up to `upto`: the actions after the user's latest `m.read` or
-/// `m.read.private` receipt that covers them (unthreaded receipts cover
-/// every thread, threaded ones their own) and after the user's last
-/// membership that was not a join (an invite, a leave: what they were sent
-/// before this join does not count, nor does their invite). One query for
-/// all the rooms.
+/// events after each room's given position (0: all) up to `upto`: the
+/// actions after the user's latest `m.read` or `m.read.private` receipt
+/// that covers them (unthreaded receipts cover every thread, threaded ones
+/// their own) and after the user's last membership that was not a join (an
+/// invite, a leave: what they were sent before this join does not count,
+/// nor does their invite). One query for all the rooms; each room's floors
+/// come back with its counts.
 pub async fn unread_counts(
     pool: &Pool,
     user_id: &str,
     rooms: &[(&str, i64)],
     upto: i64,
-) -> StorageResult<HashMap<String, HashMap<String, Counts>>> {
-    let mut counts: HashMap<String, HashMap<String, Counts>> = HashMap::new();
+) -> StorageResult<HashMap<String, RoomUnread>> {
+    let mut unread: HashMap<String, RoomUnread> = HashMap::new();
     if rooms.is_empty() {
-        return Ok(counts);
+        return Ok(unread);
     }
     let (room_ids, afters): (Vec<&str>, Vec<i64>) = rooms.iter().copied().unzip();
     let client = pool.get().await?;
@@ -161,7 +171,8 @@ pub async fn unread_counts(
             // Each room's floor (the last non-join membership, the
             // unthreaded receipt) is found once, then the user's actions
             // above it are one range of the primary key; a threaded
-            // receipt raises its own thread's floor.
+            // receipt raises its own thread's floor. Rows of kind 0 are a
+            // room's floor, 1 a thread's, 2 a thread's counts.
             "WITH read AS (
                SELECT room_id, thread_id, MAX(event_stream_ordering) AS upto FROM receipts
                WHERE user_id = $1 AND room_id = ANY($2)
@@ -169,8 +180,7 @@ pub async fn unread_counts(
                GROUP BY room_id, thread_id
              ),
              floors AS (
-               SELECT q.room_id, GREATEST(
-                 q.after,
+               SELECT q.room_id, q.after, GREATEST(
                  COALESCE((
                    SELECT MAX(h.stream_ordering) FROM membership_history h
                    WHERE h.user_id = $1 AND h.room_id = q.room_id AND h.membership <> 'join'
@@ -181,11 +191,15 @@ pub async fn unread_counts(
                ) AS floor
                FROM unnest($2::text[], $4::bigint[]) AS q (room_id, after)
              )
-             SELECT a.room_id, a.thread_id,
+             SELECT 0, f.room_id, NULL, f.floor, 0::bigint FROM floors f
+             UNION ALL
+             SELECT 1, r.room_id, r.thread_id, r.upto, 0::bigint FROM read r WHERE r.thread_id IS NOT NULL
+             UNION ALL
+             SELECT 2, a.room_id, a.thread_id,
                COUNT(*) FILTER (WHERE a.notify), COUNT(*) FILTER (WHERE a.highlight)
              FROM floors f
              JOIN event_push_actions a ON a.user_id = $1 AND a.room_id = f.room_id
-               AND a.stream_ordering > f.floor AND a.stream_ordering <= $3
+               AND a.stream_ordering > GREATEST(f.floor, f.after) AND a.stream_ordering <= $3
              LEFT JOIN read t ON t.room_id = a.room_id AND t.thread_id = a.thread_id
              WHERE a.stream_ordering > COALESCE(t.upto, 0)
              GROUP BY a.room_id, a.thread_id",
@@ -195,15 +209,26 @@ pub async fn unread_counts(
         .query(&statement, &[&user_id, &room_ids, &upto, &afters])
         .await?;
     for row in &rows {
-        let room_id: String = row.get(0);
-        let thread_id: String = row.get(1);
-        counts.entry(room_id).or_default().insert(
-            thread_id,
-            Counts {
-                notifications: row.get(2),
-                highlights: row.get(3),
-            },
-        );
+        let kind: i32 = row.get(0);
+        let room = unread.entry(row.get(1)).or_default();
+        let thread_id: Option<String> = row.get(2);
+        let first: i64 = row.get(3);
+        match (kind, thread_id) {
+            (0, _) => room.floors.room = first,
+            (1, Some(thread_id)) => {
+                room.floors.threads.insert(thread_id, first);
+            }
+            (_, Some(thread_id)) => {
+                room.counts.insert(
+                    thread_id,
+                    Counts {
+                        notifications: first,
+                        highlights: row.get(4),
+                    },
+                );
+            }
+            _ => {}
+        }
     }
-    Ok(counts)
+    Ok(unread)
 }

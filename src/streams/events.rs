@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use super::notifier::Notifier;
 use super::registry::{ShardBy, Storage, StreamError, StreamRows, StreamSpec, TokenSlot};
 use crate::caches::RecentEventsCache;
+use crate::push::recent::{RecentPushActions, RowActions};
 use crate::storage::rooms::StoredEvent;
 use crate::storage::streams::StreamTable;
 
@@ -46,6 +47,8 @@ pub struct EventsRows {
     notifier: Notifier,
     /// Fed with the events other instances persisted.
     recent_events: Arc<RecentEventsCache>,
+    /// Fed with their push actions.
+    recent_push: Arc<RecentPushActions>,
 }
 
 impl EventsRows {
@@ -53,11 +56,13 @@ impl EventsRows {
         pool: Pool,
         notifier: Notifier,
         recent_events: Arc<RecentEventsCache>,
+        recent_push: Arc<RecentPushActions>,
     ) -> EventsRows {
         EventsRows {
             pool,
             notifier,
             recent_events,
+            recent_push,
         }
     }
 }
@@ -119,6 +124,10 @@ impl StreamRows for EventsRows {
     }
 
     fn apply(&self, _writer: &str, position: i64, row: &Value) {
+        if let Some(room_id) = row.get(1).and_then(Value::as_str) {
+            self.recent_push
+                .record(room_id, position, RowActions::from_json(row.get(7)));
+        }
         if let Some(event) = stored_event_of_row(position, row) {
             self.recent_events
                 .extend(&self.notifier, std::slice::from_ref(&event), position);
@@ -164,8 +173,9 @@ pub fn relation_parent(content: &Value) -> Option<&str> {
 /// An events stream row as replication carries it: what readers need to
 /// wake the right long-polls without reading the event (Synapse's columns),
 /// the stored event itself, so that readers can serve it from memory, and
-/// the event its relation points at.
-pub fn event_row(event: &StoredEvent) -> Value {
+/// the event its relation points at, then what its push actions did for
+/// each member ([`RowActions`]).
+pub fn event_row(event: &StoredEvent, push: &RowActions) -> Value {
     let content = event.content();
     let membership = (event.kind == "m.room.member")
         .then(|| content.get("membership").cloned())
@@ -185,6 +195,7 @@ pub fn event_row(event: &StoredEvent) -> Value {
             "txn_id": event.txn_id,
         },
         relation_parent(content),
+        push.to_json(),
     ])
 }
 
@@ -224,6 +235,7 @@ mod tests {
             pool,
             Notifier::new(),
             Arc::new(RecentEventsCache::default()),
+            Arc::new(RecentPushActions::default()),
         )
     }
 
@@ -258,7 +270,7 @@ mod tests {
             txn_device_id: Some("DEV".into()),
             txn_id: None,
         };
-        let row = event_row(&event);
+        let row = event_row(&event, &RowActions::None);
         // Synapse's columns first: what wakes the right long-polls.
         assert_eq!(row[0], "$e");
         assert_eq!(row[4], "join");

@@ -302,6 +302,7 @@ pub struct NodeParts {
     pub pool: deadpool_postgres::Pool,
     pub notifier: Notifier,
     pub recent_events: Arc<crate::caches::RecentEventsCache>,
+    pub recent_push: Arc<crate::push::recent::RecentPushActions>,
     /// To ask a memory stream's writers for rows.
     pub mailboxes: Arc<crate::roles::Mailboxes>,
 }
@@ -314,6 +315,7 @@ pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
             parts.pool.clone(),
             parts.notifier.clone(),
             parts.recent_events.clone(),
+            parts.recent_push.clone(),
         )),
         Arc::new(super::receipts::ReceiptsRows::new(parts.pool.clone())),
         Arc::new(super::account_data::AccountDataRows::new(
@@ -366,6 +368,7 @@ mod tests {
             crate::storage::connect("postgresql://nobody@127.0.0.1:1/none", 1).expect("pool"),
             notifier.clone(),
             Arc::new(crate::caches::RecentEventsCache::default()),
+            Arc::default(),
         ));
         let streams = Streams::new(
             notifier,

@@ -7,9 +7,11 @@
 //!
 //! Each instance keeps the counts it last gave ([`UnreadCache`]): while the
 //! notifier says neither a receipt in the room nor a membership of the user
-//! changed since, a room with no new event keeps its counts without a read,
-//! and a room with new events only counts the actions after them. Only a
-//! receipt or a membership change counts a room again from its floor.
+//! changed since, a room with no new event keeps its counts, and a room
+//! with new events adds their actions, from memory
+//! ([`crate::push::recent`]) when it holds them, else from one read of the
+//! actions after the counts. A receipt or a membership change counts the
+//! room again from its floors.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,7 +21,7 @@ use serde_json::{json, Map, Value};
 use super::SyncContext;
 use crate::error::ApiResult;
 use crate::push::evaluator::MAIN_TIMELINE;
-use crate::storage::push_actions::{self, Counts};
+use crate::storage::push_actions::{self, Counts, RoomUnread};
 use crate::streams::events::EVENTS_STREAM;
 use crate::streams::receipts::RECEIPTS_STREAM;
 
@@ -33,21 +35,21 @@ pub struct UnreadCache {
 }
 
 /// A room's counts by thread for a user, counted up to `events` with the
-/// receipts up to `receipts`.
+/// receipts up to `receipts`, above `unread.floors`.
 #[derive(Clone)]
 struct Entry {
     events: i64,
     receipts: i64,
-    counts: HashMap<String, Counts>,
+    unread: RoomUnread,
 }
 
 /// What to do for one room of an answer.
 enum Plan {
-    /// The counts are the entry's: nothing happened in the room.
-    Kept(HashMap<String, Counts>),
-    /// The entry's plus the actions after its position.
-    Added(HashMap<String, Counts>, i64),
-    /// Counted from the floor.
+    /// The counts are known.
+    Known(RoomUnread),
+    /// The entry's plus the actions after its position, read.
+    Added(RoomUnread, i64),
+    /// Counted from the floors.
     Counted,
 }
 
@@ -69,14 +71,27 @@ impl UnreadCache {
         {
             return Plan::Counted;
         }
-        if notifier.has_changed_since(EVENTS_STREAM, room_id, entry.events) {
-            Plan::Added(entry.counts, entry.events)
-        } else {
-            Plan::Kept(entry.counts)
+        if !notifier.has_changed_since(EVENTS_STREAM, room_id, entry.events) {
+            return Plan::Known(entry.unread);
+        }
+        let mut unread = entry.unread;
+        match ctx.node.recent_push.counts(
+            room_id,
+            ctx.user_id(),
+            entry.events,
+            ctx.upto_events(),
+            &unread.floors,
+        ) {
+            Some(more) => {
+                add(&mut unread.counts, more);
+                self.store(ctx, room_id, &unread);
+                Plan::Known(unread)
+            }
+            None => Plan::Added(unread, entry.events),
         }
     }
 
-    fn store(&self, ctx: &SyncContext<'_>, room_id: &str, counts: &HashMap<String, Counts>) {
+    fn store(&self, ctx: &SyncContext<'_>, room_id: &str, unread: &RoomUnread) {
         let Ok(mut entries) = self.entries.lock() else {
             return;
         };
@@ -86,7 +101,7 @@ impl UnreadCache {
         let entry = Entry {
             events: ctx.upto_events(),
             receipts: ctx.upto.receipts.stream(),
-            counts: counts.clone(),
+            unread: unread.clone(),
         };
         let key = (ctx.user_id().to_owned(), room_id.to_owned());
         match entries.get(&key) {
@@ -106,15 +121,15 @@ pub async fn unread(
 ) -> ApiResult<HashMap<String, Map<String, Value>>> {
     let cache = &ctx.node.unread;
     let mut counts: HashMap<String, HashMap<String, Counts>> = HashMap::new();
-    let mut added: HashMap<&str, HashMap<String, Counts>> = HashMap::new();
+    let mut added: HashMap<&str, RoomUnread> = HashMap::new();
     let mut to_read: Vec<(&str, i64)> = Vec::new();
     for room_id in room_ids {
         match cache.plan(ctx, room_id) {
-            Plan::Kept(kept) => {
-                counts.insert((*room_id).to_owned(), kept);
+            Plan::Known(unread) => {
+                counts.insert((*room_id).to_owned(), unread.counts);
             }
-            Plan::Added(base, after) => {
-                added.insert(room_id, base);
+            Plan::Added(unread, after) => {
+                added.insert(room_id, unread);
                 to_read.push((room_id, after));
             }
             Plan::Counted => to_read.push((room_id, 0)),
@@ -125,14 +140,17 @@ pub async fn unread(
             push_actions::unread_counts(&ctx.node.pool, ctx.user_id(), &to_read, ctx.upto_events())
                 .await?;
         for (room_id, _) in &to_read {
-            let mut room_counts = added.remove(room_id).unwrap_or_default();
-            for (thread_id, more) in read.remove(*room_id).unwrap_or_default() {
-                let sum = room_counts.entry(thread_id).or_default();
-                sum.notifications += more.notifications;
-                sum.highlights += more.highlights;
-            }
-            cache.store(ctx, room_id, &room_counts);
-            counts.insert((*room_id).to_owned(), room_counts);
+            let more = read.remove(*room_id).unwrap_or_default();
+            let unread = match added.remove(room_id) {
+                Some(mut unread) => {
+                    add(&mut unread.counts, more.counts);
+                    unread.floors = more.floors;
+                    unread
+                }
+                None => more,
+            };
+            cache.store(ctx, room_id, &unread);
+            counts.insert((*room_id).to_owned(), unread.counts);
         }
     }
     let by_thread = ctx.filter.room.timeline.unread_thread_notifications;
@@ -168,6 +186,15 @@ pub async fn unread(
         sections.insert((*room_id).to_owned(), section);
     }
     Ok(sections)
+}
+
+/// Adds `more` to `counts`, thread by thread.
+fn add(counts: &mut HashMap<String, Counts>, more: HashMap<String, Counts>) {
+    for (thread_id, more) in more {
+        let sum = counts.entry(thread_id).or_default();
+        sum.notifications += more.notifications;
+        sum.highlights += more.highlights;
+    }
 }
 
 fn counts_json(counts: Counts) -> Value {

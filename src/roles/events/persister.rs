@@ -20,6 +20,7 @@ use super::heads::{snapshot_due, RoomHead, RoomHeads};
 use super::rows::{self, stored_event, NewEvent, RoomRow, StateGroupChange};
 use super::{CreateRoom, Persisted, SendEvent, Transaction};
 use crate::caches::RecentEventsCache;
+use crate::push::recent::{RecentPushActions, RowActions};
 use crate::roles::WriteError;
 use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
 use crate::rooms::version::parse_supported;
@@ -60,6 +61,8 @@ pub struct EventPersister {
     /// This instance's recent events of each room, given each committed
     /// event before it is announced.
     recent_events: Arc<RecentEventsCache>,
+    /// Given each committed event's push actions before it is announced.
+    recent_push: Arc<RecentPushActions>,
     events_persisted: u64,
     writes_failed: u64,
     /// Group commits the database refused and that were committed apart.
@@ -74,6 +77,7 @@ impl EventPersister {
         key_pair: Ed25519KeyPair,
         writer: StreamWriter,
         recent_events: Arc<RecentEventsCache>,
+        recent_push: Arc<RecentPushActions>,
         cached_rooms: usize,
     ) -> EventPersister {
         EventPersister {
@@ -83,6 +87,7 @@ impl EventPersister {
             rooms: RoomHeads::new(cached_rooms),
             writer,
             recent_events,
+            recent_push,
             events_persisted: 0,
             writes_failed: 0,
             groups_split: 0,
@@ -644,12 +649,21 @@ impl EventPersister {
             .zip(&positions)
             .map(|(event, &position)| stored_event(event, position))
             .collect();
+        let actions: Vec<RowActions> = events
+            .iter()
+            .map(|event| RowActions::of(event.push.as_ref()))
+            .collect();
+        for (event, actions) in stored.iter().zip(&actions) {
+            self.recent_push
+                .record(&event.room_id, event.stream_ordering, actions.clone());
+        }
         self.recent_events
             .extend(self.writer.stream().notifier(), &stored, last);
         self.writer.finish_with_keys(&positions, keys, || {
             stored
                 .iter()
-                .map(|event| (event.stream_ordering, event_row(event)))
+                .zip(&actions)
+                .map(|(event, actions)| (event.stream_ordering, event_row(event, actions)))
                 .collect()
         });
         Ok(persisted)
