@@ -326,7 +326,9 @@ pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
             parts.pool.clone(),
             parts.mailboxes.clone(),
         )),
-        Arc::new(super::device_lists::DeviceListsRows::new(parts.pool.clone())),
+        Arc::new(super::device_lists::DeviceListsRows::new(
+            parts.pool.clone(),
+        )),
     ]
 }
 

@@ -196,7 +196,14 @@ pub async fn upload_signatures(
         let target = check_user_id(target_user)?;
         for (target_key_id, object) in signed_keys {
             let outcome = if target_user == signer {
-                sign_own_key(&client, signer, target_key_id, object, self_signing.as_ref()).await?
+                sign_own_key(
+                    &client,
+                    signer,
+                    target_key_id,
+                    object,
+                    self_signing.as_ref(),
+                )
+                .await?
             } else {
                 sign_other_users_master_key(
                     &client,
@@ -254,20 +261,39 @@ async fn sign_own_key(
 ) -> ApiResult<Result<Vec<StoredSignature>, Refusal>> {
     if let Some(device_key) = keys::device_keys(client, user_id, target_key_id).await? {
         let Some(self_signing) = self_signing else {
-            return Ok(Err(("M_INVALID_SIGNATURE", "no self-signing key is uploaded".into())));
+            return Ok(Err((
+                "M_INVALID_SIGNATURE",
+                "no self-signing key is uploaded".into(),
+            )));
         };
         if signed_part(&device_key) != signed_part(object) {
-            return Ok(Err(("M_INVALID_PARAM", "the signed key is not the device's key".into())));
+            return Ok(Err((
+                "M_INVALID_PARAM",
+                "the signed key is not the device's key".into(),
+            )));
         }
         let Some((key_id, public_key)) = cross_signing_public_key(&self_signing.key_json) else {
-            return Ok(Err(("M_INVALID_SIGNATURE", "the self-signing key is unusable".into())));
+            return Ok(Err((
+                "M_INVALID_SIGNATURE",
+                "the self-signing key is unusable".into(),
+            )));
         };
-        return Ok(signature_by(object, user_id, target_key_id, user_id, &key_id, &public_key));
+        return Ok(signature_by(
+            object,
+            user_id,
+            target_key_id,
+            user_id,
+            &key_id,
+            &public_key,
+        ));
     }
     let master = keys::cross_signing_key(client, user_id, "master").await?;
     if let Some(master) = master.filter(|master| master.public_key == target_key_id) {
         if signed_part(&master.key_json) != signed_part(object) {
-            return Ok(Err(("M_INVALID_PARAM", "the signed key is not the master key".into())));
+            return Ok(Err((
+                "M_INVALID_PARAM",
+                "the signed key is not the master key".into(),
+            )));
         }
         // Signatures by the user's devices (each checked with its key).
         let mut signatures = Vec::new();
@@ -305,7 +331,10 @@ async fn sign_own_key(
         }
         return Ok(Ok(signatures));
     }
-    Ok(Err(("M_NOT_FOUND", format!("no key {target_key_id} of {user_id}"))))
+    Ok(Err((
+        "M_NOT_FOUND",
+        format!("no key {target_key_id} of {user_id}"),
+    )))
 }
 
 /// The signature of another user's master key by the signer's user-signing key.
@@ -318,7 +347,10 @@ async fn sign_other_users_master_key(
     user_signing: Option<&CrossSigningKey>,
 ) -> ApiResult<Result<Vec<StoredSignature>, Refusal>> {
     let Some(user_signing) = user_signing else {
-        return Ok(Err(("M_INVALID_SIGNATURE", "no user-signing key is uploaded".into())));
+        return Ok(Err((
+            "M_INVALID_SIGNATURE",
+            "no user-signing key is uploaded".into(),
+        )));
     };
     let master = keys::cross_signing_key(client, target_user, "master").await?;
     let Some(master) = master.filter(|master| master.public_key == target_key_id) else {
@@ -328,12 +360,25 @@ async fn sign_other_users_master_key(
         )));
     };
     if signed_part(&master.key_json) != signed_part(object) {
-        return Ok(Err(("M_INVALID_PARAM", "the signed key is not the master key".into())));
+        return Ok(Err((
+            "M_INVALID_PARAM",
+            "the signed key is not the master key".into(),
+        )));
     }
     let Some((key_id, public_key)) = cross_signing_public_key(&user_signing.key_json) else {
-        return Ok(Err(("M_INVALID_SIGNATURE", "the user-signing key is unusable".into())));
+        return Ok(Err((
+            "M_INVALID_SIGNATURE",
+            "the user-signing key is unusable".into(),
+        )));
     };
-    Ok(signature_by(object, target_user, target_key_id, signer, &key_id, &public_key))
+    Ok(signature_by(
+        object,
+        target_user,
+        target_key_id,
+        signer,
+        &key_id,
+        &public_key,
+    ))
 }
 
 /// The signature of `object` by `signer`'s key `key_id` (`public_key`), to
@@ -355,7 +400,10 @@ fn signature_by(
         return Err(("M_INVALID_SIGNATURE", format!("no signature by {key_id}")));
     };
     if !verify_signature(object, signer, key_id, public_key) {
-        return Err(("M_INVALID_SIGNATURE", format!("the signature by {key_id} does not verify")));
+        return Err((
+            "M_INVALID_SIGNATURE",
+            format!("the signature by {key_id} does not verify"),
+        ));
     }
     Ok(vec![StoredSignature {
         target_user_id: target_user_id.to_owned(),
