@@ -98,26 +98,32 @@ fn key_name(key_id: &str) -> String {
     key_id.strip_prefix("ed25519:").unwrap_or(key_id).to_owned()
 }
 
-/// Whether storing `keys` would change any of the user's current ones
-/// (Synapse's `has_different_keys`: the same keys again need no UIA).
-pub(crate) async fn replaces_existing_keys(
+/// The keys of an upload that differ from the user's current ones (or
+/// are new), and whether the user has cross-signing set up (a master key):
+/// then changing anything needs user-interactive authentication, as
+/// Synapse's `has_different_keys` decides (the same keys again need none).
+pub(crate) async fn changed_keys(
     node: &Node,
     user_id: &str,
-    keys: &[CrossSigningKey],
-) -> ApiResult<bool> {
+    keys: Vec<CrossSigningKey>,
+) -> ApiResult<(Vec<CrossSigningKey>, bool)> {
     let client = node
         .pool
         .get()
         .await
         .map_err(crate::storage::StorageError::from)?;
+    let set_up = keys::cross_signing_key(&client, user_id, "master")
+        .await?
+        .is_some();
+    let mut changed = Vec::new();
     for key in keys {
-        if let Some(stored) = keys::cross_signing_key(&client, user_id, &key.key_type).await? {
-            if signed_part(&stored.key_json) != signed_part(&key.key_json) {
-                return Ok(true);
-            }
+        let stored = keys::cross_signing_key(&client, user_id, &key.key_type).await?;
+        if stored.is_none_or(|stored| signed_part(&stored.key_json) != signed_part(&key.key_json))
+        {
+            changed.push(key);
         }
     }
-    Ok(false)
+    Ok((changed, set_up))
 }
 
 /// Stores checked keys and tells the device lists stream: the master and
@@ -166,7 +172,11 @@ pub async fn upload_signing_keys(
 ) -> ApiResult<HttpResponse> {
     let user_id = requester.user_id.as_str();
     let keys = checked_signing_keys(&node, user_id, &body).await?;
-    if replaces_existing_keys(&node, user_id, &keys).await? {
+    let (keys, set_up) = changed_keys(&node, user_id, keys).await?;
+    if keys.is_empty() {
+        return Ok(HttpResponse::Ok().json(json!({})));
+    }
+    if set_up {
         return Err(ApiError::forbidden(
             "replacing cross-signing keys needs user-interactive authentication",
         ));
