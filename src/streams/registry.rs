@@ -120,6 +120,7 @@ pub const SPECS: &[&StreamSpec] = &[
     &super::caches::SPEC,
     &super::push_rules::SPEC,
     &super::presence::SPEC,
+    &super::device_lists::SPEC,
 ];
 
 /// The spec of the stream named `name`.
@@ -326,6 +327,9 @@ pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
         Arc::new(super::presence::PresenceRows::new(
             parts.pool.clone(),
             parts.mailboxes.clone(),
+        )),
+        Arc::new(super::device_lists::DeviceListsRows::new(
+            parts.pool.clone(),
         )),
     ]
 }

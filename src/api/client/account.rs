@@ -169,6 +169,7 @@ pub async fn register(
         &access_token,
     )
     .await?;
+    tell_device_lists(&node, &user_id, vec![device_id.clone()]).await;
     Ok(HttpResponse::Ok().json(json!({
         "user_id": user_id,
         "access_token": access_token,
@@ -300,6 +301,7 @@ pub async fn login(
     .await?;
     // The device's earlier tokens were replaced.
     node.forget_tokens(&user_id, Some(&device_id)).await?;
+    tell_device_lists(&node, &user_id, vec![device_id.clone()]).await;
     Ok(HttpResponse::Ok().json(json!({
         "user_id": user_id,
         "access_token": access_token,
@@ -323,19 +325,40 @@ pub async fn logout(node: web::Data<Node>, requester: Requester) -> ApiResult<Ht
     accounts::delete_device(&node.pool, &requester.user_id, &requester.device_id).await?;
     node.forget_tokens(&requester.user_id, Some(&requester.device_id))
         .await?;
+    let device = vec![requester.device_id.clone()];
+    tell_device_lists(&node, &requester.user_id, device).await;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
 /// POST /_matrix/client/v3/logout/all
 pub async fn logout_all(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
+    let devices = {
+        let client = node
+            .pool
+            .get()
+            .await
+            .map_err(crate::storage::StorageError::from)?;
+        crate::storage::device_lists::device_ids(&client, &requester.user_id).await?
+    };
     accounts::delete_all_devices(&node.pool, &requester.user_id).await?;
     node.forget_tokens(&requester.user_id, None).await?;
+    tell_device_lists(&node, &requester.user_id, devices).await;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
 /// The one answer to a login with an unknown user, a user without a
 /// password, or a wrong password.
 const INVALID_LOGIN: &str = "invalid username or password";
+
+/// Tells the device lists stream that a login, registration or logout
+/// added or removed `device_ids`. The session change itself is done by
+/// then: when the stream's writer cannot be reached it is not undone, and
+/// the users sharing a room miss this change (a warning says so).
+async fn tell_device_lists(node: &Node, user_id: &str, device_ids: Vec<String>) {
+    if let Err(error) = crate::api::client::keys::devices_changed(node, user_id, device_ids).await {
+        tracing::warn!(user_id, error = %error, "device list change not recorded");
+    }
+}
 
 /// The device a client names at login or registration, before anything is stored.
 fn check_new_device(device_id: Option<&str>, display_name: Option<&str>) -> ApiResult<()> {
