@@ -56,6 +56,8 @@ pub enum ErrCode {
     /// `M_BAD_JSON` with 405: account data only the server sets
     /// (`m.fully_read`, `m.push_rules`), as the spec answers.
     ServerControlled,
+    /// A key's signature is missing or does not verify (cross-signing).
+    InvalidSignature,
 }
 
 impl ErrCode {
@@ -87,6 +89,7 @@ impl ErrCode {
             ErrCode::AliasInUse => "M_UNKNOWN",
             ErrCode::Internal => "M_UNKNOWN",
             ErrCode::ServerControlled => "M_BAD_JSON",
+            ErrCode::InvalidSignature => "M_INVALID_SIGNATURE",
         }
     }
 
@@ -205,6 +208,19 @@ impl From<crate::storage::StorageError> for ApiError {
 }
 
 /// A writer's refusal as the client sees it: the one place a
+/// A refused key: `M_INVALID_PARAM`, or `M_INVALID_SIGNATURE` for a
+/// signature that does not verify.
+impl From<crate::keys::KeyError> for ApiError {
+    fn from(error: crate::keys::KeyError) -> Self {
+        match error {
+            crate::keys::KeyError::Invalid(message) => ApiError::invalid_param(message),
+            crate::keys::KeyError::BadSignature(message) => {
+                ApiError::new(ErrCode::InvalidSignature, message)
+            }
+        }
+    }
+}
+
 /// [`WriteError`](crate::roles::WriteError) becomes a Matrix error.
 impl From<crate::roles::WriteError> for ApiError {
     fn from(error: crate::roles::WriteError) -> Self {

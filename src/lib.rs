@@ -27,6 +27,7 @@ pub mod bench;
 pub mod caches;
 pub mod config;
 pub mod error;
+pub mod keys;
 pub mod node;
 pub mod passwords;
 pub mod push;

@@ -5,6 +5,7 @@
 //! A new role adds a module and a row, not fields and methods on `Node`.
 
 pub mod account_data;
+pub mod device_lists;
 pub mod events;
 pub mod presence;
 pub mod push_rules;
@@ -55,6 +56,11 @@ pub const ACTORS: &[ActorRow] = &[
         role: Role::Presence,
         kind: presence::PRESENCE_STREAM,
         start: presence::start,
+    },
+    ActorRow {
+        role: Role::DeviceLists,
+        kind: device_lists::DEVICE_LISTS_STREAM,
+        start: device_lists::start,
     },
 ];
 

@@ -4,8 +4,10 @@
 pub mod account_data;
 pub mod accounts;
 pub mod caches;
+pub mod device_lists;
 pub mod followers;
 pub mod instances;
+pub mod keys;
 pub mod presence;
 pub mod push_actions;
 pub mod push_rules;
@@ -85,6 +87,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0013_user_directory",
         include_str!("storage/migrations/0013_user_directory.sql"),
+    ),
+    (
+        "0016_e2e_keys",
+        include_str!("storage/migrations/0016_e2e_keys.sql"),
+    ),
+    (
+        "0017_device_lists",
+        include_str!("storage/migrations/0017_device_lists.sql"),
     ),
 ];
 

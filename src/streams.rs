@@ -8,6 +8,7 @@
 pub mod account_data;
 pub mod caches;
 pub mod change_cache;
+pub mod device_lists;
 pub mod events;
 pub mod follower;
 pub mod id_gen;

@@ -7,7 +7,8 @@
 //!   [`state`], [`ephemeral`] (typing, receipts) and [`account_data`]'s room
 //!   part;
 //! - [`account_data`] (global part), [`presence`], [`to_device`] and
-//!   [`device_lists`]: the top-level sections.
+//!   [`device_lists`]: the top-level sections; [`one_time_keys`]: the
+//!   device's key counts, added to every answer as it leaves.
 //!
 //! A section whose stream does not exist yet answers its spec-valid empty
 //! value from its own module, so a new stream fills in one file. The HTTP
@@ -19,6 +20,7 @@ pub mod account_data;
 pub mod device_lists;
 pub mod ephemeral;
 pub mod notifications;
+pub mod one_time_keys;
 pub mod presence;
 pub mod push_rules;
 pub mod rooms;
@@ -99,8 +101,6 @@ impl SyncResponse {
             "account_data": { "events": self.account_data },
             "to_device": { "events": self.to_device },
             "device_lists": self.device_lists.into_json(),
-            // End-to-end keys have no store yet: no one-time keys to count.
-            "device_one_time_keys_count": {},
         })
     }
 }

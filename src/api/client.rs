@@ -7,6 +7,7 @@ pub mod account_data;
 pub mod directory;
 pub mod events;
 pub mod filter;
+pub mod keys;
 pub mod membership;
 pub mod message;
 pub mod presence;
@@ -57,6 +58,18 @@ fn routes(scope: Scope) -> Scope {
     // again for the metrics' endpoint label): the hottest come first.
     scope
         .service(resource("/sync").route(web::get().to(sync::sync)))
+        .service(resource("/keys/upload").route(web::post().to(keys::upload_keys)))
+        .service(resource("/keys/query").route(web::post().to(keys::query_keys)))
+        .service(resource("/keys/claim").route(web::post().to(keys::claim_keys)))
+        .service(resource("/keys/changes").route(web::get().to(keys::key_changes)))
+        .service(
+            resource("/keys/device_signing/upload")
+                .route(web::post().to(keys::cross_signing::upload_signing_keys)),
+        )
+        .service(
+            resource("/keys/signatures/upload")
+                .route(web::post().to(keys::cross_signing::upload_signatures)),
+        )
         .service(
             resource("/rooms/{room_id}/send/{event_type}/{txn_id}")
                 .route(web::put().to(message::send_message_event)),

@@ -169,6 +169,7 @@ pub async fn register(
         &access_token,
     )
     .await?;
+    crate::api::client::keys::devices_changed(&node, &user_id, vec![device_id.clone()]).await?;
     Ok(HttpResponse::Ok().json(json!({
         "user_id": user_id,
         "access_token": access_token,
@@ -300,6 +301,7 @@ pub async fn login(
     .await?;
     // The device's earlier tokens were replaced.
     node.forget_tokens(&user_id, Some(&device_id)).await?;
+    crate::api::client::keys::devices_changed(&node, &user_id, vec![device_id.clone()]).await?;
     Ok(HttpResponse::Ok().json(json!({
         "user_id": user_id,
         "access_token": access_token,
@@ -323,13 +325,20 @@ pub async fn logout(node: web::Data<Node>, requester: Requester) -> ApiResult<Ht
     accounts::delete_device(&node.pool, &requester.user_id, &requester.device_id).await?;
     node.forget_tokens(&requester.user_id, Some(&requester.device_id))
         .await?;
+    let device = vec![requester.device_id.clone()];
+    crate::api::client::keys::devices_changed(&node, &requester.user_id, device).await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
 /// POST /_matrix/client/v3/logout/all
 pub async fn logout_all(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
+    let devices = {
+        let client = node.pool.get().await.map_err(crate::storage::StorageError::from)?;
+        crate::storage::device_lists::device_ids(&client, &requester.user_id).await?
+    };
     accounts::delete_all_devices(&node.pool, &requester.user_id).await?;
     node.forget_tokens(&requester.user_id, None).await?;
+    crate::api::client::keys::devices_changed(&node, &requester.user_id, devices).await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 

@@ -50,7 +50,8 @@ pub async fn sync(
     let node = node.into_inner();
     let runtime = node.runtime.clone();
     let answer = AbortOnDrop(runtime.spawn(async move {
-        let response = long_poll(&node, &requester, &query.into_inner()).await?;
+        let mut response = long_poll(&node, &requester, &query.into_inner()).await?;
+        sync::one_time_keys::add_key_counts(&node, &requester, &mut response).await?;
         serde_json::to_vec(&response).map_err(ApiError::internal)
     }));
     let body = answer.await.map_err(ApiError::internal)??;
