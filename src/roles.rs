@@ -9,6 +9,7 @@ pub mod events;
 pub mod presence;
 pub mod push_rules;
 pub mod receipts;
+pub mod to_device;
 pub mod typing;
 
 mod mailboxes;
@@ -55,6 +56,11 @@ pub const ACTORS: &[ActorRow] = &[
         role: Role::Presence,
         kind: presence::PRESENCE_STREAM,
         start: presence::start,
+    },
+    ActorRow {
+        role: Role::ToDevice,
+        kind: to_device::TO_DEVICE_STREAM,
+        start: to_device::start,
     },
 ];
 

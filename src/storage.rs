@@ -13,6 +13,7 @@ pub mod receipts;
 pub mod relations;
 pub mod rooms;
 pub mod streams;
+pub mod to_device;
 pub mod user_directory;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -85,6 +86,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0013_user_directory",
         include_str!("storage/migrations/0013_user_directory.sql"),
+    ),
+    (
+        "0018_to_device",
+        include_str!("storage/migrations/0018_to_device.sql"),
     ),
 ];
 

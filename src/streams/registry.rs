@@ -120,6 +120,7 @@ pub const SPECS: &[&StreamSpec] = &[
     &super::caches::SPEC,
     &super::push_rules::SPEC,
     &super::presence::SPEC,
+    &super::to_device::SPEC,
 ];
 
 /// The spec of the stream named `name`.
@@ -325,6 +326,7 @@ pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
             parts.pool.clone(),
             parts.mailboxes.clone(),
         )),
+        Arc::new(super::to_device::ToDeviceRows::new(parts.pool.clone())),
     ]
 }
 

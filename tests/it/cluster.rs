@@ -168,6 +168,10 @@ impl TestCluster {
                         vec!["sync2", "events1"],
                     ))
                     .merge(Serialized::default(
+                        "stream_writers.to_device",
+                        vec!["events1", "sync2"],
+                    ))
+                    .merge(Serialized::default(
                         "instance_map.sync2",
                         json!({ "host": "127.0.0.1", "port": 1 }),
                     ));
@@ -177,6 +181,7 @@ impl TestCluster {
                     Role::AccountData,
                     Role::PushRules,
                     Role::Presence,
+                    Role::ToDevice,
                 ];
                 cluster.nodes.push(
                     TestNode::start(
