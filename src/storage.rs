@@ -15,6 +15,7 @@ pub mod receipts;
 pub mod relations;
 pub mod rooms;
 pub mod streams;
+pub mod to_device;
 pub mod user_directory;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -95,6 +96,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0017_device_lists",
         include_str!("storage/migrations/0017_device_lists.sql"),
+    ),
+    (
+        "0018_to_device",
+        include_str!("storage/migrations/0018_to_device.sql"),
     ),
 ];
 

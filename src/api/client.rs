@@ -19,6 +19,7 @@ pub mod relations;
 pub mod room;
 pub mod state;
 pub mod sync;
+pub mod to_device;
 pub mod typing;
 pub mod user_directory;
 pub mod versions;
@@ -133,6 +134,10 @@ fn routes(scope: Scope) -> Scope {
             resource("/user/{user_id}/rooms/{room_id}/tags/{tag}")
                 .route(web::put().to(account_data::put_tag))
                 .route(web::delete().to(account_data::delete_tag)),
+        )
+        .service(
+            resource("/sendToDevice/{event_type}/{txn_id}")
+                .route(web::put().to(to_device::send_to_device)),
         )
         .service(resource("/createRoom").route(web::post().to(room::create_room)))
         .service(resource("/joined_rooms").route(web::get().to(membership::joined_rooms)))

@@ -121,6 +121,7 @@ pub const SPECS: &[&StreamSpec] = &[
     &super::push_rules::SPEC,
     &super::presence::SPEC,
     &super::device_lists::SPEC,
+    &super::to_device::SPEC,
 ];
 
 /// The spec of the stream named `name`.
@@ -327,6 +328,7 @@ pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
             parts.mailboxes.clone(),
         )),
         Arc::new(super::device_lists::DeviceListsRows::new(parts.pool.clone())),
+        Arc::new(super::to_device::ToDeviceRows::new(parts.pool.clone())),
     ]
 }
 

@@ -40,5 +40,6 @@ mod replication;
 mod rooms;
 mod state;
 mod sync;
+mod to_device;
 mod typing;
 mod user_directory;
