@@ -15,7 +15,9 @@
 // list, the first device cross-signs it (bob sees it signed by its owner, the first device
 // sees it verified), the second device takes the cross-signing keys from secret storage
 // with the recovery key, restores the room keys from the backup and reads the earlier
-// messages; then bob and the second device exchange a message each way.
+// messages; then bob and the second device exchange a message each way. Last, alice deletes
+// the second device (user-interactive auth with her password): its token stops working and
+// it leaves GET /devices and her and bob's device lists.
 //
 // --nio: alice creates an encrypted room, invites the nio user (who joins on his own), sends
 // a message the nio client decrypts, and decrypts the nio client's answer.
@@ -548,6 +550,34 @@ async function e2eeConversation(baseUrl) {
             await expectDecrypted(alice, roomId, sent.eventId, aliceId, body, "alice2's message");
             step("bob and alice's first device decrypt the second device's message");
         }
+
+        // 5. alice deletes the second device from the first (user-interactive auth with her
+        //    password): it is logged out, and it leaves her and bob's device lists.
+        const listed = await call("alice: GET /devices", alice.getDevices());
+        expect(
+            [dev1, dev2].every((d) => listed.devices?.some((x) => x.device_id === d)),
+            `alice: GET /devices lists ${JSON.stringify(listed.devices?.map((x) => x.device_id))}, expected ${dev1} and ${dev2}`,
+        );
+        alice2.stopClient();
+        const deletion = {};
+        await call(`alice: DELETE /devices/${dev2}`, passwordAuth("alice", aliceName, deletion)((auth) => alice.deleteDevice(dev2, auth ?? undefined)));
+        expect(deletion.uia !== "none asked", `alice: DELETE /devices/${dev2} asked for no user-interactive auth`);
+        try {
+            await alice2.whoami();
+            throw new Failure(`alice2: its access token still works after its device was deleted`);
+        } catch (e) {
+            if (e instanceof Failure) throw e;
+            expect(e instanceof MatrixError && e.httpStatus === 401 && e.errcode === "M_UNKNOWN_TOKEN", `alice2: whoami after deletion: expected 401 M_UNKNOWN_TOKEN, got ${errText(e)}`);
+        }
+        const after = await call("alice: GET /devices", alice.getDevices());
+        expect(!after.devices?.some((x) => x.device_id === dev2), `alice: GET /devices still lists the deleted ${dev2}`);
+        for (const observer of [alice, bob]) {
+            await waitFor(observer, observer.who, `alice's device ${dev2} gone from her device list`, async () => {
+                const devices = await observer.getCrypto().getUserDeviceInfo([aliceId]);
+                return devices.get(aliceId)?.has(dev1) && !devices.get(aliceId)?.has(dev2);
+            }, [ClientEvent.Sync]);
+        }
+        step(`alice deleted ${dev2} (UIA: ${deletion.uia}): it is logged out, and gone from her and bob's device lists`);
     } finally {
         for (const c of clients) c.stopClient();
     }
