@@ -153,10 +153,14 @@ pub fn check_cross_signing_key(
         .and_then(Value::as_array)
         .is_some_and(|usage| usage.iter().any(|u| u.as_str() == Some(key_type)))
     {
-        return invalid(format!("the {key_type} key's usage must include {key_type}"));
+        return invalid(format!(
+            "the {key_type} key's usage must include {key_type}"
+        ));
     }
     let Some((key_id, public_key)) = cross_signing_public_key(key) else {
-        return invalid(format!("the {key_type} key must hold exactly one ed25519 key"));
+        return invalid(format!(
+            "the {key_type} key must hold exactly one ed25519 key"
+        ));
     };
     if let Some((master_id, master_key)) = master {
         if !verify_signature(key, user_id, master_id, master_key) {
@@ -236,14 +240,24 @@ mod tests {
         });
         let by_master = signed(ssk.clone(), "@a:x", &master);
         assert_eq!(
-            check_cross_signing_key(&by_master, "@a:x", "self_signing", Some((&master_id, &master_public))),
+            check_cross_signing_key(
+                &by_master,
+                "@a:x",
+                "self_signing",
+                Some((&master_id, &master_public))
+            ),
             Ok((format!("ed25519:{ssk_public}"), ssk_public.clone()))
         );
         // Signed by another key under the master key's id: refused.
         let (impostor, _) = key_pair(Some(&master_public));
         let by_impostor = signed(ssk.clone(), "@a:x", &impostor);
         assert!(matches!(
-            check_cross_signing_key(&by_impostor, "@a:x", "self_signing", Some((&master_id, &master_public))),
+            check_cross_signing_key(
+                &by_impostor,
+                "@a:x",
+                "self_signing",
+                Some((&master_id, &master_public))
+            ),
             Err(KeyError::BadSignature(_))
         ));
         assert!(matches!(

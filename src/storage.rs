@@ -90,6 +90,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("storage/migrations/0013_user_directory.sql"),
     ),
     (
+        "0014_devices",
+        include_str!("storage/migrations/0014_devices.sql"),
+    ),
+    (
         "0016_e2e_keys",
         include_str!("storage/migrations/0016_e2e_keys.sql"),
     ),

@@ -21,6 +21,7 @@ pub mod state;
 pub mod sync;
 pub mod to_device;
 pub mod typing;
+pub mod uiaa;
 pub mod user_directory;
 pub mod versions;
 

@@ -160,7 +160,9 @@ impl DeviceListsWriter {
         let all: Vec<DeviceListChange> = planned.iter().flatten().cloned().collect();
         let stored = async {
             device_lists::insert_changes(&transaction, &instance, &all).await?;
-            self.writer.store_position(&*transaction, &positions).await?;
+            self.writer
+                .store_position(&*transaction, &positions)
+                .await?;
             let mut users: Vec<String> = all.iter().map(|c| c.user_id.clone()).collect();
             users.sort_unstable();
             users.dedup();

@@ -71,7 +71,9 @@ pub async fn written_by(
              WHERE instance_name = $1 AND stream_id > $2 AND stream_id <= $3 ORDER BY stream_id",
         )
         .await?;
-    let rows = client.query(&statement, &[&instance, &after, &upto]).await?;
+    let rows = client
+        .query(&statement, &[&instance, &after, &upto])
+        .await?;
     Ok(rows.iter().map(change).collect())
 }
 
@@ -89,7 +91,9 @@ pub async fn users_with_changed_devices(
                AND signed_user_id IS NULL",
         )
         .await?;
-    let rows = client.query(&statement, &[&user_ids, &after, &upto]).await?;
+    let rows = client
+        .query(&statement, &[&user_ids, &after, &upto])
+        .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
@@ -177,7 +181,9 @@ pub async fn membership_changes_in_rooms(
              ORDER BY stream_ordering",
         )
         .await?;
-    let rows = client.query(&statement, &[&room_ids, &after, &upto]).await?;
+    let rows = client
+        .query(&statement, &[&room_ids, &after, &upto])
+        .await?;
     Ok(rows
         .iter()
         .map(|row| (row.get(0), row.get(1), row.get(2)))

@@ -48,9 +48,13 @@ pub async fn device_keys(
     device_id: &str,
 ) -> StorageResult<Option<Value>> {
     let statement = client
-        .prepare_cached("SELECT key_json FROM e2e_device_keys WHERE user_id = $1 AND device_id = $2")
+        .prepare_cached(
+            "SELECT key_json FROM e2e_device_keys WHERE user_id = $1 AND device_id = $2",
+        )
         .await?;
-    let row = client.query_opt(&statement, &[&user_id, &device_id]).await?;
+    let row = client
+        .query_opt(&statement, &[&user_id, &device_id])
+        .await?;
     Ok(row.map(|row| row.get(0)))
 }
 
@@ -183,7 +187,10 @@ pub async fn set_fallback_key(
         )
         .await?;
     client
-        .execute(&statement, &[&user_id, &device_id, &algorithm, &key_id, key])
+        .execute(
+            &statement,
+            &[&user_id, &device_id, &algorithm, &key_id, key],
+        )
         .await?;
     Ok(())
 }
@@ -383,7 +390,9 @@ pub async fn signatures_of(
              WHERE target_user_id = $1 AND signer_user_id = ANY($2)",
         )
         .await?;
-    let rows = client.query(&statement, &[&target_user_id, &signers]).await?;
+    let rows = client
+        .query(&statement, &[&target_user_id, &signers])
+        .await?;
     Ok(rows
         .iter()
         .map(|row| StoredSignature {

@@ -115,7 +115,12 @@ pub fn device_lists_row(change: &DeviceListChange, rooms: &[String]) -> Value {
     } else {
         rooms
     };
-    json!([change.user_id, change.device_id, change.signed_user_id, rooms])
+    json!([
+        change.user_id,
+        change.device_id,
+        change.signed_user_id,
+        rooms
+    ])
 }
 
 #[cfg(test)]

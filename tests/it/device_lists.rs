@@ -58,7 +58,11 @@ async fn a_new_device_shows_to_room_members_and_the_users_other_devices_only() {
     let (alice, bob, carol, _) = users(&cluster).await;
     let initial = bob.sync("timeout=0").await;
     // An initial sync lists nothing.
-    assert_eq!(initial["device_lists"], json!({ "changed": [], "left": [] }), "{initial}");
+    assert_eq!(
+        initial["device_lists"],
+        json!({ "changed": [], "left": [] }),
+        "{initial}"
+    );
     let bob_since = next_batch(&initial);
     let alice_since = next_batch(&alice.sync("timeout=0").await);
     let carol_since = next_batch(&carol.sync("timeout=0").await);
@@ -66,11 +70,21 @@ async fn a_new_device_shows_to_room_members_and_the_users_other_devices_only() {
     let phone = cluster.client().login("alice").await;
     assert_ne!(phone.device_id, alice.device_id);
     let sync = sync_since(&bob, &bob_since).await;
-    assert_eq!(list(&sync, "changed"), vec![alice.user_id.clone()], "{sync}");
+    assert_eq!(
+        list(&sync, "changed"),
+        vec![alice.user_id.clone()],
+        "{sync}"
+    );
     let sync = sync_since(&alice, &alice_since).await;
-    assert!(list(&sync, "changed").contains(&alice.user_id), "own devices: {sync}");
+    assert!(
+        list(&sync, "changed").contains(&alice.user_id),
+        "own devices: {sync}"
+    );
     let sync = sync_since(&carol, &carol_since).await;
-    assert!(list(&sync, "changed").is_empty(), "carol shares no room: {sync}");
+    assert!(
+        list(&sync, "changed").is_empty(),
+        "carol shares no room: {sync}"
+    );
 
     // Once only.
     let again = sync_since(&bob, &next_batch(&sync_since(&bob, &bob_since).await)).await;
@@ -81,15 +95,27 @@ async fn a_new_device_shows_to_room_members_and_the_users_other_devices_only() {
     let (status, _) = phone.post("/_matrix/client/v3/logout", json!({})).await;
     assert_eq!(status, StatusCode::OK);
     let sync = sync_since(&bob, &since).await;
-    assert_eq!(list(&sync, "changed"), vec![alice.user_id.clone()], "{sync}");
+    assert_eq!(
+        list(&sync, "changed"),
+        vec![alice.user_id.clone()],
+        "{sync}"
+    );
     let since = next_batch(&sync);
     upload_device_keys(&alice).await;
     let sync = sync_since(&bob, &since).await;
-    assert_eq!(list(&sync, "changed"), vec![alice.user_id.clone()], "{sync}");
+    assert_eq!(
+        list(&sync, "changed"),
+        vec![alice.user_id.clone()],
+        "{sync}"
+    );
     let since = next_batch(&sync);
     upload_cross_signing_keys(&alice).await;
     let sync = sync_since(&bob, &since).await;
-    assert_eq!(list(&sync, "changed"), vec![alice.user_id.clone()], "{sync}");
+    assert_eq!(
+        list(&sync, "changed"),
+        vec![alice.user_id.clone()],
+        "{sync}"
+    );
 }
 
 #[actix_web::test]
@@ -105,7 +131,11 @@ async fn a_long_poll_wakes_when_a_room_member_uploads_keys() {
         std::time::Instant::now()
     };
     let (sync, uploaded_at) = futures::join!(waiting, uploading);
-    assert_eq!(list(&sync, "changed"), vec![alice.user_id.clone()], "{sync}");
+    assert_eq!(
+        list(&sync, "changed"),
+        vec![alice.user_id.clone()],
+        "{sync}"
+    );
     assert!(
         uploaded_at.elapsed() < Duration::from_secs(5),
         "the long-poll answered {:?} after the upload",
@@ -121,12 +151,19 @@ async fn users_who_start_sharing_a_room_are_changed_and_who_stop_are_left() {
     // Carol joins bob's room: bob should fetch her devices.
     carol.join(&room_id).await;
     let sync = sync_since(&bob, &since).await;
-    assert_eq!(list(&sync, "changed"), vec![carol.user_id.clone()], "{sync}");
+    assert_eq!(
+        list(&sync, "changed"),
+        vec![carol.user_id.clone()],
+        "{sync}"
+    );
     assert!(list(&sync, "left").is_empty(), "{sync}");
     // Carol leaves: bob shares no room with her any more.
     let since = next_batch(&sync);
     let (status, body) = carol
-        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)), json!({}))
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let sync = sync_since(&bob, &since).await;
@@ -145,7 +182,10 @@ async fn users_who_start_sharing_a_room_are_changed_and_who_stop_are_left() {
     // Bob leaves alice's room: alice is left, carol (still shared) is not.
     let since = next_batch(&bob.sync("timeout=0").await);
     let (status, _) = bob
-        .post(&format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)), json!({}))
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let sync = sync_since(&bob, &since).await;
@@ -161,7 +201,11 @@ async fn key_changes_lists_the_changes_between_two_tokens() {
     carol.join(&room_id).await;
     let to = next_batch(&bob.sync("timeout=0").await);
     let (status, body) = bob
-        .get(&format!("/_matrix/client/v3/keys/changes?from={}&to={}", enc(&from), enc(&to)))
+        .get(&format!(
+            "/_matrix/client/v3/keys/changes?from={}&to={}",
+            enc(&from),
+            enc(&to)
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let mut changed: Vec<String> = body["changed"]
@@ -171,11 +215,19 @@ async fn key_changes_lists_the_changes_between_two_tokens() {
         .filter_map(|u| u.as_str().map(str::to_owned))
         .collect();
     changed.sort();
-    assert_eq!(changed, vec![alice.user_id.clone(), carol.user_id.clone()], "{body}");
+    assert_eq!(
+        changed,
+        vec![alice.user_id.clone(), carol.user_id.clone()],
+        "{body}"
+    );
     assert_eq!(body["left"], json!([]), "{body}");
     // Nothing between a token and itself.
     let (status, body) = bob
-        .get(&format!("/_matrix/client/v3/keys/changes?from={}&to={}", enc(&to), enc(&to)))
+        .get(&format!(
+            "/_matrix/client/v3/keys/changes?from={}&to={}",
+            enc(&to),
+            enc(&to)
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({ "changed": [], "left": [] }));
@@ -189,7 +241,8 @@ async fn signing_another_users_key_is_told_to_the_signer_only() {
     let (bob_master, _, _) = upload_cross_signing_keys(&bob).await;
     let alice_since = next_batch(&alice.sync("timeout=0").await);
     let bob_since = next_batch(&bob.sync("timeout=0").await);
-    let bobs_master = crate::keys::query(&alice, &[&bob]).await["master_keys"][&bob.user_id].clone();
+    let bobs_master =
+        crate::keys::query(&alice, &[&bob]).await["master_keys"][&bob.user_id].clone();
     let (status, body) = alice
         .post(
             "/_matrix/client/v3/keys/signatures/upload",

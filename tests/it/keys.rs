@@ -82,7 +82,10 @@ pub async fn query(user: &User, users: &[&User]) -> Value {
         .map(|u| (u.user_id.clone(), json!([])))
         .collect();
     let (status, body) = user
-        .post("/_matrix/client/v3/keys/query", json!({ "device_keys": wanted }))
+        .post(
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": wanted }),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "keys/query: {body}");
     body
@@ -150,14 +153,22 @@ async fn device_keys_are_queried_with_their_display_name_by_anyone() {
     let answer = query(&bob, &[&alice]).await;
     let keys = &answer["device_keys"][&alice.user_id][&alice.device_id];
     assert_eq!(keys["keys"][&device.key_id], device.public, "{answer}");
-    assert_eq!(keys["unsigned"]["device_display_name"], "Alice's phone", "{answer}");
+    assert_eq!(
+        keys["unsigned"]["device_display_name"], "Alice's phone",
+        "{answer}"
+    );
     assert!(
         keys["signatures"][&alice.user_id][&device.key_id].is_string(),
         "{answer}"
     );
     // Only the device that uploaded keys is listed; asking for a device
     // by id lists it alone; an unknown user has no devices.
-    assert_eq!(answer["device_keys"][&alice.user_id].as_object().map(|d| d.len()), Some(1));
+    assert_eq!(
+        answer["device_keys"][&alice.user_id]
+            .as_object()
+            .map(|d| d.len()),
+        Some(1)
+    );
     let (status, by_id) = bob
         .post(
             "/_matrix/client/v3/keys/query",
@@ -166,7 +177,11 @@ async fn device_keys_are_queried_with_their_display_name_by_anyone() {
         .await;
     assert_eq!(status, StatusCode::OK, "{by_id}");
     assert_eq!(by_id["device_keys"][&alice.user_id], json!({}), "{by_id}");
-    assert_eq!(by_id["device_keys"]["@nobody:lattice.test"], json!({}), "{by_id}");
+    assert_eq!(
+        by_id["device_keys"]["@nobody:lattice.test"],
+        json!({}),
+        "{by_id}"
+    );
     assert_eq!(by_id["failures"], json!({}), "{by_id}");
 }
 
@@ -185,25 +200,40 @@ async fn device_keys_not_signed_by_the_device_itself_are_refused() {
     let named = SigningKey::new(Some(&alice.device_id));
     let stranger = SigningKey::new(Some(&alice.device_id));
     let mut unsigned_keys = device_keys(&alice, &named);
-    unsigned_keys.as_object_mut().expect("object").remove("signatures");
+    unsigned_keys
+        .as_object_mut()
+        .expect("object")
+        .remove("signatures");
     let forged = stranger.sign(&alice.user_id, unsigned_keys);
     let (status, body) = upload(json!({ "device_keys": forged })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["errcode"], "M_INVALID_PARAM", "{body}");
     // Not signed at all.
     let mut unsigned = device_keys(&alice, &named);
-    unsigned.as_object_mut().expect("object").remove("signatures");
+    unsigned
+        .as_object_mut()
+        .expect("object")
+        .remove("signatures");
     let (status, body) = upload(json!({ "device_keys": unsigned })).await;
-    assert_eq!((status, body["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")));
+    assert_eq!(
+        (status, body["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM"))
+    );
     // Someone else's keys: bob's, validly signed by bob's device.
     let bobs = device_keys(&bob, &SigningKey::new(Some(&bob.device_id)));
     let (status, body) = upload(json!({ "device_keys": bobs })).await;
-    assert_eq!((status, body["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")));
+    assert_eq!(
+        (status, body["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM"))
+    );
     // Tampered with after signing.
     let mut tampered = device_keys(&alice, &named);
     tampered["algorithms"] = json!(["m.olm.v1.curve25519-aes-sha2"]);
     let (status, body) = upload(json!({ "device_keys": tampered })).await;
-    assert_eq!((status, body["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")));
+    assert_eq!(
+        (status, body["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM"))
+    );
 
     // Nothing was stored.
     let answer = query(&bob, &[&alice]).await;
@@ -217,16 +247,28 @@ async fn a_one_time_key_id_cannot_be_reused_with_other_content() {
     let device = SigningKey::new(Some(&alice.device_id));
     let keys = one_time_keys(&alice, &device, "A", 3);
     let (status, body) = alice
-        .post("/_matrix/client/v3/keys/upload", json!({ "one_time_keys": keys }))
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "one_time_keys": keys }),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 3, "{body}");
+    assert_eq!(
+        body["one_time_key_counts"]["signed_curve25519"], 3,
+        "{body}"
+    );
     // The same upload again (a retry) changes nothing.
     let (status, body) = alice
-        .post("/_matrix/client/v3/keys/upload", json!({ "one_time_keys": keys }))
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "one_time_keys": keys }),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 3, "{body}");
+    assert_eq!(
+        body["one_time_key_counts"]["signed_curve25519"], 3,
+        "{body}"
+    );
     // The id of a stored key with other content, beside a new key: 400, and
     // neither is stored.
     let other = json!({
@@ -234,7 +276,10 @@ async fn a_one_time_key_id_cannot_be_reused_with_other_content() {
         "signed_curve25519:B0": device.sign(&alice.user_id, json!({ "key": "new" })),
     });
     let (status, body) = alice
-        .post("/_matrix/client/v3/keys/upload", json!({ "one_time_keys": other }))
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "one_time_keys": other }),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["errcode"], "M_INVALID_PARAM", "{body}");
@@ -242,7 +287,10 @@ async fn a_one_time_key_id_cannot_be_reused_with_other_content() {
         .post("/_matrix/client/v3/keys/upload", json!({}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 3, "{body}");
+    assert_eq!(
+        body["one_time_key_counts"]["signed_curve25519"], 3,
+        "{body}"
+    );
     // A key name without an algorithm is refused.
     let (status, body) = alice
         .post(
@@ -250,7 +298,10 @@ async fn a_one_time_key_id_cannot_be_reused_with_other_content() {
             json!({ "one_time_keys": { "nocolon": "abc" } }),
         )
         .await;
-    assert_eq!((status, body["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")));
+    assert_eq!(
+        (status, body["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM"))
+    );
 }
 
 #[actix_web::test]
@@ -271,8 +322,15 @@ async fn claims_hand_out_one_time_keys_once_then_the_fallback_key() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let sync = alice.sync("timeout=0").await;
-    assert_eq!(sync["device_one_time_keys_count"]["signed_curve25519"], 2, "{sync}");
-    assert_eq!(sync["device_unused_fallback_key_types"], json!(["signed_curve25519"]), "{sync}");
+    assert_eq!(
+        sync["device_one_time_keys_count"]["signed_curve25519"], 2,
+        "{sync}"
+    );
+    assert_eq!(
+        sync["device_unused_fallback_key_types"],
+        json!(["signed_curve25519"]),
+        "{sync}"
+    );
 
     let mut handed_out = BTreeSet::new();
     for _ in 0..2 {
@@ -281,10 +339,17 @@ async fn claims_hand_out_one_time_keys_once_then_the_fallback_key() {
         assert_eq!(ids.len(), 1, "{claimed}");
         assert!(ids[0].starts_with("signed_curve25519:K"), "{claimed}");
         let key = &claimed["one_time_keys"][&alice.user_id][&alice.device_id][&ids[0]];
-        assert!(key["signatures"][&alice.user_id][&device.key_id].is_string(), "{claimed}");
+        assert!(
+            key["signatures"][&alice.user_id][&device.key_id].is_string(),
+            "{claimed}"
+        );
         handed_out.insert(ids[0].clone());
     }
-    assert_eq!(handed_out.len(), 2, "each one-time key once: {handed_out:?}");
+    assert_eq!(
+        handed_out.len(),
+        2,
+        "each one-time key once: {handed_out:?}"
+    );
     // None left: the fallback key, as often as asked, marked used.
     for _ in 0..2 {
         let claimed = claim(&bob, &alice, &alice.device_id, "signed_curve25519").await;
@@ -295,8 +360,15 @@ async fn claims_hand_out_one_time_keys_once_then_the_fallback_key() {
         );
     }
     let sync = alice.sync("timeout=0").await;
-    assert_eq!(sync["device_one_time_keys_count"]["signed_curve25519"], 0, "{sync}");
-    assert_eq!(sync["device_unused_fallback_key_types"], json!([]), "{sync}");
+    assert_eq!(
+        sync["device_one_time_keys_count"]["signed_curve25519"], 0,
+        "{sync}"
+    );
+    assert_eq!(
+        sync["device_unused_fallback_key_types"],
+        json!([]),
+        "{sync}"
+    );
     // A new fallback key is unused again.
     let (status, _) = alice
         .post(
@@ -308,7 +380,11 @@ async fn claims_hand_out_one_time_keys_once_then_the_fallback_key() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let sync = alice.sync("timeout=0").await;
-    assert_eq!(sync["device_unused_fallback_key_types"], json!(["signed_curve25519"]), "{sync}");
+    assert_eq!(
+        sync["device_unused_fallback_key_types"],
+        json!(["signed_curve25519"]),
+        "{sync}"
+    );
 
     // A device that does not exist, an algorithm it has no key of: left
     // out, no error.
@@ -344,10 +420,15 @@ async fn concurrent_claims_from_every_instance_hand_out_each_key_once() {
             let (user_id, device_id) = (alice.user_id.clone(), alice.device_id.clone());
             cluster.on_node(instance, move |node| async move {
                 let client = node.pool.get().await.expect("a connection");
-                lattice::storage::keys::claim_key(&client, &user_id, &device_id, "signed_curve25519")
-                    .await
-                    .expect("a claim")
-                    .map(|(key_id, _)| key_id)
+                lattice::storage::keys::claim_key(
+                    &client,
+                    &user_id,
+                    &device_id,
+                    "signed_curve25519",
+                )
+                .await
+                .expect("a claim")
+                .map(|(key_id, _)| key_id)
             })
         })
     });
@@ -359,8 +440,13 @@ async fn concurrent_claims_from_every_instance_hand_out_each_key_once() {
     let distinct: BTreeSet<&String> = claimed.iter().collect();
     assert_eq!(claimed.len(), KEYS, "every key handed out: {claimed:?}");
     assert_eq!(distinct.len(), KEYS, "none twice: {claimed:?}");
-    let (_, body) = alice.post("/_matrix/client/v3/keys/upload", json!({})).await;
-    assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 0, "{body}");
+    let (_, body) = alice
+        .post("/_matrix/client/v3/keys/upload", json!({}))
+        .await;
+    assert_eq!(
+        body["one_time_key_counts"]["signed_curve25519"], 0,
+        "{body}"
+    );
 }
 
 #[actix_web::test]
@@ -369,8 +455,16 @@ async fn every_sync_counts_the_devices_one_time_keys() {
     let alice = cluster.client().register("alice").await;
     let device = SigningKey::new(Some(&alice.device_id));
     let initial = alice.sync("timeout=0").await;
-    assert_eq!(initial["device_one_time_keys_count"], json!({ "signed_curve25519": 0 }), "{initial}");
-    assert_eq!(initial["device_unused_fallback_key_types"], json!([]), "{initial}");
+    assert_eq!(
+        initial["device_one_time_keys_count"],
+        json!({ "signed_curve25519": 0 }),
+        "{initial}"
+    );
+    assert_eq!(
+        initial["device_unused_fallback_key_types"],
+        json!([]),
+        "{initial}"
+    );
     let (status, _) = alice
         .post(
             "/_matrix/client/v3/keys/upload",
@@ -383,7 +477,10 @@ async fn every_sync_counts_the_devices_one_time_keys() {
     let empty = alice
         .sync(&format!("since={}&timeout=10", crate::cluster::enc(since)))
         .await;
-    assert_eq!(empty["device_one_time_keys_count"]["signed_curve25519"], 4, "{empty}");
+    assert_eq!(
+        empty["device_one_time_keys_count"]["signed_curve25519"], 4,
+        "{empty}"
+    );
 }
 
 /// Uploads cross-signing keys for `user`; `(master, self_signing, user_signing)`.
@@ -430,34 +527,64 @@ async fn cross_signing_keys_are_checked_and_shown_to_whom_they_concern() {
                 .await
         }
     };
-    let (master, self_signing, user_signing) =
-        (SigningKey::new(None), SigningKey::new(None), SigningKey::new(None));
+    let (master, self_signing, user_signing) = (
+        SigningKey::new(None),
+        SigningKey::new(None),
+        SigningKey::new(None),
+    );
     // A self-signing key without a master key to check it with.
     let (status, body) = upload(json!({
         "self_signing_key": master.sign(&alice.user_id, cross_signing_key(&alice, &self_signing, "self_signing")),
     }))
     .await;
-    assert_eq!((status, body["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_MISSING_PARAM")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_MISSING_PARAM")),
+        "{body}"
+    );
     // A self-signing key not signed by the master key.
     let (status, body) = upload(json!({
         "master_key": cross_signing_key(&alice, &master, "master"),
         "self_signing_key": self_signing.sign(&alice.user_id, cross_signing_key(&alice, &self_signing, "self_signing")),
     }))
     .await;
-    assert_eq!((status, body["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_SIGNATURE")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_INVALID_SIGNATURE")),
+        "{body}"
+    );
     // A key of the wrong usage, a key of someone else.
-    let (status, body) = upload(json!({ "master_key": cross_signing_key(&alice, &master, "self_signing") })).await;
-    assert_eq!((status, body["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")), "{body}");
-    let (status, body) = upload(json!({ "master_key": cross_signing_key(&bob, &master, "master") })).await;
-    assert_eq!((status, body["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")), "{body}");
+    let (status, body) =
+        upload(json!({ "master_key": cross_signing_key(&alice, &master, "self_signing") })).await;
+    assert_eq!(
+        (status, body["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")),
+        "{body}"
+    );
+    let (status, body) =
+        upload(json!({ "master_key": cross_signing_key(&bob, &master, "master") })).await;
+    assert_eq!(
+        (status, body["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")),
+        "{body}"
+    );
     let answer = query(&bob, &[&alice]).await;
     assert_eq!(answer["master_keys"], json!({}), "nothing stored: {answer}");
 
     // The first upload needs no authentication.
-    let (status, body) = upload(cross_signing_body(&alice, &master, &self_signing, &user_signing)).await;
+    let (status, body) = upload(cross_signing_body(
+        &alice,
+        &master,
+        &self_signing,
+        &user_signing,
+    ))
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let seen_by_bob = query(&bob, &[&alice]).await;
-    assert_eq!(seen_by_bob["master_keys"][&alice.user_id]["keys"][&master.key_id], master.public);
+    assert_eq!(
+        seen_by_bob["master_keys"][&alice.user_id]["keys"][&master.key_id],
+        master.public
+    );
     assert_eq!(
         seen_by_bob["self_signing_keys"][&alice.user_id]["keys"][&self_signing.key_id],
         self_signing.public
@@ -470,7 +597,13 @@ async fn cross_signing_keys_are_checked_and_shown_to_whom_they_concern() {
         "{seen_by_alice}"
     );
     // The same keys again: accepted, no authentication needed.
-    let (status, body) = upload(cross_signing_body(&alice, &master, &self_signing, &user_signing)).await;
+    let (status, body) = upload(cross_signing_body(
+        &alice,
+        &master,
+        &self_signing,
+        &user_signing,
+    ))
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -506,8 +639,14 @@ async fn signatures_are_checked_and_shown_to_whom_they_concern() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(body["failures"][&bob.user_id]["NOTAKEY"]["errcode"].is_string(), "{body}");
-    assert!(body["failures"][&carol.user_id]["ANYTHING"]["errcode"].is_string(), "{body}");
+    assert!(
+        body["failures"][&bob.user_id]["NOTAKEY"]["errcode"].is_string(),
+        "{body}"
+    );
+    assert!(
+        body["failures"][&carol.user_id]["ANYTHING"]["errcode"].is_string(),
+        "{body}"
+    );
     assert!(body["failures"].get(&alice.user_id).is_none(), "{body}");
 
     // A bad signature of a real key is refused too.
@@ -521,14 +660,14 @@ async fn signatures_are_checked_and_shown_to_whom_they_concern() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
-        body["failures"][&alice.user_id][&alice.device_id]["errcode"],
-        "M_INVALID_SIGNATURE",
+        body["failures"][&alice.user_id][&alice.device_id]["errcode"], "M_INVALID_SIGNATURE",
         "{body}"
     );
 
     // Everyone sees alice's device signed by her self-signing key.
     let seen_by_carol = query(&carol, &[&alice, &bob]).await;
-    let signatures = &seen_by_carol["device_keys"][&alice.user_id][&alice.device_id]["signatures"][&alice.user_id];
+    let signatures = &seen_by_carol["device_keys"][&alice.user_id][&alice.device_id]["signatures"]
+        [&alice.user_id];
     assert!(signatures[&alice_ssk.key_id].is_string(), "{seen_by_carol}");
     assert!(signatures[&device.key_id].is_string(), "{seen_by_carol}");
     // Alice's signature of bob's master key: only alice sees it.
@@ -538,7 +677,10 @@ async fn signatures_are_checked_and_shown_to_whom_they_concern() {
             .map(|s| s.keys().cloned().collect::<Vec<_>>())
             .unwrap_or_default()
     };
-    assert!(!bobs_signers(&seen_by_carol).contains(&alice.user_id), "{seen_by_carol}");
+    assert!(
+        !bobs_signers(&seen_by_carol).contains(&alice.user_id),
+        "{seen_by_carol}"
+    );
     let seen_by_alice = query(&alice, &[&bob]).await;
     assert!(
         seen_by_alice["master_keys"][&bob.user_id]["signatures"][&alice.user_id][&alice_usk.key_id]
@@ -552,22 +694,48 @@ async fn bad_key_requests_get_the_specs_errors() {
     let cluster = TestCluster::start().await;
     let alice = cluster.client().register("alice").await;
     for (path, body) in [
-        ("/_matrix/client/v3/keys/query", json!({ "device_keys": { "not a user id": [] } })),
-        ("/_matrix/client/v3/keys/claim", json!({ "one_time_keys": { "not a user id": {} } })),
+        (
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": { "not a user id": [] } }),
+        ),
+        (
+            "/_matrix/client/v3/keys/claim",
+            json!({ "one_time_keys": { "not a user id": {} } }),
+        ),
     ] {
         let (status, answer) = alice.post(path, body).await;
-        assert_eq!((status, answer["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")), "{path}: {answer}");
+        assert_eq!(
+            (status, answer["errcode"].clone()),
+            (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")),
+            "{path}: {answer}"
+        );
     }
     for (path, body) in [
-        ("/_matrix/client/v3/keys/query", json!({ "device_keys": ["x"] })),
+        (
+            "/_matrix/client/v3/keys/query",
+            json!({ "device_keys": ["x"] }),
+        ),
         ("/_matrix/client/v3/keys/claim", json!({})),
-        ("/_matrix/client/v3/keys/upload", json!({ "one_time_keys": [] })),
+        (
+            "/_matrix/client/v3/keys/upload",
+            json!({ "one_time_keys": [] }),
+        ),
     ] {
         let (status, answer) = alice.post(path, body).await;
-        assert_eq!((status, answer["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_BAD_JSON")), "{path}: {answer}");
+        assert_eq!(
+            (status, answer["errcode"].clone()),
+            (StatusCode::BAD_REQUEST, json!("M_BAD_JSON")),
+            "{path}: {answer}"
+        );
     }
-    let (status, answer) = alice.get("/_matrix/client/v3/keys/changes?from=nonsense&to=s1").await;
-    assert_eq!((status, answer["errcode"].clone()), (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")), "{answer}");
+    let (status, answer) = alice
+        .get("/_matrix/client/v3/keys/changes?from=nonsense&to=s1")
+        .await;
+    assert_eq!(
+        (status, answer["errcode"].clone()),
+        (StatusCode::BAD_REQUEST, json!("M_INVALID_PARAM")),
+        "{answer}"
+    );
     let (status, answer) = alice.get("/_matrix/client/v3/keys/changes?to=s1").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
 }

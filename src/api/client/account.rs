@@ -333,7 +333,11 @@ pub async fn logout(node: web::Data<Node>, requester: Requester) -> ApiResult<Ht
 /// POST /_matrix/client/v3/logout/all
 pub async fn logout_all(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
     let devices = {
-        let client = node.pool.get().await.map_err(crate::storage::StorageError::from)?;
+        let client = node
+            .pool
+            .get()
+            .await
+            .map_err(crate::storage::StorageError::from)?;
         crate::storage::device_lists::device_ids(&client, &requester.user_id).await?
     };
     accounts::delete_all_devices(&node.pool, &requester.user_id).await?;

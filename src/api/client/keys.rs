@@ -126,7 +126,11 @@ pub async fn upload_keys(
         fallback.push((algorithm, key_id, key.clone()));
     }
 
-    let mut client = node.pool.get().await.map_err(crate::storage::StorageError::from)?;
+    let mut client = node
+        .pool
+        .get()
+        .await
+        .map_err(crate::storage::StorageError::from)?;
     if !one_time.is_empty() {
         let transaction = client
             .transaction()
@@ -160,7 +164,11 @@ pub async fn upload_keys(
             keys::delete_signatures_of(&client, user_id, device_id).await?;
             drop(client);
             devices_changed(&node, user_id, vec![device_id.to_owned()]).await?;
-            client = node.pool.get().await.map_err(crate::storage::StorageError::from)?;
+            client = node
+                .pool
+                .get()
+                .await
+                .map_err(crate::storage::StorageError::from)?;
         }
     }
     let counts = one_time_key_counts(&client, user_id, device_id).await?;
@@ -191,7 +199,11 @@ pub async fn query_keys(
     requester: Requester,
     JsonBody(body): JsonBody<QueryKeysBody>,
 ) -> ApiResult<HttpResponse> {
-    let client = node.pool.get().await.map_err(crate::storage::StorageError::from)?;
+    let client = node
+        .pool
+        .get()
+        .await
+        .map_err(crate::storage::StorageError::from)?;
     let querier = requester.user_id.clone();
     let mut device_keys = Map::new();
     let mut failures = Map::new();
@@ -230,16 +242,21 @@ pub async fn query_keys(
     let mut self_signing_keys = Map::new();
     let mut user_signing_keys = Map::new();
     for key in keys::cross_signing_keys(&client, &local_users).await? {
-        let signatures =
-            keys::signatures_of(&client, &key.user_id, &[key.user_id.clone(), querier.clone()])
-                .await?;
+        let signatures = keys::signatures_of(
+            &client,
+            &key.user_id,
+            &[key.user_id.clone(), querier.clone()],
+        )
+        .await?;
         let mut key_json = key.key_json;
         add_signatures(&mut key_json, &key.public_key, &signatures);
         match key.key_type.as_str() {
             "master" => master_keys.insert(key.user_id, key_json),
             "self_signing" => self_signing_keys.insert(key.user_id, key_json),
             // Only its owner sees a user-signing key.
-            "user_signing" if key.user_id == querier => user_signing_keys.insert(key.user_id, key_json),
+            "user_signing" if key.user_id == querier => {
+                user_signing_keys.insert(key.user_id, key_json)
+            }
             _ => None,
         };
     }
@@ -295,7 +312,11 @@ pub async fn claim_keys(
     _requester: Requester,
     JsonBody(body): JsonBody<ClaimKeysBody>,
 ) -> ApiResult<HttpResponse> {
-    let client = node.pool.get().await.map_err(crate::storage::StorageError::from)?;
+    let client = node
+        .pool
+        .get()
+        .await
+        .map_err(crate::storage::StorageError::from)?;
     let mut claimed = Map::new();
     let mut failures = Map::new();
     for (user_id, devices) in &body.one_time_keys {

@@ -98,26 +98,32 @@ fn key_name(key_id: &str) -> String {
     key_id.strip_prefix("ed25519:").unwrap_or(key_id).to_owned()
 }
 
-/// Whether storing `keys` would change any of the user's current ones
-/// (Synapse's `has_different_keys`: the same keys again need no UIA).
-pub(crate) async fn replaces_existing_keys(
+/// The keys of an upload that differ from the user's current ones (or
+/// are new), and whether the user has cross-signing set up (a master key):
+/// then changing anything needs user-interactive authentication, as
+/// Synapse's `has_different_keys` decides (the same keys again need none).
+pub(crate) async fn changed_keys(
     node: &Node,
     user_id: &str,
-    keys: &[CrossSigningKey],
-) -> ApiResult<bool> {
+    keys: Vec<CrossSigningKey>,
+) -> ApiResult<(Vec<CrossSigningKey>, bool)> {
     let client = node
         .pool
         .get()
         .await
         .map_err(crate::storage::StorageError::from)?;
+    let set_up = keys::cross_signing_key(&client, user_id, "master")
+        .await?
+        .is_some();
+    let mut changed = Vec::new();
     for key in keys {
-        if let Some(stored) = keys::cross_signing_key(&client, user_id, &key.key_type).await? {
-            if signed_part(&stored.key_json) != signed_part(&key.key_json) {
-                return Ok(true);
-            }
+        let stored = keys::cross_signing_key(&client, user_id, &key.key_type).await?;
+        if stored.is_none_or(|stored| signed_part(&stored.key_json) != signed_part(&key.key_json))
+        {
+            changed.push(key);
         }
     }
-    Ok(false)
+    Ok((changed, set_up))
 }
 
 /// Stores checked keys and tells the device lists stream: the master and
@@ -166,7 +172,11 @@ pub async fn upload_signing_keys(
 ) -> ApiResult<HttpResponse> {
     let user_id = requester.user_id.as_str();
     let keys = checked_signing_keys(&node, user_id, &body).await?;
-    if replaces_existing_keys(&node, user_id, &keys).await? {
+    let (keys, set_up) = changed_keys(&node, user_id, keys).await?;
+    if keys.is_empty() {
+        return Ok(HttpResponse::Ok().json(json!({})));
+    }
+    if set_up {
         return Err(ApiError::forbidden(
             "replacing cross-signing keys needs user-interactive authentication",
         ));
@@ -196,7 +206,14 @@ pub async fn upload_signatures(
         let target = check_user_id(target_user)?;
         for (target_key_id, object) in signed_keys {
             let outcome = if target_user == signer {
-                sign_own_key(&client, signer, target_key_id, object, self_signing.as_ref()).await?
+                sign_own_key(
+                    &client,
+                    signer,
+                    target_key_id,
+                    object,
+                    self_signing.as_ref(),
+                )
+                .await?
             } else {
                 sign_other_users_master_key(
                     &client,
@@ -254,20 +271,39 @@ async fn sign_own_key(
 ) -> ApiResult<Result<Vec<StoredSignature>, Refusal>> {
     if let Some(device_key) = keys::device_keys(client, user_id, target_key_id).await? {
         let Some(self_signing) = self_signing else {
-            return Ok(Err(("M_INVALID_SIGNATURE", "no self-signing key is uploaded".into())));
+            return Ok(Err((
+                "M_INVALID_SIGNATURE",
+                "no self-signing key is uploaded".into(),
+            )));
         };
         if signed_part(&device_key) != signed_part(object) {
-            return Ok(Err(("M_INVALID_PARAM", "the signed key is not the device's key".into())));
+            return Ok(Err((
+                "M_INVALID_PARAM",
+                "the signed key is not the device's key".into(),
+            )));
         }
         let Some((key_id, public_key)) = cross_signing_public_key(&self_signing.key_json) else {
-            return Ok(Err(("M_INVALID_SIGNATURE", "the self-signing key is unusable".into())));
+            return Ok(Err((
+                "M_INVALID_SIGNATURE",
+                "the self-signing key is unusable".into(),
+            )));
         };
-        return Ok(signature_by(object, user_id, target_key_id, user_id, &key_id, &public_key));
+        return Ok(signature_by(
+            object,
+            user_id,
+            target_key_id,
+            user_id,
+            &key_id,
+            &public_key,
+        ));
     }
     let master = keys::cross_signing_key(client, user_id, "master").await?;
     if let Some(master) = master.filter(|master| master.public_key == target_key_id) {
         if signed_part(&master.key_json) != signed_part(object) {
-            return Ok(Err(("M_INVALID_PARAM", "the signed key is not the master key".into())));
+            return Ok(Err((
+                "M_INVALID_PARAM",
+                "the signed key is not the master key".into(),
+            )));
         }
         // Signatures by the user's devices (each checked with its key).
         let mut signatures = Vec::new();
@@ -305,7 +341,10 @@ async fn sign_own_key(
         }
         return Ok(Ok(signatures));
     }
-    Ok(Err(("M_NOT_FOUND", format!("no key {target_key_id} of {user_id}"))))
+    Ok(Err((
+        "M_NOT_FOUND",
+        format!("no key {target_key_id} of {user_id}"),
+    )))
 }
 
 /// The signature of another user's master key by the signer's user-signing key.
@@ -318,7 +357,10 @@ async fn sign_other_users_master_key(
     user_signing: Option<&CrossSigningKey>,
 ) -> ApiResult<Result<Vec<StoredSignature>, Refusal>> {
     let Some(user_signing) = user_signing else {
-        return Ok(Err(("M_INVALID_SIGNATURE", "no user-signing key is uploaded".into())));
+        return Ok(Err((
+            "M_INVALID_SIGNATURE",
+            "no user-signing key is uploaded".into(),
+        )));
     };
     let master = keys::cross_signing_key(client, target_user, "master").await?;
     let Some(master) = master.filter(|master| master.public_key == target_key_id) else {
@@ -328,12 +370,25 @@ async fn sign_other_users_master_key(
         )));
     };
     if signed_part(&master.key_json) != signed_part(object) {
-        return Ok(Err(("M_INVALID_PARAM", "the signed key is not the master key".into())));
+        return Ok(Err((
+            "M_INVALID_PARAM",
+            "the signed key is not the master key".into(),
+        )));
     }
     let Some((key_id, public_key)) = cross_signing_public_key(&user_signing.key_json) else {
-        return Ok(Err(("M_INVALID_SIGNATURE", "the user-signing key is unusable".into())));
+        return Ok(Err((
+            "M_INVALID_SIGNATURE",
+            "the user-signing key is unusable".into(),
+        )));
     };
-    Ok(signature_by(object, target_user, target_key_id, signer, &key_id, &public_key))
+    Ok(signature_by(
+        object,
+        target_user,
+        target_key_id,
+        signer,
+        &key_id,
+        &public_key,
+    ))
 }
 
 /// The signature of `object` by `signer`'s key `key_id` (`public_key`), to
@@ -355,7 +410,10 @@ fn signature_by(
         return Err(("M_INVALID_SIGNATURE", format!("no signature by {key_id}")));
     };
     if !verify_signature(object, signer, key_id, public_key) {
-        return Err(("M_INVALID_SIGNATURE", format!("the signature by {key_id} does not verify")));
+        return Err((
+            "M_INVALID_SIGNATURE",
+            format!("the signature by {key_id} does not verify"),
+        ));
     }
     Ok(vec![StoredSignature {
         target_user_id: target_user_id.to_owned(),
