@@ -107,6 +107,9 @@ fn expand<'a>(
         .collect()
 }
 
+/// One message of a request: receiving user, device, content.
+type Message<'a> = (String, &'a str, &'a Map<String, Value>);
+
 pub struct ToDeviceWriter {
     pool: Pool,
     /// The to-device stream's writing end.
@@ -190,8 +193,7 @@ impl ToDeviceWriter {
         }
         let no_devices = BTreeSet::new();
         // Per request, its messages (user, device, content), when it has any.
-        let mut per_request: Vec<Vec<(String, &str, &Map<String, Value>)>> =
-            Vec::with_capacity(requests.len());
+        let mut per_request: Vec<Vec<Message<'_>>> = Vec::with_capacity(requests.len());
         for (request, fresh) in requests.iter().zip(&fresh) {
             let mut messages = Vec::new();
             if *fresh {

@@ -144,24 +144,41 @@ async fn a_send_reaches_several_devices_and_star_means_every_device_then() {
     // expanded.
     let carol_phone = second_device(&client, "carol").await;
 
-    assert_eq!(numbers(&sync_since(&bob, &since).await), vec![1]);
-    assert_eq!(numbers(&sync_since(&bob_phone, &since).await), vec![2]);
-    let carol_sync = sync_since(&carol, &since).await;
-    assert_eq!(numbers(&carol_sync), vec![3]);
-    assert_eq!(to_device(&carol_sync)[0]["sender"], alice.user_id.as_str());
-    assert!(to_device(&sync_since(&carol_phone, &since).await).is_empty());
-    // The sender got nothing.
-    assert!(to_device(&sync_since(&alice, &since).await).is_empty());
+    // Each device's answer, and the token it resumes from.
+    let mut tokens = Vec::new();
+    for (user, expected) in [
+        (&bob, vec![1]),
+        (&bob_phone, vec![2]),
+        (&carol, vec![3]),
+        (&carol_phone, vec![]),
+        // The sender got nothing.
+        (&alice, vec![]),
+    ] {
+        let sync = sync_since(user, &since).await;
+        assert_eq!(numbers(&sync), expected, "{user:?}: {sync}");
+        if expected == vec![3] {
+            assert_eq!(to_device(&sync)[0]["sender"], alice.user_id.as_str());
+        }
+        tokens.push(next_batch(&sync));
+    }
 
     // Now `*` reaches both of carol's devices, and a user may send to
-    // their own other devices.
-    let since = next_batch(&carol_sync);
+    // their own other devices (the sending one included).
     send_ok(&alice, "t2", json!({ &carol.user_id: { "*": { "n": 4 } } })).await;
     send_ok(&bob, "t1", json!({ &bob.user_id: { "*": { "n": 5 } } })).await;
-    assert_eq!(numbers(&sync_since(&carol, &since).await), vec![4]);
-    assert_eq!(numbers(&sync_since(&carol_phone, &since).await), vec![4]);
-    assert_eq!(numbers(&sync_since(&bob, &since).await), vec![1, 5]);
-    assert_eq!(numbers(&sync_since(&bob_phone, &since).await), vec![2, 5]);
+    for ((user, expected), token) in [
+        (&bob, vec![5]),
+        (&bob_phone, vec![5]),
+        (&carol, vec![4]),
+        (&carol_phone, vec![4]),
+        (&alice, vec![]),
+    ]
+    .into_iter()
+    .zip(&tokens)
+    {
+        let sync = sync_since(user, token).await;
+        assert_eq!(numbers(&sync), expected, "{user:?}: {sync}");
+    }
 }
 
 #[actix_web::test]
@@ -379,7 +396,19 @@ async fn a_message_outlives_the_death_of_its_writer_and_is_delivered_once() {
     let mut cluster = TestCluster::start().await;
     let client = cluster.client();
     let alice = client.register("alice").await;
-    let bob = client.register("bob").await;
+    // On the split, a recipient whose writer is not the instance serving
+    // /sync: the message is delivered while its writer is dead.
+    let mut recipient = None;
+    for name in ["bob", "carol", "dave", "erin", "frank", "grace"] {
+        let user_id = format!("@{name}:{}", crate::cluster::SERVER_NAME);
+        let writer = writer_of(&cluster, &user_id).await;
+        if !cluster.is_split() || writer == "events1" {
+            recipient = Some((name, writer));
+            break;
+        }
+    }
+    let (name, writer) = recipient.expect("a user whose to-device writer is events1");
+    let bob = client.register(name).await;
     let since = next_batch(&bob.sync("").await);
     send_ok(
         &alice,
@@ -389,7 +418,6 @@ async fn a_message_outlives_the_death_of_its_writer_and_is_delivered_once() {
     .await;
 
     // The instance that stored the undelivered message dies.
-    let writer = writer_of(&cluster, &bob.user_id).await;
     cluster.kill(&writer);
     let mut seen = Vec::new();
     let mut next = since.clone();
