@@ -86,6 +86,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0013_user_directory",
         include_str!("storage/migrations/0013_user_directory.sql"),
     ),
+    (
+        "0014_devices",
+        include_str!("storage/migrations/0014_devices.sql"),
+    ),
 ];
 
 pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {

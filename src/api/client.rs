@@ -19,6 +19,7 @@ pub mod room;
 pub mod state;
 pub mod sync;
 pub mod typing;
+pub mod uiaa;
 pub mod user_directory;
 pub mod versions;
 

@@ -166,11 +166,12 @@ pub async fn create_uia_session(pool: &Pool, session_id: &str) -> StorageResult<
     Ok(())
 }
 
+/// Whether `session_id` is a registration's session (one bound to no user).
 pub async fn uia_session_exists(pool: &Pool, session_id: &str) -> StorageResult<bool> {
     let client = pool.get().await?;
     Ok(client
         .query_opt(
-            "SELECT 1 FROM uia_sessions WHERE session_id = $1",
+            "SELECT 1 FROM uia_sessions WHERE session_id = $1 AND user_id IS NULL",
             &[&session_id],
         )
         .await?
@@ -186,6 +187,79 @@ pub async fn delete_uia_session(pool: &Pool, session_id: &str) -> StorageResult<
         )
         .await?;
     Ok(())
+}
+
+/// The request a signed-in user's UIA session was started for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiaOperation {
+    pub user_id: String,
+    pub method: String,
+    pub uri: String,
+}
+
+/// Starts a UIA session bound to `operation`.
+pub async fn create_bound_uia_session(
+    pool: &Pool,
+    session_id: &str,
+    operation: &UiaOperation,
+) -> StorageResult<()> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "INSERT INTO uia_sessions (session_id, created_ts, user_id, method, uri)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &session_id,
+                &now_ms(),
+                &operation.user_id,
+                &operation.method,
+                &operation.uri,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// What a session was started for: `None` for an unknown session,
+/// `Some(None)` for a registration's (bound to no user).
+pub async fn uia_operation(
+    pool: &Pool,
+    session_id: &str,
+) -> StorageResult<Option<Option<UiaOperation>>> {
+    let client = pool.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT user_id, method, uri FROM uia_sessions WHERE session_id = $1",
+            &[&session_id],
+        )
+        .await?;
+    Ok(row.map(|row| {
+        match (
+            row.get::<_, Option<String>>(0),
+            row.get::<_, Option<String>>(1),
+            row.get::<_, Option<String>>(2),
+        ) {
+            (Some(user_id), Some(method), Some(uri)) => Some(UiaOperation {
+                user_id,
+                method,
+                uri,
+            }),
+            _ => None,
+        }
+    }))
+}
+
+/// Ends a session once it has authorised its request; false when it had
+/// already ended (a concurrent request with the same session used it).
+pub async fn consume_uia_session(pool: &Pool, session_id: &str) -> StorageResult<bool> {
+    let client = pool.get().await?;
+    let deleted = client
+        .execute(
+            "DELETE FROM uia_sessions WHERE session_id = $1",
+            &[&session_id],
+        )
+        .await?;
+    Ok(deleted == 1)
 }
 
 pub struct Profile {
