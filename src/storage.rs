@@ -3,7 +3,9 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod backup;
 pub mod caches;
+pub mod devices;
 pub mod followers;
 pub mod instances;
 pub mod presence;
@@ -89,6 +91,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0014_devices",
         include_str!("storage/migrations/0014_devices.sql"),
+    ),
+    (
+        "0015_room_keys",
+        include_str!("storage/migrations/0015_room_keys.sql"),
     ),
 ];
 

@@ -16,6 +16,8 @@ mod account_data;
 mod accounts;
 mod admin;
 mod authorization;
+mod backup;
+mod devices;
 mod directory;
 mod discovery;
 mod errors;
