@@ -16,6 +16,7 @@ use lattice_actors::{
 use ruma::{OwnedServerName, RoomId, UserId};
 use serde_json::Value;
 
+use crate::api::client::device::last_seen::{self, LastSeenTracker};
 use crate::api::{RateLimiter, TokenCache, TOKEN_CACHE};
 use crate::caches::{FilterCache, MembershipCache, RecentEventsCache, MEMBERSHIP_CACHE};
 use crate::config::Config;
@@ -70,6 +71,8 @@ pub struct Node {
     pub recent_events: Arc<RecentEventsCache>,
     /// Stored filters, which never change.
     pub filters: Arc<FilterCache>,
+    /// When and from where this instance saw each device, until written.
+    pub last_seen: Arc<LastSeenTracker>,
     /// Push rule evaluation of new events, and the rulesets it caches.
     pub push: Arc<crate::push::evaluator::PushEvaluator>,
     pub supervisor: Arc<Supervisor>,
@@ -441,6 +444,7 @@ impl Node {
             memberships,
             recent_events,
             filters: Arc::new(FilterCache::default()),
+            last_seen: Arc::new(LastSeenTracker::default()),
             push: Arc::new(crate::push::evaluator::PushEvaluator::new(
                 &config.server_name,
                 &notifier,
@@ -460,7 +464,13 @@ impl Node {
             endpoints: Arc::new(tokio::sync::Mutex::new(endpoints)),
         };
         let addr = listener.local_addr()?;
-        let mut tasks = vec![tokio::spawn(heartbeat(node.clone(), addr))];
+        let mut tasks = vec![
+            tokio::spawn(heartbeat(node.clone(), addr)),
+            tokio::spawn(last_seen::flush_periodically(
+                node.last_seen.clone(),
+                node.pool.clone(),
+            )),
+        ];
         if node.has_role(Role::Background) {
             tasks.push(tokio::spawn(clean_up(node.pool.clone())));
         }

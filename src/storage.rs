@@ -3,8 +3,10 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod backup;
 pub mod caches;
 pub mod device_lists;
+pub mod devices;
 pub mod followers;
 pub mod instances;
 pub mod keys;
@@ -92,6 +94,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0014_devices",
         include_str!("storage/migrations/0014_devices.sql"),
+    ),
+    (
+        "0015_room_keys",
+        include_str!("storage/migrations/0015_room_keys.sql"),
     ),
     (
         "0016_e2e_keys",

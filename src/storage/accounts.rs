@@ -1,4 +1,5 @@
-//! Users, devices, access tokens, user-interactive auth sessions and filters.
+//! Users, access tokens (with the device each is for: `devices.rs` has the
+//! rest), user-interactive auth sessions and filters.
 
 use deadpool_postgres::Pool;
 use sha2::{Digest, Sha256};
@@ -120,39 +121,6 @@ pub async fn token_owner(pool: &Pool, token: &str) -> StorageResult<Option<Token
         is_admin: row.get(2),
         deactivated: row.get(3),
     }))
-}
-
-/// Removes the device and its tokens.
-pub async fn delete_device(pool: &Pool, user_id: &str, device_id: &str) -> StorageResult<()> {
-    let mut client = pool.get().await?;
-    let transaction = client.transaction().await?;
-    transaction
-        .execute(
-            "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
-            &[&user_id, &device_id],
-        )
-        .await?;
-    transaction
-        .execute(
-            "DELETE FROM devices WHERE user_id = $1 AND device_id = $2",
-            &[&user_id, &device_id],
-        )
-        .await?;
-    transaction.commit().await?;
-    Ok(())
-}
-
-pub async fn delete_all_devices(pool: &Pool, user_id: &str) -> StorageResult<()> {
-    let mut client = pool.get().await?;
-    let transaction = client.transaction().await?;
-    transaction
-        .execute("DELETE FROM access_tokens WHERE user_id = $1", &[&user_id])
-        .await?;
-    transaction
-        .execute("DELETE FROM devices WHERE user_id = $1", &[&user_id])
-        .await?;
-    transaction.commit().await?;
-    Ok(())
 }
 
 pub async fn create_uia_session(pool: &Pool, session_id: &str) -> StorageResult<()> {
