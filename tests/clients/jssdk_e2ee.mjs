@@ -17,7 +17,9 @@
 // with the recovery key, restores the room keys from the backup and reads the earlier
 // messages; then bob and the second device exchange a message each way. Last, alice deletes
 // the second device (user-interactive auth with her password): its token stops working and
-// it leaves GET /devices and her and bob's device lists.
+// it leaves GET /devices and her and bob's device lists. Then alice replaces her cross-signing
+// keys: the server asks for her password (user-interactive auth), and bob sees her identity
+// changed.
 //
 // --nio: alice creates an encrypted room, invites the nio user (who joins on his own), sends
 // a message the nio client decrypts, and decrypts the nio client's answer.
@@ -578,6 +580,23 @@ async function e2eeConversation(baseUrl) {
             }, [ClientEvent.Sync]);
         }
         step(`alice deleted ${dev2} (UIA: ${deletion.uia}): it is logged out, and gone from her and bob's device lists`);
+
+        // 6. alice replaces her cross-signing keys: the server must ask for user-interactive
+        //    auth this time, and bob sees that her identity changed.
+        const before6 = await bob.getCrypto().getUserVerificationStatus(aliceId);
+        expect(!before6.needsUserApproval, `bob: alice's identity needs approval before it changed: ${JSON.stringify(before6)}`);
+        const reset = {};
+        await call(
+            "alice: bootstrapCrossSigning({ setupNewCrossSigning: true })",
+            aliceCrypto.bootstrapCrossSigning({ setupNewCrossSigning: true, authUploadDeviceSigningKeys: passwordAuth("alice", aliceName, reset) }),
+        );
+        expect(reset.uia && reset.uia !== "none asked", `alice: replacing her cross-signing keys asked for no user-interactive auth`);
+        const newMaster = await aliceCrypto.getCrossSigningKeyId();
+        expect(newMaster && newMaster !== masterKey, `alice: her master key is still ${masterKey} after the reset`);
+        await waitFor(bob, "bob", "alice's identity changed (needsUserApproval)", async () => (await bob.getCrypto().getUserVerificationStatus(aliceId)).needsUserApproval, [
+            ClientEvent.Sync,
+        ]);
+        step(`alice replaced her cross-signing keys (UIA: ${reset.uia}); bob sees her identity changed`);
     } finally {
         for (const c of clients) c.stopClient();
     }
