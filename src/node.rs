@@ -704,6 +704,8 @@ impl RunningNode {
         }
         self.server.stop(true).await;
         let _ = self.server_task.await;
+        // What the requests showed of devices' last use, not yet written.
+        self.node.last_seen.flush(&self.node.pool).await;
         for endpoint in self.node.endpoints.lock().await.drain(..) {
             endpoint.shutdown().await;
         }
