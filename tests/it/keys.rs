@@ -605,6 +605,49 @@ async fn cross_signing_keys_are_checked_and_shown_to_whom_they_concern() {
     ))
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // New keys replace the old ones only with the user's password.
+    let (new_master, new_ssk, new_usk) = (
+        SigningKey::new(None),
+        SigningKey::new(None),
+        SigningKey::new(None),
+    );
+    let new_keys = cross_signing_body(&alice, &new_master, &new_ssk, &new_usk);
+    let (status, challenge) = upload(new_keys.clone()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{challenge}");
+    assert_eq!(
+        challenge["flows"],
+        json!([{ "stages": ["m.login.password"] }]),
+        "{challenge}"
+    );
+    let session = challenge["session"].as_str().expect("a session").to_owned();
+    let with_password = |password: &str| {
+        let mut body = new_keys.clone();
+        body["auth"] = json!({
+            "type": "m.login.password",
+            "session": session,
+            "identifier": { "type": "m.id.user", "user": alice.user_id },
+            "password": password,
+        });
+        body
+    };
+    let (status, body) = upload(with_password("wrong")).await;
+    assert_eq!(
+        (status, body["errcode"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("M_FORBIDDEN")),
+        "{body}"
+    );
+    let answer = query(&bob, &[&alice]).await;
+    assert_eq!(
+        answer["master_keys"][&alice.user_id]["keys"][&master.key_id], master.public,
+        "unchanged: {answer}"
+    );
+    let (status, body) = upload(with_password(crate::cluster::PASSWORD)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer = query(&bob, &[&alice]).await;
+    assert_eq!(
+        answer["master_keys"][&alice.user_id]["keys"][&new_master.key_id], new_master.public,
+        "{answer}"
+    );
 }
 
 #[actix_web::test]

@@ -171,7 +171,7 @@ pub async fn register(
         &access_token,
     )
     .await?;
-    crate::api::client::keys::devices_changed(&node, &user_id, vec![device_id.clone()]).await?;
+    tell_device_lists(&node, &user_id, vec![device_id.clone()]).await;
     node.last_seen
         .record(&user_id, &device_id, &client_ip(&request), now_ms());
     Ok(HttpResponse::Ok().json(json!({
@@ -305,7 +305,7 @@ pub async fn login(
     .await?;
     // The device's earlier tokens were replaced.
     node.forget_tokens(&user_id, Some(&device_id)).await?;
-    crate::api::client::keys::devices_changed(&node, &user_id, vec![device_id.clone()]).await?;
+    tell_device_lists(&node, &user_id, vec![device_id.clone()]).await;
     node.last_seen
         .record(&user_id, &device_id, &client_ip(&request), now_ms());
     Ok(HttpResponse::Ok().json(json!({
@@ -348,6 +348,16 @@ pub async fn logout_all(node: web::Data<Node>, requester: Requester) -> ApiResul
 /// The one answer to a login with an unknown user, a user without a
 /// password, or a wrong password.
 const INVALID_LOGIN: &str = "invalid username or password";
+
+/// Tells the device lists stream that a login, registration or logout
+/// added or removed `device_ids`. The session change itself is done by
+/// then: when the stream's writer cannot be reached it is not undone, and
+/// the users sharing a room miss this change (a warning says so).
+async fn tell_device_lists(node: &Node, user_id: &str, device_ids: Vec<String>) {
+    if let Err(error) = crate::api::client::keys::devices_changed(node, user_id, device_ids).await {
+        tracing::warn!(user_id, error = %error, "device list change not recorded");
+    }
+}
 
 /// The device a client names at login or registration, before anything is stored.
 fn check_new_device(device_id: Option<&str>, display_name: Option<&str>) -> ApiResult<()> {

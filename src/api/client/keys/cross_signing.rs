@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use ruma::OwnedUserId;
 use serde_json::{json, Map, Value};
 
 use super::record_device_changes;
 use crate::api::client::membership::check_user_id;
+use crate::api::client::uiaa::{authenticate_with_password, AuthData};
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::keys::{
@@ -118,8 +119,7 @@ pub(crate) async fn changed_keys(
     let mut changed = Vec::new();
     for key in keys {
         let stored = keys::cross_signing_key(&client, user_id, &key.key_type).await?;
-        if stored.is_none_or(|stored| signed_part(&stored.key_json) != signed_part(&key.key_json))
-        {
+        if stored.is_none_or(|stored| signed_part(&stored.key_json) != signed_part(&key.key_json)) {
             changed.push(key);
         }
     }
@@ -167,6 +167,7 @@ pub(crate) async fn store_signing_keys(
 /// keys again does not.
 pub async fn upload_signing_keys(
     node: web::Data<Node>,
+    request: HttpRequest,
     requester: Requester,
     JsonBody(body): JsonBody<DeviceSigningBody>,
 ) -> ApiResult<HttpResponse> {
@@ -177,9 +178,14 @@ pub async fn upload_signing_keys(
         return Ok(HttpResponse::Ok().json(json!({})));
     }
     if set_up {
-        return Err(ApiError::forbidden(
-            "replacing cross-signing keys needs user-interactive authentication",
-        ));
+        let auth: Option<AuthData> = match body.get("auth").filter(|auth| !auth.is_null()) {
+            Some(auth) => Some(
+                serde_json::from_value(auth.clone())
+                    .map_err(|e| ApiError::bad_json(format!("auth: {e}")))?,
+            ),
+            None => None,
+        };
+        authenticate_with_password(&node, &request, &requester, auth.as_ref()).await?;
     }
     store_signing_keys(&node, user_id, &keys).await?;
     Ok(HttpResponse::Ok().json(json!({})))
