@@ -47,6 +47,13 @@ pub async fn remove_devices(
     node.last_seen.forget(user_id.as_str(), &removed_ids);
     if !removed.is_empty() {
         tracing::info!(user_id = %user_id, devices = ?removed, "removed devices");
+        // The devices are gone whatever happens next; a device lists writer
+        // that cannot be reached only delays others seeing it (as at login).
+        if let Err(error) =
+            crate::api::client::keys::devices_changed(node, user_id.as_str(), removed.clone()).await
+        {
+            tracing::warn!(user_id = %user_id, error = %error, "could not record removed devices in the device lists stream");
+        }
     }
     Ok(removed.into_iter().map(OwnedDeviceId::from).collect())
 }
