@@ -154,7 +154,8 @@ const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Deletes, hourly, what is past its retention: `caches` stream rows
 /// (readers catch up only over what they missed while disconnected, never
-/// over a week) and the request ids that made mailbox messages idempotent.
+/// over a week), user-interactive auth sessions, and the request ids that
+/// made mailbox messages idempotent.
 async fn clean_up(pool: Pool) {
     let mut ticker = tokio::time::interval(CLEAN_UP_INTERVAL);
     loop {
@@ -165,6 +166,12 @@ async fn clean_up(pool: Pool) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "deleted old cache invalidations"),
             Err(error) => tracing::warn!(error = %error, "deleting old cache invalidations failed"),
+        }
+        let before = now - crate::api::client::uiaa::SESSION_LIFETIME.as_millis() as i64;
+        match storage::accounts::delete_uia_sessions_older_than(&pool, before).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted old user-interactive auth sessions"),
+            Err(error) => tracing::warn!(error = %error, "deleting old auth sessions failed"),
         }
         let before = now - REQUEST_ID_RETENTION.as_millis() as i64;
         match storage::rooms::delete_request_ids_older_than(&pool, before).await {

@@ -217,6 +217,18 @@ pub async fn uia_operation(
     }))
 }
 
+/// Deletes the sessions started before `before_ts` (finished or
+/// abandoned); how many went.
+pub async fn delete_uia_sessions_older_than(pool: &Pool, before_ts: i64) -> StorageResult<u64> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM uia_sessions WHERE created_ts < $1",
+            &[&before_ts],
+        )
+        .await?)
+}
+
 /// Ends a session once it has authorised its request; false when it had
 /// already ended (a concurrent request with the same session used it).
 pub async fn consume_uia_session(pool: &Pool, session_id: &str) -> StorageResult<bool> {

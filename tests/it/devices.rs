@@ -666,3 +666,47 @@ async fn last_use_reaches_the_database_in_batches() {
     let (_, device) = alice.get(&device_path("PHONE")).await;
     assert_eq!(device["last_seen_ip"], "127.0.0.1", "{device}");
 }
+
+#[actix_web::test]
+async fn old_sessions_are_deleted() {
+    let cluster = TestCluster::start().await;
+    let alice = login_after_register(&cluster, "alice", "LAPTOP").await;
+    let (_, challenge) = delete_device(&alice, "LAPTOP", None).await;
+    let old = assert_password_challenge(&challenge);
+    let (_, challenge) = delete_device(&alice, "LAPTOP", None).await;
+    let fresh = assert_password_challenge(&challenge);
+    let database = cluster.database().await;
+    database
+        .execute(
+            "UPDATE uia_sessions SET created_ts = 0 WHERE session_id = $1",
+            &[&old],
+        )
+        .await
+        .expect("age the session");
+    // What the background instance's hourly clean-up runs.
+    let before =
+        lattice::util::now_ms() - lattice::api::client::uiaa::SESSION_LIFETIME.as_millis() as i64;
+    let deleted = cluster
+        .on_node("main", |node| async move {
+            lattice::storage::accounts::delete_uia_sessions_older_than(&node.pool, before).await
+        })
+        .await
+        .expect("deleted");
+    assert_eq!(deleted, 1);
+    let (status, body) = delete_device(
+        &alice,
+        "LAPTOP",
+        Some(json!({ "auth": password_auth(&old, "alice", PASSWORD) })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_UNKNOWN", "{body}");
+    assert!(signed_in(&alice).await);
+    let (status, body) = delete_device(
+        &alice,
+        "LAPTOP",
+        Some(json!({ "auth": password_auth(&fresh, "alice", PASSWORD) })),
+    )
+    .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({})));
+}
