@@ -168,10 +168,11 @@ run_workloads() {
                 [[ " ${EXTRA[*]} " == *" --messages "* ]] || args+=(--messages 10)
                 ;;
             chat-ephemeral) args=(chat-ephemeral) ;;
+            chat-todevice) args=(chat-todevice) ;;
             big-room) args=(big-room) ;;
             idle) args=(idle) ;;
             join-storm) args=(join-storm) ;;
-            *) die "unknown workload $name (chat chat-paced chat-ephemeral big-room idle join-storm)" ;;
+            *) die "unknown workload $name (chat chat-paced chat-ephemeral chat-todevice big-room idle join-storm)" ;;
         esac
         log "$label: $name"
         # stdout as is; stderr (progress, and why a run failed) also kept in a file.

@@ -6,8 +6,8 @@
 # `lattice up` gets SIGTERM, and the script checks that it and every instance it started
 # are gone.
 #
-#   .ci/clients-split.sh            build, run both client tests against the split
-#   .ci/clients-split.sh nio        only one of them (nio | jssdk)
+#   .ci/clients-split.sh            build, run every client test against the split
+#   .ci/clients-split.sh nio        only some of them (nio | jssdk | jssdk_e2ee | nio_e2ee)
 #
 # Environment:
 #   LATTICE_PG_PORT (5433), LATTICE_REDIS_PORT (6390)   the services of .ci/postgres.sh and

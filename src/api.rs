@@ -241,6 +241,12 @@ impl FromRequest for Requester {
                 ));
             }
             node.rate_limiter.check(&owner.user_id)?;
+            node.last_seen.record(
+                &owner.user_id,
+                &owner.device_id,
+                &client_ip(&request),
+                crate::util::now_ms(),
+            );
             Ok(Requester {
                 user_id: owner.user_id,
                 device_id: owner.device_id,
@@ -253,11 +259,15 @@ impl FromRequest for Requester {
 /// Checks the per-IP limit; for endpoints without an access token.
 pub fn rate_limit_ip(request: &HttpRequest) -> ApiResult<()> {
     let node = node(request)?;
-    let ip = request
+    node.rate_limiter.check(&client_ip(request))
+}
+
+/// The address a request came from (the peer of the connection).
+pub fn client_ip(request: &HttpRequest) -> String {
+    request
         .peer_addr()
         .map(|a| a.ip().to_string())
-        .unwrap_or_default();
-    node.rate_limiter.check(&ip)
+        .unwrap_or_default()
 }
 
 /// Token buckets per user id or IP address.

@@ -24,6 +24,7 @@ pub mod pool;
 pub mod processes;
 pub mod progress;
 pub mod report;
+pub mod to_device;
 pub mod tracker;
 pub mod workload;
 
@@ -46,6 +47,7 @@ use crate::bench::pool::{ClientPool, PoolStopped};
 use crate::bench::processes::{ProcessWatch, Target};
 use crate::bench::progress::Progress;
 use crate::bench::report::{IdleMemory, Report};
+use crate::bench::to_device::ToDeviceTracker;
 use crate::bench::tracker::{RoomIndex, Tracker, UserIndex};
 use crate::bench::workload::{Load, Operation, Plan, Shape, Workload};
 
@@ -359,6 +361,8 @@ struct Shared {
     options: Options,
     plan: Plan,
     tracker: Arc<Mutex<Tracker>>,
+    /// `chat-todevice`'s to-device messages.
+    to_device: Mutex<ToDeviceTracker>,
     errors: ErrorCounts,
     progress: Arc<Progress>,
 }
@@ -426,6 +430,7 @@ pub async fn run_workload(options: &Options) -> Result<Report, BenchError> {
         options: options.clone(),
         plan,
         tracker: tracker.clone(),
+        to_device: Mutex::new(ToDeviceTracker::default()),
         errors: ErrorCounts::default(),
         progress: progress.clone(),
     });
@@ -549,6 +554,10 @@ async fn measure(shared: &Arc<Shared>, pool: &ClientPool) -> Result<Report, Benc
         .map(|(first, last)| last.saturating_duration_since(first).as_secs_f64())
         .unwrap_or(0.0);
     let (send_latencies, delivery_latencies) = tracker.take_latencies();
+    let to_device = match options.workload {
+        Workload::ChatToDevice => shared.to_device.lock().ok().map(|mut t| t.report()),
+        _ => None,
+    };
     let (concurrency, rate, load) = match options.load {
         Load::Closed { concurrency } => (Some(concurrency), None, "closed"),
         Load::Open { rate } => (None, Some(rate), "open"),
@@ -600,6 +609,7 @@ async fn measure(shared: &Arc<Shared>, pool: &ClientPool) -> Result<Report, Benc
         errors: shared.errors.snapshot(),
         processes,
         idle_memory,
+        to_device,
         baseline: None::<Baseline>,
         problems: Vec::new(),
     };
@@ -838,6 +848,22 @@ impl SyncLoop {
     }
 
     fn record(&self, response: &SyncResponse, now: Instant) {
+        if let Some(to_device) = &response.to_device {
+            let ops: Vec<usize> = to_device
+                .events
+                .iter()
+                .filter_map(|event| event.content.bench.as_ref())
+                .filter(|tag| tag.run == self.shared.run_id)
+                .filter_map(|tag| usize::try_from(tag.id).ok())
+                .collect();
+            if !ops.is_empty() {
+                if let Ok(mut tracker) = self.shared.to_device.lock() {
+                    for op in ops {
+                        tracker.observe(self.user, op, now);
+                    }
+                }
+            }
+        }
         let Some(rooms) = &response.rooms else { return };
         let mut seen: Vec<(RoomIndex, usize)> = Vec::new();
         let mut unknown = 0;
@@ -892,6 +918,57 @@ impl SyncLoop {
 /// How long a `chat-ephemeral` sender says it types before each message.
 const TYPING_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The event type `chat-todevice` sends to devices.
+const ROOM_KEY_TYPE: &str = "lattice.bench.room_key";
+
+/// `chat-todevice`: after `sender`'s message `op` to `room`, a to-device
+/// message to every device of every other member of the room, as a client
+/// shares a room key; its delivery counts from when it left.
+async fn send_room_key(
+    shared: &Shared,
+    world: &World,
+    client: &MatrixClient,
+    op: usize,
+    sender: UserIndex,
+    room: RoomIndex,
+) -> Result<(), ClientError> {
+    let session = &world.sessions[sender as usize];
+    let recipients: Vec<UserIndex> = shared.plan.rooms[room as usize]
+        .iter()
+        .copied()
+        .filter(|&member| member != sender)
+        .collect();
+    let content = json!({
+        "algorithm": "m.megolm.v1.aes-sha2",
+        "lattice.bench": { "run": shared.run_id, "id": op },
+    });
+    let messages: serde_json::Map<String, serde_json::Value> = recipients
+        .iter()
+        .map(|&member| {
+            (
+                world.sessions[member as usize].user_id.clone(),
+                json!({ "*": content }),
+            )
+        })
+        .collect();
+    let messages = serde_json::Value::Object(messages);
+    let txn_id = format!("{}-{op}-key", shared.run_id);
+    if let Ok(mut tracker) = shared.to_device.lock() {
+        tracker.begin(op, Instant::now(), recipients);
+    }
+    let sent = shared
+        .retrying("sendToDevice", || {
+            client.send_to_device(session, ROOM_KEY_TYPE, &txn_id, &messages)
+        })
+        .await;
+    if sent.is_err() {
+        if let Ok(mut tracker) = shared.to_device.lock() {
+            tracker.failed(op);
+        }
+    }
+    sent
+}
+
 /// Performs operation `op`: latencies count from `start`.
 async fn perform(shared: &Shared, world: &World, client: &MatrixClient, op: usize, start: Instant) {
     if let Ok(mut tracker) = shared.tracker.lock() {
@@ -926,6 +1003,14 @@ async fn perform(shared: &Shared, world: &World, client: &MatrixClient, op: usiz
                         .await
                 }
                 Err(error) => Err(error),
+            };
+            let sent = match sent {
+                Ok(event_id) if shared.options.workload == Workload::ChatToDevice => {
+                    send_room_key(shared, world, client, op, sender, room)
+                        .await
+                        .map(|()| event_id)
+                }
+                sent => sent,
             };
             match sent {
                 Ok(event_id) if ephemeral => {
@@ -1021,6 +1106,13 @@ async fn wait_for_deliveries(shared: &Shared) {
     loop {
         let (settled, delivered) = match shared.tracker.lock() {
             Ok(tracker) => (tracker.settled(), tracker.counts().delivered),
+            Err(_) => return,
+        };
+        let (settled, delivered) = match shared.to_device.lock() {
+            Ok(to_device) => (
+                settled && to_device.settled(),
+                delivered + to_device.delivered(),
+            ),
             Err(_) => return,
         };
         if settled {

@@ -19,6 +19,8 @@ pub struct ApiError {
     pub retry_after_ms: Option<u64>,
     /// The user-interactive authentication state for a `401` during UIA.
     pub uia: Option<serde_json::Value>,
+    /// `current_version` for `M_WRONG_ROOM_KEYS_VERSION`.
+    pub current_version: Option<String>,
 }
 
 /// The Matrix error codes Lattice produces.
@@ -58,6 +60,11 @@ pub enum ErrCode {
     ServerControlled,
     /// A key's signature is missing or does not verify (cross-signing).
     InvalidSignature,
+    /// `M_TOO_LARGE` with 400: a field longer than allowed, as Synapse
+    /// answers a device's display name.
+    FieldTooLarge,
+    /// A key backup version that is not the current one (403).
+    WrongRoomKeysVersion,
 }
 
 impl ErrCode {
@@ -90,14 +97,17 @@ impl ErrCode {
             ErrCode::Internal => "M_UNKNOWN",
             ErrCode::ServerControlled => "M_BAD_JSON",
             ErrCode::InvalidSignature => "M_INVALID_SIGNATURE",
+            ErrCode::FieldTooLarge => "M_TOO_LARGE",
+            ErrCode::WrongRoomKeysVersion => "M_WRONG_ROOM_KEYS_VERSION",
         }
     }
 
     fn status(self) -> StatusCode {
         match self {
-            ErrCode::Forbidden | ErrCode::GuestAccessForbidden | ErrCode::UserDeactivated => {
-                StatusCode::FORBIDDEN
-            }
+            ErrCode::Forbidden
+            | ErrCode::GuestAccessForbidden
+            | ErrCode::UserDeactivated
+            | ErrCode::WrongRoomKeysVersion => StatusCode::FORBIDDEN,
             ErrCode::UnknownToken | ErrCode::MissingToken | ErrCode::Unauthorized => {
                 StatusCode::UNAUTHORIZED
             }
@@ -126,6 +136,7 @@ impl ApiError {
             message: message.into(),
             retry_after_ms: None,
             uia: None,
+            current_version: None,
         }
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -155,6 +166,16 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(ErrCode::Unavailable, message)
     }
+    /// A key backup write to a version that is not `current_version`.
+    pub fn wrong_room_keys_version(current_version: String) -> Self {
+        ApiError {
+            current_version: Some(current_version),
+            ..Self::new(
+                ErrCode::WrongRoomKeysVersion,
+                "wrong backup version: only the current version takes keys",
+            )
+        }
+    }
     pub fn limit_exceeded(retry_after_ms: u64) -> Self {
         ApiError {
             retry_after_ms: Some(retry_after_ms),
@@ -180,6 +201,9 @@ impl ResponseError for ApiError {
         body.insert("error".into(), json!(self.message));
         if let Some(ms) = self.retry_after_ms {
             body.insert("retry_after_ms".into(), json!(ms));
+        }
+        if let Some(version) = &self.current_version {
+            body.insert("current_version".into(), json!(version));
         }
         let mut response = HttpResponse::build(self.status_code());
         if let Some(ms) = self.retry_after_ms {

@@ -16,6 +16,7 @@ use lattice_actors::{
 use ruma::{OwnedServerName, RoomId, UserId};
 use serde_json::Value;
 
+use crate::api::client::device::last_seen::{self, LastSeenTracker};
 use crate::api::{RateLimiter, TokenCache, TOKEN_CACHE};
 use crate::caches::{FilterCache, MembershipCache, RecentEventsCache, MEMBERSHIP_CACHE};
 use crate::config::Config;
@@ -74,6 +75,8 @@ pub struct Node {
     pub recent_push: Arc<crate::push::recent::RecentPushActions>,
     /// The unread counts each user was last given, for `/sync`.
     pub unread: Arc<crate::sync::notifications::UnreadCache>,
+    /// When and from where this instance saw each device, until written.
+    pub last_seen: Arc<LastSeenTracker>,
     /// Push rule evaluation of new events, and the rulesets it caches.
     pub push: Arc<crate::push::evaluator::PushEvaluator>,
     pub supervisor: Arc<Supervisor>,
@@ -155,7 +158,8 @@ const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Deletes, hourly, what is past its retention: `caches` stream rows
 /// (readers catch up only over what they missed while disconnected, never
-/// over a week) and the request ids that made mailbox messages idempotent.
+/// over a week), user-interactive auth sessions, and the request ids that
+/// made mailbox messages idempotent.
 async fn clean_up(pool: Pool) {
     let mut ticker = tokio::time::interval(CLEAN_UP_INTERVAL);
     loop {
@@ -166,6 +170,12 @@ async fn clean_up(pool: Pool) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "deleted old cache invalidations"),
             Err(error) => tracing::warn!(error = %error, "deleting old cache invalidations failed"),
+        }
+        let before = now - crate::api::client::uiaa::SESSION_LIFETIME.as_millis() as i64;
+        match storage::accounts::delete_uia_sessions_older_than(&pool, before).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted old user-interactive auth sessions"),
+            Err(error) => tracing::warn!(error = %error, "deleting old auth sessions failed"),
         }
         let before = now - REQUEST_ID_RETENTION.as_millis() as i64;
         match storage::rooms::delete_request_ids_older_than(&pool, before).await {
@@ -450,6 +460,7 @@ impl Node {
             recent_push,
             filters: Arc::new(FilterCache::default()),
             unread: Arc::default(),
+            last_seen: Arc::new(LastSeenTracker::default()),
             push: Arc::new(crate::push::evaluator::PushEvaluator::new(
                 &config.server_name,
                 &notifier,
@@ -469,7 +480,13 @@ impl Node {
             endpoints: Arc::new(tokio::sync::Mutex::new(endpoints)),
         };
         let addr = listener.local_addr()?;
-        let mut tasks = vec![tokio::spawn(heartbeat(node.clone(), addr))];
+        let mut tasks = vec![
+            tokio::spawn(heartbeat(node.clone(), addr)),
+            tokio::spawn(last_seen::flush_periodically(
+                node.last_seen.clone(),
+                node.pool.clone(),
+            )),
+        ];
         if node.has_role(Role::Background) {
             tasks.push(tokio::spawn(clean_up(node.pool.clone())));
         }
@@ -703,6 +720,8 @@ impl RunningNode {
         }
         self.server.stop(true).await;
         let _ = self.server_task.await;
+        // What the requests showed of devices' last use, not yet written.
+        self.node.last_seen.flush(&self.node.pool).await;
         for endpoint in self.node.endpoints.lock().await.drain(..) {
             endpoint.shutdown().await;
         }

@@ -10,6 +10,7 @@ pub mod events;
 pub mod presence;
 pub mod push_rules;
 pub mod receipts;
+pub mod to_device;
 pub mod typing;
 
 mod mailboxes;
@@ -61,6 +62,11 @@ pub const ACTORS: &[ActorRow] = &[
         role: Role::DeviceLists,
         kind: device_lists::DEVICE_LISTS_STREAM,
         start: device_lists::start,
+    },
+    ActorRow {
+        role: Role::ToDevice,
+        kind: to_device::TO_DEVICE_STREAM,
+        start: to_device::start,
     },
 ];
 

@@ -3,8 +3,10 @@
 
 pub mod account_data;
 pub mod accounts;
+pub mod backup;
 pub mod caches;
 pub mod device_lists;
+pub mod devices;
 pub mod followers;
 pub mod instances;
 pub mod keys;
@@ -15,6 +17,7 @@ pub mod receipts;
 pub mod relations;
 pub mod rooms;
 pub mod streams;
+pub mod to_device;
 pub mod user_directory;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -93,12 +96,20 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("storage/migrations/0014_devices.sql"),
     ),
     (
+        "0015_room_keys",
+        include_str!("storage/migrations/0015_room_keys.sql"),
+    ),
+    (
         "0016_e2e_keys",
         include_str!("storage/migrations/0016_e2e_keys.sql"),
     ),
     (
         "0017_device_lists",
         include_str!("storage/migrations/0017_device_lists.sql"),
+    ),
+    (
+        "0018_to_device",
+        include_str!("storage/migrations/0018_to_device.sql"),
     ),
 ];
 

@@ -19,6 +19,7 @@ pub mod receipts;
 pub mod registry;
 pub mod replication;
 pub mod shared;
+pub mod to_device;
 pub mod token;
 pub mod typing;
 pub mod writer;

@@ -78,7 +78,7 @@ pub struct SyncResponse {
     pub rooms: rooms::Rooms,
     pub presence: Vec<Value>,
     pub account_data: Vec<Value>,
-    pub to_device: Vec<Value>,
+    pub to_device: to_device::ToDevice,
     pub device_lists: device_lists::DeviceLists,
 }
 
@@ -94,12 +94,15 @@ impl SyncResponse {
 
     /// The response body, with `next_batch` as its token.
     pub fn into_json(self, next_batch: &StreamToken) -> Value {
+        // Cut short, the to-device section moves the token only as far as
+        // what it shows.
+        let next_batch = self.to_device.next_batch(next_batch);
         json!({
             "next_batch": next_batch.to_string(),
             "rooms": self.rooms.into_json(),
             "presence": { "events": self.presence },
             "account_data": { "events": self.account_data },
-            "to_device": { "events": self.to_device },
+            "to_device": { "events": self.to_device.events },
             "device_lists": self.device_lists.into_json(),
         })
     }

@@ -4,6 +4,8 @@
 
 pub mod account;
 pub mod account_data;
+pub mod backup;
+pub mod device;
 pub mod directory;
 pub mod events;
 pub mod filter;
@@ -19,6 +21,7 @@ pub mod relations;
 pub mod room;
 pub mod state;
 pub mod sync;
+pub mod to_device;
 pub mod typing;
 pub mod uiaa;
 pub mod user_directory;
@@ -135,6 +138,10 @@ fn routes(scope: Scope) -> Scope {
                 .route(web::put().to(account_data::put_tag))
                 .route(web::delete().to(account_data::delete_tag)),
         )
+        .service(
+            resource("/sendToDevice/{event_type}/{txn_id}")
+                .route(web::put().to(to_device::send_to_device)),
+        )
         .service(resource("/createRoom").route(web::post().to(room::create_room)))
         .service(resource("/joined_rooms").route(web::get().to(membership::joined_rooms)))
         .service(
@@ -211,6 +218,43 @@ fn routes(scope: Scope) -> Scope {
             resource("/publicRooms")
                 .route(web::get().to(directory::public_rooms))
                 .route(web::post().to(directory::search_public_rooms)),
+        )
+        .service(resource("/devices").route(web::get().to(device::get_devices)))
+        .service(
+            resource("/devices/{device_id}")
+                .route(web::get().to(device::get_device))
+                .route(web::put().to(device::update_device))
+                .route(web::delete().to(device::delete_device)),
+        )
+        .service(resource("/delete_devices").route(web::post().to(device::delete_devices)))
+        .service(
+            resource("/room_keys/version")
+                .route(web::get().to(backup::get_current_version))
+                .route(web::post().to(backup::create_version)),
+        )
+        .service(
+            resource("/room_keys/version/{version}")
+                .route(web::get().to(backup::get_version))
+                .route(web::put().to(backup::update_version))
+                .route(web::delete().to(backup::delete_version)),
+        )
+        .service(
+            resource("/room_keys/keys")
+                .route(web::get().to(backup::get_keys))
+                .route(web::put().to(backup::put_keys))
+                .route(web::delete().to(backup::delete_keys)),
+        )
+        .service(
+            resource("/room_keys/keys/{room_id}")
+                .route(web::get().to(backup::get_room_keys))
+                .route(web::put().to(backup::put_room_keys))
+                .route(web::delete().to(backup::delete_room_keys)),
+        )
+        .service(
+            resource("/room_keys/keys/{room_id}/{session_id}")
+                .route(web::get().to(backup::get_session_key))
+                .route(web::put().to(backup::put_session_key))
+                .route(web::delete().to(backup::delete_session_key)),
         )
 }
 

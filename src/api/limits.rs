@@ -95,6 +95,13 @@ pub const MAX_SEARCH_TERM_BYTES: usize = 1000;
 /// The most rooms one page of `/publicRooms` lists, whatever `limit` asks for.
 pub const MAX_PUBLIC_ROOMS_PAGE: usize = 500;
 
+/// Devices one `POST /delete_devices` may name.
+pub const MAX_DELETED_DEVICES: usize = 1000;
+
+/// A megolm session id in the key backup's paths and bodies, in bytes
+/// (they are 43 characters; part of the stored keys' primary key).
+pub const MAX_ROOM_KEY_SESSION_ID_BYTES: usize = 255;
+
 /// A user-interactive authentication session id sent back by the client, in
 /// bytes (ours are 24 characters).
 pub const MAX_UIA_SESSION_BYTES: usize = 255;

@@ -115,6 +115,15 @@ pub struct SyncResponse {
     pub next_batch: String,
     #[serde(default)]
     pub rooms: Option<SyncRooms>,
+    #[serde(default)]
+    pub to_device: Option<ToDeviceSection>,
+}
+
+/// `/sync`'s `to_device`: `{sender, type, content}` events.
+#[derive(Debug, Default, Deserialize)]
+pub struct ToDeviceSection {
+    #[serde(default)]
+    pub events: Vec<TimelineEvent>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -397,6 +406,32 @@ impl MatrixClient {
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| ClientError::Protocol("send: no event_id".into()))
+    }
+
+    /// PUT /sendToDevice/{eventType}/{txnId} with `messages` (user → device
+    /// or `*` → content).
+    pub async fn send_to_device(
+        &self,
+        session: &Session,
+        kind: &str,
+        txn_id: &str,
+        messages: &Value,
+    ) -> Result<(), ClientError> {
+        let url = format!(
+            "{}/_matrix/client/v3/sendToDevice/{}/{}",
+            self.endpoints.send,
+            path_segment(kind),
+            path_segment(txn_id)
+        );
+        self.call::<Value>(
+            Method::PUT,
+            url,
+            Some(&session.access_token),
+            Some(&json!({ "messages": messages })),
+            REQUEST_TIMEOUT,
+        )
+        .await
+        .map(drop)
     }
 
     /// PUT /rooms/{roomId}/typing/{userId}: typing for `timeout`.

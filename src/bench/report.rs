@@ -59,9 +59,24 @@ pub struct Report {
     pub processes: Vec<ProcessUsage>,
     /// For `idle`: the servers' memory before and with every long poll open.
     pub idle_memory: Vec<IdleMemory>,
+    /// For `chat-todevice`: the to-device messages and their delivery.
+    #[serde(default)]
+    pub to_device: Option<ToDeviceDelivery>,
     pub baseline: Option<Baseline>,
     /// Everything that must be zero and was not; empty means the run is clean.
     pub problems: Vec<String>,
+}
+
+/// The to-device messages of a run: one per receiving device, and how
+/// long after its send left each device's `/sync` showed it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToDeviceDelivery {
+    pub expected: u64,
+    pub delivered: u64,
+    pub undelivered: u64,
+    pub duplicated: u64,
+    pub unexpected: u64,
+    pub latency_ms: LatencySummary,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +102,11 @@ impl Report {
         check(self.out_of_order, "out of order");
         check(self.unexpected, "unexpected deliveries");
         check(self.failed, "operations failed");
+        if let Some(to_device) = &self.to_device {
+            check(to_device.undelivered, "to-device undelivered");
+            check(to_device.duplicated, "to-device duplicated");
+            check(to_device.unexpected, "to-device unexpected");
+        }
         check(
             self.operations.saturating_sub(self.accepted + self.failed),
             "operations never answered",
@@ -147,6 +167,25 @@ impl Report {
                 self.unexpected
             ),
         );
+        if let Some(to_device) = &self.to_device {
+            row(
+                &mut out,
+                "to-device delivery",
+                latency_row(&to_device.latency_ms),
+            );
+            row(
+                &mut out,
+                "to-device messages",
+                format!(
+                    "{} expected, {} delivered, {} undelivered, {} duplicated, {} unexpected",
+                    to_device.expected,
+                    to_device.delivered,
+                    to_device.undelivered,
+                    to_device.duplicated,
+                    to_device.unexpected
+                ),
+            );
+        }
         row(
             &mut out,
             "syncs",
@@ -307,6 +346,32 @@ pub fn summary_markdown(reports: &[Report], medians: bool) -> String {
             server.map_or("-".into(), |p| format!("{:.0}", p.peak_rss_mb)),
             if r.ok() { "" } else { " **FAILED**" },
         );
+    }
+    let to_device: Vec<(&Report, &ToDeviceDelivery)> = latest
+        .iter()
+        .filter_map(|r| r.to_device.as_ref().map(|t| (*r, t)))
+        .collect();
+    if !to_device.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| run | server | to-device messages | delivered / undelivered / dup | to-device delivery p50 / p99 ms |"
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---:|");
+        for (r, t) in to_device {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} / {} / {} | {:.1} / {:.1} |",
+                r.name,
+                r.server,
+                t.expected,
+                t.delivered,
+                t.undelivered,
+                t.duplicated,
+                t.latency_ms.p50,
+                t.latency_ms.p99,
+            );
+        }
     }
     let idle: Vec<&Report> = latest
         .iter()
@@ -611,6 +676,7 @@ mod tests {
             errors: BTreeMap::new(),
             processes: Vec::new(),
             idle_memory: Vec::new(),
+            to_device: None,
             baseline: None,
             problems: Vec::new(),
         }

@@ -14,6 +14,10 @@ pub enum Workload {
     /// `chat`, with a typing notification before and a read receipt after
     /// every message: the ephemeral streams under the same load.
     ChatEphemeral,
+    /// `chat`, with every message also sent as a to-device message to the
+    /// other members' devices (an encrypted room's key sharing).
+    #[value(name = "chat-todevice")]
+    ChatToDevice,
     /// One room with many members: fan-out of every message to all of them.
     BigRoom,
     /// Many long-polling clients held open while a few send: memory per
@@ -31,6 +35,7 @@ impl Workload {
         match self {
             Workload::Chat => "chat",
             Workload::ChatEphemeral => "chat-ephemeral",
+            Workload::ChatToDevice => "chat-todevice",
             Workload::BigRoom => "big-room",
             Workload::Idle => "idle",
             Workload::JoinStorm => "join-storm",
@@ -41,7 +46,10 @@ impl Workload {
     /// The shape of each workload; every field can be overridden.
     pub fn default_shape(self) -> Shape {
         match self {
-            Workload::Chat | Workload::ChatEphemeral | Workload::Summary => Shape {
+            Workload::Chat
+            | Workload::ChatEphemeral
+            | Workload::ChatToDevice
+            | Workload::Summary => Shape {
                 users: 500,
                 rooms: 50,
                 per_room: 10,
@@ -78,9 +86,10 @@ impl Workload {
             // flight. Fewer measure one write batch's round trip rather than
             // what the server can carry (64 in flight cap a server at 64
             // divided by its send latency).
-            Workload::Chat | Workload::ChatEphemeral | Workload::Summary => {
-                Load::Closed { concurrency: 200 }
-            }
+            Workload::Chat
+            | Workload::ChatEphemeral
+            | Workload::ChatToDevice
+            | Workload::Summary => Load::Closed { concurrency: 200 },
             Workload::BigRoom => Load::Closed { concurrency: 10 },
             // A trickle: wake-up latency, not throughput.
             Workload::Idle => Load::Open { rate: 10.0 },

@@ -1,4 +1,5 @@
-//! Users, devices, access tokens, user-interactive auth sessions and filters.
+//! Users, access tokens (with the device each is for: `devices.rs` has the
+//! rest), user-interactive auth sessions and filters.
 
 use deadpool_postgres::Pool;
 use sha2::{Digest, Sha256};
@@ -122,39 +123,6 @@ pub async fn token_owner(pool: &Pool, token: &str) -> StorageResult<Option<Token
     }))
 }
 
-/// Removes the device and its tokens.
-pub async fn delete_device(pool: &Pool, user_id: &str, device_id: &str) -> StorageResult<()> {
-    let mut client = pool.get().await?;
-    let transaction = client.transaction().await?;
-    transaction
-        .execute(
-            "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = $2",
-            &[&user_id, &device_id],
-        )
-        .await?;
-    transaction
-        .execute(
-            "DELETE FROM devices WHERE user_id = $1 AND device_id = $2",
-            &[&user_id, &device_id],
-        )
-        .await?;
-    transaction.commit().await?;
-    Ok(())
-}
-
-pub async fn delete_all_devices(pool: &Pool, user_id: &str) -> StorageResult<()> {
-    let mut client = pool.get().await?;
-    let transaction = client.transaction().await?;
-    transaction
-        .execute("DELETE FROM access_tokens WHERE user_id = $1", &[&user_id])
-        .await?;
-    transaction
-        .execute("DELETE FROM devices WHERE user_id = $1", &[&user_id])
-        .await?;
-    transaction.commit().await?;
-    Ok(())
-}
-
 pub async fn create_uia_session(pool: &Pool, session_id: &str) -> StorageResult<()> {
     let client = pool.get().await?;
     client
@@ -247,6 +215,18 @@ pub async fn uia_operation(
             _ => None,
         }
     }))
+}
+
+/// Deletes the sessions started before `before_ts` (finished or
+/// abandoned); how many went.
+pub async fn delete_uia_sessions_older_than(pool: &Pool, before_ts: i64) -> StorageResult<u64> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM uia_sessions WHERE created_ts < $1",
+            &[&before_ts],
+        )
+        .await?)
 }
 
 /// Ends a session once it has authorised its request; false when it had

@@ -121,6 +121,7 @@ pub const SPECS: &[&StreamSpec] = &[
     &super::push_rules::SPEC,
     &super::presence::SPEC,
     &super::device_lists::SPEC,
+    &super::to_device::SPEC,
 ];
 
 /// The spec of the stream named `name`.
@@ -328,9 +329,8 @@ pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
             parts.pool.clone(),
             parts.mailboxes.clone(),
         )),
-        Arc::new(super::device_lists::DeviceListsRows::new(
-            parts.pool.clone(),
-        )),
+        Arc::new(super::device_lists::DeviceListsRows::new(parts.pool.clone())),
+        Arc::new(super::to_device::ToDeviceRows::new(parts.pool.clone())),
     ]
 }
 

@@ -2,8 +2,12 @@
 # Real-client tests: start a fresh Lattice (debug build) on a free port with its own
 # database, run the matrix-nio and matrix-js-sdk conversations against it, tear down.
 #
-#   tests/clients/run.sh            build, run both tests
-#   tests/clients/run.sh nio        only the nio test   (or: jssdk)
+#   tests/clients/run.sh            build, run every test
+#   tests/clients/run.sh nio        only the nio test   (or: jssdk, jssdk_e2ee, nio_e2ee; several may be named)
+#
+# Tests: nio (nio_conversation.py), jssdk (jssdk_conversation.mjs), jssdk_e2ee (jssdk_e2ee.mjs:
+# two js-sdk users with the Rust crypto, cross-signing, key backup, a second device),
+# nio_e2ee (jssdk_e2ee.mjs --nio: js-sdk and matrix-nio with its olm crypto in one encrypted room).
 #
 # Environment:
 #   LATTICE_CLIENTS_BASE_URL=url    test the server already running there (registration open,
@@ -24,7 +28,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 
-TESTS=(nio jssdk)
+TESTS=(nio jssdk jssdk_e2ee nio_e2ee)
 if [[ $# -gt 0 ]]; then TESTS=("$@"); fi
 
 RUN_DIR="$ROOT/var/clients/run-$$"
@@ -81,11 +85,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
+# The name a test reports under.
+test_name() {
+    case "$1" in
+        nio | jssdk) echo "${1}_conversation" ;;
+        *) echo "$1" ;;
+    esac
+}
+
 fail_all() {
     # The server could not be brought up: every test counts as failed.
     log "error: $*"
     local t
-    for t in "${TESTS[@]}"; do RESULTS+=("FAIL ${t}_conversation (server not available)"); FAILED=$((FAILED + 1)); done
+    for t in "${TESTS[@]}"; do RESULTS+=("FAIL $(test_name "$t") (server not available)"); FAILED=$((FAILED + 1)); done
     summary
     exit 1
 }
@@ -124,10 +136,8 @@ EOF
 }
 
 # --- dependencies -----------------------------------------------------------------------
-if [[ ! -x var/venv/bin/python || ! -d tests/clients/node_modules/matrix-js-sdk ]]; then
-    log "client dependencies missing; running 'make clients-deps'"
-    make --no-print-directory clients-deps
-fi
+# (stamps: a no-op when var/venv and node_modules match requirements.txt and package-lock.json)
+make --no-print-directory clients-deps >&2
 
 if [[ -n "${LATTICE_CLIENTS_BASE_URL:-}" ]]; then
     # --- a server started by someone else -------------------------------------------------
@@ -179,18 +189,18 @@ fi
 
 # --- tests --------------------------------------------------------------------------------
 run_test() {
-    local name="$1"; shift
+    local name="$1" limit="$2"; shift 2
     echo
     echo "=== $name"
     local start=$SECONDS rc=0
-    timeout --kill-after=10 90 "$@" || rc=$?
+    timeout --kill-after=10 "$limit" "$@" || rc=$?
     local took=$((SECONDS - start))
     if [[ $rc == 0 ]]; then
         RESULTS+=("PASS $name (${took}s)")
         PASSED=$((PASSED + 1))
         echo "=== PASS $name (${took}s)"
     else
-        [[ $rc == 124 || $rc == 137 ]] && echo "=== $name killed after 90 s" >&2
+        [[ $rc == 124 || $rc == 137 ]] && echo "=== $name killed after $limit s" >&2
         RESULTS+=("FAIL $name (exit $rc, ${took}s)")
         FAILED=$((FAILED + 1))
         echo "=== FAIL $name (exit $rc, ${took}s)"
@@ -203,9 +213,11 @@ run_test() {
 
 for t in "${TESTS[@]}"; do
     case "$t" in
-        nio) PYTHONDONTWRITEBYTECODE=1 run_test nio_conversation var/venv/bin/python tests/clients/nio_conversation.py "$BASE_URL" ;;
-        jssdk) run_test jssdk_conversation node tests/clients/jssdk_conversation.mjs "$BASE_URL" ;;
-        *) log "unknown test '$t' (known: nio jssdk)"; RESULTS+=("FAIL $t (unknown test)"); FAILED=$((FAILED + 1)) ;;
+        nio) PYTHONDONTWRITEBYTECODE=1 run_test nio_conversation 90 var/venv/bin/python tests/clients/nio_conversation.py "$BASE_URL" ;;
+        jssdk) run_test jssdk_conversation 90 node tests/clients/jssdk_conversation.mjs "$BASE_URL" ;;
+        jssdk_e2ee) run_test jssdk_e2ee 120 node tests/clients/jssdk_e2ee.mjs "$BASE_URL" ;;
+        nio_e2ee) run_test nio_e2ee 120 node tests/clients/jssdk_e2ee.mjs "$BASE_URL" --nio var/venv/bin/python ;;
+        *) log "unknown test '$t' (known: nio jssdk jssdk_e2ee nio_e2ee)"; RESULTS+=("FAIL $t (unknown test)"); FAILED=$((FAILED + 1)) ;;
     esac
 done
 

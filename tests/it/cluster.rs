@@ -172,6 +172,10 @@ impl TestCluster {
                         vec!["events1", "sync2"],
                     ))
                     .merge(Serialized::default(
+                        "stream_writers.to_device",
+                        vec!["events1", "sync2"],
+                    ))
+                    .merge(Serialized::default(
                         "instance_map.sync2",
                         json!({ "host": "127.0.0.1", "port": 1 }),
                     ));
@@ -182,6 +186,7 @@ impl TestCluster {
                     Role::PushRules,
                     Role::Presence,
                     Role::DeviceLists,
+                    Role::ToDevice,
                 ];
                 cluster.nodes.push(
                     TestNode::start(

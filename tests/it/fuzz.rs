@@ -135,6 +135,9 @@ impl World {
             "type" => "org.example.fuzz".into(),
             "tag" => "u.fuzz".into(),
             "rel_type" => "m.thread".into(),
+            "device_id" => enc(&self.alice.device_id),
+            "version" => "1".into(),
+            "session_id" => "fuzzsession".into(),
             other => panic!("the fuzzer does not know the parameter `{other}`: add it"),
         }
     }

@@ -5,15 +5,17 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::api::client::device;
 use crate::api::limits::{
     check_bytes, check_chars, check_device_id, check_no_nul, MAX_DEVICE_DISPLAY_NAME_CHARS,
     MAX_PASSWORD_BYTES, MAX_UIA_SESSION_BYTES, MAX_USER_ID_BYTES,
 };
-use crate::api::{rate_limit_ip, JsonBody, Requester};
+use crate::api::{client_ip, rate_limit_ip, JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
-use crate::storage::accounts;
-use crate::util::{random_device_id, random_string};
+use crate::storage::{accounts, devices};
+use crate::util::{now_ms, random_device_id, random_string};
+use ruma::OwnedDeviceId;
 
 #[derive(Deserialize)]
 pub struct RegisterRequest {
@@ -170,6 +172,8 @@ pub async fn register(
     )
     .await?;
     tell_device_lists(&node, &user_id, vec![device_id.clone()]).await;
+    node.last_seen
+        .record(&user_id, &device_id, &client_ip(&request), now_ms());
     Ok(HttpResponse::Ok().json(json!({
         "user_id": user_id,
         "access_token": access_token,
@@ -302,6 +306,8 @@ pub async fn login(
     // The device's earlier tokens were replaced.
     node.forget_tokens(&user_id, Some(&device_id)).await?;
     tell_device_lists(&node, &user_id, vec![device_id.clone()]).await;
+    node.last_seen
+        .record(&user_id, &device_id, &client_ip(&request), now_ms());
     Ok(HttpResponse::Ok().json(json!({
         "user_id": user_id,
         "access_token": access_token,
@@ -322,27 +328,20 @@ pub async fn whoami(requester: Requester) -> HttpResponse {
 
 /// POST /_matrix/client/v3/logout
 pub async fn logout(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
-    accounts::delete_device(&node.pool, &requester.user_id, &requester.device_id).await?;
-    node.forget_tokens(&requester.user_id, Some(&requester.device_id))
-        .await?;
-    let device = vec![requester.device_id.clone()];
-    tell_device_lists(&node, &requester.user_id, device).await;
+    let device_id = OwnedDeviceId::from(requester.device_id.as_str());
+    device::remove_devices(&node, &requester.user()?, &[device_id]).await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
 /// POST /_matrix/client/v3/logout/all
 pub async fn logout_all(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
-    let devices = {
-        let client = node
-            .pool
-            .get()
-            .await
-            .map_err(crate::storage::StorageError::from)?;
-        crate::storage::device_lists::device_ids(&client, &requester.user_id).await?
-    };
-    accounts::delete_all_devices(&node.pool, &requester.user_id).await?;
-    node.forget_tokens(&requester.user_id, None).await?;
-    tell_device_lists(&node, &requester.user_id, devices).await;
+    let device_ids: Vec<OwnedDeviceId> = devices::device_ids(&node.pool, &requester.user_id)
+        .await?
+        .into_iter()
+        .map(OwnedDeviceId::from)
+        .collect();
+    // A device signed in while this runs is not in the list, and stays.
+    device::remove_devices(&node, &requester.user()?, &device_ids).await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 

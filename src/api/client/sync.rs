@@ -96,10 +96,10 @@ async fn long_poll(node: &Node, requester: &Requester, query: &SyncQuery) -> Api
             // sync instances): start from it, not from this one's position.
             // A token from the future waits this long, then is clamped.
             node.streams.wait_for_token(&token, SINCE_WAIT).await;
-            Some(sync::clamp(
-                &token,
-                &sync::current_token(node, Some(&token)),
-            ))
+            let since = sync::clamp(&token, &sync::current_token(node, Some(&token)));
+            // The client got the answer that ended at `since`.
+            Box::pin(sync::to_device::acknowledge(node, requester, &since)).await?;
+            Some(since)
         }
         None => None,
     };

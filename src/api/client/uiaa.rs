@@ -28,6 +28,10 @@ use crate::node::Node;
 use crate::storage::accounts::{self, UiaOperation};
 use crate::util::random_string;
 
+/// How long a session lasts (Synapse's `SESSION_EXPIRE_MS`): the
+/// `background` instance deletes older ones, finished or not, hourly.
+pub const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(48 * 3600);
+
 /// The one stage of the one flow offered.
 pub const PASSWORD_STAGE: &str = "m.login.password";
 
