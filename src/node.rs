@@ -75,6 +75,8 @@ pub struct Node {
     pub recent_push: Arc<crate::push::recent::RecentPushActions>,
     /// The unread counts each user was last given, for `/sync`.
     pub unread: Arc<crate::sync::notifications::UnreadCache>,
+    /// Each device's one-time and fallback key counts, for `/sync`.
+    pub key_counts: Arc<crate::sync::one_time_keys::KeyCountCache>,
     /// When and from where this instance saw each device, until written.
     pub last_seen: Arc<LastSeenTracker>,
     /// Push rule evaluation of new events, and the rulesets it caches.
@@ -278,6 +280,7 @@ impl Node {
         let config = Arc::new(config);
         let tokens = Arc::new(TokenCache::default());
         let memberships = Arc::new(MembershipCache::default());
+        let key_counts = Arc::new(crate::sync::one_time_keys::KeyCountCache::default());
         let recent_events = Arc::new(RecentEventsCache::default());
         let recent_push = Arc::new(crate::push::recent::RecentPushActions::default());
         let notifier = Notifier::new();
@@ -358,9 +361,11 @@ impl Node {
                     {
                         let tokens = tokens.clone();
                         let memberships = memberships.clone();
+                        let key_counts = key_counts.clone();
                         Arc::new(move |invalidation| {
                             tokens.invalidate(invalidation);
                             memberships.invalidate(invalidation);
+                            key_counts.invalidate(invalidation);
                         })
                     },
                     Arc::clone(&caches_position),
@@ -460,6 +465,7 @@ impl Node {
             recent_push,
             filters: Arc::new(FilterCache::default()),
             unread: Arc::default(),
+            key_counts,
             last_seen: Arc::new(LastSeenTracker::default()),
             push: Arc::new(crate::push::evaluator::PushEvaluator::new(
                 &config.server_name,
@@ -569,6 +575,18 @@ impl Node {
     pub async fn forget_memberships(&self, user_id: &str) -> ApiResult<()> {
         self.memberships.forget(user_id);
         self.invalidate_elsewhere(Invalidation::new(MEMBERSHIP_CACHE, &[Some(user_id)]))
+            .await
+    }
+
+    /// Forgets the cached key counts of these devices (`(user id, device
+    /// id)`) here and on every other instance: after their one-time or
+    /// fallback keys changed, or they were removed.
+    pub async fn forget_key_counts(&self, devices: &[(&str, &str)]) -> ApiResult<()> {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        self.key_counts.forget(devices.iter().copied());
+        self.invalidate_elsewhere(crate::sync::one_time_keys::invalidation(devices))
             .await
     }
 

@@ -195,3 +195,18 @@ pub enum WriteError {
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+impl WriteError {
+    /// A request its writer's batch returned no answer for.
+    pub fn not_answered() -> Self {
+        WriteError::Internal("request was not answered".into())
+    }
+}
+
+/// The answer to a batch of one request (a writer's `handle`, which runs
+/// the batch path with one message).
+pub fn sole_answer<T>(mut answers: Vec<Result<T, WriteError>>) -> Result<T, WriteError> {
+    answers
+        .pop()
+        .unwrap_or_else(|| Err(WriteError::not_answered()))
+}

@@ -214,11 +214,7 @@ impl AccountDataWriter {
         match result {
             Ok(answers) => answers
                 .into_iter()
-                .map(|answer| {
-                    answer.unwrap_or_else(|| {
-                        Err(WriteError::Internal("request was not answered".into()))
-                    })
-                })
+                .map(|answer| answer.unwrap_or_else(|| Err(WriteError::not_answered())))
                 .collect(),
             Err(error) => {
                 self.writes_failed += 1;
@@ -455,11 +451,7 @@ impl Handler<SetReadMarker> for AccountDataWriter {
         msg: SetReadMarker,
         _ctx: &mut Context,
     ) -> Result<Result<AccountDataWritten, WriteError>, String> {
-        Ok(self
-            .set_read_markers(vec![msg])
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(WriteError::Internal("request was not answered".into()))))
+        Ok(super::sole_answer(self.set_read_markers(vec![msg]).await))
     }
 
     async fn handle_batch(
@@ -484,11 +476,9 @@ impl Handler<ChangeAccountData> for AccountDataWriter {
         msg: ChangeAccountData,
         _ctx: &mut Context,
     ) -> Result<Result<AccountDataWritten, WriteError>, String> {
-        Ok(self
-            .change_account_data(vec![msg])
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(WriteError::Internal("request was not answered".into()))))
+        Ok(super::sole_answer(
+            self.change_account_data(vec![msg]).await,
+        ))
     }
 
     async fn handle_batch(

@@ -225,11 +225,7 @@ impl Handler<RecordDeviceChanges> for DeviceListsWriter {
         msg: RecordDeviceChanges,
         _ctx: &mut Context,
     ) -> Result<Result<DeviceChangesRecorded, WriteError>, String> {
-        Ok(self
-            .record(vec![msg])
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(WriteError::Internal("request was not answered".into()))))
+        Ok(super::sole_answer(self.record(vec![msg]).await))
     }
 
     async fn handle_batch(

@@ -247,9 +247,9 @@ impl Handler<ChangePushRules> for PushRulesWriter {
 
     async fn handle(&mut self, msg: ChangePushRules, _ctx: &mut Context) -> Result<Answer, String> {
         Ok(self.change(vec![msg]).await.pop().unwrap_or_else(|| {
-            Err(PushRulesWriteError::Failed(super::WriteError::Internal(
-                "request was not answered".into(),
-            )))
+            Err(PushRulesWriteError::Failed(
+                super::WriteError::not_answered(),
+            ))
         }))
     }
 

@@ -308,11 +308,7 @@ impl Handler<SendToDevice> for ToDeviceWriter {
         msg: SendToDevice,
         _ctx: &mut Context,
     ) -> Result<Result<ToDeviceWritten, WriteError>, String> {
-        Ok(self
-            .send(vec![msg])
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(WriteError::Internal("request was not answered".into()))))
+        Ok(super::sole_answer(self.send(vec![msg]).await))
     }
 
     async fn handle_batch(

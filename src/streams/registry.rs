@@ -329,7 +329,9 @@ pub fn stream_rows(parts: &NodeParts) -> Vec<Arc<dyn StreamRows>> {
             parts.pool.clone(),
             parts.mailboxes.clone(),
         )),
-        Arc::new(super::device_lists::DeviceListsRows::new(parts.pool.clone())),
+        Arc::new(super::device_lists::DeviceListsRows::new(
+            parts.pool.clone(),
+        )),
         Arc::new(super::to_device::ToDeviceRows::new(parts.pool.clone())),
     ]
 }

@@ -26,7 +26,7 @@ use crate::node::Node;
 use crate::storage::device_lists as stored;
 use crate::storage::rooms::Membership;
 use crate::streams::device_lists::DEVICE_LISTS_STREAM;
-use crate::streams::events::EVENTS_STREAM;
+use crate::streams::events::{state_changes_key, EVENTS_STREAM};
 use crate::streams::token::StreamToken;
 
 /// User ids whose device lists the client should refresh or drop.
@@ -84,12 +84,15 @@ pub async fn changes_between(
         .iter()
         .filter(|m| m.stream_ordering > since_events && m.stream_ordering <= upto_events)
         .collect();
-    // The rooms the user stayed in where something happened.
+    // The rooms the user stayed in whose state changed (a membership is
+    // state): messages alone move only the room's own key.
     let busy_rooms: Vec<String> = if since_events < upto_events {
         joined
             .iter()
             .filter(|room| !own_changes.iter().any(|m| m.room_id == **room))
-            .filter(|room| notifier.has_changed_since(EVENTS_STREAM, room, since_events))
+            .filter(|room| {
+                notifier.has_changed_since(EVENTS_STREAM, &state_changes_key(room), since_events)
+            })
             .map(|room| (*room).to_owned())
             .collect()
     } else {

@@ -710,3 +710,53 @@ async fn old_sessions_are_deleted() {
     .await;
     assert_eq!((status, body), (StatusCode::OK, json!({})));
 }
+
+#[actix_web::test]
+async fn a_deleted_device_leaves_the_device_lists_of_those_who_share_a_room() {
+    let cluster = TestCluster::start().await;
+    let laptop = login_after_register(&cluster, "alice", "LAPTOP").await;
+    let phone = login_on(&cluster, "alice", "PHONE", "Phone").await;
+    crate::keys::upload_device_keys(&phone).await;
+    let bob = cluster.client().register("bob").await;
+    let room_id = laptop.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room_id).await;
+    let devices_of_alice = |query: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = query["device_keys"][&laptop.user_id]
+            .as_object()
+            .map(|devices| devices.keys().cloned().collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    };
+    assert_eq!(
+        devices_of_alice(&crate::keys::query(&bob, &[&laptop]).await),
+        ["PHONE"]
+    );
+    let since = bob.sync("timeout=0").await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+
+    let (_, challenge) = delete_device(&laptop, "PHONE", None).await;
+    let session = assert_password_challenge(&challenge);
+    let (status, body) = delete_device(
+        &laptop,
+        "PHONE",
+        Some(json!({ "auth": password_auth(&session, "alice", PASSWORD) })),
+    )
+    .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({})));
+
+    // Bob is told alice's devices changed, and her deleted device's keys
+    // are gone from what he can query.
+    let sync = bob.sync(&format!("since={}&timeout=0", enc(&since))).await;
+    assert_eq!(
+        sync["device_lists"]["changed"],
+        json!([laptop.user_id]),
+        "{sync}"
+    );
+    assert!(
+        devices_of_alice(&crate::keys::query(&bob, &[&laptop]).await).is_empty(),
+        "the deleted device's keys are still served"
+    );
+}

@@ -45,6 +45,11 @@ pub async fn remove_devices(
     }
     let removed_ids: Vec<&str> = removed.iter().map(String::as_str).collect();
     node.last_seen.forget(user_id.as_str(), &removed_ids);
+    let removed_devices: Vec<(&str, &str)> = removed_ids
+        .iter()
+        .map(|device_id| (user_id.as_str(), *device_id))
+        .collect();
+    node.forget_key_counts(&removed_devices).await?;
     if !removed.is_empty() {
         tracing::info!(user_id = %user_id, devices = ?removed, "removed devices");
         // The devices are gone whatever happens next; a device lists writer

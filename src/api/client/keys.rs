@@ -157,6 +157,9 @@ pub async fn upload_keys(
     for (algorithm, key_id, key) in &fallback {
         keys::set_fallback_key(&client, user_id, device_id, algorithm, key_id, key).await?;
     }
+    if !one_time.is_empty() || !fallback.is_empty() {
+        node.forget_key_counts(&[(user_id, device_id)]).await?;
+    }
     if let Some(device_keys) = &device_keys {
         // The device's own signature is kept with the keys; signatures by
         // others are stored apart (and forgotten when the keys change).
@@ -318,6 +321,7 @@ pub async fn claim_keys(
         .await
         .map_err(crate::storage::StorageError::from)?;
     let mut claimed = Map::new();
+    let mut claimed_from: Vec<(&str, &str)> = Vec::new();
     let mut failures = Map::new();
     for (user_id, devices) in &body.one_time_keys {
         let parsed = check_user_id(user_id)?;
@@ -333,6 +337,7 @@ pub async fn claim_keys(
             if let Some((key_id, key)) =
                 keys::claim_key(&client, user_id, device_id, algorithm).await?
             {
+                claimed_from.push((user_id, device_id));
                 user_keys.insert(
                     device_id.clone(),
                     json!({ format!("{algorithm}:{key_id}"): key }),
@@ -343,6 +348,8 @@ pub async fn claim_keys(
             claimed.insert(user_id.clone(), Value::Object(user_keys));
         }
     }
+    // The claimed devices' counts went down (or their fallback key was used).
+    node.forget_key_counts(&claimed_from).await?;
     Ok(HttpResponse::Ok().json(json!({ "one_time_keys": claimed, "failures": failures })))
 }
 

@@ -156,7 +156,7 @@ impl EventPersister {
         }
         answers
             .into_iter()
-            .map(|a| a.unwrap_or_else(|| Err(not_answered())))
+            .map(|a| a.unwrap_or_else(|| Err(WriteError::not_answered())))
             .collect()
     }
 
@@ -730,10 +730,6 @@ fn unknown_room() -> WriteError {
     WriteError::NotFound("unknown room".into())
 }
 
-fn not_answered() -> WriteError {
-    WriteError::Internal("request was not answered".into())
-}
-
 fn json_contains_nul(value: &Value) -> bool {
     match value {
         Value::String(text) => text.contains('\0'),
@@ -810,7 +806,9 @@ impl Handler<SendEvent> for EventPersister {
     ) -> Result<Result<Persisted, WriteError>, String> {
         let mut answers = self.send_events(vec![msg]).await;
         self.rooms.evict_beyond_capacity();
-        Ok(answers.pop().unwrap_or_else(|| Err(not_answered())))
+        Ok(answers
+            .pop()
+            .unwrap_or_else(|| Err(WriteError::not_answered())))
     }
 
     async fn handle_batch(

@@ -272,11 +272,7 @@ impl Handler<PutReceipt> for ReceiptsWriter {
         msg: PutReceipt,
         _ctx: &mut Context,
     ) -> Result<Result<ReceiptWritten, WriteError>, String> {
-        Ok(self
-            .put(vec![msg])
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(WriteError::Internal("request was not answered".into()))))
+        Ok(crate::roles::sole_answer(self.put(vec![msg]).await))
     }
 
     async fn handle_batch(
