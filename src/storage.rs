@@ -111,6 +111,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0018_to_device",
         include_str!("storage/migrations/0018_to_device.sql"),
     ),
+    (
+        "0019_push_actions_compact",
+        include_str!("storage/migrations/0019_push_actions_compact.sql"),
+    ),
 ];
 
 pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {

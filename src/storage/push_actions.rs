@@ -99,7 +99,7 @@ pub async fn insert(
             thread_ids.push(push.thread_id.as_str());
             notifies.push(user.notify);
             highlights.push(user.highlight);
-            actions.push(&user.actions);
+            actions.push(stored_actions(&user.actions));
         }
     }
     if user_ids.is_empty() {
@@ -129,6 +129,20 @@ pub async fn insert(
         )
         .await?;
     Ok(())
+}
+
+/// The column value of `actions`: NULL for the commonest, `["notify"]`
+/// (read back with [`actions_of`]).
+fn stored_actions(actions: &Value) -> Option<&Value> {
+    match actions.as_array().map(Vec::as_slice) {
+        Some([only]) if only == "notify" => None,
+        _ => Some(actions),
+    }
+}
+
+/// The actions a stored `actions` column stands for.
+pub fn actions_of(stored: Option<Value>) -> Value {
+    stored.unwrap_or_else(|| serde_json::json!(["notify"]))
 }
 
 /// Unread counts of one thread (or the main timeline) of one room.
@@ -231,4 +245,24 @@ pub async fn unread_counts(
         }
     }
     Ok(unread)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_commonest_actions_are_stored_as_null_and_read_back() {
+        for actions in [
+            json!(["notify"]),
+            json!(["notify", { "set_tweak": "highlight" }]),
+            json!(["notify", { "set_tweak": "sound", "value": "default" }]),
+        ] {
+            let stored = stored_actions(&actions).cloned();
+            assert_eq!(stored.is_none(), actions == json!(["notify"]), "{actions}");
+            assert_eq!(actions_of(stored), actions);
+        }
+    }
 }
