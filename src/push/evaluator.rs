@@ -167,23 +167,35 @@ impl PushEvaluator {
         let user_ids: Vec<&UserId> = recipients.iter().map(|(u, _)| u.as_ref()).collect();
         let rulesets = self.rules.rulesets(pool, notifier, &user_ids).await?;
         let event = flattened(request);
-        let power_levels = power_levels_ctx(&room);
+        let mut power_levels = power_levels_ctx(&room);
         let member_count = UInt::try_from(room.members.len() as u64).unwrap_or_default();
         let mut users = Vec::new();
+        // One context for the room, its member fields set for each member.
+        let mut context: Option<PushConditionRoomCtx> = None;
         for (user_id, display_name) in &recipients {
             let Some(ruleset) = rulesets.get(user_id.as_str()) else {
                 continue;
             };
-            let mut context = PushConditionRoomCtx::new(
-                request.room_id.clone(),
-                member_count,
-                user_id.clone(),
-                display_name.clone(),
-            );
-            if let Some(power_levels) = &power_levels {
-                context = context.with_power_levels(power_levels.clone());
-            }
-            let actions = matching_actions(ruleset, &event, &context).await;
+            let context = match &mut context {
+                Some(context) => {
+                    context.user_id = user_id.clone();
+                    context.user_display_name = display_name.clone();
+                    context
+                }
+                None => {
+                    let mut new = PushConditionRoomCtx::new(
+                        request.room_id.clone(),
+                        member_count,
+                        user_id.clone(),
+                        display_name.clone(),
+                    );
+                    if let Some(power_levels) = power_levels.take() {
+                        new = new.with_power_levels(power_levels);
+                    }
+                    context.insert(new)
+                }
+            };
+            let actions = matching_actions(ruleset, &event, context).await;
             let notify = actions.iter().any(Action::should_notify);
             let highlight = actions.iter().any(Action::is_highlight);
             if notify || highlight {
