@@ -77,6 +77,8 @@ pub struct Node {
     pub unread: Arc<crate::sync::notifications::UnreadCache>,
     /// Each device's one-time and fallback key counts, for `/sync`.
     pub key_counts: Arc<crate::sync::one_time_keys::KeyCountCache>,
+    /// Up to where each device's to-device messages were deleted here.
+    pub to_device_deleted: Arc<crate::sync::to_device::DeletedUpTo>,
     /// When and from where this instance saw each device, until written.
     pub last_seen: Arc<LastSeenTracker>,
     /// Push rule evaluation of new events, and the rulesets it caches.
@@ -466,6 +468,7 @@ impl Node {
             filters: Arc::new(FilterCache::default()),
             unread: Arc::default(),
             key_counts,
+            to_device_deleted: Arc::default(),
             last_seen: Arc::new(LastSeenTracker::default()),
             push: Arc::new(crate::push::evaluator::PushEvaluator::new(
                 &config.server_name,

@@ -8,6 +8,9 @@
 //! with the same `since` gets the same messages, and one that moved on
 //! never sees them again.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use serde_json::Value;
 
 use super::SyncContext;
@@ -82,16 +85,59 @@ pub async fn to_device(ctx: &SyncContext<'_>) -> ApiResult<ToDevice> {
 
 /// Deletes the requesting device's messages up to `since`'s to-device
 /// position: the client got the answer that ended there.
+///
+/// Most `/sync` requests have nothing to delete: as Synapse's
+/// `delete_messages_for_device`, the instance remembers up to where it last
+/// deleted each device's messages and skips the query while no message for
+/// the user arrived after that ([`DeletedUpTo`], the notifier's change cache).
 pub async fn acknowledge(node: &Node, requester: &Requester, since: &StreamToken) -> ApiResult<()> {
-    if requester.device_id.is_empty() || since.to_device <= 1 {
+    let (user_id, device_id) = (requester.user_id.as_str(), requester.device_id.as_str());
+    let upto = since.to_device;
+    if device_id.is_empty() || upto <= 1 {
         return Ok(());
     }
-    to_device::delete_delivered(
-        &node.pool,
-        &requester.user_id,
-        &requester.device_id,
-        since.to_device,
-    )
-    .await?;
+    if let Some(deleted) = node.to_device_deleted.get(user_id, device_id) {
+        if deleted >= upto
+            || !node
+                .notifier
+                .has_changed_since(TO_DEVICE_STREAM, user_id, deleted)
+        {
+            return Ok(());
+        }
+    }
+    to_device::delete_delivered(&node.pool, user_id, device_id, upto).await?;
+    node.to_device_deleted.record(user_id, device_id, upto);
     Ok(())
+}
+
+/// Devices beyond this many are forgotten (and their next `/sync` deletes
+/// once more).
+const MAX_REMEMBERED_DEVICES: usize = 100_000;
+
+/// Up to which to-device position this instance deleted each device's
+/// messages (Synapse's `_last_device_delete_cache`).
+#[derive(Default)]
+pub struct DeletedUpTo {
+    devices: Mutex<HashMap<(String, String), i64>>,
+}
+
+impl DeletedUpTo {
+    fn get(&self, user_id: &str, device_id: &str) -> Option<i64> {
+        let devices = self.devices.lock().ok()?;
+        devices
+            .get(&(user_id.to_owned(), device_id.to_owned()))
+            .copied()
+    }
+
+    fn record(&self, user_id: &str, device_id: &str, upto: i64) {
+        if let Ok(mut devices) = self.devices.lock() {
+            if devices.len() >= MAX_REMEMBERED_DEVICES {
+                devices.clear();
+            }
+            let deleted = devices
+                .entry((user_id.to_owned(), device_id.to_owned()))
+                .or_insert(upto);
+            *deleted = (*deleted).max(upto);
+        }
+    }
 }

@@ -110,6 +110,25 @@ async fn a_message_reaches_its_device_once_and_is_gone_after_a_later_since() {
     assert!(to_device(&sync_since(&bob, &since).await).is_empty());
     // An initial sync shows undelivered messages only.
     assert!(to_device(&bob.sync("").await).is_empty());
+
+    // The instance remembers it emptied the inbox up to `next` and skips
+    // the deletion while nothing new came; a new message is deleted in
+    // its turn once acknowledged.
+    assert!(to_device(&sync_since(&bob, &next).await).is_empty());
+    send_ok(
+        &alice,
+        "t2",
+        json!({ &bob.user_id: { &bob.device_id: { "n": 2 } } }),
+    )
+    .await;
+    let second = sync_since(&bob, &next).await;
+    assert_eq!(numbers(&second), vec![2]);
+    let after = next_batch(&second);
+    assert!(to_device(&sync_since(&bob, &after).await).is_empty());
+    assert!(
+        to_device(&sync_since(&bob, &next).await).is_empty(),
+        "the second message was not deleted"
+    );
 }
 
 #[actix_web::test]
