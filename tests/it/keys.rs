@@ -473,24 +473,8 @@ async fn every_sync_counts_the_devices_one_time_keys() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let since = initial["next_batch"].as_str().expect("next_batch");
-    // A sync with nothing new (it times out) counts them too. On the split
-    // the sync instance cached the count of the initial sync, and forgets it
-    // once the upload's `caches` row reaches it (the replication delay).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let empty = alice
-            .sync(&format!("since={}&timeout=10", crate::cluster::enc(since)))
-            .await;
-        let count = &empty["device_one_time_keys_count"]["signed_curve25519"];
-        if count == 4 {
-            break;
-        }
-        assert!(
-            cluster.is_split() && std::time::Instant::now() < deadline,
-            "{empty}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // A sync with nothing new (it times out) counts them too.
+    assert_synced_count(&cluster, &alice, since, 4).await;
 
     // A claim (from another user) lowers the count the device's syncs show.
     let bob = cluster.client().register("bob").await;
@@ -500,18 +484,25 @@ async fn every_sync_counts_the_devices_one_time_keys() {
         1,
         "{claimed}"
     );
+    assert_synced_count(&cluster, &alice, since, 3).await;
+}
+
+/// Asserts `user`'s `/sync` (since `since`, waiting 10 ms) counts `count`
+/// signed one-time keys. On the split the sync instance may still hold the
+/// count it read before the change, until the change's `caches` row reaches
+/// it (the replication delay): there it asks again for up to 5 s.
+async fn assert_synced_count(cluster: &TestCluster, user: &User, since: &str, count: i64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let answer = alice
-            .sync(&format!("since={}&timeout=0", crate::cluster::enc(since)))
+        let answer = user
+            .sync(&format!("since={}&timeout=10", crate::cluster::enc(since)))
             .await;
-        let count = &answer["device_one_time_keys_count"]["signed_curve25519"];
-        if count == 3 {
-            break;
+        if answer["device_one_time_keys_count"]["signed_curve25519"] == count {
+            return;
         }
         assert!(
             cluster.is_split() && std::time::Instant::now() < deadline,
-            "{answer}"
+            "expected {count} one-time keys: {answer}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
