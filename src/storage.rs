@@ -115,6 +115,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0019_push_actions_compact",
         include_str!("storage/migrations/0019_push_actions_compact.sql"),
     ),
+    (
+        "0020_push_actions_by_event",
+        include_str!("storage/migrations/0020_push_actions_by_event.sql"),
+    ),
 ];
 
 pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {

@@ -1,16 +1,17 @@
-//! Push actions in PostgreSQL (migration 0011, `event_push_actions`): what
-//! each new event does for each member it notifies or highlights, stored by
-//! the event persister with the event ([`insert`]), counted for `/sync`
-//! after each user's read receipts ([`unread_counts`]). Also the one read a
-//! push rule evaluation makes of its room ([`room_push_context`]).
+//! Push actions in PostgreSQL (`event_push_actions`, one row per event since
+//! migration 0020): what each new event does for the members it notifies or
+//! highlights, stored by the event persister with the event ([`insert`]),
+//! counted for `/sync` after each user's read receipts ([`unread_counts`]).
+//! Also the one read a push rule evaluation makes of its room
+//! ([`room_push_context`]).
 
 use std::collections::HashMap;
 
 use deadpool_postgres::{GenericClient, Pool};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::StorageResult;
-use crate::push::evaluator::PushActions;
+use crate::push::evaluator::{PushActions, UserActions};
 use crate::push::recent::Floors;
 
 /// What evaluating an event needs of its room.
@@ -76,41 +77,57 @@ pub async fn room_push_context(
 }
 
 /// Stores the push actions of a batch of new events, in the persister's
-/// transaction: each event's actions at its stream position, in one
-/// statement for the batch.
+/// transaction: one row per event at its stream position (the members it
+/// notifies, those it highlights, the actions that are not `["notify"]`),
+/// in one statement for the batch.
 pub async fn insert(
     client: &impl GenericClient,
     events: &[(&str, &str, i64, &PushActions)],
 ) -> StorageResult<()> {
-    let mut room_ids = Vec::new();
-    let mut event_ids = Vec::new();
-    let mut orderings = Vec::new();
-    let mut user_ids = Vec::new();
-    let mut thread_ids = Vec::new();
-    let mut notifies = Vec::new();
-    let mut highlights = Vec::new();
-    let mut actions = Vec::new();
-    for (room_id, event_id, ordering, push) in events {
-        for user in &push.users {
-            room_ids.push(*room_id);
-            event_ids.push(*event_id);
-            orderings.push(*ordering);
-            user_ids.push(user.user_id.as_str());
-            thread_ids.push(push.thread_id.as_str());
-            notifies.push(user.notify);
-            highlights.push(user.highlight);
-            actions.push(stored_actions(&user.actions));
-        }
-    }
-    if user_ids.is_empty() {
+    if events.is_empty() {
         return Ok(());
+    }
+    let mut room_ids = Vec::with_capacity(events.len());
+    let mut orderings = Vec::with_capacity(events.len());
+    let mut thread_ids = Vec::with_capacity(events.len());
+    // PostgreSQL's arrays of arrays must be rectangular: each event's
+    // users go in as a JSON array, made a `text[]` by the statement.
+    let mut notify = Vec::with_capacity(events.len());
+    let mut highlight = Vec::with_capacity(events.len());
+    let mut actions = Vec::with_capacity(events.len());
+    for (room_id, _event_id, ordering, push) in events {
+        room_ids.push(*room_id);
+        orderings.push(*ordering);
+        thread_ids.push(push.thread_id.as_str());
+        let users = |pick: fn(&UserActions) -> bool| -> Value {
+            Value::Array(
+                push.users
+                    .iter()
+                    .filter(|u| pick(u))
+                    .map(|u| Value::String(u.user_id.clone()))
+                    .collect(),
+            )
+        };
+        notify.push(users(|u| u.notify));
+        highlight.push(users(|u| u.highlight));
+        let uncommon: Map<String, Value> = push
+            .users
+            .iter()
+            .filter(|u| !is_commonest(&u.actions))
+            .map(|u| (u.user_id.clone(), u.actions.clone()))
+            .collect();
+        actions.push((!uncommon.is_empty()).then_some(Value::Object(uncommon)));
     }
     let statement = client
         .prepare_cached(
             "INSERT INTO event_push_actions
-               (room_id, event_id, stream_ordering, user_id, thread_id, notify, highlight, actions)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-               $6::bool[], $7::bool[], $8::jsonb[])",
+               (room_id, stream_ordering, thread_id, notify_users, highlight_users, actions)
+             SELECT q.room_id, q.ordering, q.thread_id,
+               ARRAY(SELECT jsonb_array_elements_text(q.notify)),
+               ARRAY(SELECT jsonb_array_elements_text(q.highlight)),
+               q.actions
+             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::jsonb[], $5::jsonb[], $6::jsonb[])
+               AS q (room_id, ordering, thread_id, notify, highlight, actions)",
         )
         .await?;
     client
@@ -118,12 +135,10 @@ pub async fn insert(
             &statement,
             &[
                 &room_ids,
-                &event_ids,
                 &orderings,
-                &user_ids,
                 &thread_ids,
-                &notifies,
-                &highlights,
+                &notify,
+                &highlight,
                 &actions,
             ],
         )
@@ -131,18 +146,19 @@ pub async fn insert(
     Ok(())
 }
 
-/// The column value of `actions`: NULL for the commonest, `["notify"]`
+/// Whether `actions` are the commonest, `["notify"]`, which are not stored
 /// (read back with [`actions_of`]).
-fn stored_actions(actions: &Value) -> Option<&Value> {
-    match actions.as_array().map(Vec::as_slice) {
-        Some([only]) if only == "notify" => None,
-        _ => Some(actions),
-    }
+fn is_commonest(actions: &Value) -> bool {
+    matches!(actions.as_array().map(Vec::as_slice), Some([only]) if only == "notify")
 }
 
-/// The actions a stored `actions` column stands for.
-pub fn actions_of(stored: Option<Value>) -> Value {
-    stored.unwrap_or_else(|| serde_json::json!(["notify"]))
+/// The actions an event's stored `actions` column gives `user_id`, one of
+/// the members it notifies or highlights.
+pub fn actions_of(stored: Option<&Value>, user_id: &str) -> Value {
+    stored
+        .and_then(|stored| stored.get(user_id))
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!(["notify"]))
 }
 
 /// Unread counts of one thread (or the main timeline) of one room.
@@ -183,8 +199,9 @@ pub async fn unread_counts(
     let statement = client
         .prepare_cached(
             // Each room's floor (the last non-join membership, the
-            // unthreaded receipt) is found once, then the user's actions
-            // above it are one range of the primary key; a threaded
+            // unthreaded receipt) is found once, then the room's actions
+            // above it are one range of the primary key, of which the
+            // user's are counted; a threaded
             // receipt raises its own thread's floor. Rows of kind 0 are a
             // room's floor, 1 a thread's, 2 a thread's counts.
             "WITH read AS (
@@ -210,12 +227,14 @@ pub async fn unread_counts(
              SELECT 1, r.room_id, r.thread_id, r.upto, 0::bigint FROM read r WHERE r.thread_id IS NOT NULL
              UNION ALL
              SELECT 2, a.room_id, a.thread_id,
-               COUNT(*) FILTER (WHERE a.notify), COUNT(*) FILTER (WHERE a.highlight)
+               COUNT(*) FILTER (WHERE $1 = ANY(a.notify_users)),
+               COUNT(*) FILTER (WHERE $1 = ANY(a.highlight_users))
              FROM floors f
-             JOIN event_push_actions a ON a.user_id = $1 AND a.room_id = f.room_id
+             JOIN event_push_actions a ON a.room_id = f.room_id
                AND a.stream_ordering > GREATEST(f.floor, f.after) AND a.stream_ordering <= $3
              LEFT JOIN read t ON t.room_id = a.room_id AND t.thread_id = a.thread_id
              WHERE a.stream_ordering > COALESCE(t.upto, 0)
+               AND ($1 = ANY(a.notify_users) OR $1 = ANY(a.highlight_users))
              GROUP BY a.room_id, a.thread_id",
         )
         .await?;
@@ -254,15 +273,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_commonest_actions_are_stored_as_null_and_read_back() {
+    fn only_uncommon_actions_are_stored_and_the_rest_read_back_as_notify() {
+        assert!(is_commonest(&json!(["notify"])));
         for actions in [
-            json!(["notify"]),
             json!(["notify", { "set_tweak": "highlight" }]),
             json!(["notify", { "set_tweak": "sound", "value": "default" }]),
+            json!([]),
         ] {
-            let stored = stored_actions(&actions).cloned();
-            assert_eq!(stored.is_none(), actions == json!(["notify"]), "{actions}");
-            assert_eq!(actions_of(stored), actions);
+            assert!(!is_commonest(&actions), "{actions}");
         }
+        let stored = json!({ "@b:x": ["notify", { "set_tweak": "highlight" }] });
+        assert_eq!(actions_of(Some(&stored), "@b:x"), stored["@b:x"]);
+        assert_eq!(actions_of(Some(&stored), "@a:x"), json!(["notify"]));
+        assert_eq!(actions_of(None, "@a:x"), json!(["notify"]));
     }
 }
