@@ -16,7 +16,8 @@ use std::time::Instant;
 use deadpool_postgres::Pool;
 use ruma::power_levels::NotificationPowerLevels;
 use ruma::push::{
-    Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset,
+    Action, AnyPushRuleRef, FlattenedJson, PredefinedContentRuleId, PredefinedOverrideRuleId,
+    PushCondition, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset,
 };
 use ruma::room_version_rules::RoomPowerLevelsRules;
 use ruma::serde::Raw;
@@ -170,6 +171,7 @@ impl PushEvaluator {
         let mut power_levels = power_levels_ctx(&room);
         let member_count = UInt::try_from(room.members.len() as u64).unwrap_or_default();
         let mut users = Vec::new();
+        let mut conditions = ConditionMemo::new(&event);
         // One context for the room, its member fields set for each member.
         let mut context: Option<PushConditionRoomCtx> = None;
         for (user_id, display_name) in &recipients {
@@ -195,7 +197,9 @@ impl PushEvaluator {
                     context.insert(new)
                 }
             };
-            let actions = matching_actions(ruleset, &event, context).await;
+            let actions = conditions
+                .matching_actions(ruleset, context, display_name)
+                .await;
             let notify = actions.iter().any(Action::should_notify);
             let highlight = actions.iter().any(Action::is_highlight);
             if notify || highlight {
@@ -266,19 +270,152 @@ impl PushEvaluator {
     }
 }
 
-/// The actions of the first rule of `ruleset` that applies (ruma's
-/// `Ruleset::get_actions`, with the event flattened once for all members).
-async fn matching_actions<'a>(
-    ruleset: &'a Ruleset,
-    event: &FlattenedJson,
-    context: &PushConditionRoomCtx,
-) -> &'a [Action] {
-    for rule in ruleset {
-        if rule.applies(event, context).await {
-            return rule.actions();
+/// The rules' answers for one event, shared by every member it is
+/// evaluated for. Members' rulesets are mostly the same server defaults, so
+/// most conditions are asked once per member with the same key and pattern;
+/// ruma's matching lowercases the event's value and the pattern on every
+/// call. Answers are remembered by what the condition asks: the event's own
+/// fields, the room's member count and power levels are the same for every
+/// member, and the one per-member input, the display name, is part of the
+/// key. Each first answer is ruma's own (`PushCondition::applies`,
+/// `AnyPushRuleRef::applies`), so the memo cannot disagree with it.
+struct ConditionMemo<'a> {
+    event: &'a FlattenedJson,
+    /// Whether the event has `m.mentions` (which turns the legacy mention
+    /// rules off).
+    has_mentions: bool,
+    /// `event_match` (key, pattern) answers; room and sender rules as
+    /// matches of `room_id` and `sender`, content rules of `content.body`.
+    matches: HashMap<(&'a str, &'a str), bool>,
+    /// `contains_display_name` answers by display name.
+    display_names: HashMap<&'a str, bool>,
+}
+
+impl<'a> ConditionMemo<'a> {
+    fn new(event: &'a FlattenedJson) -> Self {
+        ConditionMemo {
+            event,
+            has_mentions: event.contains_mentions(),
+            matches: HashMap::new(),
+            display_names: HashMap::new(),
         }
     }
-    &[]
+
+    /// The actions of the first rule of `ruleset` that applies, as ruma's
+    /// `Ruleset::get_actions` finds them.
+    async fn matching_actions(
+        &mut self,
+        ruleset: &'a Ruleset,
+        context: &PushConditionRoomCtx,
+        display_name: &'a str,
+    ) -> &'a [Action] {
+        // No rule applies to a user's own events.
+        if self.event.get_str("sender") == Some(context.user_id.as_str()) {
+            return &[];
+        }
+        for rule in ruleset {
+            if self.rule_applies(rule, context, display_name).await {
+                return rule.actions();
+            }
+        }
+        &[]
+    }
+
+    async fn rule_applies(
+        &mut self,
+        rule: AnyPushRuleRef<'a>,
+        context: &PushConditionRoomCtx,
+        display_name: &'a str,
+    ) -> bool {
+        match rule {
+            AnyPushRuleRef::Override(conditional) | AnyPushRuleRef::Underride(conditional) => {
+                if !conditional.enabled {
+                    return false;
+                }
+                #[allow(deprecated)]
+                let legacy_mention = conditional.rule_id
+                    == PredefinedOverrideRuleId::RoomNotif.as_str()
+                    || conditional.rule_id
+                        == PredefinedOverrideRuleId::ContainsDisplayName.as_str();
+                if legacy_mention && self.has_mentions {
+                    return false;
+                }
+                for condition in &conditional.conditions {
+                    if !self
+                        .condition_applies(condition, context, display_name)
+                        .await
+                    {
+                        return false;
+                    }
+                }
+                true
+            }
+            AnyPushRuleRef::Content(patterned) => {
+                #[allow(deprecated)]
+                let legacy_mention =
+                    patterned.rule_id == PredefinedContentRuleId::ContainsUserName.as_str();
+                if !patterned.enabled || (legacy_mention && self.has_mentions) {
+                    return false;
+                }
+                let key = ("content.body", patterned.pattern.as_str());
+                self.remembered_match(key, rule, context).await
+            }
+            AnyPushRuleRef::Room(simple) => {
+                let key = ("room_id", simple.rule_id.as_str());
+                simple.enabled && self.remembered_match(key, rule, context).await
+            }
+            AnyPushRuleRef::Sender(simple) => {
+                let key = ("sender", simple.rule_id.as_str());
+                simple.enabled && self.remembered_match(key, rule, context).await
+            }
+            other => other.applies(self.event, context).await,
+        }
+    }
+
+    /// Whether `rule` (a content, room or sender rule: one pattern matched
+    /// against one field) applies, remembered under `key`.
+    async fn remembered_match(
+        &mut self,
+        key: (&'a str, &'a str),
+        rule: AnyPushRuleRef<'a>,
+        context: &PushConditionRoomCtx,
+    ) -> bool {
+        if let Some(&answer) = self.matches.get(&key) {
+            return answer;
+        }
+        let answer = rule.applies(self.event, context).await;
+        self.matches.insert(key, answer);
+        answer
+    }
+
+    async fn condition_applies(
+        &mut self,
+        condition: &'a PushCondition,
+        context: &PushConditionRoomCtx,
+        display_name: &'a str,
+    ) -> bool {
+        match condition {
+            PushCondition::EventMatch(data) => {
+                let key = (data.key.as_str(), data.pattern.as_str());
+                if let Some(&answer) = self.matches.get(&key) {
+                    return answer;
+                }
+                let answer = condition.applies(self.event, context).await;
+                self.matches.insert(key, answer);
+                answer
+            }
+            #[allow(deprecated)]
+            PushCondition::ContainsDisplayName => {
+                if let Some(&answer) = self.display_names.get(display_name) {
+                    return answer;
+                }
+                let answer = condition.applies(self.event, context).await;
+                self.display_names.insert(display_name, answer);
+                answer
+            }
+            _ => condition.applies(self.event, context).await,
+        }
+    }
 }
 
 /// The event as the rules see it (it has no id yet: no default rule
@@ -375,6 +512,67 @@ fn power_levels_ctx(room: &RoomPushContext) -> Option<PushConditionPowerLevelsCt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The memo answers as ruma's `Ruleset::get_actions` does for each
+    /// member, whichever member asked first.
+    #[tokio::test]
+    async fn the_memo_agrees_with_ruma_for_every_member() {
+        use ruma::push::{NewPushRule, NewSimplePushRule};
+        use ruma::{owned_room_id, owned_user_id};
+
+        let room_id = owned_room_id!("!room:example.org");
+        let alice = owned_user_id!("@alice:example.org");
+        let bob = owned_user_id!("@bob:example.org");
+        let mut bobs = Ruleset::server_default(&bob);
+        bobs.insert(
+            NewPushRule::Room(NewSimplePushRule::new(room_id.clone(), vec![])),
+            None,
+            None,
+        )
+        .unwrap();
+        let members = [
+            (
+                alice.clone(),
+                "Alice".to_owned(),
+                Ruleset::server_default(&alice),
+            ),
+            (bob.clone(), "Bob".to_owned(), bobs),
+        ];
+        let events = [
+            json!({ "type": "m.room.message", "sender": "@carol:example.org", "room_id": room_id,
+                    "content": { "msgtype": "m.text", "body": "hello Alice and bob" } }),
+            json!({ "type": "m.room.message", "sender": "@carol:example.org", "room_id": room_id,
+                    "content": { "msgtype": "m.text", "body": "hello Alice",
+                                 "m.mentions": { "user_ids": ["@bob:example.org"] } } }),
+            json!({ "type": "m.room.message", "sender": "@alice:example.org", "room_id": room_id,
+                    "content": { "msgtype": "m.text", "body": "@room Bob" } }),
+            json!({ "type": "m.reaction", "sender": "@carol:example.org", "room_id": room_id,
+                    "content": {} }),
+        ];
+        for value in events {
+            let raw: Raw<Value> = Raw::new(&value).unwrap();
+            let event = FlattenedJson::from_raw(&raw);
+            for order in [[0, 1], [1, 0]] {
+                let mut memo = ConditionMemo::new(&event);
+                for index in order {
+                    let (user_id, name, ruleset) = &members[index];
+                    let context = PushConditionRoomCtx::new(
+                        room_id.clone(),
+                        UInt::from(3u8),
+                        user_id.clone(),
+                        name.clone(),
+                    );
+                    let expected = ruleset.get_actions(&raw, &context).await;
+                    let got = memo.matching_actions(ruleset, &context, name).await;
+                    assert_eq!(
+                        serde_json::to_value(got).unwrap(),
+                        serde_json::to_value(expected).unwrap(),
+                        "{user_id} on {value}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_thread_reply_is_in_its_roots_thread() {
