@@ -529,7 +529,7 @@ mod tests {
             None,
             None,
         )
-        .unwrap();
+        .expect("test data");
         let members = [
             (
                 alice.clone(),
@@ -550,7 +550,7 @@ mod tests {
                     "content": {} }),
         ];
         for value in events {
-            let raw: Raw<Value> = Raw::new(&value).unwrap();
+            let raw: Raw<Value> = Raw::new(&value).expect("test data");
             let event = FlattenedJson::from_raw(&raw);
             for order in [[0, 1], [1, 0]] {
                 let mut memo = ConditionMemo::new(&event);
@@ -565,8 +565,8 @@ mod tests {
                     let expected = ruleset.get_actions(&raw, &context).await;
                     let got = memo.matching_actions(ruleset, &context, name).await;
                     assert_eq!(
-                        serde_json::to_value(got).unwrap(),
-                        serde_json::to_value(expected).unwrap(),
+                        serde_json::to_value(got).expect("test data"),
+                        serde_json::to_value(expected).expect("test data"),
                         "{user_id} on {value}"
                     );
                 }
