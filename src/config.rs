@@ -121,7 +121,8 @@ pub struct MediaConfig {
     /// How many created media ids one user may have waiting for content.
     #[serde(default = "default_max_pending_media_uploads")]
     pub max_pending_media_uploads: i64,
-    /// Whether `GET /_matrix/client/v1/media/preview_url` fetches pages.
+    /// Whether `GET /_matrix/client/v1/media/preview_url` fetches pages
+    /// (not built yet: read, but the endpoint answers 404 either way).
     #[serde(default)]
     pub url_preview_enabled: bool,
     /// Addresses URL previews never fetch from (CIDR ranges).
@@ -849,7 +850,8 @@ media:
   unused_expiration_time_ms: 86400000
   max_pending_media_uploads: 5
   # URL previews (GET /_matrix/client/v1/media/preview_url): the server fetches
-  # the pages users link to. Off by default.
+  # the pages users link to. Off by default. NOT BUILT YET: the endpoint answers
+  # 404 M_UNRECOGNIZED whatever this says; the keys below are read and checked.
   url_preview_enabled: false
   # Addresses previews never fetch from (default: loopback, private, link-local
   # and other special ranges), and exceptions to that list.
