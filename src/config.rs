@@ -80,6 +80,187 @@ pub struct Config {
     pub typing: TypingConfig,
     #[serde(default)]
     pub presence: PresenceConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
+}
+
+/// The media repository (`/_matrix/media/*`, `/_matrix/client/v1/media/*`),
+/// served by the instances with the `media` role. Synapse's key names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Where uploads and thumbnails are kept. Every instance with the
+    /// `media` role must see the same directory (one machine, or a shared
+    /// file system), as Synapse's media workers share theirs.
+    #[serde(default = "default_media_store_path")]
+    pub media_store_path: PathBuf,
+    /// The largest upload accepted (`413 M_TOO_LARGE` beyond): bytes, or a
+    /// size such as `50M`.
+    #[serde(default = "default_max_upload_size")]
+    pub max_upload_size: ByteSize,
+    /// Images with more pixels than this are not decoded (no thumbnail):
+    /// a count, or a size such as `32M`.
+    #[serde(default = "default_max_image_pixels")]
+    pub max_image_pixels: ByteSize,
+    /// The thumbnails made of each image, at upload.
+    #[serde(default = "default_thumbnail_sizes")]
+    pub thumbnail_sizes: Vec<crate::media::thumbnail::ThumbnailSize>,
+    /// The most bytes one user may have uploaded in all; none: no limit.
+    #[serde(default)]
+    pub media_upload_quota: Option<ByteSize>,
+    /// On: media uploaded from now on is served only by the authenticated
+    /// endpoints (`/_matrix/client/v1/media/*`); the legacy
+    /// `/_matrix/media/v3/download` and `/thumbnail` answer only for media
+    /// uploaded while it was off (Synapse's cut-over).
+    #[serde(default = "default_true")]
+    pub enable_authenticated_media: bool,
+    /// How long a media id from `POST /_matrix/media/v1/create` waits for
+    /// its content.
+    #[serde(default = "default_unused_expiration_time_ms")]
+    pub unused_expiration_time_ms: u64,
+    /// How many created media ids one user may have waiting for content.
+    #[serde(default = "default_max_pending_media_uploads")]
+    pub max_pending_media_uploads: i64,
+    /// Whether `GET /_matrix/client/v1/media/preview_url` fetches pages
+    /// (not built yet: read, but the endpoint answers 404 either way).
+    #[serde(default)]
+    pub url_preview_enabled: bool,
+    /// Addresses URL previews never fetch from (CIDR ranges).
+    #[serde(default = "crate::media::preview::default_ip_range_blacklist")]
+    pub url_preview_ip_range_blacklist: Vec<crate::media::preview::IpRange>,
+    /// Exceptions to the blacklist.
+    #[serde(default)]
+    pub url_preview_ip_range_whitelist: Vec<crate::media::preview::IpRange>,
+    /// The most bytes a URL preview reads of a page or image.
+    #[serde(default = "default_max_spider_size")]
+    pub max_spider_size: ByteSize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            media_store_path: default_media_store_path(),
+            max_upload_size: default_max_upload_size(),
+            max_image_pixels: default_max_image_pixels(),
+            thumbnail_sizes: default_thumbnail_sizes(),
+            media_upload_quota: None,
+            enable_authenticated_media: true,
+            unused_expiration_time_ms: default_unused_expiration_time_ms(),
+            max_pending_media_uploads: default_max_pending_media_uploads(),
+            url_preview_enabled: false,
+            url_preview_ip_range_blacklist: crate::media::preview::default_ip_range_blacklist(),
+            url_preview_ip_range_whitelist: Vec::new(),
+            max_spider_size: default_max_spider_size(),
+        }
+    }
+}
+
+fn default_media_store_path() -> PathBuf {
+    PathBuf::from("./var/media_store")
+}
+fn default_max_upload_size() -> ByteSize {
+    ByteSize(50 * 1024 * 1024)
+}
+fn default_max_image_pixels() -> ByteSize {
+    ByteSize(32 * 1024 * 1024)
+}
+fn default_max_spider_size() -> ByteSize {
+    ByteSize(10 * 1024 * 1024)
+}
+fn default_unused_expiration_time_ms() -> u64 {
+    24 * 3600 * 1000
+}
+fn default_max_pending_media_uploads() -> i64 {
+    5
+}
+/// Synapse's defaults.
+fn default_thumbnail_sizes() -> Vec<crate::media::thumbnail::ThumbnailSize> {
+    use crate::media::thumbnail::{ThumbnailMethod, ThumbnailSize};
+    [
+        (32, 32, ThumbnailMethod::Crop),
+        (96, 96, ThumbnailMethod::Crop),
+        (320, 240, ThumbnailMethod::Scale),
+        (640, 480, ThumbnailMethod::Scale),
+        (800, 600, ThumbnailMethod::Scale),
+    ]
+    .into_iter()
+    .map(|(width, height, method)| ThumbnailSize {
+        width,
+        height,
+        method,
+    })
+    .collect()
+}
+
+impl MediaConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_upload_size.0 == 0 {
+            return Err(ConfigError::Invalid {
+                key: "media.max_upload_size",
+                message: "must be at least 1".into(),
+            });
+        }
+        if self
+            .thumbnail_sizes
+            .iter()
+            .any(|size| size.width == 0 || size.height == 0)
+        {
+            return Err(ConfigError::Invalid {
+                key: "media.thumbnail_sizes",
+                message: "a width or height is 0".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A number of bytes (or pixels), written as a number or as Synapse writes
+/// sizes: `50M`, `10K`, `1G` (powers of 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "ByteSizeText")]
+pub struct ByteSize(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ByteSizeText {
+    Number(u64),
+    Text(String),
+}
+
+impl TryFrom<ByteSizeText> for ByteSize {
+    type Error = String;
+
+    fn try_from(text: ByteSizeText) -> Result<Self, String> {
+        match text {
+            ByteSizeText::Number(bytes) => Ok(ByteSize(bytes)),
+            ByteSizeText::Text(text) => ByteSize::parse(&text),
+        }
+    }
+}
+
+impl ByteSize {
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let text = text.trim();
+        let (digits, unit) = match text.char_indices().last() {
+            Some((at, unit)) if unit.is_ascii_alphabetic() => (&text[..at], Some(unit)),
+            _ => (text, None),
+        };
+        let number: u64 = digits
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{text}` is not a size (such as 1048576, 512K, 50M or 1G)"))?;
+        let factor: u64 = match unit.map(|u| u.to_ascii_uppercase()) {
+            None => 1,
+            Some('K') => 1024,
+            Some('M') => 1024 * 1024,
+            Some('G') => 1024 * 1024 * 1024,
+            Some(other) => return Err(format!("unknown size unit `{other}` (K, M or G)")),
+        };
+        number
+            .checked_mul(factor)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{text}` is too large"))
+    }
 }
 
 /// Presence (`/presence/{userId}/status`, `m.presence` in `/sync`).
@@ -364,6 +545,7 @@ impl Config {
                 message: "must be a positive number".into(),
             });
         }
+        self.media.validate()?;
         self.validate_topology()?;
         if let Some(secret) = &self.replication_secret {
             if secret.len() < MIN_REPLICATION_SECRET_BYTES {
@@ -637,6 +819,46 @@ presence:
   # offline), /sync sends none and nothing is stored. Shard its writers by user
   # with `stream_writers.presence` (any number of instances).
   enabled: true
+
+# The media repository, served by instances with the `media` role (every
+# instance of a monolith). Synapse's key names.
+media:
+  # Uploads and thumbnails, laid out by media id. Every instance with the
+  # media role must see the same directory (a shared file system when they
+  # run on several machines).
+  media_store_path: "./var/media_store"
+  # The largest upload (413 M_TOO_LARGE beyond); bytes or K/M/G.
+  max_upload_size: "50M"
+  # Images with more pixels than this are never decoded (no thumbnail).
+  max_image_pixels: "32M"
+  # The thumbnails made of each image (crop: exactly this size; scale: within it).
+  thumbnail_sizes:
+    - {{ width: 32, height: 32, method: crop }}
+    - {{ width: 96, height: 96, method: crop }}
+    - {{ width: 320, height: 240, method: scale }}
+    - {{ width: 640, height: 480, method: scale }}
+    - {{ width: 800, height: 600, method: scale }}
+  # The most one user may upload in all (400 M_RESOURCE_LIMIT_EXCEEDED beyond,
+  # as Synapse's media_upload_limits); unset: no quota.
+  # media_upload_quota: "1G"
+  # On: media uploaded from now on is served only through the authenticated
+  # /_matrix/client/v1/media endpoints; the legacy /_matrix/media/v3/download
+  # and /thumbnail serve only what was uploaded while it was off.
+  enable_authenticated_media: true
+  # How long a media id from POST /_matrix/media/v1/create waits for its
+  # content, and how many such ids one user may have waiting.
+  unused_expiration_time_ms: 86400000
+  max_pending_media_uploads: 5
+  # URL previews (GET /_matrix/client/v1/media/preview_url): the server fetches
+  # the pages users link to. Off by default. NOT BUILT YET: the endpoint answers
+  # 404 M_UNRECOGNIZED whatever this says; the keys below are read and checked.
+  url_preview_enabled: false
+  # Addresses previews never fetch from (default: loopback, private, link-local
+  # and other special ranges), and exceptions to that list.
+  # url_preview_ip_range_blacklist: ["127.0.0.0/8", "10.0.0.0/8", "::1/128"]
+  # url_preview_ip_range_whitelist: []
+  # The most a preview reads of one page.
+  max_spider_size: "10M"
 
 # Log filter (tracing EnvFilter syntax); RUST_LOG overrides it.
 log: "info"

@@ -65,6 +65,12 @@ pub enum ErrCode {
     FieldTooLarge,
     /// A key backup version that is not the current one (403).
     WrongRoomKeysVersion,
+    /// Media whose asynchronous upload has not come yet (504).
+    NotYetUploaded,
+    /// A media id that already has content (409).
+    CannotOverwriteMedia,
+    /// A user's media upload quota used up (400, as Synapse).
+    ResourceLimitExceeded,
 }
 
 impl ErrCode {
@@ -99,6 +105,9 @@ impl ErrCode {
             ErrCode::InvalidSignature => "M_INVALID_SIGNATURE",
             ErrCode::FieldTooLarge => "M_TOO_LARGE",
             ErrCode::WrongRoomKeysVersion => "M_WRONG_ROOM_KEYS_VERSION",
+            ErrCode::NotYetUploaded => "M_NOT_YET_UPLOADED",
+            ErrCode::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
+            ErrCode::ResourceLimitExceeded => "M_RESOURCE_LIMIT_EXCEEDED",
         }
     }
 
@@ -116,7 +125,8 @@ impl ErrCode {
             ErrCode::MethodNotAllowed | ErrCode::ServerControlled => StatusCode::METHOD_NOT_ALLOWED,
             ErrCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrCode::AliasInUse => StatusCode::CONFLICT,
+            ErrCode::AliasInUse | ErrCode::CannotOverwriteMedia => StatusCode::CONFLICT,
+            ErrCode::NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
             ErrCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -286,6 +296,33 @@ impl From<crate::roles::push_rules::PushRulesWriteError> for ApiError {
         match error {
             PushRulesWriteError::Refused(error) => error.into(),
             PushRulesWriteError::Failed(error) => error.into(),
+        }
+    }
+}
+
+/// A media repository failure as the client sees it (the spec's statuses;
+/// Synapse's where the spec says nothing).
+impl From<crate::media::MediaError> for ApiError {
+    fn from(error: crate::media::MediaError) -> Self {
+        use crate::media::MediaError;
+        let message = error.to_string();
+        match error {
+            MediaError::NotFound => ApiError::not_found(message),
+            MediaError::NotYetUploaded => ApiError::new(ErrCode::NotYetUploaded, message),
+            MediaError::TooLarge { .. } | MediaError::TooLargeToThumbnail(_) => {
+                ApiError::new(ErrCode::TooLarge, message)
+            }
+            MediaError::QuotaExceeded => ApiError::new(ErrCode::ResourceLimitExceeded, message),
+            MediaError::Forbidden(_) => ApiError::forbidden(message),
+            MediaError::CannotOverwrite => ApiError::new(ErrCode::CannotOverwriteMedia, message),
+            MediaError::TooManyPending { retry_after_ms } => ApiError {
+                message,
+                ..ApiError::limit_exceeded(retry_after_ms)
+            },
+            MediaError::CannotThumbnail(_) => ApiError::new(ErrCode::Unknown, message),
+            MediaError::BadUpload(_) => ApiError::new(ErrCode::Unknown, message),
+            MediaError::Storage(error) => error.into(),
+            MediaError::Io(error) => ApiError::internal(format!("media store: {error}")),
         }
     }
 }

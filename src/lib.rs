@@ -28,6 +28,7 @@ pub mod caches;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod media;
 pub mod node;
 pub mod passwords;
 pub mod push;

@@ -83,6 +83,8 @@ pub struct Node {
     pub last_seen: Arc<LastSeenTracker>,
     /// Push rule evaluation of new events, and the rulesets it caches.
     pub push: Arc<crate::push::evaluator::PushEvaluator>,
+    /// The media repository (used by instances with the `media` role).
+    pub media: Arc<crate::media::MediaRepository>,
     pub supervisor: Arc<Supervisor>,
     /// Request counters and the /metrics exposition of this instance.
     pub metrics: Arc<crate::api::metrics::Metrics>,
@@ -470,6 +472,10 @@ impl Node {
             key_counts,
             to_device_deleted: Arc::default(),
             last_seen: Arc::new(LastSeenTracker::default()),
+            media: Arc::new(crate::media::MediaRepository::new(
+                config.media.clone(),
+                pool.clone(),
+            )),
             push: Arc::new(crate::push::evaluator::PushEvaluator::new(
                 &config.server_name,
                 &notifier,

@@ -10,6 +10,7 @@ pub mod devices;
 pub mod followers;
 pub mod instances;
 pub mod keys;
+pub mod media;
 pub mod presence;
 pub mod push_actions;
 pub mod push_rules;
@@ -118,6 +119,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0020_push_actions_by_event",
         include_str!("storage/migrations/0020_push_actions_by_event.sql"),
+    ),
+    (
+        "0021_media",
+        include_str!("storage/migrations/0021_media.sql"),
     ),
 ];
 

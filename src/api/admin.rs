@@ -4,11 +4,120 @@ use actix_web::{web, HttpResponse};
 
 use crate::api::Requester;
 use crate::error::{ApiError, ApiResult};
+use crate::media::id::MediaId;
 use crate::node::Node;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/_lattice/admin/v1/actors", web::get().to(actors))
-        .route("/_lattice/admin/v1/cluster", web::get().to(cluster));
+        .route("/_lattice/admin/v1/cluster", web::get().to(cluster))
+        .route(
+            "/_lattice/admin/v1/media/quarantine/{server_name}/{media_id}",
+            web::post().to(quarantine_media),
+        )
+        .route(
+            "/_lattice/admin/v1/user/{user_id}/media/quarantine",
+            web::post().to(quarantine_user_media),
+        )
+        .route(
+            "/_lattice/admin/v1/media/{server_name}/{media_id}",
+            web::delete().to(delete_media),
+        )
+        .route(
+            "/_lattice/admin/v1/users/{user_id}/media",
+            web::delete().to(delete_user_media),
+        );
+}
+
+fn require_admin(requester: &Requester) -> ApiResult<()> {
+    if !requester.is_admin {
+        return Err(ApiError::forbidden("this endpoint is for server admins"));
+    }
+    Ok(())
+}
+
+/// This server's media id in an admin path (remote media is never stored).
+fn local_media_id(node: &Node, server_name: &str, media_id: &str) -> ApiResult<MediaId> {
+    if server_name != node.config.server_name {
+        return Err(ApiError::not_found(
+            "only this server's media is stored here",
+        ));
+    }
+    MediaId::parse(media_id).ok_or_else(|| ApiError::not_found("media not found"))
+}
+
+/// POST /_lattice/admin/v1/media/quarantine/{serverName}/{mediaId}
+///
+/// A quarantined item answers 404 to everyone, its uploader included
+/// (Synapse's admin API of the same shape). Its file stays, for review.
+async fn quarantine_media(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    require_admin(&requester)?;
+    let (server_name, media_id) = path.into_inner();
+    let media_id = local_media_id(&node, &server_name, &media_id)?;
+    if !crate::storage::media::quarantine(&node.pool, media_id.as_str(), &requester.user_id).await?
+    {
+        return Err(ApiError::not_found("media not found"));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({})))
+}
+
+/// POST /_lattice/admin/v1/user/{userId}/media/quarantine
+async fn quarantine_user_media(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    require_admin(&requester)?;
+    let user_id = path.into_inner();
+    let quarantined =
+        crate::storage::media::quarantine_user(&node.pool, &user_id, &requester.user_id).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "num_quarantined": quarantined })))
+}
+
+/// DELETE /_lattice/admin/v1/media/{serverName}/{mediaId}
+///
+/// Removes the item's row, file and thumbnails.
+async fn delete_media(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<(String, String)>,
+) -> ApiResult<HttpResponse> {
+    require_admin(&requester)?;
+    let (server_name, media_id) = path.into_inner();
+    let media_id = local_media_id(&node, &server_name, &media_id)?;
+    if !node.media.delete(&media_id).await? {
+        return Err(ApiError::not_found("media not found"));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "deleted_media": [media_id.as_str()],
+        "total": 1,
+    })))
+}
+
+/// DELETE /_lattice/admin/v1/users/{userId}/media
+async fn delete_user_media(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    require_admin(&requester)?;
+    let user_id = path.into_inner();
+    let mut deleted = Vec::new();
+    for media_id in crate::storage::media::media_ids_of_user(&node.pool, &user_id).await? {
+        let Some(media_id) = MediaId::parse(&media_id) else {
+            continue;
+        };
+        if node.media.delete(&media_id).await? {
+            deleted.push(media_id.as_str().to_owned());
+        }
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "total": deleted.len(),
+        "deleted_media": deleted,
+    })))
 }
 
 /// GET /_lattice/admin/v1/actors

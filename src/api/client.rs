@@ -10,6 +10,7 @@ pub mod directory;
 pub mod events;
 pub mod filter;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod message;
 pub mod presence;
@@ -32,6 +33,9 @@ use actix_web::{web, HttpRequest, HttpResponse, Resource, Scope};
 use crate::error::{ApiError, ApiResult, ErrCode};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // Before `/_matrix/client/v1`: a scope that matches a prefix keeps the
+    // request even when none of its routes does.
+    media::configure(cfg);
     cfg.service(resource("/.well-known/matrix/client").route(web::get().to(versions::well_known)))
         .service(resource("/_matrix/client/versions").route(web::get().to(versions::versions)))
         .service(routes(web::scope("/_matrix/client/v3")))

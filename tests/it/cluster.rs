@@ -54,6 +54,8 @@ pub struct Options {
     pub typing_max_timeout_ms: Option<u64>,
     /// `presence.enabled`, for tests of presence turned off.
     pub presence_enabled: Option<bool>,
+    /// Any other keys (`"media.max_upload_size"`), merged over the rest.
+    pub settings: Vec<(&'static str, Value)>,
 }
 
 impl Default for Options {
@@ -68,6 +70,7 @@ impl Default for Options {
             event_writer_cached_rooms: None,
             typing_max_timeout_ms: None,
             presence_enabled: None,
+            settings: Vec::new(),
         }
     }
 }
@@ -78,6 +81,8 @@ pub struct TestCluster {
     database: TestDatabase,
     /// The node `/sync` requests go to.
     sync_node: usize,
+    /// The media store every node of the cluster shares.
+    media_store: std::path::PathBuf,
 }
 
 struct TestNode {
@@ -107,12 +112,17 @@ impl TestCluster {
     pub async fn start_with(options: Options) -> TestCluster {
         init_logging();
         let database = TestDatabase::create().await;
+        let media_store = std::env::temp_dir().join(format!("{}_media", database.name));
         let mut cluster = TestCluster {
             nodes: Vec::new(),
             database,
             sync_node: 0,
+            media_store,
         };
-        let config = base_config(&cluster.database.url, &options);
+        let config = base_config(&cluster.database.url, &options).merge(Serialized::default(
+            "media.media_store_path",
+            cluster.media_store.clone(),
+        ));
         let topology = match options.topology {
             Some(topology) => Ok(topology),
             None => std::env::var("LATTICE_TEST_TOPOLOGY"),
@@ -188,11 +198,12 @@ impl TestCluster {
                     Role::DeviceLists,
                     Role::ToDevice,
                 ];
+                // Two media instances, neither where other requests arrive.
                 cluster.nodes.push(
                     TestNode::start(
                         config.clone(),
                         "events1",
-                        &[&[Role::Events][..], &writers].concat(),
+                        &[&[Role::Events, Role::Media][..], &writers].concat(),
                     )
                     .await,
                 );
@@ -200,7 +211,12 @@ impl TestCluster {
                     TestNode::start(config.clone(), "main", &[Role::Client, Role::Sync]).await,
                 );
                 cluster.nodes.push(
-                    TestNode::start(config, "sync2", &[&[Role::Sync][..], &writers].concat()).await,
+                    TestNode::start(
+                        config,
+                        "sync2",
+                        &[&[Role::Sync, Role::Media][..], &writers].concat(),
+                    )
+                    .await,
                 );
                 cluster.sync_node = 2;
                 // The `main` node is the one clients talk to by default.
@@ -279,6 +295,25 @@ impl TestCluster {
         }
     }
 
+    /// A client for each node with the `media` role, in node order (the
+    /// monolith's one node; `events1` and `sync2` on the split), so that a
+    /// test can upload through one and download through another.
+    pub fn media_clients(&self) -> Vec<Client> {
+        self.nodes
+            .iter()
+            .filter(|node| node.roles.contains(&Role::Media))
+            .map(|node| {
+                let base = format!("http://{}", node.addr);
+                Client::new(base.clone(), base)
+            })
+            .collect()
+    }
+
+    /// The media store directory the nodes share.
+    pub fn media_store(&self) -> &std::path::Path {
+        &self.media_store
+    }
+
     /// Whether the nodes are separate instances talking through Redis.
     pub fn is_split(&self) -> bool {
         self.nodes.len() > 1
@@ -346,6 +381,7 @@ impl Drop for TestCluster {
         for node in &mut self.nodes {
             node.stop();
         }
+        let _ = std::fs::remove_dir_all(&self.media_store);
         self.database.drop_blocking();
     }
 }
@@ -365,6 +401,9 @@ fn base_config(database_url: &str, options: &Options) -> Figment {
     }
     if let Some(enabled) = options.presence_enabled {
         figment = figment.merge(Serialized::default("presence.enabled", enabled));
+    }
+    for (key, value) in &options.settings {
+        figment = figment.merge(Serialized::default(key, value));
     }
     figment
         .merge(Serialized::default("database.url", database_url))

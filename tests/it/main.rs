@@ -28,6 +28,7 @@ mod fuzz;
 mod idempotency;
 mod keys;
 mod limits;
+mod media;
 mod membership;
 mod messages;
 mod metrics;
