@@ -36,7 +36,7 @@ fn authenticated_routes(scope: Scope) -> Scope {
         .service(resource("/download/{server_name}/{media_id}").route(web::get().to(download)))
         .service(
             resource("/download/{server_name}/{media_id}/{file_name}")
-                .route(web::get().to(download_with_name)),
+                .route(web::get().to(download)),
         )
         .service(resource("/thumbnail/{server_name}/{media_id}").route(web::get().to(thumbnail)))
         .service(resource("/config").route(web::get().to(config)))
@@ -54,7 +54,7 @@ fn legacy_routes(scope: Scope) -> Scope {
         )
         .service(
             resource("/download/{server_name}/{media_id}/{file_name}")
-                .route(web::get().to(legacy_download_with_name)),
+                .route(web::get().to(legacy_download)),
         )
         .service(
             resource("/thumbnail/{server_name}/{media_id}").route(web::get().to(legacy_thumbnail)),
@@ -191,86 +191,40 @@ enum Endpoint {
     Legacy,
 }
 
-/// GET /_matrix/client/v1/media/download/{serverName}/{mediaId}
+/// A download's path: the file name is there only on the routes that take one.
+#[derive(Debug, Deserialize)]
+pub struct DownloadPath {
+    server_name: String,
+    media_id: String,
+    file_name: Option<String>,
+}
+
+/// GET /_matrix/client/v1/media/download/{serverName}/{mediaId}[/{fileName}]
 pub async fn download(
     node: web::Data<Node>,
     _requester: Requester,
     request: HttpRequest,
-    path: web::Path<(String, String)>,
+    path: web::Path<DownloadPath>,
     query: web::Query<DownloadQuery>,
 ) -> ApiResult<HttpResponse> {
-    let (server_name, media_id) = path.into_inner();
     serve_download(
         &node,
         &request,
-        &server_name,
-        &media_id,
-        None,
+        path.into_inner(),
         &query,
         Endpoint::Authenticated,
     )
     .await
 }
 
-/// GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}
-pub async fn download_with_name(
-    node: web::Data<Node>,
-    _requester: Requester,
-    request: HttpRequest,
-    path: web::Path<(String, String, String)>,
-    query: web::Query<DownloadQuery>,
-) -> ApiResult<HttpResponse> {
-    let (server_name, media_id, file_name) = path.into_inner();
-    serve_download(
-        &node,
-        &request,
-        &server_name,
-        &media_id,
-        Some(file_name),
-        &query,
-        Endpoint::Authenticated,
-    )
-    .await
-}
-
-/// GET /_matrix/media/v3/download/{serverName}/{mediaId}
+/// GET /_matrix/media/v3/download/{serverName}/{mediaId}[/{fileName}]
 pub async fn legacy_download(
     node: web::Data<Node>,
     request: HttpRequest,
-    path: web::Path<(String, String)>,
+    path: web::Path<DownloadPath>,
     query: web::Query<DownloadQuery>,
 ) -> ApiResult<HttpResponse> {
-    let (server_name, media_id) = path.into_inner();
-    serve_download(
-        &node,
-        &request,
-        &server_name,
-        &media_id,
-        None,
-        &query,
-        Endpoint::Legacy,
-    )
-    .await
-}
-
-/// GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}
-pub async fn legacy_download_with_name(
-    node: web::Data<Node>,
-    request: HttpRequest,
-    path: web::Path<(String, String, String)>,
-    query: web::Query<DownloadQuery>,
-) -> ApiResult<HttpResponse> {
-    let (server_name, media_id, file_name) = path.into_inner();
-    serve_download(
-        &node,
-        &request,
-        &server_name,
-        &media_id,
-        Some(file_name),
-        &query,
-        Endpoint::Legacy,
-    )
-    .await
+    serve_download(&node, &request, path.into_inner(), &query, Endpoint::Legacy).await
 }
 
 /// The media a download or thumbnail names, as the endpoint may serve it.
@@ -297,13 +251,16 @@ async fn find_media(
 async fn serve_download(
     node: &Node,
     request: &HttpRequest,
-    server_name: &str,
-    media_id: &str,
-    file_name: Option<String>,
+    path: DownloadPath,
     query: &DownloadQuery,
     endpoint: Endpoint,
 ) -> ApiResult<HttpResponse> {
-    let media = find_media(node, server_name, media_id, query.timeout_ms, endpoint).await?;
+    let DownloadPath {
+        server_name,
+        media_id,
+        file_name,
+    } = path;
+    let media = find_media(node, &server_name, &media_id, query.timeout_ms, endpoint).await?;
     let file = node.media.content(&media).await?;
     let file_name = file_name.or_else(|| media.upload_name.clone());
     let disposition = content_disposition(&file.content_type, file_name.as_deref());
