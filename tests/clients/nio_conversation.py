@@ -12,7 +12,10 @@ nio's own API and state. Exits 0 on success, 1 with a message on failure.
 """
 
 import asyncio
+import io
 import json
+import struct
+import zlib
 import secrets
 import sys
 import time
@@ -23,6 +26,12 @@ import aiohttp
 
 from nio import (
     AsyncClient,
+    DownloadResponse,
+    ProfileSetAvatarResponse,
+    ResizingMethod,
+    RoomMessageImage,
+    ThumbnailResponse,
+    UploadResponse,
     AsyncClientConfig,
     ErrorResponse,
     InviteMemberEvent,
@@ -78,7 +87,7 @@ class TracingClient(AsyncClient):
         super().__init__(*args, **kwargs)
         self.who = who
         self.seen_events = []  # (room_id, event) delivered by nio's event callbacks
-        self.add_event_callback(self._record_event, (RoomMessageText, RoomMemberEvent, RoomTopicEvent))
+        self.add_event_callback(self._record_event, (RoomMessageText, RoomMessageImage, RoomMemberEvent, RoomTopicEvent))
         self.add_event_callback(self._record_event, (InviteMemberEvent,))
         self.left_rooms_seen = {}  # room_id -> timeline events of rooms.leave (nio keeps no state for left rooms)
 
@@ -403,6 +412,7 @@ async def conversation(base_url):
 
         await push_rules_and_counts(alice, bob, room_id)
         await relation_steps(alice, bob, room_id, text1, text2)
+        await media_steps(alice, bob, room_id)
         await account_data_and_tags(alice, room_id)
         await presence_steps(alice, bob, room_id)
 
@@ -422,6 +432,70 @@ async def conversation(base_url):
         for c in (alice, bob):
             if c is not None:
                 await c.close()
+
+
+def png(width, height):
+    """A width x height RGB PNG with a gradient: enough to be thumbnailed."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    rows = b"".join(
+        b"\x00" + b"".join(bytes((x * 4 % 256, y * 4 % 256, (x + y) % 256)) for x in range(width))
+        for y in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def image_size(data):
+    """(width, height) of a PNG or JPEG answer, from its header."""
+    if data.startswith(b"\x89PNG"):
+        return struct.unpack(">II", data[16:24])
+    if data.startswith(b"\xff\xd8"):
+        i = 2
+        while i + 9 < len(data):
+            marker, length = data[i + 1], struct.unpack(">H", data[i + 2:i + 4])[0]
+            if marker in (0xC0, 0xC1, 0xC2):
+                height, width = struct.unpack(">HH", data[i + 5:i + 9])
+                return width, height
+            i += 2 + length
+    raise Failure(f"thumbnail is neither PNG nor JPEG (starts {data[:8]!r})")
+
+
+async def media_steps(alice, bob, room_id):
+    """alice uploads an avatar and an image with nio's own upload and sends the image as m.image; bob downloads
+    it and a thumbnail through the authenticated media API, byte for byte."""
+    avatar = png(48, 48)
+    resp, _ = await alice.upload(io.BytesIO(avatar), content_type="image/png", filename="avatar.png", filesize=len(avatar))
+    ok_response(resp, UploadResponse, "alice: POST /_matrix/media/v3/upload (avatar)")
+    ok_response(await alice.set_avatar(resp.content_uri), ProfileSetAvatarResponse, "alice: PUT avatar_url")
+    avatar_uri = resp.content_uri
+    step(f"alice: uploaded and set her avatar {avatar_uri}")
+
+    image = png(120, 80)
+    resp, _ = await alice.upload(io.BytesIO(image), content_type="image/png", filename="cat.png", filesize=len(image))
+    ok_response(resp, UploadResponse, "alice: POST /_matrix/media/v3/upload (image)")
+    image_uri = resp.content_uri
+    expect(image_uri.startswith("mxc://"), f"alice: upload gave content_uri {image_uri!r}")
+    content = {"msgtype": "m.image", "body": "cat.png", "url": image_uri,
+               "info": {"mimetype": "image/png", "size": len(image), "w": 120, "h": 80}}
+    ok_response(await alice.room_send(room_id, "m.room.message", content), RoomSendResponse, "alice: send m.image")
+    got = await sync_until(bob, lambda: events(bob, room_id, RoomMessageImage, lambda e: e.url == image_uri),
+                           f"alice's m.image {image_uri}")
+    step("bob: received alice's m.image")
+
+    resp = await bob.download(mxc=got[-1].url)
+    ok_response(resp, DownloadResponse, "bob: GET /_matrix/client/v1/media/download (image)")
+    expect(resp.body == image, f"bob: downloaded {len(resp.body)} bytes, not the {len(image)} alice uploaded")
+    expect(resp.content_type == "image/png", f"bob: download content type {resp.content_type!r}")
+    resp = await bob.download(mxc=avatar_uri)
+    ok_response(resp, DownloadResponse, "bob: GET /_matrix/client/v1/media/download (avatar)")
+    expect(resp.body == avatar, "bob: the avatar downloaded differs from the one alice uploaded")
+    server_name, media_id = image_uri[len("mxc://"):].split("/", 1)
+    resp = await bob.thumbnail(server_name, media_id, 32, 32, ResizingMethod.crop)
+    ok_response(resp, ThumbnailResponse, "bob: GET /_matrix/client/v1/media/thumbnail")
+    width, height = image_size(resp.body)
+    expect((width, height) == (32, 32), f"bob: a 32x32 crop thumbnail is {width}x{height}")
+    step("bob: downloaded the image and the avatar byte for byte, and a 32x32 thumbnail")
 
 
 async def relation_steps(alice, bob, room_id, text1, text2):

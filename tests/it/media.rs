@@ -240,6 +240,17 @@ async fn an_upload_through_one_media_instance_downloads_through_another_byte_for
     );
     assert!(header_of(&headers, "cache-control").contains("max-age=86400"));
 
+    // An empty file name (a trailing slash, as matrix-nio asks) is none.
+    let (status, _, bytes) = get_raw(
+        &downloader.client,
+        &format!("{}/", download_path(&media_id)),
+        Some(&downloader.access_token),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bytes, image);
+
     // The name in the path wins; a type not safe inline is an attachment.
     let html = b"<script>alert(1)</script>".to_vec();
     let page_id = upload_ok(&uploader, "text/html", "page.html", html.clone()).await;

@@ -38,6 +38,8 @@ fn authenticated_routes(scope: Scope) -> Scope {
             resource("/download/{server_name}/{media_id}/{file_name}")
                 .route(web::get().to(download)),
         )
+        // An empty file name (`.../{mediaId}/`, as matrix-nio asks) is none.
+        .service(resource("/download/{server_name}/{media_id}/").route(web::get().to(download)))
         .service(resource("/thumbnail/{server_name}/{media_id}").route(web::get().to(thumbnail)))
         .service(resource("/config").route(web::get().to(config)))
         .service(resource("/preview_url").route(web::get().to(preview_url)))
@@ -55,6 +57,10 @@ fn legacy_routes(scope: Scope) -> Scope {
         .service(
             resource("/download/{server_name}/{media_id}/{file_name}")
                 .route(web::get().to(legacy_download)),
+        )
+        // An empty file name (`.../{mediaId}/`, as matrix-nio asks) is none.
+        .service(
+            resource("/download/{server_name}/{media_id}/").route(web::get().to(legacy_download)),
         )
         .service(
             resource("/thumbnail/{server_name}/{media_id}").route(web::get().to(legacy_thumbnail)),
