@@ -12,6 +12,7 @@
 // message on failure.
 
 import { randomBytes } from "node:crypto";
+import { crc32, deflateSync } from "node:zlib";
 import {
     ClientEvent,
     createClient,
@@ -510,6 +511,7 @@ async function conversation(baseUrl) {
 
         await pushRulesAndCounts(alice, bob, roomId);
         await relationSteps({ alice, bob, roomId, aliceId, bobId, mine: sent1.event_id, his: sent2.event_id });
+        await mediaSteps(alice, bob, roomId, aliceId);
         await accountDataTagsAndDirectory(alice, roomId, bobId);
         await presenceSteps(alice, bob, aliceId, bobId);
 
@@ -546,6 +548,90 @@ async function conversation(baseUrl) {
  * and the server's `/threads` and `/relations` through `createThreadListMessagesRequest`
  * and `relations`).
  */
+// A width x height RGB PNG with a gradient: enough to be thumbnailed.
+function png(width, height) {
+    const chunk = (kind, data) => {
+        const length = Buffer.alloc(4);
+        length.writeUInt32BE(data.length);
+        const body = Buffer.concat([Buffer.from(kind, "ascii"), data]);
+        const crc = Buffer.alloc(4);
+        crc.writeUInt32BE(crc32(body) >>> 0);
+        return Buffer.concat([length, body, crc]);
+    };
+    const rows = [];
+    for (let y = 0; y < height; y++) {
+        const row = Buffer.alloc(1 + width * 3);
+        for (let x = 0; x < width; x++) {
+            row[1 + x * 3] = (x * 4) % 256;
+            row[2 + x * 3] = (y * 4) % 256;
+            row[3 + x * 3] = (x + y) % 256;
+        }
+        rows.push(row);
+    }
+    const header = Buffer.alloc(13);
+    header.writeUInt32BE(width, 0);
+    header.writeUInt32BE(height, 4);
+    header[8] = 8;
+    header[9] = 2;
+    const signature = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+    return Buffer.concat([signature, chunk("IHDR", header), chunk("IDAT", deflateSync(Buffer.concat(rows))), chunk("IEND", Buffer.alloc(0))]);
+}
+
+// [width, height] of a PNG or JPEG, from its header.
+function imageSize(data) {
+    if (data[0] === 0x89 && data[1] === 0x50) return [data.readUInt32BE(16), data.readUInt32BE(20)];
+    if (data[0] === 0xff && data[1] === 0xd8) {
+        for (let i = 2; i + 9 < data.length; i += 2 + data.readUInt16BE(i + 2)) {
+            if ([0xc0, 0xc1, 0xc2].includes(data[i + 1])) return [data.readUInt16BE(i + 7), data.readUInt16BE(i + 5)];
+        }
+    }
+    throw new Failure(`thumbnail is neither PNG nor JPEG (starts ${data.subarray(0, 8).toString("hex")})`);
+}
+
+// alice uploads an avatar and an image with js-sdk's uploadContent and sends the image as
+// m.image; bob downloads both and a thumbnail through the authenticated media API
+// (mxcUrlToHttp with useAuthentication), byte for byte.
+async function mediaSteps(alice, bob, roomId, aliceId) {
+    const avatar = png(48, 48);
+    const avatarUpload = await call("alice: uploadContent (avatar)", alice.uploadContent(avatar, { name: "avatar.png", type: "image/png" }));
+    await call("alice: setAvatarUrl", alice.setAvatarUrl(avatarUpload.content_uri));
+    step(`alice: uploaded and set her avatar ${avatarUpload.content_uri}`);
+
+    const image = png(120, 80);
+    const imageUpload = await call("alice: uploadContent (image)", alice.uploadContent(image, { name: "cat.png", type: "image/png" }));
+    const uri = imageUpload.content_uri;
+    expect(uri?.startsWith("mxc://"), `alice: uploadContent gave content_uri ${uri}`);
+    await call(
+        "alice: send m.image",
+        alice.sendMessage(roomId, { msgtype: "m.image", body: "cat.png", url: uri, info: { mimetype: "image/png", size: image.length, w: 120, h: 80 } }),
+    );
+    const seen = await waitFor(
+        bob,
+        "bob",
+        `alice's m.image ${uri}`,
+        () => bob.getRoom(roomId)?.getLiveTimeline().getEvents().find((ev) => ev.getContent().url === uri && ev.getId()?.startsWith("$")),
+        [RoomEvent.Timeline],
+    );
+    step("bob: received alice's m.image");
+
+    const download = async (what, url) => {
+        expect(url?.includes("/_matrix/client/v1/media/"), `${what}: mxcUrlToHttp gave ${url}`);
+        const response = await call(what, fetch(url, { headers: { Authorization: `Bearer ${bob.getAccessToken()}` } }));
+        if (response.status !== 200) throw new Failure(`${what}: HTTP ${response.status} ${await response.text()}`);
+        return Buffer.from(await response.arrayBuffer());
+    };
+    const got = await download("bob: download the image", bob.mxcUrlToHttp(seen.getContent().url, undefined, undefined, undefined, false, true, true));
+    expect(got.equals(image), `bob: downloaded ${got.length} bytes, not the ${image.length} alice uploaded`);
+    const profile = await call("bob: GET alice's avatar_url", bob.getProfileInfo(aliceId, "avatar_url"));
+    expect(profile.avatar_url === avatarUpload.content_uri, `bob: alice's avatar_url is ${profile.avatar_url}`);
+    const gotAvatar = await download("bob: download alice's avatar", bob.mxcUrlToHttp(profile.avatar_url, undefined, undefined, undefined, false, true, true));
+    expect(gotAvatar.equals(avatar), "bob: alice's avatar as downloaded differs from the one she uploaded");
+    const thumbnail = await download("bob: a 32x32 thumbnail", bob.mxcUrlToHttp(uri, 32, 32, "crop", false, true, true));
+    const [width, height] = imageSize(thumbnail);
+    expect(width === 32 && height === 32, `bob: a 32x32 crop thumbnail is ${width}x${height}`);
+    step("bob: downloaded the image and alice's avatar byte for byte, and a 32x32 thumbnail");
+}
+
 async function relationSteps({ alice, bob, roomId, aliceId, bobId, mine, his }) {
     const inTimeline = (client, pred) => () => timelineEvents(client, roomId, pred)[0];
 
