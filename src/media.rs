@@ -123,6 +123,26 @@ impl MediaRepository {
         self.config.max_upload_size.0
     }
 
+    /// The row of content `request` uploaded under `media_id`.
+    fn uploaded_content<'a>(
+        &self,
+        media_id: &'a MediaId,
+        request: &'a UploadRequest,
+        length: u64,
+        sha256: &'a str,
+    ) -> UploadedContent<'a> {
+        UploadedContent {
+            media_id: media_id.as_str(),
+            user_id: &request.user_id,
+            content_type: &request.content_type,
+            upload_name: request.upload_name.as_deref(),
+            media_length: length_i64(length),
+            sha256,
+            authenticated: self.config.enable_authenticated_media,
+            now_ms: crate::util::now_ms(),
+        }
+    }
+
     /// `POST /upload`: stores `body` under a new media id.
     pub async fn upload<E: std::fmt::Display>(
         &self,
@@ -137,16 +157,7 @@ impl MediaRepository {
         received.file.persist(&path).await?;
         let stored = crate::storage::media::insert_uploaded(
             &self.pool,
-            &UploadedContent {
-                media_id: media_id.as_str(),
-                user_id: &request.user_id,
-                content_type: &request.content_type,
-                upload_name: request.upload_name.as_deref(),
-                media_length: length_i64(received.length),
-                sha256: &received.sha256,
-                authenticated: self.config.enable_authenticated_media,
-                now_ms: crate::util::now_ms(),
-            },
+            &self.uploaded_content(&media_id, &request, received.length, &received.sha256),
         )
         .await;
         if let Err(error) = stored {
@@ -208,16 +219,7 @@ impl MediaRepository {
         }
         let completed = crate::storage::media::complete_pending(
             &self.pool,
-            &UploadedContent {
-                media_id: media_id.as_str(),
-                user_id: &request.user_id,
-                content_type: &request.content_type,
-                upload_name: request.upload_name.as_deref(),
-                media_length: length_i64(received.length),
-                sha256: &received.sha256,
-                authenticated: self.config.enable_authenticated_media,
-                now_ms: crate::util::now_ms(),
-            },
+            &self.uploaded_content(media_id, &request, received.length, &received.sha256),
         )
         .await;
         match completed {
