@@ -275,7 +275,7 @@ pub struct RateLimiter {
     enabled: bool,
     per_second: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<foldhash::HashMap<String, Bucket>>,
 }
 
 struct Bucket {
@@ -301,7 +301,7 @@ impl RateLimiter {
             enabled,
             per_second,
             burst: f64::from(burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::default(),
         }
     }
 
@@ -418,7 +418,7 @@ mod tests {
 /// stream once instances are split.
 #[derive(Default)]
 pub struct TokenCache {
-    owners: Mutex<HashMap<Vec<u8>, crate::storage::accounts::TokenOwner>>,
+    owners: Mutex<foldhash::HashMap<Vec<u8>, crate::storage::accounts::TokenOwner>>,
 }
 
 /// The name of the token cache in `caches` stream rows (keys: user id, device id or null).

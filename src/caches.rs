@@ -33,7 +33,7 @@ const MAX_CACHED_USERS: usize = 100_000;
 /// that user starts from.
 #[derive(Default)]
 pub struct MembershipCache {
-    entries: Mutex<HashMap<String, CachedMemberships>>,
+    entries: Mutex<foldhash::HashMap<String, CachedMemberships>>,
     generation: AtomicU64,
 }
 
@@ -111,7 +111,7 @@ const MAX_CACHED_FILTERS: usize = 100_000;
 /// entry is never stale; it only has to be bounded.
 #[derive(Default)]
 pub struct FilterCache {
-    filters: Mutex<HashMap<(String, i64), Arc<Filter>>>,
+    filters: Mutex<foldhash::HashMap<(String, i64), Arc<Filter>>>,
 }
 
 impl FilterCache {
@@ -177,7 +177,7 @@ impl Default for RecentEventsCache {
 
 #[derive(Default)]
 struct RecentRooms {
-    by_room: HashMap<String, Arc<RoomTimeline>>,
+    by_room: foldhash::HashMap<String, Arc<RoomTimeline>>,
     events: usize,
 }
 

@@ -28,7 +28,7 @@ pub mod state;
 pub mod timeline;
 pub mod to_device;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::api::Requester;
 use crate::error::ApiResult;
@@ -36,6 +36,7 @@ use crate::node::Node;
 use crate::rooms::filter::Filter;
 use crate::storage::rooms::Membership;
 use crate::streams::token::{RoomStreamToken, StreamToken};
+use crate::util::json_object;
 
 /// What one computation of a `/sync` answer works from.
 pub struct SyncContext<'a> {
@@ -97,14 +98,15 @@ impl SyncResponse {
         // Cut short, the to-device section moves the token only as far as
         // what it shows.
         let next_batch = self.to_device.next_batch(next_batch);
-        json!({
-            "next_batch": next_batch.to_string(),
-            "rooms": self.rooms.into_json(),
-            "presence": { "events": self.presence },
-            "account_data": { "events": self.account_data },
-            "to_device": { "events": self.to_device.events },
-            "device_lists": self.device_lists.into_json(),
-        })
+        let events = |events: Vec<Value>| json_object([("events", Value::Array(events))]);
+        json_object([
+            ("next_batch", Value::String(next_batch.to_string())),
+            ("rooms", self.rooms.into_json()),
+            ("presence", events(self.presence)),
+            ("account_data", events(self.account_data)),
+            ("to_device", events(self.to_device.events)),
+            ("device_lists", self.device_lists.into_json()),
+        ])
     }
 }
 
@@ -159,6 +161,8 @@ pub fn clamp(since: &StreamToken, upto: &StreamToken) -> StreamToken {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn token(text: &str) -> StreamToken {

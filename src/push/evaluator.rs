@@ -174,10 +174,7 @@ impl PushEvaluator {
         let mut conditions = ConditionMemo::new(&event);
         // One context for the room, its member fields set for each member.
         let mut context: Option<PushConditionRoomCtx> = None;
-        for (user_id, display_name) in &recipients {
-            let Some(ruleset) = rulesets.get(user_id.as_str()) else {
-                continue;
-            };
+        for ((user_id, display_name), ruleset) in recipients.iter().zip(&rulesets) {
             let context = match &mut context {
                 Some(context) => {
                     context.user_id = user_id.clone();
@@ -286,9 +283,9 @@ struct ConditionMemo<'a> {
     has_mentions: bool,
     /// `event_match` (key, pattern) answers; room and sender rules as
     /// matches of `room_id` and `sender`, content rules of `content.body`.
-    matches: HashMap<(&'a str, &'a str), bool>,
+    matches: foldhash::HashMap<(&'a str, &'a str), bool>,
     /// `contains_display_name` answers by display name.
-    display_names: HashMap<&'a str, bool>,
+    display_names: foldhash::HashMap<&'a str, bool>,
 }
 
 impl<'a> ConditionMemo<'a> {
@@ -296,8 +293,8 @@ impl<'a> ConditionMemo<'a> {
         ConditionMemo {
             event,
             has_mentions: event.contains_mentions(),
-            matches: HashMap::new(),
-            display_names: HashMap::new(),
+            matches: foldhash::HashMap::default(),
+            display_names: foldhash::HashMap::default(),
         }
     }
 
@@ -419,18 +416,28 @@ impl<'a> ConditionMemo<'a> {
 }
 
 /// The event as the rules see it (it has no id yet: no default rule
-/// looks at one).
+/// looks at one), serialised straight from the request.
 fn flattened(request: &SendEvent) -> FlattenedJson {
-    let mut event = json!({
-        "type": request.kind,
-        "content": request.content,
-        "sender": request.sender,
-        "room_id": request.room_id,
-    });
-    if let Some(state_key) = &request.state_key {
-        event["state_key"] = json!(state_key);
+    #[derive(Serialize)]
+    struct EventForRules<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        content: &'a Value,
+        sender: &'a str,
+        room_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        state_key: Option<&'a str>,
     }
-    let raw: Raw<Value> = Raw::new(&event).unwrap_or_else(|_| Raw::from_json(Default::default()));
+    let event = EventForRules {
+        kind: &request.kind,
+        content: &request.content,
+        sender: request.sender.as_str(),
+        room_id: request.room_id.as_str(),
+        state_key: request.state_key.as_deref(),
+    };
+    let raw: Raw<Value> = serde_json::value::to_raw_value(&event)
+        .map(Raw::from_json)
+        .unwrap_or_else(|_| Raw::from_json(Default::default()));
     FlattenedJson::from_raw(&raw)
 }
 

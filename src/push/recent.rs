@@ -128,7 +128,7 @@ struct Record {
     complete_after: i64,
     /// The latest position recorded.
     latest: i64,
-    rooms: HashMap<String, RoomRecord>,
+    rooms: foldhash::HashMap<String, RoomRecord>,
     entries: usize,
 }
 

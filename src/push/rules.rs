@@ -463,19 +463,20 @@ struct CachedRuleset {
 }
 
 impl RulesetCache {
-    /// The rulesets of `user_ids`, from the cache where fresh, the others
-    /// read in one query.
+    /// The rulesets of `user_ids`, in their order: from the cache where
+    /// fresh, the others read in one query.
     pub async fn rulesets(
         &self,
         pool: &Pool,
         notifier: &Notifier,
         user_ids: &[&UserId],
-    ) -> StorageResult<HashMap<String, Arc<Ruleset>>> {
-        let mut found = HashMap::with_capacity(user_ids.len());
-        let mut missing: Vec<&UserId> = Vec::new();
-        if let Ok(entries) = self.entries.lock() {
-            for user_id in user_ids {
-                match entries.get(user_id.as_str()) {
+    ) -> StorageResult<Vec<Arc<Ruleset>>> {
+        let mut found: Vec<Option<Arc<Ruleset>>> = vec![None; user_ids.len()];
+        let mut missing: Vec<usize> = Vec::new();
+        {
+            let entries = self.entries.lock().ok();
+            for (index, user_id) in user_ids.iter().enumerate() {
+                match entries.as_ref().and_then(|e| e.get(user_id.as_str())) {
                     Some(entry)
                         if !notifier.has_changed_since(
                             PUSH_RULES_STREAM,
@@ -483,47 +484,45 @@ impl RulesetCache {
                             entry.read_at,
                         ) =>
                     {
-                        found.insert(user_id.to_string(), Arc::clone(&entry.ruleset));
+                        found[index] = Some(Arc::clone(&entry.ruleset));
                     }
-                    _ => missing.push(user_id),
+                    _ => missing.push(index),
                 }
             }
         }
-        if missing.is_empty() {
-            return Ok(found);
-        }
-        // Read the position first: a change after it marks the entry stale
-        // whether or not the query below saw it.
-        let read_at = notifier.position(PUSH_RULES_STREAM);
-        let names: Vec<&str> = missing.iter().map(|u| u.as_str()).collect();
-        let mut stored: HashMap<String, Value> = stored::rules_of_users(pool, &names)
-            .await?
-            .into_iter()
-            .collect();
-        let mut read = Vec::with_capacity(missing.len());
-        for user_id in missing {
-            let rules = stored
-                .remove(user_id.as_str())
-                .map(|value| UserRules::from_stored(user_id.as_str(), value))
-                .unwrap_or_default();
-            read.push((user_id.to_string(), Arc::new(rules.ruleset(user_id))));
-        }
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() + read.len() > MAX_CACHED_USERS {
-                entries.clear();
+        if !missing.is_empty() {
+            // Read the position first: a change after it marks the entry
+            // stale whether or not the query below saw it.
+            let read_at = notifier.position(PUSH_RULES_STREAM);
+            let names: Vec<&str> = missing.iter().map(|&i| user_ids[i].as_str()).collect();
+            let mut stored: HashMap<String, Value> = stored::rules_of_users(pool, &names)
+                .await?
+                .into_iter()
+                .collect();
+            let mut entries = self.entries.lock().ok();
+            if let Some(entries) = entries.as_mut() {
+                if entries.len() + missing.len() > MAX_CACHED_USERS {
+                    entries.clear();
+                }
             }
-            for (user_id, ruleset) in &read {
-                entries.insert(
-                    user_id.clone(),
-                    CachedRuleset {
+            for index in missing {
+                let user_id = user_ids[index];
+                let rules = stored
+                    .remove(user_id.as_str())
+                    .map(|value| UserRules::from_stored(user_id.as_str(), value))
+                    .unwrap_or_default();
+                let ruleset = Arc::new(rules.ruleset(user_id));
+                if let Some(entries) = entries.as_mut() {
+                    let cached = CachedRuleset {
                         read_at,
-                        ruleset: Arc::clone(ruleset),
-                    },
-                );
+                        ruleset: Arc::clone(&ruleset),
+                    };
+                    entries.insert(user_id.to_string(), cached);
+                }
+                found[index] = Some(ruleset);
             }
         }
-        found.extend(read);
-        Ok(found)
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// The ruleset of one user.
@@ -533,9 +532,10 @@ impl RulesetCache {
         notifier: &Notifier,
         user_id: &UserId,
     ) -> StorageResult<Arc<Ruleset>> {
-        let mut found = self.rulesets(pool, notifier, &[user_id]).await?;
+        let found = self.rulesets(pool, notifier, &[user_id]).await?;
         Ok(found
-            .remove(user_id.as_str())
+            .into_iter()
+            .next()
             .unwrap_or_else(|| Arc::new(Ruleset::server_default(user_id))))
     }
 }

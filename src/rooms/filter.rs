@@ -57,6 +57,29 @@ pub struct RoomEventFilter {
     pub unread_thread_notifications: bool,
 }
 
+impl EventFilter {
+    /// Whether an event of `kind` (from `sender`, when there is one to
+    /// judge) passes: the types, then the senders.
+    pub fn matches(&self, sender: Option<&str>, kind: &str) -> bool {
+        let types_pass = !self
+            .not_types
+            .iter()
+            .any(|pattern| type_matches(pattern, kind))
+            && self
+                .types
+                .as_ref()
+                .is_none_or(|types| types.iter().any(|pattern| type_matches(pattern, kind)));
+        let sender_passes = |sender: &str| {
+            !self.not_senders.iter().any(|s| s == sender)
+                && self
+                    .senders
+                    .as_ref()
+                    .is_none_or(|senders| senders.iter().any(|s| s == sender))
+        };
+        types_pass && sender.is_none_or(sender_passes)
+    }
+}
+
 impl Filter {
     /// Reads a filter definition, answering `M_BAD_JSON` for a wrong shape.
     pub fn parse(value: serde_json::Value) -> ApiResult<Filter> {

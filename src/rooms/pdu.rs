@@ -6,6 +6,7 @@
 //! `ruma::state_res`); this module only maps between the server's own [`Pdu`] record and those
 //! APIs, and adds the client-facing helpers (ClientEvent formatting and power-level look-ups).
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 
 use ruma::{
@@ -448,9 +449,10 @@ impl AuthEvent {
 
     /// For look-ups inside ruma's checks, which cannot report our errors: an unconvertible
     /// event (only possible for hand-made `Pdu`s) is logged and treated as absent.
-    fn lookup(pdu: Option<Pdu>) -> Option<Self> {
+    fn lookup(pdu: Option<impl Borrow<Pdu>>) -> Option<Self> {
         let pdu = pdu?;
-        match Self::new(&pdu) {
+        let pdu = pdu.borrow();
+        match Self::new(pdu) {
             Ok(event) => Some(event),
             Err(error) => {
                 tracing::warn!(event_id = %pdu.event_id, %error, "unusable auth event");
@@ -520,10 +522,10 @@ impl ruma::state_res::Event for AuthEvent {
 /// event" and soft-fail checks, whose state need not match `auth_events`, use
 /// [`check_auth_against_state`]; to check `auth_events` against arbitrary events, use
 /// [`check_auth_events`]. State events returned by `fetch_state` must not be rejected events.
-pub fn check_auth(
+pub fn check_auth<P: Borrow<Pdu>>(
     room_version: &RoomVersionId,
     pdu: &Pdu,
-    fetch_state: impl Fn(&StateEventType, &str) -> Option<Pdu>,
+    fetch_state: impl Fn(&StateEventType, &str) -> Option<P>,
 ) -> Result<(), PduError> {
     let rules = room_version_rules(room_version)?;
     let incoming = AuthEvent::new(pdu)?;
@@ -540,7 +542,7 @@ pub fn check_auth(
         wanted.push((StateEventType::RoomCreate, String::new()));
         for (event_type, state_key) in &wanted {
             if let Some(event) = fetch_state(event_type, state_key) {
-                let event = AuthEvent::new(&event)?;
+                let event = AuthEvent::new(event.borrow())?;
                 candidates.insert(event.event_id.clone(), event);
             }
         }
@@ -558,10 +560,10 @@ pub fn check_auth(
 
 /// Only the state-dependent authorization rules, against any state (the state before the event,
 /// or the current state for soft-failure).
-pub fn check_auth_against_state(
+pub fn check_auth_against_state<P: Borrow<Pdu>>(
     room_version: &RoomVersionId,
     pdu: &Pdu,
-    fetch_state: impl Fn(&StateEventType, &str) -> Option<Pdu>,
+    fetch_state: impl Fn(&StateEventType, &str) -> Option<P>,
 ) -> Result<(), PduError> {
     let rules = room_version_rules(room_version)?;
     let incoming = AuthEvent::new(pdu)?;
@@ -946,7 +948,7 @@ mod tests {
             create_proto(&version, create_extra, ts),
         )
         .expect("create event builds");
-        check_auth(&version, &create, |_, _| None).expect("create event passes auth");
+        check_auth(&version, &create, |_, _| None::<Pdu>).expect("create event passes auth");
 
         let mut room = TestRoom {
             room_id: create.room_id.clone(),

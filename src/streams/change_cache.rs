@@ -8,7 +8,7 @@
 //! It remembers a bounded number of keys. A key it does not know, or a
 //! position from before what it remembers, answers "maybe changed".
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// How many keys are remembered before the oldest are forgotten.
 const DEFAULT_MAX_KEYS: usize = 200_000;
@@ -16,7 +16,7 @@ const DEFAULT_MAX_KEYS: usize = 200_000;
 pub struct StreamChangeCache {
     /// Changes at or before this position are not known.
     earliest_known: i64,
-    last_change: HashMap<String, i64>,
+    last_change: foldhash::HashMap<String, i64>,
     /// The same keys by position, to forget the oldest first.
     by_position: BTreeMap<i64, Vec<String>>,
     max_keys: usize,
@@ -31,7 +31,7 @@ impl StreamChangeCache {
     pub fn with_capacity(position: i64, max_keys: usize) -> StreamChangeCache {
         StreamChangeCache {
             earliest_known: position,
-            last_change: HashMap::new(),
+            last_change: foldhash::HashMap::default(),
             by_position: BTreeMap::new(),
             max_keys: max_keys.max(1),
         }

@@ -5,7 +5,7 @@
 //! costs nothing to clients who are not in it. It keeps, per stream, the
 //! position this instance has seen persisted and which keys changed when.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -24,9 +24,9 @@ struct Inner {
     positions: Mutex<BTreeMap<&'static str, i64>>,
     /// Bumped whenever a position moves, for [`Notifier::changed`].
     moved: watch::Sender<u64>,
-    listeners: Mutex<HashMap<String, Vec<Weak<Notify>>>>,
+    listeners: Mutex<foldhash::HashMap<String, Vec<Weak<Notify>>>>,
     /// Per stream, the last position at which each room or user changed.
-    changes: Mutex<HashMap<&'static str, StreamChangeCache>>,
+    changes: Mutex<foldhash::HashMap<&'static str, StreamChangeCache>>,
 }
 
 /// A registration on some keys; wakes when any of them is notified after the
@@ -49,8 +49,8 @@ impl Notifier {
             inner: Arc::new(Inner {
                 positions: Mutex::new(BTreeMap::new()),
                 moved: watch::channel(0).0,
-                listeners: Mutex::new(HashMap::new()),
-                changes: Mutex::new(HashMap::new()),
+                listeners: Mutex::default(),
+                changes: Mutex::default(),
             }),
         }
     }
@@ -167,7 +167,9 @@ impl Notifier {
             .forget_until(position);
     }
 
-    fn changes(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, StreamChangeCache>> {
+    fn changes(
+        &self,
+    ) -> std::sync::MutexGuard<'_, foldhash::HashMap<&'static str, StreamChangeCache>> {
         // The cache is consistent between calls; a panic elsewhere while
         // holding the lock leaves nothing half done.
         self.inner

@@ -15,7 +15,6 @@
 //! ([`TypingReplica::event_since`]); a reader that missed rows asks their
 //! writer for them through its mailbox (`GetTypingRows`).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -83,7 +82,7 @@ impl TypingRow {
 /// The latest typing row of every room this process heard of, by room.
 #[derive(Debug, Default)]
 pub struct TypingReplica {
-    rooms: Mutex<HashMap<String, (i64, TypingRow)>>,
+    rooms: Mutex<foldhash::HashMap<String, (i64, TypingRow)>>,
 }
 
 impl TypingReplica {

@@ -18,7 +18,7 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::SyncContext;
 use crate::error::ApiResult;
@@ -28,6 +28,7 @@ use crate::storage::rooms::Membership;
 use crate::streams::device_lists::DEVICE_LISTS_STREAM;
 use crate::streams::events::{state_changes_key, EVENTS_STREAM};
 use crate::streams::token::StreamToken;
+use crate::util::json_object;
 
 /// User ids whose device lists the client should refresh or drop.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -43,7 +44,8 @@ impl DeviceLists {
 
     /// The `device_lists` object.
     pub fn into_json(self) -> Value {
-        json!({ "changed": self.changed, "left": self.left })
+        let ids = |ids: Vec<String>| Value::Array(ids.into_iter().map(Value::String).collect());
+        json_object([("changed", ids(self.changed)), ("left", ids(self.left))])
     }
 }
 

@@ -31,7 +31,7 @@ const MAX_CACHED_COUNTS: usize = 200_000;
 /// The unread counts this instance last gave each user in each room.
 #[derive(Default)]
 pub struct UnreadCache {
-    entries: Mutex<HashMap<(String, String), Entry>>,
+    entries: Mutex<foldhash::HashMap<(String, String), Entry>>,
 }
 
 /// A room's counts by thread for a user, counted up to `events` with the

@@ -12,7 +12,7 @@
 //! after the device's keys changed. Another instance sees the change once
 //! the invalidation reaches it (the replication delay, as in Synapse).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -45,7 +45,7 @@ pub struct KeyCounts {
 #[derive(Default)]
 pub struct KeyCountCache {
     generation: AtomicU64,
-    devices: Mutex<HashMap<(String, String), KeyCounts>>,
+    devices: Mutex<foldhash::HashMap<(String, String), KeyCounts>>,
 }
 
 impl KeyCountCache {

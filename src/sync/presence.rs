@@ -15,14 +15,15 @@
 pub mod syncing;
 
 use ruma::presence::PresenceState;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::SyncContext;
 use crate::error::ApiResult;
 use crate::node::Node;
-use crate::rooms::filter::{EventFilter, RoomEventFilter};
+use crate::rooms::filter::EventFilter;
 use crate::storage::presence;
 use crate::streams::presence::{PresenceRows, PRESENCE_STREAM};
+use crate::util::json_object;
 use syncing::SyncingGuard;
 
 /// The presence events for this answer.
@@ -84,29 +85,19 @@ pub async fn presence(ctx: &SyncContext<'_>) -> ApiResult<Vec<Value>> {
         .filter(|stored| wants_presence(&ctx.filter.presence, Some(&stored.user_id)))
         .take(limit)
         .map(|stored| {
-            json!({
-                "type": "m.presence",
-                "sender": stored.user_id,
-                "content": stored.status.content(now),
-            })
+            let content = stored.status.content(now);
+            json_object([
+                ("type", Value::from("m.presence")),
+                ("sender", Value::String(stored.user_id)),
+                ("content", content),
+            ])
         })
         .collect())
 }
 
 /// Whether the `presence` filter lets `m.presence` (of `sender`) through.
 fn wants_presence(filter: &EventFilter, sender: Option<&str>) -> bool {
-    let as_room_filter = RoomEventFilter {
-        types: filter.types.clone(),
-        not_types: filter.not_types.clone(),
-        senders: if sender.is_some() {
-            filter.senders.clone()
-        } else {
-            None
-        },
-        not_senders: filter.not_senders.clone(),
-        ..RoomEventFilter::default()
-    };
-    as_room_filter.matches("", sender.unwrap_or(""), "m.presence", &Value::Null)
+    filter.matches(sender, "m.presence")
 }
 
 /// `user_id` did something on this instance (sent an event, a receipt):

@@ -14,6 +14,7 @@ use crate::api::client::events::{client_events, stripped_state, STRIPPED_STATE_T
 use crate::error::ApiResult;
 use crate::storage::rooms;
 use crate::storage::rooms::{Membership, StoredEvent};
+use crate::util::json_object;
 
 /// The three room lists, by room id.
 #[derive(Default)]
@@ -30,7 +31,12 @@ impl Rooms {
 
     /// The `rooms` object (knocking is not supported: `knock` is empty).
     pub fn into_json(self) -> Value {
-        json!({ "join": self.join, "invite": self.invite, "leave": self.leave, "knock": {} })
+        json_object([
+            ("join", Value::Object(self.join)),
+            ("invite", Value::Object(self.invite)),
+            ("leave", Value::Object(self.leave)),
+            ("knock", Value::Object(Map::new())),
+        ])
     }
 }
 
@@ -129,7 +135,7 @@ async fn invited(ctx: &SyncContext<'_>) -> ApiResult<Map<String, Value>> {
         }
         section.insert(
             membership.room_id.clone(),
-            json!({ "invite_state": { "events": state } }),
+            json_object([("invite_state", events_object(state))]),
         );
     }
     Ok(section)
@@ -188,16 +194,14 @@ async fn room(ctx: &SyncContext<'_>, parts: RoomParts<'_>) -> ApiResult<Value> {
     let timeline =
         timeline::timeline(ctx, membership, parts.events, parts.limit, parts.end).await?;
     let state = state::state(ctx, &membership.room_id, &timeline, parts.full_state).await?;
-    let mut section = json!({
-        "timeline": timeline.to_json(ctx).await?,
-        "state": { "events": client_events(ctx.node, &state, Some(ctx.requester)).await? },
-        "account_data": { "events": parts.account_data },
-    });
+    let mut section = Map::new();
+    section.insert("timeline".into(), timeline.to_json(ctx).await?);
+    let state_events = client_events(ctx.node, &state, Some(ctx.requester)).await?;
+    section.insert("state".into(), events_object(state_events));
+    section.insert("account_data".into(), events_object(parts.account_data));
     if let Some(ephemeral) = parts.ephemeral {
-        section["ephemeral"] = json!({ "events": ephemeral });
-        for (key, counts) in parts.unread {
-            section[key] = counts;
-        }
+        section.insert("ephemeral".into(), events_object(ephemeral));
+        section.extend(parts.unread);
         // The summary changes only with membership: send it when the client
         // has none yet or a member event is in this batch.
         let members_changed = timeline
@@ -206,10 +210,15 @@ async fn room(ctx: &SyncContext<'_>, parts: RoomParts<'_>) -> ApiResult<Value> {
             .chain(&state)
             .any(|e| e.kind == "m.room.member");
         if parts.full_state || members_changed {
-            section["summary"] = summary(ctx, &membership.room_id).await?;
+            section.insert("summary".into(), summary(ctx, &membership.room_id).await?);
         }
     }
-    Ok(section)
+    Ok(Value::Object(section))
+}
+
+/// `{"events": [...]}`, the shape of every list of events in a room.
+fn events_object(events: Vec<Value>) -> Value {
+    json_object([("events", Value::Array(events))])
 }
 
 /// The room summary: heroes and member counts, for clients to name the room.

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::SyncContext;
 use crate::api::client::events::client_events;
@@ -18,6 +18,7 @@ use crate::storage::rooms;
 use crate::storage::rooms::{Membership, StoredEvent};
 use crate::streams::events::EVENTS_STREAM;
 use crate::streams::token::RoomStreamToken;
+use crate::util::json_object;
 
 /// Timeline events per room when the filter sets no limit.
 pub const DEFAULT_TIMELINE_LIMIT: i64 = 10;
@@ -119,11 +120,13 @@ pub struct Timeline {
 impl Timeline {
     /// The `timeline` object.
     pub async fn to_json(&self, ctx: &SyncContext<'_>) -> ApiResult<Value> {
-        Ok(json!({
-            "events": client_events(ctx.node, &self.events, Some(ctx.requester)).await?,
-            "limited": self.limited,
-            "prev_batch": RoomStreamToken::live(self.before.max(0)).to_string(),
-        }))
+        let events = client_events(ctx.node, &self.events, Some(ctx.requester)).await?;
+        let prev_batch = RoomStreamToken::live(self.before.max(0)).to_string();
+        Ok(json_object([
+            ("events", Value::Array(events)),
+            ("limited", Value::Bool(self.limited)),
+            ("prev_batch", Value::String(prev_batch)),
+        ]))
     }
 }
 

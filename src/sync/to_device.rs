@@ -8,7 +8,6 @@
 //! with the same `since` gets the same messages, and one that moved on
 //! never sees them again.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde_json::Value;
@@ -118,7 +117,7 @@ const MAX_REMEMBERED_DEVICES: usize = 100_000;
 /// messages (Synapse's `_last_device_delete_cache`).
 #[derive(Default)]
 pub struct DeletedUpTo {
-    devices: Mutex<HashMap<(String, String), i64>>,
+    devices: Mutex<foldhash::HashMap<(String, String), i64>>,
 }
 
 impl DeletedUpTo {

@@ -65,10 +65,10 @@ impl RoomHead {
         }
     }
 
-    pub fn state_event(&self, kind: &StateEventType, state_key: &str) -> Option<Pdu> {
+    pub fn state_event(&self, kind: &StateEventType, state_key: &str) -> Option<&Pdu> {
         self.state
             .get(&(kind.to_string(), state_key.to_owned()))
-            .map(|pdu| (**pdu).clone())
+            .map(|pdu| &**pdu)
     }
 
     /// Whether `user`'s power level reaches the room's `redact` level.

@@ -319,7 +319,7 @@ impl EventPersister {
             pdu::build_and_sign(&version, &self.server_name, &self.key_pair, proto)
                 .map_err(pdu_error)?,
         );
-        pdu::check_auth(&version, &create, |_, _| None).map_err(pdu_error)?;
+        pdu::check_auth(&version, &create, |_, _| None::<&Pdu>).map_err(pdu_error)?;
         let room_id = create.room_id.clone();
         let mut state = HashMap::new();
         state.insert(("m.room.create".to_owned(), String::new()), create.clone());

@@ -45,14 +45,14 @@ pub struct SyncingUsers {
 
 #[derive(Default)]
 struct Inner {
-    users: HashMap<String, Syncing>,
+    users: foldhash::HashMap<String, Syncing>,
     /// Starts not told yet.
     started: Vec<(String, PresenceState)>,
     /// Users active since the last report.
     active: Vec<String>,
     /// When each user's activity was last told: told again only after
     /// [`LAST_ACTIVE_GRANULARITY_MS`].
-    active_told: HashMap<String, i64>,
+    active_told: foldhash::HashMap<String, i64>,
 }
 
 struct Syncing {

@@ -9,7 +9,6 @@
 //! The instance answering `GET /devices` adds what it has noted and not
 //! yet written; other instances' notes arrive within [`FLUSH_INTERVAL`].
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -44,9 +43,9 @@ pub struct LastSeenTracker {
 struct Notes {
     /// The latest note of each device, by user then device (looked up by
     /// `&str` without allocating).
-    latest: HashMap<String, HashMap<String, Seen>>,
+    latest: foldhash::HashMap<String, foldhash::HashMap<String, Seen>>,
     /// The notes not yet written.
-    pending: HashMap<(String, String), Seen>,
+    pending: foldhash::HashMap<(String, String), Seen>,
 }
 
 impl LastSeenTracker {
