@@ -200,3 +200,43 @@ async fn set_name_or_avatar(
     }
     Ok(HttpResponse::Ok().json(json!({})))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_spec_grammar() {
+        for key in [
+            "displayname",
+            "avatar_url",
+            "m.tz",
+            "org.example.pronouns",
+            "a.b_1",
+        ] {
+            assert!(check_key(key).is_ok(), "{key}");
+        }
+        for key in [
+            "",
+            "tz",
+            "m.",
+            ".m",
+            "Org.example",
+            "org..example",
+            "org.1x",
+            "org.ex-ample",
+        ] {
+            assert_eq!(
+                check_key(key).map_err(|e| e.errcode),
+                Err(ErrCode::InvalidParam),
+                "{key}"
+            );
+        }
+        let long = format!("org.{}", "a".repeat(251));
+        assert!(check_key(&long).is_ok());
+        assert_eq!(
+            check_key(&format!("{long}a")).map_err(|e| e.errcode),
+            Err(ErrCode::KeyTooLarge)
+        );
+    }
+}
