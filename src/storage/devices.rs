@@ -83,8 +83,7 @@ pub async fn device_ids(pool: &Pool, user_id: &str) -> StorageResult<Vec<String>
 }
 
 /// Deletes the listed devices of the user and their access and refresh
-/// tokens, in one
-/// transaction; the ids of the devices that existed.
+/// tokens, in one transaction; the ids of the devices that existed.
 pub async fn delete(pool: &Pool, user_id: &str, device_ids: &[&str]) -> StorageResult<Vec<String>> {
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
