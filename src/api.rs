@@ -222,7 +222,7 @@ impl FromRequest for Requester {
             let node = node(&request)?;
             let token = access_token(&request)?
                 .ok_or_else(|| ApiError::new(ErrCode::MissingToken, "missing access token"))?;
-            let owner = match node.tokens.get(&token) {
+            let mut owner = match node.tokens.get(&token) {
                 Some(owner) => owner,
                 None => {
                     let owner = crate::storage::accounts::token_owner(&node.pool, &token)
@@ -234,6 +234,23 @@ impl FromRequest for Requester {
                     owner
                 }
             };
+            // The expiry came with the owner, from the cache or the same row.
+            if owner
+                .expires_ts
+                .is_some_and(|expires| expires <= crate::util::now_ms())
+            {
+                return Err(ApiError {
+                    soft_logout: true,
+                    ..ApiError::new(ErrCode::UnknownToken, "the access token has expired")
+                });
+            }
+            // Once per refreshed token: its first use spends the refresh
+            // token it replaced.
+            if owner.first_use_pending {
+                crate::storage::accounts::mark_token_used(&node.pool, &token).await?;
+                owner.first_use_pending = false;
+                node.tokens.insert(&token, owner.clone());
+            }
             if owner.deactivated {
                 return Err(ApiError::new(
                     ErrCode::UnknownToken,

@@ -82,6 +82,117 @@ pub struct Config {
     pub presence: PresenceConfig,
     #[serde(default)]
     pub media: MediaConfig,
+    /// How long the access token of a client that takes refresh tokens
+    /// lasts (Synapse's key; default 5 minutes). Other clients' tokens
+    /// never expire.
+    #[serde(default = "default_refreshable_access_token_lifetime")]
+    pub refreshable_access_token_lifetime: Duration,
+    /// `POST /login/get_token` and `m.login.token` (Synapse's key).
+    #[serde(default)]
+    pub login_via_existing_session: LoginViaExistingSessionConfig,
+    /// TURN servers given to VoIP clients (`GET /voip/turnServer`), with
+    /// Synapse's keys: `turn_shared_secret` makes time-limited credentials
+    /// (the TURN REST API scheme coturn's `use-auth-secret` checks),
+    /// otherwise `turn_username` and `turn_password` are given as they are.
+    #[serde(default)]
+    pub turn_uris: Vec<String>,
+    #[serde(default)]
+    pub turn_shared_secret: Option<String>,
+    #[serde(default)]
+    pub turn_username: Option<String>,
+    #[serde(default)]
+    pub turn_password: Option<String>,
+    /// How long credentials made from `turn_shared_secret` last.
+    #[serde(default = "default_turn_user_lifetime")]
+    pub turn_user_lifetime: Duration,
+}
+
+/// Signing in a new device from one already signed in: a signed-in user
+/// asks for a short-lived login token (`POST /login/get_token`), which
+/// `POST /login` with `m.login.token` takes once. Synapse's key names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginViaExistingSessionConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Whether asking for a token needs the password again.
+    #[serde(default = "default_true")]
+    pub require_ui_auth: bool,
+    /// How long a login token lasts.
+    #[serde(default = "default_login_token_timeout")]
+    pub token_timeout: Duration,
+}
+
+impl Default for LoginViaExistingSessionConfig {
+    fn default() -> Self {
+        LoginViaExistingSessionConfig {
+            enabled: false,
+            require_ui_auth: true,
+            token_timeout: default_login_token_timeout(),
+        }
+    }
+}
+
+fn default_refreshable_access_token_lifetime() -> Duration {
+    Duration(5 * 60 * 1000)
+}
+fn default_login_token_timeout() -> Duration {
+    Duration(5 * 60 * 1000)
+}
+fn default_turn_user_lifetime() -> Duration {
+    Duration(60 * 60 * 1000)
+}
+
+/// A length of time in milliseconds, written as a number of milliseconds
+/// or as Synapse writes durations: `500ms`, `30s`, `5m`, `1h`, `2d`, `1w`, `1y`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "ByteSizeText")]
+pub struct Duration(pub u64);
+
+impl TryFrom<ByteSizeText> for Duration {
+    type Error = String;
+
+    fn try_from(text: ByteSizeText) -> Result<Self, String> {
+        match text {
+            ByteSizeText::Number(ms) => Ok(Duration(ms)),
+            ByteSizeText::Text(text) => Duration::parse(&text),
+        }
+    }
+}
+
+impl Duration {
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let number: u64 = digits.parse().map_err(|_| {
+            format!("`{text}` is not a duration (such as 300000, 30s, 5m, 1h or 2d)")
+        })?;
+        let factor: u64 = match unit.trim() {
+            "" | "ms" => 1,
+            "s" => 1000,
+            "m" => 60 * 1000,
+            "h" => 60 * 60 * 1000,
+            "d" => 24 * 60 * 60 * 1000,
+            "w" => 7 * 24 * 60 * 60 * 1000,
+            "y" => 365 * 24 * 60 * 60 * 1000,
+            other => {
+                return Err(format!(
+                    "unknown duration unit `{other}` (ms, s, m, h, d, w or y)"
+                ))
+            }
+        };
+        number
+            .checked_mul(factor)
+            .map(Duration)
+            .ok_or_else(|| format!("`{text}` is too long"))
+    }
+
+    pub fn as_millis(self) -> u64 {
+        self.0
+    }
 }
 
 /// The media repository (`/_matrix/media/*`, `/_matrix/client/v1/media/*`),
@@ -978,6 +1089,19 @@ mod tests {
             "example.org",
             &crate::signing_key::SigningKey::generate().to_config_string(),
         )
+    }
+
+    #[test]
+    fn durations_read_as_synapse_writes_them() {
+        assert_eq!(Duration::parse("300000"), Ok(Duration(300_000)));
+        assert_eq!(Duration::parse("250ms"), Ok(Duration(250)));
+        assert_eq!(Duration::parse("30s"), Ok(Duration(30_000)));
+        assert_eq!(Duration::parse("5m"), Ok(Duration(300_000)));
+        assert_eq!(Duration::parse("1h"), Ok(Duration(3_600_000)));
+        assert_eq!(Duration::parse("2d"), Ok(Duration(172_800_000)));
+        assert!(Duration::parse("5 minutes").is_err());
+        assert!(Duration::parse("m").is_err());
+        assert!(Duration::parse("99999999999999999y").is_err());
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub struct ApiError {
     pub uia: Option<serde_json::Value>,
     /// `current_version` for `M_WRONG_ROOM_KEYS_VERSION`.
     pub current_version: Option<String>,
+    /// `soft_logout: true` for an expired access token: the client may
+    /// refresh it, or sign in again on the same device.
+    pub soft_logout: bool,
 }
 
 /// The Matrix error codes Lattice produces.
@@ -71,6 +74,10 @@ pub enum ErrCode {
     CannotOverwriteMedia,
     /// A user's media upload quota used up (400, as Synapse).
     ResourceLimitExceeded,
+    ThreepidMediumNotSupported,
+    ThreepidAuthFailed,
+    ProfileTooLarge,
+    KeyTooLarge,
 }
 
 impl ErrCode {
@@ -108,6 +115,10 @@ impl ErrCode {
             ErrCode::NotYetUploaded => "M_NOT_YET_UPLOADED",
             ErrCode::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
             ErrCode::ResourceLimitExceeded => "M_RESOURCE_LIMIT_EXCEEDED",
+            ErrCode::ThreepidMediumNotSupported => "M_THREEPID_MEDIUM_NOT_SUPPORTED",
+            ErrCode::ThreepidAuthFailed => "M_THREEPID_AUTH_FAILED",
+            ErrCode::ProfileTooLarge => "M_PROFILE_TOO_LARGE",
+            ErrCode::KeyTooLarge => "M_KEY_TOO_LARGE",
         }
     }
 
@@ -147,6 +158,7 @@ impl ApiError {
             retry_after_ms: None,
             uia: None,
             current_version: None,
+            soft_logout: false,
         }
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -214,6 +226,9 @@ impl ResponseError for ApiError {
         }
         if let Some(version) = &self.current_version {
             body.insert("current_version".into(), json!(version));
+        }
+        if self.soft_logout {
+            body.insert("soft_logout".into(), json!(true));
         }
         let mut response = HttpResponse::build(self.status_code());
         if let Some(ms) = self.retry_after_ms {

@@ -124,6 +124,18 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0021_media",
         include_str!("storage/migrations/0021_media.sql"),
     ),
+    (
+        "0025_account_lifecycle",
+        include_str!("storage/migrations/0025_account_lifecycle.sql"),
+    ),
+    (
+        "0026_refresh_tokens",
+        include_str!("storage/migrations/0026_refresh_tokens.sql"),
+    ),
+    (
+        "0027_profile_fields",
+        include_str!("storage/migrations/0027_profile_fields.sql"),
+    ),
 ];
 
 pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {

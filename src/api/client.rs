@@ -20,6 +20,7 @@ pub mod read_markers;
 pub mod receipts;
 pub mod relations;
 pub mod room;
+pub mod session;
 pub mod state;
 pub mod sync;
 pub mod to_device;
@@ -27,6 +28,7 @@ pub mod typing;
 pub mod uiaa;
 pub mod user_directory;
 pub mod versions;
+pub mod voip;
 
 use actix_web::{web, HttpRequest, HttpResponse, Resource, Scope};
 
@@ -90,6 +92,54 @@ fn routes(scope: Scope) -> Scope {
         .service(resource("/register").route(web::post().to(account::register)))
         .service(resource("/register/available").route(web::get().to(account::register_available)))
         .service(resource("/account/whoami").route(web::get().to(account::whoami)))
+        .service(
+            resource("/account/password").route(web::post().to(account::password::change_password)),
+        )
+        .service(
+            resource("/account/deactivate")
+                .route(web::post().to(account::deactivate::deactivate_account)),
+        )
+        .service(
+            resource("/account/3pid")
+                .route(web::get().to(account::threepid::get_threepids))
+                .route(web::post().to(account::threepid::post_threepid)),
+        )
+        .service(
+            resource("/account/3pid/add").route(web::post().to(account::threepid::add_threepid)),
+        )
+        .service(
+            resource("/account/3pid/bind").route(web::post().to(account::threepid::bind_threepid)),
+        )
+        .service(
+            resource("/account/3pid/unbind")
+                .route(web::post().to(account::threepid::unbind_threepid)),
+        )
+        .service(
+            resource("/account/3pid/delete")
+                .route(web::post().to(account::threepid::delete_threepid)),
+        )
+        .service(
+            resource("/account/3pid/email/requestToken")
+                .route(web::post().to(account::threepid::request_email_token)),
+        )
+        .service(
+            resource("/account/3pid/msisdn/requestToken")
+                .route(web::post().to(account::threepid::request_msisdn_token)),
+        )
+        .service(
+            resource("/account/password/email/requestToken")
+                .route(web::post().to(account::threepid::request_password_email_token)),
+        )
+        .service(
+            resource("/register/email/requestToken")
+                .route(web::post().to(account::threepid::request_register_email_token)),
+        )
+        .service(
+            resource("/register/msisdn/requestToken")
+                .route(web::post().to(account::threepid::request_register_msisdn_token)),
+        )
+        .service(resource("/refresh").route(web::post().to(session::refresh)))
+        .service(resource("/voip/turnServer").route(web::get().to(voip::turn_server)))
         .service(resource("/logout").route(web::post().to(account::logout)))
         .service(resource("/logout/all").route(web::post().to(account::logout_all)))
         .service(resource("/capabilities").route(web::get().to(versions::capabilities)))
@@ -97,7 +147,8 @@ fn routes(scope: Scope) -> Scope {
         .service(
             resource("/profile/{user_id}/{field}")
                 .route(web::get().to(profile::get_profile_field))
-                .route(web::put().to(profile::set_profile_field)),
+                .route(web::put().to(profile::set_profile_field))
+                .route(web::delete().to(profile::delete_profile_field)),
         )
         .service(resource("/pushrules/").route(web::get().to(push_rules::get_push_rules)))
         .service(
@@ -265,6 +316,8 @@ fn routes(scope: Scope) -> Scope {
 /// The endpoints the spec added under `/v1` only.
 fn v1_routes(scope: Scope) -> Scope {
     scope
+        .service(resource("/login/get_token").route(web::post().to(session::get_login_token)))
+        .service(resource("/refresh").route(web::post().to(session::refresh)))
         .service(
             resource("/rooms/{room_id}/relations/{event_id}")
                 .route(web::get().to(relations::get_relating_events)),

@@ -82,17 +82,12 @@ pub async fn device_ids(pool: &Pool, user_id: &str) -> StorageResult<Vec<String>
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
-/// Deletes the listed devices of the user and their access tokens, in one
-/// transaction; the ids of the devices that existed.
+/// Deletes the listed devices of the user and their access and refresh
+/// tokens, in one transaction; the ids of the devices that existed.
 pub async fn delete(pool: &Pool, user_id: &str, device_ids: &[&str]) -> StorageResult<Vec<String>> {
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
-    transaction
-        .execute(
-            "DELETE FROM access_tokens WHERE user_id = $1 AND device_id = ANY($2)",
-            &[&user_id, &device_ids],
-        )
-        .await?;
+    super::accounts::delete_device_tokens(&transaction, user_id, device_ids).await?;
     let rows = transaction
         .query(
             "DELETE FROM devices WHERE user_id = $1 AND device_id = ANY($2) RETURNING device_id",

@@ -535,9 +535,60 @@ async function conversation(baseUrl) {
             RoomMemberEvent.Membership,
         ]);
         step("bob: his room shows him as left");
+        await passwordSteps(baseUrl, bob);
     } finally {
         for (const c of clients) c.stopClient();
     }
+}
+
+/**
+ * bob changes his password with the SDK's `setPassword`: a first call without a password
+ * gets the server's 401 with the `m.login.password` flow and a session, the second gives
+ * his old password in that session (user-interactive auth). His own session goes on; a
+ * new login with the old password is refused and one with the new password works.
+ */
+async function passwordSteps(baseUrl, bob) {
+    const bobId = bob.getUserId();
+    const newPassword = `${PASSWORD} changed`;
+    let session;
+    try {
+        await bob.setPassword({}, newPassword);
+        throw new Failure("bob: setPassword without his password succeeded; expected 401 with a UIA session");
+    } catch (e) {
+        if (e instanceof Failure) throw e;
+        expect(e instanceof MatrixError && e.httpStatus === 401, `bob: setPassword without auth: expected HTTP 401, got ${errText(e)}`);
+        const flows = e.data?.flows ?? [];
+        expect(
+            flows.some((f) => Array.isArray(f.stages) && f.stages.includes("m.login.password")),
+            `bob: /account/password offers no m.login.password flow: ${JSON.stringify(e.data)}`,
+        );
+        session = e.data?.session;
+        expect(typeof session === "string" && session.length > 0, `bob: 401 from /account/password has no session: ${JSON.stringify(e.data)}`);
+    }
+    await call(
+        "bob: setPassword with his password",
+        bob.setPassword({ type: "m.login.password", identifier: { type: "m.id.user", user: bobId }, password: PASSWORD, session }, newPassword),
+    );
+    step("bob: changed his password with setPassword");
+    const whoami = await call("bob: whoami after the change", bob.whoami());
+    expect(whoami.user_id === bobId, `bob: whoami after the change says ${JSON.stringify(whoami)}`);
+
+    const fresh = createClient({ baseUrl, fetchFn: tracingFetch("bob-relogin"), logger: sdkLoggerFor("bob-relogin") });
+    const loginWith = (password) =>
+        fresh.loginRequest({ type: "m.login.password", identifier: { type: "m.id.user", user: bobId }, password });
+    try {
+        await loginWith(PASSWORD);
+        throw new Failure("bob: login with the old password succeeded after the change");
+    } catch (e) {
+        if (e instanceof Failure) throw e;
+        expect(
+            e instanceof MatrixError && e.httpStatus === 403 && e.errcode === "M_FORBIDDEN",
+            `bob: login with the old password: expected 403 M_FORBIDDEN, got ${errText(e)}`,
+        );
+    }
+    const login = await call("bob: login with the new password", loginWith(newPassword));
+    expect(login.user_id === bobId && login.access_token, `bob: login with the new password returned ${JSON.stringify(login)}`);
+    step("bob: the old password is refused, the new one logs in");
 }
 
 /**

@@ -46,7 +46,19 @@ async fn capabilities_name_the_room_versions() {
         assert_eq!(versions["available"][version], "stable", "{body}");
     }
     assert_eq!(
-        body["capabilities"]["m.change_password"]["enabled"], false,
+        body["capabilities"]["m.change_password"]["enabled"], true,
+        "{body}"
+    );
+    assert_eq!(
+        body["capabilities"]["m.3pid_changes"]["enabled"], false,
+        "{body}"
+    );
+    assert_eq!(
+        body["capabilities"]["m.get_login_token"]["enabled"], false,
+        "{body}"
+    );
+    assert_eq!(
+        body["capabilities"]["m.profile_fields"]["enabled"], true,
         "{body}"
     );
     assert_eq!(

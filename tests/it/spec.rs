@@ -167,6 +167,18 @@ pub fn check_response(method: &str, path: &str, status: u16, body: &Value) {
     }
 }
 
+/// Answers that differ from the spec's schema on purpose, each for a
+/// reason given here; kept as narrow as the answer itself.
+fn is_known_deviation(method: &str, template: &str, status: u16, body: &Value) -> bool {
+    // Without TURN configured, `{}`: the spec's schema requires the four
+    // fields, but `{}` is what Synapse answers, and what matrix-js-sdk and
+    // Element read as "no TURN server" (an error would make them retry).
+    method.eq_ignore_ascii_case("get")
+        && template == "/_matrix/client/v3/voip/turnServer"
+        && status == 200
+        && body.as_object().is_some_and(|fields| fields.is_empty())
+}
+
 /// What [`check_response`] would complain about.
 pub fn response_problems(method: &str, path: &str, status: u16, body: &Value) -> Vec<String> {
     let mut problems = Vec::new();
@@ -180,7 +192,9 @@ pub fn response_problems(method: &str, path: &str, status: u16, body: &Value) ->
             Some("M_MISSING_TOKEN" | "M_UNKNOWN_TOKEN")
         );
     if let Some(template) = template_for(method, path).filter(|_| !token_refused) {
-        problems.extend(validation_errors(method, &template, status, body));
+        if !is_known_deviation(method, &template, status, body) {
+            problems.extend(validation_errors(method, &template, status, body));
+        }
     }
     if status >= 400 {
         let errcode = body.get("errcode").and_then(Value::as_str);

@@ -1,5 +1,12 @@
 //! Accounts: registration (with the `m.login.dummy` user-interactive flow),
-//! login, logout and whoami.
+//! login (by password, or by a login token from [`session`]), logout and
+//! whoami; changing the password, deactivating and the third-party ids
+//! this server does not keep are in the submodules, refreshing a session in
+//! [`session`](super::session).
+
+pub mod deactivate;
+pub mod password;
+pub mod threepid;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -26,6 +33,9 @@ pub struct RegisterRequest {
     initial_device_display_name: Option<String>,
     #[serde(default)]
     inhibit_login: bool,
+    /// The client takes refresh tokens (its access token then expires).
+    #[serde(default)]
+    refresh_token: bool,
 }
 
 #[derive(Deserialize)]
@@ -162,26 +172,24 @@ pub async fn register(
         return Ok(HttpResponse::Ok().json(json!({ "user_id": user_id })));
     }
     let device_id = body.device_id.unwrap_or_else(random_device_id);
-    let access_token = new_access_token();
-    accounts::create_device_and_token(
-        &node.pool,
+    let mut answer = json!({
+        "user_id": user_id,
+        "device_id": device_id,
+        "home_server": node.config.server_name,
+    });
+    let session = start_session(
+        &node,
         &user_id,
         &device_id,
         body.initial_device_display_name.as_deref(),
-        &access_token,
+        body.refresh_token,
     )
     .await?;
-    tell_device_lists(&node, &user_id, vec![device_id.clone()]).await;
+    session.add_to(&mut answer);
     node.last_seen
         .record(&user_id, &device_id, &client_ip(&request), now_ms());
-    Ok(HttpResponse::Ok().json(json!({
-        "user_id": user_id,
-        "access_token": access_token,
-        "device_id": device_id,
-        "home_server": node.config.server_name,
-    })))
+    Ok(HttpResponse::Ok().json(answer))
 }
-
 #[derive(Deserialize)]
 pub struct AvailableQuery {
     username: String,
@@ -205,9 +213,22 @@ pub async fn register_available(
 }
 
 /// GET /_matrix/client/v3/login
-pub async fn login_flows() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "flows": [{ "type": "m.login.password" }] }))
+///
+/// `m.login.token` is offered when signing in from an existing session is
+/// on (`login_via_existing_session`), as Synapse offers it then.
+/// `m.login.application_service` is not listed: no application service
+/// can be registered yet, so no one could use it.
+pub async fn login_flows(node: web::Data<Node>) -> HttpResponse {
+    let mut flows = vec![json!({ "type": PASSWORD_LOGIN })];
+    if node.config.login_via_existing_session.enabled {
+        flows.push(json!({ "type": TOKEN_LOGIN, "get_login_token": true }));
+    }
+    HttpResponse::Ok().json(json!({ "flows": flows }))
 }
+
+const PASSWORD_LOGIN: &str = "m.login.password";
+const TOKEN_LOGIN: &str = "m.login.token";
+const APPSERVICE_LOGIN: &str = "m.login.application_service";
 
 #[derive(Deserialize)]
 pub struct LoginRequest {
@@ -217,8 +238,13 @@ pub struct LoginRequest {
     /// Deprecated: the user id or localpart, before identifiers existed.
     user: Option<String>,
     password: Option<String>,
+    /// The login token of `m.login.token`.
+    token: Option<String>,
     device_id: Option<String>,
     initial_device_display_name: Option<String>,
+    /// The client takes refresh tokens (its access token then expires).
+    #[serde(default)]
+    refresh_token: bool,
 }
 
 #[derive(Deserialize)]
@@ -235,12 +261,46 @@ pub async fn login(
     JsonBody(body): JsonBody<LoginRequest>,
 ) -> ApiResult<HttpResponse> {
     rate_limit_ip(&request)?;
-    if body.kind != "m.login.password" {
-        return Err(ApiError::new(
-            ErrCode::Unknown,
-            format!("unknown login type `{}`", body.kind),
-        ));
-    }
+    check_new_device(
+        body.device_id.as_deref(),
+        body.initial_device_display_name.as_deref(),
+    )?;
+    let user_id = match body.kind.as_str() {
+        PASSWORD_LOGIN => password_login(&node, &body).await?,
+        TOKEN_LOGIN if node.config.login_via_existing_session.enabled => {
+            token_login(&node, &body).await?
+        }
+        APPSERVICE_LOGIN => return Err(appservice_login(&request)),
+        other => {
+            return Err(ApiError::new(
+                ErrCode::Unknown,
+                format!("unknown login type `{other}`"),
+            ))
+        }
+    };
+    let device_id = body.device_id.unwrap_or_else(random_device_id);
+    let mut answer = json!({
+        "user_id": user_id,
+        "device_id": device_id,
+        "home_server": node.config.server_name,
+        "well_known": { "m.homeserver": { "base_url": node.config.public_baseurl() } },
+    });
+    let session = start_session(
+        &node,
+        &user_id,
+        &device_id,
+        body.initial_device_display_name.as_deref(),
+        body.refresh_token,
+    )
+    .await?;
+    session.add_to(&mut answer);
+    node.last_seen
+        .record(&user_id, &device_id, &client_ip(&request), now_ms());
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// `m.login.password`: the user the password is right for.
+async fn password_login(node: &Node, body: &LoginRequest) -> ApiResult<String> {
     let user = match (&body.identifier, &body.user) {
         (Some(identifier), _) => {
             if identifier.kind != "m.id.user" {
@@ -259,16 +319,13 @@ pub async fn login(
     };
     let password = body
         .password
+        .clone()
         .ok_or_else(|| ApiError::missing_param("a password is required"))?;
     check_bytes("the password", &password, MAX_PASSWORD_BYTES)?;
-    check_new_device(
-        body.device_id.as_deref(),
-        body.initial_device_display_name.as_deref(),
-    )?;
     let user_id = if user.starts_with('@') {
         user.to_lowercase()
     } else {
-        self::user_id(&user.to_lowercase(), &node)
+        self::user_id(&user.to_lowercase(), node)
     };
     // No account has a longer id; refused before it keys a rate-limit bucket.
     check_bytes("the user id", &user_id, MAX_USER_ID_BYTES)?;
@@ -288,33 +345,116 @@ pub async fn login(
         return Err(ApiError::forbidden(INVALID_LOGIN));
     }
     if deactivated {
-        return Err(ApiError::new(
-            ErrCode::UserDeactivated,
-            "this account has been deactivated",
-        ));
+        return Err(deactivated_account());
     }
-    let device_id = body.device_id.unwrap_or_else(random_device_id);
+    Ok(user_id)
+}
+
+/// `m.login.token`: the user a login token (from `POST /login/get_token`)
+/// was issued to. The token is spent whatever the outcome.
+async fn token_login(node: &Node, body: &LoginRequest) -> ApiResult<String> {
+    let token = body
+        .token
+        .as_deref()
+        .ok_or_else(|| ApiError::missing_param("a token is required"))?;
+    check_bytes("the login token", token, MAX_LOGIN_TOKEN_BYTES)?;
+    let user_id = accounts::consume_login_token(&node.pool, token)
+        .await?
+        .ok_or_else(|| ApiError::forbidden("invalid login token"))?;
+    let deactivated = accounts::password_record(&node.pool, &user_id)
+        .await?
+        .is_some_and(|r| r.deactivated);
+    if deactivated {
+        return Err(deactivated_account());
+    }
+    Ok(user_id)
+}
+
+/// `m.login.application_service`: an application service signs in one of
+/// its users with its own token. No application service can be registered
+/// yet, so no token is one: the answers Synapse gives a request without a
+/// token and one whose token is no application service's.
+fn appservice_login(request: &HttpRequest) -> ApiError {
+    match crate::api::access_token(request) {
+        Ok(Some(_)) => ApiError::new(
+            ErrCode::UnknownToken,
+            "unrecognised application service token: this server has no application services",
+        ),
+        Ok(None) => ApiError::new(
+            ErrCode::MissingToken,
+            "m.login.application_service needs the application service's token",
+        ),
+        Err(error) => error,
+    }
+}
+
+fn deactivated_account() -> ApiError {
+    ApiError::new(
+        ErrCode::UserDeactivated,
+        "this account has been deactivated",
+    )
+}
+
+/// The longest login token accepted (ours are far shorter).
+const MAX_LOGIN_TOKEN_BYTES: usize = 255;
+
+/// The tokens of a new session, as the login or registration answer
+/// carries them.
+pub struct NewSession {
+    pub access_token: String,
+    /// The refresh token and how long the access token lasts (ms).
+    pub refresh: Option<(String, u64)>,
+}
+
+impl NewSession {
+    pub fn add_to(&self, answer: &mut serde_json::Value) {
+        answer["access_token"] = json!(self.access_token);
+        if let Some((refresh_token, expires_in_ms)) = &self.refresh {
+            answer["refresh_token"] = json!(refresh_token);
+            answer["expires_in_ms"] = json!(expires_in_ms);
+        }
+    }
+}
+
+/// Signs `user_id` in on `device_id` (created, or its old tokens replaced):
+/// an access token that never expires, or with `refreshable` one that
+/// lasts `refreshable_access_token_lifetime`, and a refresh token.
+async fn start_session(
+    node: &Node,
+    user_id: &str,
+    device_id: &str,
+    display_name: Option<&str>,
+    refreshable: bool,
+) -> ApiResult<NewSession> {
     let access_token = new_access_token();
+    let lifetime_ms = node.config.refreshable_access_token_lifetime.as_millis();
+    let refresh = refreshable.then(|| (new_refresh_token(), lifetime_ms));
     accounts::create_device_and_token(
         &node.pool,
-        &user_id,
-        &device_id,
-        body.initial_device_display_name.as_deref(),
+        user_id,
+        device_id,
+        display_name,
         &access_token,
+        refresh
+            .as_ref()
+            .map(|(refresh_token, _)| accounts::NewRefreshToken {
+                refresh_token,
+                access_expires_ts: expiry_from_now(lifetime_ms),
+            }),
     )
     .await?;
     // The device's earlier tokens were replaced.
-    node.forget_tokens(&user_id, Some(&device_id)).await?;
-    tell_device_lists(&node, &user_id, vec![device_id.clone()]).await;
-    node.last_seen
-        .record(&user_id, &device_id, &client_ip(&request), now_ms());
-    Ok(HttpResponse::Ok().json(json!({
-        "user_id": user_id,
-        "access_token": access_token,
-        "device_id": device_id,
-        "home_server": node.config.server_name,
-        "well_known": { "m.homeserver": { "base_url": node.config.public_baseurl() } },
-    })))
+    node.forget_tokens(user_id, Some(device_id)).await?;
+    tell_device_lists(node, user_id, vec![device_id.to_owned()]).await;
+    Ok(NewSession {
+        access_token,
+        refresh,
+    })
+}
+
+/// The time `lifetime_ms` from now, in ms since the epoch.
+pub fn expiry_from_now(lifetime_ms: u64) -> i64 {
+    now_ms().saturating_add(i64::try_from(lifetime_ms).unwrap_or(i64::MAX))
 }
 
 /// GET /_matrix/client/v3/account/whoami
@@ -409,4 +549,8 @@ fn validate_localpart(username: &str, node: &Node) -> ApiResult<String> {
 
 pub fn new_access_token() -> String {
     format!("lat_{}", random_string(40))
+}
+
+pub fn new_refresh_token() -> String {
+    format!("latr_{}", random_string(40))
 }

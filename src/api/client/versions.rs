@@ -38,11 +38,14 @@ pub async fn capabilities(node: web::Data<Node>, _requester: Requester) -> ApiRe
                 "default": node.config.default_room_version,
                 "available": available,
             },
-            "m.change_password": { "enabled": false },
+            "m.change_password": { "enabled": true },
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
+            // No third-party id can be added: there is no email or SMS here.
             "m.3pid_changes": { "enabled": false },
-            "m.get_login_token": { "enabled": false },
+            "m.get_login_token": { "enabled": node.config.login_via_existing_session.enabled },
+            // Every key may be set (the spec's grammar and size limits).
+            "m.profile_fields": { "enabled": true },
         }
     })))
 }
