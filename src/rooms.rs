@@ -5,6 +5,7 @@
 pub mod access;
 pub mod filter;
 pub mod pdu;
+pub mod power;
 pub mod relations;
 pub mod version;
 pub mod visibility;

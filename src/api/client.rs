@@ -158,6 +158,9 @@ fn routes(scope: Scope) -> Scope {
         .service(resource("/rooms/{room_id}/kick").route(web::post().to(membership::kick)))
         .service(resource("/rooms/{room_id}/ban").route(web::post().to(membership::ban)))
         .service(resource("/rooms/{room_id}/unban").route(web::post().to(membership::unban)))
+        .service(
+            resource("/rooms/{room_id}/upgrade").route(web::post().to(room::upgrade::upgrade_room)),
+        )
         .service(resource("/rooms/{room_id}/forget").route(web::post().to(membership::forget)))
         .service(
             resource("/rooms/{room_id}/joined_members")

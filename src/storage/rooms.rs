@@ -752,6 +752,17 @@ pub async fn delete_alias(pool: &Pool, alias: &str) -> StorageResult<bool> {
         == 1)
 }
 
+/// Points every alias of `old_room_id` at `new_room_id` (a room upgrade).
+pub async fn move_aliases(pool: &Pool, old_room_id: &str, new_room_id: &str) -> StorageResult<u64> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "UPDATE room_aliases SET room_id = $2 WHERE room_id = $1",
+            &[&old_room_id, &new_room_id],
+        )
+        .await?)
+}
+
 pub async fn room_aliases(pool: &Pool, room_id: &str) -> StorageResult<Vec<String>> {
     let client = pool.get().await?;
     let rows = client

@@ -40,6 +40,7 @@ mod push_rules;
 mod receipts;
 mod relations;
 mod replication;
+mod room_upgrades;
 mod rooms;
 mod state;
 mod sync;

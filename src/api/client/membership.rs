@@ -74,15 +74,7 @@ async fn join(
 ) -> ApiResult<HttpResponse> {
     let room_id = check_room_id(room_id)?;
     check_reason(reason.as_deref())?;
-    let mut content = json!({ "membership": "join" });
-    if let Some(profile) = accounts::profile(&node.pool, &requester.user_id).await? {
-        if let Some(name) = profile.displayname {
-            content["displayname"] = json!(name);
-        }
-        if let Some(url) = profile.avatar_url {
-            content["avatar_url"] = json!(url);
-        }
-    }
+    let mut content = own_member_content(node, &requester.user_id, "join").await?;
     if let Some(reason) = reason {
         content["reason"] = json!(reason);
     }
@@ -338,6 +330,21 @@ pub async fn members(
         .collect();
     let chunk = client_events(&node, &members, Some(&requester)).await?;
     Ok(HttpResponse::Ok().json(json!({ "chunk": chunk })))
+}
+
+/// The content of a member event a user sends about themselves: the
+/// membership, with their display name and avatar from their profile.
+pub async fn own_member_content(node: &Node, user_id: &str, membership: &str) -> ApiResult<Value> {
+    let mut content = json!({ "membership": membership });
+    if let Some(profile) = accounts::profile(&node.pool, user_id).await? {
+        if let Some(name) = profile.displayname {
+            content["displayname"] = json!(name);
+        }
+        if let Some(url) = profile.avatar_url {
+            content["avatar_url"] = json!(url);
+        }
+    }
+    Ok(content)
 }
 
 pub fn check_room_id(room_id: &str) -> ApiResult<ruma::OwnedRoomId> {
