@@ -152,6 +152,7 @@ fn routes(scope: Scope) -> Scope {
             resource("/join/{room_id_or_alias}")
                 .route(web::post().to(membership::join_by_id_or_alias)),
         )
+        .service(resource("/knock/{room_id_or_alias}").route(web::post().to(membership::knock)))
         .service(resource("/rooms/{room_id}/join").route(web::post().to(membership::join_room)))
         .service(resource("/rooms/{room_id}/invite").route(web::post().to(membership::invite)))
         .service(resource("/rooms/{room_id}/leave").route(web::post().to(membership::leave)))

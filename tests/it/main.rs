@@ -27,6 +27,7 @@ mod follower;
 mod fuzz;
 mod idempotency;
 mod keys;
+mod knocking;
 mod limits;
 mod media;
 mod membership;
