@@ -71,6 +71,9 @@ pub enum ErrCode {
     CannotOverwriteMedia,
     /// A user's media upload quota used up (400, as Synapse).
     ResourceLimitExceeded,
+    /// A restricted join the user may make, but no local member with the
+    /// power to invite can vouch for (400, as Synapse).
+    UnableToGrantJoin,
 }
 
 impl ErrCode {
@@ -108,6 +111,7 @@ impl ErrCode {
             ErrCode::NotYetUploaded => "M_NOT_YET_UPLOADED",
             ErrCode::CannotOverwriteMedia => "M_CANNOT_OVERWRITE_MEDIA",
             ErrCode::ResourceLimitExceeded => "M_RESOURCE_LIMIT_EXCEEDED",
+            ErrCode::UnableToGrantJoin => "M_UNABLE_TO_GRANT_JOIN",
         }
     }
 

@@ -7,5 +7,6 @@ pub mod filter;
 pub mod pdu;
 pub mod power;
 pub mod relations;
+pub mod restricted;
 pub mod version;
 pub mod visibility;

@@ -41,6 +41,7 @@ mod push_rules;
 mod receipts;
 mod relations;
 mod replication;
+mod restricted_joins;
 mod room_upgrades;
 mod rooms;
 mod state;

@@ -12,6 +12,7 @@ use crate::api::{JsonBody, OptionalJsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
 use crate::rooms::access::{require_history_access, require_joined, NOT_A_MEMBER};
+use crate::rooms::restricted::join_authoriser;
 use crate::storage::{accounts, rooms};
 use crate::streams::token::parse_pagination;
 
@@ -115,9 +116,13 @@ async fn join(
 ) -> ApiResult<HttpResponse> {
     let room_id = check_room_id(room_id)?;
     check_reason(reason.as_deref())?;
+    let user = requester.user()?;
     let mut content = own_member_content(node, &requester.user_id, "join").await?;
     if let Some(reason) = reason {
         content["reason"] = json!(reason);
+    }
+    if let Some(authoriser) = join_authoriser(node, room_id.as_str(), &user).await? {
+        content["join_authorised_via_users_server"] = json!(authoriser);
     }
     node.send_state_event(
         &room_id,
