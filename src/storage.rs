@@ -124,6 +124,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0021_media",
         include_str!("storage/migrations/0021_media.sql"),
     ),
+    (
+        "0028_events_by_timestamp",
+        include_str!("storage/migrations/0028_events_by_timestamp.sql"),
+    ),
 ];
 
 pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {

@@ -22,6 +22,7 @@ pub mod relations;
 pub mod room;
 pub mod state;
 pub mod sync;
+pub mod timestamp_to_event;
 pub mod to_device;
 pub mod typing;
 pub mod uiaa;
@@ -283,5 +284,9 @@ fn v1_routes(scope: Scope) -> Scope {
         )
         .service(
             resource("/rooms/{room_id}/threads").route(web::get().to(relations::get_thread_roots)),
+        )
+        .service(
+            resource("/rooms/{room_id}/timestamp_to_event")
+                .route(web::get().to(timestamp_to_event::timestamp_to_event)),
         )
 }

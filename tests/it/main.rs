@@ -46,6 +46,7 @@ mod room_upgrades;
 mod rooms;
 mod state;
 mod sync;
+mod timestamp_to_event;
 mod to_device;
 mod typing;
 mod user_directory;
