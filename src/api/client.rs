@@ -20,6 +20,7 @@ pub mod read_markers;
 pub mod receipts;
 pub mod relations;
 pub mod room;
+pub mod space;
 pub mod state;
 pub mod sync;
 pub mod timestamp_to_event;
@@ -285,6 +286,7 @@ fn v1_routes(scope: Scope) -> Scope {
         .service(
             resource("/rooms/{room_id}/threads").route(web::get().to(relations::get_thread_roots)),
         )
+        .service(resource("/rooms/{room_id}/hierarchy").route(web::get().to(space::get_hierarchy)))
         .service(
             resource("/rooms/{room_id}/timestamp_to_event")
                 .route(web::get().to(timestamp_to_event::timestamp_to_event)),

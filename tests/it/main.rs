@@ -44,6 +44,7 @@ mod replication;
 mod restricted_joins;
 mod room_upgrades;
 mod rooms;
+mod spaces;
 mod state;
 mod sync;
 mod timestamp_to_event;
