@@ -21,6 +21,7 @@ async fn upgrading_a_room_replaces_it_with_its_state() {
         .create_room(json!({
             "room_version": "11",
             "preset": "public_chat",
+            "visibility": "public",
             "name": "The square",
             "topic": "Talk",
             "room_alias_name": "square",
@@ -137,6 +138,18 @@ async fn upgrading_a_room_replaces_it_with_its_state() {
         .state_content(&old_room, "m.room.canonical_alias", "")
         .await;
     assert!(old_alias.get("alias").is_none(), "{old_alias}");
+
+    // The directory lists the new room instead of the old one.
+    for (room, visibility) in [(&old_room, "private"), (&new_room, "public")] {
+        let (status, body) = bob
+            .get(&format!(
+                "/_matrix/client/v3/directory/list/room/{}",
+                enc(room)
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["visibility"], visibility, "{room}");
+    }
 }
 
 #[actix_web::test]
