@@ -78,6 +78,9 @@ pub enum ErrCode {
     ThreepidAuthFailed,
     ProfileTooLarge,
     KeyTooLarge,
+    /// A restricted join the user may make, but no local member with the
+    /// power to invite can vouch for (400, as Synapse).
+    UnableToGrantJoin,
 }
 
 impl ErrCode {
@@ -119,6 +122,7 @@ impl ErrCode {
             ErrCode::ThreepidAuthFailed => "M_THREEPID_AUTH_FAILED",
             ErrCode::ProfileTooLarge => "M_PROFILE_TOO_LARGE",
             ErrCode::KeyTooLarge => "M_KEY_TOO_LARGE",
+            ErrCode::UnableToGrantJoin => "M_UNABLE_TO_GRANT_JOIN",
         }
     }
 

@@ -5,6 +5,8 @@
 pub mod access;
 pub mod filter;
 pub mod pdu;
+pub mod power;
 pub mod relations;
+pub mod restricted;
 pub mod version;
 pub mod visibility;

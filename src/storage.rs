@@ -136,6 +136,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0027_profile_fields",
         include_str!("storage/migrations/0027_profile_fields.sql"),
     ),
+    (
+        "0028_events_by_timestamp",
+        include_str!("storage/migrations/0028_events_by_timestamp.sql"),
+    ),
 ];
 
 pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {

@@ -21,8 +21,10 @@ pub mod receipts;
 pub mod relations;
 pub mod room;
 pub mod session;
+pub mod space;
 pub mod state;
 pub mod sync;
+pub mod timestamp_to_event;
 pub mod to_device;
 pub mod typing;
 pub mod uiaa;
@@ -203,12 +205,16 @@ fn routes(scope: Scope) -> Scope {
             resource("/join/{room_id_or_alias}")
                 .route(web::post().to(membership::join_by_id_or_alias)),
         )
+        .service(resource("/knock/{room_id_or_alias}").route(web::post().to(membership::knock)))
         .service(resource("/rooms/{room_id}/join").route(web::post().to(membership::join_room)))
         .service(resource("/rooms/{room_id}/invite").route(web::post().to(membership::invite)))
         .service(resource("/rooms/{room_id}/leave").route(web::post().to(membership::leave)))
         .service(resource("/rooms/{room_id}/kick").route(web::post().to(membership::kick)))
         .service(resource("/rooms/{room_id}/ban").route(web::post().to(membership::ban)))
         .service(resource("/rooms/{room_id}/unban").route(web::post().to(membership::unban)))
+        .service(
+            resource("/rooms/{room_id}/upgrade").route(web::post().to(room::upgrade::upgrade_room)),
+        )
         .service(resource("/rooms/{room_id}/forget").route(web::post().to(membership::forget)))
         .service(
             resource("/rooms/{room_id}/joined_members")
@@ -332,5 +338,10 @@ fn v1_routes(scope: Scope) -> Scope {
         )
         .service(
             resource("/rooms/{room_id}/threads").route(web::get().to(relations::get_thread_roots)),
+        )
+        .service(resource("/rooms/{room_id}/hierarchy").route(web::get().to(space::get_hierarchy)))
+        .service(
+            resource("/rooms/{room_id}/timestamp_to_event")
+                .route(web::get().to(timestamp_to_event::timestamp_to_event)),
         )
 }

@@ -651,6 +651,32 @@ pub async fn paginate(
     Ok(rows.iter().map(StoredEvent::from_row).collect())
 }
 
+/// Up to `limit` events of a room by their `origin_server_ts`, nearest
+/// first: forward, those after `after` (a `(origin_server_ts,
+/// stream_ordering)` pair) in ascending order; backward, those before it in
+/// descending order. Paging on the pair walks past events of equal times.
+pub async fn events_by_timestamp(
+    pool: &Pool,
+    room_id: &str,
+    after: (i64, i64),
+    forward: bool,
+    limit: i64,
+) -> StorageResult<Vec<StoredEvent>> {
+    let (compare, order) = if forward { (">", "ASC") } else { ("<", "DESC") };
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events e
+             WHERE e.room_id = $1 AND (e.origin_server_ts, e.stream_ordering) {compare} ($2, $3)
+             ORDER BY e.origin_server_ts {order}, e.stream_ordering {order} LIMIT $4"
+        ))
+        .await?;
+    let rows = client
+        .query(&statement, &[&room_id, &after.0, &after.1, &limit])
+        .await?;
+    Ok(rows.iter().map(StoredEvent::from_row).collect())
+}
+
 /// Deletes the request ids (`event_txn_ids` rows of endpoint `request`) of
 /// events written before `before_ts`; how many went. A request id only
 /// answers a mailbox message delivered again before its deadline, minutes
@@ -750,6 +776,17 @@ pub async fn delete_alias(pool: &Pool, alias: &str) -> StorageResult<bool> {
         .execute("DELETE FROM room_aliases WHERE room_alias = $1", &[&alias])
         .await?
         == 1)
+}
+
+/// Points every alias of `old_room_id` at `new_room_id` (a room upgrade).
+pub async fn move_aliases(pool: &Pool, old_room_id: &str, new_room_id: &str) -> StorageResult<u64> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "UPDATE room_aliases SET room_id = $2 WHERE room_id = $1",
+            &[&old_room_id, &new_room_id],
+        )
+        .await?)
 }
 
 pub async fn room_aliases(pool: &Pool, room_id: &str) -> StorageResult<Vec<String>> {

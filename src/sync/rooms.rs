@@ -1,10 +1,10 @@
-//! The `rooms` section: which rooms are in `join`, `invite` and `leave`, and
+//! The `rooms` section: which rooms are in `join`, `invite`, `knock` and `leave`, and
 //! each room's assembly from the [`timeline`], [`state`], [`ephemeral`] and
 //! [`account_data`] sections.
 //!
 //! A joined room is listed when it is new to the client (or `full_state`)
 //! or when one of its per-room sections has something since `since`; an
-//! invite or a leave is listed once, in the first sync after it (a leave
+//! invite, a knock or a leave is listed once, in the first sync after it (a leave
 //! also in an initial sync whose filter sets `include_leave`).
 
 use serde_json::{json, Map, Value};
@@ -16,26 +16,30 @@ use crate::storage::rooms;
 use crate::storage::rooms::{Membership, StoredEvent};
 use crate::util::json_object;
 
-/// The three room lists, by room id.
+/// The four room lists, by room id.
 #[derive(Default)]
 pub struct Rooms {
     pub join: Map<String, Value>,
     pub invite: Map<String, Value>,
     pub leave: Map<String, Value>,
+    pub knock: Map<String, Value>,
 }
 
 impl Rooms {
     pub fn is_empty(&self) -> bool {
-        self.join.is_empty() && self.invite.is_empty() && self.leave.is_empty()
+        self.join.is_empty()
+            && self.invite.is_empty()
+            && self.leave.is_empty()
+            && self.knock.is_empty()
     }
 
-    /// The `rooms` object (knocking is not supported: `knock` is empty).
+    /// The `rooms` object.
     pub fn into_json(self) -> Value {
         json_object([
             ("join", Value::Object(self.join)),
             ("invite", Value::Object(self.invite)),
             ("leave", Value::Object(self.leave)),
-            ("knock", Value::Object(Map::new())),
+            ("knock", Value::Object(self.knock)),
         ])
     }
 }
@@ -53,8 +57,9 @@ fn described<'a>(ctx: &'a SyncContext<'_>) -> impl Iterator<Item = &'a Membershi
 pub async fn rooms(ctx: &SyncContext<'_>) -> ApiResult<Rooms> {
     let mut rooms = Rooms {
         join: joined(ctx).await?,
-        invite: invited(ctx).await?,
+        invite: stripped(ctx, "invite", "invite_state").await?,
         leave: Box::pin(left(ctx)).await?,
+        knock: stripped(ctx, "knock", "knock_state").await?,
     };
     timeline::bundle_aggregations(ctx, [&mut rooms.join, &mut rooms.leave]).await?;
     Ok(rooms)
@@ -107,10 +112,17 @@ async fn joined(ctx: &SyncContext<'_>) -> ApiResult<Map<String, Value>> {
     Ok(section)
 }
 
-async fn invited(ctx: &SyncContext<'_>) -> ApiResult<Map<String, Value>> {
+/// The `invite` or `knock` section: each room the user is invited to (or
+/// knocked on) since `since`, as its stripped state and the user's own
+/// member event, under `state_section` (`invite_state`, `knock_state`).
+async fn stripped(
+    ctx: &SyncContext<'_>,
+    wanted: &str,
+    state_section: &str,
+) -> ApiResult<Map<String, Value>> {
     let node = ctx.node;
     let mut section = Map::new();
-    for membership in described(ctx).filter(|m| m.membership == "invite") {
+    for membership in described(ctx).filter(|m| m.membership == wanted) {
         if ctx
             .since_events()
             .is_some_and(|since| membership.stream_ordering <= since)
@@ -135,7 +147,7 @@ async fn invited(ctx: &SyncContext<'_>) -> ApiResult<Map<String, Value>> {
         }
         section.insert(
             membership.room_id.clone(),
-            json_object([("invite_state", events_object(state))]),
+            json_object([(state_section, events_object(state))]),
         );
     }
     Ok(section)

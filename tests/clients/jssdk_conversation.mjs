@@ -7,7 +7,8 @@
 // password and run the SDK's sync loop (startClient). alice creates a room and invites
 // bob, bob sees the invite (RoomMember.membership) and joins, they exchange a message
 // each way (Room.timeline), bob sends a read receipt and alice sees it (Room.receipt), alice sets the topic and bob sees the m.room.topic state,
-// a reply, a reaction, an edit and a thread (relationSteps)
+// a reply, a reaction, an edit and a thread (relationSteps), alice upgrades the room and bob
+// follows the tombstone into the replacement room (upgradeSteps)
 // (RoomState.events), bob leaves and alice sees the leave. Exits 0 on success, 1 with a
 // message on failure.
 
@@ -181,6 +182,44 @@ function waitFor(client, who, what, check, events = [], timeoutMs = STEP_TIMEOUT
         );
         tryCheck();
     });
+}
+
+// ---- room upgrades -----------------------------------------------------------------------
+
+/// alice upgrades the room to version 12 (upgradeRoom) and invites bob to the replacement;
+/// bob sees the m.room.tombstone in the old room's state, follows its replacement_room
+/// (joinRoom), and the SDK links the two rooms
+/// (getRoomUpgradeHistory with verifyLinks: the new room's predecessor and the old room's
+/// tombstone name each other).
+async function upgradeSteps(alice, bob, roomId, bobId) {
+    const { replacement_room: newRoomId } = await call(`alice: POST /rooms/${roomId}/upgrade`, alice.upgradeRoom(roomId, "12"));
+    expect(typeof newRoomId === "string" && newRoomId !== roomId, `alice: upgradeRoom answered ${JSON.stringify(newRoomId)}`);
+    step(`alice: upgrades the room to version 12, replaced by ${newRoomId}`);
+    // The room is invite-only, and so is its replacement: alice invites bob there, as
+    // Element's upgrade dialog does for the members of a private room.
+    await call(`alice: POST /rooms/${newRoomId}/invite`, alice.invite(newRoomId, bobId));
+    const tombstone = await waitFor(
+        bob,
+        "bob",
+        "the m.room.tombstone in the old room's state",
+        () => bob.getRoom(roomId)?.currentState.getStateEvents(EventType.RoomTombstone, ""),
+        [RoomStateEvent.Events],
+    );
+    const replacement = tombstone.getContent().replacement_room;
+    expect(replacement === newRoomId, `bob: the tombstone names ${replacement}, expected ${newRoomId}`);
+    step("bob: sees the tombstone");
+    await call(`bob: POST /join/${replacement}`, bob.joinRoom(replacement));
+    await waitFor(bob, "bob", `himself joined to ${replacement}`, () => bob.getRoom(replacement)?.getMyMembership() === "join", [
+        RoomMemberEvent.Membership,
+    ]);
+    const history = await waitFor(bob, "bob", "the upgrade history of the new room", () => {
+        const rooms = bob.getRoomUpgradeHistory(replacement, true);
+        return rooms.length === 2 ? rooms : null;
+    }, [RoomStateEvent.Events]);
+    const ids = history.map((room) => room.roomId);
+    expect(ids[0] === roomId && ids[1] === replacement, `bob: upgrade history ${JSON.stringify(ids)}`);
+    expect(bob.getRoom(replacement).getVersion() === "12", `bob: the new room is version ${bob.getRoom(replacement).getVersion()}`);
+    step("bob: follows the tombstone into the replacement room (getRoomUpgradeHistory links both)");
 }
 
 // ---- presence ----------------------------------------------------------------------------
@@ -514,6 +553,7 @@ async function conversation(baseUrl) {
         await mediaSteps(alice, bob, roomId, aliceId);
         await accountDataTagsAndDirectory(alice, roomId, bobId);
         await presenceSteps(alice, bob, aliceId, bobId);
+        await upgradeSteps(alice, bob, roomId, bobId);
 
         // bob leaves, alice sees it
         await call(`bob: POST /rooms/${roomId}/leave`, bob.leave(roomId));

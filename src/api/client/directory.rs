@@ -265,34 +265,14 @@ async fn list(
     let all: Vec<Value> = rooms::public_rooms(&node.pool)
         .await?
         .into_iter()
-        .map(|room| {
-            let field = |kind: &str, key: &str| room.state.get(kind).and_then(|c| c.get(key)).cloned();
-            let mut entry = json!({
-                "room_id": room.room_id,
-                "num_joined_members": room.num_joined_members,
-                "world_readable": field("m.room.history_visibility", "history_visibility") == Some(json!("world_readable")),
-                "guest_can_join": field("m.room.guest_access", "guest_access") == Some(json!("can_join")),
-                "join_rule": field("m.room.join_rules", "join_rule").unwrap_or(json!("invite")),
-            });
-            for (kind, key, name) in [
-                ("m.room.name", "name", "name"),
-                ("m.room.topic", "topic", "topic"),
-                ("m.room.canonical_alias", "alias", "canonical_alias"),
-                ("m.room.avatar", "url", "avatar_url"),
-            ] {
-                if let Some(value) = field(kind, key).filter(Value::is_string) {
-                    entry[name] = value;
-                }
-            }
-            if let Some(room_type) = field("m.room.create", "type").filter(Value::is_string) {
-                entry["room_type"] = room_type;
-            }
-            entry
-        })
+        .map(|room| room_summary(&room.room_id, room.num_joined_members, &room.state))
         .filter(|entry| match &term {
             None => true,
             Some(term) => ["name", "topic", "canonical_alias"].iter().any(|k| {
-                entry.get(*k).and_then(Value::as_str).is_some_and(|v| v.to_lowercase().contains(term.as_str()))
+                entry
+                    .get(*k)
+                    .and_then(Value::as_str)
+                    .is_some_and(|v| v.to_lowercase().contains(term.as_str()))
             }),
         })
         .collect();
@@ -308,4 +288,36 @@ async fn list(
         body["prev_batch"] = json!(format!("o{}", offset.saturating_sub(limit)));
     }
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// A room as the directory and the space hierarchy show it (the spec's
+/// `PublishedRoomsChunk`), from its member count and the content of its
+/// state events of empty state key, by type.
+pub fn room_summary(
+    room_id: &str,
+    num_joined_members: i64,
+    state: &std::collections::HashMap<String, Value>,
+) -> Value {
+    let field = |kind: &str, key: &str| state.get(kind).and_then(|c| c.get(key)).cloned();
+    let mut entry = json!({
+        "room_id": room_id,
+        "num_joined_members": num_joined_members,
+        "world_readable": field("m.room.history_visibility", "history_visibility") == Some(json!("world_readable")),
+        "guest_can_join": field("m.room.guest_access", "guest_access") == Some(json!("can_join")),
+        "join_rule": field("m.room.join_rules", "join_rule").unwrap_or(json!("invite")),
+    });
+    for (kind, key, name) in [
+        ("m.room.name", "name", "name"),
+        ("m.room.topic", "topic", "topic"),
+        ("m.room.canonical_alias", "alias", "canonical_alias"),
+        ("m.room.avatar", "url", "avatar_url"),
+    ] {
+        if let Some(value) = field(kind, key).filter(Value::is_string) {
+            entry[name] = value;
+        }
+    }
+    if let Some(room_type) = field("m.room.create", "type").filter(Value::is_string) {
+        entry["room_type"] = room_type;
+    }
+    entry
 }

@@ -1,4 +1,4 @@
-//! Membership: join (by id or alias), invite, leave, kick, ban, unban, forget,
+//! Membership: join (by id or alias), knock, invite, leave, kick, ban, unban, forget,
 //! and the member lists. The auth rules themselves are checked by the event
 //! persister; this module shapes the member events and the answers.
 
@@ -12,6 +12,7 @@ use crate::api::{JsonBody, OptionalJsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
 use crate::rooms::access::{require_history_access, require_joined, NOT_A_MEMBER};
+use crate::rooms::restricted::join_authoriser;
 use crate::storage::{accounts, rooms};
 use crate::streams::token::parse_pagination;
 
@@ -39,21 +40,62 @@ pub async fn join_by_id_or_alias(
     path: web::Path<String>,
     OptionalJsonBody(body): OptionalJsonBody<ReasonBody>,
 ) -> ApiResult<HttpResponse> {
-    let target = path.into_inner();
-    let room_id = if target.starts_with('#') {
-        ruma::RoomAliasId::parse(&target)
-            .map_err(|_| ApiError::invalid_param("malformed room alias"))?;
-        rooms::alias_room(&node.pool, &target)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("room alias {target} not found")))?
-    } else if target.starts_with('!') {
-        target
-    } else {
-        return Err(ApiError::invalid_param(format!(
-            "`{target}` is neither a room id nor a room alias"
-        )));
-    };
+    let room_id = resolve_room(&node, &path.into_inner()).await?;
     join(&node, &requester, &room_id, body.reason).await
+}
+
+/// The room a `{roomIdOrAlias}` path segment names.
+async fn resolve_room(node: &Node, target: &str) -> ApiResult<String> {
+    if target.starts_with('#') {
+        ruma::RoomAliasId::parse(target)
+            .map_err(|_| ApiError::invalid_param("malformed room alias"))?;
+        rooms::alias_room(&node.pool, target)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("room alias {target} not found")))
+    } else if target.starts_with('!') {
+        Ok(target.to_owned())
+    } else {
+        Err(ApiError::invalid_param(format!(
+            "`{target}` is neither a room id nor a room alias"
+        )))
+    }
+}
+
+/// POST /_matrix/client/v3/knock/{roomIdOrAlias}
+///
+/// Asks to be let into a room whose join rule is `knock` or
+/// `knock_restricted`; the room version's auth rules refuse any other (403).
+/// `via`/`server_name` name servers to knock through, which only matters
+/// over federation: this server knocks on its own rooms.
+pub async fn knock(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<String>,
+    OptionalJsonBody(body): OptionalJsonBody<ReasonBody>,
+) -> ApiResult<HttpResponse> {
+    let room_id = check_room_id(&resolve_room(&node, &path.into_inner()).await?)?;
+    check_reason(body.reason.as_deref())?;
+    if rooms::room_info(&node.pool, room_id.as_str())
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "room {room_id} is not known to this server, and knocking over federation is not supported"
+        )));
+    }
+    let mut content = own_member_content(&node, &requester.user_id, "knock").await?;
+    if let Some(reason) = body.reason {
+        content["reason"] = json!(reason);
+    }
+    node.send_state_event(
+        &room_id,
+        &requester.user()?,
+        "m.room.member",
+        &requester.user_id,
+        content,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({ "room_id": room_id })))
 }
 
 /// POST /_matrix/client/v3/rooms/{roomId}/join
@@ -74,17 +116,13 @@ async fn join(
 ) -> ApiResult<HttpResponse> {
     let room_id = check_room_id(room_id)?;
     check_reason(reason.as_deref())?;
-    let mut content = json!({ "membership": "join" });
-    if let Some(profile) = accounts::profile(&node.pool, &requester.user_id).await? {
-        if let Some(name) = profile.displayname {
-            content["displayname"] = json!(name);
-        }
-        if let Some(url) = profile.avatar_url {
-            content["avatar_url"] = json!(url);
-        }
-    }
+    let user = requester.user()?;
+    let mut content = own_member_content(node, &requester.user_id, "join").await?;
     if let Some(reason) = reason {
         content["reason"] = json!(reason);
+    }
+    if let Some(authoriser) = join_authoriser(node, room_id.as_str(), &user).await? {
+        content["join_authorised_via_users_server"] = json!(authoriser);
     }
     node.send_state_event(
         &room_id,
@@ -149,7 +187,8 @@ pub async fn leave(
     let room_id = check_room_id(&path.into_inner())?;
     check_reason(body.reason.as_deref())?;
     match rooms::membership(&node.pool, room_id.as_str(), &requester.user_id).await? {
-        Some(m) if m.membership == "join" || m.membership == "invite" => {}
+        // Leaving a room one knocked on rescinds the knock.
+        Some(m) if ["join", "invite", "knock"].contains(&m.membership.as_str()) => {}
         // Leaving a room one is not in is a no-op, as in Synapse.
         Some(m) if m.membership == "leave" => return Ok(HttpResponse::Ok().json(json!({}))),
         _ => return Err(ApiError::forbidden(NOT_A_MEMBER)),
@@ -248,10 +287,12 @@ pub async fn forget(
 ) -> ApiResult<HttpResponse> {
     let room_id = path.into_inner();
     match rooms::membership(&node.pool, &room_id, &requester.user_id).await? {
-        Some(m) if m.membership == "join" || m.membership == "invite" => Err(ApiError::new(
-            ErrCode::Unknown,
-            "you must leave the room before forgetting it",
-        )),
+        Some(m) if ["join", "invite", "knock"].contains(&m.membership.as_str()) => {
+            Err(ApiError::new(
+                ErrCode::Unknown,
+                "you must leave the room before forgetting it",
+            ))
+        }
         Some(_) => {
             rooms::forget_room(&node.pool, &requester.user_id, &room_id).await?;
             node.forget_memberships(&requester.user_id).await?;
@@ -338,6 +379,21 @@ pub async fn members(
         .collect();
     let chunk = client_events(&node, &members, Some(&requester)).await?;
     Ok(HttpResponse::Ok().json(json!({ "chunk": chunk })))
+}
+
+/// The content of a member event a user sends about themselves: the
+/// membership, with their display name and avatar from their profile.
+pub async fn own_member_content(node: &Node, user_id: &str, membership: &str) -> ApiResult<Value> {
+    let mut content = json!({ "membership": membership });
+    if let Some(profile) = accounts::profile(&node.pool, user_id).await? {
+        if let Some(name) = profile.displayname {
+            content["displayname"] = json!(name);
+        }
+        if let Some(url) = profile.avatar_url {
+            content["avatar_url"] = json!(url);
+        }
+    }
+    Ok(content)
 }
 
 pub fn check_room_id(room_id: &str) -> ApiResult<ruma::OwnedRoomId> {

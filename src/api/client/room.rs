@@ -1,10 +1,14 @@
 //! Room creation (`/createRoom`): presets, initial state, invites, aliases,
-//! power-level overrides and room versions.
+//! power-level overrides and room versions; and room upgrades ([`upgrade`]),
+//! which create their replacement room the same way.
+
+pub mod upgrade;
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::api::client::membership::own_member_content;
 use crate::api::limits::{
     check_bytes, check_count, MAX_ALIAS_BYTES, MAX_CREATE_ROOM_INVITES, MAX_INITIAL_STATE_EVENTS,
 };
@@ -146,16 +150,7 @@ pub async fn create_room(
     };
     let mut events = Vec::new();
 
-    let profile = accounts::profile(&node.pool, creator.as_str()).await?;
-    let mut join = json!({ "membership": "join" });
-    if let Some(profile) = &profile {
-        if let Some(name) = &profile.displayname {
-            join["displayname"] = json!(name);
-        }
-        if let Some(url) = &profile.avatar_url {
-            join["avatar_url"] = json!(url);
-        }
-    }
+    let join = own_member_content(&node, creator.as_str(), "join").await?;
     events.push(state_event("m.room.member", creator.as_str(), join));
 
     // Power levels: the spec's defaults, creators and trusted invitees, then the override.
