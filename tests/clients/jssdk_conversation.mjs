@@ -818,11 +818,13 @@ async function sendThreadReply(bob, roomId, rootId, body) {
         step("bob: js-sdk's local-echo race on the thread reply (its remote echo came first); finding the reply in his thread");
         // js-sdk may keep either echo in its thread model after the race: the
         // reply must then be in the thread as bob's client reads it from the
-        // server (/relations), with its event id.
+        // server (/relations), with its event id. The event type is `null`,
+        // not left out: js-sdk puts an undefined one in the path as the
+        // literal `$eventType`, a filter no event matches.
         const deadline = Date.now() + 20000;
         let reply;
         while (!reply) {
-            const threaded = await call("bob: GET /relations of the thread root", bob.fetchRelations(roomId, rootId, "m.thread"));
+            const threaded = await call("bob: GET /relations of the thread root", bob.fetchRelations(roomId, rootId, "m.thread", null));
             reply = threaded.chunk.find((ev) => ev.content?.body === body && ev.sender === bob.getUserId() && ev.event_id?.startsWith("$"));
             if (reply) break;
             if (Date.now() > deadline) throw new Failure(`bob: his thread reply ${JSON.stringify(body)} is not in the thread's /relations`);
