@@ -16,7 +16,9 @@ pub mod push_actions;
 pub mod push_rules;
 pub mod receipts;
 pub mod relations;
+pub mod reports;
 pub mod rooms;
+pub mod search;
 pub mod streams;
 pub mod to_device;
 pub mod user_directory;
@@ -123,6 +125,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0021_media",
         include_str!("storage/migrations/0021_media.sql"),
+    ),
+    (
+        "0022_event_search",
+        include_str!("storage/migrations/0022_event_search.sql"),
+    ),
+    (
+        "0023_reports",
+        include_str!("storage/migrations/0023_reports.sql"),
     ),
 ];
 
