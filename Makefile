@@ -135,8 +135,10 @@ $(NODE_STAMP): $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
 # make bench-baseline the release build against BASE (a git revision or a lattice binary,
 #                     default main), chat and chat-paced alternating,
 #                     BENCH_REPEAT (3) times each, with the medians and ratios
+# make bench-media    the media workload alone (uploads, downloads, thumbnails, against a
+#                     plain file copy; the server's RSS with 20 x 10 MB uploads in flight)
 # BENCH_WORKLOADS="chat idle" picks runs; BENCH_ARGS="--users 100" is passed to each.
-.PHONY: bench bench-synapse bench-split bench-baseline
+.PHONY: bench bench-synapse bench-split bench-baseline bench-media
 BASE ?= main
 
 bench:
@@ -150,6 +152,9 @@ bench-split:
 
 bench-baseline:
 	.ci/bench-run.sh --baseline $(BASE)
+
+bench-media:
+	BENCH_WORKLOADS=media .ci/bench-run.sh
 
 # make up             like `make run`, but a whole topology under `lattice up` (with Redis):
 #                     TOPOLOGY=config/split.yaml by default; Ctrl-C stops every instance.

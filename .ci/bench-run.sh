@@ -172,7 +172,9 @@ run_workloads() {
             big-room) args=(big-room) ;;
             idle) args=(idle) ;;
             join-storm) args=(join-storm) ;;
-            *) die "unknown workload $name (chat chat-paced chat-ephemeral chat-todevice big-room idle join-storm)" ;;
+            # The plain file copy beside the uploads runs on the media store's disk.
+            media) args=(media --scratch-dir "$OUT") ;;
+            *) die "unknown workload $name (chat chat-paced chat-ephemeral chat-todevice big-room idle join-storm media)" ;;
         esac
         log "$label: $name"
         # stdout as is; stderr (progress, and why a run failed) also kept in a file.

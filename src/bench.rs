@@ -20,6 +20,7 @@
 pub mod baseline;
 pub mod client;
 pub mod latency;
+pub mod media;
 pub mod pool;
 pub mod processes;
 pub mod progress;
@@ -123,6 +124,10 @@ pub struct BenchArgs {
     /// Seconds to keep waiting for deliveries once none has arrived for that long.
     #[arg(long, default_value_t = 30)]
     pub drain_timeout: u64,
+    /// `media`: the directory of the plain file copy set beside uploads (on
+    /// the disk of the server's media store, to compare like with like).
+    #[arg(long, default_value = "var/bench")]
+    pub scratch_dir: PathBuf,
     /// Client threads (default: the number of cores, at most 4).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -178,6 +183,7 @@ pub struct Options {
     pub threads: usize,
     pub baseline: Option<(String, BaselineOptions)>,
     pub progress: bool,
+    pub scratch_dir: PathBuf,
 }
 
 impl Options {
@@ -245,6 +251,7 @@ impl Options {
             threads: threads.max(1),
             baseline,
             progress: !args.quiet,
+            scratch_dir: args.scratch_dir.clone(),
         })
     }
 }
@@ -414,6 +421,14 @@ pub async fn run_workload(options: &Options) -> Result<Report, BenchError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    if options.workload == Workload::Media {
+        let pool = ClientPool::start(options.threads, Arc::new(options.endpoints.clone()))?;
+        let result = media::run(options, &pool).await;
+        pool.shutdown().await;
+        let mut report = result?;
+        report.started_unix = started_unix;
+        return Ok(report);
+    }
     let plan = Plan::new(options.workload, options.shape).map_err(BenchError::Usage)?;
     let operation_rooms: Vec<RoomIndex> = plan.operations.iter().map(|o| o.room()).collect();
     let tracker = Arc::new(Mutex::new(Tracker::new(
@@ -611,6 +626,7 @@ async fn measure(shared: &Arc<Shared>, pool: &ClientPool) -> Result<Report, Benc
         idle_memory,
         to_device,
         baseline: None::<Baseline>,
+        media: None,
         problems: Vec::new(),
     };
     report.judge();

@@ -233,7 +233,7 @@ pub struct MediaConfig {
     #[serde(default = "default_max_pending_media_uploads")]
     pub max_pending_media_uploads: i64,
     /// Whether `GET /_matrix/client/v1/media/preview_url` fetches pages
-    /// (not built yet: read, but the endpoint answers 404 either way).
+    /// (off: the endpoint answers 404 `M_UNRECOGNIZED`, as Synapse's).
     #[serde(default)]
     pub url_preview_enabled: bool,
     /// Addresses URL previews never fetch from (CIDR ranges).
@@ -245,6 +245,9 @@ pub struct MediaConfig {
     /// The most bytes a URL preview reads of a page or image.
     #[serde(default = "default_max_spider_size")]
     pub max_spider_size: ByteSize,
+    /// The longest one URL preview may take, redirects and its image included.
+    #[serde(default = "default_url_preview_timeout_ms")]
+    pub url_preview_timeout_ms: u64,
 }
 
 impl Default for MediaConfig {
@@ -262,6 +265,7 @@ impl Default for MediaConfig {
             url_preview_ip_range_blacklist: crate::media::preview::default_ip_range_blacklist(),
             url_preview_ip_range_whitelist: Vec::new(),
             max_spider_size: default_max_spider_size(),
+            url_preview_timeout_ms: default_url_preview_timeout_ms(),
         }
     }
 }
@@ -277,6 +281,9 @@ fn default_max_image_pixels() -> ByteSize {
 }
 fn default_max_spider_size() -> ByteSize {
     ByteSize(10 * 1024 * 1024)
+}
+fn default_url_preview_timeout_ms() -> u64 {
+    20_000
 }
 fn default_unused_expiration_time_ms() -> u64 {
     24 * 3600 * 1000

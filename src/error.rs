@@ -81,6 +81,15 @@ pub enum ErrCode {
     /// A restricted join the user may make, but no local member with the
     /// power to invite can vouch for (400, as Synapse).
     UnableToGrantJoin,
+    /// `M_UNKNOWN` with 403: a URL preview of an address in the deny list
+    /// (Synapse's "IP address blocked").
+    AddressBlocked,
+    /// `M_UNKNOWN` with 502: a page a URL preview fetches cannot be had
+    /// (unreachable, timed out, an error status, a type not previewed).
+    BadGateway,
+    /// `M_TOO_LARGE` with 502: a page larger than `max_spider_size`, as
+    /// Synapse answers.
+    UpstreamTooLarge,
 }
 
 impl ErrCode {
@@ -123,6 +132,8 @@ impl ErrCode {
             ErrCode::ProfileTooLarge => "M_PROFILE_TOO_LARGE",
             ErrCode::KeyTooLarge => "M_KEY_TOO_LARGE",
             ErrCode::UnableToGrantJoin => "M_UNABLE_TO_GRANT_JOIN",
+            ErrCode::AddressBlocked | ErrCode::BadGateway => "M_UNKNOWN",
+            ErrCode::UpstreamTooLarge => "M_TOO_LARGE",
         }
     }
 
@@ -131,7 +142,8 @@ impl ErrCode {
             ErrCode::Forbidden
             | ErrCode::GuestAccessForbidden
             | ErrCode::UserDeactivated
-            | ErrCode::WrongRoomKeysVersion => StatusCode::FORBIDDEN,
+            | ErrCode::WrongRoomKeysVersion
+            | ErrCode::AddressBlocked => StatusCode::FORBIDDEN,
             ErrCode::UnknownToken | ErrCode::MissingToken | ErrCode::Unauthorized => {
                 StatusCode::UNAUTHORIZED
             }
@@ -143,6 +155,7 @@ impl ErrCode {
             ErrCode::AliasInUse | ErrCode::CannotOverwriteMedia => StatusCode::CONFLICT,
             ErrCode::NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
             ErrCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrCode::BadGateway | ErrCode::UpstreamTooLarge => StatusCode::BAD_GATEWAY,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -340,6 +353,11 @@ impl From<crate::media::MediaError> for ApiError {
             },
             MediaError::CannotThumbnail(_) => ApiError::new(ErrCode::Unknown, message),
             MediaError::BadUpload(_) => ApiError::new(ErrCode::Unknown, message),
+            MediaError::PreviewsDisabled => ApiError::unrecognized(message),
+            MediaError::BadPreviewUrl(_) => ApiError::invalid_param(message),
+            MediaError::AddressBlocked => ApiError::new(ErrCode::AddressBlocked, message),
+            MediaError::PreviewFetch(_) => ApiError::new(ErrCode::BadGateway, message),
+            MediaError::PreviewTooLarge { .. } => ApiError::new(ErrCode::UpstreamTooLarge, message),
             MediaError::Storage(error) => error.into(),
             MediaError::Io(error) => ApiError::internal(format!("media store: {error}")),
         }

@@ -66,6 +66,18 @@ pub enum MediaError {
     TooLargeToThumbnail(String),
     #[error("could not read the upload: {0}")]
     BadUpload(String),
+    #[error("URL previews are not available on this server")]
+    PreviewsDisabled,
+    #[error("cannot preview this URL: {0}")]
+    BadPreviewUrl(String),
+    /// Synapse's words.
+    #[error("IP address blocked")]
+    AddressBlocked,
+    #[error("failed to download content: {0}")]
+    PreviewFetch(String),
+    /// Synapse's words.
+    #[error("Requested file is too large > {limit} bytes")]
+    PreviewTooLarge { limit: u64 },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("media store: {0}")]
@@ -105,17 +117,22 @@ pub struct ServedFile {
 pub struct MediaRepository {
     pub config: MediaConfig,
     pub store: MediaStore,
+    /// Ours, for the `mxc://` URIs of the images URL previews store.
+    server_name: String,
     pool: Pool,
     thumbnailing: tokio::sync::Semaphore,
+    previews: preview::PreviewCache,
 }
 
 impl MediaRepository {
-    pub fn new(config: MediaConfig, pool: Pool) -> MediaRepository {
+    pub fn new(config: MediaConfig, server_name: &str, pool: Pool) -> MediaRepository {
         MediaRepository {
             store: MediaStore::new(config.media_store_path.clone()),
             config,
+            server_name: server_name.to_owned(),
             pool,
             thumbnailing: tokio::sync::Semaphore::new(CONCURRENT_THUMBNAILING),
+            previews: preview::PreviewCache::default(),
         }
     }
 
@@ -152,12 +169,22 @@ impl MediaRepository {
         self.check_declared_length(&request).await?;
         let received = self.store.receive(body, self.max_upload_size()).await?;
         self.check_quota(&request.user_id, received.length).await?;
+        self.store_received(&request, received).await
+    }
+
+    /// Gives content received in the store's temporary directory a new
+    /// media id: its file, its row, its thumbnails.
+    async fn store_received(
+        &self,
+        request: &UploadRequest,
+        received: store::Received,
+    ) -> MediaResult<MediaId> {
         let media_id = MediaId::generate();
         let path = self.store.content_path(&media_id);
         received.file.persist(&path).await?;
         let stored = crate::storage::media::insert_uploaded(
             &self.pool,
-            &self.uploaded_content(&media_id, &request, received.length, &received.sha256),
+            &self.uploaded_content(&media_id, request, received.length, &received.sha256),
         )
         .await;
         if let Err(error) = stored {

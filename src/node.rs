@@ -474,6 +474,7 @@ impl Node {
             last_seen: Arc::new(LastSeenTracker::default()),
             media: Arc::new(crate::media::MediaRepository::new(
                 config.media.clone(),
+                &config.server_name,
                 pool.clone(),
             )),
             push: Arc::new(crate::push::evaluator::PushEvaluator::new(

@@ -16,7 +16,9 @@ pub mod push_actions;
 pub mod push_rules;
 pub mod receipts;
 pub mod relations;
+pub mod reports;
 pub mod rooms;
+pub mod search;
 pub mod streams;
 pub mod to_device;
 pub mod user_directory;
@@ -125,20 +127,28 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("storage/migrations/0021_media.sql"),
     ),
     (
-        "0025_account_lifecycle",
-        include_str!("storage/migrations/0025_account_lifecycle.sql"),
+        "0022_event_search",
+        include_str!("storage/migrations/0022_event_search.sql"),
     ),
     (
-        "0026_refresh_tokens",
-        include_str!("storage/migrations/0026_refresh_tokens.sql"),
+        "0023_reports",
+        include_str!("storage/migrations/0023_reports.sql"),
     ),
     (
-        "0027_profile_fields",
-        include_str!("storage/migrations/0027_profile_fields.sql"),
+        "0024_account_lifecycle",
+        include_str!("storage/migrations/0024_account_lifecycle.sql"),
     ),
     (
-        "0028_events_by_timestamp",
-        include_str!("storage/migrations/0028_events_by_timestamp.sql"),
+        "0025_refresh_tokens",
+        include_str!("storage/migrations/0025_refresh_tokens.sql"),
+    ),
+    (
+        "0026_profile_fields",
+        include_str!("storage/migrations/0026_profile_fields.sql"),
+    ),
+    (
+        "0027_events_by_timestamp",
+        include_str!("storage/migrations/0027_events_by_timestamp.sql"),
     ),
 ];
 

@@ -25,7 +25,51 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/_lattice/admin/v1/users/{user_id}/media",
             web::delete().to(delete_user_media),
-        );
+        )
+        .route("/_lattice/admin/v1/reports", web::get().to(list_reports));
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ReportsQuery {
+    /// The `next_token` of the page before.
+    from: Option<String>,
+    limit: Option<String>,
+}
+
+/// GET /_lattice/admin/v1/reports
+///
+/// The reports users sent (events, rooms, users), newest first, in pages of
+/// `limit` (default 100), as Synapse's `event_reports` admin API pages
+/// them: `{"reports", "total", "next_token"}`.
+async fn list_reports(
+    node: web::Data<Node>,
+    requester: Requester,
+    query: web::Query<ReportsQuery>,
+) -> ApiResult<HttpResponse> {
+    require_admin(&requester)?;
+    let before = match query.from.as_deref() {
+        None => None,
+        Some(from) => Some(
+            from.parse::<i64>()
+                .map_err(|_| ApiError::invalid_param("from must be a next_token"))?,
+        ),
+    };
+    let limit = match query.limit.as_deref() {
+        None => 100,
+        Some(limit) => limit
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::invalid_param("limit must be between 1 and 1000"))?,
+    };
+    let (reports, total) = crate::storage::reports::list(&node.pool, before, limit).await?;
+    let mut body = serde_json::json!({ "reports": reports, "total": total });
+    if reports.len() as i64 == limit {
+        if let Some(last) = reports.last() {
+            body["next_token"] = serde_json::json!(last.id.to_string());
+        }
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 fn require_admin(requester: &Requester) -> ApiResult<()> {

@@ -19,7 +19,9 @@ pub mod push_rules;
 pub mod read_markers;
 pub mod receipts;
 pub mod relations;
+pub mod report;
 pub mod room;
+pub mod search;
 pub mod session;
 pub mod space;
 pub mod state;
@@ -259,6 +261,13 @@ fn routes(scope: Scope) -> Scope {
         .service(
             resource("/rooms/{room_id}/event/{event_id}").route(web::get().to(message::get_event)),
         )
+        .service(resource("/search").route(web::post().to(search::search)))
+        .service(
+            resource("/rooms/{room_id}/report/{event_id}")
+                .route(web::post().to(report::report_event)),
+        )
+        .service(resource("/rooms/{room_id}/report").route(web::post().to(report::report_room)))
+        .service(resource("/users/{user_id}/report").route(web::post().to(report::report_user)))
         .service(
             resource("/directory/room/{room_alias}")
                 .route(web::get().to(directory::get_alias))

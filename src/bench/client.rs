@@ -561,6 +561,114 @@ fn transport_error(error: awc::error::SendRequestError) -> ClientError {
     }
 }
 
+impl MatrixClient {
+    /// POST /_matrix/media/v3/upload: the `mxc://` URI.
+    pub async fn upload_media(
+        &self,
+        session: &Session,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<String, ClientError> {
+        let url = format!("{}/_matrix/media/v3/upload", self.endpoints.base);
+        let mut response = self
+            .http
+            .post(url)
+            .timeout(REQUEST_TIMEOUT)
+            .bearer_auth(&session.access_token)
+            .insert_header(("Content-Type", content_type))
+            .send_body(body)
+            .await
+            .map_err(transport_error)?;
+        let bytes = response.body().await.map_err(|e| ClientError::Transport {
+            kind: "body",
+            detail: e.to_string(),
+        })?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(matrix_error(status, &bytes));
+        }
+        let value: Value =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        value["content_uri"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ClientError::Protocol("upload: no content_uri".into()))
+    }
+
+    /// GET /_matrix/client/v1/media/download/...: the bytes counted as they
+    /// come (never held).
+    pub async fn download_media(&self, session: &Session, mxc: &str) -> Result<u64, ClientError> {
+        let path = mxc_path(mxc)?;
+        self.count_body(
+            session,
+            format!(
+                "{}/_matrix/client/v1/media/download/{path}",
+                self.endpoints.base
+            ),
+        )
+        .await
+    }
+
+    /// GET /_matrix/client/v1/media/thumbnail/...: the thumbnail's size.
+    pub async fn thumbnail_media(
+        &self,
+        session: &Session,
+        mxc: &str,
+        width: u32,
+        height: u32,
+        method: &str,
+    ) -> Result<u64, ClientError> {
+        let path = mxc_path(mxc)?;
+        self.count_body(
+            session,
+            format!(
+                "{}/_matrix/client/v1/media/thumbnail/{path}?width={width}&height={height}&method={method}",
+                self.endpoints.base
+            ),
+        )
+        .await
+    }
+
+    async fn count_body(&self, session: &Session, url: String) -> Result<u64, ClientError> {
+        use futures::StreamExt;
+        let mut response = self
+            .http
+            .get(url)
+            .timeout(REQUEST_TIMEOUT)
+            .bearer_auth(&session.access_token)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        if !(200..300).contains(&status) {
+            let bytes = response.body().await.unwrap_or_default();
+            return Err(matrix_error(status, &bytes));
+        }
+        let mut length = 0u64;
+        while let Some(chunk) = response.next().await {
+            let chunk = chunk.map_err(|e| ClientError::Transport {
+                kind: "body",
+                detail: e.to_string(),
+            })?;
+            length += chunk.len() as u64;
+        }
+        Ok(length)
+    }
+}
+
+/// `server/mediaId` of an `mxc://` URI, each part path-encoded.
+fn mxc_path(mxc: &str) -> Result<String, ClientError> {
+    let (server, media_id) = mxc
+        .strip_prefix("mxc://")
+        .and_then(|rest| rest.split_once('/'))
+        .ok_or_else(|| ClientError::Protocol(format!("not an mxc URI: {mxc}")))?;
+    Ok(format!(
+        "{}/{}",
+        path_segment(server),
+        path_segment(media_id)
+    ))
+}
+
 /// Percent-encodes everything but RFC 3986's unreserved characters, for a
 /// path segment or a query value.
 pub fn path_segment(text: &str) -> String {

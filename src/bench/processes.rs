@@ -212,6 +212,13 @@ fn parse_stat(stat: &str) -> Option<ProcessSample> {
 }
 
 /// The KB value of the first line starting with `key` (`VmRSS:`, `Pss:`).
+/// A `kB` field of `/proc/<pid>/status` of that one process (`VmRSS:`,
+/// `VmHWM:`, its peak resident size).
+pub fn status_kb(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    field_kb(&status, key)
+}
+
 fn field_kb(text: &str, key: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with(key))?;
     line.split_whitespace().nth(1)?.parse().ok()

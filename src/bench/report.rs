@@ -63,6 +63,9 @@ pub struct Report {
     #[serde(default)]
     pub to_device: Option<ToDeviceDelivery>,
     pub baseline: Option<Baseline>,
+    /// For `media`: transfers, thumbnails, the file-copy baseline and memory.
+    #[serde(default)]
+    pub media: Option<crate::bench::media::MediaFigures>,
     /// Everything that must be zero and was not; empty means the run is clean.
     pub problems: Vec<String>,
 }
@@ -89,6 +92,57 @@ pub struct IdleMemory {
 }
 
 impl Report {
+    /// A report of `options`'s run with nothing measured yet, for workloads
+    /// (`media`) that fill in only what they measure.
+    pub fn empty(options: &crate::bench::Options, run_id: &str, setup_seconds: f64) -> Report {
+        let (concurrency, rate, load) = match options.load {
+            crate::bench::workload::Load::Closed { concurrency } => {
+                (Some(concurrency), None, "closed")
+            }
+            crate::bench::workload::Load::Open { rate } => (None, Some(rate), "open"),
+        };
+        Report {
+            name: options.name.clone(),
+            workload: options.workload.name().to_owned(),
+            server: options.label.clone(),
+            base_url: options.endpoints.base.clone(),
+            run_id: run_id.to_owned(),
+            started_unix: 0,
+            users: 0,
+            rooms: 0,
+            per_room: 0,
+            senders: 0,
+            messages: 0,
+            load: load.to_owned(),
+            concurrency,
+            rate,
+            setup_seconds,
+            measured_seconds: 0.0,
+            operations: 0,
+            accepted: 0,
+            failed: 0,
+            accepted_per_second: 0.0,
+            send_latency_ms: LatencySummary::default(),
+            delivery_latency_ms: LatencySummary::default(),
+            deliveries_expected: 0,
+            delivered: 0,
+            undelivered: 0,
+            duplicated: 0,
+            out_of_order: 0,
+            unexpected: 0,
+            limited_timelines: 0,
+            syncs: 0,
+            client_cpu_seconds: 0.0,
+            errors: BTreeMap::new(),
+            processes: Vec::new(),
+            idle_memory: Vec::new(),
+            to_device: None,
+            baseline: None,
+            media: None,
+            problems: Vec::new(),
+        }
+    }
+
     /// Fills [`Report::problems`] from the counts.
     pub fn judge(&mut self) {
         let mut problems = Vec::new();
@@ -111,6 +165,9 @@ impl Report {
             self.operations.saturating_sub(self.accepted + self.failed),
             "operations never answered",
         );
+        if let Some(media) = &self.media {
+            problems.extend(crate::bench::media::problems(media));
+        }
         self.problems = problems;
     }
 
@@ -140,6 +197,11 @@ impl Report {
             let _ = writeln!(out, "  {key:<20} {value}");
         };
         row(&mut out, "set-up", format!("{:.1} s", self.setup_seconds));
+        if let Some(media) = &self.media {
+            for (key, value) in crate::bench::media::table_rows(media) {
+                row(&mut out, &key, value);
+            }
+        }
         row(
             &mut out,
             "accepted",
@@ -148,52 +210,55 @@ impl Report {
                 self.accepted, self.operations, self.measured_seconds, self.accepted_per_second
             ),
         );
-        row(&mut out, "send latency", latency_row(&self.send_latency_ms));
-        row(
-            &mut out,
-            "delivery latency",
-            latency_row(&self.delivery_latency_ms),
-        );
-        row(
-            &mut out,
-            "deliveries",
-            format!(
-                "{} expected, {} delivered, {} undelivered, {} duplicated, {} out of order, {} unexpected",
-                self.deliveries_expected,
-                self.delivered,
-                self.undelivered,
-                self.duplicated,
-                self.out_of_order,
-                self.unexpected
-            ),
-        );
-        if let Some(to_device) = &self.to_device {
+        // The message rows mean nothing for `media`, which sends none.
+        if self.media.is_none() {
+            row(&mut out, "send latency", latency_row(&self.send_latency_ms));
             row(
                 &mut out,
-                "to-device delivery",
-                latency_row(&to_device.latency_ms),
+                "delivery latency",
+                latency_row(&self.delivery_latency_ms),
             );
             row(
                 &mut out,
-                "to-device messages",
+                "deliveries",
                 format!(
-                    "{} expected, {} delivered, {} undelivered, {} duplicated, {} unexpected",
-                    to_device.expected,
-                    to_device.delivered,
-                    to_device.undelivered,
-                    to_device.duplicated,
-                    to_device.unexpected
+                    "{} expected, {} delivered, {} undelivered, {} duplicated, {} out of order, {} unexpected",
+                    self.deliveries_expected,
+                    self.delivered,
+                    self.undelivered,
+                    self.duplicated,
+                    self.out_of_order,
+                    self.unexpected
+                ),
+            );
+            if let Some(to_device) = &self.to_device {
+                row(
+                    &mut out,
+                    "to-device delivery",
+                    latency_row(&to_device.latency_ms),
+                );
+                row(
+                    &mut out,
+                    "to-device messages",
+                    format!(
+                        "{} expected, {} delivered, {} undelivered, {} duplicated, {} unexpected",
+                        to_device.expected,
+                        to_device.delivered,
+                        to_device.undelivered,
+                        to_device.duplicated,
+                        to_device.unexpected
+                    ),
+                );
+            }
+            row(
+                &mut out,
+                "syncs",
+                format!(
+                    "{} responses, {} limited timelines",
+                    self.syncs, self.limited_timelines
                 ),
             );
         }
-        row(
-            &mut out,
-            "syncs",
-            format!(
-                "{} responses, {} limited timelines",
-                self.syncs, self.limited_timelines
-            ),
-        );
         row(
             &mut out,
             "load generator",
@@ -676,6 +741,7 @@ mod tests {
             errors: BTreeMap::new(),
             processes: Vec::new(),
             idle_memory: Vec::new(),
+            media: None,
             to_device: None,
             baseline: None,
             problems: Vec::new(),

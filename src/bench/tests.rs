@@ -55,6 +55,10 @@ impl TestServer {
                 .merge(Serialized::default("database.pool_size", 8))
                 .merge(Serialized::default("enable_registration", true))
                 .merge(Serialized::default("rate_limits.enabled", false))
+                .merge(Serialized::default(
+                    "media.media_store_path",
+                    std::env::temp_dir().join(format!("{database}_media")),
+                ))
                 .merge(Serialized::default("listen", addr)),
         )
         .expect("test config is valid");
@@ -138,6 +142,7 @@ fn options(workload: Workload, addr: SocketAddr, shape: Shape, load: Load) -> Op
         threads: 2,
         baseline: None,
         progress: false,
+        scratch_dir: std::env::temp_dir(),
     }
 }
 
@@ -232,5 +237,41 @@ async fn a_small_join_storm_is_seen_by_every_watcher() {
     assert_eq!(report.operations, 9);
     assert_eq!(report.deliveries_expected, 9 * 3);
     assert_clean(&report);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_media_run_moves_every_byte() {
+    let server = TestServer::start().await;
+    let shape = Shape {
+        messages: 2,
+        ..Workload::Media.default_shape()
+    };
+    let mut options = options(
+        Workload::Media,
+        server.addr,
+        shape,
+        Load::Closed { concurrency: 2 },
+    );
+    // The test process is server and load generator at once: its memory
+    // is not the server's, so it is not judged here.
+    options.pids.clear();
+    let report = run_workload(&options)
+        .await
+        .expect("the media run completes");
+    eprintln!("{}", report.table());
+    assert!(report.ok(), "{}", report.table());
+    let media = report.media.expect("media figures");
+    assert_eq!(media.uploads_10mb.requests, 2);
+    assert_eq!(media.uploads_1mb.requests, 2);
+    assert_eq!(
+        media.downloads.bytes,
+        2 * 10 * 1024 * 1024 + 2 * 1024 * 1024
+    );
+    assert_eq!(media.thumbnails.requests, 8);
+    assert_eq!(media.thumbnails.failed, 0);
+    assert!(media.thumbnails.bytes > 0);
+    assert!(media.file_copy_mb_per_second > 0.0);
+    assert_eq!(report.operations, 2 + 2 + 4 + 8);
     server.stop().await;
 }

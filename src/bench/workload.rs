@@ -25,6 +25,11 @@ pub enum Workload {
     Idle,
     /// Many users joining one room at once, watched by its first members.
     JoinStorm,
+    /// The content repository: concurrent 10 MB and 1 MB uploads, their
+    /// downloads and thumbnails, against a plain file copy, with the
+    /// server's memory while 20 uploads of 10 MB are in flight
+    /// (`--messages`: uploads of each size; `--scratch-dir`: where the copy runs).
+    Media,
     /// Not a workload: reads the JSON lines of earlier runs (`--json-in`) and
     /// prints a markdown table, with ratios between servers when there are two.
     Summary,
@@ -39,6 +44,7 @@ impl Workload {
             Workload::BigRoom => "big-room",
             Workload::Idle => "idle",
             Workload::JoinStorm => "join-storm",
+            Workload::Media => "media",
             Workload::Summary => "summary",
         }
     }
@@ -77,6 +83,13 @@ impl Workload {
                 senders: 0,
                 messages: 0,
             },
+            Workload::Media => Shape {
+                users: 1,
+                rooms: 1,
+                per_room: 1,
+                senders: 1,
+                messages: 40,
+            },
         }
     }
 
@@ -94,6 +107,7 @@ impl Workload {
             // A trickle: wake-up latency, not throughput.
             Workload::Idle => Load::Open { rate: 10.0 },
             Workload::JoinStorm => Load::Closed { concurrency: 100 },
+            Workload::Media => Load::Closed { concurrency: 20 },
         }
     }
 }

@@ -138,6 +138,21 @@ pub fn make_thumbnails(
         .collect()
 }
 
+/// The width and height an image's header gives, for the formats
+/// thumbnailed; `None` for anything else or a header that does not parse.
+pub fn dimensions(path: &Path) -> Option<(u32, u32)> {
+    let file = std::fs::File::open(path).ok()?;
+    let reader = ImageReader::new(BufReader::new(file))
+        .with_guessed_format()
+        .ok()?;
+    match reader.format() {
+        Some(ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::WebP) => {
+            reader.into_dimensions().ok()
+        }
+        _ => None,
+    }
+}
+
 /// The image at `path`, decoded only if its header says it has at most
 /// `max_pixels` pixels, with the decoder's memory capped accordingly.
 pub fn decode_bounded(path: &Path, max_pixels: u64) -> Result<DynamicImage, ThumbnailError> {

@@ -443,9 +443,9 @@ pub async fn recent_events_per_room(
 /// `filter_to_clause`). It keeps exactly the events
 /// [`RoomEventFilter::matches`] keeps; a filter that keeps everything adds
 /// nothing, so an unfiltered query is the same statement as before.
-struct FilterClause {
+pub(crate) struct FilterClause {
     /// `AND ...` conditions on the table alias, or empty.
-    sql: String,
+    pub(crate) sql: String,
     rooms: Option<Vec<String>>,
     not_rooms: Vec<String>,
     senders: Option<Vec<String>>,
@@ -459,7 +459,7 @@ struct FilterClause {
 impl FilterClause {
     /// The conditions on `alias`, their parameters numbered after the
     /// query's own `params_before`.
-    fn new(filter: &RoomEventFilter, alias: &str, params_before: usize) -> FilterClause {
+    pub(crate) fn new(filter: &RoomEventFilter, alias: &str, params_before: usize) -> FilterClause {
         let mut clause = FilterClause {
             sql: String::new(),
             rooms: filter.rooms.clone(),
@@ -515,7 +515,7 @@ impl FilterClause {
     }
 
     /// The parameters, in the order the conditions number them.
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+    pub(crate) fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
         let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
         if let Some(rooms) = &self.rooms {
             params.push(rooms);

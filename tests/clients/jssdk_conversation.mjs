@@ -495,6 +495,19 @@ async function conversation(baseUrl) {
         expect(mine[0].getId() === sent1.event_id, `alice: her message has id ${mine[0].getId()} (status ${mine[0].status}), expected ${sent1.event_id}`);
         step("alice: received bob's reply");
 
+        // search: bob finds alice's message with the sdk's searchRoomEvents (POST /search,
+        // order_by recent, with one event of context either side)
+        const found = await call(
+            "bob: searchRoomEvents (POST /search)",
+            bob.searchRoomEvents({ term: text1.split(" ").slice(0, 3).join(" "), filter: { rooms: [roomId] } }),
+        );
+        const hit = found.results.find((r) => r.context.getEvent().getId() === sent1.event_id);
+        expect(hit, `bob: search found ${found.results.map((r) => r.context.getEvent().getId())}, not alice's ${sent1.event_id}`);
+        expect(hit.context.getEvent().getContent().body === text1, `bob: the search result's body is ${JSON.stringify(hit.context.getEvent().getContent().body)}`);
+        expect(found.count >= 1, `bob: search count ${found.count}`);
+        expect(found.highlights.includes("hello"), `bob: search highlights ${JSON.stringify(found.highlights)}`);
+        step("bob: found alice's message with searchRoomEvents");
+
         // typing: alice types (sendTyping), bob sees RoomMember.typing, then alice stops
         const typingSeen = [];
         bob.on(RoomMemberEvent.Typing, (event, member) => {

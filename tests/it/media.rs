@@ -861,3 +861,236 @@ async fn url_previews_are_off_by_default() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["errcode"], "M_UNRECOGNIZED");
 }
+
+/// A tiny web server on 127.0.0.1 for URL previews: `/page` (Open Graph
+/// tags, a relative `og:image`), `/plain` (only `<title>` and a meta
+/// description), `/cat.png`, `/moved` (a redirect to `/page`) and `/big`
+/// (a page of `big_len` bytes). The count of requests for `/page`.
+struct PageServer {
+    base: String,
+    page_requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn serve_pages(image: Vec<u8>, big_len: usize) -> PageServer {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let page_requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = page_requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let image = image.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let html = |body: String| ("200 OK", "text/html; charset=utf-8", body.into_bytes());
+                let (status, content_type, body, location) = match path.as_str() {
+                    "/page" => {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let (s, t, b) = html(
+                            "<html><head>\
+                             <meta content='Cats &amp; dogs' property='og:title'>\
+                             <meta property=\"og:description\" content=\"All about &quot;pets&quot;\"/>\
+                             <meta property=og:image content=/cat.png>\
+                             <title>ignored</title></head><body>hi</body></html>"
+                                .to_owned(),
+                        );
+                        (s, t, b, None)
+                    }
+                    "/plain" => {
+                        let (s, t, b) = html(
+                            "<html><head><title>A plain\n page</title>\
+                             <meta name=\"description\" content=\"Just a page\"></head></html>"
+                                .to_owned(),
+                        );
+                        (s, t, b, None)
+                    }
+                    "/cat.png" => ("200 OK", "image/png", image, None),
+                    "/moved" => ("302 Found", "text/plain", Vec::new(), Some("/page")),
+                    "/big" => {
+                        let (s, t, b) = html(format!(
+                            "<html><head><title>big</title></head><body>{}</body></html>",
+                            "x".repeat(big_len)
+                        ));
+                        (s, t, b, None)
+                    }
+                    _ => ("404 Not Found", "text/plain", b"no".to_vec(), None),
+                };
+                let mut head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n",
+                    body.len()
+                );
+                if let Some(location) = location {
+                    head.push_str(&format!("Location: {location}\r\n"));
+                }
+                head.push_str("\r\n");
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(&body).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    PageServer {
+        base: format!("http://127.0.0.1:{port}"),
+        page_requests,
+    }
+}
+
+fn preview_path(url: &str) -> String {
+    format!(
+        "/_matrix/client/v1/media/preview_url?url={}",
+        crate::cluster::enc(url)
+    )
+}
+
+/// Previews on, 127.0.0.1 allowed, pages up to 64 KiB.
+fn previews_on_for_localhost() -> Options {
+    Options {
+        settings: vec![
+            ("media.url_preview_enabled", json!(true)),
+            (
+                "media.url_preview_ip_range_whitelist",
+                json!(["127.0.0.1/32"]),
+            ),
+            ("media.max_spider_size", json!(64 * 1024)),
+        ],
+        ..Options::default()
+    }
+}
+
+#[actix_web::test]
+async fn a_url_preview_has_the_pages_open_graph_data_and_its_image_as_local_media() {
+    use std::sync::atomic::Ordering;
+    let cluster = TestCluster::start_with(previews_on_for_localhost()).await;
+    let (alice, downloader) = alice_on_two_media_instances(&cluster).await;
+    let image = png(40, 30);
+    let server = serve_pages(image.clone(), 0).await;
+
+    let page = format!("{}/page", server.base);
+    let (status, og) = alice.get(&preview_path(&page)).await;
+    assert_eq!(status, StatusCode::OK, "{og}");
+    assert_eq!(og["og:title"], "Cats & dogs");
+    assert_eq!(og["og:description"], "All about \"pets\"");
+    assert_eq!(og["og:image:type"], "image/png");
+    assert_eq!(og["og:image:width"], 40);
+    assert_eq!(og["og:image:height"], 30);
+    assert_eq!(og["matrix:image:size"], image.len());
+    let mxc = og["og:image"].as_str().expect("og:image");
+    let media_id = mxc
+        .strip_prefix(&format!("mxc://{SERVER_NAME}/"))
+        .unwrap_or_else(|| panic!("{mxc} is not our media"));
+    // The image is local media: it downloads, byte for byte, anywhere.
+    let (status, _, bytes) = get_raw(
+        &downloader.client,
+        &download_path(media_id),
+        Some(&downloader.access_token),
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bytes, image);
+
+    // Asked again (with a `ts` now): the cached answer, the page not fetched again.
+    let fetched = server.page_requests.load(Ordering::SeqCst);
+    assert_eq!(fetched, 1);
+    let ts = lattice::util::now_ms();
+    let (status, again) = alice.get(&format!("{}&ts={ts}", preview_path(&page))).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again, og);
+    assert_eq!(server.page_requests.load(Ordering::SeqCst), 1);
+
+    // A redirect is followed (and checked) to the page.
+    let (status, moved) = alice
+        .get(&preview_path(&format!("{}/moved", server.base)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(moved["og:title"], "Cats & dogs");
+
+    // Without Open Graph tags: the title and the meta description.
+    let (status, plain) = alice
+        .get(&preview_path(&format!("{}/plain", server.base)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{plain}");
+    assert_eq!(plain["og:title"], "A plain page");
+    assert_eq!(plain["og:description"], "Just a page");
+    assert!(plain.get("og:image").is_none(), "{plain}");
+    assert_no_partial_files(&cluster);
+}
+
+#[actix_web::test]
+async fn url_previews_refuse_denied_addresses_large_pages_and_other_schemes() {
+    let server = serve_pages(png(4, 4), 100 * 1024).await;
+    let page = format!("{}/page", server.base);
+
+    // The default deny list covers loopback.
+    let cluster = TestCluster::start_with(Options {
+        settings: vec![("media.url_preview_enabled", json!(true))],
+        ..Options::default()
+    })
+    .await;
+    let (alice, _) = alice_on_two_media_instances(&cluster).await;
+    let (status, body) = alice.get(&preview_path(&page)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_UNKNOWN");
+    assert_eq!(body["error"], "IP address blocked");
+    // Written as IPv6 or as a name, the same address is refused.
+    let port = page.rsplit(':').next().and_then(|p| p.split('/').next());
+    let port = port.expect("a port");
+    for url in [
+        format!("http://[::ffff:127.0.0.1]:{port}/page"),
+        format!("http://localhost:{port}/page"),
+    ] {
+        let (status, body) = alice.get(&preview_path(&url)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{url}: {body}");
+    }
+    assert_eq!(
+        server
+            .page_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a denied page was fetched"
+    );
+    drop(cluster);
+
+    let cluster = TestCluster::start_with(previews_on_for_localhost()).await;
+    let (alice, _) = alice_on_two_media_instances(&cluster).await;
+    // Larger than max_spider_size (64 KiB).
+    let (status, body) = alice
+        .get(&preview_path(&format!("{}/big", server.base)))
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["errcode"], "M_TOO_LARGE");
+    // Not HTTP(S), or no URL at all.
+    let (status, body) = alice.get(&preview_path("file:///etc/passwd")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = alice.get("/_matrix/client/v1/media/preview_url").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["errcode"], "M_MISSING_PARAM");
+    // A page that is not there.
+    let (status, body) = alice
+        .get(&preview_path(&format!("{}/missing", server.base)))
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    // The legacy path answers the same.
+    let (status, body) = alice
+        .get(&format!(
+            "/_matrix/media/v3/preview_url?url={}",
+            crate::cluster::enc(&format!("{}/plain", server.base))
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["og:title"], "A plain page");
+}

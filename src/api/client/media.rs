@@ -525,14 +525,29 @@ pub async fn config(node: web::Data<Node>, _requester: Requester) -> ApiResult<H
     Ok(HttpResponse::Ok().json(json!({ "m.upload.size": node.media.config.max_upload_size.0 })))
 }
 
+#[derive(Debug, Deserialize)]
+pub struct PreviewQuery {
+    url: Option<String>,
+    ts: Option<i64>,
+}
+
 /// GET /_matrix/client/v1/media/preview_url
 ///
-/// URL previews are not built yet ([`crate::media::preview`]): the endpoint
-/// does not exist, as on a Synapse with previews off (`404 M_UNRECOGNIZED`).
-pub async fn preview_url(_requester: Requester) -> ApiResult<HttpResponse> {
-    Err(ApiError::unrecognized(
-        "URL previews are not available on this server",
-    ))
+/// The Open Graph data of `url` ([`crate::media::preview`]); with previews
+/// off (the default) the endpoint does not exist, as on Synapse
+/// (`404 M_UNRECOGNIZED`).
+pub async fn preview_url(
+    node: web::Data<Node>,
+    requester: Requester,
+    query: web::Query<PreviewQuery>,
+) -> ApiResult<HttpResponse> {
+    if !node.media.config.url_preview_enabled {
+        return Err(crate::media::MediaError::PreviewsDisabled.into());
+    }
+    let PreviewQuery { url, ts } = query.into_inner();
+    let url = url.ok_or_else(|| ApiError::missing_param("url is required"))?;
+    let og = node.media.preview_url(&requester.user_id, &url, ts).await?;
+    Ok(HttpResponse::Ok().json(&*og))
 }
 
 #[cfg(test)]
