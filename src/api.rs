@@ -45,10 +45,12 @@ async fn unrecognized(request: HttpRequest) -> ApiResult<HttpResponse> {
 }
 
 /// The node every handler works with, from the app data.
-pub fn node(request: &HttpRequest) -> ApiResult<Node> {
+pub fn node(request: &HttpRequest) -> ApiResult<web::Data<Node>> {
+    // The shared handle, not a copy of the node (a clone of each of its
+    // two dozen handles, per request).
     request
         .app_data::<web::Data<Node>>()
-        .map(|data| data.get_ref().clone())
+        .cloned()
         .ok_or_else(|| ApiError::internal("node missing from app data"))
 }
 

@@ -79,8 +79,9 @@ pub fn thread_id(content: &Value) -> String {
 /// evaluations cost (in its `observe` counters).
 pub struct PushEvaluator {
     pub rules: RulesetCache,
-    /// Each room's push context, with the events position it was read at.
-    rooms: Mutex<HashMap<String, (i64, Arc<RoomPushContext>)>>,
+    /// Each room as its evaluations need it, with the events position it
+    /// was read at.
+    rooms: Mutex<HashMap<String, (i64, Arc<PreparedRoom>)>>,
     server_name: String,
     events_evaluated: AtomicU64,
     members_evaluated: AtomicU64,
@@ -88,6 +89,33 @@ pub struct PushEvaluator {
     /// Of which reading the room (members, names, power levels).
     room_read_micros: AtomicU64,
     room_reads: AtomicU64,
+}
+
+/// A room as evaluations need it: its local members parsed once, and its
+/// power levels in ruma's form, for every event until its state changes.
+struct PreparedRoom {
+    /// The joined members of this server and their display names.
+    local_members: Vec<(OwnedUserId, String)>,
+    /// Every joined member, local or not (`room_member_count`).
+    member_count: usize,
+    power_levels: Option<PushConditionPowerLevelsCtx>,
+}
+
+impl PreparedRoom {
+    fn new(room: &RoomPushContext, server_name: &str) -> PreparedRoom {
+        PreparedRoom {
+            local_members: room
+                .members
+                .iter()
+                .filter_map(|(user_id, name)| {
+                    let user_id = OwnedUserId::try_from(user_id.as_str()).ok()?;
+                    (user_id.server_name().as_str() == server_name).then(|| (user_id, name.clone()))
+                })
+                .collect(),
+            member_count: room.members.len(),
+            power_levels: power_levels_ctx(room),
+        }
+    }
 }
 
 impl PushEvaluator {
@@ -138,14 +166,10 @@ impl PushEvaluator {
             return Ok(None);
         };
         let mut recipients: Vec<(OwnedUserId, String)> = room
-            .members
+            .local_members
             .iter()
-            .filter(|(user_id, _)| user_id != request.sender.as_str())
-            .filter_map(|(user_id, name)| {
-                let user_id = OwnedUserId::try_from(user_id.as_str()).ok()?;
-                (user_id.server_name().as_str() == self.server_name)
-                    .then(|| (user_id, name.clone()))
-            })
+            .filter(|(user_id, _)| *user_id != request.sender)
+            .cloned()
             .collect();
         // An invite notifies its invitee (`.m.rule.invite_for_me`).
         if request.kind == "m.room.member"
@@ -168,8 +192,8 @@ impl PushEvaluator {
         let user_ids: Vec<&UserId> = recipients.iter().map(|(u, _)| u.as_ref()).collect();
         let rulesets = self.rules.rulesets(pool, notifier, &user_ids).await?;
         let event = flattened(request);
-        let mut power_levels = power_levels_ctx(&room);
-        let member_count = UInt::try_from(room.members.len() as u64).unwrap_or_default();
+        let mut power_levels = room.power_levels.clone();
+        let member_count = UInt::try_from(room.member_count as u64).unwrap_or_default();
         let mut users = Vec::new();
         let mut conditions = ConditionMemo::new(&event);
         // One context for the room, its member fields set for each member.
@@ -233,7 +257,7 @@ impl PushEvaluator {
         pool: &Pool,
         notifier: &Notifier,
         room_id: &str,
-    ) -> StorageResult<Option<Arc<RoomPushContext>>> {
+    ) -> StorageResult<Option<Arc<PreparedRoom>>> {
         let state_key = state_changes_key(room_id);
         if let Ok(rooms) = self.rooms.lock() {
             if let Some((read_at, context)) = rooms.get(room_id) {
@@ -250,7 +274,7 @@ impl PushEvaluator {
         self.room_reads.fetch_add(1, Ordering::Relaxed);
         self.room_read_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let context = Arc::new(context);
+        let context = Arc::new(PreparedRoom::new(&context, &self.server_name));
         if let Ok(mut rooms) = self.rooms.lock() {
             if rooms.len() >= MAX_CACHED_ROOMS {
                 rooms.clear();

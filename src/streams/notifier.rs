@@ -90,10 +90,14 @@ impl Notifier {
         let notify = Arc::new(Notify::new());
         if let Ok(mut listeners) = self.inner.listeners.lock() {
             for key in &keys {
-                listeners
-                    .entry(key.clone())
-                    .or_default()
-                    .push(Arc::downgrade(&notify));
+                let weak = Arc::downgrade(&notify);
+                // A busy key is there already: no copy of it to look it up.
+                match listeners.get_mut(key.as_str()) {
+                    Some(waiting) => waiting.push(weak),
+                    None => {
+                        listeners.insert(key.clone(), vec![weak]);
+                    }
+                }
             }
         }
         Listener {

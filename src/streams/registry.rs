@@ -283,7 +283,7 @@ impl Streams {
         for stream in self.streams.values() {
             let spec = stream.spec();
             if let Some(slot) = spec.token {
-                token = token.copy_and_replace(slot.key(self.notifier.position(spec.name)));
+                token.replace(slot.key(self.notifier.position(spec.name)));
             }
         }
         token

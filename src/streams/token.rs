@@ -515,17 +515,22 @@ impl StreamToken {
     /// Replaces one component unconditionally.
     pub fn copy_and_replace(&self, key: StreamKey) -> Self {
         let mut token = self.clone();
-        match key {
-            StreamKey::Room(room) => token.room = room,
-            StreamKey::Receipts(r) => token.receipts = r,
-            StreamKey::DeviceLists(d) => token.device_lists = d,
-            StreamKey::Presence(v) => token.presence = v,
-            StreamKey::Typing(v) => token.typing = v,
-            StreamKey::AccountData(v) => token.account_data = v,
-            StreamKey::PushRules(v) => token.push_rules = v,
-            StreamKey::ToDevice(v) => token.to_device = v,
-        }
+        token.replace(key);
         token
+    }
+
+    /// Sets the component `key` is for, in place.
+    pub fn replace(&mut self, key: StreamKey) {
+        match key {
+            StreamKey::Room(room) => self.room = room,
+            StreamKey::Receipts(r) => self.receipts = r,
+            StreamKey::DeviceLists(d) => self.device_lists = d,
+            StreamKey::Presence(v) => self.presence = v,
+            StreamKey::Typing(v) => self.typing = v,
+            StreamKey::AccountData(v) => self.account_data = v,
+            StreamKey::PushRules(v) => self.push_rules = v,
+            StreamKey::ToDevice(v) => self.to_device = v,
+        }
     }
 
     /// `self <= other` in every component except typing (the typing stream can
