@@ -34,6 +34,10 @@ use crate::roles::Mailboxes;
 /// and how often the full list is sent (Synapse's `UPDATE_SYNCING_USERS`).
 pub const UPDATE_SYNCING_USERS_MS: u64 = 10_000;
 
+/// How long the telling task gathers news after it is woken before telling
+/// the writers (a presence change reaches others this much later).
+const GATHER_MS: u64 = 50;
+
 /// The users syncing on this instance.
 pub struct SyncingUsers {
     mailboxes: Arc<Mailboxes>,
@@ -301,6 +305,10 @@ async fn run(users: Weak<SyncingUsers>, wake: Arc<Notify>) {
         };
         if full {
             next_full = tokio::time::Instant::now() + period;
+        } else {
+            // What else starts or acts meanwhile goes in the same report:
+            // a burst of users coming online is one write, not one each.
+            tokio::time::sleep(Duration::from_millis(GATHER_MS)).await;
         }
         let Some(users) = users.upgrade() else {
             return;
