@@ -81,6 +81,8 @@ pub struct Config {
     #[serde(default)]
     pub presence: PresenceConfig,
     #[serde(default)]
+    pub shards: ShardsConfig,
+    #[serde(default)]
     pub media: MediaConfig,
     /// How long the access token of a client that takes refresh tokens
     /// lasts (Synapse's key; default 5 minutes). Other clients' tokens
@@ -414,6 +416,38 @@ impl Default for TypingConfig {
             max_timeout_ms: default_typing_max_timeout_ms(),
         }
     }
+}
+
+/// Shard ownership (`shards`): how the owners of the event persisters'
+/// shards keep them (`crate::shards`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardsConfig {
+    /// How often each instance renews its membership and reads who owns
+    /// which shard.
+    #[serde(default = "default_shards_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A writer not heard of for this long is dead: its shards are taken
+    /// over by the live ones.
+    #[serde(default = "default_shards_lease_timeout_ms")]
+    pub lease_timeout_ms: u64,
+}
+
+impl Default for ShardsConfig {
+    fn default() -> Self {
+        ShardsConfig {
+            heartbeat_ms: default_shards_heartbeat_ms(),
+            lease_timeout_ms: default_shards_lease_timeout_ms(),
+        }
+    }
+}
+
+fn default_shards_heartbeat_ms() -> u64 {
+    2_000
+}
+
+fn default_shards_lease_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_typing_max_timeout_ms() -> u64 {
@@ -937,6 +971,15 @@ presence:
   # offline), /sync sends none and nothing is stored. Shard its writers by user
   # with `stream_writers.presence` (any number of instances).
   enabled: true
+
+# Who owns which shard of the event persisters (rooms are spread over 256
+# shards, and the shards over the instances with the `events` role): each
+# renews its lease every heartbeat; one not heard of for lease_timeout_ms is
+# dead and its shards are taken over by the others. See "Live shards" in the
+# README.
+shards:
+  heartbeat_ms: 2000
+  lease_timeout_ms: 10000
 
 # The media repository, served by instances with the `media` role (every
 # instance of a monolith). Synapse's key names.

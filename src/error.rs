@@ -302,6 +302,11 @@ impl From<crate::roles::WriteError> for ApiError {
             ),
             WriteError::TooLarge => ApiError::new(ErrCode::TooLarge, "event too large"),
             WriteError::Storage(_) | WriteError::Internal(_) => ApiError::internal(error),
+            // The shard is moving: the writer that had it gave it up and
+            // the one taking it is not known here yet.
+            WriteError::NotOwner(_) => ApiError::unavailable(
+                "the room's writer is moving to another instance; try again".to_owned(),
+            ),
         }
     }
 }

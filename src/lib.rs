@@ -34,6 +34,7 @@ pub mod passwords;
 pub mod push;
 pub mod roles;
 pub mod rooms;
+pub mod shards;
 pub mod signing_key;
 pub mod storage;
 pub mod streams;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use actix_web::{middleware, web, App, HttpServer};
 use deadpool_postgres::Pool;
 use lattice_actors::{
-    Endpoint, HmacKey, Placement, RedisTransport, RedisTransportConfig, ServeHandle, Supervisor,
-    SupervisorError, Transport,
+    Endpoint, HmacKey, MailboxError, Placement, RedisTransport, RedisTransportConfig, ServeHandle,
+    Supervisor, SupervisorError, Transport,
 };
 use ruma::{OwnedServerName, RoomId, UserId};
 use serde_json::Value;
@@ -23,7 +23,8 @@ use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::passwords::PasswordHasher;
 use crate::roles::events::{CreateRoom, Persisted, SendEvent, Transaction, EVENTS_STREAM};
-use crate::roles::{ActorStart, Mailboxes, Role, ACTORS};
+use crate::roles::{ActorStart, Mailboxes, Role, WriteError, ACTORS};
+use crate::shards::{LeaseTiming, ShardLeases, ShardMap};
 use crate::signing_key::SigningKey;
 use crate::storage;
 use crate::streams::caches::{CachesStream, CachesWriter, Invalidation};
@@ -98,6 +99,10 @@ pub struct Node {
     pub runtime: tokio::runtime::Handle,
     /// The mailbox endpoints serving this instance's actors to the others.
     endpoints: Arc<tokio::sync::Mutex<Vec<ServeHandle>>>,
+    /// Who owns each shard of the event persisters, and whether this
+    /// instance is one of them (then it hands its shards over when it stops).
+    pub event_shards: Arc<ShardMap>,
+    event_shards_member: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +128,10 @@ pub struct RunningNode {
     /// The heartbeat, and the periodic jobs of the `background` role.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// How long a send whose room's shard is moving waits for the owners to be
+/// read again before it asks again.
+const ROUTE_RETRY_PAUSE: Duration = Duration::from_millis(250);
 
 /// How often an instance records that it is alive (and how far it has seen).
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -310,11 +319,32 @@ impl Node {
                 .map(|spec| (spec.name, config.stream_writers(spec.name))),
         )
         .map_err(|e| NodeError::Topology(e.to_string()))?;
+        // The event persisters own their shards by lease (`crate::shards`):
+        // read who owns what, and take this instance's share, before
+        // anything is written.
+        let event_shards = Arc::new(ShardMap::new(EVENTS_STREAM, instance_name));
+        let event_shards_member = roles.contains(&Role::Events)
+            && config
+                .stream_writers(EVENTS_STREAM)
+                .iter()
+                .any(|writer| writer == instance_name);
+        let lease_timing = LeaseTiming {
+            heartbeat: Duration::from_millis(config.shards.heartbeat_ms.max(1)),
+            timeout: Duration::from_millis(config.shards.lease_timeout_ms.max(1)),
+        };
+        let mut event_leases = ShardLeases::new(
+            event_shards.clone(),
+            pool.clone(),
+            event_shards_member,
+            lease_timing,
+        );
+        event_leases.beat().await?;
         let mailboxes = Arc::new(Mailboxes::new(
             placement,
             transport
                 .clone()
                 .map(|transport| Arc::new(transport) as Arc<dyn Transport>),
+            vec![event_shards.clone()],
         ));
 
         let parts = registry::NodeParts {
@@ -494,9 +524,12 @@ impl Node {
             caches_writer,
             runtime: tokio::runtime::Handle::current(),
             endpoints: Arc::new(tokio::sync::Mutex::new(endpoints)),
+            event_shards,
+            event_shards_member,
         };
         let addr = listener.local_addr()?;
         let mut tasks = vec![
+            tokio::spawn(event_leases.run()),
             tokio::spawn(heartbeat(node.clone(), addr)),
             tokio::spawn(last_seen::flush_periodically(
                 node.last_seen.clone(),
@@ -655,6 +688,22 @@ impl Node {
         }
     }
 
+    /// Gives this instance's event persister shards to the writers that stay.
+    async fn leave_shards(&self) {
+        if !self.event_shards_member {
+            return;
+        }
+        let timing = LeaseTiming {
+            heartbeat: Duration::from_millis(self.config.shards.heartbeat_ms),
+            timeout: Duration::from_millis(self.config.shards.lease_timeout_ms),
+        };
+        let mut leases =
+            ShardLeases::new(self.event_shards.clone(), self.pool.clone(), true, timing);
+        if let Err(error) = leases.leave().await {
+            tracing::warn!(error = %error, "could not hand the event shards over: they are taken when the lease expires");
+        }
+    }
+
     /// Persists an event through the events writer of its room.
     /// Every send passes here: its push actions are evaluated here, before
     /// it goes to the persister, which stores them with the event.
@@ -671,11 +720,47 @@ impl Node {
                 None
             }
         };
-        let writer = self
-            .mailboxes
-            .for_shard::<SendEvent>(EVENTS_STREAM, request.room_id.as_str())?;
-        let persisted = writer.call(request, self.write_deadline()).await??;
+        let persisted = self.send_to_room_writer(request).await?;
         Ok(self.seen(persisted).await)
+    }
+
+    /// Sends `request` to the owner of its room's shard; when the shard is
+    /// moving (no owner known, the writer answers `NotOwner`, or its owner
+    /// does not answer within a lease's lifetime) reads the owners again
+    /// and asks the new one, until the write deadline. The request's
+    /// transaction id makes every retry write at most once.
+    async fn send_to_room_writer(&self, request: SendEvent) -> ApiResult<Persisted> {
+        let deadline = tokio::time::Instant::now() + self.write_deadline();
+        // An owner that died is replaced within a lease timeout and a beat.
+        let attempt_limit = Duration::from_millis(
+            self.config
+                .shards
+                .lease_timeout_ms
+                .saturating_add(self.config.shards.heartbeat_ms.saturating_mul(2)),
+        );
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let moving = match self
+                .mailboxes
+                .for_shard::<SendEvent>(EVENTS_STREAM, request.room_id.as_str())
+            {
+                Ok(writer) => match writer
+                    .call(request.clone(), remaining.min(attempt_limit))
+                    .await
+                {
+                    Ok(Err(WriteError::NotOwner(_))) => ApiError::from(WriteError::NotOwner(0)),
+                    Err(MailboxError::Timeout) if remaining > attempt_limit => {
+                        ApiError::from(MailboxError::Timeout)
+                    }
+                    answer => return Ok(answer??),
+                },
+                Err(no_owner) => no_owner,
+            };
+            if tokio::time::Instant::now() + ROUTE_RETRY_PAUSE >= deadline {
+                return Err(moving);
+            }
+            self.event_shards.refresh(ROUTE_RETRY_PAUSE).await;
+        }
     }
 
     pub async fn send_state_event(
@@ -750,6 +835,9 @@ impl RunningNode {
         let _ = self.server_task.await;
         // What the requests showed of devices' last use, not yet written.
         self.node.last_seen.flush(&self.node.pool).await;
+        // Our shards go to the writers that stay before our mailboxes close:
+        // what waits in them is answered `NotOwner` and sent on by its caller.
+        self.node.leave_shards().await;
         for endpoint in self.node.endpoints.lock().await.drain(..) {
             endpoint.shutdown().await;
         }

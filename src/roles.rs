@@ -194,6 +194,10 @@ pub enum WriteError {
     /// Any other failure that is the server's fault.
     #[error("internal error: {0}")]
     Internal(String),
+    /// This writer does not own the shard of what was asked (any more): the
+    /// caller reads who does and asks again (`crate::shards`).
+    #[error("not the owner of shard {0} here")]
+    NotOwner(i32),
 }
 
 impl WriteError {

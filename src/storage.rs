@@ -19,6 +19,7 @@ pub mod relations;
 pub mod reports;
 pub mod rooms;
 pub mod search;
+pub mod shards;
 pub mod streams;
 pub mod to_device;
 pub mod user_directory;
@@ -36,6 +37,11 @@ pub enum StorageError {
     Url(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A write of a shard's owner found that it no longer owns the shard at
+    /// the epoch it wrote under (`storage::shards::fence`): nothing was
+    /// committed.
+    #[error("no longer the owner of shard {shard} of {kind}")]
+    Fenced { kind: String, shard: i32 },
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
@@ -149,6 +155,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0027_events_by_timestamp",
         include_str!("storage/migrations/0027_events_by_timestamp.sql"),
+    ),
+    (
+        "0028_shard_leases",
+        include_str!("storage/migrations/0028_shard_leases.sql"),
     ),
 ];
 

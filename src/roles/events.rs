@@ -34,6 +34,11 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
     let recent_events = start.recent_events.clone();
     let recent_push = start.recent_push.clone();
     let cached_rooms = start.config.event_writer_cached_rooms;
+    let shards = start
+        .mailboxes
+        .shard_map(EVENTS_STREAM)
+        .cloned()
+        .ok_or("the events stream's shards have no map")?;
     let addr = start
         .supervisor
         .start("event_persister", move || {
@@ -45,6 +50,7 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
                 recent_events.clone(),
                 recent_push.clone(),
                 cached_rooms,
+                shards.clone(),
             )
         })
         .map_err(|e| e.to_string())?;

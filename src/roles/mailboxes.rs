@@ -19,12 +19,16 @@ use ruma::OwnedServerName;
 use crate::caches::RecentEventsCache;
 use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
+use crate::shards::ShardMap;
 use crate::signing_key::SigningKey;
 use crate::streams::registry::Streams;
 
 /// Every actor kind's mailboxes, local or remote. Shared by the node.
 pub struct Mailboxes {
     placement: Placement,
+    /// Kinds whose shards are owned by lease (`crate::shards`): routed by
+    /// their map, not by the static rule.
+    shard_maps: HashMap<&'static str, Arc<ShardMap>>,
     /// None in a single process: every actor is local.
     transport: Option<Arc<dyn Transport>>,
     /// `Mailbox<M>` of a local actor, by `TypeId` of `M`.
@@ -32,9 +36,17 @@ pub struct Mailboxes {
 }
 
 impl Mailboxes {
-    pub fn new(placement: Placement, transport: Option<Arc<dyn Transport>>) -> Mailboxes {
+    pub fn new(
+        placement: Placement,
+        transport: Option<Arc<dyn Transport>>,
+        shard_maps: Vec<Arc<ShardMap>>,
+    ) -> Mailboxes {
         Mailboxes {
             placement,
+            shard_maps: shard_maps
+                .into_iter()
+                .map(|map| (map.kind(), map))
+                .collect(),
             transport,
             local: RwLock::new(HashMap::new()),
         }
@@ -42,6 +54,11 @@ impl Mailboxes {
 
     pub fn placement(&self) -> &Placement {
         &self.placement
+    }
+
+    /// The shard map of `kind`, if its shards are owned by lease.
+    pub fn shard_map(&self, kind: &str) -> Option<&Arc<ShardMap>> {
+        self.shard_maps.get(kind)
     }
 
     pub fn transport(&self) -> Option<&Arc<dyn Transport>> {
@@ -86,13 +103,20 @@ impl Mailboxes {
         }
     }
 
-    /// The mailbox of the `kind` actor that owns `shard_key` (Synapse's
-    /// sharding rule over the instances `stream_writers` lists).
+    /// The mailbox of the `kind` actor that owns `shard_key`: the owner of
+    /// its shard for kinds owned by lease, otherwise Synapse's sharding rule
+    /// over the instances `stream_writers` lists.
     pub fn for_shard<M: RemoteMessage>(
         &self,
         kind: &str,
         shard_key: &str,
     ) -> ApiResult<Mailbox<M>> {
+        if let Some(map) = self.shard_maps.get(kind) {
+            let owner = map.owner_of(shard_key).ok_or_else(|| {
+                ApiError::unavailable(format!("no {kind} writer owns this shard yet"))
+            })?;
+            return self.on_instance(kind, &owner.instance);
+        }
         match self.placement.locate(kind, shard_key) {
             Location::Local => self.local(kind),
             Location::Remote(instance) => self.on_instance(kind, &instance),
@@ -102,6 +126,14 @@ impl Mailboxes {
     /// The mailbox of the first `kind` actor in config order (for work
     /// whose shard key is not known yet, as a room being created).
     pub fn first<M: RemoteMessage>(&self, kind: &str) -> ApiResult<Mailbox<M>> {
+        if let Some(map) = self.shard_maps.get(kind) {
+            // Any live writer: this one if it is one, else the owner of a
+            // random shard, so that new work spreads as the shards do.
+            if map.holds_any_here() {
+                return self.local(kind);
+            }
+            return self.for_shard(kind, &crate::util::random_string(12));
+        }
         let first = self
             .placement
             .instances(kind)

@@ -194,7 +194,7 @@ mod tests {
         let pool = crate::storage::connect("postgresql://nobody@127.0.0.1:1/none", 1)
             .expect("a pool is made without connecting");
         let placement = lattice_actors::Placement::single_process("main");
-        let rows = PresenceRows::new(pool, Arc::new(Mailboxes::new(placement, None)));
+        let rows = PresenceRows::new(pool, Arc::new(Mailboxes::new(placement, None, Vec::new())));
         let row = PresenceRow {
             user_id: "@a:x".into(),
             status: PresenceStatus::default(),

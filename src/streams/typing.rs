@@ -256,6 +256,7 @@ mod tests {
         let rows = TypingRows::new(Arc::new(Mailboxes::new(
             lattice_actors::Placement::single_process("main"),
             None,
+            Vec::new(),
         )));
         assert_eq!(rows.keys(&value), vec!["!r:x"]);
         assert!(rows.keys(&json!({})).is_empty());

@@ -41,6 +41,10 @@ pub struct RoomHead {
     /// Deltas since the last full snapshot, up to `state_group`.
     pub chain_length: i32,
     pub state: HashMap<StateKey, Arc<Pdu>>,
+    /// The epoch at which this writer held the room's shard when it read
+    /// the head (`crate::shards`); a head read under another epoch may have
+    /// been overtaken by another writer's events and is read again.
+    pub lease_epoch: Option<i64>,
     /// When the room was last written (a tick of [`RoomHeads`]).
     last_used: u64,
 }
@@ -61,6 +65,7 @@ impl RoomHead {
             state_group,
             chain_length,
             state,
+            lease_epoch: None,
             last_used: 0,
         }
     }
@@ -106,8 +111,9 @@ impl RoomHeads {
         }
     }
 
-    pub fn contains(&self, room_id: &str) -> bool {
-        self.heads.contains_key(room_id)
+    /// The shard epoch the head of `room_id` was read under, if it is held.
+    pub fn lease_epoch(&self, room_id: &str) -> Option<Option<i64>> {
+        self.heads.get(room_id).map(|head| head.lease_epoch)
     }
 
     /// The head of a room, marked as just used.
@@ -186,7 +192,7 @@ mod tests {
         heads.evict_beyond_capacity();
         assert_eq!(heads.len(), 3);
         for room in ["a", "d", "e"] {
-            assert!(heads.contains(room), "{room} was used last");
+            assert!(heads.lease_epoch(room).is_some(), "{room} was used last");
         }
         heads.evict_beyond_capacity();
         assert_eq!(heads.len(), 3);

@@ -24,11 +24,17 @@ use crate::push::recent::{RecentPushActions, RowActions};
 use crate::roles::WriteError;
 use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
 use crate::rooms::version::parse_supported;
+use crate::shards::{shard_of, ShardMap};
 use crate::storage::rooms::{self as stored_rooms, StoredEvent};
 use crate::storage::{StorageError, StorageResult};
+use crate::streams::events::EVENTS_STREAM;
 use crate::streams::events::{event_row, relation_parent, row_keys};
 use crate::streams::writer::StreamWriter;
 use crate::util::{now_ms, random_string};
+
+/// How long a writer asked for a room of a shard it does not own waits for
+/// its view of the owners to be read again before refusing.
+const OWNERSHIP_REFRESH_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The largest PDU the spec allows, in bytes of canonical JSON.
 const MAX_PDU_BYTES: usize = 65_536;
@@ -67,6 +73,11 @@ pub struct EventPersister {
     writes_failed: u64,
     /// Group commits the database refused and that were committed apart.
     groups_split: u64,
+    /// Which rooms' shards this writer owns, and at which epochs
+    /// (`crate::shards`): it writes only those, fenced at those epochs.
+    shards: Arc<ShardMap>,
+    /// Sends refused because their room's shard was not owned here.
+    not_owner: u64,
 }
 
 impl EventPersister {
@@ -79,6 +90,7 @@ impl EventPersister {
         recent_events: Arc<RecentEventsCache>,
         recent_push: Arc<RecentPushActions>,
         cached_rooms: usize,
+        shards: Arc<ShardMap>,
     ) -> EventPersister {
         EventPersister {
             pool,
@@ -91,7 +103,73 @@ impl EventPersister {
             events_persisted: 0,
             writes_failed: 0,
             groups_split: 0,
+            shards,
+            not_owner: 0,
         }
+    }
+
+    /// Answers `NotOwner` to the requests whose room's shard is not owned
+    /// here and keeps the others. A writer that was just given a shard may
+    /// not have read so yet: it reads the table once before refusing.
+    async fn keep_owned(
+        &mut self,
+        requests: Vec<(usize, SendEvent)>,
+        answers: &mut [Option<Result<Persisted, WriteError>>],
+    ) -> Vec<(usize, SendEvent)> {
+        let held = |map: &ShardMap, request: &SendEvent| {
+            map.held_here(shard_of(request.room_id.as_str())).is_some()
+        };
+        if requests
+            .iter()
+            .any(|(_, request)| !held(&self.shards, request))
+        {
+            self.shards.refresh(OWNERSHIP_REFRESH_WAIT).await;
+        }
+        let mut kept = Vec::with_capacity(requests.len());
+        for (index, request) in requests {
+            if held(&self.shards, &request) {
+                kept.push((index, request));
+            } else {
+                self.not_owner += 1;
+                answers[index] = Some(Err(WriteError::NotOwner(shard_of(
+                    request.room_id.as_str(),
+                ))));
+            }
+        }
+        kept
+    }
+
+    /// The (shard, epoch) of every room `events` write that is held here,
+    /// for the transaction's fence; fails for a room whose shard is not
+    /// (a new room, created here whatever its shard, is not fenced).
+    fn fence_for(
+        &self,
+        events: &[NewEvent],
+        new_room: Option<&str>,
+    ) -> StorageResult<Vec<(i32, i64)>> {
+        let mut fence: Vec<(i32, i64)> = Vec::new();
+        for event in events {
+            let room_id = event.pdu.room_id.as_str();
+            if new_room == Some(room_id) {
+                continue;
+            }
+            let shard = shard_of(room_id);
+            match self.shards.held_here(shard) {
+                Some(epoch) => {
+                    if !fence.contains(&(shard, epoch)) {
+                        fence.push((shard, epoch));
+                    }
+                }
+                None => {
+                    return Err(StorageError::Fenced {
+                        kind: EVENTS_STREAM.to_owned(),
+                        shard,
+                    })
+                }
+            }
+        }
+        fence.sort_unstable();
+        Ok(fence)
     }
 
     /// Persists a batch of sends in one transaction (group commit). Each
@@ -150,6 +228,7 @@ impl EventPersister {
             }
             to_write.push((index, request));
         }
+        let to_write = self.keep_owned(to_write, &mut answers).await;
         self.persist_apart_on_failure(to_write, &mut answers).await;
         for (index, first) in duplicates {
             answers[index] = answers[first].clone();
@@ -323,10 +402,9 @@ impl EventPersister {
         let room_id = create.room_id.clone();
         let mut state = HashMap::new();
         state.insert(("m.room.create".to_owned(), String::new()), create.clone());
-        self.rooms.insert(
-            room_id.to_string(),
-            RoomHead::new(version.clone(), create.event_id.clone(), 1, 0, 0, state),
-        );
+        let mut head = RoomHead::new(version.clone(), create.event_id.clone(), 1, 0, 0, state);
+        head.lease_epoch = self.shards.held_here(shard_of(room_id.as_str()));
+        self.rooms.insert(room_id.to_string(), head);
         let create_delta = vec![(
             "m.room.create".to_owned(),
             String::new(),
@@ -381,8 +459,14 @@ impl EventPersister {
     /// Forgets the heads of `rooms` (in memory they ran ahead of the
     /// database) and turns the storage error into the client's answer.
     fn write_failed(&mut self, rooms: &[String], error: StorageError) -> WriteError {
-        self.writes_failed += 1;
         self.forget_heads(rooms);
+        if let StorageError::Fenced { shard, .. } = error {
+            // Deposed between the check and the commit: the new owner writes.
+            self.not_owner += 1;
+            self.shards.refresh_soon();
+            return WriteError::NotOwner(shard);
+        }
+        self.writes_failed += 1;
         tracing::error!(error = %error, "persisting events failed");
         WriteError::Storage(format!("could not persist the event: {error}"))
     }
@@ -451,8 +535,12 @@ impl EventPersister {
 
     /// Loads the head of a room from the database unless it is cached.
     async fn load_room(&mut self, room_id: &RoomId) -> Result<(), WriteError> {
-        if self.rooms.contains(room_id.as_str()) {
-            return Ok(());
+        let epoch = self.shards.held_here(shard_of(room_id.as_str()));
+        match self.rooms.lease_epoch(room_id.as_str()) {
+            Some(cached) if cached == epoch => return Ok(()),
+            // Read under another epoch: another writer may have written since.
+            Some(_) => self.rooms.remove(room_id.as_str()),
+            None => {}
         }
         let client = self.pool.get().await.map_err(storage_error)?;
         let Some(room) = client
@@ -494,7 +582,7 @@ impl EventPersister {
                 state.insert((pdu.kind.clone(), state_key.clone()), Arc::new(pdu));
             }
         }
-        let head = RoomHead::new(
+        let mut head = RoomHead::new(
             version,
             OwnedEventId::try_from(latest_event_id)
                 .map_err(|e| storage_error(StorageError::Corrupt(e.to_string())))?,
@@ -503,6 +591,7 @@ impl EventPersister {
             latest.get(3),
             state,
         );
+        head.lease_epoch = epoch;
         self.rooms.insert(room_id.to_string(), head);
         Ok(())
     }
@@ -619,9 +708,11 @@ impl EventPersister {
         room: Option<RoomRow>,
         events: &[NewEvent],
     ) -> StorageResult<Vec<Persisted>> {
+        let fence = self.fence_for(events, room.as_ref().map(|room| room.room_id.as_str()))?;
         let mut client = self.pool.get().await?;
         let positions = self.writer.allocate(&**client, events.len()).await?;
-        let result = rows::commit(&mut client, &self.writer, room, events, &positions).await;
+        let result =
+            rows::commit(&mut client, &self.writer, room, events, &positions, &fence).await;
         if result.is_err() {
             self.writer.abandon(&positions);
         }
@@ -790,6 +881,7 @@ impl Actor for EventPersister {
         snapshot.insert("events_persisted".into(), json!(self.events_persisted));
         snapshot.insert("writes_failed".into(), json!(self.writes_failed));
         snapshot.insert("groups_split".into(), json!(self.groups_split));
+        snapshot.insert("not_owner".into(), json!(self.not_owner));
         snapshot.insert("rooms_cached".into(), json!(self.rooms.len()));
         Value::Object(snapshot)
     }

@@ -15,6 +15,7 @@ use crate::rooms::pdu::Pdu;
 use crate::storage::relations;
 use crate::storage::rooms::StoredEvent;
 use crate::storage::StorageResult;
+use crate::streams::events::EVENTS_STREAM;
 use crate::streams::writer::StreamWriter;
 use crate::util::now_ms;
 
@@ -66,9 +67,12 @@ pub async fn commit(
     room: Option<RoomRow>,
     events: &[NewEvent],
     positions: &[i64],
+    fence: &[(i32, i64)],
 ) -> StorageResult<(Vec<Persisted>, HashMap<String, i64>)> {
     let instance_name = writer.instance();
     let transaction = client.transaction().await?;
+    // First: a deposed owner must not commit (and a handover waits for us).
+    crate::storage::shards::fence(&transaction, EVENTS_STREAM, instance_name, fence).await?;
     if let Some(room) = &room {
         transaction
             .execute(

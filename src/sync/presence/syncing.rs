@@ -336,7 +336,7 @@ mod tests {
 
     fn users() -> Arc<SyncingUsers> {
         let placement = lattice_actors::Placement::single_process("main");
-        SyncingUsers::new(Arc::new(Mailboxes::new(placement, None)))
+        SyncingUsers::new(Arc::new(Mailboxes::new(placement, None, Vec::new())))
     }
 
     #[test]

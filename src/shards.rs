@@ -1,0 +1,489 @@
+//! Shard ownership (DESIGN §5, issue 17): which instance owns each shard of
+//! a sharded actor kind, decided while serving, not fixed by configuration.
+//!
+//! A kind (the events persisters: `events`) has [`SHARD_COUNT`] shards; a key
+//! (a room id) belongs to shard [`shard_of`], Synapse's hash rule over the
+//! shard count instead of over the instances. Each shard has one owner and
+//! an epoch in PostgreSQL (`storage::shards`); every write transaction of an
+//! owner locks its shards' rows at the epochs it holds
+//! ([`storage::shards::fence`](crate::storage::shards::fence)), so an owner
+//! that was deposed, because it stalled or was cut off, can never commit.
+//!
+//! The instances that may own shards of a kind are its *members*. Each
+//! renews its membership on every heartbeat ([`ShardLeases`]); a member not
+//! renewed within the lease timeout is dead, and its shards are taken over.
+//! Which member should own a shard is rendezvous hashing over the live
+//! members ([`desired_owner`]): every instance computes the same answer from
+//! the same table, a new member takes only its share (about one shard in n)
+//! and a member that leaves gives only its own. The owner of a shard that
+//! should be another's hands it over (its transactions in flight finish
+//! first: the handover waits for their locks); a shard whose owner is dead is
+//! claimed by the member it should go to. Every instance, member or not,
+//! reads the table on its heartbeat into a [`ShardMap`], which routes: the
+//! mailbox of a key's writer is that of its shard's owner. A writer asked
+//! for a shard it does not own answers `WriteError::NotOwner`, and the caller
+//! reads the table again and asks the owner.
+
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::storage::shards::{self as stored, Lease, Member};
+use crate::storage::StorageResult;
+use crate::util::now_ms;
+
+/// Shards per actor kind, fixed at creation: many more than there will ever
+/// be instances, so that adding one moves only its share.
+pub const SHARD_COUNT: i32 = 256;
+
+/// The shard of `key`: SHA-256 of its UTF-8 bytes read as a little-endian
+/// integer, modulo [`SHARD_COUNT`] (Synapse's sharding rule).
+pub fn shard_of(key: &str) -> i32 {
+    lattice_actors::shard_index(key, SHARD_COUNT as usize)
+        .and_then(|index| i32::try_from(index).ok())
+        .unwrap_or(0)
+}
+
+/// The live member that should own `shard` of `kind`: the one with the
+/// highest hash of (kind, shard, member) — rendezvous hashing, so that a
+/// member joining or leaving moves only the shards it wins or held.
+pub fn desired_owner<'a>(kind: &str, shard: i32, members: &'a [String]) -> Option<&'a str> {
+    members
+        .iter()
+        .max_by_key(|member| {
+            let digest = Sha256::new()
+                .chain_update(kind.as_bytes())
+                .chain_update([0])
+                .chain_update(shard.to_le_bytes())
+                .chain_update([0])
+                .chain_update(member.as_bytes())
+                .finalize();
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&digest[..8]);
+            (u64::from_le_bytes(first), member.as_str())
+        })
+        .map(String::as_str)
+}
+
+/// The least time between two beats, however often a refresh is asked for.
+const MIN_BEAT_GAP: Duration = Duration::from_millis(100);
+
+/// How leases are kept (`shards` in the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTiming {
+    /// How often members renew and everyone reads the table.
+    pub heartbeat: Duration,
+    /// A member not renewed for this long is dead; its shards are taken.
+    pub timeout: Duration,
+}
+
+/// The owner of a shard as this instance last read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub instance: Arc<str>,
+    pub epoch: i64,
+}
+
+/// This instance's view of who owns each shard of one kind. Cheap to read;
+/// replaced whole on every heartbeat.
+pub struct ShardMap {
+    kind: &'static str,
+    local_instance: String,
+    state: RwLock<MapState>,
+    /// Wakes the lease task before its next heartbeat (a writer answered
+    /// that it no longer owns a shard).
+    refresh: Notify,
+    /// Signalled after every read of the table.
+    refreshed: Notify,
+}
+
+#[derive(Default)]
+struct MapState {
+    owners: Vec<Option<Owner>>,
+    live_members: Vec<String>,
+    /// Bumped on every read of the table.
+    generation: u64,
+}
+
+impl ShardMap {
+    pub fn new(kind: &'static str, local_instance: &str) -> ShardMap {
+        ShardMap {
+            kind,
+            local_instance: local_instance.to_owned(),
+            state: RwLock::new(MapState {
+                owners: vec![None; SHARD_COUNT as usize],
+                ..MapState::default()
+            }),
+            refresh: Notify::new(),
+            refreshed: Notify::new(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    pub fn local_instance(&self) -> &str {
+        &self.local_instance
+    }
+
+    /// The owner of `shard`, if it has one.
+    pub fn owner(&self, shard: i32) -> Option<Owner> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        usize::try_from(shard)
+            .ok()
+            .and_then(|index| state.owners.get(index).cloned().flatten())
+    }
+
+    /// The owner of the shard of `key`.
+    pub fn owner_of(&self, key: &str) -> Option<Owner> {
+        self.owner(shard_of(key))
+    }
+
+    /// The epoch at which this instance holds `shard`, if it does.
+    pub fn held_here(&self, shard: i32) -> Option<i64> {
+        self.owner(shard)
+            .filter(|owner| *owner.instance == *self.local_instance)
+            .map(|owner| owner.epoch)
+    }
+
+    /// Whether this instance owns any shard.
+    pub fn holds_any_here(&self) -> bool {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .owners
+            .iter()
+            .flatten()
+            .any(|owner| *owner.instance == *self.local_instance)
+    }
+
+    /// The live members, in name order.
+    pub fn live_members(&self) -> Vec<String> {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .live_members
+            .clone()
+    }
+
+    /// How many shards each owner holds.
+    pub fn counts(&self) -> Vec<(String, usize)> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for owner in state.owners.iter().flatten() {
+            match counts
+                .iter_mut()
+                .find(|(name, _)| **name == *owner.instance)
+            {
+                Some((_, count)) => *count += 1,
+                None => counts.push((owner.instance.to_string(), 1)),
+            }
+        }
+        counts.sort();
+        counts
+    }
+
+    /// Asks for the table to be read again now, and waits (bounded) until
+    /// it was: after a writer said it no longer owns a shard.
+    pub async fn refresh(&self, within: Duration) {
+        let refreshed = self.refreshed.notified();
+        self.refresh.notify_one();
+        let _ = tokio::time::timeout(within, refreshed).await;
+    }
+
+    /// Asks for the table to be read again soon, without waiting.
+    pub fn refresh_soon(&self) {
+        self.refresh.notify_one();
+    }
+
+    fn replace(&self, members: &[Member], leases: &[Lease], now: i64) {
+        let mut owners = vec![None; SHARD_COUNT as usize];
+        for lease in leases {
+            if let Some(slot) = usize::try_from(lease.shard)
+                .ok()
+                .and_then(|index| owners.get_mut(index))
+            {
+                *slot = Some(Owner {
+                    instance: Arc::from(lease.owner.as_str()),
+                    epoch: lease.epoch,
+                });
+            }
+        }
+        let live_members = live(members, now);
+        let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+        state.owners = owners;
+        state.live_members = live_members;
+        state.generation += 1;
+        drop(state);
+        self.refreshed.notify_waiters();
+    }
+
+    /// What the admin API shows: each shard's owner and epoch, and each
+    /// live member's share.
+    pub fn observe(&self) -> Value {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let shards: Vec<Value> = state
+            .owners
+            .iter()
+            .enumerate()
+            .map(|(shard, owner)| match owner {
+                Some(owner) => {
+                    json!({ "shard": shard, "owner": &*owner.instance, "epoch": owner.epoch })
+                }
+                None => json!({ "shard": shard, "owner": null, "epoch": 0 }),
+            })
+            .collect();
+        drop(state);
+        let counts: serde_json::Map<String, Value> = self
+            .counts()
+            .into_iter()
+            .map(|(owner, count)| (owner, json!(count)))
+            .collect();
+        json!({
+            "kind": self.kind,
+            "shard_count": SHARD_COUNT,
+            "live_members": self.live_members(),
+            "shards_per_owner": counts,
+            "shards": shards,
+        })
+    }
+}
+
+fn live(members: &[Member], now: i64) -> Vec<String> {
+    members
+        .iter()
+        .filter(|member| member.expires_ts > now)
+        .map(|member| member.instance.clone())
+        .collect()
+}
+
+/// The heartbeat of one kind's shard ownership on one instance: renews this
+/// instance's membership (if it is a member), takes the shards it should own
+/// whose owner is dead or gone, hands over the shards that should now be
+/// another live member's, and reads the table into the [`ShardMap`].
+pub struct ShardLeases {
+    map: Arc<ShardMap>,
+    pool: Pool,
+    member: bool,
+    timing: LeaseTiming,
+    /// The first beat of this process takes back, with a new epoch, the
+    /// shards a previous life of this instance held.
+    started: bool,
+}
+
+impl ShardLeases {
+    pub fn new(map: Arc<ShardMap>, pool: Pool, member: bool, timing: LeaseTiming) -> ShardLeases {
+        ShardLeases {
+            map,
+            pool,
+            member,
+            timing,
+            started: false,
+        }
+    }
+
+    /// One heartbeat.
+    pub async fn beat(&mut self) -> StorageResult<()> {
+        let kind = self.map.kind;
+        let me = self.map.local_instance.clone();
+        let now = now_ms();
+        if self.member {
+            let expires = now.saturating_add(millis(self.timing.timeout));
+            stored::renew_membership(&self.pool, kind, &me, now, expires).await?;
+        }
+        let (members, leases) = stored::load(&self.pool, kind).await?;
+        if !self.member {
+            self.map.replace(&members, &leases, now);
+            return Ok(());
+        }
+        let live_members = live(&members, now);
+
+        // Shards to take: those that should be ours and have no live owner,
+        // and (on the first beat) those a previous life of ours held.
+        let mut owner_of: Vec<Option<&Lease>> = vec![None; SHARD_COUNT as usize];
+        for lease in &leases {
+            if let Some(slot) = usize::try_from(lease.shard)
+                .ok()
+                .and_then(|index| owner_of.get_mut(index))
+            {
+                *slot = Some(lease);
+            }
+        }
+        let mut to_claim = Vec::new();
+        let mut to_hand_over = Vec::new();
+        for shard in 0..SHARD_COUNT {
+            let desired = desired_owner(kind, shard, &live_members);
+            let lease = owner_of[shard as usize];
+            let owner_live = lease.is_some_and(|l| live_members.contains(&l.owner));
+            match lease {
+                Some(lease) if lease.owner == me => {
+                    if !self.started {
+                        to_claim.push(shard);
+                    } else if let Some(desired) = desired.filter(|d| *d != me) {
+                        to_hand_over.push((shard, lease.epoch, desired.to_owned()));
+                    }
+                }
+                _ if desired == Some(me.as_str()) && !owner_live => to_claim.push(shard),
+                _ => {}
+            }
+        }
+        if !to_claim.is_empty() {
+            let claimed = stored::claim(&self.pool, kind, &me, &to_claim, now).await?;
+            if !claimed.is_empty() {
+                tracing::info!(kind, shards = claimed.len(), "took shards");
+            }
+        }
+        self.started = true;
+        if !to_hand_over.is_empty() {
+            // Shown as ours no more before the first handover waits for
+            // our transactions in flight: no new one starts meanwhile.
+            let mut handed = 0;
+            for (shard, epoch, to) in &to_hand_over {
+                if stored::hand_over(&self.pool, kind, *shard, &me, *epoch, to, now_ms())
+                    .await?
+                    .is_some()
+                {
+                    handed += 1;
+                }
+            }
+            tracing::info!(kind, shards = handed, "handed shards over to new members");
+        }
+        if to_claim.is_empty() && to_hand_over.is_empty() {
+            self.map.replace(&members, &leases, now);
+        } else {
+            let (members, leases) = stored::load(&self.pool, kind).await?;
+            self.map.replace(&members, &leases, now);
+        }
+        Ok(())
+    }
+
+    /// Beats every `heartbeat` (or at once when asked to refresh) until the
+    /// task is aborted.
+    pub async fn run(mut self) {
+        loop {
+            if let Err(error) = self.beat().await {
+                tracing::warn!(kind = self.map.kind, error = %error, "shard lease heartbeat failed");
+            }
+            // Asked to refresh or not, never more often than this: callers
+            // waiting for a moving shard must not turn it into a busy loop.
+            tokio::time::sleep(MIN_BEAT_GAP.min(self.timing.heartbeat)).await;
+            let refresh = self.map.refresh.notified();
+            let _ = tokio::time::timeout(self.timing.heartbeat, refresh).await;
+        }
+    }
+
+    /// Leaves the kind: membership ended, and every shard held here handed
+    /// to the live member that should have it (what is in flight here
+    /// finishes first). With no other member left, the shards stay here
+    /// until one joins and claims them.
+    pub async fn leave(&mut self) -> StorageResult<()> {
+        if !self.member {
+            return Ok(());
+        }
+        let kind = self.map.kind;
+        let me = self.map.local_instance.clone();
+        stored::leave(&self.pool, kind, &me).await?;
+        let now = now_ms();
+        let (members, leases) = stored::load(&self.pool, kind).await?;
+        let others = live(&members, now);
+        let mut handed = 0;
+        for lease in leases.iter().filter(|lease| lease.owner == me) {
+            if let Some(to) = desired_owner(kind, lease.shard, &others) {
+                if stored::hand_over(&self.pool, kind, lease.shard, &me, lease.epoch, to, now)
+                    .await?
+                    .is_some()
+                {
+                    handed += 1;
+                }
+            }
+        }
+        tracing::info!(kind, shards = handed, "left: shards handed over");
+        let (members, leases) = stored::load(&self.pool, kind).await?;
+        self.map.replace(&members, &leases, now);
+        Ok(())
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("events{i}")).collect()
+    }
+
+    fn shares(members: &[String]) -> Vec<usize> {
+        members
+            .iter()
+            .map(|member| {
+                (0..SHARD_COUNT)
+                    .filter(|&shard| desired_owner("events", shard, members) == Some(member))
+                    .count()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_shard_has_one_desired_owner_and_shares_are_even() {
+        for n in 1..=5 {
+            let members = names(n);
+            let shares = shares(&members);
+            assert_eq!(shares.iter().sum::<usize>(), SHARD_COUNT as usize);
+            let fair = SHARD_COUNT as usize / n;
+            for share in shares {
+                // Rendezvous hashing is even on average; 256 shards keep
+                // every member within a third of its fair share.
+                assert!(
+                    share * 3 >= fair * 2 && share * 3 <= fair * 4,
+                    "{n}: {share}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_member_takes_only_its_share() {
+        let four = names(4);
+        let five = names(5);
+        let moved: Vec<i32> = (0..SHARD_COUNT)
+            .filter(|&shard| {
+                desired_owner("events", shard, &four) != desired_owner("events", shard, &five)
+            })
+            .collect();
+        // Every shard that moves goes to the newcomer.
+        for shard in &moved {
+            assert_eq!(desired_owner("events", *shard, &five), Some("events5"));
+        }
+        assert_eq!(moved.len(), shares(&five)[4]);
+    }
+
+    #[test]
+    fn a_leaving_member_gives_only_its_own() {
+        let five = names(5);
+        let without_three: Vec<String> = five.iter().filter(|m| *m != "events3").cloned().collect();
+        for shard in 0..SHARD_COUNT {
+            let before = desired_owner("events", shard, &five);
+            if before != Some("events3") {
+                assert_eq!(before, desired_owner("events", shard, &without_three));
+            }
+        }
+    }
+
+    #[test]
+    fn shard_of_is_synapses_rule_over_the_shard_count() {
+        assert_eq!(
+            shard_of("!a:b") as usize,
+            lattice_actors::shard_index("!a:b", 256).expect("n > 0")
+        );
+        assert!((0..SHARD_COUNT).contains(&shard_of("!room:example.org")));
+    }
+}
