@@ -29,7 +29,7 @@ use tokio_postgres::NoTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("database: {0}")]
+    #[error("database: {error}{detail}", error = .0, detail = db_error_detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -45,6 +45,14 @@ pub enum StorageError {
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;
+
+/// What PostgreSQL said, which `tokio_postgres::Error` shows only as "db error".
+fn db_error_detail(error: &tokio_postgres::Error) -> String {
+    error
+        .as_db_error()
+        .map(|db| format!(": {} ({})", db.message(), db.code().code()))
+        .unwrap_or_default()
+}
 
 /// The migrations, applied in order, each in its own transaction.
 const MIGRATIONS: &[(&str, &str)] = &[

@@ -341,7 +341,27 @@ impl EventPersister {
         Ok(Some(Redaction { target_id, target }))
     }
 
+    /// Creates a room. In room version 12 the room id is the hash of the
+    /// create event, so two rooms created by one user with the same content
+    /// in the same millisecond (on two writers) would have the same id: the
+    /// second is built again, a millisecond later.
     async fn create_room(&mut self, request: CreateRoom) -> Result<Persisted, WriteError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.create_room_once(request.clone()).await {
+                Err(RoomCreation::IdTaken(_)) if attempts < 5 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                Err(RoomCreation::IdTaken(error) | RoomCreation::Refused(error)) => {
+                    return Err(error)
+                }
+                Ok(persisted) => return Ok(persisted),
+            }
+        }
+    }
+
+    async fn create_room_once(&mut self, request: CreateRoom) -> Result<Persisted, RoomCreation> {
         // A redelivered request is answered with the room it created.
         let txn = (!request.request_id.is_empty()).then(|| Transaction {
             device_id: String::new(),
@@ -365,7 +385,7 @@ impl EventPersister {
             redactions.push(self.redaction(&event.kind, None, &event.content).await?);
         }
         if json_contains_nul(&Value::Object(request.create_content.clone())) {
-            return Err(nul_characters());
+            return Err(nul_characters().into());
         }
         let version = parse_supported(request.room_version.as_str())
             .ok_or_else(|| WriteError::UnsupportedRoomVersion(request.room_version.to_string()))?;
@@ -434,7 +454,7 @@ impl EventPersister {
                 Ok(event) => events.push(event),
                 Err(error) => {
                     self.rooms.remove(room_id.as_str());
-                    return Err(error);
+                    return Err(error.into());
                 }
             }
         }
@@ -451,8 +471,14 @@ impl EventPersister {
         match self.write(Some(room_row), &events).await {
             Ok(mut persisted) => persisted
                 .pop()
-                .ok_or_else(|| WriteError::Internal("nothing persisted".into())),
-            Err(error) => Err(self.write_failed(&[room_id.to_string()], error)),
+                .ok_or_else(|| WriteError::Internal("nothing persisted".into()).into()),
+            Err(error) if room_id_taken(&error) => {
+                self.forget_heads(&[room_id.to_string()]);
+                Err(RoomCreation::IdTaken(WriteError::Internal(
+                    "could not make a room id that is not taken".into(),
+                )))
+            }
+            Err(error) => Err(self.write_failed(&[room_id.to_string()], error).into()),
         }
     }
 
@@ -759,6 +785,27 @@ impl EventPersister {
         });
         Ok(persisted)
     }
+}
+
+/// Why a room was not created.
+enum RoomCreation {
+    /// Another room already has the id this one would have had.
+    IdTaken(WriteError),
+    Refused(WriteError),
+}
+
+impl From<WriteError> for RoomCreation {
+    fn from(error: WriteError) -> Self {
+        RoomCreation::Refused(error)
+    }
+}
+
+fn room_id_taken(error: &StorageError) -> bool {
+    matches!(error, StorageError::Postgres(postgres)
+        if postgres.as_db_error().is_some_and(|db| {
+            *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                && db.constraint() == Some("rooms_pkey")
+        }))
 }
 
 /// Parses a PDU as stored (its federation JSON).
