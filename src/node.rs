@@ -24,7 +24,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::passwords::PasswordHasher;
 use crate::roles::events::{CreateRoom, Persisted, SendEvent, Transaction, EVENTS_STREAM};
 use crate::roles::{ActorStart, Mailboxes, Role, WriteError, ACTORS};
-use crate::shards::{LeaseTiming, ShardLeases, ShardMap};
+use crate::shards::{LeaseTiming, ShardLeases, ShardMap, BACKGROUND_KIND};
 use crate::signing_key::SigningKey;
 use crate::storage;
 use crate::streams::caches::{CachesStream, CachesWriter, Invalidation};
@@ -103,6 +103,11 @@ pub struct Node {
     /// instance is one of them (then it hands its shards over when it stops).
     pub event_shards: Arc<ShardMap>,
     event_shards_member: bool,
+    /// Who holds the duties that must run once in the whole deployment
+    /// (clean-up jobs): the owner of shard 0 of `background`, among the
+    /// instances with the `background` role; and whether this is one.
+    pub background_shards: Arc<ShardMap>,
+    background_member: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +172,9 @@ async fn heartbeat(node: Node, addr: SocketAddr) {
 /// How often the background instance deletes what is past its retention.
 const CLEAN_UP_INTERVAL: Duration = Duration::from_secs(3600);
 
+/// The `background` shard whose holder runs [`clean_up`].
+const CLEAN_UP_SHARD: i32 = 0;
+
 /// How long a request id is kept with the event it wrote: far beyond any
 /// mailbox deadline (minutes), so a redelivered message still finds it.
 const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -175,10 +183,15 @@ const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// (readers catch up only over what they missed while disconnected, never
 /// over a week), user-interactive auth sessions, and the request ids that
 /// made mailbox messages idempotent.
-async fn clean_up(pool: Pool) {
+/// Runs only on the instance holding shard 0 of `background`: with two
+/// background instances, one does it, and the other takes over if it dies.
+async fn clean_up(pool: Pool, duties: Arc<ShardMap>) {
     let mut ticker = tokio::time::interval(CLEAN_UP_INTERVAL);
     loop {
         ticker.tick().await;
+        if duties.held_here(CLEAN_UP_SHARD).is_none() {
+            continue;
+        }
         let now = crate::util::now_ms();
         let before = now - crate::streams::caches::RETENTION.as_millis() as i64;
         match storage::caches::delete_older_than(&pool, before).await {
@@ -197,6 +210,53 @@ async fn clean_up(pool: Pool) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "deleted old request ids"),
             Err(error) => tracing::warn!(error = %error, "deleting old request ids failed"),
+        }
+    }
+}
+
+/// On every heartbeat, moves each event persister that can write no more
+/// (stopped, dead and its shards taken, or listed but never started) to the
+/// end of the stream, reading back what it committed but never announced.
+/// Without it, a gone writer's last position would be the floor of every
+/// token for ever: `/sync` would stop at the first id a rolled-back
+/// transaction left unused.
+async fn settle_gone_writers(node: Node, replication: Arc<Replication>, every: Duration) {
+    let writers = node.config.stream_writers(EVENTS_STREAM);
+    let sequence = crate::streams::events::SPEC.sequence;
+    loop {
+        tokio::time::sleep(every).await;
+        let live = node.event_shards.live_members();
+        let gone = writers.iter().filter(|writer| {
+            **writer != node.instance_name
+                && !live.contains(writer)
+                && !node
+                    .event_shards
+                    .counts()
+                    .iter()
+                    .any(|(owner, _)| owner == *writer)
+        });
+        for writer in gone {
+            let settled = async {
+                let position = storage::shards::final_position(
+                    &node.pool,
+                    EVENTS_STREAM,
+                    writer,
+                    sequence,
+                    crate::util::now_ms(),
+                )
+                .await
+                .map_err(|error| error.to_string())?;
+                if let Some(position) = position {
+                    replication
+                        .writer_gone(EVENTS_STREAM, writer, position)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                }
+                Ok::<_, String>(())
+            };
+            if let Err(error) = settled.await {
+                tracing::warn!(writer = %writer, error = %error, "could not settle a gone events writer");
+            }
         }
     }
 }
@@ -339,6 +399,15 @@ impl Node {
             lease_timing,
         );
         event_leases.beat().await?;
+        let background_shards = Arc::new(ShardMap::new(BACKGROUND_KIND, instance_name));
+        let background_member = roles.contains(&Role::Background);
+        let mut background_leases = ShardLeases::new(
+            background_shards.clone(),
+            pool.clone(),
+            background_member,
+            lease_timing,
+        );
+        background_leases.beat().await?;
         let mailboxes = Arc::new(Mailboxes::new(
             placement,
             transport
@@ -526,18 +595,31 @@ impl Node {
             endpoints: Arc::new(tokio::sync::Mutex::new(endpoints)),
             event_shards,
             event_shards_member,
+            background_shards,
+            background_member,
         };
         let addr = listener.local_addr()?;
         let mut tasks = vec![
             tokio::spawn(event_leases.run()),
+            tokio::spawn(background_leases.run()),
             tokio::spawn(heartbeat(node.clone(), addr)),
             tokio::spawn(last_seen::flush_periodically(
                 node.last_seen.clone(),
                 node.pool.clone(),
             )),
         ];
+        if let Some((replication, _)) = &node.replication {
+            tasks.push(tokio::spawn(settle_gone_writers(
+                node.clone(),
+                replication.clone(),
+                lease_timing.heartbeat,
+            )));
+        }
         if node.has_role(Role::Background) {
-            tasks.push(tokio::spawn(clean_up(node.pool.clone())));
+            tasks.push(tokio::spawn(clean_up(
+                node.pool.clone(),
+                node.background_shards.clone(),
+            )));
         }
         let app_node = node.clone();
         let server = HttpServer::new(move || {
@@ -688,19 +770,22 @@ impl Node {
         }
     }
 
-    /// Gives this instance's event persister shards to the writers that stay.
+    /// Gives this instance's shards (event persisters', background duties')
+    /// to the members that stay.
     async fn leave_shards(&self) {
-        if !self.event_shards_member {
-            return;
-        }
         let timing = LeaseTiming {
             heartbeat: Duration::from_millis(self.config.shards.heartbeat_ms),
             timeout: Duration::from_millis(self.config.shards.lease_timeout_ms),
         };
-        let mut leases =
-            ShardLeases::new(self.event_shards.clone(), self.pool.clone(), true, timing);
-        if let Err(error) = leases.leave().await {
-            tracing::warn!(error = %error, "could not hand the event shards over: they are taken when the lease expires");
+        let maps = [
+            (&self.event_shards, self.event_shards_member),
+            (&self.background_shards, self.background_member),
+        ];
+        for (map, member) in maps.into_iter().filter(|(_, member)| *member) {
+            let mut leases = ShardLeases::new(map.clone(), self.pool.clone(), member, timing);
+            if let Err(error) = leases.leave().await {
+                tracing::warn!(kind = map.kind(), error = %error, "could not hand the shards over: they are taken when the lease expires");
+            }
         }
     }
 

@@ -36,6 +36,13 @@ use crate::storage::shards::{self as stored, Lease, Member};
 use crate::storage::StorageResult;
 use crate::util::now_ms;
 
+/// The kind of the duties that must run on one instance of the deployment
+/// (clean-up jobs): members are the instances with the `background` role.
+pub const BACKGROUND_KIND: &str = "background";
+
+/// Every sharded kind there is.
+pub const KINDS: [&str; 2] = [crate::streams::events::EVENTS_STREAM, BACKGROUND_KIND];
+
 /// Shards per actor kind, fixed at creation: many more than there will ever
 /// be instances, so that adding one moves only its share.
 pub const SHARD_COUNT: i32 = 256;
@@ -86,6 +93,8 @@ pub struct LeaseTiming {
 pub struct Owner {
     pub instance: Arc<str>,
     pub epoch: i64,
+    /// Put there by an administrator (`lattice admin shards move`).
+    pub pinned: bool,
 }
 
 /// This instance's view of who owns each shard of one kind. Cheap to read;
@@ -211,6 +220,7 @@ impl ShardMap {
                 *slot = Some(Owner {
                     instance: Arc::from(lease.owner.as_str()),
                     epoch: lease.epoch,
+                    pinned: lease.pinned,
                 });
             }
         }
@@ -232,10 +242,13 @@ impl ShardMap {
             .iter()
             .enumerate()
             .map(|(shard, owner)| match owner {
-                Some(owner) => {
-                    json!({ "shard": shard, "owner": &*owner.instance, "epoch": owner.epoch })
-                }
-                None => json!({ "shard": shard, "owner": null, "epoch": 0 }),
+                Some(owner) => json!({
+                    "shard": shard,
+                    "owner": &*owner.instance,
+                    "epoch": owner.epoch,
+                    "pinned": owner.pinned,
+                }),
+                None => json!({ "shard": shard, "owner": null, "epoch": 0, "pinned": false }),
             })
             .collect();
         drop(state);
@@ -252,6 +265,46 @@ impl ShardMap {
             "shards": shards,
         })
     }
+}
+
+/// `kind`'s shards as the table says now (what [`ShardMap::observe`] shows),
+/// for the admin API and `lattice admin shards`.
+pub async fn describe(pool: &Pool, kind: &'static str) -> StorageResult<Value> {
+    let (members, leases) = stored::load(pool, kind).await?;
+    let map = ShardMap::new(kind, "");
+    map.replace(&members, &leases, now_ms());
+    Ok(map.observe())
+}
+
+/// Why a shard could not be moved by hand.
+#[derive(Debug, thiserror::Error)]
+pub enum MoveError {
+    #[error("unknown shard kind `{0}` (known: events, background)")]
+    UnknownKind(String),
+    #[error("shard {0} does not exist (shards are 0 to {max})", max = SHARD_COUNT - 1)]
+    NoSuchShard(i32),
+    #[error("`{to}` is not a live member of `{kind}`")]
+    NotAMember { kind: String, to: String },
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+/// Moves `shard` of `kind` to the live member `to` and pins it there; the
+/// old owner's transactions in flight finish first, and its later ones are
+/// fenced. Answers the new epoch.
+pub async fn move_shard(pool: &Pool, kind: &str, shard: i32, to: &str) -> Result<i64, MoveError> {
+    if !KINDS.contains(&kind) {
+        return Err(MoveError::UnknownKind(kind.to_owned()));
+    }
+    if !(0..SHARD_COUNT).contains(&shard) {
+        return Err(MoveError::NoSuchShard(shard));
+    }
+    stored::assign(pool, kind, shard, to, now_ms())
+        .await?
+        .ok_or_else(|| MoveError::NotAMember {
+            kind: kind.to_owned(),
+            to: to.to_owned(),
+        })
 }
 
 fn live(members: &[Member], now: i64) -> Vec<String> {
@@ -324,6 +377,8 @@ impl ShardLeases {
                 Some(lease) if lease.owner == me => {
                     if !self.started {
                         to_claim.push(shard);
+                    } else if lease.pinned {
+                        // Put here by hand: stays while we live.
                     } else if let Some(desired) = desired.filter(|d| *d != me) {
                         to_hand_over.push((shard, lease.epoch, desired.to_owned()));
                     }

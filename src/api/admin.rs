@@ -26,7 +26,70 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/_lattice/admin/v1/users/{user_id}/media",
             web::delete().to(delete_user_media),
         )
-        .route("/_lattice/admin/v1/reports", web::get().to(list_reports));
+        .route("/_lattice/admin/v1/reports", web::get().to(list_reports))
+        .route("/_lattice/admin/v1/shards", web::get().to(shards))
+        .route(
+            "/_lattice/admin/v1/shards/{kind}/{shard}/move",
+            web::post().to(move_shard),
+        );
+}
+
+/// GET /_lattice/admin/v1/shards
+///
+/// For each sharded kind (`events`, `background`): the live members, how
+/// many shards each owner holds, and each shard's owner, epoch and whether
+/// it was pinned there by hand.
+async fn shards(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
+    if !requester.is_admin {
+        return Err(ApiError::forbidden("this endpoint is for server admins"));
+    }
+    let mut kinds = Vec::new();
+    for kind in crate::shards::KINDS {
+        kinds.push(crate::shards::describe(&node.pool, kind).await?);
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "kinds": kinds })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct MoveBody {
+    to: String,
+}
+
+/// POST /_lattice/admin/v1/shards/{kind}/{shard}/move `{"to": instance}`
+///
+/// Moves one shard to a live member and pins it there.
+async fn move_shard(
+    node: web::Data<Node>,
+    requester: Requester,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    if !requester.is_admin {
+        return Err(ApiError::forbidden("this endpoint is for server admins"));
+    }
+    let (kind, shard) = path.into_inner();
+    let shard: i32 = shard
+        .parse()
+        .map_err(|_| ApiError::invalid_param(format!("`{shard}` is not a shard number")))?;
+    let body: MoveBody = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::bad_json(format!("expected {{\"to\": instance}}: {error}")))?;
+    use crate::shards::MoveError;
+    match crate::shards::move_shard(&node.pool, &kind, shard, &body.to).await {
+        Ok(epoch) => {
+            node.event_shards.refresh_soon();
+            node.background_shards.refresh_soon();
+            Ok(HttpResponse::Ok().json(serde_json::json!({
+                "kind": kind, "shard": shard, "owner": body.to, "epoch": epoch,
+            })))
+        }
+        Err(error @ (MoveError::UnknownKind(_) | MoveError::NoSuchShard(_))) => {
+            Err(ApiError::not_found(error.to_string()))
+        }
+        Err(error @ MoveError::NotAMember { .. }) => {
+            Err(ApiError::invalid_param(error.to_string()))
+        }
+        Err(MoveError::Storage(error)) => Err(error.into()),
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -14,6 +14,8 @@ pub struct Lease {
     pub owner: String,
     pub epoch: i64,
     pub since_ts: i64,
+    /// Moved here by an administrator: not rebalanced while the owner lives.
+    pub pinned: bool,
 }
 
 /// One member's row.
@@ -71,7 +73,7 @@ pub async fn load(pool: &Pool, kind: &str) -> StorageResult<(Vec<Member>, Vec<Le
         .collect();
     let leases = client
         .query(
-            "SELECT shard, owner, epoch, since_ts FROM shard_leases WHERE kind = $1 ORDER BY shard",
+            "SELECT shard, owner, epoch, since_ts, pinned FROM shard_leases WHERE kind = $1 ORDER BY shard",
             &[&kind],
         )
         .await?
@@ -81,6 +83,7 @@ pub async fn load(pool: &Pool, kind: &str) -> StorageResult<(Vec<Member>, Vec<Le
             owner: row.get(1),
             epoch: row.get(2),
             since_ts: row.get(3),
+            pinned: row.get(4),
         })
         .collect();
     Ok((members, leases))
@@ -107,7 +110,7 @@ pub async fn claim(
             "INSERT INTO shard_leases AS l (kind, shard, owner, epoch, since_ts)
              SELECT $1, s, $2, 1, $4 FROM unnest($3::int[]) AS s ORDER BY s
              ON CONFLICT (kind, shard) DO UPDATE SET owner = EXCLUDED.owner,
-               epoch = l.epoch + 1, since_ts = EXCLUDED.since_ts
+               epoch = l.epoch + 1, since_ts = EXCLUDED.since_ts, pinned = false
              WHERE l.owner = EXCLUDED.owner OR NOT EXISTS (
                SELECT 1 FROM shard_members m
                WHERE m.kind = l.kind AND m.instance = l.owner AND m.expires_ts > $4)
@@ -134,7 +137,7 @@ pub async fn hand_over(
         .get()
         .await?
         .query_opt(
-            "UPDATE shard_leases SET owner = $5, epoch = epoch + 1, since_ts = $6
+            "UPDATE shard_leases SET owner = $5, epoch = epoch + 1, since_ts = $6, pinned = false
              WHERE kind = $1 AND shard = $2 AND owner = $3 AND epoch = $4
              RETURNING epoch",
             &[&kind, &shard, &from, &epoch, &to, &now],
@@ -143,20 +146,32 @@ pub async fn hand_over(
     Ok(row.map(|row| row.get(0)))
 }
 
-/// Moves `shard` to `to` whoever holds it (an administrator's move).
-pub async fn assign(pool: &Pool, kind: &str, shard: i32, to: &str, now: i64) -> StorageResult<i64> {
+/// Moves `shard` to `to`, whoever holds it, and pins it there (an
+/// administrator's move): only if `to` is a live member of `kind`. Waits for
+/// the old owner's write transactions in flight. Answers the new epoch, or
+/// `None` when `to` is not a live member.
+pub async fn assign(
+    pool: &Pool,
+    kind: &str,
+    shard: i32,
+    to: &str,
+    now: i64,
+) -> StorageResult<Option<i64>> {
     let row = pool
         .get()
         .await?
-        .query_one(
-            "INSERT INTO shard_leases AS l (kind, shard, owner, epoch, since_ts) VALUES ($1, $2, $3, 1, $4)
+        .query_opt(
+            "INSERT INTO shard_leases AS l (kind, shard, owner, epoch, since_ts, pinned)
+             SELECT $1, $2, $3, 1, $4, true WHERE EXISTS (
+               SELECT 1 FROM shard_members m
+               WHERE m.kind = $1 AND m.instance = $3 AND m.expires_ts > $4)
              ON CONFLICT (kind, shard) DO UPDATE SET owner = EXCLUDED.owner,
-               epoch = l.epoch + 1, since_ts = EXCLUDED.since_ts
+               epoch = l.epoch + 1, since_ts = EXCLUDED.since_ts, pinned = true
              RETURNING epoch",
             &[&kind, &shard, &to, &now],
         )
         .await?;
-    Ok(row.get(0))
+    Ok(row.map(|row| row.get(0)))
 }
 
 /// The fence of a write transaction: locks the rows of `held` (shard,
@@ -197,4 +212,33 @@ pub async fn fence(
         kind: kind.to_owned(),
         shard,
     })
+}
+
+/// Where `instance`, as a writer of the stream of `sequence`, stands for
+/// good: the sequence's last value, if `instance` is no live member of
+/// `kind` and holds none of its shards (`None` otherwise). The sequence is
+/// read first: a writer that comes back must claim a shard before it
+/// writes, after this read, so every id it takes then is above.
+pub async fn final_position(
+    pool: &Pool,
+    kind: &str,
+    instance: &str,
+    sequence: &str,
+    now: i64,
+) -> StorageResult<Option<i64>> {
+    let client = pool.get().await?;
+    let last_value: i64 = client
+        .query_one(&format!("SELECT last_value FROM {sequence}"), &[])
+        .await?
+        .get(0);
+    let active: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM shard_leases WHERE kind = $1 AND owner = $2)
+                 OR EXISTS (SELECT 1 FROM shard_members
+                            WHERE kind = $1 AND instance = $2 AND expires_ts > $3)",
+            &[&kind, &instance, &now],
+        )
+        .await?
+        .get(0);
+    Ok((!active).then_some(last_value))
 }

@@ -318,7 +318,29 @@ impl StreamPositions {
     /// gapless run of persisted ids above it advances it further.
     fn add_persisted_position(&mut self, new_id: i64) {
         self.known_persisted_positions.push(Reverse(new_id));
+        self.raise_floor();
+    }
 
+    /// `instance` will write nothing more at or below `position` (it is
+    /// gone: stopped, or dead and fenced off its shards), so it holds the
+    /// floor no further back than there. Unlike [`advance`](Self::advance),
+    /// `position` is not taken for a persisted id: it may be the end of a
+    /// sequence another writer is still writing below.
+    pub fn settle(&mut self, instance: &str, position: i64) {
+        if instance == self.local_instance {
+            return;
+        }
+        let entry = self
+            .current_positions
+            .entry(instance.to_owned())
+            .or_insert(0);
+        *entry = (*entry).max(position);
+        self.raise_floor();
+    }
+
+    /// Moves `persisted_upto` as far as the writers' positions and the
+    /// known persisted ids allow.
+    fn raise_floor(&mut self) {
         let busy = !self.unfinished_ids.is_empty() || !self.in_flight_fetches.is_empty();
         let our = self
             .current_positions
@@ -470,6 +492,37 @@ mod tests {
             r.positions(),
             BTreeMap::from([("a".into(), 1), ("b".into(), 1)])
         );
+    }
+
+    #[test]
+    fn a_gone_writer_settles_without_passing_a_live_writers_ids() {
+        // Reader of a, b, c. b is gone; the sequence is at 6, where a may
+        // still be writing 5 and 6.
+        let mut r = fresh_reader(&["a", "b", "c"]);
+        r.advance("a", 4);
+        r.advance("c", 3);
+        assert_eq!(
+            r.persisted_upto(),
+            1,
+            "b holds the floor at its last position"
+        );
+        r.settle("b", 6);
+        assert_eq!(
+            r.persisted_upto(),
+            4,
+            "no further than the live writers (4 is a's)"
+        );
+        r.advance("c", 7);
+        assert_eq!(
+            r.persisted_upto(),
+            4,
+            "6, the end of the sequence, is not a persisted id"
+        );
+        r.advance("a", 6);
+        assert_eq!(r.persisted_upto(), 7);
+        // A gone writer that comes back is heard again.
+        r.advance("b", 9);
+        assert_eq!(r.current_token_for_writer("b"), 9);
     }
 
     #[test]

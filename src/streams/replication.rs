@@ -514,6 +514,18 @@ pub trait ReplicatedStream: Send + Sync {
 
     /// How far this instance processed each writer, for the lag.
     fn processed(&self) -> Vec<(String, i64)>;
+
+    /// `writer` can write no more, and wrote nothing above `position`:
+    /// read back what it wrote that was not heard, then let it hold the
+    /// floor no further back than `position`.
+    fn on_writer_gone<'a>(
+        &'a self,
+        writer: &'a str,
+        position: i64,
+    ) -> BoxFuture<'a, Result<(), StreamError>> {
+        let _ = (writer, position);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A stream of the registry as replication drives it: rows of a writer are
@@ -618,6 +630,36 @@ impl ReplicatedStream for PositionedStream {
         })
     }
 
+    fn on_writer_gone<'a>(
+        &'a self,
+        writer: &'a str,
+        position: i64,
+    ) -> BoxFuture<'a, Result<(), StreamError>> {
+        Box::pin(async move {
+            if writer == self.instance {
+                return Ok(());
+            }
+            let current = self.positions().read(|p| p.heard_from(writer));
+            if position > current {
+                for (row_position, row) in self
+                    .stream
+                    .rows
+                    .read_rows(writer, current, position)
+                    .await?
+                {
+                    self.stream.rows.apply(writer, row_position, &row);
+                    self.positions()
+                        .record(self.stream.rows.keys(&row), row_position, |p| {
+                            p.advance(writer, row_position)
+                        });
+                    self.stats.caught_up_rows.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.positions().update(|p| p.settle(writer, position));
+            Ok(())
+        })
+    }
+
     fn processed(&self) -> Vec<(String, i64)> {
         self.positions().read(|positions| {
             positions
@@ -679,6 +721,24 @@ impl Drop for Replication {
 }
 
 impl Replication {
+    /// `writer` of `stream` can write no more (it holds no shard and is no
+    /// live member): everything it committed is at or below `position`.
+    /// Its rows this instance has not heard of are read back from
+    /// PostgreSQL (those it committed but never announced, because it
+    /// died), and its position moves to `position`, so that it no longer
+    /// holds back the floor every token is cut at.
+    pub async fn writer_gone(
+        &self,
+        stream: &str,
+        writer: &str,
+        position: i64,
+    ) -> Result<(), StreamError> {
+        match self.streams.iter().find(|s| s.name() == stream) {
+            Some(replicated) => replicated.on_writer_gone(writer, position).await,
+            None => Ok(()),
+        }
+    }
+
     /// Starts publishing what `publisher` queues and reading every stream
     /// of `streams`; an unreachable Redis is retried in the background.
     pub fn start(

@@ -338,6 +338,83 @@ impl TestCluster {
         connect(&self.database.url).await
     }
 
+    /// A cluster of `main` (every role but `events`) and `persisters` event
+    /// persisters `events1`, `events2`, ... sharing a Redis, with
+    /// `listed` instances named in `stream_writers.events` (so that more
+    /// can join later with [`add_node`](Self::add_node)). Shard leases beat
+    /// every 200 ms and expire after 2 s, unless `options.settings` says.
+    pub async fn start_sharded(options: Options, persisters: usize, listed: usize) -> TestCluster {
+        init_logging();
+        let database = TestDatabase::create().await;
+        let media_store = std::env::temp_dir().join(format!("{}_media", database.name));
+        let mut cluster = TestCluster {
+            nodes: Vec::new(),
+            database,
+            sync_node: 0,
+            media_store,
+        };
+        let redis_url = std::env::var("LATTICE_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6390".to_owned());
+        let writers: Vec<String> = (1..=listed).map(|i| format!("events{i}")).collect();
+        let mut config = base_config(&cluster.database.url, &options)
+            .merge(Serialized::default("shards.heartbeat_ms", 200))
+            .merge(Serialized::default("shards.lease_timeout_ms", 2000));
+        for (key, value) in &options.settings {
+            config = config.merge(Serialized::default(key, value));
+        }
+        let mut config = config
+            .merge(Serialized::default(
+                "media.media_store_path",
+                cluster.media_store.clone(),
+            ))
+            .merge(Serialized::default("redis.url", redis_url))
+            .merge(Serialized::default(
+                "redis.prefix",
+                cluster.database.name.clone(),
+            ))
+            .merge(Serialized::default(
+                "replication_secret",
+                lattice::config::generate_replication_secret(),
+            ))
+            .merge(Serialized::default(
+                "stream_writers.events",
+                writers.clone(),
+            ));
+        for writer in &writers {
+            config = config.merge(Serialized::default(
+                &format!("instance_map.{writer}"),
+                json!({ "host": "127.0.0.1", "port": 1 }),
+            ));
+        }
+        let main_roles: Vec<Role> = Role::ALL
+            .iter()
+            .copied()
+            .filter(|role| *role != Role::Events)
+            .collect();
+        for writer in writers.iter().take(persisters) {
+            cluster
+                .nodes
+                .push(TestNode::start(config.clone(), writer, &[Role::Events]).await);
+        }
+        cluster
+            .nodes
+            .insert(0, TestNode::start(config, "main", &main_roles).await);
+        cluster
+    }
+
+    /// Starts another node, `instance` with `roles`, with the configuration
+    /// of the first node (a live addition to the cluster).
+    pub async fn add_node(&mut self, instance: &str, roles: &[Role]) {
+        let config = self.nodes[0].config.clone();
+        let node = TestNode::start(config, instance, roles).await;
+        self.nodes.push(node);
+    }
+
+    /// Stops the node `instance` gracefully, as SIGTERM does.
+    pub fn stop_node(&mut self, instance: &str) {
+        self.node_mut(instance).halt(true);
+    }
+
     /// Kills the node `instance` (no graceful shutdown: its mailbox messages
     /// stay unacknowledged in Redis).
     pub fn kill(&mut self, instance: &str) {

@@ -48,6 +48,7 @@ mod restricted_joins;
 mod room_upgrades;
 mod rooms;
 mod search;
+mod shards;
 mod spaces;
 mod state;
 mod sync;

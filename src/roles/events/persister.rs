@@ -802,10 +802,10 @@ impl From<WriteError> for RoomCreation {
 
 fn room_id_taken(error: &StorageError) -> bool {
     matches!(error, StorageError::Postgres(postgres)
-        if postgres.as_db_error().is_some_and(|db| {
-            *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
-                && db.constraint() == Some("rooms_pkey")
-        }))
+    if postgres.as_db_error().is_some_and(|db| {
+        *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint() == Some("rooms_pkey")
+    }))
 }
 
 /// Parses a PDU as stored (its federation JSON).

@@ -10,6 +10,10 @@
 -- instances that may own shards and until when each is alive (renewed by
 -- its heartbeat). A shard whose owner's membership expired is taken over by
 -- a live member.
+--
+-- A shard an administrator moved by hand (`lattice admin shards move`) is
+-- `pinned`: the rebalancing that gives each live member its rendezvous
+-- share leaves it where it was put, until its owner dies or leaves.
 CREATE TABLE shard_members (
     kind TEXT NOT NULL,
     instance TEXT NOT NULL,
@@ -24,5 +28,6 @@ CREATE TABLE shard_leases (
     owner TEXT NOT NULL,
     epoch BIGINT NOT NULL,
     since_ts BIGINT NOT NULL,
+    pinned BOOLEAN NOT NULL DEFAULT false,
     PRIMARY KEY (kind, shard)
 );

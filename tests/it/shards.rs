@@ -1,0 +1,431 @@
+//! Live shards (issue 17): the event persisters' rooms are owned by lease,
+//! so persisters join, leave and die while clients send and sync, and no
+//! client sees an event twice, out of order, or not at all.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::cluster::{enc, Options, TestCluster, User};
+use lattice::roles::Role;
+
+const ROOMS: usize = 200;
+const SENDERS: usize = 4;
+const BODY_PREFIX: &str = "shard test ";
+
+/// A `next_batch` the reader was given, with how many messages of each
+/// room it had seen then.
+type TokenSeen = (String, Vec<usize>);
+
+/// One acknowledged send.
+struct Sent {
+    room: usize,
+    event_id: String,
+    started: Instant,
+    answered: Instant,
+}
+
+/// Sends with a client's patience: the same transaction id again after an
+/// error that says to (503, a dropped connection), for up to a minute.
+async fn send_until_accepted(user: &User, room_id: &str, txn_id: &str, body: &str) -> String {
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn_id}",
+        enc(room_id)
+    );
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let answer = user
+            .client
+            .try_request_bytes(
+                awc::http::Method::PUT,
+                &path,
+                Some(&user.access_token),
+                Some(
+                    serde_json::to_vec(&json!({ "msgtype": "m.text", "body": body }))
+                        .expect("json"),
+                ),
+            )
+            .await;
+        match answer {
+            Ok((status, _, bytes)) if status == StatusCode::OK => {
+                let value: Value = serde_json::from_slice(&bytes).expect("json answer");
+                return value["event_id"].as_str().expect("event_id").to_owned();
+            }
+            Ok((status, _, bytes)) if status == StatusCode::SERVICE_UNAVAILABLE => {
+                let _ = bytes;
+            }
+            Ok((status, _, bytes)) => panic!(
+                "send to {room_id} answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ),
+            Err(_dropped) => {}
+        }
+        assert!(
+            Instant::now() < give_up,
+            "a send to {room_id} never got through"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The test's messages in one `/sync` answer, by room, in timeline order,
+/// and whether any timeline was limited (a gap).
+fn messages_in(answer: &Value, index_of: &BTreeMap<String, usize>) -> (Vec<(usize, String)>, bool) {
+    let mut found = Vec::new();
+    let mut limited = false;
+    if let Some(joined) = answer["rooms"]["join"].as_object() {
+        for (room_id, room) in joined {
+            let Some(&index) = index_of.get(room_id) else {
+                continue;
+            };
+            limited |= room["timeline"]["limited"].as_bool() == Some(true);
+            for event in room["timeline"]["events"].as_array().into_iter().flatten() {
+                let is_ours = event["type"] == "m.room.message"
+                    && event["content"]["body"]
+                        .as_str()
+                        .is_some_and(|body| body.starts_with(BODY_PREFIX));
+                if is_ours {
+                    found.push((
+                        index,
+                        event["event_id"].as_str().unwrap_or_default().to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    (found, limited)
+}
+
+/// How many shards each persister owns, and the owner of each room, as
+/// `main` sees them.
+async fn shard_owners(
+    cluster: &TestCluster,
+    rooms: &[String],
+) -> (Vec<(String, usize)>, Vec<String>) {
+    let rooms = rooms.to_vec();
+    cluster
+        .on_node("main", move |node| async move {
+            let counts = node.event_shards.counts();
+            let owners = rooms
+                .iter()
+                .map(|room| {
+                    node.event_shards
+                        .owner_of(room)
+                        .map(|owner| owner.instance.to_string())
+                        .unwrap_or_default()
+                })
+                .collect();
+            (counts, owners)
+        })
+        .await
+}
+
+const SYNC_FILTER: &str = r#"{"room":{"timeline":{"limit":1000},"state":{"lazy_load_members":true}},"presence":{"not_types":["*"]}}"#;
+
+#[actix_web::test]
+async fn rooms_stay_whole_while_persisters_join_leave_and_die() {
+    let mut cluster = TestCluster::start_sharded(Options::default(), 4, 5).await;
+    let alice = cluster.client().register("alice").await;
+
+    // 200 rooms, spread over the four persisters' shards.
+    let mut room_ids: Vec<String> = Vec::with_capacity(ROOMS);
+    for _ in 0..ROOMS / 4 {
+        let created = futures::future::join_all(
+            (0..4).map(|_| alice.create_room(json!({ "preset": "private_chat" }))),
+        )
+        .await;
+        room_ids.extend(created);
+    }
+    let index_of: BTreeMap<String, usize> = room_ids
+        .iter()
+        .enumerate()
+        .map(|(index, room_id)| (room_id.clone(), index))
+        .collect();
+    let (counts, _) = shard_owners(&cluster, &room_ids).await;
+    assert_eq!(
+        counts
+            .iter()
+            .map(|(owner, _)| owner.as_str())
+            .collect::<Vec<_>>(),
+        ["events1", "events2", "events3", "events4"],
+        "every persister owns shards: {counts:?}"
+    );
+
+    let first = alice.sync(&format!("filter={}", enc(SYNC_FILTER))).await;
+    let since = first["next_batch"].as_str().expect("next_batch").to_owned();
+
+    let stop = Rc::new(Cell::new(false));
+    let sent: Rc<RefCell<Vec<Sent>>> = Rc::default();
+    // Senders that finished: a send in flight when `stop` is set is still
+    // acknowledged, and must be read too.
+    let senders_done = Rc::new(Cell::new(0));
+    let senders = (0..SENDERS).map(|sender| {
+        let (alice, stop, sent, room_ids, senders_done) = (
+            alice.clone(),
+            stop.clone(),
+            sent.clone(),
+            room_ids.clone(),
+            senders_done.clone(),
+        );
+        async move {
+            let mut round = 0;
+            while !stop.get() {
+                for room in (sender..ROOMS).step_by(SENDERS) {
+                    if stop.get() {
+                        break;
+                    }
+                    let started = Instant::now();
+                    let body = format!("{BODY_PREFIX}{room}/{round}");
+                    let txn_id = format!("s{room}r{round}");
+                    let event_id =
+                        send_until_accepted(&alice, &room_ids[room], &txn_id, &body).await;
+                    sent.borrow_mut().push(Sent {
+                        room,
+                        event_id,
+                        started,
+                        answered: Instant::now(),
+                    });
+                }
+                round += 1;
+            }
+            senders_done.set(senders_done.get() + 1);
+        }
+    });
+
+    // The reader: every message of every room, exactly once, in order, and
+    // the tokens it was given on the way, with what it had seen at each.
+    let received: Rc<RefCell<Vec<Vec<String>>>> = Rc::new(RefCell::new(vec![Vec::new(); ROOMS]));
+    let tokens: Rc<RefCell<Vec<TokenSeen>>> = Rc::default();
+    let gaps = Rc::new(Cell::new(0));
+    let reader = {
+        let (alice, senders_done, sent, received, tokens, gaps, index_of) = (
+            alice.clone(),
+            senders_done.clone(),
+            sent.clone(),
+            received.clone(),
+            tokens.clone(),
+            gaps.clone(),
+            index_of.clone(),
+        );
+        async move {
+            let mut since = since;
+            let mut answers = 0;
+            let mut finished_at: Option<Instant> = None;
+            loop {
+                let total_received: usize = received.borrow().iter().map(Vec::len).sum();
+                let sending = senders_done.get() < SENDERS;
+                if !sending && total_received >= sent.borrow().len() {
+                    break;
+                }
+                if !sending {
+                    let finished = *finished_at.get_or_insert_with(Instant::now);
+                    if finished.elapsed() > Duration::from_secs(30) {
+                        break;
+                    }
+                }
+                let answer = alice
+                    .sync(&format!(
+                        "since={}&timeout=1000&filter={}",
+                        enc(&since),
+                        enc(SYNC_FILTER)
+                    ))
+                    .await;
+                let (found, limited) = messages_in(&answer, &index_of);
+                if limited {
+                    gaps.set(gaps.get() + 1);
+                }
+                {
+                    let mut received = received.borrow_mut();
+                    for (room, event_id) in found {
+                        received[room].push(event_id);
+                    }
+                }
+                since = answer["next_batch"]
+                    .as_str()
+                    .expect("next_batch")
+                    .to_owned();
+                answers += 1;
+                if answers % 5 == 0 {
+                    let seen = received.borrow().iter().map(Vec::len).collect();
+                    tokens.borrow_mut().push((since.clone(), seen));
+                }
+            }
+        }
+    };
+
+    // In the middle of it: a fifth persister joins, one leaves, one dies.
+    let timeline: Rc<RefCell<Vec<(&'static str, Instant)>>> = Rc::default();
+    let controller = {
+        let (stop, sent, timeline) = (stop.clone(), sent.clone(), timeline.clone());
+        let cluster = &mut cluster;
+        let room_ids = &room_ids;
+        async move {
+            let sent_count = || sent.borrow().len();
+            let wait_for_sends = |more: usize| {
+                let target = sent_count() + more;
+                let sent = sent.clone();
+                async move {
+                    let give_up = Instant::now() + Duration::from_secs(60);
+                    while sent.borrow().len() < target {
+                        assert!(Instant::now() < give_up, "sends stopped going through");
+                        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            };
+            wait_for_sends(100).await;
+            timeline
+                .borrow_mut()
+                .push(("events5 joins", Instant::now()));
+            cluster.add_node("events5", &[Role::Events]).await;
+            wait_for_sends(200).await;
+            timeline
+                .borrow_mut()
+                .push(("events2 stops", Instant::now()));
+            cluster.stop_node("events2");
+            wait_for_sends(200).await;
+            let (_, before_kill) = shard_owners(cluster, room_ids).await;
+            timeline.borrow_mut().push(("events3 dies", Instant::now()));
+            cluster.kill("events3");
+            let killed = Instant::now();
+            // Until every room of the dead persister took a send again.
+            let dead_rooms: HashSet<usize> = before_kill
+                .iter()
+                .enumerate()
+                .filter(|(_, owner)| *owner == "events3")
+                .map(|(room, _)| room)
+                .collect();
+            assert!(!dead_rooms.is_empty(), "events3 owned rooms");
+            let give_up = Instant::now() + Duration::from_secs(60);
+            loop {
+                let recovered: HashSet<usize> = sent
+                    .borrow()
+                    .iter()
+                    .filter(|s| s.started >= killed && dead_rooms.contains(&s.room))
+                    .map(|s| s.room)
+                    .collect();
+                if recovered.len() == dead_rooms.len() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < give_up,
+                    "the dead persister's rooms never came back"
+                );
+                actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+            }
+            wait_for_sends(100).await;
+            stop.set(true);
+            (killed, dead_rooms)
+        }
+    };
+
+    let (_, (killed, dead_rooms), ()) =
+        futures::join!(futures::future::join_all(senders), controller, reader);
+
+    // Every acknowledged send reached the reader exactly once, in order.
+    let sent = std::mem::take(&mut *sent.borrow_mut());
+    let mut expected: Vec<Vec<String>> = vec![Vec::new(); ROOMS];
+    for s in sent.iter() {
+        expected[s.room].push(s.event_id.clone());
+    }
+    assert!(sent.len() >= 600, "only {} sends", sent.len());
+    assert_eq!(gaps.get(), 0, "a timeline was limited");
+    let received = std::mem::take(&mut *received.borrow_mut());
+    let missing: Vec<String> = (0..ROOMS)
+        .flat_map(|room| {
+            expected[room]
+                .iter()
+                .filter(|event| !received[room].contains(event))
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if !missing.is_empty() {
+        // What `main` had seen, for whoever reads the failure.
+        let view = cluster
+            .on_node("main", |node| async move {
+                let events = node.streams.get("events").expect("events stream");
+                let positions = events.read(|p| (p.persisted_upto(), p.positions()));
+                (positions, node.event_shards.counts())
+            })
+            .await;
+        let db = cluster.database().await;
+        let rows = db
+            .query(
+                "SELECT stream_ordering, instance_name FROM events WHERE event_id = ANY($1)",
+                &[&missing],
+            )
+            .await
+            .expect("missing events");
+        let rows: Vec<(i64, String)> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+        eprintln!("main's events stream (floor, writers) and shards: {view:?}; missing (position, writer): {rows:?}");
+    }
+    for room in 0..ROOMS {
+        assert_eq!(
+            received[room], expected[room],
+            "room {room}: what the reader saw is not what was acknowledged, once each, in order"
+        );
+    }
+
+    // A send to a room of the dead persister, started after it died, was
+    // accepted within 15 s of its death.
+    let back = sent
+        .iter()
+        .filter(|s| s.started >= killed && dead_rooms.contains(&s.room))
+        .map(|s| s.answered.duration_since(killed))
+        .min()
+        .expect("sends after the death");
+    assert!(
+        back <= Duration::from_secs(15),
+        "sends came back after {back:?}"
+    );
+
+    // Every token the reader was given resumes exactly after what it had
+    // seen when it got it.
+    let tokens = std::mem::take(&mut *tokens.borrow_mut());
+    assert!(!tokens.is_empty());
+    for (token, seen) in tokens.iter().step_by((tokens.len() / 6).max(1)) {
+        let answer = alice
+            .sync(&format!(
+                "since={}&timeout=0&filter={}",
+                enc(token),
+                enc(SYNC_FILTER)
+            ))
+            .await;
+        let (found, limited) = messages_in(&answer, &index_of);
+        assert!(!limited);
+        let mut resumed: Vec<Vec<String>> = vec![Vec::new(); ROOMS];
+        for (room, event_id) in found {
+            resumed[room].push(event_id);
+        }
+        for room in 0..ROOMS {
+            assert_eq!(
+                resumed[room],
+                expected[room][seen[room]..],
+                "room {room} resumed from a token at {} of {}",
+                seen[room],
+                expected[room].len()
+            );
+        }
+    }
+
+    // The survivors own every shard.
+    let (counts, _) = shard_owners(&cluster, &room_ids).await;
+    assert_eq!(
+        counts
+            .iter()
+            .map(|(owner, _)| owner.as_str())
+            .collect::<Vec<_>>(),
+        ["events1", "events4", "events5"],
+        "{counts:?}"
+    );
+    let timeline = timeline.borrow();
+    eprintln!(
+        "{} sends; back {back:?} after the death; {:?}",
+        sent.len(),
+        timeline.iter().map(|(what, _)| *what).collect::<Vec<_>>()
+    );
+}
