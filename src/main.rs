@@ -73,6 +73,37 @@ enum Command {
     Up(lattice::up::UpArgs),
     /// Print the reverse-proxy configuration that routes requests to a topology's instances.
     Routes(lattice::up::RoutesArgs),
+    /// Administer a running deployment through its database.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Show which instance owns which shards of each sharded kind (events,
+    /// background), or move one by hand.
+    Shards {
+        #[arg(long)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: Option<ShardsAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ShardsAction {
+    /// Move a shard to a live member and pin it there (it stays until that
+    /// member stops or dies). The old owner finishes what it is writing.
+    Move {
+        /// `events` or `background`.
+        kind: String,
+        /// 0 to 255.
+        shard: i32,
+        /// The instance that takes it: a live member of the kind.
+        to: String,
+    },
 }
 
 fn main() {
@@ -107,6 +138,9 @@ fn main() {
         Command::Bench(args) => lattice::bench::run(args).map_err(Into::into),
         Command::Up(args) => lattice::up::run(args).map_err(Into::into),
         Command::Routes(args) => lattice::up::routes(args).map_err(Into::into),
+        Command::Admin {
+            command: AdminCommand::Shards { config, action },
+        } => run_async(admin_shards(config, action)),
     };
     if let Err(error) = result {
         eprintln!("lattice: {error:#}");
@@ -200,6 +234,22 @@ async fn wait_for_shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+async fn admin_shards(config_path: PathBuf, action: Option<ShardsAction>) -> anyhow::Result<()> {
+    let config = Config::load(Some(&config_path))?;
+    let pool = lattice::storage::connect(&config.database.url, 2)?;
+    lattice::storage::migrate(&pool).await?;
+    if let Some(ShardsAction::Move { kind, shard, to }) = action {
+        let epoch = lattice::shards::move_shard(&pool, &kind, shard, &to).await?;
+        println!("{kind} shard {shard} now belongs to {to} (epoch {epoch}), pinned there");
+        return Ok(());
+    }
+    for kind in lattice::shards::KINDS {
+        let described = lattice::shards::describe(&pool, kind).await?;
+        print!("{}", lattice::shards::summary(&described));
+    }
+    Ok(())
 }
 
 async fn register_user(

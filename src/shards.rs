@@ -276,6 +276,74 @@ pub async fn describe(pool: &Pool, kind: &'static str) -> StorageResult<Value> {
     Ok(map.observe())
 }
 
+/// What `lattice admin shards` prints of a [`describe`]d kind: its live
+/// members, then each owner's shards as ranges, pinned ones marked.
+pub fn summary(described: &Value) -> String {
+    let kind = described["kind"].as_str().unwrap_or_default();
+    let members: Vec<&str> = described["live_members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut out = format!(
+        "{kind}: {} live member(s){}{}\n",
+        members.len(),
+        if members.is_empty() { "" } else { ": " },
+        members.join(", ")
+    );
+    // owner -> (shards, pinned shards), owners in name order.
+    let mut owners: std::collections::BTreeMap<String, (Vec<i64>, Vec<i64>)> =
+        std::collections::BTreeMap::new();
+    for shard in described["shards"].as_array().into_iter().flatten() {
+        let owner = shard["owner"].as_str().unwrap_or("(none)").to_owned();
+        let number = shard["shard"].as_i64().unwrap_or_default();
+        let entry = owners.entry(owner).or_default();
+        entry.0.push(number);
+        if shard["pinned"] == true {
+            entry.1.push(number);
+        }
+    }
+    for (owner, (shards, pinned)) in owners {
+        let alive = if members.contains(&owner.as_str()) {
+            ""
+        } else {
+            " (not live)"
+        };
+        out.push_str(&format!(
+            "  {owner}{alive}: {} shard(s): {}",
+            shards.len(),
+            ranges(&shards)
+        ));
+        if !pinned.is_empty() {
+            out.push_str(&format!("; pinned by hand: {}", ranges(&pinned)));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `[0, 1, 2, 5, 7, 8]` as `0-2,5,7-8`.
+fn ranges(sorted: &[i64]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut index = 0;
+    while index < sorted.len() {
+        let start = sorted[index];
+        let mut end = start;
+        while index + 1 < sorted.len() && sorted[index + 1] == end + 1 {
+            index += 1;
+            end = sorted[index];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        index += 1;
+    }
+    parts.join(",")
+}
+
 /// Why a shard could not be moved by hand.
 #[derive(Debug, thiserror::Error)]
 pub enum MoveError {
@@ -471,6 +539,30 @@ fn millis(duration: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_shows_each_owners_shards_as_ranges() {
+        let described = json!({
+            "kind": "events",
+            "live_members": ["events1", "events2"],
+            "shards": [
+                { "shard": 0, "owner": "events1", "epoch": 1, "pinned": false },
+                { "shard": 1, "owner": "events1", "epoch": 1, "pinned": false },
+                { "shard": 2, "owner": "events2", "epoch": 3, "pinned": true },
+                { "shard": 3, "owner": "events1", "epoch": 1, "pinned": false },
+                { "shard": 4, "owner": "events3", "epoch": 1, "pinned": false },
+                { "shard": 5, "owner": null, "epoch": 0, "pinned": false },
+            ],
+        });
+        assert_eq!(
+            summary(&described),
+            "events: 2 live member(s): events1, events2\n\
+             \x20 (none) (not live): 1 shard(s): 5\n\
+             \x20 events1: 3 shard(s): 0-1,3\n\
+             \x20 events2: 1 shard(s): 2; pinned by hand: 2\n\
+             \x20 events3 (not live): 1 shard(s): 4\n"
+        );
+    }
 
     fn names(n: usize) -> Vec<String> {
         (1..=n).map(|i| format!("events{i}")).collect()

@@ -248,11 +248,29 @@ async fn actors(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpRe
 /// GET /_lattice/admin/v1/cluster
 ///
 /// Every instance of the deployment (name, roles, host, pid, start and last
-/// heartbeat) and, for the events stream, each writer's position and how far
-/// each instance's view lags behind the newest.
+/// heartbeat), for the events stream each writer's position and how far
+/// each instance's view lags behind the newest, and how many shards of each
+/// sharded kind each instance owns.
 async fn cluster(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
     if !requester.is_admin {
         return Err(ApiError::forbidden("this endpoint is for server admins"));
     }
-    Ok(HttpResponse::Ok().json(crate::storage::instances::cluster(&node.pool).await?))
+    let mut view = crate::storage::instances::cluster(&node.pool).await?;
+    // Who owns how many shards of each kind (the whole map:
+    // `/_lattice/admin/v1/shards`).
+    let mut shards = serde_json::Map::new();
+    for kind in crate::shards::KINDS {
+        let described = crate::shards::describe(&node.pool, kind).await?;
+        shards.insert(
+            kind.to_owned(),
+            serde_json::json!({
+                "live_members": described["live_members"],
+                "shards_per_owner": described["shards_per_owner"],
+            }),
+        );
+    }
+    if let Some(object) = view.as_object_mut() {
+        object.insert("shards".into(), shards.into());
+    }
+    Ok(HttpResponse::Ok().json(view))
 }

@@ -429,3 +429,172 @@ async fn rooms_stay_whole_while_persisters_join_leave_and_die() {
         timeline.iter().map(|(what, _)| *what).collect::<Vec<_>>()
     );
 }
+
+/// The room among `rooms` whose shard `owner` holds, and that shard.
+async fn room_held_by(cluster: &TestCluster, rooms: &[String], owner: &str) -> (String, i32) {
+    let (_, owners) = shard_owners(cluster, rooms).await;
+    let room = rooms
+        .iter()
+        .zip(owners)
+        .find(|(_, held_by)| held_by == owner)
+        .map(|(room, _)| room.clone())
+        .unwrap_or_else(|| panic!("no room on {owner}"));
+    let shard = lattice::shards::shard_of(&room);
+    (room, shard)
+}
+
+/// The instance that persisted `event_id`.
+async fn persisted_by(cluster: &TestCluster, event_id: &str) -> String {
+    cluster
+        .database()
+        .await
+        .query_one(
+            "SELECT instance_name FROM events WHERE event_id = $1",
+            &[&event_id],
+        )
+        .await
+        .expect("event stored")
+        .get(0)
+}
+
+#[actix_web::test]
+async fn an_admin_sees_the_shards_and_moves_one_and_it_stays() {
+    let cluster = TestCluster::start_sharded(Options::default(), 2, 2).await;
+    let admin = cluster.client().register("admin").await;
+    cluster.make_admin(&admin.user_id).await;
+    let bob = cluster.client().register("bob").await;
+    let mut rooms = Vec::new();
+    for _ in 0..8 {
+        rooms.push(admin.create_room(json!({ "preset": "private_chat" })).await);
+    }
+
+    // Only admins see them.
+    let (status, body) = bob.get("/_lattice/admin/v1/shards").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+
+    let (status, body) = admin.get("/_lattice/admin/v1/shards").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let kinds = body["kinds"].as_array().expect("kinds");
+    let events = kinds
+        .iter()
+        .find(|k| k["kind"] == "events")
+        .expect("events");
+    assert_eq!(events["live_members"], json!(["events1", "events2"]));
+    assert_eq!(events["shards"].as_array().map(Vec::len), Some(256));
+    let per_owner = &events["shards_per_owner"];
+    let (one, two) = (
+        per_owner["events1"].as_u64().unwrap_or(0),
+        per_owner["events2"].as_u64().unwrap_or(0),
+    );
+    assert_eq!(one + two, 256, "{per_owner}");
+    assert!(one > 64 && two > 64, "both hold a share: {per_owner}");
+    // The duties that run once go to the one background instance.
+    let background = kinds
+        .iter()
+        .find(|k| k["kind"] == "background")
+        .expect("background");
+    assert_eq!(background["live_members"], json!(["main"]));
+    assert_eq!(background["shards_per_owner"], json!({ "main": 256 }));
+
+    // The cluster view says who holds how many.
+    let (status, view) = admin.get("/_lattice/admin/v1/cluster").await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(view["shards"]["events"]["shards_per_owner"], *per_owner);
+    assert_eq!(
+        view["shards"]["background"]["live_members"],
+        json!(["main"])
+    );
+
+    // A room of events1 moved by hand to events2: its next event is
+    // persisted there, and it stays there over many heartbeats.
+    let (room, shard) = room_held_by(&cluster, &rooms, "events1").await;
+    let before = admin.send_text(&room, "before the move").await;
+    assert_eq!(persisted_by(&cluster, &before).await, "events1");
+    let (status, body) = admin
+        .post(
+            &format!("/_lattice/admin/v1/shards/events/{shard}/move"),
+            json!({ "to": "events2" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["owner"], "events2");
+    let after = admin.send_text(&room, "after the move").await;
+    assert_eq!(persisted_by(&cluster, &after).await, "events2");
+    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+    let (_, body) = admin.get("/_lattice/admin/v1/shards").await;
+    let moved = &body["kinds"][0]["shards"][shard as usize];
+    assert_eq!(moved["owner"], "events2", "{moved}");
+    assert_eq!(moved["pinned"], true);
+    let later = admin.send_text(&room, "later").await;
+    assert_eq!(persisted_by(&cluster, &later).await, "events2");
+    let timeline = admin.messages(&room, "dir=b&limit=3").await;
+    let bodies: Vec<&str> = timeline["chunk"]
+        .as_array()
+        .expect("chunk")
+        .iter()
+        .filter_map(|event| event["content"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies, ["later", "after the move", "before the move"]);
+
+    // Bad moves change nothing.
+    for (path, body, status, errcode) in [
+        (
+            "events/3/move",
+            json!({ "to": "nobody" }),
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        ),
+        (
+            "events/3/move",
+            json!({ "to": "main" }),
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        ),
+        (
+            "events/256/move",
+            json!({ "to": "events1" }),
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+        ),
+        (
+            "events/x/move",
+            json!({ "to": "events1" }),
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+        ),
+        (
+            "typing/3/move",
+            json!({ "to": "events1" }),
+            StatusCode::NOT_FOUND,
+            "M_NOT_FOUND",
+        ),
+        (
+            "events/3/move",
+            json!({ "owner": "events1" }),
+            StatusCode::BAD_REQUEST,
+            "M_BAD_JSON",
+        ),
+    ] {
+        let (got, answer) = admin
+            .post(&format!("/_lattice/admin/v1/shards/{path}"), body)
+            .await;
+        assert_eq!(
+            (got, answer["errcode"].as_str()),
+            (status, Some(errcode)),
+            "{path}: {answer}"
+        );
+    }
+    let (status, _) = bob
+        .post(
+            &format!("/_lattice/admin/v1/shards/events/{shard}/move"),
+            json!({ "to": "events1" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, body) = admin.get("/_lattice/admin/v1/shards").await;
+    assert_eq!(
+        body["kinds"][0]["shards"][shard as usize]["owner"],
+        "events2"
+    );
+}
