@@ -598,3 +598,70 @@ async fn an_admin_sees_the_shards_and_moves_one_and_it_stays() {
         "events2"
     );
 }
+
+/// Which of `nodes` hold background shard 0 (run the
+/// clean-up), each after reading the table again.
+async fn background_holders(cluster: &TestCluster, nodes: &[&'static str]) -> Vec<&'static str> {
+    let mut holders = Vec::new();
+    for &name in nodes {
+        let holds = cluster
+            .on_node(name, |node| async move {
+                node.background_shards.refresh(Duration::from_secs(1)).await;
+                node.background_shards.held_here(0).is_some()
+            })
+            .await;
+        if holds {
+            holders.push(name);
+        }
+    }
+    holders
+}
+
+#[actix_web::test]
+async fn the_duties_that_run_once_have_one_holder_and_a_live_one_takes_them_over() {
+    let mut cluster = TestCluster::start_sharded(Options::default(), 1, 1).await;
+    let admin = cluster.client().register("admin").await;
+    cluster.make_admin(&admin.user_id).await;
+    // A second background instance takes its share of the duty shards.
+    cluster.add_node("background2", &[Role::Background]).await;
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = admin.get("/_lattice/admin/v1/shards").await;
+        let background = &body["kinds"][1];
+        if background["live_members"] == json!(["background2", "main"])
+            && background["shards_per_owner"]["background2"]
+                .as_u64()
+                .unwrap_or(0)
+                > 64
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "background2 never took its share: {background}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let both = ["main", "background2"];
+    assert_eq!(
+        background_holders(&cluster, &both).await.len(),
+        1,
+        "one instance runs the clean-up"
+    );
+
+    // Put on background2, which then dies: main takes it over.
+    let (status, body) = admin
+        .post(
+            "/_lattice/admin/v1/shards/background/0/move",
+            json!({ "to": "background2" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(background_holders(&cluster, &both).await, ["background2"]);
+    cluster.kill("background2");
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while background_holders(&cluster, &["main"]).await != ["main"] {
+        assert!(Instant::now() < give_up, "nobody took over the clean-up");
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+}
