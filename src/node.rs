@@ -214,18 +214,30 @@ async fn clean_up(pool: Pool, duties: Arc<ShardMap>) {
     }
 }
 
-/// On every heartbeat, moves each event persister that can write no more
-/// (stopped, dead and its shards taken, or listed but never started) to the
-/// end of the stream, reading back what it committed but never announced.
+/// On every read of the shard table, makes each new persister a writer of
+/// the events stream here (its position holds the floor from then on), and
+/// moves each one that can write no more (stopped, dead and its shards
+/// taken, or listed but never started) to the end of the stream, reading
+/// back what it committed but never announced.
 /// Without it, a gone writer's last position would be the floor of every
 /// token for ever: `/sync` would stop at the first id a rolled-back
 /// transaction left unused.
 async fn settle_gone_writers(node: Node, replication: Arc<Replication>, every: Duration) {
-    let writers = node.config.stream_writers(EVENTS_STREAM);
     let sequence = crate::streams::events::SPEC.sequence;
+    let Some(events) = node.streams.get(EVENTS_STREAM).cloned() else {
+        return;
+    };
     loop {
-        tokio::time::sleep(every).await;
+        node.event_shards.refreshed(every).await;
         let live = node.event_shards.live_members();
+        // A persister that joined: its position is held from now on, before
+        // it may own a shard (`ShardLeases` makes it wait for that).
+        for member in &live {
+            if member != &node.instance_name {
+                events.update(|positions| positions.add_writer(member));
+            }
+        }
+        let writers = events.read(|positions| positions.writers().to_vec());
         let gone = writers.iter().filter(|writer| {
             **writer != node.instance_name
                 && !live.contains(writer)
@@ -383,20 +395,20 @@ impl Node {
         // read who owns what, and take this instance's share, before
         // anything is written.
         let event_shards = Arc::new(ShardMap::new(EVENTS_STREAM, instance_name));
-        let event_shards_member = roles.contains(&Role::Events)
-            && config
-                .stream_writers(EVENTS_STREAM)
-                .iter()
-                .any(|writer| writer == instance_name);
+        // Every instance with the `events` role persists events, listed in
+        // `stream_writers.events` or not: one that is not joins while the
+        // others run (see `ShardLeases`).
+        let event_shards_member = roles.contains(&Role::Events);
         let lease_timing = LeaseTiming {
             heartbeat: Duration::from_millis(config.shards.heartbeat_ms.max(1)),
             timeout: Duration::from_millis(config.shards.lease_timeout_ms.max(1)),
+            listed: Some(config.stream_writers(EVENTS_STREAM)),
         };
         let mut event_leases = ShardLeases::new(
             event_shards.clone(),
             pool.clone(),
             event_shards_member,
-            lease_timing,
+            lease_timing.clone(),
         );
         event_leases.beat().await?;
         let background_shards = Arc::new(ShardMap::new(BACKGROUND_KIND, instance_name));
@@ -405,7 +417,11 @@ impl Node {
             background_shards.clone(),
             pool.clone(),
             background_member,
-            lease_timing,
+            LeaseTiming {
+                // Duties write no stream: a new member needs no settling.
+                listed: None,
+                ..lease_timing.clone()
+            },
         );
         background_leases.beat().await?;
         let mailboxes = Arc::new(Mailboxes::new(
@@ -426,9 +442,22 @@ impl Node {
         let mut registered = Vec::new();
         for rows in registry::stream_rows(&parts) {
             let spec = rows.spec();
-            let writers = config.stream_writers(spec.name);
-            let writes = writers.iter().any(|w| w == instance_name)
+            let mut writers = config.stream_writers(spec.name);
+            let mut writes = writers.iter().any(|w| w == instance_name)
                 && Role::writing(spec.name).is_some_and(|role| roles.contains(&role));
+            if spec.name == EVENTS_STREAM {
+                // The persisters are the members of the events shards, the
+                // listed ones and those that joined since.
+                for member in event_shards.live_members() {
+                    if !writers.contains(&member) {
+                        writers.push(member);
+                    }
+                }
+                if event_shards_member && !writers.iter().any(|w| w == instance_name) {
+                    writers.push(instance_name.to_owned());
+                }
+                writes = event_shards_member;
+            }
             let positions =
                 storage::streams::load_positions(&pool, spec, instance_name, &writers).await?;
             let positions = registry::shared(spec, positions, &notifier);
@@ -523,10 +552,14 @@ impl Node {
         };
         let mut endpoints = Vec::new();
         for row in ACTORS {
-            let placed_here = mailboxes
-                .instances(row.kind)
-                .iter()
-                .any(|instance| instance == instance_name);
+            let placed_here = if row.kind == EVENTS_STREAM {
+                event_shards_member
+            } else {
+                mailboxes
+                    .instances(row.kind)
+                    .iter()
+                    .any(|instance| instance == instance_name)
+            };
             if !roles.contains(&row.role) || !placed_here {
                 continue;
             }
@@ -773,16 +806,22 @@ impl Node {
     /// Gives this instance's shards (event persisters', background duties')
     /// to the members that stay.
     async fn leave_shards(&self) {
-        let timing = LeaseTiming {
+        let timing = |listed| LeaseTiming {
             heartbeat: Duration::from_millis(self.config.shards.heartbeat_ms),
             timeout: Duration::from_millis(self.config.shards.lease_timeout_ms),
+            listed,
         };
         let maps = [
-            (&self.event_shards, self.event_shards_member),
-            (&self.background_shards, self.background_member),
+            (
+                &self.event_shards,
+                self.event_shards_member,
+                Some(self.config.stream_writers(EVENTS_STREAM)),
+            ),
+            (&self.background_shards, self.background_member, None),
         ];
-        for (map, member) in maps.into_iter().filter(|(_, member)| *member) {
-            let mut leases = ShardLeases::new(map.clone(), self.pool.clone(), member, timing);
+        for (map, member, listed) in maps.into_iter().filter(|(_, member, _)| *member) {
+            let mut leases =
+                ShardLeases::new(map.clone(), self.pool.clone(), member, timing(listed));
             if let Err(error) = leases.leave().await {
                 tracing::warn!(kind = map.kind(), error = %error, "could not hand the shards over: they are taken when the lease expires");
             }

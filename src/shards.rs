@@ -80,12 +80,42 @@ pub fn desired_owner<'a>(kind: &str, shard: i32, members: &'a [String]) -> Optio
 const MIN_BEAT_GAP: Duration = Duration::from_millis(100);
 
 /// How leases are kept (`shards` in the configuration).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LeaseTiming {
     /// How often members renew and everyone reads the table.
     pub heartbeat: Duration,
     /// A member not renewed for this long is dead; its shards are taken.
     pub timeout: Duration,
+    /// For a kind whose members write a stream: the members every
+    /// instance knows of from its configuration (`stream_writers`), who
+    /// may own shards as soon as they are live; any other must first be
+    /// seen by everyone ([`SETTLING_BEATS`]). `None`: every live member may.
+    pub listed: Option<Vec<String>>,
+}
+
+/// Heartbeats a member that is not listed in the configuration waits after
+/// joining before it may own a shard: every instance reads the table once a
+/// heartbeat, and must hold the new writer's position in its streams
+/// before the writer writes, or its floor could pass the writer's first
+/// rows.
+pub const SETTLING_BEATS: u32 = 3;
+
+impl LeaseTiming {
+    /// The live members that may own shards now.
+    fn eligible(&self, members: &[Member], now: i64) -> Vec<String> {
+        let settled_before = now.saturating_sub(millis(self.heartbeat * SETTLING_BEATS));
+        members
+            .iter()
+            .filter(|member| member.expires_ts > now)
+            .filter(|member| match &self.listed {
+                None => true,
+                Some(listed) => {
+                    member.joined_ts <= settled_before || listed.contains(&member.instance)
+                }
+            })
+            .map(|member| member.instance.clone())
+            .collect()
+    }
 }
 
 /// The owner of a shard as this instance last read it.
@@ -203,6 +233,11 @@ impl ShardMap {
         let refreshed = self.refreshed.notified();
         self.refresh.notify_one();
         let _ = tokio::time::timeout(within, refreshed).await;
+    }
+
+    /// Waits (at most `within`) until the table was read again.
+    pub async fn refreshed(&self, within: Duration) {
+        let _ = tokio::time::timeout(within, self.refreshed.notified()).await;
     }
 
     /// Asks for the table to be read again soon, without waiting.
@@ -423,6 +458,7 @@ impl ShardLeases {
             return Ok(());
         }
         let live_members = live(&members, now);
+        let eligible = self.timing.eligible(&members, now);
 
         // Shards to take: those that should be ours and have no live owner,
         // and (on the first beat) those a previous life of ours held.
@@ -438,7 +474,7 @@ impl ShardLeases {
         let mut to_claim = Vec::new();
         let mut to_hand_over = Vec::new();
         for shard in 0..SHARD_COUNT {
-            let desired = desired_owner(kind, shard, &live_members);
+            let desired = desired_owner(kind, shard, &eligible);
             let lease = owner_of[shard as usize];
             let owner_live = lease.is_some_and(|l| live_members.contains(&l.owner));
             match lease {
@@ -513,7 +549,7 @@ impl ShardLeases {
         stored::leave(&self.pool, kind, &me).await?;
         let now = now_ms();
         let (members, leases) = stored::load(&self.pool, kind).await?;
-        let others = live(&members, now);
+        let others = self.timing.eligible(&members, now);
         let mut handed = 0;
         for lease in leases.iter().filter(|lease| lease.owner == me) {
             if let Some(to) = desired_owner(kind, lease.shard, &others) {

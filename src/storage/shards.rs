@@ -23,6 +23,8 @@ pub struct Lease {
 pub struct Member {
     pub instance: String,
     pub expires_ts: i64,
+    /// When it joined (its first renewal since it last left).
+    pub joined_ts: i64,
 }
 
 /// Renews `instance`'s membership of `kind` until `expires_ts`.
@@ -61,7 +63,7 @@ pub async fn load(pool: &Pool, kind: &str) -> StorageResult<(Vec<Member>, Vec<Le
     let client = pool.get().await?;
     let members = client
         .query(
-            "SELECT instance, expires_ts FROM shard_members WHERE kind = $1 ORDER BY instance",
+            "SELECT instance, expires_ts, joined_ts FROM shard_members WHERE kind = $1 ORDER BY instance",
             &[&kind],
         )
         .await?
@@ -69,6 +71,7 @@ pub async fn load(pool: &Pool, kind: &str) -> StorageResult<(Vec<Member>, Vec<Le
         .map(|row| Member {
             instance: row.get(0),
             expires_ts: row.get(1),
+            joined_ts: row.get(2),
         })
         .collect();
     let leases = client

@@ -301,9 +301,25 @@ impl StreamPositions {
         }
     }
 
+    /// `instance` writes the stream from now on (a writer that joined while
+    /// the others run): it holds the floor at the floor of now until it is
+    /// heard from. No-op for a known writer, or when any instance may write.
+    pub fn add_writer(&mut self, instance: &str) {
+        if self.writers.is_empty() || self.writers.iter().any(|w| w == instance) {
+            return;
+        }
+        self.writers.push(instance.to_owned());
+        self.current_positions
+            .entry(instance.to_owned())
+            .or_insert(self.persisted_upto);
+    }
+
     /// Another writer reached `new_id` (RDATA / POSITION from replication).
-    /// Never moves a writer backwards.
+    /// Never moves a writer backwards. A writer not known yet becomes one.
     pub fn advance(&mut self, instance: &str, new_id: i64) {
+        if !self.writers.is_empty() && !self.writers.iter().any(|w| w == instance) {
+            self.writers.push(instance.to_owned());
+        }
         let entry = self
             .current_positions
             .entry(instance.to_owned())

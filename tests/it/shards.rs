@@ -128,7 +128,7 @@ const SYNC_FILTER: &str = r#"{"room":{"timeline":{"limit":1000},"state":{"lazy_l
 
 #[actix_web::test]
 async fn rooms_stay_whole_while_persisters_join_leave_and_die() {
-    let mut cluster = TestCluster::start_sharded(Options::default(), 4, 5).await;
+    let mut cluster = TestCluster::start_sharded(Options::default(), 4, 4).await;
     let alice = cluster.client().register("alice").await;
 
     // 200 rooms, spread over the four persisters' shards.
