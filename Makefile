@@ -137,8 +137,10 @@ $(NODE_STAMP): $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
 #                     BENCH_REPEAT (3) times each, with the medians and ratios
 # make bench-media    the media workload alone (uploads, downloads, thumbnails, against a
 #                     plain file copy; the server's RSS with 20 x 10 MB uploads in flight)
+# make bench-persisters chat against main + 1, 2 and 4 event persisters (BENCH_PERSISTERS)
+#                     under `lattice up`: throughput and each persister's CPU share
 # BENCH_WORKLOADS="chat idle" picks runs; BENCH_ARGS="--users 100" is passed to each.
-.PHONY: bench bench-synapse bench-split bench-baseline bench-media
+.PHONY: bench bench-synapse bench-split bench-baseline bench-media bench-persisters
 BASE ?= main
 
 bench:
@@ -155,6 +157,9 @@ bench-baseline:
 
 bench-media:
 	BENCH_WORKLOADS=media .ci/bench-run.sh
+
+bench-persisters:
+	.ci/bench-persisters.sh
 
 # make up             like `make run`, but a whole topology under `lattice up` (with Redis):
 #                     TOPOLOGY=config/split.yaml by default; Ctrl-C stops every instance.
