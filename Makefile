@@ -2,7 +2,10 @@
 #
 #   make run           PostgreSQL (durable) + release build + dev server on http://127.0.0.1:8008
 #   make test          PostgreSQL (fast) + Redis, cargo test --workspace, then the real-client tests
-#                      against a monolith and against `lattice up` of config/split.yaml
+#                      against a monolith and against `lattice up` of config/split.yaml,
+#                      then the short fault-injection run (make chaos)
+#   make chaos         config/sharded.yaml under bench traffic while processes, Redis and
+#                      PostgreSQL are killed in turn: lost / duplicated / out-of-order sends
 #   make clients       only the real-client tests (tests/clients/run.sh)
 #   make clients-split only the real-client tests against the split (.ci/clients-split.sh)
 #   make clients-deps  var/venv with matrix-nio, tests/clients/node_modules with matrix-js-sdk
@@ -36,10 +39,10 @@ RELEASE_BIN := $(TARGET_DIR)/release/lattice
 TEST_DATABASE_URL := postgresql://lattice@127.0.0.1:$(LATTICE_PG_PORT)/postgres
 TEST_REDIS_URL := redis://127.0.0.1:$(LATTICE_REDIS_PORT)
 
-.PHONY: help run test test-rust clients clients-split clients-deps stop services status
+.PHONY: help run test test-rust clients clients-split clients-deps stop services status chaos
 
 help:
-	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
 
 run:
 	.ci/postgres.sh start
@@ -76,6 +79,8 @@ test: clients-deps services
 	LATTICE_CLIENTS_NO_BUILD=1 $(CLIENTS)/run.sh || rc=1; \
 	echo "==> .ci/clients-split.sh (the same client tests against lattice up --topology config/split.yaml)"; \
 	LATTICE_CLIENTS_NO_BUILD=1 .ci/clients-split.sh || rc=1; \
+	echo "==> .ci/chaos.py --short (config/sharded.yaml under bench traffic; a persister, the client instance and Redis killed)"; \
+	python3 .ci/chaos.py --short --bin $(TARGET_DIR)/debug/lattice || rc=1; \
 	if [[ $$rc != 0 ]]; then echo "make test: FAILED" >&2; fi; \
 	exit $$rc
 
@@ -88,6 +93,12 @@ clients: clients-deps
 
 clients-split: clients-deps
 	.ci/clients-split.sh
+
+# The fault-injection run (README "Live shards"): config/sharded.yaml on a PostgreSQL and a
+# Redis of its own under `lattice bench chat`, each persister, the sync instance, the
+# client instance, Redis and PostgreSQL killed in turn; `make test` runs its short form.
+chaos:
+	python3 .ci/chaos.py
 
 services:
 	LATTICE_PG_FAST=1 .ci/postgres.sh start

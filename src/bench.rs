@@ -128,6 +128,12 @@ pub struct BenchArgs {
     /// the disk of the server's media store, to compare like with like).
     #[arg(long, default_value = "var/bench")]
     pub scratch_dir: PathBuf,
+    /// Keep retrying a request that failed in a way that may pass (5xx,
+    /// 429, a dropped connection) for up to this many seconds from its
+    /// first try, instead of 8 tries: for runs during which processes are
+    /// killed on purpose (`make chaos`).
+    #[arg(long)]
+    pub retry_for: Option<u64>,
     /// Client threads (default: the number of cores, at most 4).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -180,6 +186,8 @@ pub struct Options {
     pub setup_concurrency: usize,
     pub sync_timeout: Duration,
     pub drain_timeout: Duration,
+    /// See [`BenchArgs::retry_for`].
+    pub retry_for: Option<Duration>,
     pub threads: usize,
     pub baseline: Option<(String, BaselineOptions)>,
     pub progress: bool,
@@ -248,6 +256,7 @@ impl Options {
             setup_concurrency: args.setup_concurrency.max(1),
             sync_timeout: Duration::from_secs(args.sync_timeout),
             drain_timeout: Duration::from_secs(args.drain_timeout.max(1)),
+            retry_for: args.retry_for.map(Duration::from_secs),
             threads: threads.max(1),
             baseline,
             progress: !args.quiet,
@@ -389,6 +398,11 @@ impl Shared {
         Fut: Future<Output = Result<T, ClientError>>,
     {
         let mut tries = 0;
+        let first = Instant::now();
+        let patient = |tries: u32| match self.options.retry_for {
+            Some(retry_for) => first.elapsed() < retry_for,
+            None => tries < MAX_ATTEMPTS,
+        };
         loop {
             tries += 1;
             match attempt().await {
@@ -396,7 +410,7 @@ impl Shared {
                 Err(error) => {
                     self.errors.add(request, &error, &self.progress);
                     match error.retry_after() {
-                        Some(delay) if tries < MAX_ATTEMPTS => tokio::time::sleep(delay).await,
+                        Some(delay) if patient(tries) => tokio::time::sleep(delay).await,
                         _ => return Err(error),
                     }
                 }
