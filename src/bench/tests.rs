@@ -139,6 +139,7 @@ fn options(workload: Workload, addr: SocketAddr, shape: Shape, load: Load) -> Op
         setup_concurrency: 4,
         sync_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(20),
+        retry_for: None,
         threads: 2,
         baseline: None,
         progress: false,
