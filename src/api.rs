@@ -264,6 +264,7 @@ impl FromRequest for Requester {
                 &owner.user_id,
                 &owner.device_id,
                 &client_ip(&request),
+                user_agent(&request),
                 crate::util::now_ms(),
             );
             Ok(Requester {
@@ -287,6 +288,14 @@ pub fn client_ip(request: &HttpRequest) -> String {
         .peer_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_default()
+}
+
+/// The `User-Agent` a request came with, if it is text.
+pub fn user_agent(request: &HttpRequest) -> Option<&str> {
+    request
+        .headers()
+        .get(actix_web::http::header::USER_AGENT)
+        .and_then(|agent| agent.to_str().ok())
 }
 
 /// Token buckets per user id or IP address.

@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod account_data;
+pub mod admin;
 pub mod backup;
 pub mod device;
 pub mod directory;
@@ -290,6 +291,7 @@ fn routes(scope: Scope) -> Scope {
                 .route(web::post().to(directory::search_public_rooms)),
         )
         .service(resource("/devices").route(web::get().to(device::get_devices)))
+        .service(resource("/admin/whois/{user_id}").route(web::get().to(admin::whois)))
         .service(
             resource("/devices/{device_id}")
                 .route(web::get().to(device::get_device))

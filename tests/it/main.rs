@@ -56,3 +56,4 @@ mod to_device;
 mod typing;
 mod user_directory;
 mod voip;
+mod whois;

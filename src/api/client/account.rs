@@ -17,7 +17,7 @@ use crate::api::limits::{
     check_bytes, check_chars, check_device_id, check_no_nul, MAX_DEVICE_DISPLAY_NAME_CHARS,
     MAX_PASSWORD_BYTES, MAX_UIA_SESSION_BYTES, MAX_USER_ID_BYTES,
 };
-use crate::api::{client_ip, rate_limit_ip, JsonBody, Requester};
+use crate::api::{client_ip, rate_limit_ip, user_agent, JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
 use crate::storage::{accounts, devices};
@@ -186,8 +186,13 @@ pub async fn register(
     )
     .await?;
     session.add_to(&mut answer);
-    node.last_seen
-        .record(&user_id, &device_id, &client_ip(&request), now_ms());
+    node.last_seen.record(
+        &user_id,
+        &device_id,
+        &client_ip(&request),
+        user_agent(&request),
+        now_ms(),
+    );
     Ok(HttpResponse::Ok().json(answer))
 }
 #[derive(Deserialize)]
@@ -294,8 +299,13 @@ pub async fn login(
     )
     .await?;
     session.add_to(&mut answer);
-    node.last_seen
-        .record(&user_id, &device_id, &client_ip(&request), now_ms());
+    node.last_seen.record(
+        &user_id,
+        &device_id,
+        &client_ip(&request),
+        user_agent(&request),
+        now_ms(),
+    );
     Ok(HttpResponse::Ok().json(answer))
 }
 
