@@ -44,6 +44,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // request even when none of its routes does.
     media::configure(cfg);
     cfg.service(resource("/.well-known/matrix/client").route(web::get().to(versions::well_known)))
+        .service(
+            resource("/.well-known/matrix/support")
+                .route(web::get().to(versions::well_known_support)),
+        )
         .service(resource("/_matrix/client/versions").route(web::get().to(versions::versions)))
         .service(routes(web::scope("/_matrix/client/v3")))
         .service(routes(web::scope("/_matrix/client/r0")))
