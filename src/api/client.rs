@@ -355,6 +355,7 @@ fn v1_routes(scope: Scope) -> Scope {
             resource("/rooms/{room_id}/threads").route(web::get().to(relations::get_thread_roots)),
         )
         .service(resource("/rooms/{room_id}/hierarchy").route(web::get().to(space::get_hierarchy)))
+        .service(resource("/mutual_rooms").route(web::get().to(membership::mutual_rooms)))
         .service(
             resource("/rooms/{room_id}/timestamp_to_event")
                 .route(web::get().to(timestamp_to_event::timestamp_to_event)),
