@@ -276,6 +276,16 @@ impl FromRequest for Requester {
     }
 }
 
+/// The requester of an endpoint that may be called without signing in:
+/// `None` without an access token, the token's owner with a valid one, and
+/// the usual `401` with one that is not.
+pub async fn optional_requester(request: &HttpRequest) -> ApiResult<Option<Requester>> {
+    if access_token(request)?.is_none() {
+        return Ok(None);
+    }
+    Requester::extract(request).await.map(Some)
+}
+
 /// Checks the per-IP limit; for endpoints without an access token.
 pub fn rate_limit_ip(request: &HttpRequest) -> ApiResult<()> {
     let node = node(request)?;

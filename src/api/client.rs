@@ -357,6 +357,10 @@ fn v1_routes(scope: Scope) -> Scope {
         .service(resource("/rooms/{room_id}/hierarchy").route(web::get().to(space::get_hierarchy)))
         .service(resource("/mutual_rooms").route(web::get().to(membership::mutual_rooms)))
         .service(
+            resource("/room_summary/{room_id_or_alias}")
+                .route(web::get().to(room::summary::get_room_summary)),
+        )
+        .service(
             resource("/rooms/{room_id}/timestamp_to_event")
                 .route(web::get().to(timestamp_to_event::timestamp_to_event)),
         )

@@ -45,6 +45,7 @@ mod relations;
 mod replication;
 mod reports;
 mod restricted_joins;
+mod room_summary;
 mod room_upgrades;
 mod rooms;
 mod search;

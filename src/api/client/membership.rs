@@ -126,7 +126,7 @@ pub async fn join_by_id_or_alias(
 }
 
 /// The room a `{roomIdOrAlias}` path segment names.
-async fn resolve_room(node: &Node, target: &str) -> ApiResult<String> {
+pub async fn resolve_room(node: &Node, target: &str) -> ApiResult<String> {
     if target.starts_with('#') {
         ruma::RoomAliasId::parse(target)
             .map_err(|_| ApiError::invalid_param("malformed room alias"))?;
