@@ -14,6 +14,7 @@ pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod message;
+pub mod notifications;
 pub mod presence;
 pub mod profile;
 pub mod push_rules;
@@ -267,6 +268,7 @@ fn routes(scope: Scope) -> Scope {
             resource("/rooms/{room_id}/event/{event_id}").route(web::get().to(message::get_event)),
         )
         .service(resource("/search").route(web::post().to(search::search)))
+        .service(resource("/notifications").route(web::get().to(notifications::get_notifications)))
         .service(
             resource("/rooms/{room_id}/report/{event_id}")
                 .route(web::post().to(report::report_event)),
