@@ -33,6 +33,11 @@ pub struct Config {
     pub redis: RedisConfig,
     #[serde(default)]
     pub enable_registration: bool,
+    /// Registration needs a token an admin made
+    /// (`/_lattice/admin/v1/registration_tokens`): the
+    /// `m.login.registration_token` stage (Synapse's key).
+    #[serde(default)]
+    pub registration_requires_token: bool,
     /// Who runs this server and where its users find help, served at
     /// `/.well-known/matrix/support`; unset, that answers 404.
     #[serde(default)]
@@ -999,6 +1004,9 @@ database:
 
 # Whether anyone may create an account through /register.
 enable_registration: false
+# Whether registering needs a token made by an admin (the m.login.registration_token
+# stage; tokens are managed under /_lattice/admin/v1/registration_tokens).
+registration_requires_token: false
 
 # Who runs this server and where its users find help, served at
 # /.well-known/matrix/support (404 while unset). At least one of `contacts`

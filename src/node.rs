@@ -173,9 +173,9 @@ const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Deletes, hourly, what is past its retention: `caches` stream rows
 /// (readers catch up only over what they missed while disconnected, never
-/// over a week), user-interactive auth sessions, the addresses devices
-/// used four weeks ago, and the request ids that made mailbox messages
-/// idempotent.
+/// over a week), user-interactive auth sessions (giving back the
+/// registration token uses they held), the addresses devices used four
+/// weeks ago, and the request ids that made mailbox messages idempotent.
 async fn clean_up(pool: Pool) {
     let mut ticker = tokio::time::interval(CLEAN_UP_INTERVAL);
     loop {

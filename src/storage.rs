@@ -15,6 +15,7 @@ pub mod presence;
 pub mod push_actions;
 pub mod push_rules;
 pub mod receipts;
+pub mod registration_tokens;
 pub mod relations;
 pub mod reports;
 pub mod rooms;

@@ -1,4 +1,7 @@
 //! Lattice's own admin API (`/_lattice/admin/v1/...`), for server admins only.
+//! Registration tokens are in [`registration_tokens`].
+
+pub mod registration_tokens;
 
 use actix_web::{web, HttpResponse};
 
@@ -26,7 +29,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/_lattice/admin/v1/users/{user_id}/media",
             web::delete().to(delete_user_media),
         )
-        .route("/_lattice/admin/v1/reports", web::get().to(list_reports));
+        .route("/_lattice/admin/v1/reports", web::get().to(list_reports))
+        .route(
+            "/_lattice/admin/v1/registration_tokens",
+            web::get().to(registration_tokens::list_tokens),
+        )
+        .route(
+            "/_lattice/admin/v1/registration_tokens/new",
+            web::post().to(registration_tokens::create_token),
+        )
+        .route(
+            "/_lattice/admin/v1/registration_tokens/{token}",
+            web::get().to(registration_tokens::get_token),
+        )
+        .route(
+            "/_lattice/admin/v1/registration_tokens/{token}",
+            web::put().to(registration_tokens::update_token),
+        )
+        .route(
+            "/_lattice/admin/v1/registration_tokens/{token}",
+            web::delete().to(registration_tokens::delete_token),
+        );
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -363,6 +363,10 @@ fn v1_routes(scope: Scope) -> Scope {
                 .route(web::get().to(room::summary::get_room_summary)),
         )
         .service(
+            resource("/register/m.login.registration_token/validity")
+                .route(web::get().to(account::registration_token_validity)),
+        )
+        .service(
             resource("/rooms/{room_id}/timestamp_to_event")
                 .route(web::get().to(timestamp_to_event::timestamp_to_event)),
         )

@@ -41,6 +41,7 @@ mod profile;
 mod push_rules;
 mod receipts;
 mod refresh_tokens;
+mod registration_tokens;
 mod relations;
 mod replication;
 mod reports;
