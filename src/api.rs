@@ -264,6 +264,7 @@ impl FromRequest for Requester {
                 &owner.user_id,
                 &owner.device_id,
                 &client_ip(&request),
+                user_agent(&request),
                 crate::util::now_ms(),
             );
             Ok(Requester {
@@ -273,6 +274,16 @@ impl FromRequest for Requester {
             })
         })
     }
+}
+
+/// The requester of an endpoint that may be called without signing in:
+/// `None` without an access token, the token's owner with a valid one, and
+/// the usual `401` with one that is not.
+pub async fn optional_requester(request: &HttpRequest) -> ApiResult<Option<Requester>> {
+    if access_token(request)?.is_none() {
+        return Ok(None);
+    }
+    Requester::extract(request).await.map(Some)
 }
 
 /// Checks the per-IP limit; for endpoints without an access token.
@@ -287,6 +298,14 @@ pub fn client_ip(request: &HttpRequest) -> String {
         .peer_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_default()
+}
+
+/// The `User-Agent` a request came with, if it is text.
+pub fn user_agent(request: &HttpRequest) -> Option<&str> {
+    request
+        .headers()
+        .get(actix_web::http::header::USER_AGENT)
+        .and_then(|agent| agent.to_str().ok())
 }
 
 /// Token buckets per user id or IP address.

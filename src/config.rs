@@ -33,6 +33,15 @@ pub struct Config {
     pub redis: RedisConfig,
     #[serde(default)]
     pub enable_registration: bool,
+    /// Registration needs a token an admin made
+    /// (`/_lattice/admin/v1/registration_tokens`): the
+    /// `m.login.registration_token` stage (Synapse's key).
+    #[serde(default)]
+    pub registration_requires_token: bool,
+    /// Who runs this server and where its users find help, served at
+    /// `/.well-known/matrix/support`; unset, that answers 404.
+    #[serde(default)]
+    pub support: Option<SupportConfig>,
     #[serde(default)]
     pub registration_shared_secret: Option<String>,
     #[serde(default)]
@@ -107,6 +116,64 @@ pub struct Config {
     /// How long credentials made from `turn_shared_secret` last.
     #[serde(default = "default_turn_user_lifetime")]
     pub turn_user_lifetime: Duration,
+}
+
+/// `/.well-known/matrix/support`, as the spec names its fields: at least
+/// one of `contacts` and `support_page`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportConfig {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contacts: Vec<SupportContact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub support_page: Option<String>,
+}
+
+/// One way to reach the server's administrators: a Matrix id (of any
+/// server) or an email address, or both, for a role (`m.role.admin`,
+/// `m.role.security`, or a namespaced one of the admins' own).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupportContact {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email_address: Option<String>,
+    pub role: String,
+}
+
+impl SupportConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "support",
+            message,
+        };
+        if self.contacts.is_empty() && self.support_page.is_none() {
+            return Err(invalid("needs `contacts` or `support_page`".into()));
+        }
+        for contact in &self.contacts {
+            if contact.matrix_id.is_none() && contact.email_address.is_none() {
+                return Err(invalid(format!(
+                    "the contact of role `{}` needs a `matrix_id` or an `email_address`",
+                    contact.role
+                )));
+            }
+            if let Some(matrix_id) = &contact.matrix_id {
+                if ruma::UserId::parse(matrix_id.as_str()).is_err() {
+                    return Err(invalid(format!("`{matrix_id}` is not a Matrix user id")));
+                }
+            }
+            if contact.role.is_empty() {
+                return Err(invalid("a contact's `role` is empty".into()));
+            }
+        }
+        if let Some(page) = &self.support_page {
+            if url::Url::parse(page).is_err() {
+                return Err(invalid(format!("support_page `{page}` is not a URL")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Signing in a new device from one already signed in: a signed-in user
@@ -698,6 +765,9 @@ impl Config {
             });
         }
         self.media.validate()?;
+        if let Some(support) = &self.support {
+            support.validate()?;
+        }
         self.validate_topology()?;
         if let Some(secret) = &self.replication_secret {
             if secret.len() < MIN_REPLICATION_SECRET_BYTES {
@@ -934,6 +1004,18 @@ database:
 
 # Whether anyone may create an account through /register.
 enable_registration: false
+# Whether registering needs a token made by an admin (the m.login.registration_token
+# stage; tokens are managed under /_lattice/admin/v1/registration_tokens).
+registration_requires_token: false
+
+# Who runs this server and where its users find help, served at
+# /.well-known/matrix/support (404 while unset). At least one of `contacts`
+# (each with a role and a matrix_id or an email_address) and `support_page`.
+# support:
+#   contacts:
+#     - {{ matrix_id: "@admin:example.org", email_address: "admin@example.org", role: "m.role.admin" }}
+#     - {{ email_address: "security@example.org", role: "m.role.security" }}
+#   support_page: "https://example.org/support.html"
 
 # Room version for rooms created without one: 10, 11 or 12.
 default_room_version: "12"
@@ -1187,6 +1269,38 @@ mod tests {
         assert!(config.rate_limits.enabled);
         let failures = &config.rate_limits.login_failed_attempts;
         assert_eq!((failures.per_second, failures.burst), (0.17, 3));
+    }
+
+    #[test]
+    fn support_needs_a_way_to_reach_someone() {
+        let good =
+            "support: { contacts: [{ matrix_id: \"@admin:example.org\", role: m.role.admin }] }";
+        let config =
+            Config::from_figment(figment(&format!("{}\n{good}\n", base()))).expect("valid");
+        let support = config.support.expect("support");
+        assert_eq!(
+            serde_json::to_value(&support).expect("json"),
+            serde_json::json!({ "contacts": [{ "matrix_id": "@admin:example.org", "role": "m.role.admin" }] })
+        );
+        let cases = [
+            ("support: {}", "needs `contacts` or `support_page`"),
+            (
+                "support: { contacts: [{ role: m.role.admin }] }",
+                "needs a `matrix_id`",
+            ),
+            (
+                "support: { contacts: [{ matrix_id: admin, role: m.role.admin }] }",
+                "not a Matrix user id",
+            ),
+            ("support: { support_page: \"not a url\" }", "is not a URL"),
+            ("support: { contacts: [{ email_address: a@b.c }] }", "role"),
+        ];
+        for (yaml, expected) in cases {
+            let error = Config::from_figment(figment(&format!("{}\n{yaml}\n", base())))
+                .expect_err("must be refused")
+                .to_string();
+            assert!(error.contains(expected), "{yaml}: {error}");
+        }
     }
 
     #[test]

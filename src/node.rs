@@ -181,8 +181,9 @@ const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 /// Deletes, hourly, what is past its retention: `caches` stream rows
 /// (readers catch up only over what they missed while disconnected, never
-/// over a week), user-interactive auth sessions, and the request ids that
-/// made mailbox messages idempotent.
+/// over a week), user-interactive auth sessions (giving back the
+/// registration token uses they held), the addresses devices used four
+/// weeks ago, and the request ids that made mailbox messages idempotent.
 /// Runs only on the instance holding shard 0 of `background`: with two
 /// background instances, one does it, and the other takes over if it dies.
 async fn clean_up(pool: Pool, duties: Arc<ShardMap>) {
@@ -204,6 +205,12 @@ async fn clean_up(pool: Pool, duties: Arc<ShardMap>) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "deleted old user-interactive auth sessions"),
             Err(error) => tracing::warn!(error = %error, "deleting old auth sessions failed"),
+        }
+        let before = now - last_seen::CONNECTION_RETENTION.as_millis() as i64;
+        match storage::devices::delete_connections_older_than(&pool, before).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted devices' old addresses"),
+            Err(error) => tracing::warn!(error = %error, "deleting devices' old addresses failed"),
         }
         let before = now - REQUEST_ID_RETENTION.as_millis() as i64;
         match storage::rooms::delete_request_ids_older_than(&pool, before).await {

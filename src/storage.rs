@@ -15,6 +15,7 @@ pub mod presence;
 pub mod push_actions;
 pub mod push_rules;
 pub mod receipts;
+pub mod registration_tokens;
 pub mod relations;
 pub mod reports;
 pub mod rooms;
@@ -167,6 +168,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0028_shard_leases",
         include_str!("storage/migrations/0028_shard_leases.sql"),
+    ),
+    (
+        "0029_connections_and_registration_tokens",
+        include_str!("storage/migrations/0029_connections_and_registration_tokens.sql"),
     ),
 ];
 

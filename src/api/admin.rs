@@ -1,4 +1,7 @@
 //! Lattice's own admin API (`/_lattice/admin/v1/...`), for server admins only.
+//! Registration tokens are in [`registration_tokens`].
+
+pub mod registration_tokens;
 
 use actix_web::{web, HttpResponse};
 
@@ -31,6 +34,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/_lattice/admin/v1/shards/{kind}/{shard}/move",
             web::post().to(move_shard),
+        )
+        .route(
+            "/_lattice/admin/v1/registration_tokens",
+            web::get().to(registration_tokens::list_tokens),
+        )
+        .route(
+            "/_lattice/admin/v1/registration_tokens/new",
+            web::post().to(registration_tokens::create_token),
+        )
+        .route(
+            "/_lattice/admin/v1/registration_tokens/{token}",
+            web::get().to(registration_tokens::get_token),
+        )
+        .route(
+            "/_lattice/admin/v1/registration_tokens/{token}",
+            web::put().to(registration_tokens::update_token),
+        )
+        .route(
+            "/_lattice/admin/v1/registration_tokens/{token}",
+            web::delete().to(registration_tokens::delete_token),
         );
 }
 

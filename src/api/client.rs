@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod account_data;
+pub mod admin;
 pub mod backup;
 pub mod device;
 pub mod directory;
@@ -13,6 +14,7 @@ pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod message;
+pub mod notifications;
 pub mod presence;
 pub mod profile;
 pub mod push_rules;
@@ -43,6 +45,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // request even when none of its routes does.
     media::configure(cfg);
     cfg.service(resource("/.well-known/matrix/client").route(web::get().to(versions::well_known)))
+        .service(
+            resource("/.well-known/matrix/support")
+                .route(web::get().to(versions::well_known_support)),
+        )
         .service(resource("/_matrix/client/versions").route(web::get().to(versions::versions)))
         .service(routes(web::scope("/_matrix/client/v3")))
         .service(routes(web::scope("/_matrix/client/r0")))
@@ -262,6 +268,7 @@ fn routes(scope: Scope) -> Scope {
             resource("/rooms/{room_id}/event/{event_id}").route(web::get().to(message::get_event)),
         )
         .service(resource("/search").route(web::post().to(search::search)))
+        .service(resource("/notifications").route(web::get().to(notifications::get_notifications)))
         .service(
             resource("/rooms/{room_id}/report/{event_id}")
                 .route(web::post().to(report::report_event)),
@@ -290,6 +297,7 @@ fn routes(scope: Scope) -> Scope {
                 .route(web::post().to(directory::search_public_rooms)),
         )
         .service(resource("/devices").route(web::get().to(device::get_devices)))
+        .service(resource("/admin/whois/{user_id}").route(web::get().to(admin::whois)))
         .service(
             resource("/devices/{device_id}")
                 .route(web::get().to(device::get_device))
@@ -349,6 +357,15 @@ fn v1_routes(scope: Scope) -> Scope {
             resource("/rooms/{room_id}/threads").route(web::get().to(relations::get_thread_roots)),
         )
         .service(resource("/rooms/{room_id}/hierarchy").route(web::get().to(space::get_hierarchy)))
+        .service(resource("/mutual_rooms").route(web::get().to(membership::mutual_rooms)))
+        .service(
+            resource("/room_summary/{room_id_or_alias}")
+                .route(web::get().to(room::summary::get_room_summary)),
+        )
+        .service(
+            resource("/register/m.login.registration_token/validity")
+                .route(web::get().to(account::registration_token_validity)),
+        )
         .service(
             resource("/rooms/{room_id}/timestamp_to_event")
                 .route(web::get().to(timestamp_to_event::timestamp_to_event)),

@@ -75,7 +75,7 @@ pub const ROUTES: &[Route] = &[
         role: Role::Client,
     },
     Route {
-        pattern: r"^/\.well-known/matrix/client$",
+        pattern: r"^/\.well-known/matrix/(client|support)$",
         role: Role::Client,
     },
 ];
@@ -175,6 +175,7 @@ mod tests {
                 Role::Client,
             ),
             ("GET", "/.well-known/matrix/client", Role::Client),
+            ("GET", "/.well-known/matrix/support", Role::Client),
             ("GET", "/_matrix/media/v3/config", Role::Media),
             (
                 "GET",

@@ -46,6 +46,20 @@ pub async fn create_user(
 ) -> StorageResult<bool> {
     let mut client = pool.get().await?;
     let transaction = client.transaction().await?;
+    let inserted = insert_user(&transaction, user_id, localpart, password_hash, is_admin).await?;
+    transaction.commit().await?;
+    Ok(inserted)
+}
+
+/// Inserts the user and their user directory terms; false when the id is
+/// taken.
+async fn insert_user(
+    transaction: &deadpool_postgres::Transaction<'_>,
+    user_id: &str,
+    localpart: &str,
+    password_hash: Option<&str>,
+    is_admin: bool,
+) -> StorageResult<bool> {
     let inserted = transaction
         .execute(
             "INSERT INTO users (user_id, localpart, password_hash, is_admin, displayname, created_ts)
@@ -54,10 +68,55 @@ pub async fn create_user(
         )
         .await?;
     if inserted == 1 {
-        super::user_directory::set_terms(&transaction, user_id, Some(localpart)).await?;
+        super::user_directory::set_terms(transaction, user_id, Some(localpart)).await?;
+    }
+    Ok(inserted == 1)
+}
+
+/// What [`register_user`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    Created,
+    UserIdTaken,
+    /// The auth session had ended (a concurrent registration with it
+    /// finished first): nothing was created.
+    SessionEnded,
+}
+
+/// Creates a user through `/register`, ending the registration's auth
+/// session (if it had one) in the same transaction, and counting the
+/// registration token use the session held as completed: a session
+/// registers one account, and a token use is never both given back and
+/// spent.
+pub async fn register_user(
+    pool: &Pool,
+    user_id: &str,
+    localpart: &str,
+    password_hash: &str,
+    session_id: Option<&str>,
+) -> StorageResult<Registered> {
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    if let Some(session_id) = session_id {
+        let Some(ended) = transaction
+            .query_opt(
+                "DELETE FROM uia_sessions WHERE session_id = $1 AND user_id IS NULL
+                 RETURNING registration_token",
+                &[&session_id],
+            )
+            .await?
+        else {
+            return Ok(Registered::SessionEnded);
+        };
+        if let Some(token) = ended.get::<_, Option<String>>(0) {
+            super::registration_tokens::complete_use(&transaction, &token).await?;
+        }
+    }
+    if !insert_user(&transaction, user_id, localpart, Some(password_hash), false).await? {
+        return Ok(Registered::UserIdTaken);
     }
     transaction.commit().await?;
-    Ok(inserted == 1)
+    Ok(Registered::Created)
 }
 
 pub struct PasswordRecord {
@@ -316,27 +375,39 @@ pub async fn create_uia_session(pool: &Pool, session_id: &str) -> StorageResult<
     Ok(())
 }
 
-/// Whether `session_id` is a registration's session (one bound to no user).
-pub async fn uia_session_exists(pool: &Pool, session_id: &str) -> StorageResult<bool> {
+/// The stages a registration's session (one bound to no user) completed;
+/// `None` for an unknown session or one of a signed-in user.
+pub async fn registration_session_stages(
+    pool: &Pool,
+    session_id: &str,
+) -> StorageResult<Option<Vec<String>>> {
     let client = pool.get().await?;
-    Ok(client
+    let row = client
         .query_opt(
-            "SELECT 1 FROM uia_sessions WHERE session_id = $1 AND user_id IS NULL",
-            &[&session_id],
-        )
-        .await?
-        .is_some())
-}
-
-pub async fn delete_uia_session(pool: &Pool, session_id: &str) -> StorageResult<()> {
-    let client = pool.get().await?;
-    client
-        .execute(
-            "DELETE FROM uia_sessions WHERE session_id = $1",
+            "SELECT completed FROM uia_sessions WHERE session_id = $1 AND user_id IS NULL",
             &[&session_id],
         )
         .await?;
-    Ok(())
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Records that a registration's session completed `stage`; false for an
+/// unknown session.
+pub async fn complete_registration_stage(
+    pool: &Pool,
+    session_id: &str,
+    stage: &str,
+) -> StorageResult<bool> {
+    let client = pool.get().await?;
+    let updated = client
+        .execute(
+            "UPDATE uia_sessions SET completed = CASE WHEN $2 = ANY(completed) THEN completed
+                                                      ELSE array_append(completed, $2) END
+             WHERE session_id = $1 AND user_id IS NULL",
+            &[&session_id, &stage],
+        )
+        .await?;
+    Ok(updated == 1)
 }
 
 /// The request a signed-in user's UIA session was started for.
@@ -400,15 +471,28 @@ pub async fn uia_operation(
 }
 
 /// Deletes the sessions started before `before_ts` (finished or
-/// abandoned); how many went.
+/// abandoned), giving back the registration token uses they held, in one
+/// statement; how many went.
 pub async fn delete_uia_sessions_older_than(pool: &Pool, before_ts: i64) -> StorageResult<u64> {
     let client = pool.get().await?;
-    Ok(client
-        .execute(
-            "DELETE FROM uia_sessions WHERE created_ts < $1",
+    let row = client
+        .query_one(
+            "WITH gone AS (
+               DELETE FROM uia_sessions WHERE created_ts < $1 RETURNING registration_token
+             ),
+             given_back AS (
+               UPDATE registration_tokens t SET pending = GREATEST(t.pending - g.uses, 0)
+               FROM (
+                 SELECT registration_token, COUNT(*)::INTEGER AS uses FROM gone
+                 WHERE registration_token IS NOT NULL GROUP BY registration_token
+               ) g
+               WHERE t.token = g.registration_token
+             )
+             SELECT COUNT(*) FROM gone",
             &[&before_ts],
         )
-        .await?)
+        .await?;
+    Ok(row.get::<_, i64>(0).unsigned_abs())
 }
 
 /// Ends a session once it has authorised its request; false when it had

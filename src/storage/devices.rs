@@ -1,7 +1,7 @@
 //! Devices: the ones each user is signed in on, their names, and when and
-//! from where each was last used. A device is created with its first access
-//! token (`accounts::create_device_and_token`); here it is read, renamed,
-//! and removed with its tokens.
+//! from where (with which user agent) each was last used. A device is
+//! created with its first access token (`accounts::create_device_and_token`);
+//! here it is read, renamed, and removed with its tokens.
 
 use deadpool_postgres::Pool;
 
@@ -100,35 +100,102 @@ pub async fn delete(pool: &Pool, user_id: &str, device_ids: &[&str]) -> StorageR
     Ok(deleted)
 }
 
-/// When and from where a device was used.
+/// When and from where a device was used, and with which user agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastSeen {
     pub user_id: String,
     pub device_id: String,
     pub ip: String,
+    pub user_agent: Option<String>,
     pub ts: i64,
 }
 
-/// Records when and from where devices were last used, in one statement;
-/// a record older than the stored one changes nothing. Devices are updated
-/// in key order, so that two instances flushing at once cannot deadlock.
+/// Records when and from where devices were last used, in one statement:
+/// each address of each device with its user agent
+/// (`device_connections`), and each device's latest use (`devices`). A
+/// record older than the stored one changes nothing; a device removed
+/// meanwhile is skipped. Rows are written in key order, so that two
+/// instances flushing at once cannot deadlock.
 pub async fn record_last_seen(pool: &Pool, seen: &[LastSeen]) -> StorageResult<u64> {
     let mut seen: Vec<&LastSeen> = seen.iter().collect();
-    seen.sort_by(|a, b| (&a.user_id, &a.device_id).cmp(&(&b.user_id, &b.device_id)));
+    seen.sort_by(|a, b| (&a.user_id, &a.device_id, &a.ip).cmp(&(&b.user_id, &b.device_id, &b.ip)));
     let user_ids: Vec<&str> = seen.iter().map(|s| s.user_id.as_str()).collect();
     let device_ids: Vec<&str> = seen.iter().map(|s| s.device_id.as_str()).collect();
     let ips: Vec<&str> = seen.iter().map(|s| s.ip.as_str()).collect();
+    let user_agents: Vec<Option<&str>> = seen.iter().map(|s| s.user_agent.as_deref()).collect();
     let timestamps: Vec<i64> = seen.iter().map(|s| s.ts).collect();
     let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(
+            "WITH v AS (
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+                 WITH ORDINALITY AS v (user_id, device_id, ip, user_agent, ts, n)
+             ),
+             connections AS (
+               INSERT INTO device_connections AS c (user_id, device_id, ip, user_agent, last_seen_ts)
+               SELECT v.user_id, v.device_id, v.ip, v.user_agent, v.ts FROM v
+               JOIN devices d ON d.user_id = v.user_id AND d.device_id = v.device_id
+               ORDER BY v.n
+               ON CONFLICT (user_id, device_id, ip) DO UPDATE
+                 SET user_agent = EXCLUDED.user_agent, last_seen_ts = EXCLUDED.last_seen_ts
+                 WHERE c.last_seen_ts <= EXCLUDED.last_seen_ts
+             )
+             UPDATE devices d SET last_seen_ip = l.ip, last_seen_ts = l.ts
+             FROM (
+               SELECT DISTINCT ON (user_id, device_id) user_id, device_id, ip, ts FROM v
+               ORDER BY user_id, device_id, ts DESC
+             ) l
+             WHERE d.user_id = l.user_id AND d.device_id = l.device_id
+               AND (d.last_seen_ts IS NULL OR d.last_seen_ts <= l.ts)",
+        )
+        .await?;
     let updated = client
         .execute(
-            "UPDATE devices d SET last_seen_ip = v.ip, last_seen_ts = v.ts
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
-                  AS v(user_id, device_id, ip, ts)
-             WHERE d.user_id = v.user_id AND d.device_id = v.device_id
-               AND (d.last_seen_ts IS NULL OR d.last_seen_ts <= v.ts)",
-            &[&user_ids, &device_ids, &ips, &timestamps],
+            &statement,
+            &[&user_ids, &device_ids, &ips, &user_agents, &timestamps],
         )
         .await?;
     Ok(updated)
+}
+
+/// One address a device used, with the user agent last seen from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub device_id: String,
+    pub ip: String,
+    pub user_agent: Option<String>,
+    pub last_seen_ts: i64,
+}
+
+/// Every address each of the user's devices used (in the retention), by
+/// device then latest use first.
+pub async fn connections(pool: &Pool, user_id: &str) -> StorageResult<Vec<Connection>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT device_id, ip, user_agent, last_seen_ts FROM device_connections
+             WHERE user_id = $1 ORDER BY device_id, last_seen_ts DESC",
+            &[&user_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| Connection {
+            device_id: row.get(0),
+            ip: row.get(1),
+            user_agent: row.get(2),
+            last_seen_ts: row.get(3),
+        })
+        .collect())
+}
+
+/// Forgets the addresses not used since `before_ts`; how many went.
+pub async fn delete_connections_older_than(pool: &Pool, before_ts: i64) -> StorageResult<u64> {
+    let client = pool.get().await?;
+    Ok(client
+        .execute(
+            "DELETE FROM device_connections WHERE last_seen_ts < $1",
+            &[&before_ts],
+        )
+        .await?)
 }

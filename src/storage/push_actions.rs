@@ -1,7 +1,8 @@
 //! Push actions in PostgreSQL (`event_push_actions`, one row per event since
 //! migration 0020): what each new event does for the members it notifies or
 //! highlights, stored by the event persister with the event ([`insert`]),
-//! counted for `/sync` after each user's read receipts ([`unread_counts`]).
+//! counted for `/sync` after each user's read receipts ([`unread_counts`]),
+//! listed for `GET /notifications` ([`notifications`]).
 //! Also the one read a push rule evaluation makes of its room
 //! ([`room_push_context`]).
 
@@ -10,6 +11,7 @@ use std::collections::HashMap;
 use deadpool_postgres::{GenericClient, Pool};
 use serde_json::{Map, Value};
 
+use super::rooms::{StoredEvent, EVENT_COLUMNS};
 use super::StorageResult;
 use crate::push::evaluator::{PushActions, UserActions};
 use crate::push::recent::Floors;
@@ -264,6 +266,88 @@ pub async fn unread_counts(
         }
     }
     Ok(unread)
+}
+
+/// One event that notified a user, as `GET /notifications` lists it.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    pub event: StoredEvent,
+    /// The user's actions for it.
+    pub actions: Value,
+    /// A read receipt of the user covers it (`m.read` or `m.read.private`,
+    /// unthreaded or of its thread).
+    pub read: bool,
+}
+
+/// The events that notified `user_id` in `rooms` (each up to its given
+/// position: the user's leave), newest first, before `before`, at most
+/// `limit`; only the highlighted ones if `only_highlight`. Each room's
+/// newest are one backward walk of its range of the primary key (the
+/// user's entries filtered there), then the rooms' are merged.
+pub async fn notifications(
+    pool: &Pool,
+    user_id: &str,
+    rooms: &[(&str, i64)],
+    before: i64,
+    limit: i64,
+    only_highlight: bool,
+) -> StorageResult<Vec<Notification>> {
+    if rooms.is_empty() || limit <= 0 {
+        return Ok(Vec::new());
+    }
+    let (room_ids, uptos): (Vec<&str>, Vec<i64>) = rooms.iter().copied().unzip();
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS}, a.actions,
+               EXISTS (
+                 SELECT 1 FROM receipts r
+                 WHERE r.room_id = a.room_id AND r.user_id = $1
+                   AND r.receipt_type IN ('m.read', 'm.read.private')
+                   AND (r.thread_id IS NULL OR r.thread_id = a.thread_id)
+                   AND r.event_stream_ordering >= a.stream_ordering
+               )
+             FROM unnest($2::text[], $3::bigint[]) AS q (room_id, upto)
+             CROSS JOIN LATERAL (
+               SELECT p.room_id, p.stream_ordering, p.thread_id, p.actions
+               FROM event_push_actions p
+               WHERE p.room_id = q.room_id
+                 AND p.stream_ordering <= q.upto AND p.stream_ordering < $4
+                 AND $1 = ANY(p.notify_users)
+                 AND (NOT $6 OR $1 = ANY(p.highlight_users))
+               ORDER BY p.stream_ordering DESC
+               LIMIT $5
+             ) a
+             JOIN events e ON e.stream_ordering = a.stream_ordering
+             ORDER BY a.stream_ordering DESC
+             LIMIT $5"
+        ))
+        .await?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &user_id,
+                &room_ids,
+                &uptos,
+                &before,
+                &limit,
+                &only_highlight,
+            ],
+        )
+        .await?;
+    let columns = EVENT_COLUMNS.split(',').count();
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let stored: Option<Value> = row.get(columns);
+            Notification {
+                event: StoredEvent::from_row(row),
+                actions: actions_of(stored.as_ref(), user_id),
+                read: row.get(columns + 1),
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]

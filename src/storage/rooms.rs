@@ -162,6 +162,25 @@ pub async fn joined_rooms(pool: &Pool, user_id: &str) -> StorageResult<Vec<Strin
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
+/// The rooms both users are joined to (in no particular order).
+pub async fn mutual_joined_rooms(
+    pool: &Pool,
+    user_id: &str,
+    other_user_id: &str,
+) -> StorageResult<Vec<String>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT a.room_id FROM current_state a
+             JOIN current_state b ON b.room_id = a.room_id AND b.type = 'm.room.member'
+               AND b.state_key = $2 AND b.membership = 'join'
+             WHERE a.type = 'm.room.member' AND a.state_key = $1 AND a.membership = 'join'",
+            &[&user_id, &other_user_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
 pub async fn joined_members(pool: &Pool, room_id: &str) -> StorageResult<Vec<StoredEvent>> {
     let client = pool.get().await?;
     let rows = client

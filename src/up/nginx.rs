@@ -110,7 +110,9 @@ server {{
 fn describe(role: Role) -> &'static str {
     match role {
         Role::Sync => "/sync, /events and /initialSync, hashed by access token",
-        Role::Client => "the rest of the Client-Server API and /.well-known/matrix/client",
+        Role::Client => {
+            "the rest of the Client-Server API and /.well-known/matrix/{client,support}"
+        }
         Role::Media => "the media repository",
         Role::FederationReader => "federation and server keys",
         _ => "instances of this role",

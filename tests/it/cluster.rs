@@ -841,6 +841,8 @@ pub struct Client {
     base: String,
     /// Where `/sync` requests go (another node on a split topology).
     sync_base: String,
+    /// The `User-Agent` sent, when a test chose one (awc's own otherwise).
+    user_agent: Option<String>,
 }
 
 impl Client {
@@ -853,6 +855,15 @@ impl Client {
             http,
             base,
             sync_base,
+            user_agent: None,
+        }
+    }
+
+    /// This client, sending `user_agent` as its `User-Agent`.
+    pub fn with_user_agent(&self, user_agent: &str) -> Client {
+        Client {
+            user_agent: Some(user_agent.to_owned()),
+            ..self.clone()
         }
     }
 
@@ -952,6 +963,9 @@ impl Client {
         let mut request = self.http.request(method.clone(), &url);
         if let Some(token) = token {
             request = request.insert_header(("Authorization", format!("Bearer {token}")));
+        }
+        if let Some(user_agent) = &self.user_agent {
+            request = request.insert_header(("User-Agent", user_agent.as_str()));
         }
         let sent = match body {
             Some(body) => {

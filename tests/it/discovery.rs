@@ -1,8 +1,10 @@
-//! Discovery: `/versions`, `.well-known/matrix/client`, `/capabilities`.
+//! Discovery: `/versions`, `.well-known/matrix/client` and `/support`,
+//! `/capabilities`.
 
 use awc::http::StatusCode;
+use serde_json::json;
 
-use crate::cluster::TestCluster;
+use crate::cluster::{Options, TestCluster};
 
 #[actix_web::test]
 async fn versions_lists_the_spec_versions_served() {
@@ -27,6 +29,43 @@ async fn well_known_points_at_the_listener() {
         format!("{}/", client.base_url()),
         "{body}"
     );
+}
+
+#[actix_web::test]
+async fn support_information_is_not_found_until_configured() {
+    let cluster = TestCluster::start().await;
+    let (status, body) = cluster
+        .client()
+        .get("/.well-known/matrix/support", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["errcode"], "M_NOT_FOUND");
+}
+
+#[actix_web::test]
+async fn support_information_is_the_support_setting() {
+    let support = json!({
+        "contacts": [
+            {
+                "matrix_id": "@admin:elsewhere.test",
+                "email_address": "admin@lattice.test",
+                "role": "m.role.admin",
+            },
+            { "email_address": "security@lattice.test", "role": "m.role.security" },
+        ],
+        "support_page": "https://lattice.test/support.html",
+    });
+    let cluster = TestCluster::start_with(Options {
+        settings: vec![("support", support.clone())],
+        ..Options::default()
+    })
+    .await;
+    let (status, body) = cluster
+        .client()
+        .get("/.well-known/matrix/support", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, support);
 }
 
 #[actix_web::test]

@@ -1,5 +1,6 @@
 //! Membership: join by id and alias, invite, leave, kick, ban, unban, forget,
-//! and the member lists (`joined_rooms`, `joined_members`, `members?at=`).
+//! the member lists (`joined_rooms`, `joined_members`, `members?at=`), and
+//! the rooms two users share (`/v1/mutual_rooms`).
 
 use awc::http::StatusCode;
 use serde_json::{json, Value};
@@ -616,4 +617,106 @@ async fn non_members_cannot_tell_unknown_rooms_from_private_ones_or_who_is_in_th
             );
         }
     }
+}
+
+const MUTUAL_ROOMS: &str = "/_matrix/client/v1/mutual_rooms";
+
+#[actix_web::test]
+async fn mutual_rooms_are_the_rooms_both_users_joined() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let mut shared = Vec::new();
+    for _ in 0..3 {
+        let room_id = alice.create_room(json!({ "preset": "public_chat" })).await;
+        bob.join(&room_id).await;
+        shared.push(room_id);
+    }
+    // Invited only, and left: not shared.
+    let invited = alice.create_room(json!({ "invite": [bob.user_id] })).await;
+    let left = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&left).await;
+    let (status, body) = bob.post(&room_path(&left, "leave"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    shared.sort();
+
+    let (status, body) = alice
+        .get(&format!("{MUTUAL_ROOMS}?user_id={}", enc(&bob.user_id)))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["joined"], json!(shared), "{body}");
+    assert_eq!(body["count"], 3);
+    assert!(body.get("next_batch").is_none(), "{body}");
+    assert!(!body["joined"]
+        .as_array()
+        .expect("joined")
+        .contains(&json!(invited)));
+
+    // From a room: the rooms after it (the token is the last room of a
+    // page, unpadded URL-safe base64).
+    use base64::Engine as _;
+    let from = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&shared[0]);
+    let (status, body) = bob
+        .get(&format!(
+            "{MUTUAL_ROOMS}?user_id={}&from={from}",
+            enc(&alice.user_id)
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["joined"], json!(shared[1..]), "{body}");
+    assert_eq!(body["count"], 3);
+
+    // Someone unknown shares nothing.
+    let (status, body) = alice
+        .get(&format!(
+            "{MUTUAL_ROOMS}?user_id={}",
+            enc("@nobody:lattice.test")
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({ "joined": [], "count": 0 }));
+}
+
+#[actix_web::test]
+async fn mutual_rooms_refuse_oneself_and_bad_parameters() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+    let cases = [
+        (
+            format!("user_id={}", enc(&alice.user_id)),
+            "M_INVALID_PARAM",
+        ),
+        (String::new(), "M_MISSING_PARAM"),
+        ("user_id=alice".to_owned(), "M_INVALID_PARAM"),
+        (
+            format!("user_id={}", enc("@Alice:lattice.test")),
+            "M_INVALID_PARAM",
+        ),
+        (
+            format!(
+                "user_id={}&user_id={}",
+                enc("@b:lattice.test"),
+                enc("@c:lattice.test")
+            ),
+            "M_INVALID_PARAM",
+        ),
+        (
+            format!("user_id={}&from=%21%21", enc("@b:lattice.test")),
+            "M_INVALID_PARAM",
+        ),
+    ];
+    for (query, errcode) in cases {
+        let (status, body) = alice.get(&format!("{MUTUAL_ROOMS}?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["errcode"], errcode, "{query}: {body}");
+    }
+    let (status, body) = cluster
+        .client()
+        .get(
+            &format!("{MUTUAL_ROOMS}?user_id={}", enc("@b:lattice.test")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 }

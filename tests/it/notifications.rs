@@ -2,7 +2,8 @@
 //! against every member's push rules where it was sent, the actions stored
 //! with it, and each joined room's `unread_notifications` counts them after
 //! the member's read receipt (`unread_thread_notifications` per thread when
-//! the filter asks). On the split, sends arrive at `main`, events are
+//! the filter asks). `GET /notifications` lists the same actions, newest
+//! first. On the split, sends arrive at `main`, events are
 //! persisted by `events1`, receipts and push rules are written by
 //! `events1`/`sync2`, and `/sync` is served by `sync2`.
 
@@ -356,4 +357,155 @@ async fn each_send_is_evaluated_once_for_all_members() {
     for member in &members {
         assert_eq!(unread(member, &room_id).await, (SENDS as i64, 0));
     }
+}
+
+const NOTIFICATIONS: &str = "/_matrix/client/v3/notifications";
+
+/// `GET /notifications` with `query`, asserting success.
+async fn notifications(user: &User, query: &str) -> Value {
+    let (status, answer) = user.get(&format!("{NOTIFICATIONS}?{query}")).await;
+    assert_eq!(status, StatusCode::OK, "notifications?{query}: {answer}");
+    answer
+}
+
+/// The event ids of a page of notifications, in its order.
+fn listed(page: &Value) -> Vec<String> {
+    page["notifications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("notifications in {page}"))
+        .iter()
+        .map(|n| {
+            n["event"]["event_id"]
+                .as_str()
+                .expect("an event id")
+                .to_owned()
+        })
+        .collect()
+}
+
+#[actix_web::test]
+async fn notifications_list_what_notified_the_user_newest_first() {
+    let cluster = TestCluster::start().await;
+    let (alice, bob, room_id) = room(&cluster).await;
+    let first = send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "one" }),
+    )
+    .await;
+    let mention = send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "hey", "m.mentions": { "user_ids": [bob.user_id] } }),
+    )
+    .await;
+    let last = send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "three" }),
+    )
+    .await;
+
+    let page = notifications(&bob, "").await;
+    assert_eq!(
+        listed(&page),
+        vec![last.clone(), mention.clone(), first.clone()]
+    );
+    assert!(page.get("next_token").is_none(), "{page}");
+    let highlighted = &page["notifications"][1];
+    assert_eq!(highlighted["room_id"], room_id);
+    assert_eq!(highlighted["read"], false);
+    assert_eq!(highlighted["event"]["content"]["body"], "hey");
+    assert_eq!(highlighted["event"]["sender"], alice.user_id);
+    assert!(
+        highlighted["ts"].as_i64().is_some_and(|ts| ts > 0),
+        "{page}"
+    );
+    let actions = highlighted["actions"].as_array().expect("actions");
+    assert!(actions.contains(&json!("notify")), "{page}");
+    assert!(
+        actions.contains(&json!({ "set_tweak": "highlight" })),
+        "{page}"
+    );
+    assert_eq!(page["notifications"][0]["actions"], json!(["notify"]));
+    // The sender's own messages did not notify them.
+    assert_eq!(
+        listed(&notifications(&alice, "").await),
+        Vec::<String>::new()
+    );
+
+    // Only the highlights.
+    let page = notifications(&bob, "only=highlight").await;
+    assert_eq!(listed(&page), vec![mention.clone()]);
+
+    // In pages: `next_token` until the last.
+    let page = notifications(&bob, "limit=2").await;
+    assert_eq!(listed(&page), vec![last.clone(), mention.clone()]);
+    let token = page["next_token"]
+        .as_str()
+        .expect("a next_token")
+        .to_owned();
+    let page = notifications(&bob, &format!("limit=2&from={token}")).await;
+    assert_eq!(listed(&page), vec![first.clone()]);
+    assert!(page.get("next_token").is_none(), "{page}");
+
+    // A read receipt marks what it covers read.
+    read(&bob, &room_id, &mention, json!({})).await;
+    let page = notifications(&bob, "").await;
+    let read_flags: Vec<&Value> = page["notifications"]
+        .as_array()
+        .expect("notifications")
+        .iter()
+        .map(|n| &n["read"])
+        .collect();
+    assert_eq!(read_flags, vec![&json!(false), &json!(true), &json!(true)]);
+}
+
+#[actix_web::test]
+async fn notifications_refuse_bad_parameters() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+    for query in ["from=abc", "from=-3", "limit=-1", "limit=lots"] {
+        let (status, answer) = alice.get(&format!("{NOTIFICATIONS}?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {answer}");
+        assert_eq!(answer["errcode"], "M_INVALID_PARAM", "{query}");
+    }
+    let (status, answer) = cluster.client().get(NOTIFICATIONS, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    assert_eq!(answer["errcode"], "M_MISSING_TOKEN");
+}
+
+#[actix_web::test]
+async fn a_room_left_keeps_its_notifications_until_it_is_forgotten() {
+    let cluster = TestCluster::start().await;
+    let (alice, bob, room_id) = room(&cluster).await;
+    let before = send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "still here?" }),
+    )
+    .await;
+    let (status, answer) = bob
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    send(
+        &alice,
+        &room_id,
+        json!({ "msgtype": "m.text", "body": "gone", "m.mentions": { "user_ids": [bob.user_id] } }),
+    )
+    .await;
+    assert_eq!(listed(&notifications(&bob, "").await), vec![before]);
+
+    let (status, answer) = bob
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/forget", enc(&room_id)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(listed(&notifications(&bob, "").await), Vec::<String>::new());
 }

@@ -1,4 +1,5 @@
-//! Accounts: registration (with the `m.login.dummy` user-interactive flow),
+//! Accounts: registration (its user-interactive flow, with registration
+//! tokens when they are required, in [`registration_auth`]),
 //! login (by password, or by a login token from [`session`]), logout and
 //! whoami; changing the password, deactivating and the third-party ids
 //! this server does not keep are in the submodules, refreshing a session in
@@ -6,7 +7,10 @@
 
 pub mod deactivate;
 pub mod password;
+pub mod registration_auth;
 pub mod threepid;
+
+pub use registration_auth::registration_token_validity;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -17,7 +21,7 @@ use crate::api::limits::{
     check_bytes, check_chars, check_device_id, check_no_nul, MAX_DEVICE_DISPLAY_NAME_CHARS,
     MAX_PASSWORD_BYTES, MAX_UIA_SESSION_BYTES, MAX_USER_ID_BYTES,
 };
-use crate::api::{client_ip, rate_limit_ip, JsonBody, Requester};
+use crate::api::{client_ip, rate_limit_ip, user_agent, JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
 use crate::storage::{accounts, devices};
@@ -28,7 +32,7 @@ use ruma::OwnedDeviceId;
 pub struct RegisterRequest {
     username: Option<String>,
     password: Option<String>,
-    auth: Option<AuthData>,
+    auth: Option<registration_auth::RegistrationAuth>,
     device_id: Option<String>,
     initial_device_display_name: Option<String>,
     #[serde(default)]
@@ -36,13 +40,6 @@ pub struct RegisterRequest {
     /// The client takes refresh tokens (its access token then expires).
     #[serde(default)]
     refresh_token: bool,
-}
-
-#[derive(Deserialize)]
-pub struct AuthData {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    session: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -96,44 +93,7 @@ pub async fn register(
         ));
     }
 
-    // User-interactive authentication: one stage, m.login.dummy.
-    let session = match &body.auth {
-        Some(AuthData {
-            kind: Some(kind),
-            session,
-        }) if kind == "m.login.dummy" => {
-            if let Some(session) = session {
-                if !accounts::uia_session_exists(&node.pool, session).await? {
-                    return Err(ApiError::new(
-                        ErrCode::Unknown,
-                        "unknown user-interactive auth session",
-                    ));
-                }
-            }
-            session.clone()
-        }
-        Some(AuthData {
-            kind: Some(kind), ..
-        }) => {
-            return Err(ApiError::invalid_param(format!(
-                "unsupported auth type `{kind}`"
-            )));
-        }
-        _ => {
-            let session = random_string(24);
-            accounts::create_uia_session(&node.pool, &session).await?;
-            let mut error = ApiError::new(
-                ErrCode::Unauthorized,
-                "user-interactive authentication required",
-            );
-            error.uia = Some(json!({
-                "flows": [{ "stages": ["m.login.dummy"] }],
-                "params": {},
-                "session": session,
-            }));
-            return Err(error);
-        }
-    };
+    let session = registration_auth::authenticate(&node, body.auth.as_ref()).await?;
 
     let password = body
         .password
@@ -150,22 +110,28 @@ pub async fn register(
         .hash(password.to_owned())
         .await
         .map_err(ApiError::internal)?;
-    if !accounts::create_user(
+    match accounts::register_user(
         &node.pool,
         &user_id,
         &localpart,
-        Some(&password_hash),
-        false,
+        &password_hash,
+        session.as_deref(),
     )
     .await?
     {
-        return Err(ApiError::new(
-            ErrCode::UserInUse,
-            "the desired user id is already taken",
-        ));
-    }
-    if let Some(session) = session {
-        accounts::delete_uia_session(&node.pool, &session).await?;
+        accounts::Registered::Created => {}
+        accounts::Registered::UserIdTaken => {
+            return Err(ApiError::new(
+                ErrCode::UserInUse,
+                "the desired user id is already taken",
+            ))
+        }
+        accounts::Registered::SessionEnded => {
+            return Err(ApiError::new(
+                ErrCode::Unknown,
+                "unknown user-interactive auth session",
+            ))
+        }
     }
     tracing::info!(user_id = %user_id, "registered user");
     if body.inhibit_login {
@@ -186,8 +152,13 @@ pub async fn register(
     )
     .await?;
     session.add_to(&mut answer);
-    node.last_seen
-        .record(&user_id, &device_id, &client_ip(&request), now_ms());
+    node.last_seen.record(
+        &user_id,
+        &device_id,
+        &client_ip(&request),
+        user_agent(&request),
+        now_ms(),
+    );
     Ok(HttpResponse::Ok().json(answer))
 }
 #[derive(Deserialize)]
@@ -294,8 +265,13 @@ pub async fn login(
     )
     .await?;
     session.add_to(&mut answer);
-    node.last_seen
-        .record(&user_id, &device_id, &client_ip(&request), now_ms());
+    node.last_seen.record(
+        &user_id,
+        &device_id,
+        &client_ip(&request),
+        user_agent(&request),
+        now_ms(),
+    );
     Ok(HttpResponse::Ok().json(answer))
 }
 

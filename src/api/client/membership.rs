@@ -1,6 +1,7 @@
 //! Membership: join (by id or alias), knock, invite, leave, kick, ban, unban, forget,
-//! and the member lists. The auth rules themselves are checked by the event
-//! persister; this module shapes the member events and the answers.
+//! the member lists, and the rooms two users share. The auth rules
+//! themselves are checked by the event persister; this module shapes the
+//! member events and the answers.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -33,6 +34,86 @@ pub async fn joined_rooms(node: web::Data<Node>, requester: Requester) -> ApiRes
     Ok(HttpResponse::Ok().json(json!({ "joined_rooms": joined })))
 }
 
+/// Rooms in one page of `GET /mutual_rooms` (Synapse's batch).
+const MUTUAL_ROOMS_PER_PAGE: usize = 100;
+
+/// GET /_matrix/client/v1/mutual_rooms
+///
+/// The rooms the requester and `user_id` are both joined to, by room id
+/// (bytewise); a page is the rooms after the `from` token's, which is the
+/// last room id of the page before, unpadded URL-safe base64 (Synapse's
+/// token, which needs no state on the server). Asking about oneself, a
+/// missing, repeated or non-compliant `user_id`, a repeated or malformed
+/// `from`: 400 `M_INVALID_PARAM` (`M_MISSING_PARAM` for a missing one).
+pub async fn mutual_rooms(
+    node: web::Data<Node>,
+    requester: Requester,
+    query: web::Query<Vec<(String, String)>>,
+) -> ApiResult<HttpResponse> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+
+    let only = |name: &str| -> ApiResult<Option<&str>> {
+        let mut values = query.iter().filter(|(key, _)| key == name);
+        let first = values.next().map(|(_, value)| value.as_str());
+        if values.next().is_some() {
+            return Err(ApiError::invalid_param(format!("`{name}` is given twice")));
+        }
+        Ok(first)
+    };
+    let user_id =
+        only("user_id")?.ok_or_else(|| ApiError::missing_param("`user_id` is required"))?;
+    let other = check_user_id(user_id)?;
+    if other.validate_strict().is_err() {
+        return Err(ApiError::invalid_param(format!(
+            "`{user_id}` is not a compliant user id"
+        )));
+    }
+    if other.as_str() == requester.user_id {
+        return Err(ApiError::invalid_param(
+            "you cannot ask which rooms you share with yourself",
+        ));
+    }
+    let after = match only("from")?.filter(|from| !from.is_empty()) {
+        None => None,
+        Some(from) => Some(
+            URL_SAFE_NO_PAD
+                .decode(from)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or_else(|| ApiError::invalid_param("malformed `from` token"))?,
+        ),
+    };
+
+    let mut shared =
+        rooms::mutual_joined_rooms(&node.pool, &requester.user_id, other.as_str()).await?;
+    shared.sort_unstable();
+    let (page, last) = mutual_rooms_page(&shared, after.as_deref(), MUTUAL_ROOMS_PER_PAGE);
+    let mut answer = json!({ "joined": page, "count": shared.len() });
+    if let Some(last) = last {
+        answer["next_batch"] = json!(URL_SAFE_NO_PAD.encode(last));
+    }
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// The page of `sorted` rooms after the room `after` (which need not be
+/// one of them), and the last room of the page when more follow it.
+fn mutual_rooms_page<'a>(
+    sorted: &'a [String],
+    after: Option<&str>,
+    per_page: usize,
+) -> (&'a [String], Option<&'a str>) {
+    let start = after.map_or(0, |after| {
+        sorted.partition_point(|room| room.as_str() <= after)
+    });
+    let rest = &sorted[start..];
+    if rest.len() <= per_page {
+        return (rest, None);
+    }
+    let page = &rest[..per_page];
+    (page, page.last().map(String::as_str))
+}
+
 /// POST /_matrix/client/v3/join/{roomIdOrAlias}
 pub async fn join_by_id_or_alias(
     node: web::Data<Node>,
@@ -45,7 +126,7 @@ pub async fn join_by_id_or_alias(
 }
 
 /// The room a `{roomIdOrAlias}` path segment names.
-async fn resolve_room(node: &Node, target: &str) -> ApiResult<String> {
+pub async fn resolve_room(node: &Node, target: &str) -> ApiResult<String> {
     if target.starts_with('#') {
         ruma::RoomAliasId::parse(target)
             .map_err(|_| ApiError::invalid_param("malformed room alias"))?;
@@ -404,4 +485,30 @@ pub fn check_room_id(room_id: &str) -> ApiResult<ruma::OwnedRoomId> {
 pub fn check_user_id(user_id: &str) -> ApiResult<ruma::OwnedUserId> {
     ruma::UserId::parse(user_id)
         .map_err(|_| ApiError::invalid_param(format!("`{user_id}` is not a valid user id")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mutual_rooms_come_in_pages_after_the_last_room_answered() {
+        let rooms: Vec<String> = ["!a:x", "!b:x", "!c:x", "!d:x", "!e:x"]
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        let (page, last) = mutual_rooms_page(&rooms, None, 2);
+        assert_eq!(page, &rooms[..2]);
+        assert_eq!(last, Some("!b:x"));
+        let (page, last) = mutual_rooms_page(&rooms, last, 2);
+        assert_eq!(page, &rooms[2..4]);
+        let (page, last) = mutual_rooms_page(&rooms, last, 2);
+        assert_eq!(page, &rooms[4..]);
+        assert_eq!(last, None);
+        // A token naming a room the users no longer share still pages on.
+        let (page, _) = mutual_rooms_page(&rooms, Some("!bb:x"), 10);
+        assert_eq!(page, &rooms[2..]);
+        let (page, last) = mutual_rooms_page(&rooms, None, 5);
+        assert_eq!((page.len(), last), (5, None));
+    }
 }

@@ -1,7 +1,9 @@
 //! Room creation (`/createRoom`): presets, initial state, invites, aliases,
-//! power-level overrides and room versions; and room upgrades ([`upgrade`]),
-//! which create their replacement room the same way.
+//! power-level overrides and room versions; room upgrades ([`upgrade`]),
+//! which create their replacement room the same way; and a room's summary
+//! for those who may see it ([`summary`]).
 
+pub mod summary;
 pub mod upgrade;
 
 use actix_web::{web, HttpResponse};

@@ -1,7 +1,9 @@
 //! Spaces: `GET /rooms/{roomId}/hierarchy`, the rooms of a space and of
 //! its subspaces, walked depth first through their `m.space.child` state as
 //! Synapse's room summary handler walks them, keeping only the rooms the
-//! requester could join or peek into.
+//! requester could join or peek into. Each room is shown by [`summary_of`],
+//! as `GET /room_summary` ([`super::room::summary`]) shows one room, and
+//! who may see it is [`is_accessible`] for both.
 //!
 //! Pages are not kept on the server: a `from` token holds how many rooms
 //! were already answered and a digest of the request it continues, and each
@@ -114,7 +116,7 @@ pub async fn get_hierarchy(
     let query = HierarchyQuery::parse(&query)?;
     let digest = query.digest(room_id.as_str(), &requester.user_id);
     let offset = query.offset(&digest)?;
-    if !is_accessible(&node, room_id.as_str(), &requester.user_id).await? {
+    if !is_accessible(&node, room_id.as_str(), Some(&requester.user_id)).await? {
         return Err(ApiError::forbidden(
             "you cannot join or peek into this room, so you cannot see its hierarchy",
         ));
@@ -177,13 +179,45 @@ async fn summarise(
     user_id: &str,
     suggested_only: bool,
 ) -> ApiResult<Option<RoomEntry>> {
-    if !is_accessible(node, room_id, user_id).await? {
+    if !is_accessible(node, room_id, Some(user_id)).await? {
         return Ok(None);
     }
     let state = rooms::current_state(&node.pool, room_id).await?;
-    let Some(create) = state.iter().find(|e| e.kind == "m.room.create") else {
+    let Some(mut json) = summary_of(room_id, &state) else {
         return Ok(None);
     };
+    let children = if json["room_type"] == "m.space" {
+        children_of(&state, suggested_only)
+    } else {
+        Vec::new()
+    };
+    json["children_state"] = Value::Array(
+        children
+            .iter()
+            .map(|child| {
+                json!({
+                    "type": child.kind,
+                    "state_key": child.state_key,
+                    "content": child.content(),
+                    "sender": child.sender,
+                    "origin_server_ts": child.origin_server_ts,
+                })
+            })
+            .collect(),
+    );
+    let children = children
+        .iter()
+        .filter_map(|child| child.state_key.clone())
+        .collect();
+    Ok(Some(RoomEntry { json, children }))
+}
+
+/// A room as the hierarchy and `GET /room_summary` show it, from its
+/// current state: the directory's chunk with `room_version`, `encryption`
+/// and `allowed_room_ids` (Synapse's `_build_room_entry`); `None` without
+/// a create event (a room this server does not know).
+pub fn summary_of(room_id: &str, state: &[StoredEvent]) -> Option<Value> {
+    let create = state.iter().find(|e| e.kind == "m.room.create")?;
     let joined = state
         .iter()
         .filter(|e| {
@@ -212,31 +246,7 @@ async fn summarise(
             json["allowed_room_ids"] = json!(allowed);
         }
     }
-    let is_space = create.content().get("type").and_then(Value::as_str) == Some("m.space");
-    let children = if is_space {
-        children_of(&state, suggested_only)
-    } else {
-        Vec::new()
-    };
-    json["children_state"] = Value::Array(
-        children
-            .iter()
-            .map(|child| {
-                json!({
-                    "type": child.kind,
-                    "state_key": child.state_key,
-                    "content": child.content(),
-                    "sender": child.sender,
-                    "origin_server_ts": child.origin_server_ts,
-                })
-            })
-            .collect(),
-    );
-    let children = children
-        .iter()
-        .filter_map(|child| child.state_key.clone())
-        .collect();
-    Ok(Some(RoomEntry { json, children }))
+    Some(json)
 }
 
 /// The space's `m.space.child` events that name a child (a non-empty
@@ -273,11 +283,11 @@ fn sort_key(child: &StoredEvent) -> (bool, Option<&str>, i64, Option<&str>) {
     )
 }
 
-/// Whether the user could join or peek into the room (Synapse's
-/// `_is_local_room_accessible`): a public or knockable join rule, world
-/// readable history, being joined or invited, or being in a room a
-/// restricted join rule allows.
-async fn is_accessible(node: &Node, room_id: &str, user_id: &str) -> ApiResult<bool> {
+/// Whether the user (`None`: someone not signed in) could join or peek
+/// into the room (Synapse's `_is_local_room_accessible`): a public or
+/// knockable join rule, world readable history, being joined or invited,
+/// or being in a room a restricted join rule allows.
+pub async fn is_accessible(node: &Node, room_id: &str, user_id: Option<&str>) -> ApiResult<bool> {
     let join_rules = rooms::current_state_event(&node.pool, room_id, "m.room.join_rules", "")
         .await?
         .map(|e| e.content().clone());
@@ -301,6 +311,9 @@ async fn is_accessible(node: &Node, room_id: &str, user_id: &str) -> ApiResult<b
     }) {
         return Ok(true);
     }
+    let Some(user_id) = user_id else {
+        return Ok(false);
+    };
     let membership = rooms::membership(&node.pool, room_id, user_id).await?;
     if membership.is_some_and(|m| m.membership == "join" || m.membership == "invite") {
         return Ok(true);

@@ -13,9 +13,10 @@
 //! Failures count against the account's failed-login budget
 //! (`rate_limits.login_failed_attempts`), as in Synapse.
 //!
-//! Registration's `m.login.dummy` flow (`account.rs`) shares the sessions'
-//! table; its sessions are bound to no user, and neither kind is accepted
-//! in place of the other.
+//! Registration's flow (`m.login.dummy`, and `m.login.registration_token`
+//! when tokens are required: `account/registration_auth.rs`) shares the
+//! sessions' table; its sessions are bound to no user, and neither kind is
+//! accepted in place of the other.
 
 use actix_web::HttpRequest;
 use serde::Deserialize;

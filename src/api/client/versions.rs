@@ -1,10 +1,11 @@
-//! Discovery: `/versions`, `.well-known`, `/capabilities`.
+//! Discovery: `/versions`, `.well-known/matrix/client` and `/support`,
+//! `/capabilities`.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::api::Requester;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
 use crate::rooms::version::SUPPORTED_ROOM_VERSIONS;
 
@@ -24,6 +25,19 @@ pub async fn well_known(node: web::Data<Node>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "m.homeserver": { "base_url": node.config.public_baseurl() }
     }))
+}
+
+/// GET /.well-known/matrix/support
+///
+/// The `support` setting as it is (checked when the config was read);
+/// without one, the spec's 404.
+pub async fn well_known_support(node: web::Data<Node>) -> ApiResult<HttpResponse> {
+    match &node.config.support {
+        Some(support) => Ok(HttpResponse::Ok().json(support)),
+        None => Err(ApiError::not_found(
+            "this server publishes no support information",
+        )),
+    }
 }
 
 /// GET /_matrix/client/v3/capabilities
