@@ -589,7 +589,7 @@ impl Node {
         }
         if let Some((_, caches)) = &self.replication {
             caches
-                .catch_up(CATCH_UP_WAIT)
+                .catch_up_with_writers(CATCH_UP_WAIT)
                 .await
                 .map_err(ApiError::internal)?;
         }
@@ -602,6 +602,15 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Test hook: cuts this instance off from replication (every message
+    /// that arrives over Redis is dropped, as if Redis were partitioned
+    /// away) or, with `false`, reconnects it. Nothing in a monolith.
+    pub fn cut_off_replication(&self, cut: bool) {
+        if let Some((replication, _)) = &self.replication {
+            replication.cut_off(cut);
+        }
     }
 
     /// Tells the other instances that the tokens of a device (or of every

@@ -168,6 +168,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0028_shard_leases",
         include_str!("storage/migrations/0028_shard_leases.sql"),
     ),
+    (
+        "0030_instances_replication",
+        include_str!("storage/migrations/0030_instances_replication.sql"),
+    ),
 ];
 
 pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {
