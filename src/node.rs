@@ -33,6 +33,7 @@ use crate::streams::registry::{self, RegisteredStream, Streams};
 use crate::streams::replication::{
     PositionedStream, Publisher, ReplicatedStream, Replication, ReplicationConfig, ReplicationStats,
 };
+use crate::streams::stall::StallWatchdog;
 use crate::streams::writer::StreamWriter;
 
 /// How long a request waits to see its own write replicated back.
@@ -157,6 +158,11 @@ async fn heartbeat(node: Node, addr: SocketAddr) {
                 .as_ref()
                 .map(|(_, caches)| caches.positions_json())
                 .unwrap_or_else(|| serde_json::json!({})),
+            stalled_writers: node
+                .replication
+                .as_ref()
+                .map(|(replication, _)| replication.stats.stalled_json())
+                .unwrap_or_else(|| serde_json::json!([])),
         };
         if let Err(error) = storage::instances::beat(&node.pool, &beat).await {
             tracing::warn!(error = %error, "heartbeat failed");
@@ -538,6 +544,16 @@ impl Node {
         ];
         if node.has_role(Role::Background) {
             tasks.push(tokio::spawn(clean_up(node.pool.clone())));
+        }
+        if let Some((replication, _)) = &node.replication {
+            let watchdog = StallWatchdog::new(
+                replication,
+                instance_name,
+                node.pool.clone(),
+                Duration::from_millis(node.config.replication.stall_check_ms.max(1)),
+                vec![node.event_shards.clone()],
+            );
+            tasks.push(tokio::spawn(watchdog.run()));
         }
         let app_node = node.clone();
         let server = HttpServer::new(move || {
