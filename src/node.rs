@@ -599,22 +599,32 @@ impl Node {
     /// position it has committed, as `stream_positions` says. An instance that
     /// is not the writer answers a client who just wrote elsewhere with that
     /// write included, not a moment later.
+    ///
+    /// What replication has not brought by then is read back from
+    /// PostgreSQL at once (as the stall watchdog would a moment later), and
+    /// without the wait for a writer already known to be stalled.
     pub async fn catch_up_with_writers(&self) -> ApiResult<()> {
-        if self.replication.is_none() {
+        let Some((replication, caches)) = &self.replication else {
             return Ok(());
-        }
-        if let Some((_, caches)) = &self.replication {
-            caches
-                .catch_up_with_writers(CATCH_UP_WAIT)
-                .await
-                .map_err(ApiError::internal)?;
-        }
+        };
+        caches
+            .catch_up_with_writers(CATCH_UP_WAIT)
+            .await
+            .map_err(ApiError::internal)?;
         let recorded = storage::streams::recorded_positions(&self.pool).await?;
-        for (stream, writer, position) in recorded {
-            if let Some(stream) = self.streams.get(&stream) {
-                stream
+        for (stream_name, writer, position) in recorded {
+            let Some(stream) = self.streams.get(&stream_name) else {
+                continue;
+            };
+            let reached = !replication.stats.is_stalled(&stream_name, &writer)
+                && stream
                     .wait_for_writer(&writer, position, CATCH_UP_WAIT)
                     .await;
+            if !reached {
+                replication
+                    .catch_up(&stream_name, &writer, position)
+                    .await
+                    .map_err(ApiError::internal)?;
             }
         }
         Ok(())

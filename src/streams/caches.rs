@@ -306,7 +306,9 @@ impl CachesStream {
     /// Read-your-writes for invalidations: waits (at most `timeout`) until
     /// this instance has applied every row the others have stored, so that
     /// a client who logged out or forgot a room through another instance is
-    /// answered without the stale cache entry.
+    /// answered without the stale cache entry. What replication has not
+    /// brought by then is read back from PostgreSQL (a recovery: this
+    /// instance's replication stalls).
     pub async fn catch_up_with_writers(&self, timeout: Duration) -> Result<(), StreamError> {
         let after = self.reader().read_back_after();
         let newest = storage::caches::newest_by_writer_after(&self.pool, after).await?;
@@ -324,6 +326,11 @@ impl CachesStream {
                 .is_err()
             {
                 break;
+            }
+        }
+        for (writer, id) in &newest {
+            if ReplicatedStream::catch_up(self, writer, *id).await? {
+                self.stats.recovered(CACHES_STREAM);
             }
         }
         Ok(())
@@ -458,6 +465,11 @@ impl ReplicatedStream for CachesStream {
         upto: i64,
     ) -> BoxFuture<'a, Result<bool, StreamError>> {
         Box::pin(async move {
+            // Without waiting for the lock when nothing is missing: every
+            // read-your-writes sync asks.
+            if self.reader().missing(writer, upto).is_none() {
+                return Ok(false);
+            }
             let _applying = self.applying.lock().await;
             let Some((after, upto)) = self.reader().missing(writer, upto) else {
                 return Ok(false);

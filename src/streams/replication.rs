@@ -866,7 +866,9 @@ impl ReplicatedStream for PositionedStream {
         upto: i64,
     ) -> BoxFuture<'a, Result<bool, StreamError>> {
         Box::pin(async move {
-            if !self.is_other_writer(writer) {
+            // Without waiting for the lock when nothing is missing: every
+            // read-your-writes sync that waited in vain asks.
+            if !self.is_other_writer(writer) || self.heard_from(writer) >= upto {
                 return Ok(false);
             }
             let _applying = self.applying.lock().await;
