@@ -395,12 +395,14 @@ mod tests {
         assert!(!replicated.catch_up("w3", 9).await.expect("refused"));
         // 4 was rolled back: w2 holds the floor back at the gap.
         assert_eq!(stream.persisted_upto(), 3, "w2 holds the floor back");
-        // w2 is gone: its position is claimed for it.
-        assert!(replicated.release("w2").await);
+        // w2 is gone: a position is claimed for it, never beyond what was
+        // seen.
+        assert_eq!(replicated.highest_seen(), 5);
+        assert!(replicated.release("w2", 9).await);
         assert_eq!(replicated.heard_from("w2"), 5);
         assert_eq!(stream.persisted_upto(), 5);
-        assert!(!replicated.release("w2").await);
-        assert!(!replicated.release("w3").await);
+        assert!(!replicated.release("w2", 5).await);
+        assert!(!replicated.release("w3", 5).await);
     }
 
     #[test]
@@ -690,10 +692,17 @@ pub trait ReplicatedStream: Send + Sync {
         upto: i64,
     ) -> BoxFuture<'a, Result<bool, StreamError>>;
 
+    /// The highest position this instance has seen any writer reach.
+    fn highest_seen(&self) -> i64 {
+        0
+    }
+
     /// `writer` is gone and can write nothing more (a fenced shard owner
-    /// whose shards were all taken): stop it holding back the stream, as
-    /// its own idle claim would. True when its position moved.
-    fn release<'a>(&'a self, _writer: &'a str) -> BoxFuture<'a, bool> {
+    /// whose shards were all taken): claim `upto` for it (at most the
+    /// [`highest_seen`](Self::highest_seen) position), so that it does not
+    /// hold back the stream, as its own idle claim would. True when its
+    /// position moved.
+    fn release<'a>(&'a self, _writer: &'a str, _upto: i64) -> BoxFuture<'a, bool> {
         Box::pin(async { false })
     }
 }
@@ -876,18 +885,21 @@ impl ReplicatedStream for PositionedStream {
         })
     }
 
-    /// Claims for `writer` the highest position this instance has seen
-    /// any writer reach: every row it wrote was read back already, and it
-    /// cannot allocate below that again (a writer that starts takes the
-    /// sequence's last value).
-    fn release<'a>(&'a self, writer: &'a str) -> BoxFuture<'a, bool> {
+    fn highest_seen(&self) -> i64 {
+        self.positions().read(|p| p.max_seen_allocated())
+    }
+
+    /// Every row `writer` wrote was read back already, and it cannot
+    /// allocate at or below a position seen before it was gone again (a
+    /// writer that starts takes the sequence's last value).
+    fn release<'a>(&'a self, writer: &'a str, upto: i64) -> BoxFuture<'a, bool> {
         Box::pin(async move {
             if !self.is_other_writer(writer) {
                 return false;
             }
             let _applying = self.applying.lock().await;
             self.positions().update(|p| {
-                let claim = p.max_seen_allocated();
+                let claim = upto.min(p.max_seen_allocated());
                 if claim > p.heard_from(writer) {
                     p.advance(writer, claim);
                     true
