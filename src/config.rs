@@ -92,6 +92,8 @@ pub struct Config {
     #[serde(default)]
     pub shards: ShardsConfig,
     #[serde(default)]
+    pub replication: ReplicationSettings,
+    #[serde(default)]
     pub media: MediaConfig,
     /// How long the access token of a client that takes refresh tokens
     /// lasts (Synapse's key; default 5 minutes). Other clients' tokens
@@ -507,6 +509,30 @@ impl Default for ShardsConfig {
             lease_timeout_ms: default_shards_lease_timeout_ms(),
         }
     }
+}
+
+/// How a split instance watches its replication (`replication`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationSettings {
+    /// How often the stall watchdog (`streams::stall`) compares how far
+    /// this instance has heard each stream writer with what PostgreSQL
+    /// has of it; a writer PostgreSQL stays ahead of for a whole check is
+    /// stalled, and what it wrote is read back from PostgreSQL.
+    #[serde(default = "default_stall_check_ms")]
+    pub stall_check_ms: u64,
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        ReplicationSettings {
+            stall_check_ms: default_stall_check_ms(),
+        }
+    }
+}
+
+fn default_stall_check_ms() -> u64 {
+    2_000
 }
 
 fn default_shards_heartbeat_ms() -> u64 {
@@ -1063,6 +1089,16 @@ shards:
   heartbeat_ms: 2000
   lease_timeout_ms: 10000
 
+# How an instance of a split deployment watches its replication: every
+# stall_check_ms it compares how far it has heard each stream writer over Redis
+# with what PostgreSQL has of it. A writer PostgreSQL stays ahead of for a whole
+# check is stalled (Redis partitioned away, or the writer died before
+# publishing): what it wrote is read back from PostgreSQL, so /sync still
+# answers with it. See "Replication stalls" in the README. A monolith does not
+# use it.
+replication:
+  stall_check_ms: 2000
+
 # The media repository, served by instances with the `media` role (every
 # instance of a monolith). Synapse's key names.
 media:
@@ -1269,6 +1305,7 @@ mod tests {
         assert!(config.rate_limits.enabled);
         let failures = &config.rate_limits.login_failed_attempts;
         assert_eq!((failures.per_second, failures.burst), (0.17, 3));
+        assert_eq!(config.replication.stall_check_ms, 2000);
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::streams::registry::{self, RegisteredStream, Streams};
 use crate::streams::replication::{
     PositionedStream, Publisher, ReplicatedStream, Replication, ReplicationConfig, ReplicationStats,
 };
+use crate::streams::stall::StallWatchdog;
 use crate::streams::writer::StreamWriter;
 
 /// How long a request waits to see its own write replicated back.
@@ -162,6 +163,11 @@ async fn heartbeat(node: Node, addr: SocketAddr) {
                 .as_ref()
                 .map(|(_, caches)| caches.positions_json())
                 .unwrap_or_else(|| serde_json::json!({})),
+            stalled_writers: node
+                .replication
+                .as_ref()
+                .map(|(replication, _)| replication.stats.stalled_json())
+                .unwrap_or_else(|| serde_json::json!([])),
         };
         if let Err(error) = storage::instances::beat(&node.pool, &beat).await {
             tracing::warn!(error = %error, "heartbeat failed");
@@ -661,6 +667,16 @@ impl Node {
                 node.background_shards.clone(),
             )));
         }
+        if let Some((replication, _)) = &node.replication {
+            let watchdog = StallWatchdog::new(
+                replication,
+                instance_name,
+                node.pool.clone(),
+                Duration::from_millis(node.config.replication.stall_check_ms.max(1)),
+                vec![node.event_shards.clone()],
+            );
+            tasks.push(tokio::spawn(watchdog.run()));
+        }
         let app_node = node.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -705,25 +721,44 @@ impl Node {
     /// position it has committed, as `stream_positions` says. An instance that
     /// is not the writer answers a client who just wrote elsewhere with that
     /// write included, not a moment later.
+    ///
+    /// What replication has not brought by then is read back from
+    /// PostgreSQL at once (as the stall watchdog would a moment later), and
+    /// without the wait for a writer already known to be stalled.
     pub async fn catch_up_with_writers(&self) -> ApiResult<()> {
-        if self.replication.is_none() {
+        let Some((replication, caches)) = &self.replication else {
             return Ok(());
-        }
-        if let Some((_, caches)) = &self.replication {
-            caches
-                .catch_up(CATCH_UP_WAIT)
-                .await
-                .map_err(ApiError::internal)?;
-        }
+        };
+        caches
+            .catch_up_with_writers(CATCH_UP_WAIT)
+            .await
+            .map_err(ApiError::internal)?;
         let recorded = storage::streams::recorded_positions(&self.pool).await?;
-        for (stream, writer, position) in recorded {
-            if let Some(stream) = self.streams.get(&stream) {
-                stream
+        for (stream_name, writer, position) in recorded {
+            let Some(stream) = self.streams.get(&stream_name) else {
+                continue;
+            };
+            let reached = !replication.stats.is_stalled(&stream_name, &writer)
+                && stream
                     .wait_for_writer(&writer, position, CATCH_UP_WAIT)
                     .await;
+            if !reached {
+                replication
+                    .catch_up(&stream_name, &writer, position)
+                    .await
+                    .map_err(ApiError::internal)?;
             }
         }
         Ok(())
+    }
+
+    /// Test hook: cuts this instance off from replication (every message
+    /// that arrives over Redis is dropped, as if Redis were partitioned
+    /// away) or, with `false`, reconnects it. Nothing in a monolith.
+    pub fn cut_off_replication(&self, cut: bool) {
+        if let Some((replication, _)) = &self.replication {
+            replication.cut_off(cut);
+        }
     }
 
     /// Tells the other instances that the tokens of a device (or of every

@@ -210,6 +210,15 @@ impl ShardMap {
             .clone()
     }
 
+    /// How many times the table was read into this map: a reader that
+    /// sees it move knows the map was read again since.
+    pub fn generation(&self) -> u64 {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation
+    }
+
     /// How many shards each owner holds.
     pub fn counts(&self) -> Vec<(String, usize)> {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
@@ -245,7 +254,8 @@ impl ShardMap {
         self.refresh.notify_one();
     }
 
-    fn replace(&self, members: &[Member], leases: &[Lease], now: i64) {
+    /// Replaces the map with what was read from the table at `now`.
+    pub(crate) fn replace(&self, members: &[Member], leases: &[Lease], now: i64) {
         let mut owners = vec![None; SHARD_COUNT as usize];
         for lease in leases {
             if let Some(slot) = usize::try_from(lease.shard)

@@ -173,6 +173,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0029_connections_and_registration_tokens",
         include_str!("storage/migrations/0029_connections_and_registration_tokens.sql"),
     ),
+    (
+        "0030_instances_replication",
+        include_str!("storage/migrations/0030_instances_replication.sql"),
+    ),
 ];
 
 pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {

@@ -2,8 +2,10 @@
 //! of its own (its row, shard key and catch-up); positions and their id
 //! generator; the [`writer`] every stream's writer uses; the [`follower`]
 //! that processes a stream in order from a stored checkpoint; the tokens clients
-//! hold; the notifier that wakes long-polls when a stream advances; and
-//! replication, which carries rows and positions between instances.
+//! hold; the notifier that wakes long-polls when a stream advances;
+//! replication, which carries rows and positions between instances; and the
+//! [`stall`] watchdog, which reads back from PostgreSQL what replication
+//! failed to bring.
 
 pub mod account_data;
 pub mod caches;
@@ -19,6 +21,7 @@ pub mod receipts;
 pub mod registry;
 pub mod replication;
 pub mod shared;
+pub mod stall;
 pub mod to_device;
 pub mod token;
 pub mod typing;

@@ -191,6 +191,8 @@ impl Metrics {
             scrape.lags = Some(replication.lags());
             scrape.replication_rejected = stats.rejected.load(Ordering::Relaxed);
             scrape.replication_reconnects = stats.reconnects.load(Ordering::Relaxed);
+            scrape.stalled = stats.stalled();
+            scrape.recoveries = stats.recoveries();
         }
         self.render_with(&scrape)
     }
@@ -311,6 +313,11 @@ struct Scrape {
     lags: Option<Vec<WriterLag>>,
     replication_rejected: u64,
     replication_reconnects: u64,
+    /// The writers the stall watchdog finds stalled, as `(stream, writer)`.
+    stalled: Vec<(String, String)>,
+    /// Catch-ups from PostgreSQL that found what replication had not
+    /// brought, by stream.
+    recoveries: BTreeMap<String, u64>,
     /// Each stream's persisted-up-to position here.
     stream_positions: std::collections::BTreeMap<&'static str, i64>,
 }
@@ -516,6 +523,38 @@ fn render_replication(out: &mut Exposition, scrape: &Scrape) {
                 value(lag) as f64,
             );
         }
+    }
+    out.family(
+        "lattice_replication_stalled",
+        "gauge",
+        "1 while a stream writer is stalled for this instance: PostgreSQL stayed ahead of what replication brought for a whole check, and its rows are read back from PostgreSQL.",
+    );
+    for lag in lags {
+        let stalled = scrape
+            .stalled
+            .iter()
+            .any(|(stream, writer)| *stream == lag.stream && *writer == lag.writer);
+        out.sample(
+            "lattice_replication_stalled",
+            &[("stream", &lag.stream), ("writer", &lag.writer)],
+            if stalled { 1.0 } else { 0.0 },
+        );
+    }
+    out.family(
+        "lattice_replication_recoveries_total",
+        "counter",
+        "Catch-ups from PostgreSQL that found rows or positions replication had not brought.",
+    );
+    let mut streams: Vec<&str> = lags.iter().map(|lag| lag.stream.as_str()).collect();
+    streams.extend(scrape.recoveries.keys().map(String::as_str));
+    streams.sort_unstable();
+    streams.dedup();
+    for stream in streams {
+        out.sample(
+            "lattice_replication_recoveries_total",
+            &[("stream", stream)],
+            scrape.recoveries.get(stream).copied().unwrap_or(0) as f64,
+        );
     }
     out.family(
         "lattice_replication_rejected_total",
@@ -906,6 +945,8 @@ mod tests {
                 processed: 40,
             }]),
             replication_rejected: 5,
+            stalled: vec![("events".into(), "events1".into())],
+            recoveries: [("events".to_owned(), 2)].into(),
             transport: Some(RedisTransportStats {
                 replayed: 3,
                 ..RedisTransportStats::default()
@@ -930,6 +971,9 @@ mod tests {
             r#"lattice_replication_announced_position{stream="events",writer="events1"} 42"#
                 .to_owned(),
             "lattice_replication_rejected_total 5".to_owned(),
+            r#"lattice_replication_stalled{stream="events",writer="events1"} 1"#.to_owned(),
+            r#"lattice_replication_recoveries_total{stream="events"} 2"#.to_owned(),
+            "# TYPE lattice_replication_recoveries_total counter".to_owned(),
             r#"lattice_mailbox_rejected_total{reason="replay"} 3"#.to_owned(),
             r#"lattice_mailbox_rejected_total{reason="hmac"} 0"#.to_owned(),
             "# TYPE lattice_mailbox_call_seconds histogram".to_owned(),
@@ -942,6 +986,7 @@ mod tests {
     fn a_monolith_reports_no_replication() {
         let text = metrics().render_with(&Scrape::default());
         assert!(!text.contains("lattice_replication_lag"), "{text}");
+        assert!(!text.contains("lattice_replication_stalled"), "{text}");
         assert!(
             text.contains("# TYPE lattice_mailbox_depth gauge"),
             "{text}"

@@ -17,19 +17,37 @@ pub struct Heartbeat<'a> {
     pub stream_positions: Value,
     /// How far this instance applied each writer's `caches` rows.
     pub caches_positions: Value,
+    /// The writers this instance finds stalled (`[{"stream", "writer"}]`).
+    pub stalled_writers: Value,
 }
 
 pub async fn beat(pool: &Pool, beat: &Heartbeat<'_>) -> StorageResult<()> {
     let client = pool.get().await?;
     client
         .execute(
-            "INSERT INTO instances (instance_name, roles, host, pid, started_ts, heartbeat_ts, events_position, caches_positions, stream_positions)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            "INSERT INTO instances (instance_name, roles, host, pid, started_ts, heartbeat_ts, events_position, caches_positions, stream_positions, stalled_writers)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT (instance_name) DO UPDATE SET roles = EXCLUDED.roles, host = EXCLUDED.host,
                pid = EXCLUDED.pid, started_ts = EXCLUDED.started_ts, heartbeat_ts = EXCLUDED.heartbeat_ts,
                events_position = EXCLUDED.events_position, caches_positions = EXCLUDED.caches_positions,
-               stream_positions = EXCLUDED.stream_positions",
-            &[&beat.instance, &beat.roles, &beat.host, &beat.pid, &beat.started_ts, &now_ms(), &beat.events_position, &beat.caches_positions, &beat.stream_positions],
+               stream_positions = EXCLUDED.stream_positions, stalled_writers = EXCLUDED.stalled_writers",
+            &[&beat.instance, &beat.roles, &beat.host, &beat.pid, &beat.started_ts, &now_ms(), &beat.events_position, &beat.caches_positions, &beat.stream_positions, &beat.stalled_writers],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records the writers `instance` finds stalled now, between heartbeats.
+pub async fn set_stalled_writers(
+    pool: &Pool,
+    instance: &str,
+    stalled: &Value,
+) -> StorageResult<()> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE instances SET stalled_writers = $2 WHERE instance_name = $1",
+            &[&instance, stalled],
         )
         .await?;
     Ok(())
@@ -41,7 +59,7 @@ pub async fn cluster(pool: &Pool) -> StorageResult<Value> {
     let client = pool.get().await?;
     let instances = client
         .query(
-            "SELECT instance_name, roles, host, pid, started_ts, heartbeat_ts, stream_positions
+            "SELECT instance_name, roles, host, pid, started_ts, heartbeat_ts, stream_positions, stalled_writers
              FROM instances ORDER BY instance_name",
             &[],
         )
@@ -88,6 +106,9 @@ pub async fn cluster(pool: &Pool) -> StorageResult<Value> {
                 "pid": row.get::<_, i32>(3),
                 "started_ts": row.get::<_, i64>(4),
                 "last_heartbeat_ts": row.get::<_, i64>(5),
+                // Writers whose replication this instance found stalled
+                // and reads back from PostgreSQL (`streams::stall`).
+                "stalled_writers": row.get::<_, Value>(7),
             })
         })
         .collect();

@@ -52,6 +52,45 @@ pub async fn recorded_positions(pool: &Pool) -> StorageResult<Vec<(String, Strin
         .collect())
 }
 
+/// How far each writer of `stream` has written as PostgreSQL says, as
+/// `(instance, position)`: the greater of its `stream_positions` row and the
+/// claim it stored.
+pub async fn written_positions(pool: &Pool, stream: &str) -> StorageResult<Vec<(String, i64)>> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT instance_name, MAX(position) FROM (
+               SELECT instance_name, stream_id AS position FROM stream_positions WHERE stream_name = $1
+               UNION ALL
+               SELECT instance_name, position FROM stream_claims WHERE stream_name = $1
+             ) AS written GROUP BY instance_name",
+            &[&stream],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// Stores that `instance` announced it claims `stream` up to `position`
+/// (never moving it back), for readers that cannot hear it.
+pub async fn store_claim(
+    pool: &Pool,
+    stream: &str,
+    instance: &str,
+    position: i64,
+) -> StorageResult<()> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "INSERT INTO stream_claims (stream_name, instance_name, position, claimed_ts) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (stream_name, instance_name) DO UPDATE
+             SET position = EXCLUDED.position, claimed_ts = EXCLUDED.claimed_ts
+             WHERE stream_claims.position < EXCLUDED.position",
+            &[&stream, &instance, &position, &crate::util::now_ms()],
+        )
+        .await?;
+    Ok(())
+}
+
 pub async fn load_positions(
     pool: &Pool,
     spec: &StreamSpec,
@@ -64,6 +103,12 @@ pub async fn load_positions(
         client
             .execute(
                 "DELETE FROM stream_positions WHERE stream_name = $1 AND NOT (instance_name = ANY($2))",
+                &[&spec.name, &writers],
+            )
+            .await?;
+        client
+            .execute(
+                "DELETE FROM stream_claims WHERE stream_name = $1 AND NOT (instance_name = ANY($2))",
                 &[&spec.name, &writers],
             )
             .await?;

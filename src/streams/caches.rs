@@ -240,6 +240,13 @@ impl CachesReader {
         (writer != self.local && new > current).then_some((current, new))
     }
 
+    /// `writer`'s rows up to `upto` were read back without its POSITION.
+    pub fn advance(&mut self, writer: &str, upto: i64) {
+        if writer != self.local && upto > self.position(writer) {
+            self.positions.insert(writer.to_owned(), upto);
+        }
+    }
+
     /// `writer` was caught up to `new`: apply its rows as they arrive.
     pub fn caught_up(&mut self, writer: &str, new: i64) {
         if writer == self.local {
@@ -263,6 +270,9 @@ pub struct CachesStream {
     stats: Arc<ReplicationStats>,
     /// Bumped whenever a writer's position moves here.
     moved: tokio::sync::watch::Sender<u64>,
+    /// Held while rows are applied: RDATA, a POSITION's catch-up and the
+    /// stall watchdog's never interleave.
+    applying: tokio::sync::Mutex<()>,
 }
 
 impl CachesStream {
@@ -284,6 +294,7 @@ impl CachesStream {
             position,
             stats,
             moved: tokio::sync::watch::channel(0).0,
+            applying: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -295,8 +306,10 @@ impl CachesStream {
     /// Read-your-writes for invalidations: waits (at most `timeout`) until
     /// this instance has applied every row the others have stored, so that
     /// a client who logged out or forgot a room through another instance is
-    /// answered without the stale cache entry.
-    pub async fn catch_up(&self, timeout: Duration) -> Result<(), StreamError> {
+    /// answered without the stale cache entry. What replication has not
+    /// brought by then is read back from PostgreSQL (a recovery: this
+    /// instance's replication stalls).
+    pub async fn catch_up_with_writers(&self, timeout: Duration) -> Result<(), StreamError> {
         let after = self.reader().read_back_after();
         let newest = storage::caches::newest_by_writer_after(&self.pool, after).await?;
         let mut moved = self.moved.subscribe();
@@ -313,6 +326,11 @@ impl CachesStream {
                 .is_err()
             {
                 break;
+            }
+        }
+        for (writer, id) in &newest {
+            if ReplicatedStream::catch_up(self, writer, *id).await? {
+                self.stats.recovered(CACHES_STREAM);
             }
         }
         Ok(())
@@ -343,8 +361,8 @@ impl CachesStream {
 }
 
 impl ReplicatedStream for CachesStream {
-    fn name(&self) -> &'static str {
-        CACHES_STREAM
+    fn spec(&self) -> &'static StreamSpec {
+        &SPEC
     }
 
     /// Applies every invalidation stored since the previous subscription
@@ -353,6 +371,7 @@ impl ReplicatedStream for CachesStream {
     /// itself again.
     fn subscribed(&self) -> BoxFuture<'_, Result<(), StreamError>> {
         Box::pin(async move {
+            let _applying = self.applying.lock().await;
             let last = storage::caches::last_allocated(&self.pool).await?;
             let after = self.reader().read_back_after();
             let rows = storage::caches::written_between(&self.pool, None, after, i64::MAX).await?;
@@ -371,18 +390,21 @@ impl ReplicatedStream for CachesStream {
         None
     }
 
-    fn on_row(&self, writer: &str, token: i64, row: &Value) {
-        if !self.reader().take_published(writer, token) {
-            return;
-        }
-        match Invalidation::from_row(row) {
-            Some(invalidation) => (self.invalidate)(&invalidation),
-            None => {
-                tracing::warn!(writer = %writer, token, "replication: a caches row that is not an invalidation")
+    fn on_row<'a>(&'a self, writer: &'a str, token: i64, row: &'a Value) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let _applying = self.applying.lock().await;
+            if !self.reader().take_published(writer, token) {
+                return;
             }
-        }
-        self.stats.applied.fetch_add(1, Ordering::Relaxed);
-        self.moved();
+            match Invalidation::from_row(row) {
+                Some(invalidation) => (self.invalidate)(&invalidation),
+                None => {
+                    tracing::warn!(writer = %writer, token, "replication: a caches row that is not an invalidation")
+                }
+            }
+            self.stats.applied.fetch_add(1, Ordering::Relaxed);
+            self.moved();
+        })
     }
 
     fn on_position<'a>(
@@ -394,6 +416,7 @@ impl ReplicatedStream for CachesStream {
             if writer == self.instance {
                 return Ok(());
             }
+            let _applying = self.applying.lock().await;
             let missing = self.reader().missing(writer, new);
             if let Some((after, upto)) = missing {
                 let rows =
@@ -415,6 +438,55 @@ impl ReplicatedStream for CachesStream {
             .collect();
         positions.sort();
         positions
+    }
+
+    /// Each other instance's newest row since this instance's last
+    /// subscription began (a writer's rows are stored one at a time, in
+    /// id order).
+    fn written<'a>(
+        &'a self,
+        pool: &'a Pool,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64)>, StreamError>> {
+        Box::pin(async move {
+            let after = self.reader().read_back_after();
+            let mut newest = storage::caches::newest_by_writer_after(pool, after).await?;
+            newest.retain(|(writer, _)| *writer != self.instance);
+            Ok(newest)
+        })
+    }
+
+    fn heard_from(&self, writer: &str) -> i64 {
+        self.reader().position(writer)
+    }
+
+    fn catch_up<'a>(
+        &'a self,
+        writer: &'a str,
+        upto: i64,
+    ) -> BoxFuture<'a, Result<bool, StreamError>> {
+        Box::pin(async move {
+            // Without waiting for the lock when nothing is missing: every
+            // read-your-writes sync asks.
+            if self.reader().missing(writer, upto).is_none() {
+                return Ok(false);
+            }
+            let _applying = self.applying.lock().await;
+            let Some((after, upto)) = self.reader().missing(writer, upto) else {
+                return Ok(false);
+            };
+            let rows =
+                storage::caches::written_between(&self.pool, Some(writer), after, upto).await?;
+            self.apply_stored(rows);
+            // Unlike a POSITION, this says nothing of rows published since:
+            // the writer stays as connected as it was.
+            let mut reader = self.reader();
+            if upto > reader.position(writer) {
+                reader.advance(writer, upto);
+            }
+            drop(reader);
+            self.moved();
+            Ok(true)
+        })
     }
 }
 

@@ -11,9 +11,9 @@
 //! with a secret drops and counts lines whose signature is missing or wrong,
 //! so nothing they say is applied.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use lattice_actors::HmacKey;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::registry::{RegisteredStream, StreamError};
+use super::registry::{RegisteredStream, Storage, StreamError, StreamSpec};
 use super::shared::SharedStream;
 
 /// One replication command.
@@ -347,8 +347,62 @@ mod tests {
         );
         assert!(notifier.has_changed_since("written", "!a:x", 2));
         // Its RDATA, had it come after the claim, would not be dropped either.
-        replicated.on_row("w1", 4, &json!("!c:x"));
+        replicated.on_row("w1", 4, &json!("!c:x")).await;
         assert!(notifier.has_changed_since("written", "!c:x", 3));
+    }
+
+    #[tokio::test]
+    async fn a_catch_up_from_storage_applies_each_row_once_and_a_gone_writer_is_released() {
+        use crate::streams::id_gen::{LoadedPositions, StreamPositions};
+        use crate::streams::notifier::Notifier;
+        use crate::streams::registry::RegisteredStream;
+
+        let writers = vec!["w1".to_owned(), "w2".to_owned()];
+        let positions = StreamPositions::new("reader", &writers, LoadedPositions::default());
+        let notifier = Notifier::new();
+        let stream = SharedStream::new("written", positions, notifier.clone());
+        let rows = Arc::new(WrittenRows {
+            rows: vec![("w1", 2, "!a:x"), ("w1", 3, "!b:x"), ("w1", 5, "!c:x")],
+            asked: Mutex::new(Vec::new()),
+        });
+        let stats = Arc::new(ReplicationStats::default());
+        let replicated = PositionedStream::new(
+            RegisteredStream {
+                rows: rows.clone(),
+                positions: stream.clone(),
+                writer: None,
+            },
+            "reader",
+            stats.clone(),
+        );
+        replicated.on_position("w1", 2).await.expect("caught up");
+        replicated.on_position("w2", 1).await.expect("caught up");
+        let listener = notifier.listen(vec!["!c:x".to_owned()]);
+        // Replication stops; PostgreSQL has w1 at 5.
+        assert!(replicated.catch_up("w1", 5).await.expect("read back"));
+        assert!(listener.wait(Duration::from_secs(1)).await, "waiters wake");
+        assert_eq!(replicated.heard_from("w1"), 5);
+        assert!(notifier.has_changed_since("written", "!b:x", 2));
+        // One read back for the POSITION, two now.
+        assert_eq!(stats.caught_up_rows.load(Ordering::Relaxed), 3);
+        // Nothing more to read, and the RDATA arriving late is not applied
+        // again.
+        assert!(!replicated.catch_up("w1", 5).await.expect("read back"));
+        replicated.on_row("w1", 5, &json!("!c:x")).await;
+        assert_eq!(stats.applied.load(Ordering::Relaxed), 0);
+        // Neither this instance nor an unknown instance is caught up.
+        assert!(!replicated.catch_up("reader", 9).await.expect("refused"));
+        assert!(!replicated.catch_up("w3", 9).await.expect("refused"));
+        // 4 was rolled back: w2 holds the floor back at the gap.
+        assert_eq!(stream.persisted_upto(), 3, "w2 holds the floor back");
+        // w2 is gone: a position is claimed for it, never beyond what was
+        // seen.
+        assert_eq!(replicated.highest_seen(), 5);
+        assert!(replicated.release("w2", 9).await);
+        assert_eq!(replicated.heard_from("w2"), 5);
+        assert_eq!(stream.persisted_upto(), 5);
+        assert!(!replicated.release("w2", 5).await);
+        assert!(!replicated.release("w3", 5).await);
     }
 
     #[test]
@@ -407,11 +461,26 @@ pub struct ReplicationStats {
     pub caches_caught_up_rows: AtomicU64,
     pub rejected: AtomicU64,
     pub reconnects: AtomicU64,
-    /// The highest position each writer has announced (POSITION, or the
-    /// token of an RDATA), by stream then writer, whether or not this
-    /// instance has processed it yet: what replication lag is measured
-    /// against.
-    announced: Mutex<BTreeMap<String, BTreeMap<String, i64>>>,
+    /// What each writer has announced, by stream then writer, whether or
+    /// not this instance has processed it yet: replication lag is measured
+    /// against its highest position, and the stall watchdog sees from its
+    /// message count that replication delivers again.
+    announced: Mutex<BTreeMap<String, BTreeMap<String, Heard>>>,
+    /// The writers the stall watchdog (`streams::stall`) finds stalled, as
+    /// `(stream, writer)`.
+    stalled: Mutex<BTreeSet<(String, String)>>,
+    /// Catch-ups from PostgreSQL that found what replication had not
+    /// brought, by stream.
+    recoveries: Mutex<BTreeMap<String, u64>>,
+}
+
+/// What this instance heard from one writer of one stream over Redis.
+#[derive(Debug, Clone, Copy, Default)]
+struct Heard {
+    /// The highest position announced (POSITION, or the token of an RDATA).
+    position: i64,
+    /// RDATA and POSITION messages heard.
+    messages: u64,
 }
 
 /// How far this instance's view of one writer of one stream is behind what
@@ -444,6 +513,8 @@ impl ReplicationStats {
             "caches_caught_up_rows": self.caches_caught_up_rows.load(Ordering::Relaxed),
             "rejected": self.rejected.load(Ordering::Relaxed),
             "reconnects": self.reconnects.load(Ordering::Relaxed),
+            "stalled_writers": self.stalled_json(),
+            "recoveries": self.recoveries(),
         })
     }
 
@@ -454,12 +525,86 @@ impl ReplicationStats {
             .announced
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let latest = announced
+        let heard = announced
             .entry(stream.to_owned())
             .or_default()
             .entry(writer.to_owned())
-            .or_insert(position);
-        *latest = (*latest).max(position);
+            .or_insert(Heard {
+                position,
+                messages: 0,
+            });
+        heard.position = heard.position.max(position);
+        heard.messages += 1;
+    }
+
+    /// How many messages of `writer` on `stream` this instance has heard.
+    pub fn messages_from(&self, stream: &str, writer: &str) -> u64 {
+        self.announced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(stream)
+            .and_then(|writers| writers.get(writer))
+            .map_or(0, |heard| heard.messages)
+    }
+
+    /// Marks `writer` of `stream` stalled, or no longer; true when that
+    /// changed.
+    pub fn set_stalled(&self, stream: &str, writer: &str, stalled: bool) -> bool {
+        let mut set = self.stalled.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (stream.to_owned(), writer.to_owned());
+        if stalled {
+            set.insert(key)
+        } else {
+            set.remove(&key)
+        }
+    }
+
+    /// Whether `writer` of `stream` is stalled.
+    pub fn is_stalled(&self, stream: &str, writer: &str) -> bool {
+        self.stalled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&(stream.to_owned(), writer.to_owned()))
+    }
+
+    /// The stalled writers, as `(stream, writer)`.
+    pub fn stalled(&self) -> Vec<(String, String)> {
+        self.stalled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The stalled writers, as `[{"stream", "writer"}]` (the cluster view's
+    /// `stalled_writers`).
+    pub fn stalled_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.stalled()
+                .iter()
+                .map(|(stream, writer)| serde_json::json!({ "stream": stream, "writer": writer }))
+                .collect(),
+        )
+    }
+
+    /// Counts one catch-up from PostgreSQL that found what replication had
+    /// not brought.
+    pub fn recovered(&self, stream: &str) {
+        *self
+            .recoveries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(stream.to_owned())
+            .or_insert(0) += 1;
+    }
+
+    /// The recoveries of each stream so far.
+    pub fn recoveries(&self) -> BTreeMap<String, u64> {
+        self.recoveries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The lag of each writer of `stream`, from how far this instance
@@ -476,8 +621,7 @@ impl ReplicationStats {
                 stream: stream.to_owned(),
                 announced: heard
                     .and_then(|writers| writers.get(&writer))
-                    .copied()
-                    .unwrap_or(processed),
+                    .map_or(processed, |heard| heard.position),
                 writer,
                 processed,
             })
@@ -488,8 +632,18 @@ impl ReplicationStats {
 /// What replication needs of one stream on one instance, whatever its
 /// bookkeeping: [`PositionedStream`] for the streams of the registry, the
 /// `caches` stream's own for it. Replication never names a stream.
+///
+/// Rows reach a stream three ways: RDATA ([`on_row`](Self::on_row)), the
+/// catch-up of a POSITION ([`on_position`](Self::on_position)), and the
+/// stall watchdog's catch-up from PostgreSQL ([`catch_up`](Self::catch_up)).
+/// A stream applies them one at a time, each only if it is beyond how far
+/// the writer was applied, so none is applied twice or skipped by a race.
 pub trait ReplicatedStream: Send + Sync {
-    fn name(&self) -> &'static str;
+    fn spec(&self) -> &'static StreamSpec;
+
+    fn name(&self) -> &'static str {
+        self.spec().name
+    }
 
     /// A subscription began (before `REPLICATE` is sent): rows of every
     /// writer are dropped until its `POSITION` on this subscription.
@@ -503,7 +657,7 @@ pub trait ReplicatedStream: Send + Sync {
     fn idle_claim(&self) -> Option<i64>;
 
     /// An `RDATA` row from another instance.
-    fn on_row(&self, writer: &str, token: i64, row: &Value);
+    fn on_row<'a>(&'a self, writer: &'a str, token: i64, row: &'a Value) -> BoxFuture<'a, ()>;
 
     /// A `POSITION` from another instance: catch up the gap, then advance.
     fn on_position<'a>(
@@ -526,6 +680,43 @@ pub trait ReplicatedStream: Send + Sync {
         let _ = (writer, position);
         Box::pin(async { Ok(()) })
     }
+
+    /// How far PostgreSQL says each other writer has written: the positions
+    /// a reader may catch up to without hearing them (every row up to one
+    /// is committed). Empty for a stream whose rows live in memory.
+    fn written<'a>(
+        &'a self,
+        pool: &'a deadpool_postgres::Pool,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64)>, StreamError>>;
+
+    /// How far this instance has applied `writer`'s own rows (not the
+    /// floor other writers moved): what [`written`](Self::written) is
+    /// compared with.
+    fn heard_from(&self, writer: &str) -> i64;
+
+    /// Reads `writer`'s rows up to `upto` back from PostgreSQL and applies
+    /// them as replication would have (caches, then positions, then
+    /// waiters), without waiting for a `POSITION`. True when this moved the
+    /// writer's position: replication had not brought it there.
+    fn catch_up<'a>(
+        &'a self,
+        writer: &'a str,
+        upto: i64,
+    ) -> BoxFuture<'a, Result<bool, StreamError>>;
+
+    /// The highest position this instance has seen any writer reach.
+    fn highest_seen(&self) -> i64 {
+        0
+    }
+
+    /// `writer` is gone and can write nothing more (a fenced shard owner
+    /// whose shards were all taken): claim `upto` for it (at most the
+    /// [`highest_seen`](Self::highest_seen) position), so that it does not
+    /// hold back the stream, as its own idle claim would. True when its
+    /// position moved.
+    fn release<'a>(&'a self, _writer: &'a str, _upto: i64) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
 }
 
 /// A stream of the registry as replication drives it: rows of a writer are
@@ -538,6 +729,9 @@ pub struct PositionedStream {
     stats: Arc<ReplicationStats>,
     /// The writers whose POSITION this subscription has caught up.
     connected: Mutex<HashSet<String>>,
+    /// Held while rows are applied: RDATA, a POSITION's catch-up and the
+    /// stall watchdog's never interleave.
+    applying: tokio::sync::Mutex<()>,
 }
 
 impl PositionedStream {
@@ -551,6 +745,7 @@ impl PositionedStream {
             instance: instance.to_owned(),
             stats,
             connected: Mutex::new(HashSet::new()),
+            applying: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -563,11 +758,51 @@ impl PositionedStream {
     fn positions(&self) -> &SharedStream {
         &self.stream.positions
     }
+
+    fn is_other_writer(&self, writer: &str) -> bool {
+        writer != self.instance
+            && self
+                .positions()
+                .read(|p| p.writers().iter().any(|w| w == writer))
+    }
+
+    /// Applies `writer`'s rows `current < position <= new` read back from
+    /// where they live, then advances it to `new`; the caller holds
+    /// `applying`. True when the writer's position moved.
+    async fn read_back(&self, writer: &str, new: i64) -> Result<bool, StreamError> {
+        if !self.apply_rows_upto(writer, new).await? {
+            return Ok(false);
+        }
+        self.positions().update(|p| p.advance(writer, new));
+        Ok(true)
+    }
+
+    /// Reads `writer`'s rows above what was heard of it up to `upto` back
+    /// from PostgreSQL and applies each, advancing the writer to each row,
+    /// not to `upto` (which may not be an id it persisted). False when
+    /// nothing was missing.
+    async fn apply_rows_upto(&self, writer: &str, upto: i64) -> Result<bool, StreamError> {
+        // Not `writer_position`: the floor another writer's idle claim
+        // moved would skip this writer's rows.
+        let current = self.positions().read(|p| p.heard_from(writer));
+        if upto <= current {
+            return Ok(false);
+        }
+        for (position, row) in self.stream.rows.read_rows(writer, current, upto).await? {
+            self.stream.rows.apply(writer, position, &row);
+            self.positions()
+                .record(self.stream.rows.keys(&row), position, |p| {
+                    p.advance(writer, position)
+                });
+            self.stats.caught_up_rows.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(true)
+    }
 }
 
 impl ReplicatedStream for PositionedStream {
-    fn name(&self) -> &'static str {
-        self.stream.spec().name
+    fn spec(&self) -> &'static StreamSpec {
+        self.stream.spec()
     }
 
     fn subscribed(&self) -> BoxFuture<'_, Result<(), StreamError>> {
@@ -587,19 +822,22 @@ impl ReplicatedStream for PositionedStream {
         self.positions().read(|p| p.idle_claim())
     }
 
-    fn on_row(&self, writer: &str, token: i64, row: &Value) {
-        if writer == self.instance || !self.connected().contains(writer) {
-            return;
-        }
-        if token <= self.positions().read(|p| p.heard_from(writer)) {
-            return;
-        }
-        self.stream.rows.apply(writer, token, row);
-        self.positions()
-            .record(self.stream.rows.keys(row), token, |p| {
-                p.advance(writer, token)
-            });
-        self.stats.applied.fetch_add(1, Ordering::Relaxed);
+    fn on_row<'a>(&'a self, writer: &'a str, token: i64, row: &'a Value) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if writer == self.instance || !self.connected().contains(writer) {
+                return;
+            }
+            let _applying = self.applying.lock().await;
+            if token <= self.positions().read(|p| p.heard_from(writer)) {
+                return;
+            }
+            self.stream.rows.apply(writer, token, row);
+            self.positions()
+                .record(self.stream.rows.keys(row), token, |p| {
+                    p.advance(writer, token)
+                });
+            self.stats.applied.fetch_add(1, Ordering::Relaxed);
+        })
     }
 
     fn on_position<'a>(
@@ -611,20 +849,8 @@ impl ReplicatedStream for PositionedStream {
             if writer == self.instance {
                 return Ok(());
             }
-            // Not `writer_position`: the floor another writer's idle claim
-            // moved would skip this writer's rows.
-            let current = self.positions().read(|p| p.heard_from(writer));
-            if new > current {
-                for (position, row) in self.stream.rows.read_rows(writer, current, new).await? {
-                    self.stream.rows.apply(writer, position, &row);
-                    self.positions()
-                        .record(self.stream.rows.keys(&row), position, |p| {
-                            p.advance(writer, position)
-                        });
-                    self.stats.caught_up_rows.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            self.positions().update(|p| p.advance(writer, new));
+            let _applying = self.applying.lock().await;
+            self.read_back(writer, new).await?;
             self.connected().insert(writer.to_owned());
             Ok(())
         })
@@ -639,22 +865,8 @@ impl ReplicatedStream for PositionedStream {
             if writer == self.instance {
                 return Ok(());
             }
-            let current = self.positions().read(|p| p.heard_from(writer));
-            if position > current {
-                for (row_position, row) in self
-                    .stream
-                    .rows
-                    .read_rows(writer, current, position)
-                    .await?
-                {
-                    self.stream.rows.apply(writer, row_position, &row);
-                    self.positions()
-                        .record(self.stream.rows.keys(&row), row_position, |p| {
-                            p.advance(writer, row_position)
-                        });
-                    self.stats.caught_up_rows.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            let _applying = self.applying.lock().await;
+            self.apply_rows_upto(writer, position).await?;
             self.positions().update(|p| p.settle(writer, position));
             Ok(())
         })
@@ -667,6 +879,76 @@ impl ReplicatedStream for PositionedStream {
                 .iter()
                 .map(|writer| (writer.clone(), positions.current_token_for_writer(writer)))
                 .collect()
+        })
+    }
+
+    /// The greater of each writer's `stream_positions` row (written in the
+    /// transaction of its rows; a writer commits one transaction at a time)
+    /// and its stored claim (what it announced idle), for the configured
+    /// writers other than this instance.
+    fn written<'a>(
+        &'a self,
+        pool: &'a deadpool_postgres::Pool,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64)>, StreamError>> {
+        Box::pin(async move {
+            if matches!(self.spec().storage, Storage::Memory) {
+                return Ok(Vec::new());
+            }
+            let written = crate::storage::streams::written_positions(pool, self.name()).await?;
+            Ok(written
+                .into_iter()
+                .filter(|(writer, _)| self.is_other_writer(writer))
+                .collect())
+        })
+    }
+
+    fn heard_from(&self, writer: &str) -> i64 {
+        self.positions().read(|p| p.heard_from(writer))
+    }
+
+    /// Catch-up of a configured writer only: an unknown one would become a
+    /// writer here and hold back the floor.
+    fn catch_up<'a>(
+        &'a self,
+        writer: &'a str,
+        upto: i64,
+    ) -> BoxFuture<'a, Result<bool, StreamError>> {
+        Box::pin(async move {
+            // Without waiting for the lock when nothing is missing: every
+            // read-your-writes sync that waited in vain asks.
+            if !self.is_other_writer(writer) || self.heard_from(writer) >= upto {
+                return Ok(false);
+            }
+            let _applying = self.applying.lock().await;
+            self.read_back(writer, upto).await
+        })
+    }
+
+    fn highest_seen(&self) -> i64 {
+        self.positions().read(|p| p.max_seen_allocated())
+    }
+
+    /// Every row `writer` wrote was read back already, and it cannot
+    /// allocate at or below a position seen before it was gone again (a
+    /// writer that starts takes the sequence's last value).
+    fn release<'a>(&'a self, writer: &'a str, upto: i64) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            if !self.is_other_writer(writer) {
+                return false;
+            }
+            let _applying = self.applying.lock().await;
+            self.positions().update(|p| {
+                let claim = upto.min(p.max_seen_allocated());
+                if claim > p.heard_from(writer) {
+                    // Not `advance`: `claim` is no id this writer persisted
+                    // (on a persister it may be one of its own in flight),
+                    // so it must not join the run of persisted ids.
+                    p.settle(writer, claim);
+                    true
+                } else {
+                    false
+                }
+            })
         })
     }
 }
@@ -709,7 +991,43 @@ pub struct ReplicationConfig {
 pub struct Replication {
     pub stats: Arc<ReplicationStats>,
     streams: Vec<Arc<dyn ReplicatedStream>>,
+    claims: Arc<Claims>,
+    cut_off: Arc<CutOff>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The positions this instance announced as a writer (`POSITION`: idle
+/// claims and answers to `REPLICATE`), by stream: what it stores in
+/// PostgreSQL for readers that cannot hear it (`streams::stall`).
+#[derive(Default)]
+pub struct Claims(Mutex<BTreeMap<&'static str, i64>>);
+
+impl Claims {
+    fn announced(&self, stream: &'static str, position: i64) {
+        let mut claims = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let claim = claims.entry(stream).or_insert(position);
+        *claim = (*claim).max(position);
+    }
+
+    /// The latest claim announced on each stream.
+    pub fn latest(&self) -> Vec<(&'static str, i64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(stream, claim)| (*stream, *claim))
+            .collect()
+    }
+}
+
+/// The test hook that cuts an instance off from replication, as a
+/// partitioned Redis would: while it is active, every message that arrives
+/// is dropped; when it ends, the subscription is made again, as after a
+/// partition that healed.
+#[derive(Default)]
+struct CutOff {
+    active: AtomicBool,
+    ended: tokio::sync::Notify,
 }
 
 impl Drop for Replication {
@@ -756,20 +1074,33 @@ impl Replication {
                 .map(|stream| (stream.name(), Arc::clone(stream)))
                 .collect(),
         );
+        let claims = Arc::new(Claims::default());
+        let cut_off = Arc::new(CutOff::default());
         let tasks = vec![
             tokio::spawn(publish_loop(client.clone(), config.clone(), queue.0)),
             tokio::spawn(read_loop(
                 client,
                 config.clone(),
-                streams_by_name.clone(),
-                publisher.clone(),
-                stats.clone(),
+                Reader {
+                    streams: streams_by_name.clone(),
+                    publisher: publisher.clone(),
+                    stats: stats.clone(),
+                    claims: claims.clone(),
+                    cut_off: cut_off.clone(),
+                },
             )),
-            tokio::spawn(announce_idle_positions(config, streams_by_name, publisher)),
+            tokio::spawn(announce_idle_positions(
+                config,
+                streams_by_name,
+                publisher,
+                claims.clone(),
+            )),
         ];
         Replication {
             stats,
             streams,
+            claims,
+            cut_off,
             tasks,
         }
     }
@@ -780,6 +1111,45 @@ impl Replication {
             .iter()
             .flat_map(|stream| self.stats.lag(stream.name(), stream.processed()))
             .collect()
+    }
+
+    /// Every stream this instance replicates.
+    pub fn streams(&self) -> &[Arc<dyn ReplicatedStream>] {
+        &self.streams
+    }
+
+    /// What this instance announced as a writer.
+    pub fn claims(&self) -> Arc<Claims> {
+        self.claims.clone()
+    }
+
+    /// Reads `writer`'s rows of `stream` up to `upto` back from PostgreSQL
+    /// (a reader that waited for them in vain), counted as a recovery when
+    /// replication had not brought them. True when it did.
+    pub async fn catch_up(
+        &self,
+        stream: &str,
+        writer: &str,
+        upto: i64,
+    ) -> Result<bool, StreamError> {
+        let Some(replicated) = self.streams.iter().find(|s| s.name() == stream) else {
+            return Ok(false);
+        };
+        let moved = replicated.catch_up(writer, upto).await?;
+        if moved {
+            self.stats.recovered(stream);
+        }
+        Ok(moved)
+    }
+
+    /// Test hook: while `cut` is true, every replication message that
+    /// arrives here is dropped, as if Redis were partitioned away; setting
+    /// it back to false subscribes again, as after the partition healed.
+    pub fn cut_off(&self, cut: bool) {
+        let was = self.cut_off.active.swap(cut, Ordering::SeqCst);
+        if was && !cut {
+            self.cut_off.ended.notify_one();
+        }
     }
 }
 
@@ -853,6 +1223,7 @@ async fn announce_idle_positions(
     config: Arc<ReplicationConfig>,
     streams: StreamsByName,
     publisher: Publisher,
+    claims: Arc<Claims>,
 ) {
     let mut announced: BTreeMap<&'static str, i64> = streams
         .values()
@@ -873,41 +1244,46 @@ async fn announce_idle_positions(
                     prev: *last,
                     new: claim,
                 });
+                claims.announced(stream.name(), claim);
                 *last = claim;
             }
         }
     }
 }
 
-async fn read_loop(
-    client: redis::Client,
-    config: Arc<ReplicationConfig>,
+/// What the reading task works with.
+struct Reader {
     streams: StreamsByName,
     publisher: Publisher,
     stats: Arc<ReplicationStats>,
-) {
+    claims: Arc<Claims>,
+    cut_off: Arc<CutOff>,
+}
+
+async fn read_loop(client: redis::Client, config: Arc<ReplicationConfig>, reader: Reader) {
     loop {
-        match read_connection(&client, &config, &streams, &publisher, &stats).await {
+        match read_connection(&client, &config, &reader).await {
             Ok(()) => tracing::warn!("replication: subscription ended, reconnecting"),
             Err(error) => {
                 tracing::warn!(error = %error, "replication: subscription failed, reconnecting")
             }
         }
-        stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        reader.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(RETRY).await;
     }
 }
 
 /// Answers `REPLICATE`: the position of every stream this instance writes.
-fn announce_positions(config: &ReplicationConfig, streams: &StreamsByName, publisher: &Publisher) {
-    for stream in streams.values() {
+fn announce_positions(config: &ReplicationConfig, reader: &Reader) {
+    for stream in reader.streams.values() {
         if let Some(position) = stream.local_position() {
-            publisher.publish(Command::Position {
+            reader.publisher.publish(Command::Position {
                 stream: stream.name().to_owned(),
                 instance: config.instance.clone(),
                 prev: position,
                 new: position,
             });
+            reader.claims.announced(stream.name(), position);
         }
     }
 }
@@ -918,19 +1294,35 @@ fn announce_positions(config: &ReplicationConfig, streams: &StreamsByName, publi
 async fn read_connection(
     client: &redis::Client,
     config: &ReplicationConfig,
-    streams: &StreamsByName,
-    publisher: &Publisher,
-    stats: &ReplicationStats,
+    reader: &Reader,
 ) -> Result<(), ReplicationError> {
+    let Reader {
+        streams,
+        publisher,
+        stats,
+        cut_off,
+        ..
+    } = reader;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(&config.channel).await?;
     for stream in streams.values() {
         stream.subscribed().await?;
     }
     publisher.publish(Command::Replicate);
-    announce_positions(config, streams, publisher);
+    announce_positions(config, reader);
     let mut messages = pubsub.on_message();
-    while let Some(message) = messages.next().await {
+    loop {
+        let message = tokio::select! {
+            message = messages.next() => message,
+            // The cut-off ended: subscribe again, as after a partition.
+            () = cut_off.ended.notified() => return Ok(()),
+        };
+        let Some(message) = message else {
+            break;
+        };
+        if cut_off.active.load(Ordering::SeqCst) {
+            continue;
+        }
         let Ok(line) = message.get_payload::<String>() else {
             stats.rejected.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -945,7 +1337,7 @@ async fn read_connection(
             }
         };
         match command {
-            Command::Replicate => announce_positions(config, streams, publisher),
+            Command::Replicate => announce_positions(config, reader),
             Command::Rdata {
                 stream,
                 instance,
@@ -963,7 +1355,7 @@ async fn read_connection(
                 // Announced even while its rows are still dropped (before
                 // the writer's first POSITION): that is lag too.
                 stats.announce(&stream, &instance, token);
-                replicated.on_row(&instance, token, &row);
+                replicated.on_row(&instance, token, &row).await;
             }
             Command::Position {
                 stream,

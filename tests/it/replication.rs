@@ -1,6 +1,7 @@
-//! Split deployments under failure: these tests always run on the 3-node
-//! split (client+sync `main`, events writer `events1`, sync `sync2`),
-//! whatever `LATTICE_TEST_TOPOLOGY` says.
+//! Split deployments under failure: these tests run on the 3-node split
+//! (client+sync `main`, events writer `events1`, sync `sync2`), whatever
+//! `LATTICE_TEST_TOPOLOGY` says, but for the stall test, which runs on
+//! both (on the monolith there is no replication to lose).
 
 use std::time::{Duration, Instant};
 
@@ -940,4 +941,228 @@ async fn a_split_works_over_tls_to_redis_with_a_private_ca() {
     );
     drop(cluster);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The sync token's components as numbers (`s12_3_...`: the room
+/// component without its `s`), to compare tokens.
+fn token_positions(token: &str) -> Vec<i64> {
+    token
+        .split('_')
+        .map(|part| {
+            part.trim_start_matches('s')
+                .parse()
+                .unwrap_or_else(|_| panic!("a live sync token: {token}"))
+        })
+        .collect()
+}
+
+/// What one user has seen of a room through `/sync` long-polls: every
+/// message body in the order given, and every token, which must never go
+/// back in any component.
+struct Conversation {
+    since: String,
+    bodies: Vec<String>,
+}
+
+impl Conversation {
+    /// Long-polls until `expected` was served (at most `within`); how long
+    /// it took.
+    async fn until_seen(
+        &mut self,
+        user: &crate::cluster::User,
+        room: &str,
+        expected: &str,
+        within: Duration,
+    ) -> Duration {
+        let started = Instant::now();
+        while !self.bodies.iter().any(|body| body == expected) {
+            let left = within.saturating_sub(started.elapsed());
+            assert!(
+                !left.is_zero(),
+                "`{expected}` not served within {within:?}; seen {:?}",
+                self.bodies
+            );
+            let answer = user
+                .sync(&format!(
+                    "since={}&timeout={}",
+                    enc(&self.since),
+                    left.as_millis()
+                ))
+                .await;
+            let next = answer["next_batch"].as_str().unwrap_or_default().to_owned();
+            let (before, after) = (token_positions(&self.since), token_positions(&next));
+            assert!(
+                before.iter().zip(&after).all(|(b, a)| a >= b),
+                "the token went back: {} then {next}",
+                self.since
+            );
+            self.bodies.extend(bodies(&answer, room));
+            self.since = next;
+        }
+        started.elapsed()
+    }
+}
+
+/// Waits (at most 10 s) until the scrape of `node` has `series` at `value`.
+async fn until_sample(node: &crate::cluster::Client, series: &str, accept: impl Fn(f64) -> bool) {
+    let mut last = None;
+    for _ in 0..200 {
+        let text = crate::metrics::scrape(node).await;
+        last = crate::metrics::sample(&text, series);
+        if last.is_some_and(&accept) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{series} stayed at {last:?}");
+}
+
+/// The `stalled_writers` the cluster view shows for `instance`.
+async fn stalled_in_cluster_view(admin: &crate::cluster::User, instance: &str) -> Value {
+    let (status, body) = admin.get("/_lattice/admin/v1/cluster").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["instances"]
+        .as_array()
+        .and_then(|instances| instances.iter().find(|i| i["name"] == instance))
+        .map(|i| i["stalled_writers"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[actix_web::test]
+async fn a_reader_cut_off_from_replication_serves_what_it_missed_from_postgres() {
+    let cluster = TestCluster::start_with(Options {
+        settings: vec![("replication.stall_check_ms", json!(250))],
+        ..Options::default()
+    })
+    .await;
+    let client = cluster.client();
+    let admin = client.register("root").await;
+    cluster.make_admin(&admin.user_id).await;
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    alice.send_text(&room, "before").await;
+    let since = bob.sync("timeout=0").await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // The instance bob's /sync goes to.
+    let reader = if cluster.is_split() { "sync2" } else { "main" };
+    let reader_client = cluster.node_client(reader);
+    let stalled = r#"lattice_replication_stalled{stream="events",writer="events1"}"#;
+    let recoveries = r#"lattice_replication_recoveries_total{stream="events"}"#;
+
+    cluster
+        .on_node(reader, |node| async move { node.cut_off_replication(true) })
+        .await;
+    let poller = bob.clone();
+    let waiting = tokio::task::spawn_local({
+        let room = room.clone();
+        let mut seen = Conversation {
+            since,
+            bodies: Vec::new(),
+        };
+        async move {
+            let took = seen
+                .until_seen(&poller, &room, "while cut off", Duration::from_secs(20))
+                .await;
+            (seen, took)
+        }
+    });
+    cluster.wait_for_long_poll(reader).await;
+    alice.send_text(&room, "while cut off").await;
+    let (mut seen, took) = waiting.await.expect("the long-poll");
+    // Read back from PostgreSQL within a few checks, not when the
+    // long-poll's timeout ran out.
+    assert!(took < Duration::from_secs(5), "served after {took:?}");
+
+    if cluster.is_split() {
+        until_sample(&reader_client, stalled, |v| v == 1.0).await;
+        until_sample(&reader_client, recoveries, |v| v >= 1.0).await;
+        let mut shown = Value::Null;
+        for _ in 0..100 {
+            shown = stalled_in_cluster_view(&admin, reader).await;
+            if shown
+                .as_array()
+                .is_some_and(|s| s.contains(&json!({ "stream": "events", "writer": "events1" })))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            shown
+                .as_array()
+                .is_some_and(|s| s.contains(&json!({ "stream": "events", "writer": "events1" }))),
+            "{shown}"
+        );
+    }
+
+    // Still cut off: the next message too, and the first one not again.
+    alice.send_text(&room, "still cut off").await;
+    seen.until_seen(&bob, &room, "still cut off", Duration::from_secs(10))
+        .await;
+
+    // Replication comes back: the stall ends and messages come the usual
+    // way again.
+    cluster
+        .on_node(
+            reader,
+            |node| async move { node.cut_off_replication(false) },
+        )
+        .await;
+    if cluster.is_split() {
+        until_sample(&reader_client, stalled, |v| v == 0.0).await;
+    }
+    alice.send_text(&room, "after").await;
+    seen.until_seen(&bob, &room, "after", Duration::from_secs(10))
+        .await;
+    assert_eq!(seen.bodies, vec!["while cut off", "still cut off", "after"]);
+
+    if !cluster.is_split() {
+        // Nothing to lose and nothing lost: no stall anywhere.
+        let text = crate::metrics::scrape(&reader_client).await;
+        assert!(!text.contains("lattice_replication_stalled{"), "{text}");
+        assert_eq!(stalled_in_cluster_view(&admin, reader).await, json!([]));
+    }
+}
+
+#[actix_web::test]
+async fn a_sync_that_cannot_wait_reads_back_what_replication_did_not_bring() {
+    // A watchdog too slow to help: the sync itself reads back.
+    let cluster = TestCluster::start_with(Options {
+        settings: vec![("replication.stall_check_ms", json!(600_000))],
+        ..split(None)
+    })
+    .await;
+    let client = cluster.client();
+    let alice = client.register("alice").await;
+    let bob = client.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&room).await;
+    let since = bob.sync("timeout=0").await["next_batch"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    cluster
+        .on_node(
+            "sync2",
+            |node| async move { node.cut_off_replication(true) },
+        )
+        .await;
+    alice.send_text(&room, "while cut off").await;
+    let started = Instant::now();
+    let answer = bob.sync(&format!("since={}&timeout=0", enc(&since))).await;
+    assert_eq!(bodies(&answer, &room), vec!["while cut off"], "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let text = crate::metrics::scrape(&cluster.node_client("sync2")).await;
+    assert!(
+        crate::metrics::sample(
+            &text,
+            r#"lattice_replication_recoveries_total{stream="events"}"#
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
 }
