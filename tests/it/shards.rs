@@ -473,8 +473,35 @@ async fn an_admin_sees_the_shards_and_moves_one_and_it_stays() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN");
 
-    let (status, body) = admin.get("/_lattice/admin/v1/shards").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    // events1 started first and held every shard; events2 gets its share
+    // on events1's next heartbeat. Wait until each shard is where the
+    // rendezvous hash puts it.
+    let members = ["events1".to_owned(), "events2".to_owned()];
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body) = admin.get("/_lattice/admin/v1/shards").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let settled = body["kinds"][0]["shards"]
+            .as_array()
+            .expect("shards")
+            .iter()
+            .all(|shard| {
+                let number = shard["shard"].as_i64().unwrap_or(-1) as i32;
+                shard["owner"].as_str()
+                    == lattice::shards::desired_owner("events", number, &members)
+            });
+        if settled {
+            break (status, body);
+        }
+        assert!(Instant::now() < give_up, "the shards never settled: {body}");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Every instance's map has read the table since.
+    cluster
+        .on_node("main", |node| async move {
+            node.event_shards.refresh(Duration::from_secs(2)).await;
+        })
+        .await;
     let kinds = body["kinds"].as_array().expect("kinds");
     let events = kinds
         .iter()
