@@ -478,7 +478,7 @@ async fn an_admin_sees_the_shards_and_moves_one_and_it_stays() {
     // rendezvous hash puts it.
     let members = ["events1".to_owned(), "events2".to_owned()];
     let give_up = Instant::now() + Duration::from_secs(10);
-    let (status, body) = loop {
+    let body = loop {
         let (status, body) = admin.get("/_lattice/admin/v1/shards").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let settled = body["kinds"][0]["shards"]
@@ -491,7 +491,7 @@ async fn an_admin_sees_the_shards_and_moves_one_and_it_stays() {
                     == lattice::shards::desired_owner("events", number, &members)
             });
         if settled {
-            break (status, body);
+            break body;
         }
         assert!(Instant::now() < give_up, "the shards never settled: {body}");
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
