@@ -87,11 +87,13 @@ if [[ -z "${BENCH_BIN:-}" ]]; then
 fi
 [[ -x "$BIN" ]] || die "no lattice binary at $BIN"
 
+run=0
 for n in "${COUNTS[@]}"; do
-    db="lattice_persisters_${n}_$STAMP"
+    run=$((run + 1))
+    db="lattice_persisters_${run}_${n}_$STAMP"
     DATABASES+=("$db")
     .ci/postgres.sh psql -d postgres -c "create database $db" >/dev/null
-    prefix="lattice_bench_persisters_${n}_$STAMP"
+    prefix="lattice_bench_persisters_${run}_${n}_$STAMP"
     PREFIXES+=("$prefix")
     read -r -a ports < <(free_ports $((n + 1)))
     main_port="${ports[0]}"
