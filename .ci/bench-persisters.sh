@@ -9,7 +9,9 @@
 # N, and each persister's CPU seconds and share, with the largest / smallest share.
 #
 # Environment: BENCH_PERSISTERS ("1 2 4"), BENCH_ARGS (extra `lattice bench` arguments),
-# BENCH_BIN (a lattice binary instead of building the release one), LATTICE_PG_PORT,
+# BENCH_BIN (a lattice binary instead of building the release one), BENCH_LOG (the
+# topology's log filter, default warn), BENCH_KEEP (keep each
+# run's database and Redis keys, to look into a run that reported problems), LATTICE_PG_PORT,
 # LATTICE_REDIS_PORT.
 set -euo pipefail
 
@@ -35,6 +37,7 @@ DATABASES=()
 PREFIXES=()
 cleanup() {
     stop_up || true
+    [[ -n "${BENCH_KEEP:-}" ]] && { log "kept databases: ${DATABASES[*]}"; return 0; }
     for prefix in "${PREFIXES[@]}"; do
         redis-cli -p "$REDIS_PORT" --scan --pattern "$prefix*" 2>/dev/null \
             | xargs -r redis-cli -p "$REDIS_PORT" del >/dev/null 2>&1 || true
@@ -121,7 +124,7 @@ for n in "${COUNTS[@]}"; do
             echo "    listen: \"127.0.0.1:${ports[$i]}\""
         done
     } >"$topology"
-    UP_LOG="$RUN_DIR/up-$n.log"
+    UP_LOG="$RUN_DIR/up-$run-$n.log"
     log "$n persister(s): lattice up (main :$main_port), log $UP_LOG"
     env LATTICE__DATABASE__URL="postgresql://lattice@127.0.0.1:$PG_PORT/$db" \
         LATTICE__REDIS__URL="redis://127.0.0.1:$REDIS_PORT" \
@@ -129,7 +132,7 @@ for n in "${COUNTS[@]}"; do
         LATTICE__ENABLE_REGISTRATION=true \
         LATTICE__RATE_LIMITS__ENABLED=false \
         LATTICE__PUBLIC_BASEURL="http://127.0.0.1:$main_port" \
-        LATTICE__LOG=warn \
+        LATTICE__LOG="${BENCH_LOG:-warn}" \
         "$BIN" up --topology "$topology" >"$UP_LOG" 2>&1 </dev/null &
     UP_PID=$!
     for port in "${ports[@]}"; do

@@ -578,6 +578,12 @@ async fn measure(shared: &Arc<Shared>, pool: &ClientPool) -> Result<Report, Benc
         .lock()
         .map_err(|_| BenchError::Usage("tracker poisoned".into()))?;
     let counts = tracker.counts();
+    for (op, room, missed) in tracker.undelivered_operations(20) {
+        eprintln!(
+            "lattice bench: operation {op} (\"bench message {op}\", txn {}-{op}) in room {room} never reached {missed} of its recipients",
+            shared.run_id
+        );
+    }
     let measured_seconds = tracker
         .operation_span()
         .map(|(first, last)| last.saturating_duration_since(first).as_secs_f64())

@@ -205,6 +205,23 @@ impl Tracker {
         self.unexpected += 1;
     }
 
+    /// Up to `limit` accepted operations some recipient never saw, each with
+    /// its room and how many of the room's recipients missed it: what to
+    /// look up in the server's database when a run reports losses.
+    pub fn undelivered_operations(&self, limit: usize) -> Vec<(usize, RoomIndex, usize)> {
+        self.operations
+            .iter()
+            .enumerate()
+            .filter(|(_, operation)| operation.outcome == Outcome::Accepted)
+            .filter_map(|(op, operation)| {
+                let recipients = self.rooms[operation.room as usize].users.len();
+                let missed = recipients - operation.seen_count as usize;
+                (missed > 0).then_some((op, operation.room, missed))
+            })
+            .take(limit)
+            .collect()
+    }
+
     /// Every accepted operation reached all its recipients and none is in flight.
     pub fn settled(&self) -> bool {
         self.in_flight == 0 && self.delivered == self.expected
@@ -299,6 +316,7 @@ mod tests {
             (4, 3, 1)
         );
         assert!(!tracker.settled());
+        assert_eq!(tracker.undelivered_operations(10), vec![(1, 1, 1)]);
     }
 
     #[test]

@@ -3,7 +3,14 @@
 //! every other writer). Every change re-derives the notifier's position of
 //! the stream from it, so long-polls wake at the persisted-up-to position of
 //! all writers.
+//!
+//! A request reads a stream only up to that position, so a row above it
+//! (another writer has not persisted a smaller id yet) cannot be answered
+//! with: its keys are woken when the position passes it, whichever row moved
+//! the position then, as Synapse's notifier holds back its pending room
+//! events until the persisted position reaches them.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,6 +23,10 @@ use super::notifier::Notifier;
 pub struct SharedStream {
     name: &'static str,
     positions: Arc<Mutex<StreamPositions>>,
+    /// The keys of rows above the persisted-up-to position, by position:
+    /// woken once the position reaches them. Guarded by `positions`' lock
+    /// order: taken only while `positions` is held.
+    pending: Arc<Mutex<BTreeMap<i64, Vec<String>>>>,
     notifier: Notifier,
     /// Bumped on every change, for callers waiting on one writer's position.
     changes: Arc<watch::Sender<u64>>,
@@ -28,6 +39,7 @@ impl SharedStream {
         SharedStream {
             name,
             positions: Arc::new(Mutex::new(positions)),
+            pending: Arc::default(),
             notifier,
             changes: Arc::new(watch::channel(0).0),
         }
@@ -49,22 +61,42 @@ impl SharedStream {
 
     /// Like `update`, for rows that changed `keys` (rooms, users) at
     /// `position`: the change is recorded before the notifier advances past
-    /// it, then the long-polls listening on `keys` are woken.
+    /// it, then the long-polls listening on `keys` are woken, at once if
+    /// the stream is persisted up to `position`, else when it is.
     pub fn record<R>(
         &self,
         keys: Vec<String>,
         position: i64,
         f: impl FnOnce(&mut StreamPositions) -> R,
     ) -> R {
-        let (result, upto) = {
+        let (result, upto, woken) = {
             let mut positions = self.lock();
             if !keys.is_empty() {
                 self.notifier.record_changes(self.name, &keys, position);
             }
             let result = f(&mut positions);
-            (result, positions.persisted_upto())
+            let upto = positions.persisted_upto();
+            let mut pending = self
+                .pending
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut woken = Vec::new();
+            if position > upto {
+                if !keys.is_empty() {
+                    pending.entry(position).or_default().extend(keys);
+                }
+            } else {
+                woken = keys;
+            }
+            if pending.first_key_value().is_some_and(|(first, _)| *first <= upto) {
+                let above = pending.split_off(&upto.saturating_add(1));
+                woken.extend(std::mem::replace(&mut *pending, above).into_values().flatten());
+                woken.sort_unstable();
+                woken.dedup();
+            }
+            (result, upto, woken)
         };
-        self.notifier.on_new_rows(self.name, upto, keys);
+        self.notifier.on_new_rows(self.name, upto, woken);
         self.changes
             .send_modify(|version| *version = version.wrapping_add(1));
         result

@@ -21,7 +21,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::node::Node;
 use crate::rooms::filter::Filter;
 use crate::streams::token::{StreamToken, TokenError};
-use crate::sync::{self, SyncContext, SyncResponse};
+use crate::sync::{self, SyncContext};
 
 /// The longest a client may ask to wait.
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
@@ -166,9 +166,11 @@ async fn long_poll(node: &Node, requester: &Requester, query: &SyncQuery) -> Api
             return Ok(response.into_json(&ctx.upto));
         }
         if !listener.wait(deadline - now).await {
-            // Timed out: nothing happened that concerns this user.
-            let upto = sync::current_token(node, since.as_ref());
-            return Ok(SyncResponse::default().into_json(&upto));
+            // Timed out: nothing happened that concerns this user. The
+            // answer holds the token it was read at, never a later one: a
+            // row that came in since without waking this request would be
+            // passed over for good.
+            return Ok(response.into_json(&ctx.upto));
         }
     }
 }
