@@ -380,7 +380,6 @@ mod tests {
         let listener = notifier.listen(vec!["!c:x".to_owned()]);
         // Replication stops; PostgreSQL has w1 at 5.
         assert!(replicated.catch_up("w1", 5).await.expect("read back"));
-        assert!(listener.wait(Duration::from_secs(1)).await, "waiters wake");
         assert_eq!(replicated.heard_from("w1"), 5);
         assert!(notifier.has_changed_since("written", "!b:x", 2));
         // One read back for the POSITION, two now.
@@ -395,12 +394,17 @@ mod tests {
         assert!(!replicated.catch_up("w3", 9).await.expect("refused"));
         // 4 was rolled back: w2 holds the floor back at the gap.
         assert_eq!(stream.persisted_upto(), 3, "w2 holds the floor back");
+        assert!(
+            !listener.wait(Duration::from_millis(10)).await,
+            "!c's row at 5 cannot be read yet: its waiters sleep on"
+        );
         // w2 is gone: a position is claimed for it, never beyond what was
         // seen.
         assert_eq!(replicated.highest_seen(), 5);
         assert!(replicated.release("w2", 9).await);
         assert_eq!(replicated.heard_from("w2"), 5);
         assert_eq!(stream.persisted_upto(), 5);
+        assert!(listener.wait(Duration::from_secs(1)).await, "now they wake");
         assert!(!replicated.release("w2", 5).await);
         assert!(!replicated.release("w3", 5).await);
     }

@@ -150,3 +150,33 @@ impl SharedStream {
         &self.notifier
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::streams::id_gen::LoadedPositions;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_row_above_the_floor_wakes_its_room_when_another_writers_row_moves_the_floor() {
+        let writers = ["a".to_owned(), "b".to_owned()];
+        let notifier = Notifier::new();
+        let stream = SharedStream::new(
+            "test",
+            StreamPositions::new("reader", &writers, LoadedPositions::default()),
+            notifier.clone(),
+        );
+        let in_room = notifier.listen(vec!["!a:x".to_owned()]);
+        // b persisted 3 in !a while a has not persisted 2: nothing of !a
+        // can be read yet, so waking its readers now would be in vain.
+        stream.record(vec!["!a:x".to_owned()], 3, |p| p.advance("b", 3));
+        assert_eq!(notifier.position("test"), 1);
+        assert!(!in_room.wait(Duration::from_millis(10)).await);
+        // a's row in another room moves the floor past 3: !a is woken.
+        stream.record(vec!["!b:x".to_owned()], 2, |p| p.advance("a", 2));
+        assert_eq!(notifier.position("test"), 3);
+        assert!(in_room.wait(Duration::from_millis(10)).await);
+        assert!(stream.pending.lock().map(|p| p.is_empty()).unwrap_or(false));
+    }
+}
