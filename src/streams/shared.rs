@@ -88,9 +88,16 @@ impl SharedStream {
             } else {
                 woken = keys;
             }
-            if pending.first_key_value().is_some_and(|(first, _)| *first <= upto) {
+            if pending
+                .first_key_value()
+                .is_some_and(|(first, _)| *first <= upto)
+            {
                 let above = pending.split_off(&upto.saturating_add(1));
-                woken.extend(std::mem::replace(&mut *pending, above).into_values().flatten());
+                woken.extend(
+                    std::mem::replace(&mut *pending, above)
+                        .into_values()
+                        .flatten(),
+                );
                 woken.sort_unstable();
                 woken.dedup();
             }
