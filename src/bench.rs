@@ -580,8 +580,8 @@ async fn measure(shared: &Arc<Shared>, pool: &ClientPool) -> Result<Report, Benc
     let counts = tracker.counts();
     for (op, room, missed) in tracker.undelivered_operations(20) {
         eprintln!(
-            "lattice bench: operation {op} (\"bench message {op}\", txn {}-{op}) in room {room} never reached {missed} of its recipients",
-            shared.run_id
+            "lattice bench: operation {op} (txn {}) in room {room} never reached {missed} of its recipients",
+            message_txn_id(&shared.run_id, op)
         );
     }
     let measured_seconds = tracker
@@ -1014,7 +1014,7 @@ async fn perform(shared: &Shared, world: &World, client: &MatrixClient, op: usiz
         Operation::Message { sender, room } => {
             let session = &world.sessions[sender as usize];
             let room_id = &world.room_ids[room as usize];
-            let txn_id = format!("{}-{op}", shared.run_id);
+            let txn_id = message_txn_id(&shared.run_id, op);
             let content = json!({
                 "msgtype": "m.text",
                 "body": format!("bench message {op}"),
@@ -1132,6 +1132,12 @@ async fn run_open_loop(
         done?;
     }
     Ok(())
+}
+
+/// The transaction id of operation `op`'s message (the `txn_id` its event
+/// is stored with).
+fn message_txn_id(run_id: &str, op: usize) -> String {
+    format!("{run_id}-{op}")
 }
 
 /// Waits until every accepted operation reached every recipient, or until
