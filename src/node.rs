@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::error::{ApiError, ApiResult};
 use crate::passwords::PasswordHasher;
 use crate::roles::events::{CreateRoom, Persisted, SendEvent, Transaction, EVENTS_STREAM};
-use crate::roles::{ActorStart, Mailboxes, Role, WriteError, ACTORS};
+use crate::roles::{ActorStart, Mailboxes, Role, WriteError, WriterRefusal, ACTORS};
 use crate::shards::{LeaseTiming, ShardLeases, ShardMap, BACKGROUND_KIND};
 use crate::signing_key::SigningKey;
 use crate::storage;
@@ -100,15 +100,24 @@ pub struct Node {
     pub runtime: tokio::runtime::Handle,
     /// The mailbox endpoints serving this instance's actors to the others.
     endpoints: Arc<tokio::sync::Mutex<Vec<ServeHandle>>>,
-    /// Who owns each shard of the event persisters, and whether this
-    /// instance is one of them (then it hands its shards over when it stops).
+    /// Who owns each shard of the event persisters.
     pub event_shards: Arc<ShardMap>,
-    event_shards_member: bool,
     /// Who holds the duties that must run once in the whole deployment
     /// (clean-up jobs): the owner of shard 0 of `background`, among the
-    /// instances with the `background` role; and whether this is one.
+    /// instances with the `background` role.
     pub background_shards: Arc<ShardMap>,
-    background_member: bool,
+    /// Every sharded kind (`crate::shards::KINDS`): who owns its shards,
+    /// and whether this instance may (then it hands its shards over when
+    /// it stops).
+    leased: Arc<Vec<LeasedKind>>,
+}
+
+/// One sharded kind as an instance sees it.
+struct LeasedKind {
+    map: Arc<ShardMap>,
+    /// Whether this instance has the kind's role, so may own its shards.
+    member: bool,
+    timing: LeaseTiming,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,44 +236,49 @@ async fn clean_up(pool: Pool, duties: Arc<ShardMap>) {
     }
 }
 
-/// On every read of the shard table, makes each new persister a writer of
-/// the events stream here (its position holds the floor from then on), and
-/// moves each one that can write no more (stopped, dead and its shards
-/// taken, or listed but never started) to the end of the stream, reading
-/// back what it committed but never announced.
+/// On every read of the shard table of a stream's writers (`shards`),
+/// makes each new member a writer of the stream here (its position holds
+/// the floor from then on), and moves each one that can write no more
+/// (stopped, dead and its shards taken, or listed but never started) to the
+/// end of the stream, reading back what it committed but never announced.
 /// Without it, a gone writer's last position would be the floor of every
 /// token for ever: `/sync` would stop at the first id a rolled-back
 /// transaction left unused.
-async fn settle_gone_writers(node: Node, replication: Arc<Replication>, every: Duration) {
-    let sequence = crate::streams::events::SPEC.sequence;
-    let Some(events) = node.streams.get(EVENTS_STREAM).cloned() else {
+async fn settle_gone_writers(
+    node: Node,
+    shards: Arc<ShardMap>,
+    replication: Arc<Replication>,
+    every: Duration,
+) {
+    let kind = shards.kind();
+    let Some(stream) = node.streams.get(kind).cloned() else {
+        return;
+    };
+    let Some(sequence) = registry::spec(kind).map(|spec| spec.sequence) else {
         return;
     };
     loop {
-        node.event_shards.refreshed(every).await;
-        let live = node.event_shards.live_members();
-        // A persister that joined: its position is held from now on, before
+        shards.refreshed(every).await;
+        let live = shards.live_members();
+        // A writer that joined: its position is held from now on, before
         // it may own a shard (`ShardLeases` makes it wait for that).
         for member in &live {
             if member != &node.instance_name {
-                events.update(|positions| positions.add_writer(member));
+                stream.update(|positions| positions.add_writer(member));
             }
         }
-        let writers = events.read(|positions| positions.writers().to_vec());
+        let writers = stream.read(|positions| positions.writers().to_vec());
+        let owners = shards.counts();
         let gone = writers.iter().filter(|writer| {
             **writer != node.instance_name
                 && !live.contains(writer)
-                && !node
-                    .event_shards
-                    .counts()
-                    .iter()
-                    .any(|(owner, _)| owner == *writer)
+                && !owners.iter().any(|(owner, _)| owner == *writer)
         });
         for writer in gone {
             let settled = async {
                 let position = storage::shards::final_position(
                     &node.pool,
-                    EVENTS_STREAM,
+                    kind,
                     writer,
                     sequence,
                     crate::util::now_ms(),
@@ -273,14 +287,14 @@ async fn settle_gone_writers(node: Node, replication: Arc<Replication>, every: D
                 .map_err(|error| error.to_string())?;
                 if let Some(position) = position {
                     replication
-                        .writer_gone(EVENTS_STREAM, writer, position)
+                        .writer_gone(kind, writer, position)
                         .await
                         .map_err(|error| error.to_string())?;
                 }
                 Ok::<_, String>(())
             };
             if let Err(error) = settled.await {
-                tracing::warn!(writer = %writer, error = %error, "could not settle a gone events writer");
+                tracing::warn!(stream = kind, writer = %writer, error = %error, "could not settle a gone writer");
             }
         }
     }
@@ -404,45 +418,60 @@ impl Node {
                 .map(|spec| (spec.name, config.stream_writers(spec.name))),
         )
         .map_err(|e| NodeError::Topology(e.to_string()))?;
-        // The event persisters own their shards by lease (`crate::shards`):
-        // read who owns what, and take this instance's share, before
-        // anything is written.
-        let event_shards = Arc::new(ShardMap::new(EVENTS_STREAM, instance_name));
-        // Every instance with the `events` role persists events, listed in
-        // `stream_writers.events` or not: one that is not joins while the
-        // others run (see `ShardLeases`).
-        let event_shards_member = roles.contains(&Role::Events);
-        let lease_timing = LeaseTiming {
-            heartbeat: Duration::from_millis(config.shards.heartbeat_ms.max(1)),
-            timeout: Duration::from_millis(config.shards.lease_timeout_ms.max(1)),
-            listed: Some(config.stream_writers(EVENTS_STREAM)),
-        };
-        let mut event_leases = ShardLeases::new(
-            event_shards.clone(),
-            pool.clone(),
-            event_shards_member,
-            lease_timing.clone(),
-        );
-        event_leases.beat().await?;
-        let background_shards = Arc::new(ShardMap::new(BACKGROUND_KIND, instance_name));
-        let background_member = roles.contains(&Role::Background);
-        let mut background_leases = ShardLeases::new(
-            background_shards.clone(),
-            pool.clone(),
-            background_member,
-            LeaseTiming {
+        // The writers of every stream and the background duties own their
+        // shards by lease (`crate::shards`): read who owns what, and take
+        // this instance's share, before anything is written. Every instance
+        // with a stream's role writes it, listed in its `stream_writers` or
+        // not: one that is not joins while the others run (see `ShardLeases`).
+        let beat_every = Duration::from_millis(config.shards.heartbeat_ms.max(1));
+        let timeout = Duration::from_millis(config.shards.lease_timeout_ms.max(1));
+        let mut leased = Vec::new();
+        let mut lease_tasks = Vec::new();
+        for kind in crate::shards::KINDS {
+            let (member, listed) = if kind == BACKGROUND_KIND {
                 // Duties write no stream: a new member needs no settling.
-                listed: None,
-                ..lease_timing.clone()
-            },
-        );
-        background_leases.beat().await?;
+                (roles.contains(&Role::Background), None)
+            } else {
+                (
+                    Role::writing(kind).is_some_and(|role| roles.contains(&role)),
+                    Some(config.stream_writers(kind)),
+                )
+            };
+            let timing = LeaseTiming {
+                heartbeat: beat_every,
+                timeout,
+                listed,
+            };
+            let map = Arc::new(ShardMap::new(kind, instance_name));
+            let mut leases = ShardLeases::new(map.clone(), pool.clone(), member, timing.clone());
+            leases.beat().await?;
+            lease_tasks.push(leases);
+            leased.push(LeasedKind {
+                map,
+                member,
+                timing,
+            });
+        }
+        let leased = Arc::new(leased);
+        let shard_map = |kind: &str| {
+            leased
+                .iter()
+                .find(|leased| leased.map.kind() == kind)
+                .map(|leased| leased.map.clone())
+                .expect("every sharded kind has a map")
+        };
+        let event_shards = shard_map(EVENTS_STREAM);
+        let background_shards = shard_map(BACKGROUND_KIND);
         let mailboxes = Arc::new(Mailboxes::new(
             placement,
             transport
                 .clone()
                 .map(|transport| Arc::new(transport) as Arc<dyn Transport>),
-            vec![event_shards.clone()],
+            leased
+                .iter()
+                .filter(|leased| leased.map.kind() != BACKGROUND_KIND)
+                .map(|leased| leased.map.clone())
+                .collect(),
         ));
 
         let parts = registry::NodeParts {
@@ -458,18 +487,18 @@ impl Node {
             let mut writers = config.stream_writers(spec.name);
             let mut writes = writers.iter().any(|w| w == instance_name)
                 && Role::writing(spec.name).is_some_and(|role| roles.contains(&role));
-            if spec.name == EVENTS_STREAM {
-                // The persisters are the members of the events shards, the
+            if let Some(kind) = leased.iter().find(|leased| leased.map.kind() == spec.name) {
+                // The writers are the members of the stream's shards, the
                 // listed ones and those that joined since.
-                for member in event_shards.live_members() {
+                for member in kind.map.live_members() {
                     if !writers.contains(&member) {
                         writers.push(member);
                     }
                 }
-                if event_shards_member && !writers.iter().any(|w| w == instance_name) {
+                if kind.member && !writers.iter().any(|w| w == instance_name) {
                     writers.push(instance_name.to_owned());
                 }
-                writes = event_shards_member;
+                writes = kind.member;
             }
             let positions =
                 storage::streams::load_positions(&pool, spec, instance_name, &writers).await?;
@@ -565,13 +594,12 @@ impl Node {
         };
         let mut endpoints = Vec::new();
         for row in ACTORS {
-            let placed_here = if row.kind == EVENTS_STREAM {
-                event_shards_member
-            } else {
-                mailboxes
+            let placed_here = match leased.iter().find(|leased| leased.map.kind() == row.kind) {
+                Some(kind) => kind.member,
+                None => mailboxes
                     .instances(row.kind)
                     .iter()
-                    .any(|instance| instance == instance_name)
+                    .any(|instance| instance == instance_name),
             };
             if !roles.contains(&row.role) || !placed_here {
                 continue;
@@ -640,26 +668,33 @@ impl Node {
             runtime: tokio::runtime::Handle::current(),
             endpoints: Arc::new(tokio::sync::Mutex::new(endpoints)),
             event_shards,
-            event_shards_member,
             background_shards,
-            background_member,
+            leased,
         };
         let addr = listener.local_addr()?;
-        let mut tasks = vec![
-            tokio::spawn(event_leases.run()),
-            tokio::spawn(background_leases.run()),
+        let mut tasks: Vec<_> = lease_tasks
+            .into_iter()
+            .map(|leases| tokio::spawn(leases.run()))
+            .collect();
+        tasks.extend([
             tokio::spawn(heartbeat(node.clone(), addr)),
             tokio::spawn(last_seen::flush_periodically(
                 node.last_seen.clone(),
                 node.pool.clone(),
             )),
-        ];
+        ]);
         if let Some((replication, _)) = &node.replication {
-            tasks.push(tokio::spawn(settle_gone_writers(
-                node.clone(),
-                replication.clone(),
-                lease_timing.heartbeat,
-            )));
+            for kind in node.leased.iter() {
+                if kind.map.kind() == BACKGROUND_KIND {
+                    continue;
+                }
+                tasks.push(tokio::spawn(settle_gone_writers(
+                    node.clone(),
+                    kind.map.clone(),
+                    replication.clone(),
+                    beat_every,
+                )));
+            }
         }
         if node.has_role(Role::Background) {
             tasks.push(tokio::spawn(clean_up(
@@ -673,7 +708,11 @@ impl Node {
                 instance_name,
                 node.pool.clone(),
                 Duration::from_millis(node.config.replication.stall_check_ms.max(1)),
-                vec![node.event_shards.clone()],
+                node.leased
+                    .iter()
+                    .filter(|kind| kind.map.kind() != BACKGROUND_KIND)
+                    .map(|kind| kind.map.clone())
+                    .collect(),
             );
             tasks.push(tokio::spawn(watchdog.run()));
         }
@@ -845,29 +884,36 @@ impl Node {
         }
     }
 
-    /// Gives this instance's shards (event persisters', background duties')
-    /// to the members that stay.
+    /// Gives this instance's shards (of every kind it is a member of) to
+    /// the members that stay.
     async fn leave_shards(&self) {
-        let timing = |listed| LeaseTiming {
-            heartbeat: Duration::from_millis(self.config.shards.heartbeat_ms),
-            timeout: Duration::from_millis(self.config.shards.lease_timeout_ms),
-            listed,
-        };
-        let maps = [
-            (
-                &self.event_shards,
-                self.event_shards_member,
-                Some(self.config.stream_writers(EVENTS_STREAM)),
-            ),
-            (&self.background_shards, self.background_member, None),
-        ];
-        for (map, member, listed) in maps.into_iter().filter(|(_, member, _)| *member) {
-            let mut leases =
-                ShardLeases::new(map.clone(), self.pool.clone(), member, timing(listed));
+        for kind in self.leased.iter().filter(|kind| kind.member) {
+            let mut leases = ShardLeases::new(
+                kind.map.clone(),
+                self.pool.clone(),
+                true,
+                kind.timing.clone(),
+            );
             if let Err(error) = leases.leave().await {
-                tracing::warn!(kind = map.kind(), error = %error, "could not hand the shards over: they are taken when the lease expires");
+                tracing::warn!(kind = kind.map.kind(), error = %error, "could not hand the shards over: they are taken when the lease expires");
             }
         }
+    }
+
+    /// Asks every shard map to read the table again soon (after an
+    /// administrator moved a shard).
+    pub fn refresh_shards_soon(&self) {
+        for kind in self.leased.iter() {
+            kind.map.refresh_soon();
+        }
+    }
+
+    /// The shard map of `kind` (a stream's name, or `background`).
+    pub fn shard_map(&self, kind: &str) -> Option<&Arc<ShardMap>> {
+        self.leased
+            .iter()
+            .find(|leased| leased.map.kind() == kind)
+            .map(|leased| &leased.map)
     }
 
     /// Persists an event through the events writer of its room.
@@ -890,12 +936,31 @@ impl Node {
         Ok(self.seen(persisted).await)
     }
 
-    /// Sends `request` to the owner of its room's shard; when the shard is
-    /// moving (no owner known, the writer answers `NotOwner`, or its owner
-    /// does not answer within a lease's lifetime) reads the owners again
-    /// and asks the new one, until the write deadline. The request's
-    /// transaction id makes every retry write at most once.
+    /// Sends `request` to the owner of its room's shard (`call_owner`).
     async fn send_to_room_writer(&self, request: SendEvent) -> ApiResult<Persisted> {
+        let room_id = request.room_id.clone();
+        Ok(self
+            .call_owner(EVENTS_STREAM, room_id.as_str(), request)
+            .await??)
+    }
+
+    /// Asks the `kind` writer that owns the shard of `key` (a room or user
+    /// id); when the shard is moving (no owner known, the writer answers
+    /// that it does not own it, or its owner does not answer within a
+    /// lease's lifetime) reads the owners again and asks the new one, until
+    /// the write deadline. The writer's own answer is the caller's to read.
+    /// Every request that may come here twice must write at most once
+    /// (a transaction id, or a change that is the same when made again).
+    pub async fn call_owner<M, T, E>(
+        &self,
+        kind: &str,
+        key: &str,
+        request: M,
+    ) -> ApiResult<Result<T, E>>
+    where
+        M: lattice_actors::RemoteMessage<Reply = Result<T, E>> + Clone,
+        E: WriterRefusal,
+    {
         let deadline = tokio::time::Instant::now() + self.write_deadline();
         // An owner that died is replaced within a lease timeout and a beat.
         let attempt_limit = Duration::from_millis(
@@ -906,26 +971,28 @@ impl Node {
         );
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let moving = match self
-                .mailboxes
-                .for_shard::<SendEvent>(EVENTS_STREAM, request.room_id.as_str())
-            {
+            let moving = match self.mailboxes.for_shard::<M>(kind, key) {
                 Ok(writer) => match writer
                     .call(request.clone(), remaining.min(attempt_limit))
                     .await
                 {
-                    Ok(Err(WriteError::NotOwner(_))) => ApiError::from(WriteError::NotOwner(0)),
+                    Ok(Err(refusal)) if refusal.not_owner() => {
+                        ApiError::from(WriteError::NotOwner(crate::shards::shard_of(key)))
+                    }
                     Err(MailboxError::Timeout) if remaining > attempt_limit => {
                         ApiError::from(MailboxError::Timeout)
                     }
-                    answer => return Ok(answer??),
+                    answer => return Ok(answer?),
                 },
                 Err(no_owner) => no_owner,
             };
             if tokio::time::Instant::now() + ROUTE_RETRY_PAUSE >= deadline {
                 return Err(moving);
             }
-            self.event_shards.refresh(ROUTE_RETRY_PAUSE).await;
+            match self.shard_map(kind) {
+                Some(map) => map.refresh(ROUTE_RETRY_PAUSE).await,
+                None => tokio::time::sleep(ROUTE_RETRY_PAUSE).await,
+            }
         }
     }
 

@@ -200,11 +200,82 @@ pub enum WriteError {
     NotOwner(i32),
 }
 
+/// What a writer answers when it refuses: says whether it refused because
+/// it does not own the shard of what was asked (then the caller asks the
+/// owner, `Node::call_owner`).
+pub trait WriterRefusal {
+    fn not_owner(&self) -> bool;
+}
+
+impl WriterRefusal for WriteError {
+    fn not_owner(&self) -> bool {
+        matches!(self, WriteError::NotOwner(_))
+    }
+}
+
 impl WriteError {
+    /// A writer's failed write: `NotOwner` when it was fenced off (its
+    /// shard moved; the caller asks the new owner), otherwise a storage
+    /// failure, logged, saying `what` could not be stored.
+    pub fn from_storage(error: crate::storage::StorageError, what: &str) -> WriteError {
+        if let crate::storage::StorageError::Fenced { shard, .. } = error {
+            return WriteError::NotOwner(shard);
+        }
+        tracing::error!(error = %error, "storing {what} failed");
+        WriteError::Storage(format!("{what} could not be stored"))
+    }
+
     /// A request its writer's batch returned no answer for.
     pub fn not_answered() -> Self {
         WriteError::Internal("request was not answered".into())
     }
+}
+
+/// A writer's batch, kept to what this writer owns: runs `batch` on the
+/// requests all of whose shard keys (`keys`: room or user ids) are in
+/// shards held here, and answers `NotOwner` to the others (the caller asks
+/// the owner), every answer in the order of `requests`.
+pub async fn owned_only<R, T, E, Fut>(
+    shards: &crate::shards::ShardMap,
+    requests: Vec<R>,
+    keys: impl Fn(&R) -> Vec<String>,
+    batch: impl FnOnce(Vec<R>) -> Fut,
+) -> Vec<Result<T, E>>
+where
+    E: From<WriteError>,
+    Fut: std::future::Future<Output = Vec<Result<T, E>>>,
+{
+    let keys: Vec<Vec<String>> = requests.iter().map(keys).collect();
+    let flat: Vec<&str> = keys.iter().flatten().map(String::as_str).collect();
+    let refusals = shards.refusals(&flat).await;
+    let mut refused = refusals.into_iter();
+    let mut answers: Vec<Option<Result<T, E>>> = Vec::with_capacity(requests.len());
+    let mut kept = Vec::with_capacity(requests.len());
+    for (request, keys) in requests.into_iter().zip(&keys) {
+        let not_held = refused.by_ref().take(keys.len()).flatten().next();
+        match not_held {
+            Some(shard) => answers.push(Some(Err(WriteError::NotOwner(shard).into()))),
+            None => {
+                kept.push(request);
+                answers.push(None);
+            }
+        }
+    }
+    let mut written = if kept.is_empty() {
+        Vec::new()
+    } else {
+        batch(kept).await
+    }
+    .into_iter();
+    answers
+        .into_iter()
+        .map(|answer| match answer {
+            Some(refused) => refused,
+            None => written
+                .next()
+                .unwrap_or_else(|| Err(WriteError::not_answered().into())),
+        })
+        .collect()
 }
 
 /// The answer to a batch of one request (a writer's `handle`, which runs

@@ -40,8 +40,32 @@ use crate::util::now_ms;
 /// (clean-up jobs): members are the instances with the `background` role.
 pub const BACKGROUND_KIND: &str = "background";
 
+/// The kinds whose members write a stream of the same name, sharded by
+/// room (events, typing, receipts) or by user (the others): the writers of
+/// every stream there is but `caches`, which every instance writes.
+pub const STREAM_KINDS: [&str; 8] = [
+    crate::streams::events::EVENTS_STREAM,
+    crate::streams::typing::TYPING_STREAM,
+    crate::streams::receipts::RECEIPTS_STREAM,
+    crate::streams::account_data::ACCOUNT_DATA_STREAM,
+    crate::streams::presence::PRESENCE_STREAM,
+    crate::streams::push_rules::PUSH_RULES_STREAM,
+    crate::streams::to_device::TO_DEVICE_STREAM,
+    crate::streams::device_lists::DEVICE_LISTS_STREAM,
+];
+
 /// Every sharded kind there is.
-pub const KINDS: [&str; 2] = [crate::streams::events::EVENTS_STREAM, BACKGROUND_KIND];
+pub const KINDS: [&str; 9] = [
+    STREAM_KINDS[0],
+    STREAM_KINDS[1],
+    STREAM_KINDS[2],
+    STREAM_KINDS[3],
+    STREAM_KINDS[4],
+    STREAM_KINDS[5],
+    STREAM_KINDS[6],
+    STREAM_KINDS[7],
+    BACKGROUND_KIND,
+];
 
 /// Shards per actor kind, fixed at creation: many more than there will ever
 /// be instances, so that adding one moves only its share.
@@ -75,6 +99,10 @@ pub fn desired_owner<'a>(kind: &str, shard: i32, members: &'a [String]) -> Optio
         })
         .map(String::as_str)
 }
+
+/// How long a writer asked for a shard it does not hold waits for the table
+/// to be read again before it refuses.
+pub const OWNERSHIP_REFRESH_WAIT: Duration = Duration::from_millis(500);
 
 /// The least time between two beats, however often a refresh is asked for.
 const MIN_BEAT_GAP: Duration = Duration::from_millis(100);
@@ -188,6 +216,79 @@ impl ShardMap {
         self.owner(shard)
             .filter(|owner| *owner.instance == *self.local_instance)
             .map(|owner| owner.epoch)
+    }
+
+    /// The (shard, epoch) at which this instance holds the shard of each of
+    /// `keys`, sorted and without repeats: what a write transaction of
+    /// theirs passes as its fence
+    /// ([`storage::shards::fence`](crate::storage::shards::fence)). Fails
+    /// with the first shard not held here.
+    pub fn held_for<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<(i32, i64)>, i32> {
+        let mut held = Vec::new();
+        for key in keys {
+            let shard = shard_of(key);
+            match self.held_here(shard) {
+                Some(epoch) => held.push((shard, epoch)),
+                None => return Err(shard),
+            }
+        }
+        held.sort_unstable();
+        held.dedup();
+        Ok(held)
+    }
+
+    /// Like [`held_for`](Self::held_for), for a writer about to write:
+    /// a writer that was just given a shard may not have read so yet, so
+    /// the table is read once more before it refuses.
+    pub async fn hold<'a>(&self, keys: &[&'a str]) -> Result<Vec<(i32, i64)>, i32> {
+        match self.held_for(keys.iter().copied()) {
+            Ok(held) => Ok(held),
+            Err(_) => {
+                self.refresh(OWNERSHIP_REFRESH_WAIT).await;
+                self.held_for(keys.iter().copied())
+            }
+        }
+    }
+
+    /// For a writer's batch, one key per request: the shard of each key not
+    /// held here (None for those that are), after reading the table once
+    /// more if any is not (a writer just given a shard may not know yet).
+    pub async fn refusals(&self, keys: &[&str]) -> Vec<Option<i32>> {
+        let refused = |map: &ShardMap| -> Vec<Option<i32>> {
+            keys.iter()
+                .map(|key| {
+                    let shard = shard_of(key);
+                    map.held_here(shard).is_none().then_some(shard)
+                })
+                .collect()
+        };
+        let first = refused(self);
+        if first.iter().all(Option::is_none) {
+            return first;
+        }
+        self.refresh(OWNERSHIP_REFRESH_WAIT).await;
+        refused(self)
+    }
+
+    /// The fence of a write transaction of this instance for `keys`
+    /// ([`storage::shards::fence`](crate::storage::shards::fence) at the
+    /// epochs held here): fails with `StorageError::Fenced` when a key's
+    /// shard is not held here, or no longer at that epoch.
+    pub async fn fence<'a>(
+        &self,
+        client: &impl deadpool_postgres::GenericClient,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> StorageResult<()> {
+        let held = self
+            .held_for(keys)
+            .map_err(|shard| crate::storage::StorageError::Fenced {
+                kind: self.kind.to_owned(),
+                shard,
+            })?;
+        stored::fence(client, self.kind, &self.local_instance, &held).await
     }
 
     /// Whether this instance owns any shard.
@@ -392,7 +493,7 @@ fn ranges(sorted: &[i64]) -> String {
 /// Why a shard could not be moved by hand.
 #[derive(Debug, thiserror::Error)]
 pub enum MoveError {
-    #[error("unknown shard kind `{0}` (known: events, background)")]
+    #[error("unknown shard kind `{0}` (known: events, typing, receipts, account_data, presence, push_rules, to_device, device_lists, background)")]
     UnknownKind(String),
     #[error("shard {0} does not exist (shards are 0 to {max})", max = SHARD_COUNT - 1)]
     NoSuchShard(i32),

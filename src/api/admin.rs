@@ -59,7 +59,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// GET /_lattice/admin/v1/shards
 ///
-/// For each sharded kind (`events`, `background`): the live members, how
+/// For each sharded kind (each stream's writers, `background`): the live members, how
 /// many shards each owner holds, and each shard's owner, epoch and whether
 /// it was pinned there by hand.
 async fn shards(node: web::Data<Node>, requester: Requester) -> ApiResult<HttpResponse> {
@@ -99,8 +99,7 @@ async fn move_shard(
     use crate::shards::MoveError;
     match crate::shards::move_shard(&node.pool, &kind, shard, &body.to).await {
         Ok(epoch) => {
-            node.event_shards.refresh_soon();
-            node.background_shards.refresh_soon();
+            node.refresh_shards_soon();
             Ok(HttpResponse::Ok().json(serde_json::json!({
                 "kind": kind, "shard": shard, "owner": body.to, "epoch": epoch,
             })))

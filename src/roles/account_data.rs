@@ -9,6 +9,7 @@
 //! tags at once). It commits what queued in its inbox in one transaction.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use lattice_actors::{Actor, Context, Handler};
@@ -20,6 +21,7 @@ pub use crate::streams::account_data::ACCOUNT_DATA_STREAM;
 
 use super::WriteError;
 use super::{ActorStart, StartedActor};
+use crate::shards::ShardMap;
 use crate::storage::account_data::{self, AccountData};
 use crate::storage::receipts::event_position_in_room;
 use crate::storage::{StorageError, StorageResult};
@@ -43,10 +45,15 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
         .cloned()
         .ok_or("the account_data stream has no writer here")?;
     let pool = start.pool.clone();
+    let shards = start
+        .mailboxes
+        .shard_map(ACCOUNT_DATA_STREAM)
+        .cloned()
+        .ok_or("the account_data stream has no shard map")?;
     let addr = start
         .supervisor
         .start("account_data_writer", move || {
-            AccountDataWriter::new(pool.clone(), writer.clone())
+            AccountDataWriter::new(pool.clone(), writer.clone(), shards.clone())
         })
         .map_err(|e| e.to_string())?;
     start.mailboxes.register(addr.mailbox::<SetReadMarker>());
@@ -148,6 +155,8 @@ fn changed_tags(current: Option<&Value>, change: &AccountDataChange) -> Option<V
 
 pub struct AccountDataWriter {
     pool: Pool,
+    /// Which users' shards this writer holds: it writes only theirs.
+    shards: Arc<ShardMap>,
     /// The account data stream's writing end.
     writer: StreamWriter,
     markers_stored: u64,
@@ -171,9 +180,10 @@ struct ToWrite {
 }
 
 impl AccountDataWriter {
-    pub fn new(pool: Pool, writer: StreamWriter) -> AccountDataWriter {
+    pub fn new(pool: Pool, writer: StreamWriter, shards: Arc<ShardMap>) -> AccountDataWriter {
         AccountDataWriter {
             pool,
+            shards,
             writer,
             markers_stored: 0,
             markers_unchanged: 0,
@@ -188,9 +198,18 @@ impl AccountDataWriter {
         &mut self,
         requests: Vec<SetReadMarker>,
     ) -> Vec<Result<AccountDataWritten, WriteError>> {
-        let count = requests.len();
-        let result = self.set_markers_in_transaction(requests).await;
-        self.answered(result, count, "the read markers could not be stored")
+        let shards = self.shards.clone();
+        super::owned_only(
+            &shards,
+            requests,
+            |request| vec![request.user_id.to_string()],
+            |kept| async {
+                let count = kept.len();
+                let result = self.set_markers_in_transaction(kept).await;
+                self.answered(result, count, "the read markers")
+            },
+        )
+        .await
     }
 
     /// Commits `requests` in one transaction; each gets its own answer.
@@ -198,9 +217,18 @@ impl AccountDataWriter {
         &mut self,
         requests: Vec<ChangeAccountData>,
     ) -> Vec<Result<AccountDataWritten, WriteError>> {
-        let count = requests.len();
-        let result = self.change_in_transaction(requests).await;
-        self.answered(result, count, "the account data could not be stored")
+        let shards = self.shards.clone();
+        super::owned_only(
+            &shards,
+            requests,
+            |request| vec![request.user_id.to_string()],
+            |kept| async {
+                let count = kept.len();
+                let result = self.change_in_transaction(kept).await;
+                self.answered(result, count, "the account data")
+            },
+        )
+        .await
     }
 
     /// The answers of a batch of `count` requests, each the same error when
@@ -217,9 +245,10 @@ impl AccountDataWriter {
                 .map(|answer| answer.unwrap_or_else(|| Err(WriteError::not_answered())))
                 .collect(),
             Err(error) => {
-                self.writes_failed += 1;
-                tracing::error!(error = %error, requests = count, "account data writer storage error");
-                vec![Err(WriteError::Storage(failure.into())); count]
+                if !matches!(error, StorageError::Fenced { .. }) {
+                    self.writes_failed += 1;
+                }
+                vec![Err(WriteError::from_storage(error, failure)); count]
             }
         }
     }
@@ -230,6 +259,10 @@ impl AccountDataWriter {
     ) -> StorageResult<Answers> {
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
+        let users: Vec<String> = requests.iter().map(|r| r.user_id.to_string()).collect();
+        self.shards
+            .fence(&transaction, users.iter().map(String::as_str))
+            .await?;
         // Where each (user, room)'s marker is, once this batch moved it.
         let mut latest: HashMap<(String, String), i64> = HashMap::new();
         let mut answers = Vec::with_capacity(requests.len());
@@ -278,6 +311,10 @@ impl AccountDataWriter {
     ) -> StorageResult<Answers> {
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
+        let users: Vec<String> = requests.iter().map(|r| r.user_id.to_string()).collect();
+        self.shards
+            .fence(&transaction, users.iter().map(String::as_str))
+            .await?;
         // The `m.tag` contents this batch wrote, by (user, room): a tag
         // change reads the one before it.
         let mut tags: HashMap<(String, String), Value> = HashMap::new();

@@ -6,6 +6,8 @@
 //! rooms its user is joined to at that moment (the long-polls it wakes). It
 //! commits what queued in its inbox in one transaction.
 
+use std::sync::Arc;
+
 use deadpool_postgres::Pool;
 use lattice_actors::{Actor, Context, Handler};
 use ruma::OwnedUserId;
@@ -16,6 +18,7 @@ pub use crate::streams::device_lists::DEVICE_LISTS_STREAM;
 
 use super::WriteError;
 use super::{ActorStart, StartedActor};
+use crate::shards::ShardMap;
 use crate::storage::device_lists::{self, DeviceListChange};
 use crate::storage::StorageResult;
 use crate::streams::device_lists::{device_lists_row, rooms_by_user};
@@ -32,10 +35,15 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
         .cloned()
         .ok_or("the device_lists stream has no writer here")?;
     let pool = start.pool.clone();
+    let shards = start
+        .mailboxes
+        .shard_map(DEVICE_LISTS_STREAM)
+        .cloned()
+        .ok_or("the stream has no shard map")?;
     let addr = start
         .supervisor
         .start("device_lists_writer", move || {
-            DeviceListsWriter::new(pool.clone(), writer.clone())
+            DeviceListsWriter::new(pool.clone(), writer.clone(), shards.clone())
         })
         .map_err(|e| e.to_string())?;
     start
@@ -78,6 +86,8 @@ impl lattice_actors::RemoteMessage for RecordDeviceChanges {
 
 pub struct DeviceListsWriter {
     pool: Pool,
+    /// Which users' shards this writer holds: it writes only theirs.
+    shards: Arc<ShardMap>,
     /// The device lists stream's writing end.
     writer: StreamWriter,
     changes_stored: u64,
@@ -85,9 +95,10 @@ pub struct DeviceListsWriter {
 }
 
 impl DeviceListsWriter {
-    pub fn new(pool: Pool, writer: StreamWriter) -> DeviceListsWriter {
+    pub fn new(pool: Pool, writer: StreamWriter, shards: Arc<ShardMap>) -> DeviceListsWriter {
         DeviceListsWriter {
             pool,
+            shards,
             writer,
             changes_stored: 0,
             writes_failed: 0,
@@ -99,20 +110,25 @@ impl DeviceListsWriter {
         &mut self,
         requests: Vec<RecordDeviceChanges>,
     ) -> Vec<Result<DeviceChangesRecorded, WriteError>> {
-        let count = requests.len();
-        match self.record_in_transaction(requests).await {
-            Ok(answers) => answers.into_iter().map(Ok).collect(),
-            Err(error) => {
-                self.writes_failed += 1;
-                tracing::error!(error = %error, requests = count, "device lists writer storage error");
-                vec![
-                    Err(WriteError::Storage(
-                        "the device list changes could not be stored".into()
-                    ));
-                    count
-                ]
-            }
-        }
+        let shards = self.shards.clone();
+        super::owned_only(
+            &shards,
+            requests,
+            |request| vec![request.user_id.to_string()],
+            |kept| async {
+                let count = kept.len();
+                match self.record_in_transaction(kept).await {
+                    Ok(answers) => answers.into_iter().map(Ok).collect(),
+                    Err(error) => {
+                        if !matches!(error, crate::storage::StorageError::Fenced { .. }) {
+                            self.writes_failed += 1;
+                        }
+                        vec![Err(WriteError::from_storage(error, "the device list changes")); count]
+                    }
+                }
+            },
+        )
+        .await
     }
 
     async fn record_in_transaction(
@@ -121,6 +137,10 @@ impl DeviceListsWriter {
     ) -> StorageResult<Vec<DeviceChangesRecorded>> {
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
+        let users: Vec<String> = requests.iter().map(|r| r.user_id.to_string()).collect();
+        self.shards
+            .fence(&transaction, users.iter().map(String::as_str))
+            .await?;
         // The changes of each request, positions allocated below.
         let mut planned: Vec<Vec<DeviceListChange>> = requests
             .iter()

@@ -123,6 +123,29 @@ impl Mailboxes {
         }
     }
 
+    /// The instance whose `kind` actor owns `shard_key` (None while a
+    /// leased shard has no owner).
+    pub fn owner_instance(&self, kind: &str, shard_key: &str) -> Option<String> {
+        if let Some(map) = self.shard_maps.get(kind) {
+            return map
+                .owner_of(shard_key)
+                .map(|owner| owner.instance.to_string());
+        }
+        Some(match self.placement.locate(kind, shard_key) {
+            Location::Local => self.placement.local_instance().to_owned(),
+            Location::Remote(instance) => instance,
+        })
+    }
+
+    /// The instances that write `kind` now: the live members of its shards
+    /// for kinds owned by lease, otherwise what `stream_writers` lists.
+    pub fn writers(&self, kind: &str) -> Vec<String> {
+        match self.shard_maps.get(kind) {
+            Some(map) => map.live_members(),
+            None => self.instances(kind),
+        }
+    }
+
     /// The mailbox of the first `kind` actor in config order (for work
     /// whose shard key is not known yet, as a room being created).
     pub fn first<M: RemoteMessage>(&self, kind: &str) -> ApiResult<Mailbox<M>> {

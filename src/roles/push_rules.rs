@@ -1,11 +1,13 @@
 //! The `push_rules` role: the writers of the push rules stream, one per
-//! instance `stream_writers.push_rules` lists, sharded by user. A
+//! instance with the role, each writing the users whose shards it holds
+//! (`crate::shards`). A
 //! [`PushRulesWriter`] applies each change to the user's stored rules
 //! (`push::rules::UserRules`) and stores them at a new stream position; a
 //! change it refuses writes nothing. It commits what queued in its inbox in
 //! one transaction.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use lattice_actors::{Actor, Context, Handler};
@@ -17,6 +19,7 @@ pub use crate::streams::push_rules::PUSH_RULES_STREAM;
 
 use super::{ActorStart, StartedActor};
 use crate::push::rules::{RuleChange, RuleError, UserRules};
+use crate::shards::ShardMap;
 use crate::storage::{push_rules as stored, StorageError, StorageResult};
 use crate::streams::push_rules::push_rules_row;
 use crate::streams::writer::StreamWriter;
@@ -32,10 +35,15 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
         .cloned()
         .ok_or("the push_rules stream has no writer here")?;
     let pool = start.pool.clone();
+    let shards = start
+        .mailboxes
+        .shard_map(PUSH_RULES_STREAM)
+        .cloned()
+        .ok_or("the push_rules stream has no shard map")?;
     let addr = start
         .supervisor
         .start("push_rules_writer", move || {
-            PushRulesWriter::new(pool.clone(), writer.clone())
+            PushRulesWriter::new(pool.clone(), writer.clone(), shards.clone())
         })
         .map_err(|e| e.to_string())?;
     start.mailboxes.register(addr.mailbox::<ChangePushRules>());
@@ -74,6 +82,15 @@ pub enum PushRulesWriteError {
     Failed(#[from] super::WriteError),
 }
 
+impl super::WriterRefusal for PushRulesWriteError {
+    fn not_owner(&self) -> bool {
+        matches!(
+            self,
+            PushRulesWriteError::Failed(super::WriteError::NotOwner(_))
+        )
+    }
+}
+
 impl lattice_actors::RemoteMessage for ChangePushRules {
     type Reply = Result<PushRulesWritten, PushRulesWriteError>;
     const WIRE_NAME: &'static str = "push_rules.change.v1";
@@ -83,6 +100,8 @@ type Answer = Result<PushRulesWritten, PushRulesWriteError>;
 
 pub struct PushRulesWriter {
     pool: Pool,
+    /// Which users' shards this writer holds: it writes only theirs.
+    shards: Arc<ShardMap>,
     /// The push rules stream's writing end.
     writer: StreamWriter,
     changes_stored: u64,
@@ -91,9 +110,10 @@ pub struct PushRulesWriter {
 }
 
 impl PushRulesWriter {
-    pub fn new(pool: Pool, writer: StreamWriter) -> PushRulesWriter {
+    pub fn new(pool: Pool, writer: StreamWriter, shards: Arc<ShardMap>) -> PushRulesWriter {
         PushRulesWriter {
             pool,
+            shards,
             writer,
             changes_stored: 0,
             changes_refused: 0,
@@ -103,21 +123,28 @@ impl PushRulesWriter {
 
     /// Applies `requests` and commits them in one transaction; each gets
     /// its own answer.
+    /// Those of users whose shard is not held here are refused (`NotOwner`).
     async fn change(&mut self, requests: Vec<ChangePushRules>) -> Vec<Answer> {
-        let count = requests.len();
-        match self.change_in_transaction(requests).await {
-            Ok(answers) => answers,
-            Err(error) => {
-                self.writes_failed += 1;
-                tracing::error!(error = %error, changes = count, "push rules writer storage error");
-                vec![
-                    Err(PushRulesWriteError::Failed(super::WriteError::Storage(
-                        "the push rules could not be stored".into()
-                    )));
-                    count
-                ]
-            }
-        }
+        let shards = self.shards.clone();
+        super::owned_only(
+            &shards,
+            requests,
+            |request| vec![request.user_id.to_string()],
+            |kept| async {
+                let count = kept.len();
+                match self.change_in_transaction(kept).await {
+                    Ok(answers) => answers,
+                    Err(error) => {
+                        if !matches!(error, StorageError::Fenced { .. }) {
+                            self.writes_failed += 1;
+                        }
+                        let error = super::WriteError::from_storage(error, "the push rules");
+                        vec![Err(PushRulesWriteError::Failed(error)); count]
+                    }
+                }
+            },
+        )
+        .await
     }
 
     async fn change_in_transaction(
@@ -127,6 +154,10 @@ impl PushRulesWriter {
         let instance = self.writer.instance().to_owned();
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
+        let users: Vec<String> = requests.iter().map(|r| r.user_id.to_string()).collect();
+        self.shards
+            .fence(&transaction, users.iter().map(String::as_str))
+            .await?;
         // Each user's rules as this batch changes them.
         let mut rules: HashMap<OwnedUserId, UserRules> = HashMap::new();
         // For each request: its user when it changed something.

@@ -1,5 +1,6 @@
 //! The `receipts` role: the writers of the receipts stream, one per instance
-//! `stream_writers.receipts` lists, sharded by room (unlike Synapse, whose
+//! with the role, each writing the rooms whose shards it holds
+//! (`crate::shards`) (unlike Synapse, whose
 //! receipts have several writers too but whose typing has one). A
 //! [`ReceiptsWriter`] commits the receipts queued in its inbox in one
 //! transaction and never moves a user's receipt back to an earlier event.
@@ -28,10 +29,15 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
         .cloned()
         .ok_or("the receipts stream has no writer here")?;
     let pool = start.pool.clone();
+    let shards = start
+        .mailboxes
+        .shard_map(RECEIPTS_STREAM)
+        .cloned()
+        .ok_or("the receipts stream has no shard map")?;
     let addr = start
         .supervisor
         .start("receipts_writer", move || {
-            ReceiptsWriter::new(pool.clone(), writer.clone())
+            ReceiptsWriter::new(pool.clone(), writer.clone(), shards.clone())
         })
         .map_err(|e| e.to_string())?;
     start.mailboxes.register(addr.mailbox::<PutReceipt>());

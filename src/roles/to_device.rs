@@ -11,6 +11,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use std::sync::Arc;
+
 use deadpool_postgres::Pool;
 use lattice_actors::{Actor, Context, Handler};
 use ruma::OwnedUserId;
@@ -21,6 +23,7 @@ pub use crate::streams::to_device::TO_DEVICE_STREAM;
 
 use super::WriteError;
 use super::{ActorStart, StartedActor};
+use crate::shards::ShardMap;
 use crate::storage::to_device::{self, InboxMessage};
 use crate::storage::{StorageError, StorageResult};
 use crate::streams::to_device::to_device_row;
@@ -40,10 +43,15 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
         .cloned()
         .ok_or("the to_device stream has no writer here")?;
     let pool = start.pool.clone();
+    let shards = start
+        .mailboxes
+        .shard_map(TO_DEVICE_STREAM)
+        .cloned()
+        .ok_or("the stream has no shard map")?;
     let addr = start
         .supervisor
         .start("to_device_writer", move || {
-            ToDeviceWriter::new(pool.clone(), writer.clone())
+            ToDeviceWriter::new(pool.clone(), writer.clone(), shards.clone())
         })
         .map_err(|e| e.to_string())?;
     start.mailboxes.register(addr.mailbox::<SendToDevice>());
@@ -112,6 +120,8 @@ type Message<'a> = (String, &'a str, &'a Map<String, Value>);
 
 pub struct ToDeviceWriter {
     pool: Pool,
+    /// Which users' shards this writer holds: it writes only theirs.
+    shards: Arc<ShardMap>,
     /// The to-device stream's writing end.
     writer: StreamWriter,
     sends_stored: u64,
@@ -121,9 +131,10 @@ pub struct ToDeviceWriter {
 }
 
 impl ToDeviceWriter {
-    pub fn new(pool: Pool, writer: StreamWriter) -> ToDeviceWriter {
+    pub fn new(pool: Pool, writer: StreamWriter, shards: Arc<ShardMap>) -> ToDeviceWriter {
         ToDeviceWriter {
             pool,
+            shards,
             writer,
             sends_stored: 0,
             sends_repeated: 0,
@@ -137,20 +148,31 @@ impl ToDeviceWriter {
         &mut self,
         requests: Vec<SendToDevice>,
     ) -> Vec<Result<ToDeviceWritten, WriteError>> {
-        let count = requests.len();
-        match self.send_in_transaction(requests).await {
-            Ok(answers) => answers.into_iter().map(Ok).collect(),
-            Err(error) => {
-                self.writes_failed += 1;
-                tracing::error!(error = %error, requests = count, "to-device writer storage error");
-                vec![
-                    Err(WriteError::Storage(
-                        "the to-device messages could not be stored".into()
-                    ));
-                    count
-                ]
-            }
-        }
+        let shards = self.shards.clone();
+        super::owned_only(
+            &shards,
+            requests,
+            |request| {
+                request
+                    .messages
+                    .keys()
+                    .map(|user| user.to_string())
+                    .collect()
+            },
+            |kept| async {
+                let count = kept.len();
+                match self.send_in_transaction(kept).await {
+                    Ok(answers) => answers.into_iter().map(Ok).collect(),
+                    Err(error) => {
+                        if !matches!(error, crate::storage::StorageError::Fenced { .. }) {
+                            self.writes_failed += 1;
+                        }
+                        vec![Err(WriteError::from_storage(error, "the to-device messages")); count]
+                    }
+                }
+            },
+        )
+        .await
     }
 
     async fn send_in_transaction(
@@ -160,6 +182,13 @@ impl ToDeviceWriter {
         let instance = self.writer.instance().to_owned();
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
+        let receivers: Vec<String> = requests
+            .iter()
+            .flat_map(|r| r.messages.keys().map(ToString::to_string))
+            .collect();
+        self.shards
+            .fence(&transaction, receivers.iter().map(String::as_str))
+            .await?;
         // The requests whose part was not stored before (a second one of
         // the same send in this batch finds the first one's record).
         let mut fresh = Vec::with_capacity(requests.len());

@@ -43,6 +43,11 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
         .replica()
         .clone();
     let pool = start.pool.clone();
+    let shards = start
+        .mailboxes
+        .shard_map(TYPING_STREAM)
+        .cloned()
+        .ok_or("the typing stream has no shard map")?;
     let clock = timer::Clock::start();
     let (next_deadline, deadlines) = watch::channel(None);
     let next_deadline = Arc::new(next_deadline);
@@ -53,6 +58,7 @@ pub fn start(start: &ActorStart) -> Result<StartedActor, String> {
                 pool.clone(),
                 writer.clone(),
                 replica.clone(),
+                shards.clone(),
                 clock,
                 next_deadline.clone(),
             )

@@ -591,10 +591,17 @@ async fn an_admin_sees_the_shards_and_moves_one_and_it_stays() {
             "M_INVALID_PARAM",
         ),
         (
-            "typing/3/move",
+            "nonsense/3/move",
             json!({ "to": "events1" }),
             StatusCode::NOT_FOUND,
             "M_NOT_FOUND",
+        ),
+        // The typing writers are the instances with the `typing` role.
+        (
+            "typing/3/move",
+            json!({ "to": "events1" }),
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
         ),
         (
             "events/3/move",
@@ -626,6 +633,14 @@ async fn an_admin_sees_the_shards_and_moves_one_and_it_stays() {
     );
 }
 
+/// The kind named `kind` in what `GET /_lattice/admin/v1/shards` answered.
+fn kind_of<'a>(body: &'a Value, kind: &str) -> &'a Value {
+    body["kinds"]
+        .as_array()
+        .and_then(|kinds| kinds.iter().find(|k| k["kind"] == kind))
+        .unwrap_or_else(|| panic!("no kind {kind} in {body}"))
+}
+
 /// Which of `nodes` hold background shard 0 (run the
 /// clean-up), each after reading the table again.
 async fn background_holders(cluster: &TestCluster, nodes: &[&'static str]) -> Vec<&'static str> {
@@ -654,7 +669,7 @@ async fn the_duties_that_run_once_have_one_holder_and_a_live_one_takes_them_over
     let give_up = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, body) = admin.get("/_lattice/admin/v1/shards").await;
-        let background = &body["kinds"][1];
+        let background = kind_of(&body, "background");
         if background["live_members"] == json!(["background2", "main"])
             && background["shards_per_owner"]["background2"]
                 .as_u64()
@@ -691,4 +706,168 @@ async fn the_duties_that_run_once_have_one_holder_and_a_live_one_takes_them_over
         assert!(Instant::now() < give_up, "nobody took over the clean-up");
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The shard of `key` (a room or user id) of the kind `kind`: who owns it,
+/// as the admin API says.
+async fn owner_of(admin: &User, kind: &str, key: &str) -> Value {
+    let shard = lattice::shards::shard_of(key) as usize;
+    let (_, body) = admin.get("/_lattice/admin/v1/shards").await;
+    kind_of(&body, kind)["shards"][shard]["owner"].clone()
+}
+
+/// Moves the shard of `key` of `kind` to `to` by the admin API.
+async fn move_shard_of(admin: &User, kind: &str, key: &str, to: &str) {
+    let shard = lattice::shards::shard_of(key);
+    let (status, body) = admin
+        .post(
+            &format!("/_lattice/admin/v1/shards/{kind}/{shard}/move"),
+            json!({ "to": to }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{kind}/{shard} to {to}: {body}");
+}
+
+/// The account data `m.test` content `/sync` shows since `since` (None:
+/// not in this response).
+fn test_account_data(sync: &Value) -> Option<Value> {
+    sync["account_data"]["events"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|event| event["type"] == "m.test")
+        .map(|event| event["content"].clone())
+}
+
+#[actix_web::test]
+async fn the_other_stream_writers_join_move_and_are_replaced_while_serving() {
+    // `main` writes every stream but events; `writers2` joins with every
+    // stream writer role, unlisted, and takes its share of each kind.
+    let mut cluster = TestCluster::start_sharded(Options::default(), 1, 1).await;
+    let admin = cluster.client().register("admin").await;
+    cluster.make_admin(&admin.user_id).await;
+    let writer_roles = [
+        Role::Typing,
+        Role::Receipts,
+        Role::AccountData,
+        Role::PushRules,
+        Role::Presence,
+        Role::ToDevice,
+        Role::DeviceLists,
+    ];
+    cluster.add_node("writers2", &writer_roles).await;
+    let kinds = [
+        "typing",
+        "receipts",
+        "account_data",
+        "push_rules",
+        "presence",
+        "to_device",
+        "device_lists",
+    ];
+    let give_up = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = admin.get("/_lattice/admin/v1/shards").await;
+        let shares: Vec<u64> = kinds
+            .iter()
+            .map(|kind| {
+                kind_of(&body, kind)["shards_per_owner"]["writers2"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .collect();
+        if shares.iter().all(|share| *share > 64) {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "writers2 never took its share of every kind: {shares:?}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let alice = cluster.client().register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let event = alice.send_text(&room, "hello").await;
+    let first = alice.sync("").await;
+    let mut since = first["next_batch"].as_str().expect("next_batch").to_owned();
+    let account_data = format!(
+        "/_matrix/client/v3/user/{}/account_data/m.test",
+        enc(&alice.user_id)
+    );
+    let receipt = format!(
+        "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+        enc(&room),
+        enc(&event)
+    );
+
+    // Alice's account data and her room's receipts are written by
+    // writers2, then by main, each change seen once in order.
+    for (n, owner) in [(1, "writers2"), (2, "main"), (3, "writers2")] {
+        move_shard_of(&admin, "account_data", &alice.user_id, owner).await;
+        move_shard_of(&admin, "receipts", &room, owner).await;
+        let (status, body) = alice.put(&account_data, json!({ "n": n })).await;
+        assert_eq!(status, StatusCode::OK, "account data on {owner}: {body}");
+        let (status, body) = alice.post(&receipt, json!({})).await;
+        assert_eq!(status, StatusCode::OK, "receipt on {owner}: {body}");
+        let sync = alice.sync(&format!("since={since}&timeout=5000")).await;
+        assert_eq!(
+            test_account_data(&sync),
+            Some(json!({ "n": n })),
+            "written by {owner}: {sync}"
+        );
+        since = sync["next_batch"].as_str().expect("next_batch").to_owned();
+        assert_eq!(
+            owner_of(&admin, "account_data", &alice.user_id).await,
+            owner
+        );
+    }
+    let (status, body) = alice.get(&account_data).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({ "n": 3 })));
+
+    // writers2 dies holding both shards: main takes them over and writes
+    // them within 15 s, and the token from before goes on.
+    cluster.kill("writers2");
+    let killed = Instant::now();
+    let (status, body) = alice.put(&account_data, json!({ "n": 4 })).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "account data after the kill: {body}"
+    );
+    let (status, body) = alice
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(&room),
+                enc(&alice.user_id)
+            ),
+            json!({ "typing": true, "timeout": 10000 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "typing after the kill: {body}");
+    let (status, body) = alice.post(&receipt, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "receipt after the kill: {body}");
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "writes came back after {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        owner_of(&admin, "account_data", &alice.user_id).await,
+        "main"
+    );
+    let sync = alice.sync(&format!("since={since}&timeout=5000")).await;
+    assert_eq!(
+        test_account_data(&sync),
+        Some(json!({ "n": 4 })),
+        "after the kill: {sync}"
+    );
+    let sync = alice
+        .sync(&format!(
+            "since={}&timeout=0",
+            sync["next_batch"].as_str().expect("next_batch")
+        ))
+        .await;
+    assert_eq!(test_account_data(&sync), None, "nothing twice: {sync}");
 }

@@ -272,14 +272,13 @@ async fn change_account_data(
     requester: &Requester,
     change: AccountDataChange,
 ) -> ApiResult<()> {
-    let writer = node
-        .mailboxes
-        .for_shard::<ChangeAccountData>(ACCOUNT_DATA_STREAM, &requester.user_id)?;
     let request = ChangeAccountData {
         user_id: requester.user()?,
         change,
     };
-    let written = writer.call(request, node.write_deadline()).await??;
+    let written = node
+        .call_owner(ACCOUNT_DATA_STREAM, &requester.user_id, request)
+        .await??;
     if let Some(position) = written.position {
         node.wait_for_write(ACCOUNT_DATA_STREAM, &written.instance, position)
             .await;

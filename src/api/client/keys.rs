@@ -50,15 +50,15 @@ async fn record_device_changes(
     }
     let user_id = OwnedUserId::try_from(user_id)
         .map_err(|e| ApiError::internal(format!("device owner `{user_id}`: {e}")))?;
-    let writer = node
-        .mailboxes
-        .for_shard::<RecordDeviceChanges>(DEVICE_LISTS_STREAM, user_id.as_str())?;
+    let shard_key = user_id.to_string();
     let request = RecordDeviceChanges {
         user_id,
         device_ids,
         signed_users,
     };
-    let written = writer.call(request, node.write_deadline()).await??;
+    let written = node
+        .call_owner(DEVICE_LISTS_STREAM, &shard_key, request)
+        .await??;
     if let Some(position) = written.position {
         node.wait_for_write(DEVICE_LISTS_STREAM, &written.instance, position)
             .await;

@@ -75,19 +75,13 @@ pub async fn set_presence(
     if !node.config.presence.enabled {
         return Ok(HttpResponse::Ok().json(json!({})));
     }
-    let writer = node
-        .mailboxes
-        .for_shard::<SetPresence>(PRESENCE_STREAM, user_id.as_str())?;
-    let written = writer
-        .call(
-            SetPresence {
-                user_id,
-                presence: request.presence,
-                status_msg: request.status_msg,
-            },
-            node.write_deadline(),
-        )
-        .await??;
+    let shard_key = user_id.to_string();
+    let set = SetPresence {
+        user_id,
+        presence: request.presence,
+        status_msg: request.status_msg,
+    };
+    let written = node.call_owner(PRESENCE_STREAM, &shard_key, set).await??;
     if let Some(position) = written.position {
         node.wait_for_write(PRESENCE_STREAM, &written.instance, position)
             .await;

@@ -94,14 +94,13 @@ pub struct PlacementQuery {
 /// Sends `change` to the user's push rules writer and waits until this
 /// instance has seen it.
 async fn change(node: &Node, requester: &Requester, change: RuleChange) -> ApiResult<HttpResponse> {
-    let writer = node
-        .mailboxes
-        .for_shard::<ChangePushRules>(PUSH_RULES_STREAM, &requester.user_id)?;
     let request = ChangePushRules {
         user_id: requester.user()?,
         change,
     };
-    let written = writer.call(request, node.write_deadline()).await??;
+    let written = node
+        .call_owner(PUSH_RULES_STREAM, &requester.user_id, request)
+        .await??;
     node.wait_for_write(PUSH_RULES_STREAM, &written.instance, written.position)
         .await;
     Ok(HttpResponse::Ok().json(json!({})))

@@ -130,9 +130,7 @@ pub async fn put_receipt(
     event_id: OwnedEventId,
     thread_id: Option<String>,
 ) -> ApiResult<()> {
-    let writer = node
-        .mailboxes
-        .for_shard::<PutReceipt>(RECEIPTS_STREAM, room_id.as_str())?;
+    let shard_key = room_id.to_string();
     let request = PutReceipt {
         room_id,
         user_id: requester.user()?,
@@ -141,7 +139,9 @@ pub async fn put_receipt(
         event_id,
         ts: crate::util::now_ms(),
     };
-    let written = writer.call(request, node.write_deadline()).await??;
+    let written = node
+        .call_owner(RECEIPTS_STREAM, &shard_key, request)
+        .await??;
     if let Some(position) = written.position {
         node.wait_for_write(RECEIPTS_STREAM, &written.instance, position)
             .await;
@@ -157,15 +157,14 @@ pub async fn set_read_marker(
     room_id: OwnedRoomId,
     event_id: OwnedEventId,
 ) -> ApiResult<()> {
-    let writer = node
-        .mailboxes
-        .for_shard::<SetReadMarker>(ACCOUNT_DATA_STREAM, &requester.user_id)?;
     let request = SetReadMarker {
         user_id: requester.user()?,
         room_id,
         event_id,
     };
-    let written = writer.call(request, node.write_deadline()).await??;
+    let written = node
+        .call_owner(ACCOUNT_DATA_STREAM, &requester.user_id, request)
+        .await??;
     if let Some(position) = written.position {
         node.wait_for_write(ACCOUNT_DATA_STREAM, &written.instance, position)
             .await;

@@ -23,7 +23,6 @@
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpResponse};
-use lattice_actors::Location;
 use ruma::OwnedUserId;
 use serde_json::{json, Map, Value};
 
@@ -31,7 +30,8 @@ use crate::api::limits::{check_bytes, check_json_no_nul, check_no_nul, check_txn
 use crate::api::{JsonBody, Requester};
 use crate::error::{ApiError, ApiResult, ErrCode};
 use crate::node::Node;
-use crate::roles::to_device::{SendToDevice, TO_DEVICE_STREAM};
+use crate::roles::to_device::{SendToDevice, ToDeviceWritten, TO_DEVICE_STREAM};
+use crate::roles::WriteError;
 use crate::storage::to_device;
 
 /// The largest content of one to-device message, in bytes of its JSON
@@ -64,36 +64,7 @@ pub async fn send_to_device(
         return Ok(HttpResponse::Ok().json(json!({})));
     }
     let messages = parse_messages(&body, &node.config.server_name)?;
-    // One part per writer, each with the users it owns.
-    let placement = node.mailboxes.placement();
-    let mut parts: BTreeMap<String, Messages> = BTreeMap::new();
-    for (user, by_device) in messages {
-        let instance = match placement.locate(TO_DEVICE_STREAM, user.as_str()) {
-            Location::Local => placement.local_instance().to_owned(),
-            Location::Remote(instance) => instance,
-        };
-        parts.entry(instance).or_default().insert(user, by_device);
-    }
-    let sender = requester.user()?;
-    let mut calls = Vec::with_capacity(parts.len());
-    for (instance, messages) in parts {
-        let writer = node
-            .mailboxes
-            .on_instance::<SendToDevice>(TO_DEVICE_STREAM, &instance)?;
-        let request = SendToDevice {
-            sender: sender.clone(),
-            sender_device: device_id.to_owned(),
-            txn_id: txn_id.clone(),
-            kind: kind.clone(),
-            messages,
-        };
-        let deadline = node.write_deadline();
-        calls.push(async move { writer.call(request, deadline).await });
-    }
-    let mut stored = Vec::with_capacity(calls.len());
-    for answer in futures::future::join_all(calls).await {
-        stored.push(answer??);
-    }
+    let stored = send_to_owners(&node, &requester, device_id, &txn_id, &kind, messages).await?;
     for written in stored {
         if let Some(position) = written.position {
             node.wait_for_write(TO_DEVICE_STREAM, &written.instance, position)
@@ -109,6 +80,77 @@ pub async fn send_to_device(
     to_device::record_txn(&client, user_id, device_id, &txn_id, "").await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
+
+/// Sends `messages` to the to-device writers, one part per writer with the
+/// receiving users whose shards it owns. A part its writer refuses because
+/// a shard moved is split again by the owners read anew and sent on, until
+/// the write deadline. Answers what each writer stored.
+async fn send_to_owners(
+    node: &Node,
+    requester: &Requester,
+    device_id: &str,
+    txn_id: &str,
+    kind: &str,
+    mut messages: Messages,
+) -> ApiResult<Vec<ToDeviceWritten>> {
+    let sender = requester.user()?;
+    let deadline = tokio::time::Instant::now() + node.write_deadline();
+    let mut stored = Vec::new();
+    loop {
+        let mut parts: BTreeMap<String, Messages> = BTreeMap::new();
+        let mut unowned = Messages::new();
+        for (user, by_device) in messages {
+            match node
+                .mailboxes
+                .owner_instance(TO_DEVICE_STREAM, user.as_str())
+            {
+                Some(instance) => {
+                    parts.entry(instance).or_default().insert(user, by_device);
+                }
+                None => {
+                    unowned.insert(user, by_device);
+                }
+            }
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut calls = Vec::with_capacity(parts.len());
+        for (instance, part) in parts {
+            let writer = node
+                .mailboxes
+                .on_instance::<SendToDevice>(TO_DEVICE_STREAM, &instance)?;
+            let request = SendToDevice {
+                sender: sender.clone(),
+                sender_device: device_id.to_owned(),
+                txn_id: txn_id.to_owned(),
+                kind: kind.to_owned(),
+                messages: part,
+            };
+            calls.push(async move {
+                let answer = writer.call(request.clone(), remaining).await;
+                (request.messages, answer)
+            });
+        }
+        messages = unowned;
+        for (part, answer) in futures::future::join_all(calls).await {
+            match answer? {
+                Err(WriteError::NotOwner(_)) => messages.extend(part),
+                answer => stored.push(answer?),
+            }
+        }
+        if messages.is_empty() {
+            return Ok(stored);
+        }
+        if tokio::time::Instant::now() + SHARD_RETRY_PAUSE >= deadline {
+            return Err(WriteError::NotOwner(0).into());
+        }
+        if let Some(map) = node.shard_map(TO_DEVICE_STREAM) {
+            map.refresh(SHARD_RETRY_PAUSE).await;
+        }
+    }
+}
+
+/// How long a send waits for the owners of moving shards to be read again.
+const SHARD_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The `messages` of a body, checked, with the users that are not valid
 /// ids of `server_name` left out.

@@ -77,20 +77,14 @@ pub async fn set_typing(
     }
     let request = parse_body(&body)?;
     require_joined(&node, room_id.as_str(), &requester.user_id).await?;
-    let writer = node
-        .mailboxes
-        .for_shard::<SetTyping>(TYPING_STREAM, room_id.as_str())?;
-    let written = writer
-        .call(
-            SetTyping {
-                room_id,
-                user_id,
-                typing: request.typing,
-                timeout_ms: request.timeout_ms.min(node.config.typing.max_timeout_ms),
-            },
-            node.write_deadline(),
-        )
-        .await??;
+    let shard_key = room_id.to_string();
+    let set = SetTyping {
+        room_id,
+        user_id,
+        typing: request.typing,
+        timeout_ms: request.timeout_ms.min(node.config.typing.max_timeout_ms),
+    };
+    let written = node.call_owner(TYPING_STREAM, &shard_key, set).await??;
     if let Some(position) = written.position {
         node.wait_for_write(TYPING_STREAM, &written.instance, position)
             .await;

@@ -24,17 +24,13 @@ use crate::push::recent::{RecentPushActions, RowActions};
 use crate::roles::WriteError;
 use crate::rooms::pdu::{self, Pdu, PduError, ProtoEvent};
 use crate::rooms::version::parse_supported;
-use crate::shards::{shard_of, ShardMap};
+use crate::shards::{shard_of, ShardMap, OWNERSHIP_REFRESH_WAIT};
 use crate::storage::rooms::{self as stored_rooms, StoredEvent};
 use crate::storage::{StorageError, StorageResult};
 use crate::streams::events::EVENTS_STREAM;
 use crate::streams::events::{event_row, relation_parent, row_keys};
 use crate::streams::writer::StreamWriter;
 use crate::util::{now_ms, random_string};
-
-/// How long a writer asked for a room of a shard it does not own waits for
-/// its view of the owners to be read again before refusing.
-const OWNERSHIP_REFRESH_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The largest PDU the spec allows, in bytes of canonical JSON.
 const MAX_PDU_BYTES: usize = 65_536;

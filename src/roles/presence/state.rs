@@ -68,6 +68,17 @@ impl Users {
         self.states.insert(user_id.to_owned(), status);
     }
 
+    /// Forgets the users `gone` says are no longer this writer's (their
+    /// shard moved to another): their presence, whether they sync and
+    /// their timers are the new owner's.
+    pub fn forget(&mut self, gone: impl Fn(&str) -> bool) {
+        self.states.retain(|user, _| !gone(user));
+        for users in self.syncing.values_mut() {
+            users.retain(|user| !gone(user));
+        }
+        self.deadlines.retain(|(_, user)| !gone(user));
+    }
+
     /// The user sets their presence (`PUT /presence/{userId}/status`):
     /// the state and status message as given; online counts as activity.
     pub fn set(

@@ -1,22 +1,23 @@
-//! The [`PresenceWriter`]: one per instance listed in
-//! `stream_writers.presence`, owning the presence of the users sharded to
-//! it. A change worth telling takes a position from the stream's sequence,
+//! The [`PresenceWriter`]: one per instance with the `presence` role,
+//! owning the presence of the users whose shards it holds (`crate::shards`).
+//! A change worth telling takes a position from the stream's sequence,
 //! replaces the user's row in the same transaction, and is finished (woken
 //! here, published as `RDATA` to the others) with the rooms the user is in,
 //! which is whom it wakes. The timers run on [`CheckTimers`], told every
 //! [`TICK`] (Synapse checks its wheel timer every 5 s too).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use lattice_actors::{Actor, Context, Handler, Location, Mailbox};
+use lattice_actors::{Actor, Context, Handler, Mailbox};
 use serde_json::{json, Value};
 
 use super::state::{Change, Users};
 use super::{CheckTimers, PresenceWritten, SetPresence, UserSyncs, WriteError};
 use crate::roles::Mailboxes;
+use crate::shards::{shard_of, OWNERSHIP_REFRESH_WAIT, SHARD_COUNT};
 use crate::storage::{presence, StorageError, StorageResult};
 use crate::streams::presence::{PresenceRow, PresenceStatus, PRESENCE_STREAM};
 use crate::streams::writer::StreamWriter;
@@ -44,6 +45,9 @@ pub struct PresenceWriter {
     mailboxes: Arc<Mailboxes>,
     clock: Clock,
     users: Users,
+    /// The shards of the presence stream this writer holds, as
+    /// [`follow_ownership`](Self::follow_ownership) last saw.
+    held: HashSet<i32>,
     /// Changes whose write failed, written with the next write or tick.
     owed: BTreeMap<String, PresenceStatus>,
     rows_written: u64,
@@ -63,23 +67,65 @@ impl PresenceWriter {
             mailboxes,
             clock,
             users: Users::default(),
+            held: HashSet::new(),
             owed: BTreeMap::new(),
             rows_written: 0,
             writes_failed: 0,
         }
     }
 
-    /// Whether `user_id`'s presence is this writer's.
+    /// Whether `user_id`'s presence is this writer's: its shard was held
+    /// here when [`follow_ownership`](Self::follow_ownership) last looked.
     fn owns(&self, user_id: &str) -> bool {
-        matches!(
-            self.mailboxes.placement().locate(PRESENCE_STREAM, user_id),
-            Location::Local
-        )
+        self.held.contains(&shard_of(user_id))
+    }
+
+    /// Takes the users of the shards given to this writer since it last
+    /// looked (their stored presence, with its timers) and forgets those of
+    /// the shards it lost. What a user's old owner wrote last is what the
+    /// new one goes on from; a sync instance tells the new owner who syncs
+    /// with its next list.
+    async fn follow_ownership(&mut self) {
+        let Some(map) = self.mailboxes.shard_map(PRESENCE_STREAM) else {
+            return;
+        };
+        let held: HashSet<i32> = (0..SHARD_COUNT)
+            .filter(|shard| map.held_here(*shard).is_some())
+            .collect();
+        if held == self.held {
+            return;
+        }
+        let lost: HashSet<i32> = self.held.difference(&held).copied().collect();
+        let gained: HashSet<i32> = held.difference(&self.held).copied().collect();
+        if !lost.is_empty() {
+            self.users.forget(|user| lost.contains(&shard_of(user)));
+            self.owed.retain(|user, _| !lost.contains(&shard_of(user)));
+        }
+        if !gained.is_empty() {
+            let stored = match presence::all(&self.pool).await {
+                Ok(stored) => stored,
+                Err(error) => {
+                    // Looked at again with the next message or tick.
+                    tracing::warn!(error = %error, "presence: loading the users of new shards failed");
+                    self.held.retain(|shard| !lost.contains(shard));
+                    return;
+                }
+            };
+            let now = self.clock.now_ms();
+            for stored in stored {
+                if gained.contains(&shard_of(&stored.user_id)) {
+                    self.users.load(&stored.user_id, stored.status, now);
+                }
+            }
+        }
+        self.held = held;
     }
 
     /// Writes `changes` and whatever is owed; each user's position.
     async fn write(&mut self, changes: Vec<Change>) -> HashMap<String, i64> {
         self.owed.extend(changes);
+        self.owed
+            .retain(|user, _| self.held.contains(&shard_of(user)));
         if self.owed.is_empty() {
             return HashMap::new();
         }
@@ -102,6 +148,16 @@ impl PresenceWriter {
         let instance = self.writer.instance().to_owned();
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
+        // Only while this writer holds the users' shards (`crate::shards`).
+        if let Some(map) = self.mailboxes.shard_map(PRESENCE_STREAM) {
+            let held = map
+                .held_for(changes.iter().map(|(user, _)| user.as_str()))
+                .map_err(|shard| StorageError::Fenced {
+                    kind: PRESENCE_STREAM.to_owned(),
+                    shard,
+                })?;
+            crate::storage::shards::fence(&transaction, PRESENCE_STREAM, &instance, &held).await?;
+        }
         let positions = self.writer.allocate(&*transaction, changes.len()).await?;
         let result: StorageResult<Vec<(i64, PresenceRow)>> = async {
             let users: Vec<String> = changes.iter().map(|(user, _)| user.clone()).collect();
@@ -164,14 +220,9 @@ impl Actor for PresenceWriter {
             .reload(&self.pool)
             .await
             .map_err(|e| e.to_string())?;
-        let now = self.clock.now_ms();
-        let mut users = Users::default();
-        for stored in presence::all(&self.pool).await.map_err(|e| e.to_string())? {
-            if self.owns(&stored.user_id) {
-                users.load(&stored.user_id, stored.status, now);
-            }
-        }
-        self.users = users;
+        self.users = Users::default();
+        self.held.clear();
+        self.follow_ownership().await;
         Ok(())
     }
 
@@ -195,6 +246,16 @@ impl Handler<SetPresence> for PresenceWriter {
         _ctx: &mut Context,
     ) -> Result<Result<PresenceWritten, WriteError>, String> {
         let user_id = msg.user_id.to_string();
+        self.follow_ownership().await;
+        if !self.owns(&user_id) {
+            if let Some(map) = self.mailboxes.shard_map(PRESENCE_STREAM) {
+                map.refresh(OWNERSHIP_REFRESH_WAIT).await;
+            }
+            self.follow_ownership().await;
+            if !self.owns(&user_id) {
+                return Ok(Err(WriteError::NotOwner(shard_of(&user_id))));
+            }
+        }
         let now = self.clock.now_ms();
         let Some(change) = self.users.set(&user_id, msg.presence, msg.status_msg, now) else {
             return Ok(Ok(PresenceWritten {
@@ -217,28 +278,36 @@ impl Handler<SetPresence> for PresenceWriter {
 
 impl Handler<UserSyncs> for PresenceWriter {
     async fn handle(&mut self, msg: UserSyncs, _ctx: &mut Context) -> Result<(), String> {
+        self.follow_ownership().await;
         let now = self.clock.now_ms();
+        // Users whose shard is not held here are the owner's: their sync
+        // instance tells it with its next list.
         let started: Vec<_> = msg
             .started
             .into_iter()
             .map(|(user, state)| (user.to_string(), state))
+            .filter(|(user, _)| self.owns(user))
             .collect();
         let stopped: Vec<_> = msg
             .stopped
             .into_iter()
             .map(|(user, at)| (user.to_string(), at))
+            .filter(|(user, _)| self.owns(user))
             .collect();
         let syncing: Option<Vec<_>> = msg.syncing.map(|syncing| {
             syncing
                 .into_iter()
                 .map(|(user, state)| (user.to_string(), state))
+                .filter(|(user, _)| self.owns(user))
                 .collect()
         });
         let mut changes =
             self.users
                 .syncs(&msg.instance, &started, &stopped, syncing.as_deref(), now);
         for user_id in msg.active {
-            changes.extend(self.users.active(user_id.as_str(), now));
+            if self.owns(user_id.as_str()) {
+                changes.extend(self.users.active(user_id.as_str(), now));
+            }
         }
         self.write(changes).await;
         Ok(())
@@ -247,6 +316,7 @@ impl Handler<UserSyncs> for PresenceWriter {
 
 impl Handler<CheckTimers> for PresenceWriter {
     async fn handle(&mut self, _msg: CheckTimers, _ctx: &mut Context) -> Result<(), String> {
+        self.follow_ownership().await;
         let changes = self.users.expire(self.clock.now_ms());
         self.write(changes).await;
         Ok(())

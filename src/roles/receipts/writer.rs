@@ -6,6 +6,7 @@
 //! accepted and changes nothing, as in Synapse.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use lattice_actors::{Actor, Context, Handler};
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::{PutReceipt, ReceiptWritten};
 use crate::roles::WriteError;
+use crate::shards::ShardMap;
 use crate::storage::receipts::{self, Receipt};
 use crate::storage::{StorageError, StorageResult};
 use crate::streams::receipts::receipt_row;
@@ -84,6 +86,8 @@ impl Decider {
 
 pub struct ReceiptsWriter {
     pool: Pool,
+    /// Which rooms' shards this writer holds: it writes only those.
+    shards: Arc<ShardMap>,
     /// The receipts stream's writing end: positions, wake-ups, replication.
     writer: StreamWriter,
     receipts_stored: u64,
@@ -94,9 +98,10 @@ pub struct ReceiptsWriter {
 }
 
 impl ReceiptsWriter {
-    pub fn new(pool: Pool, writer: StreamWriter) -> ReceiptsWriter {
+    pub fn new(pool: Pool, writer: StreamWriter, shards: Arc<ShardMap>) -> ReceiptsWriter {
         ReceiptsWriter {
             pool,
+            shards,
             writer,
             receipts_stored: 0,
             receipts_unchanged: 0,
@@ -107,18 +112,28 @@ impl ReceiptsWriter {
     }
 
     /// Commits `requests` in one transaction; each gets its own answer.
+    /// Those of rooms whose shard is not held here are refused (`NotOwner`).
     async fn put(&mut self, requests: Vec<PutReceipt>) -> Vec<Result<ReceiptWritten, WriteError>> {
         self.batches += 1;
-        let count = requests.len();
-        match self.put_in_transaction(requests).await {
-            Ok(answers) => answers,
-            Err(error) => {
-                self.writes_failed += 1;
-                tracing::error!(error = %error, receipts = count, "receipts writer storage error");
-                let error = WriteError::Storage("the receipts could not be stored".into());
-                vec![Err(error); count]
-            }
-        }
+        let shards = self.shards.clone();
+        crate::roles::owned_only(
+            &shards,
+            requests,
+            |request| vec![request.room_id.to_string()],
+            |kept| async {
+                let count = kept.len();
+                match self.put_in_transaction(kept).await {
+                    Ok(answers) => answers,
+                    Err(error) => {
+                        if !matches!(error, StorageError::Fenced { .. }) {
+                            self.writes_failed += 1;
+                        }
+                        vec![Err(WriteError::from_storage(error, "the receipts")); count]
+                    }
+                }
+            },
+        )
+        .await
     }
 
     async fn put_in_transaction(
@@ -128,6 +143,9 @@ impl ReceiptsWriter {
         let instance = self.writer.instance().to_owned();
         let mut client = self.pool.get().await?;
         let transaction = client.transaction().await?;
+        self.shards
+            .fence(&transaction, requests.iter().map(|r| r.room_id.as_str()))
+            .await?;
         let mut decider = Decider::new();
         let mut decisions = Vec::with_capacity(requests.len());
         for request in requests {

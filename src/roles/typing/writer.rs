@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use super::rooms::TypingRooms;
 use super::timer::Clock;
 use super::{ExpireTyping, GetTypingRows, SetTyping, TypingWritten, WriteError};
+use crate::shards::ShardMap;
 use crate::streams::typing::{TypingReplica, TypingRow};
 use crate::streams::writer::StreamWriter;
 
@@ -25,6 +26,8 @@ pub struct TypingWriter {
     pool: Pool,
     writer: StreamWriter,
     replica: Arc<TypingReplica>,
+    /// Which rooms' shards this writer holds: it takes typing only there.
+    shards: Arc<ShardMap>,
     clock: Clock,
     rooms: TypingRooms,
     /// Rooms whose row is owed: changed, but their write failed. They are
@@ -41,6 +44,7 @@ impl TypingWriter {
         pool: Pool,
         writer: StreamWriter,
         replica: Arc<TypingReplica>,
+        shards: Arc<ShardMap>,
         clock: Clock,
         next_deadline: Arc<watch::Sender<Option<i64>>>,
     ) -> TypingWriter {
@@ -48,6 +52,7 @@ impl TypingWriter {
             pool,
             writer,
             replica,
+            shards,
             clock,
             rooms: TypingRooms::default(),
             owed: BTreeSet::new(),
@@ -140,8 +145,20 @@ impl Handler<SetTyping> for TypingWriter {
         msg: SetTyping,
         _ctx: &mut Context,
     ) -> Result<Result<TypingWritten, WriteError>, String> {
-        let now = self.clock.now_ms();
         let (room_id, user_id) = (msg.room_id.as_str(), msg.user_id.as_str());
+        // Typing lives in its room's owner's memory: a room that moved
+        // starts again with nobody typing there, as after a restart.
+        if let Some(shard) = self
+            .shards
+            .refusals(&[room_id])
+            .await
+            .into_iter()
+            .flatten()
+            .next()
+        {
+            return Ok(Err(WriteError::NotOwner(shard)));
+        }
+        let now = self.clock.now_ms();
         let changed = if msg.typing {
             let timeout = i64::try_from(msg.timeout_ms).unwrap_or(i64::MAX);
             self.rooms

@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use lattice_actors::Location;
 use ruma::presence::PresenceState;
 use ruma::OwnedUserId;
 use tokio::sync::Notify;
@@ -217,11 +216,13 @@ impl SyncingUsers {
     /// Sends `report` to the writers, each its own users (and each the full
     /// list, even empty, when it is one).
     fn tell(&self, report: Report) {
-        let placement = self.mailboxes.placement();
-        let local = placement.local_instance().to_owned();
-        let writer_of = |user: &str| match placement.locate(PRESENCE_STREAM, user) {
-            Location::Local => local.clone(),
-            Location::Remote(instance) => instance,
+        let local = self.mailboxes.placement().local_instance().to_owned();
+        // A user whose shard has no owner this moment is told of with the
+        // next full list, to whoever owns it then.
+        let writer_of = |user: &str| {
+            self.mailboxes
+                .owner_instance(PRESENCE_STREAM, user)
+                .unwrap_or_default()
         };
         let mut messages: HashMap<String, UserSyncs> = HashMap::new();
         let full = report.syncing.is_some();
@@ -233,7 +234,7 @@ impl SyncingUsers {
             active: Vec::new(),
         };
         if full {
-            for writer in self.mailboxes.instances(PRESENCE_STREAM) {
+            for writer in self.mailboxes.writers(PRESENCE_STREAM) {
                 messages.entry(writer).or_insert_with(blank);
             }
         }
@@ -280,6 +281,9 @@ impl SyncingUsers {
             }
         }
         for (writer, message) in messages {
+            if writer.is_empty() {
+                continue;
+            }
             let sent = self
                 .mailboxes
                 .on_instance::<UserSyncs>(PRESENCE_STREAM, &writer)
