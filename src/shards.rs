@@ -240,19 +240,6 @@ impl ShardMap {
         Ok(held)
     }
 
-    /// Like [`held_for`](Self::held_for), for a writer about to write:
-    /// a writer that was just given a shard may not have read so yet, so
-    /// the table is read once more before it refuses.
-    pub async fn hold<'a>(&self, keys: &[&'a str]) -> Result<Vec<(i32, i64)>, i32> {
-        match self.held_for(keys.iter().copied()) {
-            Ok(held) => Ok(held),
-            Err(_) => {
-                self.refresh(OWNERSHIP_REFRESH_WAIT).await;
-                self.held_for(keys.iter().copied())
-            }
-        }
-    }
-
     /// For a writer's batch, one key per request: the shard of each key not
     /// held here (None for those that are), after reading the table once
     /// more if any is not (a writer just given a shard may not know yet).
@@ -612,15 +599,8 @@ impl ShardLeases {
         if !to_hand_over.is_empty() {
             // Shown as ours no more before the first handover waits for
             // our transactions in flight: no new one starts meanwhile.
-            let mut handed = 0;
-            for (shard, epoch, to) in &to_hand_over {
-                if stored::hand_over(&self.pool, kind, *shard, &me, *epoch, to, now_ms())
-                    .await?
-                    .is_some()
-                {
-                    handed += 1;
-                }
-            }
+            let handed =
+                stored::hand_over_many(&self.pool, kind, &me, &to_hand_over, now_ms()).await?;
             tracing::info!(kind, shards = handed, "handed shards over to new members");
         }
         if to_claim.is_empty() && to_hand_over.is_empty() {
@@ -661,17 +641,15 @@ impl ShardLeases {
         let now = now_ms();
         let (members, leases) = stored::load(&self.pool, kind).await?;
         let others = self.timing.eligible(&members, now);
-        let mut handed = 0;
-        for lease in leases.iter().filter(|lease| lease.owner == me) {
-            if let Some(to) = desired_owner(kind, lease.shard, &others) {
-                if stored::hand_over(&self.pool, kind, lease.shard, &me, lease.epoch, to, now)
-                    .await?
-                    .is_some()
-                {
-                    handed += 1;
-                }
-            }
-        }
+        let moves: Vec<(i32, i64, String)> = leases
+            .iter()
+            .filter(|lease| lease.owner == me)
+            .filter_map(|lease| {
+                desired_owner(kind, lease.shard, &others)
+                    .map(|to| (lease.shard, lease.epoch, to.to_owned()))
+            })
+            .collect();
+        let handed = stored::hand_over_many(&self.pool, kind, &me, &moves, now).await?;
         tracing::info!(kind, shards = handed, "left: shards handed over");
         let (members, leases) = stored::load(&self.pool, kind).await?;
         self.map.replace(&members, &leases, now);

@@ -124,29 +124,40 @@ pub async fn claim(
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
-/// Gives `shard`, held by `from` at `epoch`, to `to` (a live member), with
-/// a new epoch. Waits for `from`'s write transactions on it in flight;
-/// answers the new epoch, or `None` if `from` no longer held it so.
-pub async fn hand_over(
+/// Gives each of `moves` (shard, the epoch `from` holds it at, the live
+/// member it goes to) to its member with a new epoch, in one statement: the
+/// rows are locked in shard order, as the fences lock them, each once
+/// `from`'s write transactions on it finished. Answers how many moved (a
+/// shard `from` no longer held so stays as it is).
+pub async fn hand_over_many(
     pool: &Pool,
     kind: &str,
-    shard: i32,
     from: &str,
-    epoch: i64,
-    to: &str,
+    moves: &[(i32, i64, String)],
     now: i64,
-) -> StorageResult<Option<i64>> {
-    let row = pool
+) -> StorageResult<u64> {
+    if moves.is_empty() {
+        return Ok(0);
+    }
+    let shards: Vec<i32> = moves.iter().map(|(shard, _, _)| *shard).collect();
+    let epochs: Vec<i64> = moves.iter().map(|(_, epoch, _)| *epoch).collect();
+    let owners: Vec<&str> = moves.iter().map(|(_, _, to)| to.as_str()).collect();
+    let moved = pool
         .get()
         .await?
-        .query_opt(
-            "UPDATE shard_leases SET owner = $5, epoch = epoch + 1, since_ts = $6, pinned = false
-             WHERE kind = $1 AND shard = $2 AND owner = $3 AND epoch = $4
-             RETURNING epoch",
-            &[&kind, &shard, &from, &epoch, &to, &now],
+        .execute(
+            "WITH locked AS (
+               SELECT shard FROM shard_leases
+               WHERE kind = $1 AND shard = ANY($3::int[]) ORDER BY shard FOR UPDATE)
+             UPDATE shard_leases l SET owner = h.owner, epoch = l.epoch + 1, since_ts = $6,
+               pinned = false
+             FROM unnest($3::int[], $4::bigint[], $5::text[]) AS h (shard, epoch, owner), locked
+             WHERE l.kind = $1 AND l.shard = h.shard AND locked.shard = h.shard
+               AND l.owner = $2 AND l.epoch = h.epoch",
+            &[&kind, &from, &shards, &epochs, &owners, &now],
         )
         .await?;
-    Ok(row.map(|row| row.get(0)))
+    Ok(moved)
 }
 
 /// Moves `shard` to `to`, whoever holds it, and pins it there (an

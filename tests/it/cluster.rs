@@ -151,6 +151,9 @@ impl TestCluster {
                         "stream_writers.events",
                         vec!["events1"],
                     ))
+                    // Shards move to the second writer of each stream as
+                    // it starts: within a beat or two.
+                    .merge(Serialized::default("shards.heartbeat_ms", 200))
                     .merge(Serialized::default(
                         "instance_map.events1",
                         json!({ "host": "127.0.0.1", "port": 1 }),
@@ -221,6 +224,7 @@ impl TestCluster {
                 cluster.sync_node = 2;
                 // The `main` node is the one clients talk to by default.
                 cluster.nodes.swap(0, 1);
+                cluster.wait_for_writers_shares().await;
             }
             Ok("monolith") | Err(_) => {
                 cluster
@@ -230,6 +234,38 @@ impl TestCluster {
             Ok(other) => panic!("LATTICE_TEST_TOPOLOGY must be monolith or split, not {other}"),
         }
         cluster
+    }
+
+    /// Waits until, as `main` reads the shard table, every stream with two
+    /// writers has both owning shards, so that tests do not start while
+    /// shards are being handed to the writer that started last.
+    async fn wait_for_writers_shares(&self) {
+        let give_up = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let settled = self
+                .on_node("main", |node| async move {
+                    lattice::shards::STREAM_KINDS.iter().all(|kind| {
+                        let writers = node.config.stream_writers(kind);
+                        node.shard_map(kind).is_some_and(|map| {
+                            let counts = map.counts();
+                            counts.iter().map(|(_, n)| n).sum::<usize>()
+                                == lattice::shards::SHARD_COUNT as usize
+                                && writers
+                                    .iter()
+                                    .all(|writer| counts.iter().any(|(owner, _)| owner == writer))
+                        })
+                    })
+                })
+                .await;
+            if settled {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the stream writers never shared their shards"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// A client talking to each node in turn (on the monolith, just one).

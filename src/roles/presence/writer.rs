@@ -150,13 +150,8 @@ impl PresenceWriter {
         let transaction = client.transaction().await?;
         // Only while this writer holds the users' shards (`crate::shards`).
         if let Some(map) = self.mailboxes.shard_map(PRESENCE_STREAM) {
-            let held = map
-                .held_for(changes.iter().map(|(user, _)| user.as_str()))
-                .map_err(|shard| StorageError::Fenced {
-                    kind: PRESENCE_STREAM.to_owned(),
-                    shard,
-                })?;
-            crate::storage::shards::fence(&transaction, PRESENCE_STREAM, &instance, &held).await?;
+            map.fence(&transaction, changes.iter().map(|(user, _)| user.as_str()))
+                .await?;
         }
         let positions = self.writer.allocate(&*transaction, changes.len()).await?;
         let result: StorageResult<Vec<(i64, PresenceRow)>> = async {
