@@ -33,6 +33,7 @@ use crate::streams::registry::{self, RegisteredStream, Streams};
 use crate::streams::replication::{
     PositionedStream, Publisher, ReplicatedStream, Replication, ReplicationConfig, ReplicationStats,
 };
+use crate::streams::gone;
 use crate::streams::stall::StallWatchdog;
 use crate::streams::writer::StreamWriter;
 
@@ -232,70 +233,6 @@ async fn clean_up(pool: Pool, duties: Arc<ShardMap>) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "deleted old request ids"),
             Err(error) => tracing::warn!(error = %error, "deleting old request ids failed"),
-        }
-    }
-}
-
-/// On every read of the shard table of a stream's writers (`shards`),
-/// makes each new member a writer of the stream here (its position holds
-/// the floor from then on), and moves each one that can write no more
-/// (stopped, dead and its shards taken, or listed but never started) to the
-/// end of the stream, reading back what it committed but never announced.
-/// Without it, a gone writer's last position would be the floor of every
-/// token for ever: `/sync` would stop at the first id a rolled-back
-/// transaction left unused.
-async fn settle_gone_writers(
-    node: Node,
-    shards: Arc<ShardMap>,
-    replication: Arc<Replication>,
-    every: Duration,
-) {
-    let kind = shards.kind();
-    let Some(stream) = node.streams.get(kind).cloned() else {
-        return;
-    };
-    let Some(sequence) = registry::spec(kind).map(|spec| spec.sequence) else {
-        return;
-    };
-    loop {
-        shards.refreshed(every).await;
-        let live = shards.live_members();
-        // A writer that joined: its position is held from now on, before
-        // it may own a shard (`ShardLeases` makes it wait for that).
-        for member in &live {
-            if member != &node.instance_name {
-                stream.update(|positions| positions.add_writer(member));
-            }
-        }
-        let writers = stream.read(|positions| positions.writers().to_vec());
-        let owners = shards.counts();
-        let gone = writers.iter().filter(|writer| {
-            **writer != node.instance_name
-                && !live.contains(writer)
-                && !owners.iter().any(|(owner, _)| owner == *writer)
-        });
-        for writer in gone {
-            let settled = async {
-                let position = storage::shards::final_position(
-                    &node.pool,
-                    kind,
-                    writer,
-                    sequence,
-                    crate::util::now_ms(),
-                )
-                .await
-                .map_err(|error| error.to_string())?;
-                if let Some(position) = position {
-                    replication
-                        .writer_gone(kind, writer, position)
-                        .await
-                        .map_err(|error| error.to_string())?;
-                }
-                Ok::<_, String>(())
-            };
-            if let Err(error) = settled.await {
-                tracing::warn!(stream = kind, writer = %writer, error = %error, "could not settle a gone writer");
-            }
         }
     }
 }
@@ -688,8 +625,13 @@ impl Node {
                 if kind.map.kind() == BACKGROUND_KIND {
                     continue;
                 }
-                tasks.push(tokio::spawn(settle_gone_writers(
-                    node.clone(),
+                let Some(stream) = node.streams.get(kind.map.kind()).cloned() else {
+                    continue;
+                };
+                tasks.push(tokio::spawn(gone::settle_gone_writers(
+                    node.instance_name.clone(),
+                    node.pool.clone(),
+                    stream,
                     kind.map.clone(),
                     replication.clone(),
                     beat_every,
@@ -708,11 +650,6 @@ impl Node {
                 instance_name,
                 node.pool.clone(),
                 Duration::from_millis(node.config.replication.stall_check_ms.max(1)),
-                node.leased
-                    .iter()
-                    .filter(|kind| kind.map.kind() != BACKGROUND_KIND)
-                    .map(|kind| kind.map.clone())
-                    .collect(),
             );
             tasks.push(tokio::spawn(watchdog.run()));
         }

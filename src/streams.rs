@@ -3,9 +3,9 @@
 //! generator; the [`writer`] every stream's writer uses; the [`follower`]
 //! that processes a stream in order from a stored checkpoint; the tokens clients
 //! hold; the notifier that wakes long-polls when a stream advances;
-//! replication, which carries rows and positions between instances; and the
+//! replication, which carries rows and positions between instances; the
 //! [`stall`] watchdog, which reads back from PostgreSQL what replication
-//! failed to bring.
+//! failed to bring; and the settling of writers that are [`gone`].
 
 pub mod account_data;
 pub mod caches;
@@ -13,6 +13,7 @@ pub mod change_cache;
 pub mod device_lists;
 pub mod events;
 pub mod follower;
+pub mod gone;
 pub mod id_gen;
 pub mod notifier;
 pub mod presence;

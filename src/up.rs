@@ -15,6 +15,7 @@
 pub mod nginx;
 pub mod topology;
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -91,42 +92,25 @@ pub fn routes(args: RoutesArgs) -> Result<(), UpError> {
     Ok(())
 }
 
-/// `lattice up`: runs the topology until Ctrl-C or SIGTERM.
+/// `lattice up`: runs the topology until Ctrl-C or SIGTERM; SIGHUP reads
+/// the topology file again and applies it (see [`Fleet::apply`]).
 pub fn run(args: UpArgs) -> Result<(), UpError> {
-    let topology = Topology::load(&args.topology)?;
-    let config = topology.homeserver_config()?;
-    let mistakes = topology.check_against(&config);
-    if !mistakes.is_empty() {
-        return Err(TopologyError::Mistakes(mistakes).into());
-    }
-    let program = std::env::current_exe()?;
-    let inherited: Vec<String> = std::env::vars_os()
-        .filter_map(|(name, _)| name.into_string().ok())
-        .collect();
-    let children: Vec<ChildSpec> = topology
-        .instances
-        .iter()
-        .map(|instance| ChildSpec::new(&topology, instance, &program, &inherited))
-        .collect();
+    let source = TopologySource {
+        path: args.topology.clone(),
+        program: std::env::current_exe()?,
+        inherited: std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .collect(),
+    };
+    let children = source.children()?;
     if args.check {
         for child in &children {
             println!("{}", child.command_line());
         }
         return Ok(());
     }
-    for instance in &topology.instances {
-        // Only a hint: the port may be taken between this check and the
-        // child's bind, and the child then fails and is restarted.
-        if let Err(error) = TcpListener::bind(instance.listen) {
-            return Err(std::io::Error::new(
-                error.kind(),
-                format!(
-                    "topology: key `instances.{}.listen`: cannot listen on {}: {error}",
-                    instance.name, instance.listen
-                ),
-            )
-            .into());
-        }
+    for child in &children {
+        child.check_listen()?;
     }
     init_logging();
     let grace = Duration::from_secs(args.grace_period);
@@ -134,7 +118,33 @@ pub fn run(args: UpArgs) -> Result<(), UpError> {
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(supervise_all(children, grace))
+        .block_on(supervise_all(source, children, grace))
+}
+
+/// Where `up` reads its topology, on start and on SIGHUP.
+struct TopologySource {
+    path: PathBuf,
+    program: PathBuf,
+    /// The names of the environment variables `up` was started with.
+    inherited: Vec<String>,
+}
+
+impl TopologySource {
+    /// The topology's instances as children, once it is checked against
+    /// the homeserver configuration.
+    fn children(&self) -> Result<Vec<ChildSpec>, UpError> {
+        let topology = Topology::load(&self.path)?;
+        let config = topology.homeserver_config()?;
+        let mistakes = topology.check_against(&config);
+        if !mistakes.is_empty() {
+            return Err(TopologyError::Mistakes(mistakes).into());
+        }
+        Ok(topology
+            .instances
+            .iter()
+            .map(|instance| ChildSpec::new(&topology, instance, &self.program, &self.inherited))
+            .collect())
+    }
 }
 
 /// What `up` is asking its children to do.
@@ -156,6 +166,8 @@ struct ChildSpec {
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Where it listens (also in `env`).
+    listen: String,
 }
 
 impl ChildSpec {
@@ -188,6 +200,31 @@ impl ChildSpec {
             program: program.to_owned(),
             args,
             env: topology.child_env(instance, inherited),
+            listen: instance.listen.to_string(),
+        }
+    }
+
+    /// What makes the running process this instance: its command line
+    /// (name and roles) and its address. A child whose identity changed is
+    /// restarted; one whose settings alone changed gets them at its next
+    /// start.
+    fn identity(&self) -> (&PathBuf, &[String], &str) {
+        (&self.program, &self.args, &self.listen)
+    }
+
+    /// Only a hint: the port may be taken between this check and the
+    /// child's bind, and the child then fails and is restarted.
+    fn check_listen(&self) -> Result<(), UpError> {
+        match TcpListener::bind(&self.listen) {
+            Ok(_) => Ok(()),
+            Err(error) => Err(std::io::Error::new(
+                error.kind(),
+                format!(
+                    "topology: key `instances.{}.listen`: cannot listen on {}: {error}",
+                    self.name, self.listen
+                ),
+            )
+            .into()),
         }
     }
 
@@ -274,41 +311,174 @@ fn init_logging() {
         .try_init();
 }
 
-async fn supervise_all(children: Vec<ChildSpec>, grace: Duration) -> Result<(), UpError> {
+async fn supervise_all(
+    source: TopologySource,
+    children: Vec<ChildSpec>,
+    grace: Duration,
+) -> Result<(), UpError> {
     let mut signals = Signals::new()?;
-    let (stop, stop_receiver) = watch::channel(Stop::Running);
-    let mut tasks = tokio::task::JoinSet::new();
-    for child in children {
-        tasks.spawn(supervise(child, stop_receiver.clone(), grace));
+    let mut fleet = Fleet::new(grace);
+    fleet.apply(children);
+    loop {
+        match signals.next().await {
+            Signal::Reload => {
+                tracing::info!(topology = %source.path.display(), "reading the topology again");
+                match source.children() {
+                    Ok(children) => fleet.apply(children),
+                    Err(error) => {
+                        tracing::error!("the topology was not applied, every instance runs on: {error}")
+                    }
+                }
+            }
+            Signal::Stop => break,
+        }
     }
-    signals.next().await;
     tracing::info!(
         grace_seconds = grace.as_secs(),
         "stopping every instance (Ctrl-C again kills them)"
     );
-    stop.send_replace(Stop::Terminate);
-    let all_stopped = async { while tasks.join_next().await.is_some() {} };
-    tokio::pin!(all_stopped);
-    tokio::select! {
-        _ = &mut all_stopped => {}
-        _ = signals.next() => {
+    fleet.stop(Stop::Terminate);
+    loop {
+        let kill = tokio::select! {
+            _ = fleet.all_stopped() => break,
+            signal = signals.next() => signal == Signal::Stop,
+        };
+        if kill {
             tracing::warn!("killing every instance");
-            stop.send_replace(Stop::Kill);
-            all_stopped.await;
+            fleet.stop(Stop::Kill);
+            fleet.all_stopped().await;
+            break;
         }
     }
     tracing::info!("every instance stopped");
     Ok(())
 }
 
-/// Runs one instance until told to stop, restarting it when it exits.
-async fn supervise(child: ChildSpec, mut stop: watch::Receiver<Stop>, grace: Duration) {
+/// The children `up` runs, each supervised by a task of its own.
+struct Fleet {
+    grace: Duration,
+    tasks: tokio::task::JoinSet<()>,
+    /// The instances of the topology as last applied, by name.
+    running: BTreeMap<String, Supervised>,
+    /// Instances removed from the topology, stopping or stopped.
+    removed: Vec<watch::Sender<Stop>>,
+}
+
+/// What `up` keeps of one supervised child.
+struct Supervised {
+    /// How to start it: replaced when the topology changes.
+    spec: watch::Sender<ChildSpec>,
+    stop: watch::Sender<Stop>,
+}
+
+impl Fleet {
+    fn new(grace: Duration) -> Fleet {
+        Fleet {
+            grace,
+            tasks: tokio::task::JoinSet::new(),
+            running: BTreeMap::new(),
+            removed: Vec::new(),
+        }
+    }
+
+    /// Makes the running children those of `children`, touching no other:
+    /// a new instance is started, one no longer there is stopped (SIGTERM,
+    /// so it hands its shards over first), one whose roles or address
+    /// changed is restarted, and one whose settings alone changed runs on
+    /// and gets them at its next start (the others learn of a new writer
+    /// through the shard table, not their settings).
+    fn apply(&mut self, children: Vec<ChildSpec>) {
+        let names: Vec<String> = children.iter().map(|child| child.name.clone()).collect();
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|name| !names.contains(name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(supervised) = self.running.remove(&name) {
+                tracing::info!(instance = %name, "removed from the topology; stopping it");
+                supervised.stop.send_replace(Stop::Terminate);
+                self.removed.push(supervised.stop);
+            }
+        }
+        for child in children {
+            match self.running.get(&child.name) {
+                None => {
+                    if !self.running.is_empty() {
+                        if let Err(error) = child.check_listen() {
+                            tracing::warn!("{error}; starting it all the same");
+                        }
+                        tracing::info!(instance = %child.name, "added to the topology; starting it");
+                    }
+                    let name = child.name.clone();
+                    let (spec, spec_receiver) = watch::channel(child);
+                    let (stop, stop_receiver) = watch::channel(Stop::Running);
+                    self.tasks
+                        .spawn(supervise(spec_receiver, stop_receiver, self.grace));
+                    self.running.insert(name, Supervised { spec, stop });
+                }
+                Some(supervised) => {
+                    let changed = {
+                        let current = supervised.spec.borrow();
+                        if current.identity() != child.identity() {
+                            Some(true)
+                        } else {
+                            (current.env != child.env || current.label != child.label)
+                                .then_some(false)
+                        }
+                    };
+                    match changed {
+                        Some(true) => tracing::info!(instance = %child.name, "its roles or address changed; restarting it"),
+                        Some(false) => tracing::info!(instance = %child.name, "its settings changed; they apply when it next starts"),
+                        None => continue,
+                    }
+                    supervised.spec.send_replace(child);
+                }
+            }
+        }
+    }
+
+    /// Asks every child, running or removed, to stop.
+    fn stop(&self, how: Stop) {
+        for stop in self
+            .running
+            .values()
+            .map(|supervised| &supervised.stop)
+            .chain(&self.removed)
+        {
+            stop.send_replace(how);
+        }
+    }
+
+    async fn all_stopped(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// How one run of a child ended.
+enum Ended {
+    Exited(std::io::Result<ExitStatus>),
+    /// Told to stop: the supervisor ends.
+    Stopped,
+    /// Its roles or address changed: start it again at once.
+    Changed,
+}
+
+/// Runs one instance until told to stop, restarting it when it exits or
+/// when its roles or address change.
+async fn supervise(
+    mut spec: watch::Receiver<ChildSpec>,
+    mut stop: watch::Receiver<Stop>,
+    grace: Duration,
+) {
     let mut backoff = Backoff::new(RESTART_BACKOFF);
     let mut restarts = 0u64;
     loop {
         if *stop.borrow() != Stop::Running {
             return;
         }
+        let child = spec.borrow_and_update().clone();
         let started = Instant::now();
         let outcome = match child.spawn() {
             Ok(mut process) => {
@@ -317,15 +487,30 @@ async fn supervise(child: ChildSpec, mut stop: watch::Receiver<Stop>, grace: Dur
                     pid = process.id().unwrap_or_default(),
                     "started"
                 );
-                let exited = tokio::select! {
-                    status = process.wait() => Some(status),
-                    _ = stop.wait_for(|s| *s != Stop::Running) => None,
+                let ended = loop {
+                    tokio::select! {
+                        status = process.wait() => break Ended::Exited(status),
+                        _ = stop.wait_for(|s| *s != Stop::Running) => break Ended::Stopped,
+                        changed = spec.changed() => {
+                            if changed.is_err() {
+                                break Ended::Stopped;
+                            }
+                            if spec.borrow().identity() != child.identity() {
+                                break Ended::Changed;
+                            }
+                        }
+                    }
                 };
-                match exited {
-                    Some(status) => status.map(|s| s.to_string()),
-                    None => {
+                match ended {
+                    Ended::Exited(status) => status.map(|s| s.to_string()),
+                    Ended::Stopped => {
                         terminate(&child.name, &mut process, &mut stop, grace).await;
                         return;
+                    }
+                    Ended::Changed => {
+                        terminate(&child.name, &mut process, &mut stop, grace).await;
+                        backoff = Backoff::new(RESTART_BACKOFF);
+                        continue;
                     }
                 }
             }
@@ -354,6 +539,8 @@ async fn supervise(child: ChildSpec, mut stop: watch::Receiver<Stop>, grace: Dur
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(|s| *s != Stop::Running) => return,
+            // Changed while waiting to restart: start the new one now.
+            _ = spec.wait_for(|new| new.identity() != child.identity()) => {}
         }
     }
 }
@@ -365,7 +552,7 @@ async fn terminate(
     stop: &mut watch::Receiver<Stop>,
     grace: Duration,
 ) {
-    if *stop.borrow() == Stop::Terminate {
+    if *stop.borrow() != Stop::Kill {
         if let Some(pid) = process.id() {
             let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
             if let Err(error) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
@@ -394,10 +581,20 @@ fn log_stopped(name: &str, status: std::io::Result<ExitStatus>) {
     }
 }
 
-/// Ctrl-C and SIGTERM, as one stream of "stop" requests.
+/// What a signal asks of `up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// Ctrl-C or SIGTERM.
+    Stop,
+    /// SIGHUP: apply the topology file again.
+    Reload,
+}
+
+/// Ctrl-C, SIGTERM and SIGHUP, as one stream of requests.
 struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -406,13 +603,15 @@ impl Signals {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn next(&mut self) {
+    async fn next(&mut self) -> Signal {
         tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => Signal::Stop,
+            _ = self.terminate.recv() => Signal::Stop,
+            _ = self.hangup.recv() => Signal::Reload,
         }
     }
 }
@@ -452,6 +651,7 @@ mod tests {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), script],
             env: vec![],
+            listen: "127.0.0.1:0".into(),
         }
     }
 
@@ -466,7 +666,8 @@ mod tests {
             ready.display()
         ));
         let (stop, receiver) = watch::channel(Stop::Running);
-        let task = tokio::spawn(supervise(child, receiver, Duration::from_millis(300)));
+        let (_spec, spec) = watch::channel(child);
+        let task = tokio::spawn(supervise(spec, receiver, Duration::from_millis(300)));
         for _ in 0..500 {
             if ready.exists() {
                 break;
@@ -500,7 +701,8 @@ mod tests {
         );
         let child = fake_child(script);
         let (stop, receiver) = watch::channel(Stop::Running);
-        let task = tokio::spawn(supervise(child, receiver, Duration::from_secs(5)));
+        let (_spec, spec) = watch::channel(child);
+        let task = tokio::spawn(supervise(spec, receiver, Duration::from_secs(5)));
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::fs::read_to_string(&starts).map_or(0, |s| s.lines().count()) < 2 {
             assert!(Instant::now() < deadline, "the child was not restarted");
@@ -511,6 +713,89 @@ mod tests {
             .await
             .expect("stopped within the grace period")
             .expect("the supervisor task ended normally");
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+
+    /// Applying a changed topology starts the added instance, stops the
+    /// removed one, restarts the one whose command changed, and leaves the
+    /// one whose settings alone changed running.
+    #[tokio::test]
+    async fn a_changed_topology_touches_only_the_instances_that_changed() {
+        let directory =
+            std::env::temp_dir().join(format!("lattice-up-apply-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        std::fs::create_dir_all(&directory).expect("temp dir");
+        // Each child appends its name and its first argument to `starts`
+        // when it starts, and to `stops` when SIGTERM ends it.
+        let child = |name: &str, word: &str, setting: &str| {
+            let script = format!(
+                "echo {name}-$0 >> {starts}; trap 'echo {name}-$0 >> {stops}; exit 0' TERM; \
+                 while true; do sleep 0.05; done",
+                starts = directory.join("starts").display(),
+                stops = directory.join("stops").display(),
+            );
+            ChildSpec {
+                name: name.into(),
+                label: name.into(),
+                program: "/bin/sh".into(),
+                args: vec!["-c".into(), script, word.into()],
+                env: vec![("LATTICE__SETTING".into(), setting.into())],
+                listen: "127.0.0.1:0".into(),
+            }
+        };
+        let lines = |file: &str| -> Vec<String> {
+            let mut lines: Vec<String> = std::fs::read_to_string(directory.join(file))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            lines.sort();
+            lines
+        };
+        let wait_for = |file: &'static str, expected: Vec<&'static str>| {
+            let lines = &lines;
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while lines(file) != expected {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{file}: {:?}, expected {expected:?}",
+                        lines(file)
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let mut fleet = Fleet::new(Duration::from_secs(5));
+        fleet.apply(vec![
+            child("kept", "one", "a"),
+            child("moved", "one", "a"),
+            child("dropped", "one", "a"),
+        ]);
+        wait_for("starts", vec!["dropped-one", "kept-one", "moved-one"]).await;
+        fleet.apply(vec![
+            child("kept", "one", "b"),
+            child("moved", "two", "b"),
+            child("added", "one", "b"),
+        ]);
+        wait_for(
+            "starts",
+            vec!["added-one", "dropped-one", "kept-one", "moved-one", "moved-two"],
+        )
+        .await;
+        wait_for("stops", vec!["dropped-one", "moved-one"]).await;
+        // The one whose setting changed still runs its first process.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(lines("starts").iter().filter(|l| l.starts_with("kept")).count(), 1);
+        fleet.stop(Stop::Terminate);
+        tokio::time::timeout(Duration::from_secs(10), fleet.all_stopped())
+            .await
+            .expect("every child stopped");
+        wait_for(
+            "stops",
+            vec!["added-one", "dropped-one", "kept-one", "moved-one", "moved-two"],
+        )
+        .await;
         let _ = std::fs::remove_dir_all(&directory);
     }
 }

@@ -398,15 +398,13 @@ mod tests {
             !listener.wait(Duration::from_millis(10)).await,
             "!c's row at 5 cannot be read yet: its waiters sleep on"
         );
-        // w2 is gone: a position is claimed for it, never beyond what was
-        // seen.
-        assert_eq!(replicated.highest_seen(), 5);
-        assert!(replicated.release("w2", 9).await);
+        // w2 is gone: it wrote nothing more than what PostgreSQL has (up
+        // to 5, the sequence); settled there, it holds back nobody.
+        replicated.on_writer_gone("w2", 5).await.expect("settled");
         assert_eq!(replicated.heard_from("w2"), 5);
         assert_eq!(stream.persisted_upto(), 5);
         assert!(listener.wait(Duration::from_secs(1)).await, "now they wake");
-        assert!(!replicated.release("w2", 5).await);
-        assert!(!replicated.release("w3", 5).await);
+        assert_eq!(stats.applied.load(Ordering::Relaxed), 0, "nothing applied twice");
     }
 
     #[test]
@@ -707,20 +705,6 @@ pub trait ReplicatedStream: Send + Sync {
         writer: &'a str,
         upto: i64,
     ) -> BoxFuture<'a, Result<bool, StreamError>>;
-
-    /// The highest position this instance has seen any writer reach.
-    fn highest_seen(&self) -> i64 {
-        0
-    }
-
-    /// `writer` is gone and can write nothing more (a fenced shard owner
-    /// whose shards were all taken): claim `upto` for it (at most the
-    /// [`highest_seen`](Self::highest_seen) position), so that it does not
-    /// hold back the stream, as its own idle claim would. True when its
-    /// position moved.
-    fn release<'a>(&'a self, _writer: &'a str, _upto: i64) -> BoxFuture<'a, bool> {
-        Box::pin(async { false })
-    }
 }
 
 /// A stream of the registry as replication drives it: rows of a writer are
@@ -932,34 +916,6 @@ impl ReplicatedStream for PositionedStream {
             }
             let _applying = self.applying.lock().await;
             self.read_back(writer, upto).await
-        })
-    }
-
-    fn highest_seen(&self) -> i64 {
-        self.positions().read(|p| p.max_seen_allocated())
-    }
-
-    /// Every row `writer` wrote was read back already, and it cannot
-    /// allocate at or below a position seen before it was gone again (a
-    /// writer that starts takes the sequence's last value).
-    fn release<'a>(&'a self, writer: &'a str, upto: i64) -> BoxFuture<'a, bool> {
-        Box::pin(async move {
-            if !self.is_other_writer(writer) {
-                return false;
-            }
-            let _applying = self.applying.lock().await;
-            self.positions().update(|p| {
-                let claim = upto.min(p.max_seen_allocated());
-                if claim > p.heard_from(writer) {
-                    // Not `advance`: `claim` is no id this writer persisted
-                    // (on a persister it may be one of its own in flight),
-                    // so it must not join the run of persisted ids.
-                    p.settle(writer, claim);
-                    true
-                } else {
-                    false
-                }
-            })
         })
     }
 }

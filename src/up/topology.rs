@@ -320,7 +320,8 @@ impl Topology {
 
     /// Where the topology and the homeserver configuration disagree: every
     /// writer and duty the config names must be an instance with that role,
-    /// and every instance with the role must be named; `instance_map` must
+    /// and every instance with the pusher or federation sender role must be
+    /// named (the others join by shard lease); `instance_map` must
     /// say where the instances listen; a topology of several instances needs
     /// Redis and a `replication_secret`.
     pub fn check_against(&self, config: &Config) -> Vec<Mistake> {
@@ -336,6 +337,7 @@ impl Topology {
                 role,
                 config.stream_writers.contains_key(stream),
                 &config.stream_writers(stream),
+                Listing::MayOmit,
             );
         }
         for (key, role, instances) in [
@@ -351,7 +353,14 @@ impl Topology {
             } else {
                 instances.clone()
             };
-            self.check_duty(&mut mistakes, key, role, !instances.is_empty(), &named);
+            self.check_duty(
+                &mut mistakes,
+                key,
+                role,
+                !instances.is_empty(),
+                &named,
+                Listing::Complete,
+            );
         }
         let background = config
             .run_background_tasks_on
@@ -363,6 +372,7 @@ impl Topology {
             Role::Background,
             config.run_background_tasks_on.is_some(),
             &[background],
+            Listing::MayOmit,
         );
         self.check_instance_map(&mut mistakes, config);
         if self.instances.len() > 1 && config.redis.url.is_none() {
@@ -393,7 +403,8 @@ impl Topology {
         mistakes
     }
 
-    /// `named` (from config `key`) must be exactly the instances with `role`.
+    /// Every instance `named` (from config `key`) must have `role`; with
+    /// [`Listing::Complete`], every instance with `role` must be named too.
     fn check_duty(
         &self,
         mistakes: &mut Vec<Mistake>,
@@ -401,6 +412,7 @@ impl Topology {
         role: Role,
         configured: bool,
         named: &[String],
+        listing: Listing,
     ) {
         let role_name = role.name();
         for name in named {
@@ -424,6 +436,9 @@ impl Topology {
                 )),
                 Some(_) => {}
             }
+        }
+        if listing == Listing::MayOmit {
+            return;
         }
         for instance in self.instances_with(role) {
             if !named.contains(&instance.name) {
@@ -524,6 +539,20 @@ impl Topology {
         env.push((format!("{ENV_PREFIX}LISTEN"), instance.listen.to_string()));
         env
     }
+}
+
+/// Whether a key naming the instances that do a role's work must name all
+/// of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    /// The work is placed by the key alone (pushers, federation senders).
+    Complete,
+    /// The work is spread by shard leases over every instance with the
+    /// role (`crate::shards`): the stream writers and the background
+    /// duties. An instance with the role that the key leaves out joins as
+    /// a member once everyone has seen it; the key only lets the ones it
+    /// names own shards from their first heartbeat.
+    MayOmit,
 }
 
 fn known_roles() -> String {
@@ -813,8 +842,8 @@ instances:
                 "homeserver config: key `stream_writers.events`: `main` does not have the `events` role in the topology",
             ),
             (
-                writers("events", &["main"]),
-                "homeserver config: key `stream_writers.events`: `events1` has the `events` role in the topology but is not listed",
+                pushers.clone(),
+                "homeserver config: key `pusher_instances`: `main` has the `pusher` role in the topology but is not listed",
             ),
             (
                 pushers,
@@ -829,6 +858,30 @@ instances:
                 "homeserver config: key `federation_sender_instances`: `ghost` is not an instance of the topology",
             ),
         ];
+        // A writer or background instance the key leaves out joins by lease.
+        let grown = parse(
+            &(split()
+                .replace(
+                    "    sync2: { host: 127.0.0.1, port: 8011 }\n",
+                    "    sync2: { host: 127.0.0.1, port: 8011 }\n    events2: { host: 127.0.0.1, port: 8012 }\n",
+                )
+                .replace("roles: [sync]", "roles: [sync, background]")
+                + "  - { name: events2, roles: [events], listen: \"127.0.0.1:8012\" }\n"),
+        )
+        .expect("valid");
+        assert_eq!(grown.instances_with(Role::Events).count(), 2);
+        assert_eq!(grown.instances_with(Role::Background).count(), 2);
+        for omitted in ["stream_writers.events", "run_background_tasks_on"] {
+            let lines: Vec<String> = grown
+                .check_against(&config_of(&grown))
+                .iter()
+                .map(Mistake::to_string)
+                .collect();
+            assert!(
+                !lines.iter().any(|line| line.contains(omitted)),
+                "{omitted}: {lines:#?}"
+            );
+        }
         for (config, expected) in cases {
             let lines: Vec<String> = topology
                 .check_against(&config)
