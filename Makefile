@@ -79,7 +79,7 @@ test: clients-deps services
 	LATTICE_CLIENTS_NO_BUILD=1 $(CLIENTS)/run.sh || rc=1; \
 	echo "==> .ci/clients-split.sh (the same client tests against lattice up --topology config/split.yaml)"; \
 	LATTICE_CLIENTS_NO_BUILD=1 .ci/clients-split.sh || rc=1; \
-	echo "==> .ci/chaos.py --short (config/sharded.yaml under bench traffic; a persister, the client instance and Redis killed)"; \
+	echo "==> .ci/chaos.py --short (config/sharded.yaml under bench traffic; a persister, the client instance, a writer of the other streams and Redis killed)"; \
 	python3 .ci/chaos.py --short --bin $(TARGET_DIR)/debug/lattice || rc=1; \
 	if [[ $$rc != 0 ]]; then echo "make test: FAILED" >&2; fi; \
 	exit $$rc
@@ -96,7 +96,8 @@ clients-split: clients-deps
 
 # The fault-injection run (README "Live shards"): config/sharded.yaml on a PostgreSQL and a
 # Redis of its own under `lattice bench chat`, each persister, the sync instance, the
-# client instance, Redis and PostgreSQL killed in turn; `make test` runs its short form.
+# client instance, each writer of the other streams, Redis and PostgreSQL killed in turn;
+# `make test` runs its short form.
 chaos:
 	python3 .ci/chaos.py
 

@@ -1,25 +1,30 @@
 #!/usr/bin/env python3
 """`make chaos` (issue 17): the sharded sample topology (config/sharded.yaml: main,
-events1, events2, sync2) under `lattice up`, with a PostgreSQL and a Redis of its own,
-carries `lattice bench chat` traffic (every send retried with the same transaction id
-for up to a minute, as a patient client does) while this script kills, in turn, with
-SIGKILL: an event persister, the sync instance, the instance serving the client API
-(which also runs the background duties and the other writers), the other event
-persister, Redis (then started again) and PostgreSQL (then started again). `lattice up`
+events1, events2, sync2, writers1, writers2) under `lattice up`, with a PostgreSQL and a
+Redis of its own, carries `lattice bench chat` traffic (every send retried with the same
+transaction id for up to a minute, as a patient client does) while this script kills,
+in turn, with SIGKILL: an event persister, the sync instance (also a background
+instance), the instance serving the client API (and the other background instance),
+a writer of every other stream (typing, receipts, account data, presence, push rules,
+to-device, device lists), the other event persister, the other writer of the other
+streams, Redis (then started again) and PostgreSQL (then started again). `lattice up`
 restarts the instances it runs.
 
 After each kill, a probe sends one message to each of eight rooms until all of them
-are accepted: the seconds that took are "back after". When the bench is done, its
+are accepted ("sends back after"), then, until each is accepted, writes every other
+stream: for eight users account data, presence, a push rule, a to-device message and
+device keys (a device list change), and in the eight rooms a read receipt and typing
+("other writes back after"; both counted from the kill). When the bench is done, its
 consistency check says how many acknowledged sends were never delivered to a member
 (lost), delivered twice, or out of order. Exit status 1 unless all three are 0 and every
-"back after" is at most 15 s. Results: var/chaos/<stamp>/chaos.md (and the bench's
-JSON line in chaos.jsonl, the topology's log in up.log).
+recovery took at most 15 s. Results: var/chaos/<stamp>/chaos.md (and the bench's JSON
+line in chaos.jsonl, the topology's log in up.log).
 
   python3 .ci/chaos.py [--short] [--bin PATH]
 
---short (what `make test` runs): three kills (an event persister, the client-API
-instance, Redis) under a lighter load. --bin: the lattice binary (default: the release
-build, built if missing).
+--short (what `make test` runs): four kills (an event persister, the client-API
+instance, a writer of the other streams, Redis) under a lighter load. --bin: the
+lattice binary (default: the release build, built if missing).
 """
 
 import argparse
@@ -33,6 +38,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +87,8 @@ class Chaos:
         os.makedirs(self.dir, exist_ok=True)
         self.bin = args.bin
         (self.pg_port, self.redis_port, self.main_port, self.events1_port,
-         self.events2_port, self.sync2_port) = free_ports(6)
+         self.events2_port, self.sync2_port, self.writers1_port,
+         self.writers2_port) = free_ports(8)
         self.pg_env = dict(os.environ, LATTICE_PG_PORT=str(self.pg_port),
                            LATTICE_PG_DIR=os.path.join(self.dir, "pg"), LATTICE_PG_FAST="1")
         self.redis = None
@@ -127,6 +134,7 @@ class Chaos:
         topology = re.sub(r"^homeserver: .*$", f"homeserver: {homeserver}", topology, flags=re.M)
         for old, new in [("8008", self.main_port), ("8010", self.events1_port),
                          ("8011", self.events2_port), ("8012", self.sync2_port),
+                         ("8013", self.writers1_port), ("8014", self.writers2_port),
                          ("6390", self.redis_port)]:
             topology = re.sub(rf"\b{old}\b", str(new), topology)
         path = os.path.join(self.dir, "sharded.yaml")
@@ -141,7 +149,8 @@ class Chaos:
         self.up = subprocess.Popen([self.bin, "up", "--topology", path], env=env,
                                    stdout=open(os.path.join(self.dir, "up.log"), "a"),
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        for port in (self.events1_port, self.events2_port, self.sync2_port, self.main_port):
+        for port in (self.events1_port, self.events2_port, self.sync2_port, self.writers1_port,
+                     self.writers2_port, self.main_port):
             self.wait_for_health(port)
 
     def wait_for_health(self, port, within=60.0):
@@ -163,15 +172,18 @@ class Chaos:
                              capture_output=True, text=True).stdout.split()
         return int(out[0]) if out else None
 
-    # The probe: one user, eight rooms.
+    # The probe: eight users; the first sends to eight rooms.
     def make_probe(self):
         base = f"http://127.0.0.1:{self.main_port}/_matrix/client/v3"
-        status, body = http("POST", f"{base}/register",
-                            {"username": "chaos-probe", "password": "chaos-probe-password",
-                             "auth": {"type": "m.login.dummy"}})
-        if status != 200:
-            raise SystemExit(f"chaos: probe registration answered {status}: {body}")
-        self.probe_token = body["access_token"]
+        self.probe_users = []
+        for n in range(8):
+            status, body = http("POST", f"{base}/register",
+                                {"username": f"chaos-probe{n}", "password": "chaos-probe-password",
+                                 "auth": {"type": "m.login.dummy"}})
+            if status != 200:
+                raise SystemExit(f"chaos: probe registration answered {status}: {body}")
+            self.probe_users.append((body["user_id"], body["device_id"], body["access_token"]))
+        self.probe_token = self.probe_users[0][2]
         self.probe_rooms = []
         for _ in range(8):
             status, body = http("POST", f"{base}/createRoom", {"preset": "private_chat"},
@@ -179,27 +191,65 @@ class Chaos:
             if status != 200:
                 raise SystemExit(f"chaos: probe createRoom answered {status}: {body}")
             self.probe_rooms.append(body["room_id"])
+        self.probe_events = {}
         self.probe_txn = 0
 
+    def until_accepted(self, method, path, body, token, since, limit):
+        """Retries one request until it answers 200; False once `limit` has passed."""
+        url = f"http://127.0.0.1:{self.main_port}/_matrix/client/v3{path}"
+        while True:
+            try:
+                status, answer = http(method, url, body, token, timeout=2)
+                if status == 200:
+                    return answer
+            except OSError:
+                pass
+            if time.monotonic() - since > limit:
+                return None
+            time.sleep(0.1)
+
     def probe(self, since, limit=60.0):
-        """Seconds from `since` until every probe room accepted a send."""
-        base = f"http://127.0.0.1:{self.main_port}/_matrix/client/v3"
+        """Seconds from `since` until every probe room accepted a send, and until every
+        other stream accepted a write (None: not within `limit`)."""
+        sends = None
         for room in self.probe_rooms:
             self.probe_txn += 1
-            txn = f"probe{self.probe_txn}"
-            while True:
-                try:
-                    status, _ = http("PUT", f"{base}/rooms/{room}/send/m.room.message/{txn}",
-                                     {"msgtype": "m.text", "body": "probe"}, self.probe_token,
-                                     timeout=2)
-                    if status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() - since > limit:
-                    return None
-                time.sleep(0.1)
-        return time.monotonic() - since
+            answer = self.until_accepted("PUT", f"/rooms/{room}/send/m.room.message/probe{self.probe_txn}",
+                                         {"msgtype": "m.text", "body": "probe"}, self.probe_token,
+                                         since, limit)
+            if answer is None:
+                return None, None
+            self.probe_events[room] = answer["event_id"]
+        sends = time.monotonic() - since
+        n = self.probe_txn
+        writes = []
+        for user_id, device_id, token in self.probe_users:
+            quoted = urllib.parse.quote(user_id)
+            writes += [
+                ("PUT", f"/user/{quoted}/account_data/org.lattice.chaos", {"n": n}, token),
+                ("PUT", f"/presence/{quoted}/status", {"presence": "online", "status_msg": f"probe {n}"}, token),
+                ("PUT", "/pushrules/global/content/chaos", {"pattern": f"chaos{n}", "actions": []}, token),
+                ("PUT", f"/sendToDevice/org.lattice.chaos/probe{n}",
+                 {"messages": {user_id: {device_id: {"n": n}}}}, token),
+                ("POST", "/keys/upload",
+                 {"device_keys": {"user_id": user_id, "device_id": device_id,
+                                  "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+                                  "keys": {f"curve25519:{device_id}": f"probe{n}",
+                                           f"ed25519:{device_id}": f"probe{n}"},
+                                  "signatures": {}}}, token),
+            ]
+        user_id = urllib.parse.quote(self.probe_users[0][0])
+        for room in self.probe_rooms:
+            writes += [
+                ("POST", f"/rooms/{room}/receipt/m.read/{urllib.parse.quote(self.probe_events[room])}",
+                 {}, self.probe_token),
+                ("PUT", f"/rooms/{room}/typing/{user_id}", {"typing": True, "timeout": 5000},
+                 self.probe_token),
+            ]
+        for method, path, body, token in writes:
+            if self.until_accepted(method, path, body, token, since, limit) is None:
+                return sends, None
+        return sends, time.monotonic() - since
 
     # The kills.
     def kill_instance(self, name):
@@ -240,7 +290,7 @@ class Chaos:
         log(f"topology up (main :{self.main_port}), run directory {self.dir}")
         self.make_probe()
         # Long enough for every kill and its recovery (about 10 s each).
-        messages = 40 if short else 100
+        messages = 55 if short else 150
         rate = 40 if short else 50
         bench_log = open(os.path.join(self.dir, "bench.log"), "w")
         self.bench = subprocess.Popen(
@@ -259,11 +309,15 @@ class Chaos:
             if self.bench.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"chaos: the bench never started sending; see {self.dir}/bench.log")
             time.sleep(0.5)
-        targets = ([("events1", "an event persister"), ("main", "the client API, background and other writers"),
+        targets = ([("events1", "an event persister"),
+                    ("main", "the client API, background"),
+                    ("writers1", "a writer of each other stream"),
                     ("redis", "Redis")] if short else
-                   [("events1", "an event persister"), ("sync2", "a sync instance"),
-                    ("main", "the client API, background and other writers"),
-                    ("events2", "the other event persister"), ("redis", "Redis"),
+                   [("events1", "an event persister"), ("sync2", "a sync instance, background"),
+                    ("main", "the client API, background"),
+                    ("writers1", "a writer of each other stream"),
+                    ("events2", "the other event persister"),
+                    ("writers2", "the other writer of each other stream"), ("redis", "Redis"),
                     ("postgres", "PostgreSQL")])
         if self.args.only:
             targets = [(t, w) for t, w in targets if t in self.args.only.split(",")]
@@ -281,9 +335,10 @@ class Chaos:
                 self.kill_postgres()
             else:
                 self.kill_instance(target)
-            back = self.probe(killed)
-            log(f"  sends accepted again after {back if back is None else round(back, 1)} s")
-            self.kills.append((target, what, back))
+            sends, writes = self.probe(killed)
+            log(f"  sends accepted again after {sends if sends is None else round(sends, 1)} s, "
+                f"other writes after {writes if writes is None else round(writes, 1)} s")
+            self.kills.append((target, what, sends, writes))
         self.bench.wait(timeout=600)
         return self.report()
 
@@ -295,9 +350,12 @@ class Chaos:
             return 1
         r = json.loads(lines[-1])
         lost, dup, ooo = r["undelivered"], r["duplicated"], r["out_of_order"]
-        table = ["| killed | what it runs | sends accepted again after |", "|---|---|---:|"]
-        for target, what, back in self.kills:
-            table.append(f"| {target} | {what} | {'never (> 60 s)' if back is None else f'{back:.1f} s'} |")
+        def seconds(back):
+            return "never (> 60 s)" if back is None else f"{back:.1f} s"
+        table = ["| killed | what it runs | sends back after | other writes back after |",
+                 "|---|---|---:|---:|"]
+        for target, what, sends, writes in self.kills:
+            table.append(f"| {target} | {what} | {seconds(sends)} | {seconds(writes)} |")
         table += ["", "| acknowledged sends | failed sends | deliveries expected | lost | duplicated | out of order | limited timelines |",
                   "|---:|---:|---:|---:|---:|---:|---:|",
                   f"| {r['accepted']} | {r['failed']} | {r['deliveries_expected']} | {lost} | {dup} | {ooo} | {r['limited_timelines']} |"]
@@ -305,7 +363,8 @@ class Chaos:
         with open(os.path.join(self.dir, "chaos.md"), "w") as f:
             f.write(text)
         print(text)
-        worst = max((back if back is not None else float("inf")) for _, _, back in self.kills) \
+        worst = max((back if back is not None else float("inf"))
+                    for _, _, sends, writes in self.kills for back in (sends, writes)) \
             if self.kills else 0.0
         ok = lost == 0 and dup == 0 and ooo == 0 and worst <= RECOVERY_LIMIT_S and self.kills
         log(("passed" if ok else "FAILED") + f": lost {lost}, duplicated {dup}, out of order {ooo}, "
@@ -334,7 +393,8 @@ def main():
     parser.add_argument("--bin", default=None)
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL cluster")
     parser.add_argument("--only", default=None,
-                        help="kill only these (comma-separated: events1,sync2,main,events2,redis,postgres)")
+                        help="kill only these (comma-separated: events1,sync2,main,writers1,events2,"
+                             "writers2,redis,postgres)")
     args = parser.parse_args()
     if args.bin is None:
         target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))

@@ -720,7 +720,7 @@ instances:
     #[test]
     fn the_sample_topologies_load_and_agree_with_their_settings() {
         let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        for (file, instances) in [("monolith.yaml", 1), ("split.yaml", 3), ("sharded.yaml", 4)] {
+        for (file, instances) in [("monolith.yaml", 1), ("split.yaml", 3), ("sharded.yaml", 6)] {
             let topology = Topology::load(&directory.join(file))
                 .unwrap_or_else(|e| panic!("config/{file}: {e}"));
             assert_eq!(topology.instances.len(), instances, "{file}");
