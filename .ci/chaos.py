@@ -28,6 +28,8 @@ lattice binary (default: the release build, built if missing).
 """
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import re
@@ -40,6 +42,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ed25519  # noqa: E402  (.ci/ed25519.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECOVERY_LIMIT_S = 15.0
@@ -77,6 +82,24 @@ def http(method, url, body=None, token=None, timeout=5.0):
             return error.code, json.loads(error.read() or b"{}")
         except ValueError:
             return error.code, {}
+
+
+def unpadded_base64(data):
+    return base64.b64encode(data).decode().rstrip("=")
+
+
+def device_keys(user_id, device_id, n):
+    """Device keys signed by the device's own ed25519 key, new for each `n` (a new
+    curve25519 key), so that each upload is a device list change."""
+    secret = hashlib.sha256(f"{user_id}/{device_id}".encode()).digest()
+    keys = {"user_id": user_id, "device_id": device_id,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+            "keys": {f"curve25519:{device_id}": unpadded_base64(hashlib.sha256(f"{n}".encode()).digest()),
+                     f"ed25519:{device_id}": unpadded_base64(ed25519.public_key(secret))}}
+    canonical = json.dumps(keys, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    signature = ed25519.sign(secret, canonical.encode())
+    keys["signatures"] = {user_id: {f"ed25519:{device_id}": unpadded_base64(signature)}}
+    return keys
 
 
 class Chaos:
@@ -197,14 +220,17 @@ class Chaos:
     def until_accepted(self, method, path, body, token, since, limit):
         """Retries one request until it answers 200; False once `limit` has passed."""
         url = f"http://127.0.0.1:{self.main_port}/_matrix/client/v3{path}"
+        last = None
         while True:
             try:
                 status, answer = http(method, url, body, token, timeout=2)
                 if status == 200:
                     return answer
-            except OSError:
-                pass
+                last = f"{status} {answer}"
+            except OSError as error:
+                last = str(error)
             if time.monotonic() - since > limit:
+                log(f"  {method} {path} not accepted within {limit:.0f} s; last answer: {last}")
                 return None
             time.sleep(0.1)
 
@@ -231,12 +257,7 @@ class Chaos:
                 ("PUT", "/pushrules/global/content/chaos", {"pattern": f"chaos{n}", "actions": []}, token),
                 ("PUT", f"/sendToDevice/org.lattice.chaos/probe{n}",
                  {"messages": {user_id: {device_id: {"n": n}}}}, token),
-                ("POST", "/keys/upload",
-                 {"device_keys": {"user_id": user_id, "device_id": device_id,
-                                  "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
-                                  "keys": {f"curve25519:{device_id}": f"probe{n}",
-                                           f"ed25519:{device_id}": f"probe{n}"},
-                                  "signatures": {}}}, token),
+                ("POST", "/keys/upload", {"device_keys": device_keys(user_id, device_id, n)}, token),
             ]
         user_id = urllib.parse.quote(self.probe_users[0][0])
         for room in self.probe_rooms:
