@@ -28,12 +28,12 @@ use crate::shards::{LeaseTiming, ShardLeases, ShardMap, BACKGROUND_KIND};
 use crate::signing_key::SigningKey;
 use crate::storage;
 use crate::streams::caches::{CachesStream, CachesWriter, Invalidation};
+use crate::streams::gone;
 use crate::streams::notifier::Notifier;
 use crate::streams::registry::{self, RegisteredStream, Streams};
 use crate::streams::replication::{
     PositionedStream, Publisher, ReplicatedStream, Replication, ReplicationConfig, ReplicationStats,
 };
-use crate::streams::gone;
 use crate::streams::stall::StallWatchdog;
 use crate::streams::writer::StreamWriter;
 

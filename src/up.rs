@@ -319,18 +319,14 @@ async fn supervise_all(
     let mut signals = Signals::new()?;
     let mut fleet = Fleet::new(grace);
     fleet.apply(children);
-    loop {
-        match signals.next().await {
-            Signal::Reload => {
-                tracing::info!(topology = %source.path.display(), "reading the topology again");
-                match source.children() {
-                    Ok(children) => fleet.apply(children),
-                    Err(error) => {
-                        tracing::error!("the topology was not applied, every instance runs on: {error}")
-                    }
-                }
+    // Until Ctrl-C or SIGTERM; SIGHUP applies the topology file again.
+    while signals.next().await == Signal::Reload {
+        tracing::info!(topology = %source.path.display(), "reading the topology again");
+        match source.children() {
+            Ok(children) => fleet.apply(children),
+            Err(error) => {
+                tracing::error!("the topology was not applied, every instance runs on: {error}")
             }
-            Signal::Stop => break,
         }
     }
     tracing::info!(
@@ -429,8 +425,12 @@ impl Fleet {
                         }
                     };
                     match changed {
-                        Some(true) => tracing::info!(instance = %child.name, "its roles or address changed; restarting it"),
-                        Some(false) => tracing::info!(instance = %child.name, "its settings changed; they apply when it next starts"),
+                        Some(true) => {
+                            tracing::info!(instance = %child.name, "its roles or address changed; restarting it")
+                        }
+                        Some(false) => {
+                            tracing::info!(instance = %child.name, "its settings changed; they apply when it next starts")
+                        }
                         None => continue,
                     }
                     supervised.spec.send_replace(child);
@@ -780,20 +780,38 @@ mod tests {
         ]);
         wait_for(
             "starts",
-            vec!["added-one", "dropped-one", "kept-one", "moved-one", "moved-two"],
+            vec![
+                "added-one",
+                "dropped-one",
+                "kept-one",
+                "moved-one",
+                "moved-two",
+            ],
         )
         .await;
         wait_for("stops", vec!["dropped-one", "moved-one"]).await;
         // The one whose setting changed still runs its first process.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(lines("starts").iter().filter(|l| l.starts_with("kept")).count(), 1);
+        assert_eq!(
+            lines("starts")
+                .iter()
+                .filter(|l| l.starts_with("kept"))
+                .count(),
+            1
+        );
         fleet.stop(Stop::Terminate);
         tokio::time::timeout(Duration::from_secs(10), fleet.all_stopped())
             .await
             .expect("every child stopped");
         wait_for(
             "stops",
-            vec!["added-one", "dropped-one", "kept-one", "moved-one", "moved-two"],
+            vec![
+                "added-one",
+                "dropped-one",
+                "kept-one",
+                "moved-one",
+                "moved-two",
+            ],
         )
         .await;
         let _ = std::fs::remove_dir_all(&directory);

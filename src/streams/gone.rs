@@ -29,8 +29,8 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 
 use super::registry;
-use super::shared::SharedStream;
 use super::replication::Replication;
+use super::shared::SharedStream;
 use crate::shards::ShardMap;
 use crate::storage;
 

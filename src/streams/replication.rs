@@ -404,7 +404,11 @@ mod tests {
         assert_eq!(replicated.heard_from("w2"), 5);
         assert_eq!(stream.persisted_upto(), 5);
         assert!(listener.wait(Duration::from_secs(1)).await, "now they wake");
-        assert_eq!(stats.applied.load(Ordering::Relaxed), 0, "nothing applied twice");
+        assert_eq!(
+            stats.applied.load(Ordering::Relaxed),
+            0,
+            "nothing applied twice"
+        );
     }
 
     #[test]
