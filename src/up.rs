@@ -398,10 +398,11 @@ impl Fleet {
                 self.removed.push(supervised.stop);
             }
         }
+        let first = self.running.is_empty();
         for child in children {
             match self.running.get(&child.name) {
                 None => {
-                    if !self.running.is_empty() {
+                    if !first {
                         if let Err(error) = child.check_listen() {
                             tracing::warn!("{error}; starting it all the same");
                         }
