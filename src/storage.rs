@@ -177,6 +177,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0030_instances_replication",
         include_str!("storage/migrations/0030_instances_replication.sql"),
     ),
+    (
+        "0031_to_device_txn_parts",
+        include_str!("storage/migrations/0031_to_device_txn_parts.sql"),
+    ),
 ];
 
 pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {

@@ -189,19 +189,23 @@ impl ToDeviceWriter {
         self.shards
             .fence(&transaction, receivers.iter().map(String::as_str))
             .await?;
-        // The requests whose part was not stored before (a second one of
-        // the same send in this batch finds the first one's record).
-        let mut fresh = Vec::with_capacity(requests.len());
+        // Per request, the receivers whose part was not stored before, by
+        // this writer or by one that owned them before (a second request
+        // of the same send in this batch finds the first one's records).
+        let mut fresh: Vec<BTreeSet<String>> = Vec::with_capacity(requests.len());
         for request in &requests {
-            let recorded = to_device::record_txn(
+            let receivers: Vec<&str> = request.messages.keys().map(|user| user.as_str()).collect();
+            let recorded: BTreeSet<String> = to_device::record_txn_parts(
                 &transaction,
                 request.sender.as_str(),
                 &request.sender_device,
                 &request.txn_id,
-                &instance,
+                &receivers,
             )
-            .await?;
-            if !recorded {
+            .await?
+            .into_iter()
+            .collect();
+            if recorded.len() < receivers.len() {
                 self.sends_repeated += 1;
             }
             fresh.push(recorded);
@@ -209,8 +213,13 @@ impl ToDeviceWriter {
         let users: Vec<String> = requests
             .iter()
             .zip(&fresh)
-            .filter(|(_, fresh)| **fresh)
-            .flat_map(|(request, _)| request.messages.keys().map(|user| user.to_string()))
+            .flat_map(|(request, fresh)| {
+                request
+                    .messages
+                    .keys()
+                    .map(|user| user.to_string())
+                    .filter(|user| fresh.contains(user))
+            })
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -225,8 +234,8 @@ impl ToDeviceWriter {
         let mut per_request: Vec<Vec<Message<'_>>> = Vec::with_capacity(requests.len());
         for (request, fresh) in requests.iter().zip(&fresh) {
             let mut messages = Vec::new();
-            if *fresh {
-                for (user_id, by_device) in &request.messages {
+            for (user_id, by_device) in &request.messages {
+                if fresh.contains(user_id.as_str()) {
                     let user_devices = devices.get(user_id.as_str()).unwrap_or(&no_devices);
                     for (device_id, content) in expand(by_device, user_devices) {
                         messages.push((user_id.to_string(), device_id, content));

@@ -31,34 +31,59 @@ pub async fn devices_of(
     Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
 }
 
-/// Records the part `writer` stores of a send (`writer` empty: the whole
-/// send). False when it was recorded before: the part is stored already.
-pub async fn record_txn(
+/// Records that the whole send of `txn_id` was stored (every part of it).
+pub async fn record_whole_txn(
     client: &impl GenericClient,
     user_id: &str,
     device_id: &str,
     txn_id: &str,
-    writer: &str,
-) -> StorageResult<bool> {
+) -> StorageResult<()> {
     let statement = client
         .prepare_cached(
-            "INSERT INTO to_device_txns (user_id, device_id, txn_id, writer, created_ts)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            "INSERT INTO to_device_txns (user_id, device_id, txn_id, part, created_ts)
+             VALUES ($1, $2, $3, '', $4) ON CONFLICT DO NOTHING",
         )
         .await?;
-    let inserted = client
+    client
         .execute(
+            &statement,
+            &[&user_id, &device_id, &txn_id, &crate::util::now_ms()],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records the part of a send for each of `receivers` (user ids) and
+/// returns those not recorded before: the others' messages are stored
+/// already, by whichever writer owned them then.
+pub async fn record_txn_parts(
+    client: &impl GenericClient,
+    user_id: &str,
+    device_id: &str,
+    txn_id: &str,
+    receivers: &[&str],
+) -> StorageResult<Vec<String>> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO to_device_txns (user_id, device_id, txn_id, part, created_ts)
+             SELECT $1, $2, $3, receiver, $5 FROM unnest($4::text[]) AS receiver
+             ON CONFLICT DO NOTHING
+             RETURNING part",
+        )
+        .await?;
+    let rows = client
+        .query(
             &statement,
             &[
                 &user_id,
                 &device_id,
                 &txn_id,
-                &writer,
+                &receivers,
                 &crate::util::now_ms(),
             ],
         )
         .await?;
-    Ok(inserted == 1)
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 /// Whether the whole send of `txn_id` was stored (every part of it).
@@ -72,7 +97,7 @@ pub async fn txn_complete(
     let statement = client
         .prepare_cached(
             "SELECT 1 FROM to_device_txns
-             WHERE user_id = $1 AND device_id = $2 AND txn_id = $3 AND writer = ''",
+             WHERE user_id = $1 AND device_id = $2 AND txn_id = $3 AND part = ''",
         )
         .await?;
     Ok(client

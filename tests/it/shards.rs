@@ -871,3 +871,62 @@ async fn the_other_stream_writers_join_move_and_are_replaced_while_serving() {
         .await;
     assert_eq!(test_account_data(&sync), None, "nothing twice: {sync}");
 }
+
+/// A to-device send whose receiver's part was stored, but whose request
+/// never finished (its writer died before answering, say), is retried by
+/// the client with the same txnId after the receiver's shard moved to
+/// another writer: the new owner finds the part stored and does not
+/// deliver it again.
+#[actix_web::test]
+async fn a_to_device_send_retried_after_its_receiver_moved_is_delivered_once() {
+    let mut cluster = TestCluster::start_sharded(Options::default(), 1, 1).await;
+    let admin = cluster.client().register("admin").await;
+    cluster.make_admin(&admin.user_id).await;
+    cluster.add_node("writers2", &[Role::ToDevice]).await;
+    let give_up = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = admin.get("/_lattice/admin/v1/shards").await;
+        let share = kind_of(&body, "to_device")["shards_per_owner"]["writers2"]
+            .as_u64()
+            .unwrap_or(0);
+        if share > 64 {
+            break;
+        }
+        assert!(Instant::now() < give_up, "writers2 never took its share");
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let alice = cluster.client().register("alice").await;
+    let bob = cluster.client().register("bob").await;
+    let since = bob.sync("").await["next_batch"]
+        .as_str()
+        .expect("next_batch")
+        .to_owned();
+    let send = "/_matrix/client/v3/sendToDevice/m.test/retried";
+    let body =
+        json!({ "messages": { bob.user_id.clone(): { bob.device_id.clone(): { "n": 1 } } } });
+
+    move_shard_of(&admin, "to_device", &bob.user_id, "writers2").await;
+    let (status, answer) = alice.put(send, body.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // As if the request had not finished: the whole send is not recorded.
+    let database = cluster.database().await;
+    let forgotten = database
+        .execute(
+            "DELETE FROM to_device_txns WHERE txn_id = 'retried' AND part = ''",
+            &[],
+        )
+        .await
+        .expect("delete the whole-send record");
+    assert_eq!(forgotten, 1);
+    move_shard_of(&admin, "to_device", &bob.user_id, "main").await;
+    let (status, answer) = alice.put(send, body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    let sync = bob.sync(&format!("since={since}&timeout=5000")).await;
+    let received: Vec<&Value> = sync["to_device"]["events"]
+        .as_array()
+        .map(|events| events.iter().filter(|e| e["type"] == "m.test").collect())
+        .unwrap_or_default();
+    assert_eq!(received.len(), 1, "delivered once: {sync}");
+    assert_eq!(received[0]["content"], json!({ "n": 1 }));
+}

@@ -77,7 +77,7 @@ pub async fn send_to_device(
         .get()
         .await
         .map_err(crate::storage::StorageError::from)?;
-    to_device::record_txn(&client, user_id, device_id, &txn_id, "").await?;
+    to_device::record_whole_txn(&client, user_id, device_id, &txn_id).await?;
     Ok(HttpResponse::Ok().json(json!({})))
 }
 
