@@ -237,7 +237,6 @@ class Chaos:
     def probe(self, since, limit=60.0):
         """Seconds from `since` until every probe room accepted a send, and until every
         other stream accepted a write (None: not within `limit`)."""
-        sends = None
         for room in self.probe_rooms:
             self.probe_txn += 1
             answer = self.until_accepted("PUT", f"/rooms/{room}/send/m.room.message/probe{self.probe_txn}",

@@ -416,23 +416,13 @@ impl Fleet {
                     self.running.insert(name, Supervised { spec, stop });
                 }
                 Some(supervised) => {
-                    let changed = {
-                        let current = supervised.spec.borrow();
-                        if current.identity() != child.identity() {
-                            Some(true)
-                        } else {
-                            (current.env != child.env || current.label != child.label)
-                                .then_some(false)
-                        }
-                    };
-                    match changed {
-                        Some(true) => {
-                            tracing::info!(instance = %child.name, "its roles or address changed; restarting it")
-                        }
-                        Some(false) => {
-                            tracing::info!(instance = %child.name, "its settings changed; they apply when it next starts")
-                        }
-                        None => continue,
+                    let current = supervised.spec.borrow().clone();
+                    if current.identity() != child.identity() {
+                        tracing::info!(instance = %child.name, "its roles or address changed; restarting it");
+                    } else if current.env != child.env || current.label != child.label {
+                        tracing::info!(instance = %child.name, "its settings changed; they apply when it next starts");
+                    } else {
+                        continue;
                     }
                     supervised.spec.send_replace(child);
                 }
@@ -779,20 +769,21 @@ mod tests {
             child("moved", "two", "b"),
             child("added", "one", "b"),
         ]);
-        wait_for(
-            "starts",
-            vec![
-                "added-one",
-                "dropped-one",
-                "kept-one",
-                "moved-one",
-                "moved-two",
-            ],
-        )
-        .await;
+        let every_run = vec![
+            "added-one",
+            "dropped-one",
+            "kept-one",
+            "moved-one",
+            "moved-two",
+        ];
+        wait_for("starts", every_run.clone()).await;
         wait_for("stops", vec!["dropped-one", "moved-one"]).await;
-        // The one whose setting changed still runs its first process.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        fleet.stop(Stop::Terminate);
+        tokio::time::timeout(Duration::from_secs(10), fleet.all_stopped())
+            .await
+            .expect("every child stopped");
+        // Every process ended: the one whose setting changed ran only its
+        // first (a restart would be a second `kept-one` in each list).
         assert_eq!(
             lines("starts")
                 .iter()
@@ -800,21 +791,8 @@ mod tests {
                 .count(),
             1
         );
-        fleet.stop(Stop::Terminate);
-        tokio::time::timeout(Duration::from_secs(10), fleet.all_stopped())
-            .await
-            .expect("every child stopped");
-        wait_for(
-            "stops",
-            vec![
-                "added-one",
-                "dropped-one",
-                "kept-one",
-                "moved-one",
-                "moved-two",
-            ],
-        )
-        .await;
+        wait_for("starts", every_run.clone()).await;
+        wait_for("stops", every_run).await;
         let _ = std::fs::remove_dir_all(&directory);
     }
 }

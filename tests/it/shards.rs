@@ -728,6 +728,31 @@ async fn move_shard_of(admin: &User, kind: &str, key: &str, to: &str) {
     assert_eq!(status, StatusCode::OK, "{kind}/{shard} to {to}: {body}");
 }
 
+/// Waits (at most 15 s) until `member` owns more than a quarter of the
+/// shards of each of `kinds`: it joined and took its share.
+async fn wait_for_share(admin: &User, kinds: &[&str], member: &str) {
+    let give_up = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, body) = admin.get("/_lattice/admin/v1/shards").await;
+        let shares: Vec<u64> = kinds
+            .iter()
+            .map(|kind| {
+                kind_of(&body, kind)["shards_per_owner"][member]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .collect();
+        if shares.iter().all(|share| *share > 64) {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "{member} never took its share of every kind: {shares:?}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The account data `m.test` content `/sync` shows since `since` (None:
 /// not in this response).
 fn test_account_data(sync: &Value) -> Option<Value> {
@@ -765,26 +790,7 @@ async fn the_other_stream_writers_join_move_and_are_replaced_while_serving() {
         "to_device",
         "device_lists",
     ];
-    let give_up = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, body) = admin.get("/_lattice/admin/v1/shards").await;
-        let shares: Vec<u64> = kinds
-            .iter()
-            .map(|kind| {
-                kind_of(&body, kind)["shards_per_owner"]["writers2"]
-                    .as_u64()
-                    .unwrap_or(0)
-            })
-            .collect();
-        if shares.iter().all(|share| *share > 64) {
-            break;
-        }
-        assert!(
-            Instant::now() < give_up,
-            "writers2 never took its share of every kind: {shares:?}"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_share(&admin, &kinds, "writers2").await;
 
     let alice = cluster.client().register("alice").await;
     let room = alice.create_room(json!({})).await;
@@ -883,18 +889,7 @@ async fn a_to_device_send_retried_after_its_receiver_moved_is_delivered_once() {
     let admin = cluster.client().register("admin").await;
     cluster.make_admin(&admin.user_id).await;
     cluster.add_node("writers2", &[Role::ToDevice]).await;
-    let give_up = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, body) = admin.get("/_lattice/admin/v1/shards").await;
-        let share = kind_of(&body, "to_device")["shards_per_owner"]["writers2"]
-            .as_u64()
-            .unwrap_or(0);
-        if share > 64 {
-            break;
-        }
-        assert!(Instant::now() < give_up, "writers2 never took its share");
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_share(&admin, &["to_device"], "writers2").await;
     let alice = cluster.client().register("alice").await;
     let bob = cluster.client().register("bob").await;
     let since = bob.sync("").await["next_batch"]
