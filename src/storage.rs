@@ -181,6 +181,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0031_to_device_txn_parts",
         include_str!("storage/migrations/0031_to_device_txn_parts.sql"),
     ),
+    (
+        "0032_event_search_by_persister",
+        include_str!("storage/migrations/0032_event_search_by_persister.sql"),
+    ),
 ];
 
 pub fn connect(url: &str, pool_size: usize) -> StorageResult<Pool> {

@@ -386,7 +386,7 @@ impl AccountDataWriter {
             return Ok(transaction.commit().await?);
         }
         let instance = self.writer.instance().to_owned();
-        let positions = self.writer.allocate(&*transaction, to_write.len()).await?;
+        let positions = self.writer.allocate(&transaction, to_write.len()).await?;
         let mut written = Vec::with_capacity(to_write.len());
         let result: StorageResult<()> = async {
             for (write, position) in to_write.into_iter().zip(&positions) {
@@ -400,9 +400,7 @@ impl AccountDataWriter {
                 account_data::put(&transaction, &instance, &data).await?;
                 written.push((write.answer, data));
             }
-            self.writer
-                .store_position(&*transaction, &positions)
-                .await?;
+            self.writer.store_position(&transaction, &positions).await?;
             Ok(())
         }
         .await;

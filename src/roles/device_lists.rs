@@ -172,7 +172,7 @@ impl DeviceListsWriter {
                 })
                 .collect());
         }
-        let positions = self.writer.allocate(&*transaction, total).await?;
+        let positions = self.writer.allocate(&transaction, total).await?;
         let mut next = positions.iter().copied();
         for change in planned.iter_mut().flatten() {
             change.stream_id = next.next().unwrap_or_default();
@@ -180,9 +180,7 @@ impl DeviceListsWriter {
         let all: Vec<DeviceListChange> = planned.iter().flatten().cloned().collect();
         let stored = async {
             device_lists::insert_changes(&transaction, &instance, &all).await?;
-            self.writer
-                .store_position(&*transaction, &positions)
-                .await?;
+            self.writer.store_position(&transaction, &positions).await?;
             let mut users: Vec<String> = all.iter().map(|c| c.user_id.clone()).collect();
             users.sort_unstable();
             users.dedup();

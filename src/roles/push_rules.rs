@@ -193,7 +193,7 @@ impl PushRulesWriter {
         let positions = if users.is_empty() {
             Vec::new()
         } else {
-            self.writer.allocate(&*transaction, users.len()).await?
+            self.writer.allocate(&transaction, users.len()).await?
         };
         let position_of: HashMap<&OwnedUserId, i64> = users
             .iter()
@@ -213,9 +213,7 @@ impl PushRulesWriter {
                     .await?;
                 }
             }
-            self.writer
-                .store_position(&*transaction, &positions)
-                .await?;
+            self.writer.store_position(&transaction, &positions).await?;
             Ok(())
         }
         .await;

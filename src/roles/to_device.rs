@@ -249,7 +249,7 @@ impl ToDeviceWriter {
             transaction.commit().await?;
             return Ok(vec![self.stored(None); requests.len()]);
         }
-        let positions = self.writer.allocate(&*transaction, needed).await?;
+        let positions = self.writer.allocate(&transaction, needed).await?;
         let mut next = positions.iter().copied();
         let mut inbox = Vec::new();
         // Per request, its position and the users it reached.
@@ -275,9 +275,7 @@ impl ToDeviceWriter {
         }
         let result: StorageResult<()> = async {
             to_device::insert(&transaction, &instance, &inbox).await?;
-            self.writer
-                .store_position(&*transaction, &positions)
-                .await?;
+            self.writer.store_position(&transaction, &positions).await?;
             Ok(())
         }
         .await;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::types::ToSql;
 
 use super::rooms::{StoredEvent, EVENT_COLUMNS};
@@ -21,7 +21,7 @@ pub const RECURSION_DEPTH: i32 = 3;
 /// redactions remove, in the batch's transaction: a child counts in its
 /// parent's aggregations exactly when the child is stored and not redacted.
 pub async fn store<'a>(
-    transaction: &tokio_postgres::Transaction<'_>,
+    transaction: &impl GenericClient,
     events: impl IntoIterator<Item = (&'a Pdu, i64)>,
 ) -> StorageResult<()> {
     let mut rows = RelationRows::default();
@@ -36,13 +36,18 @@ pub async fn store<'a>(
         }
     }
     if !rows.event_id.is_empty() {
-        transaction
-            .execute(
+        let statement = transaction
+            .prepare_cached(
                 "INSERT INTO event_relations (event_id, relates_to_id, rel_type, room_id, sender,
                     type, aggregation_key, stream_ordering)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                     $6::text[], $7::text[], $8::bigint[])
                  ON CONFLICT (event_id) DO NOTHING",
+            )
+            .await?;
+        transaction
+            .execute(
+                &statement,
                 &[
                     &rows.event_id,
                     &rows.relates_to_id,
@@ -57,12 +62,14 @@ pub async fn store<'a>(
             .await?;
     }
     if !redacted.0.is_empty() {
-        transaction
-            .execute(
+        let statement = transaction
+            .prepare_cached(
                 "DELETE FROM event_relations r USING unnest($1::text[], $2::text[]) AS d (event_id, room_id)
                  WHERE r.event_id = d.event_id AND r.room_id = d.room_id",
-                &[&redacted.0, &redacted.1],
             )
+            .await?;
+        transaction
+            .execute(&statement, &[&redacted.0, &redacted.1])
             .await?;
     }
     Ok(())

@@ -204,15 +204,17 @@ pub async fn fence(
     }
     let shards: Vec<i32> = held.iter().map(|(shard, _)| *shard).collect();
     let epochs: Vec<i64> = held.iter().map(|(_, epoch)| *epoch).collect();
-    let locked = client
-        .query(
+    let statement = client
+        .prepare_cached(
             "SELECT l.shard FROM shard_leases l
              JOIN unnest($3::int[], $4::bigint[]) AS h (shard, epoch)
                ON h.shard = l.shard AND h.epoch = l.epoch
              WHERE l.kind = $1 AND l.owner = $2
              ORDER BY l.shard FOR SHARE OF l",
-            &[&kind, &owner, &shards, &epochs],
         )
+        .await?;
+    let locked = client
+        .query(&statement, &[&kind, &owner, &shards, &epochs])
         .await?;
     if locked.len() == held.len() {
         return Ok(());

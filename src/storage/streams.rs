@@ -3,8 +3,8 @@
 //! `stream_positions` rows, the sequence, and the rows written since the
 //! lowest known position) and recording a writer's position.
 
+use deadpool_postgres::GenericClient;
 use deadpool_postgres::Pool;
-use tokio_postgres::GenericClient;
 
 use super::StorageResult;
 use crate::streams::id_gen::{LoadedPositions, StreamPositions};
@@ -26,13 +26,15 @@ pub async fn store_position(
     instance: &str,
     position: i64,
 ) -> StorageResult<()> {
-    client
-        .execute(
+    let statement = client
+        .prepare_cached(
             "INSERT INTO stream_positions (stream_name, instance_name, stream_id) VALUES ($1, $2, $3)
              ON CONFLICT (stream_name, instance_name) DO UPDATE SET stream_id = EXCLUDED.stream_id
              WHERE stream_positions.stream_id < EXCLUDED.stream_id",
-            &[&stream, &instance, &position],
         )
+        .await?;
+    client
+        .execute(&statement, &[&stream, &instance, &position])
         .await?;
     Ok(())
 }

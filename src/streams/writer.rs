@@ -17,8 +17,8 @@
 
 use std::sync::Arc;
 
+use deadpool_postgres::GenericClient;
 use serde_json::Value;
-use tokio_postgres::GenericClient;
 
 use super::registry::{StreamRows, StreamSpec};
 use super::replication::{Command, Publisher};
@@ -75,15 +75,16 @@ impl StreamWriter {
             .stream
             .update(|p| p.begin_fetch())
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        let allocated = client
-            .query(
-                &format!(
-                    "SELECT nextval('{}') FROM generate_series(1::bigint, $1::bigint)",
-                    self.spec().sequence
-                ),
-                &[&(count as i64)],
-            )
-            .await;
+        let allocated = match client
+            .prepare_cached(&format!(
+                "SELECT nextval('{}') FROM generate_series(1::bigint, $1::bigint)",
+                self.spec().sequence
+            ))
+            .await
+        {
+            Ok(statement) => client.query(&statement, &[&(count as i64)]).await,
+            Err(error) => Err(error),
+        };
         match allocated {
             Ok(rows) => {
                 let positions: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();

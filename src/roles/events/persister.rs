@@ -513,13 +513,19 @@ impl EventPersister {
         let column =
             |pick: fn(&TxnKey) -> &str| keys.iter().map(|k| pick(k)).collect::<Vec<&str>>();
         let client = self.pool.get().await.map_err(storage_error)?;
-        let rows = client
-            .query(
+        let statement = client
+            .prepare_cached(
                 "SELECT q.i, e.event_id, e.room_id, e.stream_ordering, e.instance_name
                  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
                    WITH ORDINALITY AS q (user_id, device_id, endpoint, room_id, txn_id, i)
                  JOIN event_txn_ids t USING (user_id, device_id, endpoint, room_id, txn_id)
                  JOIN events e ON e.event_id = t.event_id",
+            )
+            .await
+            .map_err(|e| storage_error(StorageError::Postgres(e)))?;
+        let rows = client
+            .query(
+                &statement,
                 &[
                     &column(|k| &k.0),
                     &column(|k| &k.1),
@@ -732,7 +738,7 @@ impl EventPersister {
     ) -> StorageResult<Vec<Persisted>> {
         let fence = self.fence_for(events, room.as_ref().map(|room| room.room_id.as_str()))?;
         let mut client = self.pool.get().await?;
-        let positions = self.writer.allocate(&**client, events.len()).await?;
+        let positions = self.writer.allocate(&client, events.len()).await?;
         let result =
             rows::commit(&mut client, &self.writer, room, events, &positions, &fence).await;
         if result.is_err() {

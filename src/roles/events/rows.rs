@@ -7,14 +7,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use deadpool_postgres::GenericClient;
+use futures::future::BoxFuture;
 use ruma::CanonicalJsonValue;
 use serde_json::{json, Value};
+use tokio_postgres::error::SqlState;
 
 use super::{Persisted, SendEvent, Transaction};
 use crate::rooms::pdu::Pdu;
 use crate::storage::relations;
 use crate::storage::rooms::StoredEvent;
-use crate::storage::StorageResult;
+use crate::storage::search::SearchRows;
+use crate::storage::{StorageError, StorageResult};
 use crate::streams::events::EVENTS_STREAM;
 use crate::streams::writer::StreamWriter;
 use crate::util::now_ms;
@@ -61,6 +65,14 @@ pub enum StateGroupChange {
 
 /// The transaction of a batch: every row of every event, then the
 /// writer's position in the events stream.
+///
+/// The statements every batch has (the fence, `events`, `event_txn_ids`,
+/// push actions, the search index, relations, the position) go to
+/// PostgreSQL together, without waiting for each other's answers
+/// (tokio-postgres pipelines the requests of futures polled together), so
+/// a batch costs the round trips of `BEGIN`, that group and `COMMIT`, not
+/// one or two per statement. The rows of state events and redactions,
+/// rare beside messages, follow one by one.
 pub async fn commit(
     client: &mut deadpool_postgres::Object,
     writer: &StreamWriter,
@@ -71,8 +83,6 @@ pub async fn commit(
 ) -> StorageResult<(Vec<Persisted>, HashMap<String, i64>)> {
     let instance_name = writer.instance();
     let transaction = client.transaction().await?;
-    // First: a deposed owner must not commit (and a handover waits for us).
-    crate::storage::shards::fence(&transaction, EVENTS_STREAM, instance_name, fence).await?;
     if let Some(room) = &room {
         transaction
             .execute(
@@ -81,9 +91,8 @@ pub async fn commit(
             )
             .await?;
     }
-    // The batch's events go in with one statement each for `events` and
-    // `event_txn_ids`: a round trip per event was most of a batch's time.
     let mut rows = EventRows::default();
+    let mut search = SearchRows::default();
     // The newest state group of each room, as the batch advances it.
     let mut current_groups: HashMap<String, i64> = HashMap::new();
     for (event, position) in events.iter().zip(positions) {
@@ -113,45 +122,15 @@ pub async fn commit(
         };
         current_groups.insert(room_id.to_owned(), state_group);
         rows.push(event, *position, state_group);
+        search.push(
+            *position,
+            room_id,
+            &pdu.kind,
+            pdu.state_key.as_deref(),
+            &pdu.content,
+        );
     }
-    transaction
-        .execute(
-            "INSERT INTO events (stream_ordering, event_id, room_id, instance_name, depth, sender, type,
-                state_key, origin_server_ts, state_group, pdu, txn_device_id, txn_id)
-             SELECT r.stream_ordering, r.event_id, r.room_id, $4, r.depth, r.sender, r.type,
-                r.state_key, r.origin_server_ts, r.state_group, r.pdu, r.txn_device_id, r.txn_id
-             FROM unnest($1::bigint[], $2::text[], $3::text[], $5::bigint[], $6::text[], $7::text[],
-                $8::text[], $9::bigint[], $10::bigint[], $11::jsonb[], $12::text[], $13::text[])
-               AS r (stream_ordering, event_id, room_id, depth, sender, type,
-                state_key, origin_server_ts, state_group, pdu, txn_device_id, txn_id)",
-            &[
-                &rows.stream_ordering,
-                &rows.event_id,
-                &rows.room_id,
-                &instance_name,
-                &rows.depth,
-                &rows.sender,
-                &rows.kind,
-                &rows.state_key,
-                &rows.origin_server_ts,
-                &rows.state_group,
-                &rows.pdu,
-                &rows.txn_device_id,
-                &rows.txn_id,
-            ],
-        )
-        .await?;
     let txns = TxnRows::of(events);
-    if !txns.txn_id.is_empty() {
-        transaction
-            .execute(
-                "INSERT INTO event_txn_ids (user_id, device_id, endpoint, room_id, txn_id, event_id)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-                 ON CONFLICT DO NOTHING",
-                &[&txns.user_id, &txns.device_id, &txns.endpoint, &txns.room_id, &txns.txn_id, &txns.event_id],
-            )
-            .await?;
-    }
     let push: Vec<_> = events
         .iter()
         .zip(positions)
@@ -160,7 +139,27 @@ pub async fn commit(
             Some((e.pdu.room_id.as_str(), e.pdu.event_id.as_str(), *p, push))
         })
         .collect();
-    crate::storage::push_actions::insert(&transaction, &push).await?;
+    let pdus = events.iter().map(|event| event.pdu.as_ref());
+    // A deposed owner must not commit (and a handover waits for us): the
+    // fence's answer is read before `COMMIT`.
+    let statements: Vec<BoxFuture<'_, StorageResult<()>>> = vec![
+        Box::pin(crate::storage::shards::fence(
+            &transaction,
+            EVENTS_STREAM,
+            instance_name,
+            fence,
+        )),
+        Box::pin(insert_events(&transaction, instance_name, &rows)),
+        Box::pin(insert_txn_ids(&transaction, &txns)),
+        Box::pin(crate::storage::push_actions::insert(&transaction, &push)),
+        Box::pin(crate::storage::search::index(&transaction, &search)),
+        Box::pin(relations::store(
+            &transaction,
+            pdus.zip(positions.iter().copied()),
+        )),
+        Box::pin(writer.store_position(&transaction, positions)),
+    ];
+    first_failure(futures::future::join_all(statements).await)?;
     let mut persisted = Vec::with_capacity(events.len());
     for (event, position) in events.iter().zip(positions) {
         let pdu = &event.pdu;
@@ -217,11 +216,97 @@ pub async fn commit(
             stream_ordering: *position,
         });
     }
-    let pdus = events.iter().map(|event| event.pdu.as_ref());
-    relations::store(&transaction, pdus.zip(positions.iter().copied())).await?;
-    writer.store_position(&*transaction, positions).await?;
     transaction.commit().await?;
     Ok((persisted, current_groups))
+}
+
+/// The outcome of statements sent together: the first that failed, in the
+/// order they were sent. Once one fails PostgreSQL refuses the rest of the
+/// transaction ("current transaction is aborted"): that answer only says
+/// another went wrong first, so it is reported only if nothing else is.
+fn first_failure(results: Vec<StorageResult<()>>) -> StorageResult<()> {
+    let mut aborted = None;
+    for result in results {
+        match result {
+            Ok(()) => {}
+            Err(StorageError::Postgres(error))
+                if error.code() == Some(&SqlState::IN_FAILED_SQL_TRANSACTION) =>
+            {
+                aborted.get_or_insert(StorageError::Postgres(error));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    aborted.map_or(Ok(()), Err)
+}
+
+/// The batch's `events` rows, in one statement.
+async fn insert_events(
+    client: &impl GenericClient,
+    instance_name: &str,
+    rows: &EventRows<'_>,
+) -> StorageResult<()> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO events (stream_ordering, event_id, room_id, instance_name, depth, sender, type,
+                state_key, origin_server_ts, state_group, pdu, txn_device_id, txn_id)
+             SELECT r.stream_ordering, r.event_id, r.room_id, $4, r.depth, r.sender, r.type,
+                r.state_key, r.origin_server_ts, r.state_group, r.pdu, r.txn_device_id, r.txn_id
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $5::bigint[], $6::text[], $7::text[],
+                $8::text[], $9::bigint[], $10::bigint[], $11::jsonb[], $12::text[], $13::text[])
+               AS r (stream_ordering, event_id, room_id, depth, sender, type,
+                state_key, origin_server_ts, state_group, pdu, txn_device_id, txn_id)",
+        )
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &rows.stream_ordering,
+                &rows.event_id,
+                &rows.room_id,
+                &instance_name,
+                &rows.depth,
+                &rows.sender,
+                &rows.kind,
+                &rows.state_key,
+                &rows.origin_server_ts,
+                &rows.state_group,
+                &rows.pdu,
+                &rows.txn_device_id,
+                &rows.txn_id,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The batch's transaction ids, in one statement.
+async fn insert_txn_ids(client: &impl GenericClient, txns: &TxnRows<'_>) -> StorageResult<()> {
+    if txns.txn_id.is_empty() {
+        return Ok(());
+    }
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO event_txn_ids (user_id, device_id, endpoint, room_id, txn_id, event_id)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &txns.user_id,
+                &txns.device_id,
+                &txns.endpoint,
+                &txns.room_id,
+                &txns.txn_id,
+                &txns.event_id,
+            ],
+        )
+        .await?;
+    Ok(())
 }
 
 /// A just-committed event as the database now holds it (not redacted: a

@@ -153,7 +153,7 @@ impl PresenceWriter {
             map.fence(&transaction, changes.iter().map(|(user, _)| user.as_str()))
                 .await?;
         }
-        let positions = self.writer.allocate(&*transaction, changes.len()).await?;
+        let positions = self.writer.allocate(&transaction, changes.len()).await?;
         let result: StorageResult<Vec<(i64, PresenceRow)>> = async {
             let users: Vec<String> = changes.iter().map(|(user, _)| user.clone()).collect();
             let mut rooms: HashMap<String, Vec<String>> = HashMap::new();
@@ -172,9 +172,7 @@ impl PresenceWriter {
                     },
                 ));
             }
-            self.writer
-                .store_position(&*transaction, &positions)
-                .await?;
+            self.writer.store_position(&transaction, &positions).await?;
             Ok(rows)
         }
         .await;

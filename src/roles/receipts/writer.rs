@@ -174,7 +174,7 @@ impl ReceiptsWriter {
         let positions = if to_write == 0 {
             Vec::new()
         } else {
-            self.writer.allocate(&*transaction, to_write).await?
+            self.writer.allocate(&transaction, to_write).await?
         };
         let written = self
             .write(&transaction, &instance, &decisions, &positions)
@@ -254,7 +254,7 @@ impl ReceiptsWriter {
             written.push(stored.then(|| (position, receipt.clone())));
         }
         let used: Vec<i64> = written.iter().flatten().map(|(p, _)| *p).collect();
-        self.writer.store_position(&**transaction, &used).await?;
+        self.writer.store_position(&*transaction, &used).await?;
         Ok(written)
     }
 }

@@ -93,7 +93,7 @@ impl TypingWriter {
         let client = self.pool.get().await.map_err(|e| e.to_string())?;
         let positions = self
             .writer
-            .allocate(&**client, self.owed.len())
+            .allocate(&client, self.owed.len())
             .await
             .map_err(|e| e.to_string())?;
         let rooms = std::mem::take(&mut self.owed);
