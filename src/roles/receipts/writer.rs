@@ -254,7 +254,7 @@ impl ReceiptsWriter {
             written.push(stored.then(|| (position, receipt.clone())));
         }
         let used: Vec<i64> = written.iter().flatten().map(|(p, _)| *p).collect();
-        self.writer.store_position(&*transaction, &used).await?;
+        self.writer.store_position(transaction, &used).await?;
         Ok(written)
     }
 }
