@@ -43,6 +43,10 @@ pub enum StorageError {
     /// committed.
     #[error("no longer the owner of shard {shard} of {kind}")]
     Fenced { kind: String, shard: i32 },
+    /// A batch of events held a transaction id already stored with an
+    /// earlier event (a request that came again): nothing was committed.
+    #[error("a transaction id of the batch was used before")]
+    TxnSeen,
 }
 
 pub type StorageResult<T> = Result<T, StorageError>;

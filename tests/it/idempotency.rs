@@ -228,3 +228,46 @@ async fn old_request_ids_are_deleted_and_client_transaction_ids_kept() {
     // The client's retry is still answered with the event it sent.
     assert_eq!(send(&alice, &room_id, "t1", "kept").await, sent);
 }
+
+#[actix_web::test]
+async fn sends_that_come_again_among_new_ones_write_once_and_the_new_ones_are_written() {
+    let cluster = TestCluster::start().await;
+    let alice = cluster.client().register("alice").await;
+    let room_id = alice.create_room(json!({})).await;
+    let mut first = Vec::new();
+    for n in 0..10 {
+        first.push(send(&alice, &room_id, &format!("t{n}"), &n.to_string()).await);
+    }
+
+    // The ten again, with other bodies, at once with ten new ones: the
+    // persister takes them in batches that mix both.
+    let sends = (0..20).map(|n| {
+        let body = if n < 10 {
+            "again".to_owned()
+        } else {
+            n.to_string()
+        };
+        let alice = &alice;
+        let room_id = &room_id;
+        async move { send(alice, room_id, &format!("t{n}"), &body).await }
+    });
+    let answers = futures::future::join_all(sends).await;
+    assert_eq!(answers[..10], first[..], "the first events answered again");
+    for new in &answers[10..] {
+        assert!(!first.contains(new), "{new} is a new event");
+    }
+    let bodies: Vec<String> = timeline_of(&alice, &room_id, "m.room.message")
+        .await
+        .iter()
+        .map(|event| {
+            event["content"]["body"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let mut sorted = bodies.clone();
+    sorted.sort_by_key(|body| body.parse::<u32>().unwrap_or(u32::MAX));
+    let expected: Vec<String> = (0..20).map(|n| n.to_string()).collect();
+    assert_eq!(sorted, expected, "each written once: {bodies:?}");
+}

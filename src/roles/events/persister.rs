@@ -40,6 +40,16 @@ const MAX_PDU_BYTES: usize = 65_536;
 /// as for `createRoom`, whose room is not known before it is created.
 type TxnKey = (String, String, &'static str, String, String);
 
+/// The full scope of `request`'s transaction id, if it has one.
+fn request_key(request: &SendEvent) -> Option<TxnKey> {
+    let txn = request.txn.as_ref()?;
+    Some(txn_key(
+        request.sender.as_str(),
+        request.room_id.as_str(),
+        txn,
+    ))
+}
+
 fn txn_key(sender: &str, room_id: &str, txn: &Transaction) -> TxnKey {
     let room_id = if txn.is_client() { room_id } else { "" };
     (
@@ -189,33 +199,13 @@ impl EventPersister {
                 }
             })
             .collect();
-        let keys: Vec<Option<TxnKey>> = requests
-            .iter()
-            .map(|(_, r)| {
-                r.txn
-                    .as_ref()
-                    .map(|t| txn_key(r.sender.as_str(), r.room_id.as_str(), t))
-            })
-            .collect();
-        let sent_before = match self.already_sent(keys.iter().flatten()).await {
-            Ok(sent) => sent,
-            Err(error) => {
-                return answers
-                    .into_iter()
-                    .map(|a| a.unwrap_or_else(|| Err(error.clone())))
-                    .collect();
-            }
-        };
         // A transaction id seen earlier in this batch: answer as the first.
+        // One stored earlier is found by the batch's transaction (`TxnSeen`).
         let mut first_with_txn: HashMap<TxnKey, usize> = HashMap::new();
         let mut duplicates: Vec<(usize, usize)> = Vec::new();
         let mut to_write = Vec::with_capacity(requests.len());
-        for ((index, request), key) in requests.into_iter().zip(keys) {
-            if let Some(key) = key {
-                if let Some(persisted) = sent_before.get(&key) {
-                    answers[index] = Some(Ok(persisted.clone()));
-                    continue;
-                }
+        for (index, request) in requests {
+            if let Some(key) = request_key(&request) {
                 if let Some(first) = first_with_txn.get(&key) {
                     duplicates.push((index, *first));
                     continue;
@@ -248,9 +238,11 @@ impl EventPersister {
         answers: &mut [Option<Result<Persisted, WriteError>>],
     ) {
         // Groups still to commit, the next one last: halves keep their order,
-        // so the events of one room are still built in the order sent.
-        let mut groups = vec![requests];
-        while let Some(group) = groups.pop() {
+        // so the events of one room are still built in the order sent. A
+        // group whose transaction ids were looked up after it met one
+        // already stored is marked, so that a second meeting ends it.
+        let mut groups = vec![(requests, false)];
+        while let Some((group, looked_up)) = groups.pop() {
             let mut events = Vec::with_capacity(group.len());
             let mut indexes = Vec::with_capacity(group.len());
             for (index, request) in group {
@@ -272,6 +264,44 @@ impl EventPersister {
                         answers[index] = Some(Ok(persisted));
                     }
                 }
+                Err(StorageError::TxnSeen) if !looked_up => {
+                    // Requests that came again: answered with what they
+                    // wrote the first time, the others written again.
+                    self.forget_heads(&rooms);
+                    let requests: Vec<(usize, SendEvent)> = indexes
+                        .into_iter()
+                        .zip(events)
+                        .map(|(index, event)| (index, event.into_request()))
+                        .collect();
+                    let keys: Vec<TxnKey> = requests
+                        .iter()
+                        .filter_map(|(_, r)| request_key(r))
+                        .collect();
+                    match self.already_sent(keys.iter()).await {
+                        Ok(sent) => {
+                            let rest: Vec<(usize, SendEvent)> = requests
+                                .into_iter()
+                                .filter(|(index, request)| {
+                                    let Some(persisted) =
+                                        request_key(request).and_then(|key| sent.get(&key))
+                                    else {
+                                        return true;
+                                    };
+                                    answers[*index] = Some(Ok(persisted.clone()));
+                                    false
+                                })
+                                .collect();
+                            if !rest.is_empty() {
+                                groups.push((rest, true));
+                            }
+                        }
+                        Err(error) => {
+                            for (index, _) in requests {
+                                answers[index] = Some(Err(error.clone()));
+                            }
+                        }
+                    }
+                }
                 Err(error) if events.len() > 1 && refused_by_database(&error) => {
                     self.groups_split += 1;
                     tracing::warn!(error = %error, events = events.len(), "group commit refused; committing its requests apart");
@@ -282,8 +312,8 @@ impl EventPersister {
                         .map(|(index, event)| (index, event.into_request()))
                         .collect();
                     let second = first.split_off(first.len() / 2);
-                    groups.push(second);
-                    groups.push(first);
+                    groups.push((second, looked_up));
+                    groups.push((first, looked_up));
                 }
                 Err(error) => {
                     let error = self.write_failed(&rooms, error);

@@ -281,7 +281,10 @@ async fn insert_events(
     Ok(())
 }
 
-/// The batch's transaction ids, in one statement.
+/// The batch's transaction ids, in one statement. One already stored means
+/// its request came again: the batch fails with [`StorageError::TxnSeen`]
+/// (the persister does not look them up before writing, since they are
+/// nearly always new) and is written again without the repeated requests.
 async fn insert_txn_ids(client: &impl GenericClient, txns: &TxnRows<'_>) -> StorageResult<()> {
     if txns.txn_id.is_empty() {
         return Ok(());
@@ -293,7 +296,7 @@ async fn insert_txn_ids(client: &impl GenericClient, txns: &TxnRows<'_>) -> Stor
              ON CONFLICT DO NOTHING",
         )
         .await?;
-    client
+    let inserted = client
         .execute(
             &statement,
             &[
@@ -306,6 +309,9 @@ async fn insert_txn_ids(client: &impl GenericClient, txns: &TxnRows<'_>) -> Stor
             ],
         )
         .await?;
+    if inserted < txns.txn_id.len() as u64 {
+        return Err(StorageError::TxnSeen);
+    }
     Ok(())
 }
 
