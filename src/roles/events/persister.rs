@@ -394,9 +394,11 @@ impl EventPersister {
             txn_id: request.request_id.clone(),
             endpoint: super::TxnEndpoint::Request,
         });
-        if let Some(txn) = &txn {
-            let key = txn_key(request.creator.as_str(), "", txn);
-            if let Some(persisted) = self.already_sent(std::iter::once(&key)).await?.remove(&key) {
+        let key = txn
+            .as_ref()
+            .map(|txn| txn_key(request.creator.as_str(), "", txn));
+        if let Some(key) = &key {
+            if let Some(persisted) = self.already_sent(std::iter::once(key)).await?.remove(key) {
                 return Ok(persisted);
             }
         }
@@ -503,6 +505,16 @@ impl EventPersister {
                 Err(RoomCreation::IdTaken(WriteError::Internal(
                     "could not make a room id that is not taken".into(),
                 )))
+            }
+            Err(StorageError::TxnSeen) => {
+                // Delivered twice, to two writers at once (a shard moving):
+                // the other one created it.
+                self.forget_heads(&[room_id.to_string()]);
+                let sent = match &key {
+                    Some(key) => self.already_sent(std::iter::once(key)).await?.remove(key),
+                    None => None,
+                };
+                sent.ok_or_else(|| RoomCreation::Refused(storage_error(StorageError::TxnSeen)))
             }
             Err(error) => Err(self.write_failed(&[room_id.to_string()], error).into()),
         }
