@@ -265,41 +265,15 @@ impl EventPersister {
                     }
                 }
                 Err(StorageError::TxnSeen) if !looked_up => {
-                    // Requests that came again: answered with what they
-                    // wrote the first time, the others written again.
                     self.forget_heads(&rooms);
-                    let requests: Vec<(usize, SendEvent)> = indexes
+                    let requests = indexes
                         .into_iter()
                         .zip(events)
                         .map(|(index, event)| (index, event.into_request()))
                         .collect();
-                    let keys: Vec<TxnKey> = requests
-                        .iter()
-                        .filter_map(|(_, r)| request_key(r))
-                        .collect();
-                    match self.already_sent(keys.iter()).await {
-                        Ok(sent) => {
-                            let rest: Vec<(usize, SendEvent)> = requests
-                                .into_iter()
-                                .filter(|(index, request)| {
-                                    let Some(persisted) =
-                                        request_key(request).and_then(|key| sent.get(&key))
-                                    else {
-                                        return true;
-                                    };
-                                    answers[*index] = Some(Ok(persisted.clone()));
-                                    false
-                                })
-                                .collect();
-                            if !rest.is_empty() {
-                                groups.push((rest, true));
-                            }
-                        }
-                        Err(error) => {
-                            for (index, _) in requests {
-                                answers[index] = Some(Err(error.clone()));
-                            }
-                        }
+                    let rest = self.answer_repeated(requests, answers).await;
+                    if !rest.is_empty() {
+                        groups.push((rest, true));
                     }
                 }
                 Err(error) if events.len() > 1 && refused_by_database(&error) => {
@@ -323,6 +297,38 @@ impl EventPersister {
                 }
             }
         }
+    }
+
+    /// Answers the requests whose transaction id is stored (they came
+    /// again) with what they wrote the first time, and gives back the
+    /// others, still to be written. When the lookup fails, every request
+    /// gets its error and none is given back.
+    async fn answer_repeated(
+        &self,
+        requests: Vec<(usize, SendEvent)>,
+        answers: &mut [Option<Result<Persisted, WriteError>>],
+    ) -> Vec<(usize, SendEvent)> {
+        let keys: Vec<TxnKey> = requests
+            .iter()
+            .filter_map(|(_, request)| request_key(request))
+            .collect();
+        let sent = match self.already_sent(keys.iter()).await {
+            Ok(sent) => sent,
+            Err(error) => {
+                for (index, _) in requests {
+                    answers[index] = Some(Err(error.clone()));
+                }
+                return Vec::new();
+            }
+        };
+        let mut rest = Vec::with_capacity(requests.len());
+        for (index, request) in requests {
+            match request_key(&request).and_then(|key| sent.get(&key)) {
+                Some(persisted) => answers[index] = Some(Ok(persisted.clone())),
+                None => rest.push((index, request)),
+            }
+        }
+        rest
     }
 
     async fn build_send(&mut self, mut request: SendEvent) -> Result<NewEvent, WriteError> {
