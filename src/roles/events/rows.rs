@@ -1,8 +1,8 @@
 //! The rows a batch of new events writes, in one PostgreSQL transaction:
 //! `events`, `state_groups`, `current_state`, `membership_history`,
-//! `event_txn_ids`, redactions, relations and the writer's stream position. What the
-//! events are (built and authorised) is the persister's business; how they
-//! are stored is this module's.
+//! `event_txn_ids`, push actions, the search index, redactions, relations and
+//! the writer's stream position. What the events are (built and authorised)
+//! is the persister's business; how they are stored is this module's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
